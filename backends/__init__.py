@@ -1,0 +1,1 @@
+"""Bundled backends (registered through the `tgmux` entry-point group)."""

@@ -1,0 +1,210 @@
+"""The backend interface: what a provider adapter gets (a :class:`Turn`) and gives back (an
+async stream of :data:`ReplyPart`).
+
+A backend never sees Telegram: it gets the chat identity as plain fields and answers with
+parts that any frontend (Telegram, the console, the test kit) knows how to deliver.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ChatType = Literal["private", "group", "supergroup", "channel"]
+
+
+# -- what a backend gets -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatIdentity:
+    """Who wrote, where. Plain fields, as Telegram gives them."""
+
+    chat_type: ChatType
+    chat_id: int
+    user_id: int | None = None
+    username: str | None = None
+    message_id: int | None = None
+    message_thread_id: int | None = None
+    first_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Media:
+    """A non-text message: ``kind`` is photo, voice, audio, sticker, document or video."""
+
+    kind: str
+    url: str | None = None
+    data: bytes | None = None
+    mime_type: str | None = None
+    emoji: str | None = None  # stickers
+
+
+class KeyValue(Protocol):
+    """A backend instance's own small persistent namespace (e.g. provider sub-user ids)."""
+
+    async def get(self, key: str) -> str | None: ...
+    async def set(self, key: str, value: str) -> None: ...
+    async def delete(self, key: str) -> None: ...
+    async def items(self, prefix: str = "") -> list[tuple[str, str]]: ...
+
+
+async def _no_notice(text: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One user message on its way to a backend.
+
+    ``options`` is the backend's settings model with the route's overrides applied.
+    ``command``/``args`` are set when the message is one of the backend's commands.
+    ``notify`` sends a short notice to the chat right away (e.g. "your reply is delayed").
+    """
+
+    text: str
+    chat: ChatIdentity
+    options: Any
+    kv: KeyValue
+    backend_name: str = ""
+    command: str | None = None
+    args: str = ""
+    media: Media | None = None
+    notify: Callable[[str], Awaitable[None]] = field(default=_no_notice, repr=False, compare=False)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+# -- what a backend gives back -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of a streamed reply; frontends show the growing text, then the final :class:`Text`."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Text:
+    """A complete text reply (after deltas: the exact final text)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Image:
+    url: str | None = None
+    data: bytes | None = None
+    caption: str | None = None
+    filename: str | None = None
+
+
+@dataclass(frozen=True)
+class Audio:
+    """Audio by URL or bytes; ``voice=True`` asks to show it as a voice message."""
+
+    url: str | None = None
+    data: bytes | None = None
+    caption: str | None = None
+    voice: bool = False
+    filename: str | None = None
+    mime_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A short message to the user that is not the reply itself (errors, delays)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """Data for plugins and logs; frontends do not show it."""
+
+    data: dict[str, Any]
+
+
+ReplyPart = TextDelta | Text | Image | Audio | Notice | Metadata
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """A chat command: ``/name args``. ``usage`` shows in /help after the name."""
+
+    name: str
+    description: str
+    usage: str = ""
+    admin_only: bool = False
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+class BackendSettings(BaseModel):
+    """Base of every backend's settings model; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+
+
+class HttpBackendSettings(BackendSettings):
+    """Settings every HTTP backend accepts."""
+
+    base_url: str
+    timeout: float = Field(30.0, gt=0, description="seconds for one provider request")
+
+
+# -- the backend -------------------------------------------------------------------------------
+
+
+class Backend(ABC):
+    """Subclass, set ``type_name`` and ``Settings``, implement :meth:`reply`.
+
+    One instance exists per named backend in the config. ``start``/``close`` bracket its life
+    (open and close HTTP clients there).
+    """
+
+    type_name: ClassVar[str]
+    Settings: ClassVar[type[BackendSettings]] = BackendSettings
+    description: ClassVar[str] = ""
+    #: Non-text kinds the backend takes (``{"photo", "voice"}``); others get a polite refusal.
+    accepts_media: ClassVar[frozenset[str]] = frozenset()
+    #: Options a route may override (None: any settings key but ``type``).
+    route_options: ClassVar[frozenset[str] | None] = None
+
+    def __init__(self, name: str, settings: BackendSettings, kv: KeyValue) -> None:
+        self.name = name
+        self.settings = settings
+        self.kv = kv
+
+    async def start(self) -> None:
+        """Called once before the first turn."""
+
+    async def close(self) -> None:
+        """Called once at shutdown."""
+
+    def commands(self) -> list[CommandSpec]:
+        """The backend's own chat commands (shown in /help)."""
+        return []
+
+    @abstractmethod
+    def reply(self, turn: Turn) -> AsyncIterator[ReplyPart]:
+        """Answer a chat message (an async generator of parts)."""
+
+    def run_command(self, turn: Turn) -> AsyncIterator[ReplyPart]:
+        """Answer one of :meth:`commands` (``turn.command``, ``turn.args``)."""
+        raise NotImplementedError(f"{self.type_name} has no command {turn.command}")
+
+    async def reset(self, turn: Turn) -> str | None:
+        """Forget this chat's conversation (``/reset``); return what to tell the user, or
+        None when the backend keeps no state it can reset."""
+        return None

@@ -1,0 +1,154 @@
+"""One error model for every backend, frontend and plugin.
+
+Backends raise :class:`BackendError` subclasses (never raw ``httpx`` errors); the engine turns
+each kind into a short message for the user and a log line that keeps the provider's own
+message and request ids (never secrets, never stack traces from the provider).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorKind(StrEnum):
+    AUTH = "auth"
+    RATE_LIMITED = "rate_limited"
+    BAD_REQUEST = "bad_request"
+    NOT_FOUND = "not_found"
+    UNAVAILABLE = "unavailable"
+    TIMEOUT = "timeout"
+    PROTOCOL = "protocol"
+    QUOTA = "quota"
+
+
+USER_MESSAGES: dict[ErrorKind, str] = {
+    ErrorKind.AUTH: "The AI provider rejected our credentials. The bot's operator has to fix this.",
+    ErrorKind.RATE_LIMITED: "The AI provider is busy right now. Please try again in a moment.",
+    ErrorKind.BAD_REQUEST: "The AI provider could not accept this message.",
+    ErrorKind.NOT_FOUND: "The AI provider could not find this conversation or model.",
+    ErrorKind.UNAVAILABLE: "The AI provider is unavailable right now. Please try again later.",
+    ErrorKind.TIMEOUT: "The AI provider took too long to answer. Please try again.",
+    ErrorKind.PROTOCOL: "The AI provider sent an answer we could not read.",
+    ErrorKind.QUOTA: "The AI provider's credits for this bot are used up.",
+}
+
+
+class TgmuxError(Exception):
+    """Base of every error tgmux raises on purpose."""
+
+
+class ConfigError(TgmuxError):
+    """A configuration problem; ``str()`` is the message to print (file:line: key.path: what)."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class BackendError(TgmuxError):
+    """A provider call failed.
+
+    ``provider_message`` and ``request_id`` are for logs; ``user_message`` is what the chat sees
+    (defaults to the text for the kind). ``retry_after`` is in seconds when the provider said it.
+    """
+
+    kind: ErrorKind = ErrorKind.UNAVAILABLE
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        status: int | None = None,
+        provider_message: str | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+        user_message: str | None = None,
+        details: dict[str, Any] | None = None,
+    ):
+        self.status = status
+        self.provider_message = provider_message
+        self.request_id = request_id
+        self.retry_after = retry_after
+        self._user_message = user_message
+        self.details = details or {}
+        super().__init__(message or provider_message or self.kind.value)
+
+    @property
+    def user_message(self) -> str:
+        return self._user_message or USER_MESSAGES[self.kind]
+
+    def log_text(self) -> str:
+        parts = [f"kind={self.kind.value}"]
+        if self.status is not None:
+            parts.append(f"status={self.status}")
+        if self.request_id:
+            parts.append(f"request_id={self.request_id}")
+        for key, value in self.details.items():
+            parts.append(f"{key}={value}")
+        parts.append(f"message={self.provider_message or str(self)!r}")
+        return " ".join(parts)
+
+
+class AuthError(BackendError):
+    kind = ErrorKind.AUTH
+
+
+class RateLimitedError(BackendError):
+    kind = ErrorKind.RATE_LIMITED
+
+
+class BadRequestError(BackendError):
+    kind = ErrorKind.BAD_REQUEST
+
+
+class NotFoundError(BackendError):
+    kind = ErrorKind.NOT_FOUND
+
+
+class UnavailableError(BackendError):
+    kind = ErrorKind.UNAVAILABLE
+
+
+class BackendTimeoutError(BackendError):
+    kind = ErrorKind.TIMEOUT
+
+
+class ProtocolError(BackendError):
+    kind = ErrorKind.PROTOCOL
+
+
+class QuotaExceededError(BackendError):
+    kind = ErrorKind.QUOTA
+
+
+ERRORS_BY_KIND: dict[ErrorKind, type[BackendError]] = {
+    cls.kind: cls
+    for cls in (
+        AuthError,
+        RateLimitedError,
+        BadRequestError,
+        NotFoundError,
+        UnavailableError,
+        BackendTimeoutError,
+        ProtocolError,
+        QuotaExceededError,
+    )
+}
+
+
+def error_for_status(status: int) -> type[BackendError]:
+    """The error class for an HTTP status (providers may refine it, e.g. to QUOTA)."""
+    if status in (401, 403):
+        return AuthError
+    if status == 404:
+        return NotFoundError
+    if status == 429:
+        return RateLimitedError
+    if status == 402:
+        return QuotaExceededError
+    if status == 408 or status == 504:
+        return BackendTimeoutError
+    if 400 <= status < 500:
+        return BadRequestError
+    return UnavailableError

@@ -1,0 +1,149 @@
+"""Every extension point of tgmux, in one place.
+
+Implement a hook in any module or object marked with :data:`tgmux.hookimpl` and register it
+through the ``tgmux`` entry-point group (``[project.entry-points.tgmux]``) or the config's
+``plugins:`` list. The bundled backends use the same entry-point group.
+
+pluggy is synchronous; tgmux is not. Any hook may return its value directly, or an awaitable
+(or an ``async def`` implementation) that tgmux awaits ("await me maybe", as datasette does).
+
+Arguments are passed by name; an implementation may accept any subset of them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from tgmux.backend import Backend, ReplyPart, Turn
+    from tgmux.demo import DemoBackend
+    from tgmux.engine import Engine, IncomingMessage, PluginCommand, ProviderEvent
+
+hookspec = pluggy.HookspecMarker("tgmux")
+
+
+@hookspec
+def tgmux_backend_types() -> list[type[Backend]] | type[Backend]:
+    """Register backend types.
+
+    Called once when the plugin manager is built, before the config's ``backends:`` are
+    validated. Return a :class:`tgmux.backend.Backend` subclass or a list of them; each class
+    names its ``type_name`` (the ``type:`` in the config) and its ``Settings`` model.
+
+    Example::
+
+        @hookimpl
+        def tgmux_backend_types():
+            return [MyBackend]
+    """
+
+
+@hookspec
+def tgmux_commands() -> list[PluginCommand] | None:
+    """Register chat commands that do not belong to a backend.
+
+    Called once at engine start. Return a list of :class:`tgmux.engine.PluginCommand`
+    (a :class:`tgmux.backend.CommandSpec` and an async handler). They show in ``/help`` and in
+    Telegram's command menu. Built-in commands (``/start``, ``/help``, ``/reset``,
+    ``/backend``) cannot be replaced.
+    """
+
+
+@hookspec(firstresult=True)
+def tgmux_pre_route(message: IncomingMessage, engine: Engine) -> Any:
+    """Look at a message before it is routed: allowlists, moderation, canned answers.
+
+    Called for every incoming message, commands included, in arrival order per chat. Return:
+
+    * ``None``: go on as usual;
+    * :data:`tgmux.engine.DROP`: ignore the message silently (it is still marked processed);
+    * a string or a list of reply parts: answer with that instead of calling a backend.
+
+    The first implementation that returns something other than ``None`` wins.
+    """
+
+
+@hookspec(firstresult=True)
+def tgmux_route(message: IncomingMessage, engine: Engine) -> str | None:
+    """Choose the backend for a message, ahead of the chat's override and the config's routes.
+
+    Return a backend name from the config, or ``None`` to let the normal routing decide
+    (override set with ``/backend``, then the first matching route, then ``default``).
+    """
+
+
+@hookspec
+def tgmux_before_backend(turn: Turn, backend: Backend) -> Turn | None:
+    """Change the request before a backend gets it.
+
+    Called with the :class:`tgmux.backend.Turn` about to be sent. Return a new turn
+    (``dataclasses.replace(turn, text=...)``) or ``None`` to keep it. Implementations run in
+    plugin order, each seeing the previous one's turn.
+    """
+
+
+@hookspec
+def tgmux_after_backend(turn: Turn, part: ReplyPart) -> ReplyPart | list[ReplyPart] | None:
+    """Change the reply: called for each complete part a backend yields (final text, image,
+    audio, notice), not for streaming deltas.
+
+    Return a replacement part, a list of parts (empty to drop it), or ``None`` to keep it.
+    When the final text of a streamed reply changes, frontends correct what they showed.
+    Implementations run in plugin order, each seeing the previous one's result.
+    """
+
+
+@hookspec
+def tgmux_reply_sent(turn: Turn, parts: list[ReplyPart]) -> None:
+    """Called after a reply was delivered to the chat, with the parts that were sent
+    (for logging, metrics, billing). The return value is ignored."""
+
+
+@hookspec(firstresult=True)
+def tgmux_error(turn: Turn | None, error: BaseException, message: IncomingMessage) -> str | None:
+    """Called when answering a message failed (a :class:`tgmux.errors.BackendError` or any
+    other exception). Return the text to send the user instead of the default message for
+    the error's kind; ``None`` keeps the default. The user is always told something."""
+
+
+@hookspec
+def tgmux_provider_event(event: ProviderEvent, engine: Engine) -> None:
+    """A backend received something on its own (a webhook, a websocket push).
+
+    ``event.chat_id`` is where the backend's config says such events should go, if anywhere.
+    The bundled ``tgmux.plugins.event_relay`` plugin delivers ``event.text`` there; other
+    plugins may store, filter or reformat events. Frontends never see providers: they only
+    see what :meth:`tgmux.engine.Engine.deliver` sends.
+    """
+
+
+@hookspec
+def tgmux_startup(engine: Engine) -> None:
+    """Called once after the backends started and before the first message is handled."""
+
+
+@hookspec
+def tgmux_shutdown(engine: Engine) -> None:
+    """Called once at shutdown, after in-flight replies finished and before the store closes."""
+
+
+@hookspec
+def tgmux_cli_commands(cli: click.Group) -> None:
+    """Add commands to the ``tgmux`` command line (``cli.add_command(...)``), as datasette's
+    ``register_commands`` does."""
+
+
+
+@hookspec
+def tgmux_demo_backends() -> list[DemoBackend] | DemoBackend | None:
+    """Offer a backend to ``tgmux demo``, which runs offline with no credentials.
+
+    Return :class:`tgmux.demo.DemoBackend` objects: a name, a one-line description and an
+    async ``start()`` that starts the backend's simulator on 127.0.0.1 and returns the backend's
+    config (a dict as under ``backends:``) and an async ``stop()``. The demo lists them and
+    ``/backend NAME`` switches to one.
+    """

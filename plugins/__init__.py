@@ -1,0 +1,1 @@
+"""Bundled plugins (registered through the `tgmux` entry-point group)."""
