@@ -7,6 +7,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
-from tgmux.hooks import hookimpl  # noqa: E402
+from tgmux.hooks import hookimpl
 
 __all__ = ["__version__", "hookimpl"]

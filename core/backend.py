@@ -83,7 +83,7 @@ class Turn:
 
 @dataclass(frozen=True)
 class TextDelta:
-    """A piece of a streamed reply; frontends show the growing text, then the final :class:`Text`."""
+    """A piece of a streamed reply; frontends show the growing text, then the final Text."""
 
     text: str
 
@@ -130,6 +130,18 @@ class Metadata:
 
 
 ReplyPart = TextDelta | Text | Image | Audio | Notice | Metadata
+
+
+@dataclass(frozen=True)
+class ProviderEvent:
+    """Something a provider pushed on its own (webhook, websocket): see the
+    ``tgmux_provider_event`` hook. ``chat_id`` is where it should be shown, if anywhere."""
+
+    source: str  # the backend's name in the config
+    type: str
+    data: dict[str, Any]
+    chat_id: int | None = None
+    text: str | None = None
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -185,6 +197,22 @@ class Backend(ABC):
         self.name = name
         self.settings = settings
         self.kv = kv
+        self._event_sink: Callable[[ProviderEvent], Awaitable[None]] | None = None
+
+    async def emit_event(
+        self, type: str, data: dict[str, Any], *, chat_id: int | None = None,
+        text: str | None = None,
+    ) -> None:
+        """Publish a provider event to the ``tgmux_provider_event`` hook (set up by the engine;
+        events emitted before the engine started are logged and dropped)."""
+        event = ProviderEvent(self.name, type, data, chat_id, text)
+        if self._event_sink is None:
+            import logging
+
+            logging.getLogger("tgmux.backend").warning("%s: event before start: %s", self.name,
+                                                        type)
+            return
+        await self._event_sink(event)
 
     async def start(self) -> None:
         """Called once before the first turn."""

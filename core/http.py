@@ -25,7 +25,6 @@ from contextvars import ContextVar
 from typing import Any
 
 import httpx
-
 from tgmux import __version__
 from tgmux.errors import (
     BackendError,

@@ -1,0 +1,539 @@
+"""The engine: takes messages from a frontend, keeps each chat in order, runs chats
+concurrently, routes, runs commands and hooks, calls backends and hands the reply stream back
+to the frontend.
+
+Per-chat ordering: :meth:`Engine.submit` reserves the message's place in its chat's queue
+before its first ``await``, so a chat's messages are answered in the order the frontend
+submitted them, however concurrently the frontend calls it. Different chats run concurrently,
+at most ``engine.concurrency`` at a time.
+
+Nothing is lost: a message is written to the store's inbox before it is queued and marked done
+after its reply; on start, messages still pending (the process died mid-way) are answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tgmux.backend import (
+    Backend,
+    ChatIdentity,
+    CommandSpec,
+    Media,
+    Notice,
+    ProviderEvent,
+    ReplyPart,
+    Text,
+    TextDelta,
+    Turn,
+)
+from tgmux.config import Config
+from tgmux.errors import BackendError
+from tgmux.hooks import PluginManager, await_me_maybe, call_all, call_chained, call_first
+from tgmux.http import delay_notifier
+from tgmux.router import RouteDecision, Router
+from tgmux.store import Store
+
+__all__ = [
+    "DROP",
+    "Engine",
+    "Frontend",
+    "IncomingMessage",
+    "PluginCommand",
+    "ProviderEvent",
+]
+
+log = logging.getLogger("tgmux.engine")
+
+DROP = object()
+"""Returned by ``tgmux_pre_route`` to ignore a message."""
+
+BUILTIN_COMMANDS = (
+    CommandSpec("start", "Start talking"),
+    CommandSpec("help", "What this bot can do"),
+    CommandSpec("reset", "Forget this conversation"),
+    CommandSpec("backend", "Show or switch the AI behind this chat", usage="[name]"),
+)
+
+NOT_UNDERSTOOD_MEDIA = "I can only read text messages here. Please write your message as text."
+INTERNAL_ERROR = "Something went wrong on our side while answering. Please try again."
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A message as a frontend hands it to the engine.
+
+    ``addressed`` says the bot was mentioned or replied to (always true in private chats); the
+    frontend strips its own ``@username`` from the text and from ``/command@username``.
+    """
+
+    chat: ChatIdentity
+    text: str = ""
+    media: Media | None = None
+    addressed: bool = True
+    received_at: float = field(default_factory=time.time)
+
+    @property
+    def command(self) -> str | None:
+        if not self.text.startswith("/") or len(self.text) < 2:
+            return None
+        return self.text[1:].split(maxsplit=1)[0].lower()
+
+    @property
+    def args(self) -> str:
+        parts = self.text.split(maxsplit=1)
+        return parts[1].strip() if self.command and len(parts) > 1 else ""
+
+    def to_payload(self) -> dict[str, Any]:
+        media = self.media
+        return {
+            "chat": dataclasses.asdict(self.chat),
+            "text": self.text,
+            "media": None if media is None else {
+                k: v for k, v in dataclasses.asdict(media).items() if k != "data"
+            },
+            "addressed": self.addressed,
+            "received_at": self.received_at,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> IncomingMessage:
+        media = payload.get("media")
+        return cls(
+            chat=ChatIdentity(**payload["chat"]),
+            text=payload.get("text", ""),
+            media=Media(**media) if media else None,
+            addressed=payload.get("addressed", True),
+            received_at=payload.get("received_at", time.time()),
+        )
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    message: IncomingMessage
+    engine: Engine
+    args: str
+
+
+CommandHandler = Callable[[CommandContext], Any]
+
+
+@dataclass(frozen=True)
+class PluginCommand:
+    """A chat command from a plugin: the handler gets a :class:`CommandContext` and returns a
+    string, a list of parts, an async iterator of parts, or None (an awaitable of those too)."""
+
+    spec: CommandSpec
+    handler: CommandHandler
+
+
+class Frontend(Protocol):
+    """What the engine needs from a frontend (Telegram, the console, a test kit)."""
+
+    async def deliver(
+        self,
+        chat: ChatIdentity,
+        parts: AsyncIterator[ReplyPart],
+        *,
+        reply_to_message_id: int | None,
+    ) -> list[ReplyPart]:
+        """Send a reply as its parts come: show :class:`TextDelta` parts as a growing text,
+        replace it by the final :class:`Text` (exactly), send media and notices. A stream that
+        ends after deltas without a final Text is finalized as shown. Return the parts that were
+        delivered. Must not raise for delivery errors (log them)."""
+        ...
+
+
+@dataclass
+class _Slot:
+    message: IncomingMessage
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    fresh: bool = False  # False: seen before (duplicate) or not accepted
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop()
+                                        .create_future())
+
+
+class Engine:
+    def __init__(self, config: Config, plugin_manager: PluginManager, store: Store,
+                 frontend: Frontend) -> None:
+        self.config = config
+        self.pm = plugin_manager
+        self.store = store
+        self.frontend = frontend
+        self.router = Router(config)
+        self.backends: dict[str, Backend] = {}
+        self.plugin_commands: dict[str, PluginCommand] = {}
+        self._queues: dict[int, deque[_Slot]] = {}
+        self._workers: dict[int, asyncio.Task[None]] = {}
+        self._limit = asyncio.Semaphore(config.data.engine.concurrency)
+        self._started = False
+        self._accepting = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store, start backends, call startup hooks, re-queue unanswered messages."""
+        await self.store.open()
+        for name, settings in self.config.backend_settings.items():
+            backend = self.config.backend_classes[name](name, settings,
+                                                        self.store.namespace(f"backend:{name}"))
+            backend._event_sink = self.emit_event
+            await backend.start()
+            self.backends[name] = backend
+        for result in await call_all(self.pm.hook.tgmux_commands):
+            for command in result or []:
+                name = command.spec.name
+                if name in {c.name for c in BUILTIN_COMMANDS}:
+                    log.warning("plugin command /%s ignored: built-in", name)
+                    continue
+                self.plugin_commands[name] = command
+        await self.store.inbox_prune(time.time() - 7 * 86400)
+        self._started = True
+        self._accepting = True
+        await call_all(self.pm.hook.tgmux_startup, engine=self)
+        pending = await self.store.inbox_pending()
+        if pending:
+            log.info("answering %d message(s) that arrived before the last stop", len(pending))
+        for payload in pending:
+            slot = self._reserve(IncomingMessage.from_payload(payload))
+            slot.fresh = True
+            slot.ready.set()
+
+    async def stop(self, timeout: float = 20.0) -> None:
+        """Stop taking messages, finish in-flight replies (bounded), close everything."""
+        if not self._started:
+            return
+        self._accepting = False
+        workers = [t for t in self._workers.values() if not t.done()]
+        if workers:
+            _, pending = await asyncio.wait(workers, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("%d chat(s) still busy after %.0fs; their messages stay pending "
+                            "and are answered after the next start", len(pending), timeout)
+                await asyncio.gather(*pending, return_exceptions=True)
+        await call_all(self.pm.hook.tgmux_shutdown, engine=self)
+        for backend in self.backends.values():
+            try:
+                await backend.close()
+            except Exception:
+                log.exception("closing backend %s failed", backend.name)
+        await self.store.close()
+        self._started = False
+
+    async def drain(self) -> None:
+        """Wait until every queued message is answered."""
+        while workers := [t for t in self._workers.values() if not t.done()]:
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- intake ----------------------------------------------------------------------------------
+
+    def _reserve(self, message: IncomingMessage) -> _Slot:
+        slot = _Slot(message)
+        chat_id = message.chat.chat_id
+        self._queues.setdefault(chat_id, deque()).append(slot)
+        worker = self._workers.get(chat_id)
+        if worker is None or worker.done():
+            self._workers[chat_id] = asyncio.create_task(self._chat_worker(chat_id),
+                                                         name=f"tgmux-chat-{chat_id}")
+        return slot
+
+    async def submit(self, message: IncomingMessage) -> asyncio.Future[None]:
+        """Queue a message; returns a future that resolves when it has been answered.
+
+        Ordering is fixed before the first await: call order is answer order within a chat.
+        """
+        if not self._accepting:
+            raise RuntimeError("engine is not accepting messages (not started or stopping)")
+        slot = self._reserve(message)
+        try:
+            if message.chat.message_id is None:
+                slot.fresh = True
+            else:
+                slot.fresh = await self.store.inbox_accept(
+                    message.chat.chat_id, message.chat.message_id, message.to_payload()
+                )
+                if not slot.fresh:
+                    log.info("chat %s message %s already handled; skipped",
+                             message.chat.chat_id, message.chat.message_id)
+        finally:
+            slot.ready.set()
+        return slot.done
+
+    async def _chat_worker(self, chat_id: int) -> None:
+        queue = self._queues[chat_id]
+        while queue:
+            slot = queue[0]
+            await slot.ready.wait()
+            try:
+                if slot.fresh:
+                    async with self._limit:
+                        await self._handle(slot.message)
+            except asyncio.CancelledError:
+                if not slot.done.done():
+                    slot.done.cancel()
+                raise
+            except Exception:
+                log.exception("chat %s: unhandled error", chat_id)
+            finally:
+                queue.popleft()
+                if not slot.done.done():
+                    slot.done.set_result(None)
+        self._queues.pop(chat_id, None)
+        self._workers.pop(chat_id, None)
+
+    # -- handling --------------------------------------------------------------------------------
+
+    async def _handle(self, message: IncomingMessage) -> None:
+        chat = message.chat
+        try:
+            await self._answer(message)
+        except Exception as exc:  # the user is always told something
+            log.exception("chat %s message %s: failed", chat.chat_id, chat.message_id)
+            text = await call_first(self.pm.hook.tgmux_error, turn=None, error=exc,
+                                    message=message)
+            await self._send(chat, [Notice(text or INTERNAL_ERROR)], chat.message_id)
+        if chat.message_id is not None:
+            await self.store.inbox_done(chat.chat_id, chat.message_id)
+
+    async def decide(self, message: IncomingMessage) -> RouteDecision | None:
+        chosen = await call_first(self.pm.hook.tgmux_route, message=message, engine=self)
+        override = await self.store.get_override(message.chat.chat_id)
+        return self.router.decide(message, override=override, chosen=chosen)
+
+    def _triggered(self, message: IncomingMessage, decision: RouteDecision | None) -> bool:
+        chat_type = message.chat.chat_type
+        if chat_type == "private":
+            return True
+        if chat_type == "channel":
+            return decision is not None and decision.reason != "default"
+        trigger = decision.group_trigger if decision else "mention"
+        if trigger == "always":
+            return True
+        if trigger == "command":
+            return message.command is not None
+        return message.addressed or message.command is not None
+
+    async def _answer(self, message: IncomingMessage) -> None:
+        chat = message.chat
+        decision = await self.decide(message)
+        if not self._triggered(message, decision):
+            return
+        verdict = await call_first(self.pm.hook.tgmux_pre_route, message=message, engine=self)
+        if verdict is DROP:
+            return
+        if verdict is not None:
+            await self._send(chat, _as_parts(verdict), chat.message_id)
+            return
+        command = message.command
+        if command in {c.name for c in BUILTIN_COMMANDS}:
+            await self._send(chat, await self._builtin(command, message, decision),
+                             chat.message_id)
+            return
+        if command in self.plugin_commands:
+            ctx = CommandContext(message, self, message.args)
+            result = await await_me_maybe(self.plugin_commands[command].handler(ctx))
+            if hasattr(result, "__aiter__"):
+                await self.frontend.deliver(chat, result, reply_to_message_id=chat.message_id)
+            else:
+                await self._send(chat, _as_parts(result), chat.message_id)
+            return
+        if decision is None:
+            await self._send(chat, [Notice("No AI is configured for this chat.")], chat.message_id)
+            return
+        backend = self.backends[decision.backend]
+        backend_commands = {c.name for c in backend.commands()}
+        if command is not None and command not in backend_commands:
+            await self._send(chat, [Notice(f"Unknown command /{command}. /help lists what I can "
+                                           "do.")], chat.message_id)
+            return
+        if message.media is not None and message.media.kind not in backend.accepts_media:
+            await self._send(chat, [Notice(NOT_UNDERSTOOD_MEDIA)], chat.message_id)
+            return
+        if not message.text.strip() and message.media is None:
+            await self._send(chat, [Notice("Send me a message and I will answer.")],
+                             chat.message_id)
+            return
+        turn = self._turn(message, decision, backend)
+        turn = await call_chained(self.pm, "tgmux_before_backend", "turn", turn, backend=backend)
+        parts = self._backend_stream(turn, backend, message)
+        sent = await self.frontend.deliver(chat, parts, reply_to_message_id=chat.message_id)
+        await call_all(self.pm.hook.tgmux_reply_sent, turn=turn, parts=sent)
+
+    def _turn(self, message: IncomingMessage, decision: RouteDecision, backend: Backend) -> Turn:
+        chat = message.chat
+
+        async def notify(text: str) -> None:
+            await self._send(chat, [Notice(text)], chat.message_id)
+
+        command = message.command
+        return Turn(
+            text=message.args if command else message.text,
+            chat=chat,
+            options=decision.options,
+            kv=backend.kv,
+            backend_name=backend.name,
+            command=command,
+            args=message.args,
+            media=message.media,
+            notify=notify,
+        )
+
+    async def _backend_stream(self, turn: Turn, backend: Backend,
+                              message: IncomingMessage) -> AsyncIterator[ReplyPart]:
+        """The backend's parts through ``tgmux_after_backend``; errors become a Notice."""
+
+        async def tell_delay(seconds: float) -> None:
+            await turn.notify(f"Your reply is delayed by about {round(seconds)} s "
+                              "(the AI provider's rate limit). I'll answer as soon as I can.")
+
+        token = delay_notifier.set(_once(tell_delay))
+        try:
+            source = backend.run_command(turn) if turn.command else backend.reply(turn)
+            async with asyncio.timeout(self.config.data.engine.turn_timeout):
+                async for part in source:
+                    if isinstance(part, TextDelta):
+                        yield part
+                        continue
+                    result = await call_chained(self.pm, "tgmux_after_backend", "part", part,
+                                                turn=turn)
+                    for out in result if isinstance(result, list) else [result]:
+                        yield out
+        except BackendError as exc:
+            log.warning("chat %s: %s: %s", turn.chat.chat_id, backend.name, exc.log_text())
+            text = await call_first(self.pm.hook.tgmux_error, turn=turn, error=exc,
+                                    message=message)
+            yield Notice(text or exc.user_message)
+        except TimeoutError as exc:
+            log.warning("chat %s: %s: no complete answer in %.0fs", turn.chat.chat_id,
+                        backend.name, self.config.data.engine.turn_timeout)
+            text = await call_first(self.pm.hook.tgmux_error, turn=turn, error=exc,
+                                    message=message)
+            yield Notice(text or "The AI provider took too long to answer. Please try again.")
+        except Exception as exc:
+            log.exception("chat %s: backend %s failed", turn.chat.chat_id, backend.name)
+            text = await call_first(self.pm.hook.tgmux_error, turn=turn, error=exc,
+                                    message=message)
+            yield Notice(text or INTERNAL_ERROR)
+        finally:
+            delay_notifier.reset(token)
+
+    async def _send(self, chat: ChatIdentity, parts: list[ReplyPart],
+                    reply_to: int | None) -> list[ReplyPart]:
+        async def stream() -> AsyncIterator[ReplyPart]:
+            for part in parts:
+                yield part
+
+        return await self.frontend.deliver(chat, stream(), reply_to_message_id=reply_to)
+
+    # -- built-in commands -----------------------------------------------------------------------
+
+    def is_admin(self, user_id: int | None) -> bool:
+        admins = self.config.data.admins
+        return not admins or (user_id is not None and user_id in admins)
+
+    async def _builtin(self, command: str, message: IncomingMessage,
+                       decision: RouteDecision | None) -> list[ReplyPart]:
+        if command == "start":
+            return [Text("Hi! Send me a message and I will answer. /help lists what I can do.")]
+        if command == "help":
+            return [Text(self.help_text(decision))]
+        if command == "reset":
+            if decision is None:
+                return [Text("Nothing to reset.")]
+            backend = self.backends[decision.backend]
+            turn = self._turn(message, decision, backend)
+            try:
+                said = await backend.reset(turn)
+            except BackendError as exc:
+                return [Notice(exc.user_message)]
+            return [Text(said or "This AI keeps no conversation I can reset.")]
+        return await self._backend_command(message, decision)
+
+    async def _backend_command(self, message: IncomingMessage,
+                               decision: RouteDecision | None) -> list[ReplyPart]:
+        chat_id = message.chat.chat_id
+        names = sorted(self.backends)
+        listing = ", ".join(names)
+        wanted = message.args.strip()
+        if not wanted:
+            current = decision.backend if decision else "(none)"
+            return [Text(f"This chat talks to: {current}\nAvailable: {listing}\n"
+                         "Switch with /backend NAME; /backend default goes back to the config.")]
+        if not self.is_admin(message.chat.user_id):
+            return [Notice("Only the bot's admins can switch the AI for a chat.")]
+        if wanted == "default":
+            await self.store.set_override(chat_id, None)
+            after = await self.decide(message)
+            return [Text(f"This chat follows the config again: {after.backend if after else '-'}")]
+        if wanted not in self.backends:
+            return [Notice(f"There is no backend {wanted!r}. Available: {listing}")]
+        await self.store.set_override(chat_id, wanted)
+        return [Text(f"This chat now talks to: {wanted}")]
+
+    def help_text(self, decision: RouteDecision | None) -> str:
+        lines = ["Send me a message and I will answer.", ""]
+        specs = list(BUILTIN_COMMANDS) + [c.spec for c in self.plugin_commands.values()]
+        if decision is not None:
+            specs += self.backends[decision.backend].commands()
+        for spec in specs:
+            usage = f" {spec.usage}" if spec.usage else ""
+            lines.append(f"/{spec.name}{usage} — {spec.description}")
+        return "\n".join(lines)
+
+    def command_specs(self) -> list[CommandSpec]:
+        """Every command any chat may use (for Telegram's command menu)."""
+        seen: dict[str, CommandSpec] = {c.name: c for c in BUILTIN_COMMANDS}
+        for command in self.plugin_commands.values():
+            seen.setdefault(command.spec.name, command.spec)
+        for backend in self.backends.values():
+            for spec in backend.commands():
+                seen.setdefault(spec.name, spec)
+        return list(seen.values())
+
+    # -- events ----------------------------------------------------------------------------------
+
+    async def emit_event(self, event: ProviderEvent) -> None:
+        await call_all(self.pm.hook.tgmux_provider_event, event=event, engine=self)
+
+    async def deliver(self, chat_id: int, parts: list[ReplyPart]) -> list[ReplyPart]:
+        """Send parts to a chat outside any conversation turn (events, announcements)."""
+        chat = ChatIdentity(chat_type="private" if chat_id > 0 else "supergroup", chat_id=chat_id)
+        return await self._send(chat, parts, None)
+
+
+def _as_parts(value: Any) -> list[ReplyPart]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [Text(value)]
+    if isinstance(value, list | tuple):
+        return [Text(v) if isinstance(v, str) else v for v in value]
+    return [value]
+
+
+def _once(fn: Callable[[float], Awaitable[None]]) -> Callable[[float], Awaitable[None]]:
+    told = False
+
+    async def wrapper(seconds: float) -> None:
+        nonlocal told
+        if not told:
+            told = True
+            await fn(seconds)
+
+    return wrapper

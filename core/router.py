@@ -1,0 +1,84 @@
+"""Which backend answers a message: the chat's override, else the first matching route, else
+``default``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tgmux.backend import BackendSettings
+from tgmux.config import Config, GroupTrigger, RouteConfig
+
+if TYPE_CHECKING:
+    from tgmux.engine import IncomingMessage
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    backend: str
+    options: BackendSettings
+    route_index: int | None  # None: override or default
+    group_trigger: GroupTrigger
+    reason: str  # "override", "route 2", "default", "plugin"
+
+
+class Router:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.routes = config.data.routes
+        self._regex = [re.compile(r.match.text) if r.match.text else None for r in self.routes]
+
+    def matches(self, index: int, message: IncomingMessage) -> bool:
+        route: RouteConfig = self.routes[index]
+        m = route.match
+        chat = message.chat
+        if m.chat_type is not None and chat.chat_type not in m.chat_type:
+            return False
+        if m.chat_id is not None and chat.chat_id not in m.chat_id:
+            return False
+        if m.user_id is not None and chat.user_id not in m.user_id:
+            return False
+        if m.username is not None and (chat.username or "").lower() not in m.username:
+            return False
+        if m.command is not None and message.command not in m.command:
+            return False
+        regex = self._regex[index]
+        return regex is None or bool(regex.search(message.text))
+
+    def first_match(self, message: IncomingMessage) -> int | None:
+        for i in range(len(self.routes)):
+            if self.matches(i, message):
+                return i
+        return None
+
+    def decide(self, message: IncomingMessage, override: str | None = None,
+               chosen: str | None = None) -> RouteDecision | None:
+        """The decision, or None when nothing answers (no route, no default)."""
+        index = self.first_match(message)
+        trigger: GroupTrigger = self.routes[index].group_trigger if index is not None else "mention"
+        for name, reason in ((chosen, "plugin"), (override, "override")):
+            if name is not None and name in self.config.backend_settings:
+                return RouteDecision(name, self.config.backend_settings[name], index, trigger,
+                                     reason)
+        if index is not None:
+            route = self.routes[index]
+            return RouteDecision(route.backend, self.config.route_options[index], index, trigger,
+                                 f"route {index}")
+        default = self.config.data.default
+        if default is None:
+            return None
+        return RouteDecision(default, self.config.backend_settings[default], None, trigger,
+                             "default")
+
+    def table(self) -> list[tuple[str, str, str]]:
+        """(match, backend, options) rows for ``tgmux check``."""
+        rows = []
+        for route in self.routes:
+            cond = route.match.model_dump(exclude_none=True)
+            shown = ", ".join(f"{k}={v}" for k, v in cond.items()) or "(any)"
+            opts = ", ".join(f"{k}={v!r}" for k, v in route.options.items())
+            rows.append((shown, route.backend, opts))
+        if self.config.data.default:
+            rows.append(("(default)", self.config.data.default, ""))
+        return rows

@@ -1,0 +1,282 @@
+"""Persistent state behind a narrow async interface: per-chat backend overrides, each backend's
+key-value namespace, and the inbox (dedup of processed messages, and messages accepted but not
+yet answered, which are answered after a restart).
+
+SQLite through aiosqlite is the default (WAL, versioned schema). The interface is small on
+purpose so that PostgreSQL can implement it later.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS chat_override (
+    chat_id INTEGER PRIMARY KEY,
+    backend TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kv (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (namespace, key)
+);
+CREATE TABLE IF NOT EXISTS inbox (
+    chat_id INTEGER NOT NULL,
+    message_id INTEGER NOT NULL,
+    state TEXT NOT NULL,            -- 'pending' until answered, then 'done'
+    payload TEXT,                   -- the message, kept while pending
+    received_at REAL NOT NULL,
+    PRIMARY KEY (chat_id, message_id)
+);
+CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (state, received_at);
+"""
+
+
+class Store(ABC):
+    """What tgmux keeps between runs."""
+
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    # per-chat backend overrides (/backend NAME)
+    @abstractmethod
+    async def get_override(self, chat_id: int) -> str | None: ...
+
+    @abstractmethod
+    async def set_override(self, chat_id: int, backend: str | None) -> None: ...
+
+    # backend key-value namespaces
+    @abstractmethod
+    async def kv_get(self, namespace: str, key: str) -> str | None: ...
+
+    @abstractmethod
+    async def kv_set(self, namespace: str, key: str, value: str) -> None: ...
+
+    @abstractmethod
+    async def kv_delete(self, namespace: str, key: str) -> None: ...
+
+    @abstractmethod
+    async def kv_items(self, namespace: str, prefix: str = "") -> list[tuple[str, str]]: ...
+
+    # inbox: dedup and restart safety
+    @abstractmethod
+    async def inbox_accept(self, chat_id: int, message_id: int, payload: dict[str, Any]) -> bool:
+        """Record a message as pending; False when this (chat, message) was seen before."""
+
+    @abstractmethod
+    async def inbox_done(self, chat_id: int, message_id: int) -> None: ...
+
+    @abstractmethod
+    async def inbox_pending(self) -> list[dict[str, Any]]:
+        """Payloads of messages accepted but never answered, oldest first."""
+
+    @abstractmethod
+    async def inbox_prune(self, older_than: float) -> int:
+        """Forget answered messages received before ``older_than`` (a timestamp)."""
+
+    def namespace(self, name: str) -> Namespace:
+        return Namespace(self, name)
+
+
+class Namespace:
+    """A backend's view of the key-value table (``tgmux.backend.KeyValue``)."""
+
+    def __init__(self, store: Store, name: str) -> None:
+        self.store = store
+        self.name = name
+
+    async def get(self, key: str) -> str | None:
+        return await self.store.kv_get(self.name, key)
+
+    async def set(self, key: str, value: str) -> None:
+        await self.store.kv_set(self.name, key, value)
+
+    async def delete(self, key: str) -> None:
+        await self.store.kv_delete(self.name, key)
+
+    async def items(self, prefix: str = "") -> list[tuple[str, str]]:
+        return await self.store.kv_items(self.name, prefix)
+
+
+class MemoryStore(Store):
+    """Everything in memory (``store: memory://``): for tests and throwaway runs."""
+
+    def __init__(self) -> None:
+        self.overrides: dict[int, str] = {}
+        self.kv: dict[tuple[str, str], str] = {}
+        self.inbox: dict[tuple[int, int], tuple[str, dict[str, Any] | None, float]] = {}
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def get_override(self, chat_id: int) -> str | None:
+        return self.overrides.get(chat_id)
+
+    async def set_override(self, chat_id: int, backend: str | None) -> None:
+        if backend is None:
+            self.overrides.pop(chat_id, None)
+        else:
+            self.overrides[chat_id] = backend
+
+    async def kv_get(self, namespace: str, key: str) -> str | None:
+        return self.kv.get((namespace, key))
+
+    async def kv_set(self, namespace: str, key: str, value: str) -> None:
+        self.kv[(namespace, key)] = value
+
+    async def kv_delete(self, namespace: str, key: str) -> None:
+        self.kv.pop((namespace, key), None)
+
+    async def kv_items(self, namespace: str, prefix: str = "") -> list[tuple[str, str]]:
+        return sorted(
+            (k, v) for (ns, k), v in self.kv.items() if ns == namespace and k.startswith(prefix)
+        )
+
+    async def inbox_accept(self, chat_id: int, message_id: int, payload: dict[str, Any]) -> bool:
+        if (chat_id, message_id) in self.inbox:
+            return False
+        self.inbox[(chat_id, message_id)] = ("pending", payload, time.time())
+        return True
+
+    async def inbox_done(self, chat_id: int, message_id: int) -> None:
+        entry = self.inbox.get((chat_id, message_id))
+        self.inbox[(chat_id, message_id)] = ("done", None, entry[2] if entry else time.time())
+
+    async def inbox_pending(self) -> list[dict[str, Any]]:
+        pending = [(t, p) for s, p, t in self.inbox.values() if s == "pending" and p is not None]
+        return [p for _, p in sorted(pending, key=lambda x: x[0])]
+
+    async def inbox_prune(self, older_than: float) -> int:
+        old = [k for k, (s, _, t) in self.inbox.items() if s == "done" and t < older_than]
+        for key in old:
+            del self.inbox[key]
+        return len(old)
+
+
+class SQLiteStore(Store):
+    """``store: sqlite:///path/to/tgmux.db`` (WAL; one connection, its own thread)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._db: aiosqlite.Connection | None = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+    async def open(self) -> None:
+        if self.path.parent and not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=NORMAL")
+        await self._db.execute("PRAGMA busy_timeout=5000")
+        async with self._db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        version = row[0] if row else 0
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path}: schema version {version} is newer than this tgmux "
+                f"({SCHEMA_VERSION}); upgrade tgmux"
+            )
+        if version < SCHEMA_VERSION:
+            await self._db.executescript(SCHEMA)
+            await self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def _one(self, sql: str, args: tuple[Any, ...]) -> Any:
+        async with self.db.execute(sql, args) as cursor:
+            row = await cursor.fetchone()
+        return row[0] if row else None
+
+    async def get_override(self, chat_id: int) -> str | None:
+        return await self._one("SELECT backend FROM chat_override WHERE chat_id=?", (chat_id,))
+
+    async def set_override(self, chat_id: int, backend: str | None) -> None:
+        if backend is None:
+            await self.db.execute("DELETE FROM chat_override WHERE chat_id=?", (chat_id,))
+        else:
+            await self.db.execute(
+                "INSERT INTO chat_override (chat_id, backend, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(chat_id) DO UPDATE SET backend=excluded.backend, "
+                "updated_at=excluded.updated_at",
+                (chat_id, backend, time.time()),
+            )
+
+    async def kv_get(self, namespace: str, key: str) -> str | None:
+        return await self._one("SELECT value FROM kv WHERE namespace=? AND key=?", (namespace, key))
+
+    async def kv_set(self, namespace: str, key: str, value: str) -> None:
+        await self.db.execute(
+            "INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?) "
+            "ON CONFLICT(namespace, key) DO UPDATE SET value=excluded.value",
+            (namespace, key, value),
+        )
+
+    async def kv_delete(self, namespace: str, key: str) -> None:
+        await self.db.execute("DELETE FROM kv WHERE namespace=? AND key=?", (namespace, key))
+
+    async def kv_items(self, namespace: str, prefix: str = "") -> list[tuple[str, str]]:
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        async with self.db.execute(
+            "SELECT key, value FROM kv WHERE namespace=? AND key LIKE ? ESCAPE '\\' ORDER BY key",
+            (namespace, escaped + "%"),
+        ) as cursor:
+            return [(k, v) for k, v in await cursor.fetchall()]
+
+    async def inbox_accept(self, chat_id: int, message_id: int, payload: dict[str, Any]) -> bool:
+        cursor = await self.db.execute(
+            "INSERT OR IGNORE INTO inbox (chat_id, message_id, state, payload, received_at) "
+            "VALUES (?, ?, 'pending', ?, ?)",
+            (chat_id, message_id, json.dumps(payload), time.time()),
+        )
+        return cursor.rowcount == 1
+
+    async def inbox_done(self, chat_id: int, message_id: int) -> None:
+        await self.db.execute(
+            "UPDATE inbox SET state='done', payload=NULL WHERE chat_id=? AND message_id=?",
+            (chat_id, message_id),
+        )
+
+    async def inbox_pending(self) -> list[dict[str, Any]]:
+        async with self.db.execute(
+            "SELECT payload FROM inbox WHERE state='pending' ORDER BY received_at, rowid"
+        ) as cursor:
+            return [json.loads(p) for (p,) in await cursor.fetchall() if p]
+
+    async def inbox_prune(self, older_than: float) -> int:
+        cursor = await self.db.execute(
+            "DELETE FROM inbox WHERE state='done' AND received_at < ?", (older_than,)
+        )
+        return cursor.rowcount
+
+
+def open_store(url: str) -> Store:
+    """A store for a config's ``store:`` URL (not opened yet)."""
+    if url == "memory://":
+        return MemoryStore()
+    if url.startswith("sqlite:///"):
+        return SQLiteStore(url.removeprefix("sqlite:///"))
+    raise ValueError(f"unsupported store URL {url!r} (expected sqlite:///PATH or memory://)")
