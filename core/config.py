@@ -242,7 +242,8 @@ def _pydantic_problems(
         else:
             got = err.get("input")
             shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
-            problems.append(f"{_where(source, lines, path)}: {err['msg']}{shown}")
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{_where(source, lines, path)}: {msg}{shown}")
     return problems
 
 
@@ -285,21 +286,26 @@ def load_config_text(text: str, *, source: str = "<config>", env: dict[str, str]
         for p, name in missing.items()
         if p[0] != "telegram"  # only `tgmux run` needs Telegram credentials
     ]
+    schema: TgmuxConfig | None = None
     try:
         schema = TgmuxConfig.model_validate(data)
     except ValidationError as exc:
+        # Keep going on the raw data: report every problem at once, not one per run.
         problems += _pydantic_problems(exc, source, lines, ())
-        raise ConfigError(problems) from None
+    raw_backends = data.get("backends") if isinstance(data.get("backends"), dict) else {}
+    plugins = schema.plugins if schema else [
+        p for p in data.get("plugins") or [] if isinstance(p, str)
+    ]
 
     if plugin_manager is None:
-        plugin_manager = build_plugin_manager(schema.plugins)
+        plugin_manager = build_plugin_manager(plugins)
     else:
-        plugin_manager.load_modules(schema.plugins, "config")
+        plugin_manager.load_modules(plugins, "config")
     classes = backend_types(plugin_manager)
 
     settings: dict[str, BackendSettings] = {}
     backend_classes: dict[str, type[Backend]] = {}
-    for name, body in schema.backends.items():
+    for name, body in raw_backends.items():
         path: KeyPath = ("backends", name)
         if any(p[:2] == path for p in missing):
             continue  # already reported: validating would only add "required" noise
@@ -320,11 +326,18 @@ def load_config_text(text: str, *, source: str = "<config>", env: dict[str, str]
         except ValidationError as exc:
             problems += _pydantic_problems(exc, source, lines, path)
 
-    names = sorted(schema.backends)
+    names = sorted(raw_backends)
     route_options: list[BackendSettings] = []
-    for i, route in enumerate(schema.routes):
+    if schema is None:
+        raw_routes = data.get("routes") if isinstance(data.get("routes"), list) else []
+        for i, route in enumerate(raw_routes):
+            wanted = route.get("backend") if isinstance(route, dict) else None
+            if isinstance(wanted, str) and wanted not in raw_backends:
+                problems.append(f"{_where(source, lines, ('routes', i, 'backend'))}: unknown "
+                                f"backend {wanted!r} (defined: {', '.join(names)})")
+    for i, route in enumerate(schema.routes if schema else []):
         path = ("routes", i, "backend")
-        if route.backend not in schema.backends:
+        if route.backend not in raw_backends:
             problems.append(f"{_where(source, lines, path)}: unknown backend {route.backend!r} "
                             f"(defined: {', '.join(names)})")
             continue
@@ -339,20 +352,23 @@ def load_config_text(text: str, *, source: str = "<config>", env: dict[str, str]
                     f"{_where(source, lines, ('routes', i, 'options', key))}: "
                     f"{key!r} cannot be set per route for {base.type} (can: {hint})"
                 )
+        overrides = {k: v for k, v in route.options.items()
+                     if k != "type" and (allowed is None or k in allowed)}
         try:
-            merged = type(base).model_validate({**base.model_dump(), **route.options})
+            merged = type(base).model_validate({**base.model_dump(), **overrides})
         except ValidationError as exc:
             problems += _pydantic_problems(exc, source, lines, ("routes", i, "options"))
             continue
         route_options.append(merged)
 
-    if schema.default is not None and schema.default not in schema.backends:
+    default = data.get("default")
+    if default is not None and default not in raw_backends:
         problems.append(f"{_where(source, lines, ('default',))}: unknown backend "
-                        f"{schema.default!r} (defined: {', '.join(names)})")
-    if schema.default is None and not schema.routes:
+                        f"{default!r} (defined: {', '.join(names)})")
+    if default is None and not data.get("routes") and raw_backends:
         problems.append(f"{source}: default: required when there are no routes "
                         f"(name one of: {', '.join(names)})")
-    if problems:
+    if problems or schema is None:
         raise ConfigError(problems)
     return Config(
         data=schema,

@@ -1,0 +1,3 @@
+from tgmux.cli import main
+
+main()

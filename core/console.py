@@ -1,0 +1,124 @@
+"""The console frontend (``tgmux chat``, ``tgmux demo``): the same engine, router, hooks and
+store as Telegram, with the terminal as the chat.
+
+Interactive in a terminal (streamed replies show as they come). When stdin is not a terminal it
+reads one message per line, prints the replies, and exits after the last reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from typing import TextIO
+
+from tgmux.backend import (
+    Audio,
+    ChatIdentity,
+    ChatType,
+    Image,
+    Metadata,
+    Notice,
+    ReplyPart,
+    Text,
+    TextDelta,
+)
+from tgmux.engine import Engine, IncomingMessage
+
+
+class ConsoleFrontend:
+    """Prints replies. In a terminal, streamed text is shown as it arrives."""
+
+    def __init__(self, out: TextIO, *, interactive: bool) -> None:
+        self.out = out
+        self.interactive = interactive
+        self._prefix = "bot> " if interactive else ""
+
+    def _print(self, text: str) -> None:
+        self.out.write(f"{self._prefix}{text}\n")
+        self.out.flush()
+
+    async def deliver(self, chat: ChatIdentity, parts: AsyncIterator[ReplyPart], *,
+                      reply_to_message_id: int | None) -> list[ReplyPart]:
+        sent: list[ReplyPart] = []
+        streamed = ""  # what is on screen of a streamed reply
+        async for part in parts:
+            if isinstance(part, TextDelta):
+                if self.interactive:
+                    if not streamed:
+                        self.out.write(self._prefix)
+                    self.out.write(part.text)
+                    self.out.flush()
+                streamed += part.text
+                continue
+            if streamed:
+                self._finish_stream(streamed, part.text if isinstance(part, Text) else None)
+                streamed = ""
+                if isinstance(part, Text):
+                    sent.append(part)
+                    continue
+            if isinstance(part, Text | Notice):
+                self._print(part.text)
+            elif isinstance(part, Image):
+                self._print(_media_line("photo", part.url, part.data, part.caption))
+            elif isinstance(part, Audio):
+                kind = "voice" if part.voice else "audio"
+                self._print(_media_line(kind, part.url, part.data, part.caption))
+            elif isinstance(part, Metadata):
+                continue
+            sent.append(part)
+        if streamed:
+            self._finish_stream(streamed, None)
+            sent.append(Text(streamed))
+        return sent
+
+    def _finish_stream(self, shown: str, final: str | None) -> None:
+        if not self.interactive:
+            self._print(final if final is not None else shown)
+            return
+        self.out.write("\n")
+        if final is not None and final != shown:  # a plugin changed the final text
+            self._print(final)
+        self.out.flush()
+
+
+def _media_line(kind: str, url: str | None, data: bytes | None, caption: str | None) -> str:
+    where = url or f"{len(data or b'')} bytes"
+    return f"[{kind}] {where}" + (f" — {caption}" if caption else "")
+
+
+async def _read_line(stream: TextIO) -> str | None:
+    line = await asyncio.to_thread(stream.readline)
+    return line if line else None
+
+
+async def chat_loop(engine: Engine, *, stdin: TextIO, out: TextIO, interactive: bool,
+                    chat_id: int, user_id: int, chat_type: ChatType,
+                    username: str | None = "console") -> None:
+    """Read messages until end of input; each is answered before the next is read (a chat is
+    in order anyway, and the console shows one conversation)."""
+    while True:
+        if interactive:
+            out.write("you> ")
+            out.flush()
+        line = await _read_line(stdin)
+        if line is None:
+            if interactive:
+                out.write("\n")
+            return
+        text = line.rstrip("\r\n")
+        if not text.strip():
+            continue
+        # message_id None: the console has no message ids to deduplicate by.
+        message = IncomingMessage(
+            chat=ChatIdentity(chat_type=chat_type, chat_id=chat_id, user_id=user_id,
+                              username=username, message_id=None),
+            text=text,
+            addressed=True,
+        )
+        done = await engine.submit(message)
+        await done
+
+
+def stdin_is_interactive() -> bool:
+    return sys.stdin.isatty()

@@ -1,0 +1,126 @@
+"""The one HTTP layer: what is retried and what is not, against a real local server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from aiohttp import web
+from tgmux.errors import (
+    AuthError,
+    BackendTimeoutError,
+    RateLimitedError,
+    UnavailableError,
+)
+from tgmux.http import HttpClient, delay_notifier, parse_retry_after
+from tgmux.ratelimit import SlidingWindowLimiter
+from tgmux.simkit import Fault, SimulatorServer
+
+
+class Echo(SimulatorServer):
+    name = "echo"
+
+    def routes(self, app: web.Application) -> None:
+        async def ok(request: web.Request) -> web.Response:
+            return web.json_response({"ok": True, "method": request.method})
+
+        async def slow(request: web.Request) -> web.Response:
+            await asyncio.sleep(1)
+            return web.json_response({"ok": True})
+
+        app.router.add_route("*", "/ok", ok)
+        app.router.add_route("*", "/slow", slow)
+
+
+@pytest.fixture
+async def server():
+    async with Echo() as sim:
+        yield sim
+
+
+def client(sim: SimulatorServer, **kwargs) -> HttpClient:
+    kwargs.setdefault("backoff", 0.01)
+    return HttpClient(sim.base_url, **kwargs)
+
+
+async def test_get_is_retried_after_a_server_error(server: Echo) -> None:
+    server.inject(Fault(status=503, body={"e": 1}))
+    async with client(server) as http:
+        assert await http.request_json("GET", "/ok") == {"ok": True, "method": "GET"}
+    assert [r.method for r in server.requests] == ["GET", "GET"]
+
+
+async def test_post_that_reached_the_provider_is_not_retried(server: Echo) -> None:
+    server.inject(Fault(status=500, body={"e": 1}))
+    async with client(server) as http:
+        with pytest.raises(UnavailableError) as info:
+            await http.request("POST", "/ok", json={"message": "hi"})
+    assert len(server.requests) == 1
+    assert info.value.status == 500
+
+
+async def test_post_refused_with_429_is_retried_after_retry_after(server: Echo) -> None:
+    server.inject(Fault(status=429, body={}, headers={"Retry-After": "0.2"}))
+    async with client(server) as http:
+        started = time.monotonic()
+        assert (await http.request_json("POST", "/ok", json={}))["ok"]
+    assert time.monotonic() - started >= 0.2
+    assert len(server.requests) == 2
+
+
+async def test_long_retry_after_is_not_slept_but_raised(server: Echo) -> None:
+    server.inject(Fault(status=429, body={}, headers={"Retry-After": "120"}))
+    async with client(server, max_retry_after=30) as http:
+        with pytest.raises(RateLimitedError) as info:
+            await http.request("POST", "/ok")
+    assert info.value.retry_after == 120
+    assert len(server.requests) == 1
+
+
+async def test_auth_errors_map_and_are_not_retried(server: Echo) -> None:
+    server.inject(Fault(status=403, body={"code": "rest_forbidden"}))
+    async with client(server) as http:
+        with pytest.raises(AuthError):
+            await http.request("GET", "/ok")
+    assert len(server.requests) == 1
+
+
+async def test_read_timeout_on_post_is_a_timeout_error_without_retry(server: Echo) -> None:
+    async with client(server, timeout=0.2) as http:
+        with pytest.raises(BackendTimeoutError):
+            await http.request("POST", "/slow")
+    assert len(server.requests) == 1
+
+
+async def test_connection_refused_is_retried_then_unavailable() -> None:
+    async with HttpClient("http://127.0.0.1:9", backoff=0.01, retries=2) as http:
+        with pytest.raises(UnavailableError):
+            await http.request("POST", "/x")
+
+
+async def test_limiter_paces_requests_and_tells_the_user_about_long_waits(server: Echo) -> None:
+    told: list[float] = []
+
+    async def notify(seconds: float) -> None:
+        told.append(seconds)
+
+    limiter = SlidingWindowLimiter(2, 0.5)
+    token = delay_notifier.set(notify)
+    try:
+        async with client(server, limiter=limiter, notify_after=0.1) as http:
+            started = time.monotonic()
+            for _ in range(4):
+                await http.request("GET", "/ok")
+            elapsed = time.monotonic() - started
+    finally:
+        delay_notifier.reset(token)
+    assert 0.5 <= elapsed < 1.5
+    assert told and told[0] > 0.1
+
+
+def test_retry_after_formats() -> None:
+    assert parse_retry_after("7") == 7
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tgmux.ratelimit import KeyedLimiter, SlidingWindowLimiter
+
+
+async def test_never_more_than_limit_in_any_window() -> None:
+    limiter = SlidingWindowLimiter(5, 0.3)
+    stamps: list[float] = []
+
+    async def one() -> None:
+        await limiter.acquire()
+        stamps.append(time.monotonic())
+
+    await asyncio.gather(*(one() for _ in range(15)))
+    stamps.sort()
+    for i in range(len(stamps) - 5):
+        assert stamps[i + 5] - stamps[i] >= 0.3 - 0.01
+    assert stamps[-1] - stamps[0] < 0.3 * 2 + 0.2  # and no slower than needed
+
+
+async def test_penalize_blocks_until_the_wait_is_over() -> None:
+    limiter = SlidingWindowLimiter(10, 1.0)
+    limiter.penalize(0.2)
+    started = time.monotonic()
+    await limiter.acquire()
+    assert time.monotonic() - started >= 0.19
+
+
+async def test_keys_are_independent() -> None:
+    keyed = KeyedLimiter(1, 10)
+    await keyed.acquire("a")
+    started = time.monotonic()
+    await keyed.acquire("b")
+    assert time.monotonic() - started < 0.05
