@@ -8,6 +8,8 @@
   another account owns it.
 * History is kept per sub-user and per model, entries ``role``/``message``/``clean_message``/
   ``timestamp`` (``message`` carries HTML markup, ``clean_message`` is the plain text).
+* POST bodies are read as JSON only when sent as ``application/json`` (as WordPress does);
+  a JSON text sent as ``text/plain`` counts as no parameters (400).
 * ``get-history`` reads ``chatbot_model``/``user_id`` from the query string (and, as WordPress
   does, from a JSON body too).
 * A free-message allowance per account (``free_messages``), then paid ``credits``; when both
@@ -204,8 +206,14 @@ class LucyDreamSimulator(SimulatorServer):
 
     @staticmethod
     async def _json_body(request: web.Request) -> dict[str, Any] | None:
+        """The parameters of a body. As in WordPress, a body is only read as JSON when it is
+        sent as ``application/json``; otherwise form fields count, and a JSON text is ignored."""
         raw = await request.read()
         if not raw:
+            return {}
+        if request.content_type != "application/json":
+            if request.content_type == "application/x-www-form-urlencoded":
+                return {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
             return {}
         try:
             data = json.loads(raw)

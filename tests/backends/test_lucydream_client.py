@@ -229,3 +229,15 @@ async def test_wp_json_root_is_accepted_as_base_url(sim):
     async with LucyDreamClient(KEY, base_url=f"{sim.root_url}/wp-json", timeout=5) as c:
         await c.list_sub_users()
     assert sim.requests[-1].path == f"{PREFIX}/sub-users"
+
+
+async def test_simulator_reads_json_only_with_json_content_type(sim):
+    # Faithful to WordPress: a JSON text without the JSON content type carries no parameters.
+    async with httpx.AsyncClient(base_url=sim.base_url) as plain:
+        got = await plain.post("create-sub-user", content=b'{"username": "x"}',
+                               headers={"X-API-Key": KEY, "Content-Type": "text/plain"})
+        assert got.status_code == 400
+        assert got.json()["message"] == "Missing parameter(s): username"
+        got = await plain.post("create-sub-user", json={"username": "x"},
+                               headers={"X-API-Key": KEY})
+        assert got.status_code == 200

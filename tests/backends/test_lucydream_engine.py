@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 import tgmux.backends.lucydream as lucydream_plugin
@@ -191,6 +192,18 @@ async def test_per_chat_sub_users(sim):
     ]
 
 
+async def test_channel_post_without_sender_maps_the_chat(sim):
+    async with harness(config(sim, routes="routes:\n  - {match: {chat_type: channel}, "
+                                           "backend: lucy}")) as h:
+        message = h.message("post", user_id=0, chat_id=-1005, chat_type="channel")
+        message = dataclasses.replace(
+            message, chat=dataclasses.replace(message.chat, user_id=None)
+        )
+        await (await h.engine.submit(message))
+        assert h.frontend.by_message[(-1005, 1)] == [Text("You said: post")]
+    assert sim.requests[0].json == {"username": "tg_chat-1005"}
+
+
 async def test_username_template(sim):
     extra = '    username_template: "mybot_{backend}_{user_id}"'
     async with harness(config(sim, extra=extra)) as h:
@@ -320,3 +333,50 @@ async def test_unreadable_answer_reaches_user(sim):
         assert await h.say("x", user_id=42) == [Notice(USER_MESSAGES[ErrorKind.PROTOCOL])]
         sim.inject(path="send-message", status=200, body={"reply": "  "})
         assert await h.say("y", user_id=42) == [Notice(USER_MESSAGES[ErrorKind.PROTOCOL])]
+
+
+async def test_demo_backend_starts_a_working_simulator():
+    [offer] = lucydream_plugin.tgmux_demo_backends()
+    assert offer.name == "lucydream"
+    settings, stop = await offer.start()
+    try:
+        body = "\n".join(f"    {k}: {v}" for k, v in settings.items() if k != "type")
+        text = f"backends:\n  lucy:\n    type: {settings['type']}\n{body}\ndefault: lucy\n"
+        async with harness(text) as h:
+            assert await h.say("hi", user_id=1) == [Text("You said: hi")]
+            [image] = await h.say("/image", user_id=1)
+            assert isinstance(image, Image) and image.caption == IMAGE_REPLY
+            assert await h.say("/history", user_id=1) == [Text(
+                f"user: hi\nassistant: You said: hi\nassistant: {IMAGE_REPLY}"
+            )]
+    finally:
+        await stop()
+
+
+async def test_console_chat(sim, tmp_path):
+    """The console frontend (what `tgmux chat` runs) against the simulator."""
+    import io
+
+    from tgmux.config import load_config_text
+    from tgmux.console import ConsoleFrontend, chat_loop
+    from tgmux.engine import Engine
+    from tgmux.hooks import build_plugin_manager
+    from tgmux.store import open_store
+
+    pm = build_plugin_manager()
+    pm.register_from(lucydream_plugin, lucydream_plugin.__name__, "test")
+    cfg = load_config_text(config(sim), env={}, plugin_manager=pm)
+    out = io.StringIO()
+    engine = Engine(cfg, pm, open_store(f"sqlite:///{tmp_path}/c.db"), ConsoleFrontend(
+        out, interactive=False))
+    await engine.start()
+    try:
+        await chat_loop(engine, stdin=io.StringIO("hello\n/image\n/history\n"), out=out,
+                        interactive=False, chat_id=7, user_id=7, chat_type="private")
+    finally:
+        await engine.stop()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "You said: hello"
+    assert lines[1].startswith(f"[photo] {sim.root_url}/wp-content/uploads/lucydream/")
+    assert lines[1].endswith(f" — {IMAGE_REPLY}")
+    assert lines[2:] == ["user: hello", "assistant: You said: hello", f"assistant: {IMAGE_REPLY}"]
