@@ -32,7 +32,13 @@ from tgmux.backend import (
 )
 from tgmux.errors import BadRequestError, NotFoundError, ProtocolError
 
-from .client import DEFAULT_BASE_URL, DEFAULT_MODEL, HistoryEntry, LucyDreamClient
+from .client import (
+    DEFAULT_BASE_URL,
+    DEFAULT_MODEL,
+    HistoryEntry,
+    ImageReply,
+    LucyDreamClient,
+)
 
 log = logging.getLogger("tgmux.backends.lucydream")
 
@@ -222,7 +228,7 @@ class LucyDreamBackend(Backend):
     async def _image(self, turn: Turn) -> AsyncIterator[ReplyPart]:
         model = self._options(turn).model
 
-        async def request(user_id: str) -> Any:
+        async def request(user_id: str) -> ImageReply:
             return await self._api().request_image(chatbot_model=model, user_id=user_id)
 
         image = await self._with_sub_user(turn, request)
