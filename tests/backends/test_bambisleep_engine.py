@@ -1,0 +1,340 @@
+"""BambiSleep through the engine (EngineHarness) against the real simulator on 127.0.0.1:
+replies with audio and triggers, both auth modes, re-login, every command, rate limits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import tgmux.backends.bambisleep as bambisleep_plugin
+from tgmux.backend import Audio, Notice, Text
+from tgmux.backends.bambisleep.adapter import format_triggers
+from tgmux.backends.bambisleep.simulator import SESSION_COOKIE, BambiSleepSimulator
+from tgmux.config import load_config_text
+from tgmux.errors import USER_MESSAGES, ConfigError, ErrorKind
+from tgmux.harness import EngineHarness
+from tgmux.hooks import build_plugin_manager
+
+KEY = "key-one"
+USER = "bambi"
+PASSWORD = "pw-1"
+
+
+@pytest.fixture
+async def sim():
+    async with BambiSleepSimulator(api_keys={KEY: USER},
+                                   users={USER: PASSWORD, "alice": "pw-2"}) as server:
+        yield server
+
+
+def config(sim: BambiSleepSimulator, auth: str = f"api_key: {KEY}", extra: str = "",
+           tail: str = "default: bambi") -> str:
+    return f"""
+backends:
+  bambi:
+    type: bambisleep
+    base_url: {sim.base_url}
+    timeout: 5
+    {auth}
+{extra}
+{tail}
+"""
+
+
+SESSION_AUTH = f"username: {USER}\n    password: {PASSWORD}"
+
+
+def harness(text: str, **kwargs) -> EngineHarness:
+    # Registered explicitly too, so the tests do not depend on the installed entry points.
+    return EngineHarness.from_yaml(text, plugins=[bambisleep_plugin], **kwargs)
+
+
+def load(text: str):
+    pm = build_plugin_manager()
+    pm.register_from(bambisleep_plugin, "bambisleep", "test")
+    return load_config_text(text, env={}, plugin_manager=pm)
+
+
+def audio(sim: BambiSleepSimulator, n: int) -> Audio:
+    return Audio(url=f"{sim.root_url}/audio/response-{n}.mp3", voice=True,
+                 mime_type="audio/mpeg", filename=f"response-{n}.mp3")
+
+
+# -- chat --------------------------------------------------------------------------------------
+
+
+async def test_reply_text_triggers_then_voice(sim):
+    async with harness(config(sim)) as h:
+        parts = await h.say("Hello Bambi", user_id=42)
+    assert parts == [
+        Text("Bambi hears you: Hello Bambi\n\nTriggers: Good Girl, Bambi Sleep"),
+        audio(sim, 123),
+    ]
+    [req] = sim.requests
+    assert (req.method, req.path) == ("POST", "/v1/ai/generate")
+    assert req.header("Authorization") == f"Bearer {KEY}"
+    assert req.json == {"prompt": "Hello Bambi",
+                        "settings": {"includeAudio": True, "includeTriggers": True}}
+
+
+async def test_settings_reach_the_request_and_format(sim):
+    extra = """    model: MODEL_2
+    include_audio: false
+    triggers_format: "{hashtags}"
+    triggers_message: separate"""
+    async with harness(config(sim, extra=extra)) as h:
+        parts = await h.say("hi", user_id=1)
+    assert parts == [Text("Bambi hears you: hi"), Text("#Good_Girl #Bambi_Sleep")]
+    assert sim.requests[0].json == {"prompt": "hi", "settings": {
+        "model": "MODEL_2", "includeAudio": False, "includeTriggers": True}}
+
+
+async def test_route_overrides_and_no_triggers(sim):
+    tail = """routes:
+  - match: {chat_id: -100}
+    backend: bambi
+    options: {include_triggers: false, include_audio: false}
+default: bambi"""
+    async with harness(config(sim, tail=tail)) as h:
+        group = await h.say("hey", user_id=5, chat_id=-100, chat_type="supergroup")
+        private = await h.say("hey", user_id=5)
+    assert group == [Text("Bambi hears you: hey")]
+    assert private[0] == Text("Bambi hears you: hey\n\nTriggers: Good Girl, Bambi Sleep")
+    assert sim.requests[0].json["settings"] == {"includeAudio": False, "includeTriggers": False}
+
+
+def test_format_triggers_placeholders():
+    assert format_triggers("{count}: {lines}", ["A b", "C"]) == "2: • A b\n• C"
+    assert format_triggers("{triggers}", []) == ""
+    assert format_triggers("", ["x"]) == ""
+
+
+async def test_session_auth_and_relogin_through_engine(sim):
+    async with harness(config(sim, SESSION_AUTH)) as h:
+        assert (await h.say("one", user_id=1))[0].text.startswith("Bambi hears you: one")
+        sim.expire_sessions()
+        parts = await h.say("two", user_id=1)
+    assert parts[0].text.startswith("Bambi hears you: two")
+    assert [(r.method, r.path) for r in sim.requests] == [
+        ("POST", "/v1/auth/login"), ("POST", "/v1/ai/generate"),
+        ("POST", "/v1/ai/generate"), ("POST", "/v1/auth/login"), ("POST", "/v1/ai/generate"),
+    ]
+    assert [s for (_, p, s) in sim.statuses if p == "/v1/ai/generate"] == [200, 401, 200]
+    token = next(iter(sim.sessions))
+    assert sim.requests[-1].header("Cookie") == f"{SESSION_COOKIE}={token}"
+    assert sim.logins == 2
+
+
+async def test_bad_credentials_tell_the_user(sim):
+    async with harness(config(sim, "api_key: wrong")) as h:
+        parts = await h.say("hi", user_id=1)
+    assert parts == [Notice(USER_MESSAGES[ErrorKind.AUTH])]
+
+
+async def test_provider_down_tells_the_user(sim):
+    sim.inject(status=500, path="/ai/generate",
+               body={"error": True, "code": "INTERNAL", "message": "boom"})
+    async with harness(config(sim)) as h:
+        parts = await h.say("hi", user_id=1)
+    assert parts == [Notice(USER_MESSAGES[ErrorKind.UNAVAILABLE])]
+    assert len(sim.requests) == 1  # a POST that may have been processed is not repeated
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+async def test_help_lists_the_commands(sim):
+    async with harness(config(sim)) as h:
+        [help_text] = await h.say("/help", user_id=1)
+    for line in ("/profile [username] — Show the BambiSleep profile",
+                 "/profile_set <display name> — Change the profile's display name",
+                 "/triggers — List the triggers you can use",
+                 "/trigger_add name | description | content — Create a private trigger",
+                 "/sessions — List your past sessions",
+                 "/session <id> — Show the messages of a session"):
+        assert line in help_text.text
+
+
+async def test_profile_commands(sim):
+    async with harness(config(sim, SESSION_AUTH)) as h:
+        assert await h.say("/profile", user_id=1) == [Text(
+            "👤 Bambi (@bambi)\nLevel 5 · 1,250 XP\nPublic profile\nMember since 2025-01-01\n"
+            "Triggers: Good Girl, Bambi Sleep\nAvatar: https://bambisleep.chat/avatars/image.png"
+        )]
+        assert await h.say("/profile_set Bambi Doll", user_id=1) == [
+            Text("Display name of @bambi is now: Bambi Doll")]
+        assert (await h.say("/profile", user_id=1))[0].text.startswith(
+            "👤 Bambi Doll (@bambi)")
+        assert (await h.say("/profile @alice", user_id=1))[0].text.startswith(
+            "👤 Alice (@alice)")
+        assert await h.say("/profile nobody", user_id=1) == [
+            Notice("There is no BambiSleep user nobody.")]
+        assert await h.say("/profile_set", user_id=1) == [
+            Notice("Usage: /profile_set <display name>")]
+        assert await h.say("/profile_set " + "x" * 51, user_id=1) == [
+            Notice("The display name was not accepted: displayName must be 1 to 50 characters")]
+    put = sim.requests_to("/profile/bambi", "PUT")[0]
+    assert put.json == {"displayName": "Bambi Doll"}
+    assert sim.users["bambi"].display_name == "Bambi Doll"
+
+
+async def test_private_profile_and_api_key_without_username(sim):
+    sim.users["alice"].is_public = False
+    async with harness(config(sim)) as h:
+        assert await h.say("/profile alice", user_id=1) == [
+            Notice("The profile of alice is private.")]
+        [notice] = await h.say("/profile", user_id=1)
+    assert notice.text.startswith("Whose profile? Use /profile <username>")
+
+
+async def test_trigger_commands(sim):
+    async with harness(config(sim)) as h:
+        added = await h.say("/trigger_add Deep Drop | Sink deeper | Drop down | deeper",
+                            user_id=1)
+        listed = await h.say("/triggers", user_id=1)
+        again = await h.say("/trigger_add Deep Drop | x | y", user_id=1)
+        bad = await h.say("/trigger_add only a name", user_id=1)
+    assert added == [Text("Created the private trigger “Deep Drop”.")]
+    post = sim.requests_to("/triggers", "POST")[0]
+    assert post.json == {"name": "Deep Drop", "description": "Sink deeper", "isPublic": False,
+                         "content": "Drop down | deeper"}
+    assert listed == [Text(
+        "Triggers (3):\n"
+        "• Good Girl — Feel proud and happy (public, by bambisleep)\n"
+        "• Bambi Sleep — Drop deep (public, by bambisleep)\n"
+        "• Deep Drop — Sink deeper (private, by bambi)"
+    )]
+    assert again == [Notice("The trigger was not created: "
+                            "A trigger with this name already exists")]
+    assert bad == [Notice("Usage: /trigger_add name | description | content")]
+
+
+async def test_session_commands(sim):
+    async with harness(config(sim)) as h:
+        sessions = await h.say("/sessions", user_id=1)
+        detail = await h.say("/session sess_001", user_id=1)
+        missing = await h.say("/session sess_404", user_id=1)
+        usage = await h.say("/session", user_id=1)
+    assert sessions == [Text("Sessions (1):\n• sess_001 — 2025-01-01 00:00 UTC, 2 messages\n"
+                             "Show one with /session <id>")]
+    assert detail == [Text("Session sess_001 (2025-01-01 00:00 UTC):\n"
+                           "[2025-01-01 00:00:00] You: Hello Bambi\n"
+                           "[2025-01-01 00:00:01] Bambi: Hello! Relax and listen.")]
+    assert missing == [Notice("There is no session sess_404. /sessions lists them.")]
+    assert usage == [Notice("Usage: /session <id> (/sessions lists them)")]
+    assert [(r.method, r.path) for r in sim.requests] == [
+        ("GET", "/v1/sessions"), ("GET", "/v1/sessions/sess_001"),
+        ("GET", "/v1/sessions/sess_404"),
+    ]
+
+
+# -- rate limits -------------------------------------------------------------------------------
+
+
+async def test_burst_of_100_from_10_chats_stays_under_the_limit():
+    """20 requests per second allowed; two backends share the same key (one budget)."""
+    async with BambiSleepSimulator(api_keys={KEY: USER}, rate_limit=20,
+                                   rate_period=1.0) as sim:
+        limits = "    include_audio: false\n    rate_limit: {requests: 20, period: 1}"
+        text = f"""
+backends:
+  a:
+    type: bambisleep
+    base_url: {sim.base_url}
+    api_key: {KEY}
+{limits}
+  b:
+    type: bambisleep
+    base_url: {sim.base_url}
+    api_key: {KEY}
+    include_triggers: false
+{limits}
+routes:
+  - match: {{chat_id: [1, 2, 3, 4, 5]}}
+    backend: a
+default: b
+"""
+        async with harness(text) as h:
+            started = time.monotonic()
+            futures = []
+            for i in range(10):
+                for chat in range(1, 11):
+                    futures.append((chat, i, (await h.submit(f"c{chat} m{i}",
+                                                             user_id=chat))[1]))
+            await asyncio.gather(*(f for _, _, f in futures))
+            elapsed = time.monotonic() - started
+        assert sim.rate_limited == 0
+        assert len(sim.requests_to("/ai/generate")) == 100
+        # 100 requests at 20 per (padded) second: 4 full windows after the first 20
+        assert 4.0 <= elapsed < 5.5, elapsed
+        replies = [(chat, part.text) for chat, part in h.delivered]
+        assert len(replies) == 100
+        for chat in range(1, 11):
+            mine = [t.split("\n")[0] for c, t in replies if c == chat]
+            assert mine == [f"Bambi hears you: c{chat} m{i}" for i in range(10)]
+
+
+async def test_long_wait_tells_the_user():
+    async with BambiSleepSimulator(api_keys={KEY: USER}, rate_limit=1, rate_period=1.0) as sim:
+        extra = ("    include_audio: false\n    include_triggers: false\n"
+                 "    rate_limit: {requests: 1, period: 1, notify_after: 0.5}")
+        async with harness(config(sim, extra=extra)) as h:
+            assert await h.say("one", user_id=1) == [Text("Bambi hears you: one")]
+            parts = await h.say("two", user_id=1)
+        assert parts == [
+            Notice("Your reply is delayed by about 1 s (the AI provider's rate limit). "
+                   "I'll answer as soon as I can."),
+            Text("Bambi hears you: two"),
+        ]
+        assert sim.rate_limited == 0
+
+
+async def test_429_from_the_provider_is_waited_out(sim):
+    sim.inject(status=429, path="/ai/generate", headers={"Retry-After": "1"},
+               body={"error": True, "code": "RATE_LIMITED", "message": "slow down"})
+    extra = "    include_audio: false\n    include_triggers: false"
+    async with harness(config(sim, extra=extra)) as h:
+        started = time.monotonic()
+        parts = await h.say("hi", user_id=1)
+    assert parts == [Text("Bambi hears you: hi")]
+    assert time.monotonic() - started >= 0.9
+    assert len(sim.requests_to("/ai/generate")) == 2
+
+
+# -- config ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("auth", "problem"), [
+    (f"api_key: k\n    username: u\n    password: {PASSWORD}", "not both"),
+    ("model: MODEL_1", "needs api_key, or username and password"),
+    (f"password: {PASSWORD}", "password needs username"),
+    ("api_key: k\n    triggers_format: '{nope}'", "bad placeholder"),
+    ("api_key: k\n    transport: carrier-pigeon", "transport"),
+    ("api_key: k\n    webhook: {public_url: 'http://x/h', secret: s, listen: 'nope'}",
+     "HOST:PORT"),
+    ("api_key: k\n    webhook: {public_url: 'http://x/h', secret: s, events: [x.y]}", "events"),
+])
+def test_config_errors(auth, problem):
+    text = f"""
+backends:
+  bambi:
+    type: bambisleep
+    {auth}
+default: bambi
+"""
+    with pytest.raises(ConfigError) as info:
+        load(text)
+    assert problem in str(info.value)
+    assert "backends.bambi" in str(info.value)
+
+
+def test_config_defaults_and_secrets():
+    text = "backends:\n  b:\n    type: bambisleep\n    api_key: sekret\ndefault: b\n"
+    settings = load(text).backend_settings["b"]
+    assert settings.base_url == "https://api.bambisleep.chat/v1"
+    assert (settings.include_audio, settings.include_triggers, settings.transport) == (
+        True, True, "rest")
+    assert (settings.rate_limit.requests, settings.rate_limit.unauthenticated,
+            settings.rate_limit.period) == (60, 10, 60.0)
+    assert "sekret" not in repr(settings)
