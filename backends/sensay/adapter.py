@@ -38,6 +38,10 @@ USER_ID_FIELDS = ("user_id", "chat_id", "username", "chat_type")
 
 CUT_OFF = "The AI's reply was cut off by an error; what it said so far is above. Please try again."
 EMPTY_REPLY = "The AI sent an empty reply."
+NO_RESET = (
+    "This AI keeps the conversation on its side and cannot forget it from here. "
+    "To ask something without it, use /fresh <text>."
+)
 
 
 class SensaySettings(HttpBackendSettings):
@@ -144,6 +148,10 @@ class SensayBackend(Backend):
     def commands(self) -> list[CommandSpec]:
         return [CommandSpec("fresh", "Ask without the chat history (not remembered)",
                             usage="<text>")]
+
+    async def reset(self, turn: Turn) -> str | None:
+        # The contract has no call that clears a history: say what can be done instead.
+        return NO_RESET
 
     def reply(self, turn: Turn) -> AsyncIterator[ReplyPart]:
         options = turn.options or self.settings

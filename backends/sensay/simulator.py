@@ -341,7 +341,7 @@ class SensaySimulator(SimulatorServer):
                 frames.append((f'd:{{"finishReason":"stop",{usage}}}{eol}', False))
         elif replica.flavor == "ui":
             def event(obj: Any) -> str:
-                data = obj if isinstance(obj, str) else json.dumps(obj)
+                data = obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":"))
                 return f"data: {data}{eol}{eol}"
 
             frames.append((event({"type": "start", "messageId": f"msg-{next(self._ids)}"}),

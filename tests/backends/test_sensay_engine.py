@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import tgmux.backends.sensay as sensay_plugin
 from tgmux.backend import Notice, Text, TextDelta
-from tgmux.backends.sensay.adapter import CUT_OFF, SensayBackend
+from tgmux.backends.sensay.adapter import CUT_OFF, NO_RESET, SensayBackend
 from tgmux.backends.sensay.simulator import Replica, SensaySimulator
 from tgmux.errors import USER_MESSAGES, ConfigError, ErrorKind
 from tgmux.harness import EngineHarness
@@ -203,6 +203,12 @@ async def test_help_lists_fresh(sim: SensaySimulator) -> None:
     assert isinstance(help_text, Text)
     assert "/fresh <text> — Ask without the chat history (not remembered)" in help_text.text
     assert usage == Notice("Write your question after the command: /fresh <text>")
+    assert sim.requests == []
+
+
+async def test_reset_explains_fresh(sim: SensaySimulator) -> None:
+    async with harness(sim) as h:
+        assert await h.say("/reset", user_id=42) == [Text(NO_RESET)]
     assert sim.requests == []
 
 
