@@ -119,6 +119,9 @@ class Turn:
     flavor: str | None = None
     stored: bool = False
     telegram_data: dict[str, Any] = field(default_factory=dict)
+    #: loop times at which the first and the last text part were written (streams only)
+    first_token_at: float | None = None
+    last_token_at: float | None = None
 
 
 def utf16_len(text: str) -> int:
@@ -155,8 +158,6 @@ class SensaySimulator(SimulatorServer):
         self._histories: dict[tuple[str, str], list[dict[str, str]]] = {}
         self.turns: list[Turn] = []
         self.stream_faults: list[StreamFault] = []
-        #: monotonic times at which each stream's first text part was written (benchmarks)
-        self.first_token_at: list[float] = []
         self._ids = itertools.count(1)
 
     # -- setup and inspection --------------------------------------------------------------------
@@ -263,7 +264,7 @@ class SensaySimulator(SimulatorServer):
                 text = f'{{"content"=>{json.dumps(reply)}, "success"=>true}}'
                 return web.Response(text=text, content_type="application/json")
             return web.json_response({"content": reply, "success": True})
-        response, completed = await self._stream(request, replica, reply)
+        response, completed = await self._stream(request, replica, reply, turn)
         if completed:
             store()
         return response
@@ -361,8 +362,8 @@ class SensaySimulator(SimulatorServer):
             frames += [(p, True) for p in pieces]
         return frames
 
-    async def _stream(self, request: web.Request, replica: Replica,
-                      reply: str) -> tuple[web.StreamResponse, bool]:
+    async def _stream(self, request: web.Request, replica: Replica, reply: str,
+                      turn: Turn | None = None) -> tuple[web.StreamResponse, bool]:
         """Write the stream; the response, and whether it completed (no fault broke it)."""
         fault = self._take_stream_fault(replica.uuid)
         response = web.StreamResponse(status=200, headers=self._stream_headers(replica))
@@ -377,9 +378,11 @@ class SensaySimulator(SimulatorServer):
             data = frame.encode("utf-8")
             step = self.write_size or len(data) or 1
             for i in range(0, len(data), step):
-                if is_text and first:
-                    self.first_token_at.append(loop.time())
-                    first = False
+                if is_text and turn is not None:
+                    turn.last_token_at = loop.time()
+                    if first:
+                        turn.first_token_at = turn.last_token_at
+                first = first and not is_text
                 await response.write(data[i:i + step])
                 if self.write_size and self.chunk_delay:
                     await asyncio.sleep(self.chunk_delay)
