@@ -24,7 +24,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
+import aiohttp
 import httpx
+from httpx_aiohttp import AiohttpTransport
+
 from tgmux import __version__
 from tgmux.errors import (
     BackendError,
@@ -74,6 +77,32 @@ def default_error_parser(response: httpx.Response) -> BackendError:
     )
 
 
+def _transport(max_connections: int) -> AiohttpTransport:
+    """httpx's API over aiohttp's connection pool: httpcore's pool slows to seconds per request
+    with a thousand concurrent connections (see docs/benchmarks.md); aiohttp's does not.
+    Cookies stay with httpx (a dummy jar here), so they are sent once."""
+
+    def session() -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    return AiohttpTransport(client=session)
+
+
+def _never_reached(exc: httpx.TransportError) -> bool:
+    """Did the request certainly not reach the provider? (Only then is a POST repeated.)
+    The aiohttp transport maps every aiohttp connection error (a server disconnect mid-request
+    too) to ConnectTimeout; only a failed connect proves nothing was sent."""
+    if not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        return False
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientError):
+        return isinstance(cause, aiohttp.ClientConnectorError)
+    return True
+
+
 class HttpClient:
     """A backend's HTTP client. Every backend instance owns one; close it with :meth:`aclose`."""
 
@@ -93,6 +122,7 @@ class HttpClient:
         name: str = "backend",
         transport: httpx.AsyncBaseTransport | None = None,
         cookies: httpx.Cookies | None = None,
+        max_connections: int = 256,
     ) -> None:
         self.name = name
         self.retries = retries
@@ -106,7 +136,7 @@ class HttpClient:
             base_url=base_url,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             headers={"User-Agent": f"tgmux/{__version__}", **(headers or {})},
-            transport=transport,
+            transport=transport or _transport(max_connections),
             cookies=cookies,
             follow_redirects=False,
         )
@@ -212,31 +242,23 @@ class HttpClient:
             started = time.monotonic()
             try:
                 response = await self._client.send(request, stream=stream)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                # Never reached the provider: repeating cannot duplicate anything.
-                if attempt < self.retries:
-                    await self._wait(self._backoff(attempt), f"{where}: {type(exc).__name__}")
-                    attempt += 1
-                    continue
-                raise UnavailableError(
-                    f"{self.name}: {where}: cannot connect", provider_message=str(exc)
-                ) from exc
-            except httpx.TimeoutException as exc:
-                if safe_to_repeat and attempt < self.retries:
-                    await self._wait(self._backoff(attempt), f"{where}: timeout")
-                    attempt += 1
-                    continue
-                raise BackendTimeoutError(
-                    f"{self.name}: {where}: timed out", provider_message=str(exc)
-                ) from exc
             except httpx.TransportError as exc:
-                if safe_to_repeat and attempt < self.retries:
+                if _never_reached(exc):
+                    # Repeating cannot duplicate anything, whatever the method.
+                    retry, error = True, UnavailableError(
+                        f"{self.name}: {where}: cannot connect", provider_message=str(exc))
+                elif isinstance(exc, httpx.TimeoutException):
+                    retry, error = safe_to_repeat, BackendTimeoutError(
+                        f"{self.name}: {where}: timed out", provider_message=str(exc))
+                else:  # the provider may have got it: only idempotent requests are repeated
+                    retry, error = safe_to_repeat, UnavailableError(
+                        f"{self.name}: {where}: connection failed", provider_message=str(exc))
+                if retry and attempt < self.retries:
                     await self._wait(self._backoff(attempt), f"{where}: {type(exc).__name__}")
                     attempt += 1
                     continue
-                raise UnavailableError(
-                    f"{self.name}: {where}: connection failed", provider_message=str(exc)
-                ) from exc
+                log.warning("%s: %s failed: %s", self.name, where, error.log_text())
+                raise error from exc
 
             log.debug(
                 "%s: %s -> %s in %.0f ms",

@@ -92,7 +92,8 @@ class SimulatorServer:
         self.routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        # A large backlog: benchmarks open a thousand connections at once.
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=4096)
         await site.start()
         self.port = self._runner.addresses[0][1]
         log.info("%s listening on %s", self.name, self.root_url)
