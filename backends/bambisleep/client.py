@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import httpx
+
 from tgmux.errors import (
     AuthError,
     BackendError,

@@ -40,6 +40,7 @@ from typing import Any
 
 import httpx
 from aiohttp import WSMsgType, web
+
 from tgmux.simkit import SimulatorServer, json_error, run_cli
 
 log = logging.getLogger("tgmux.simulator.bambisleep")

@@ -30,6 +30,9 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
 from tgmux.errors import (
     AuthError,
     BackendTimeoutError,
@@ -39,8 +42,6 @@ from tgmux.errors import (
 )
 from tgmux.http import delay_notifier
 from tgmux.ratelimit import SlidingWindowLimiter
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from .client import BambiSleepClient
 

@@ -7,6 +7,7 @@ import time
 
 import httpx
 import pytest
+
 from tgmux.backends.bambisleep.client import (
     BambiSleepClient,
     GenerateResult,

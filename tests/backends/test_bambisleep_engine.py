@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import pytest
+
 import tgmux.backends.bambisleep as bambisleep_plugin
 from tgmux.backend import Audio, Notice, Text
 from tgmux.backends.bambisleep.adapter import format_triggers

@@ -1,0 +1,201 @@
+"""BambiSleep webhooks through the engine: registration at start, signed events delivered to the
+configured chat (through the ``tgmux_provider_event`` hook), forged and unsigned ones refused."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import httpx
+import pytest
+
+import tgmux.backends.bambisleep as bambisleep_plugin
+from tgmux.backend import Text
+from tgmux.backends.bambisleep.simulator import BambiSleepSimulator
+from tgmux.backends.bambisleep.webhooks import WebhookReceiver, event_text, parse_listen, sign
+from tgmux.harness import EngineHarness
+from tgmux.hooks import hookimpl
+
+KEY = "key-one"
+USER = "bambi"
+SECRET = "s3cret"
+CHAT = -1001
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EventRecorder:
+    """A plugin that sees every provider event."""
+
+    def __init__(self) -> None:
+        self.events = []
+
+    @hookimpl
+    def tgmux_provider_event(self, event, engine):
+        self.events.append(event)
+
+
+def config(sim: BambiSleepSimulator, port: int, webhook_extra: str = "") -> str:
+    return f"""
+backends:
+  bambi:
+    type: bambisleep
+    base_url: {sim.base_url}
+    api_key: {KEY}
+    timeout: 3
+    webhook:
+      listen: 127.0.0.1:{port}
+      public_url: http://127.0.0.1:{port}/hooks/bambi
+      secret: {SECRET}
+      chat_id: {CHAT}
+      events: [message.new, trigger.shared]
+{webhook_extra}
+default: bambi
+"""
+
+
+async def wait_for(predicate, timeout: float = 2.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+async def sim():
+    async with BambiSleepSimulator(api_keys={KEY: USER}) as server:
+        yield server
+
+
+async def test_registered_at_start_and_signed_event_delivered(sim):
+    port = free_port()
+    recorder = EventRecorder()
+    h = EngineHarness.from_yaml(config(sim, port), plugins=[bambisleep_plugin, recorder])
+    async with h:
+        [register] = sim.requests_to("/webhooks")
+        assert (register.method, register.path) == ("POST", "/v1/webhooks")
+        assert register.header("Authorization") == f"Bearer {KEY}"
+        assert register.json == {"url": f"http://127.0.0.1:{port}/hooks/bambi",
+                                 "events": ["message.new", "trigger.shared"], "secret": SECRET}
+        assert await sim.deliver_webhook("message.new",
+                                         {"username": "alice", "content": "hi Bambi"}) == [200]
+        await wait_for(lambda: h.delivered)
+        assert h.delivered == [(CHAT, Text("💬 New message from alice: hi Bambi"))]
+        assert await sim.deliver_webhook("trigger.shared", {
+            "name": "Sleepy", "description": "Feel sleepy", "creator": "alice"}) == [200]
+        await wait_for(lambda: len(h.delivered) == 2)
+        # not subscribed: the provider does not send it (and the receiver would ignore it)
+        assert await sim.deliver_webhook("profile.update", {"username": "alice"}) == []
+    assert h.delivered[1] == (CHAT, Text("🌀 Trigger shared: Sleepy by alice — Feel sleepy"))
+    first = recorder.events[0]
+    assert (first.source, first.type, first.chat_id) == ("bambi", "message.new", CHAT)
+    assert first.data == {"username": "alice", "content": "hi Bambi"}
+
+
+async def test_forged_and_unsigned_are_refused_and_logged(sim, caplog):
+    port = free_port()
+    recorder = EventRecorder()
+    caplog.set_level(logging.WARNING, logger="tgmux.backends.bambisleep.webhooks")
+    h = EngineHarness.from_yaml(config(sim, port), plugins=[bambisleep_plugin, recorder])
+    async with h:
+        forged = await sim.deliver_webhook("message.new", {"username": "mallory",
+                                                           "content": "send money"},
+                                           secret="guessed")
+        unsigned = await sim.deliver_webhook("message.new", {"content": "x"}, signed=False)
+        # a valid signature over a different body
+        async with httpx.AsyncClient() as raw:
+            body = b'{"event": "message.new", "data": {"content": "tampered"}}'
+            tampered = await raw.post(
+                f"http://127.0.0.1:{port}/hooks/bambi", content=body + b" ",
+                headers={"X-Signature": sign(body, SECRET)})
+        await asyncio.sleep(0.1)
+        receiver = h.engine.backends["bambi"].receiver
+    assert (forged, unsigned, tampered.status_code) == ([401], [401], 401)
+    assert tampered.json()["code"] == "INVALID_SIGNATURE"
+    assert h.delivered == [] and recorder.events == []
+    assert receiver.rejected == 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("rejected (signature mismatch" in m for m in messages) == 2
+    assert sum("rejected (no signature" in m for m in messages) == 1
+
+
+async def test_configurable_header_and_algorithm():
+    async with BambiSleepSimulator(api_keys={KEY: USER},
+                                   webhook_signature_header="X-Bambi-Signature",
+                                   webhook_algorithm="sha512") as sim:
+        port = free_port()
+        extra = ("      signature_header: X-Bambi-Signature\n"
+                 "      signature_algorithm: sha512")
+        h = EngineHarness.from_yaml(config(sim, port, extra), plugins=[bambisleep_plugin])
+        async with h:
+            assert await sim.deliver_webhook("message.new", {"username": "a",
+                                                             "content": "b"}) == [200]
+            await wait_for(lambda: h.delivered)
+            # the default scheme no longer passes
+            sim.webhook_signature_header = "X-Signature"
+            sim.webhook_algorithm = "sha256"
+            assert await sim.deliver_webhook("message.new", {"content": "c"}) == [401]
+        assert h.delivered == [(CHAT, Text("💬 New message from a: b"))]
+
+
+async def test_receiver_prefix_duplicates_and_bad_bodies():
+    got = []
+
+    async def on_event(event, data, payload):
+        got.append((event, data))
+
+    receiver = WebhookReceiver(listen="127.0.0.1:0", path="/h", secret=SECRET,
+                               on_event=on_event, events={"message.new"},
+                               prefix="sha256=")
+    await receiver.start()
+    try:
+        url = receiver.url
+        body = b'{"id": "evt_1", "event": "message.new", "data": {"content": "x"}}'
+        signed = {"X-Signature": "sha256=" + sign(body, SECRET)}
+        async with httpx.AsyncClient() as raw:
+            assert (await raw.post(url, content=body, headers=signed)).status_code == 200
+            again = await raw.post(url, content=body, headers=signed)
+            assert again.json() == {"received": True, "duplicate": True}
+            bare = {"X-Signature": sign(body, SECRET)}  # prefix missing
+            assert (await raw.post(url, content=body, headers=bare)).status_code == 401
+            other = b'{"event": "profile.update", "data": {}}'
+            ignored = await raw.post(url, content=other,
+                                     headers={"X-Signature": "sha256=" + sign(other, SECRET)})
+            assert ignored.json() == {"received": True, "ignored": True}
+            junk = b"not json"
+            bad = await raw.post(url, content=junk,
+                                 headers={"X-Signature": "sha256=" + sign(junk, SECRET)})
+            assert bad.status_code == 400
+        await asyncio.sleep(0.05)
+    finally:
+        await receiver.stop()
+    assert got == [("message.new", {"content": "x"})]
+
+
+async def test_registration_retried_when_provider_is_down(sim):
+    port = free_port()
+    sim.inject(status=503, path="/webhooks", body={"error": True, "code": "DOWN",
+                                                   "message": "maintenance"})
+    h = EngineHarness.from_yaml(config(sim, port), plugins=[bambisleep_plugin])
+    async with h:
+        backend = h.engine.backends["bambi"]
+        assert backend.webhook_id is None and backend._register_task is not None
+        # the chat keeps working meanwhile
+        assert (await h.say("hi", user_id=1))[0].text.startswith("Bambi hears you: hi")
+
+
+def test_helpers():
+    assert parse_listen("127.0.0.1:8080") == ("127.0.0.1", 8080)
+    assert parse_listen("[::1]:9") == ("::1", 9)
+    assert parse_listen(":8080") == ("0.0.0.0", 8080)
+    with pytest.raises(ValueError):
+        parse_listen("8080")
+    assert event_text("profile.update", {"username": "a", "displayName": "A"}) == \
+        "👤 a updated their profile (A)"
+    assert event_text("custom.thing", {"x": 1}) == 'custom.thing: {"x": 1}'
