@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
+
 from tgmux.backend import (
     Backend,
     ChatIdentity,

@@ -38,6 +38,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+
 from tgmux.errors import (
     BackendError,
     BackendTimeoutError,

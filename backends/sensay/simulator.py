@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
 from tgmux.simkit import Fault, SimulatorServer, json_error, run_cli
 
 DEMO_SECRET = "sensay-demo-secret"

@@ -39,6 +39,7 @@ from typing import Any
 
 import httpx
 from httpx_sse import EventSource
+
 from tgmux.errors import UnavailableError
 
 log = logging.getLogger("tgmux.backends.sensay.streams")

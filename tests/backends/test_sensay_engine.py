@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+
 import tgmux.backends.sensay as sensay_plugin
 from tgmux.backend import Notice, Text, TextDelta
 from tgmux.backends.sensay.adapter import CUT_OFF, NO_RESET, SensayBackend

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import pytest
+
 from tgmux.backends.sensay.streams import (
     Flavor,
     StreamParser,
