@@ -433,11 +433,6 @@ class BambiSleepClient:
         return Webhook(url=str(body.get("url", url)), events=list(body.get("events", events)),
                        id=_opt_str(body.get("id")))
 
-    async def fetch_audio(self, url: str) -> bytes:
-        """Download an ``audioUrl`` (same credentials; counts against the rate limit)."""
-        response = await self.http.request("GET", self.absolute_url(url))
-        return response.content
-
     def absolute_url(self, url: str) -> str:
         """Resolve a URL the provider gave relative to the API's host."""
         return urljoin(self.base_url + "/", url)

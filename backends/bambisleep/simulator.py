@@ -652,16 +652,31 @@ class BambiSleepSimulator(SimulatorServer):
 
 
 def _factory(args: Any) -> BambiSleepSimulator:
-    return BambiSleepSimulator(host=args.host, port=args.port, latency=args.latency,
-                               rate_limit=args.rate_limit, rate_period=args.rate_period,
-                               auto_webhooks=True)
+    return BambiSleepSimulator(
+        host=args.host, port=args.port, latency=args.latency,
+        api_keys=dict.fromkeys(args.api_key or [DEMO_API_KEY], DEMO_USER),
+        users={DEMO_USER: args.password},
+        rate_limit=args.rate_limit, unauth_rate_limit=args.unauth_rate_limit,
+        rate_period=args.rate_period, session_ttl=args.session_ttl, auto_webhooks=True,
+    )
 
 
 def _arguments(parser: Any) -> None:
-    parser.add_argument("--rate-limit", type=int, default=60, help="requests per period")
-    parser.add_argument("--rate-period", type=float, default=60.0, help="seconds (default 60)")
+    parser.add_argument("--api-key", action="append",
+                        help=f"an API key of user {DEMO_USER} (repeatable; default "
+                        f"{DEMO_API_KEY})")
+    parser.add_argument("--password", default=DEMO_PASSWORD,
+                        help=f"password of user {DEMO_USER} (default {DEMO_PASSWORD})")
+    parser.add_argument("--rate-limit", type=int, default=60,
+                        help="authenticated requests per period (default 60)")
+    parser.add_argument("--unauth-rate-limit", type=int, default=10,
+                        help="unauthenticated requests per period (default 10)")
+    parser.add_argument("--rate-period", type=float, default=60.0,
+                        help="rate-limit window in seconds (default 60)")
+    parser.add_argument("--session-ttl", type=float, default=None,
+                        help="seconds a login session lasts (default: until restart)")
 
 
 if __name__ == "__main__":
-    print(f"API key: {DEMO_API_KEY}  user: {DEMO_USER} / {DEMO_PASSWORD}")
-    run_cli(_factory, "BambiSleep.Chat API simulator", _arguments)
+    run_cli(_factory, "BambiSleep.Chat API simulator (websocket at /ws/chat, audio at /audio/)",
+            _arguments)

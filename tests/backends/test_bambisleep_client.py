@@ -231,11 +231,13 @@ async def test_unauthenticated_limit_is_ten_per_period():
 async def test_audio_url_is_served(sim):
     async with keyed(sim) as c:
         result = await c.generate("hi")
-        assert result.audio_url is not None
-        assert await c.fetch_audio(result.audio_url) == AUDIO_BYTES
-    async with httpx.AsyncClient() as raw:
+    assert result.audio_url is not None
+    async with httpx.AsyncClient() as raw:  # a public URL: no credentials needed
         response = await raw.get(result.audio_url)
+        missing = await raw.get(f"{sim.root_url}/audio/nope.mp3")
+    assert response.content == AUDIO_BYTES
     assert response.headers["Content-Type"] == "audio/mpeg"
+    assert missing.status_code == 404
 
 
 async def test_register_webhook_exact_request(sim):
@@ -252,3 +254,9 @@ async def test_register_webhook_exact_request(sim):
 def test_default_ws_url():
     assert default_ws_url("https://api.bambisleep.chat/v1") == "wss://api.bambisleep.chat/ws/chat"
     assert default_ws_url("http://127.0.0.1:9/v1") == "ws://127.0.0.1:9/ws/chat"
+
+
+async def test_relative_audio_url_is_resolved_against_the_api_host():
+    async with BambiSleepClient(api_key="k", base_url="https://api.example.org/v1") as c:
+        assert c.absolute_url("/audio/r.mp3") == "https://api.example.org/audio/r.mp3"
+        assert c.absolute_url("https://cdn.example.org/a.mp3") == "https://cdn.example.org/a.mp3"

@@ -127,6 +127,18 @@ async def test_session_auth_and_relogin_through_engine(sim):
     assert sim.logins == 2
 
 
+async def test_concurrent_chats_share_one_relogin(sim):
+    extra = "    include_audio: false\n    include_triggers: false"
+    async with harness(config(sim, SESSION_AUTH, extra)) as h:
+        await h.say("first", user_id=1)
+        sim.expire_sessions()
+        done = [(await h.submit(f"hi {chat}", user_id=chat))[1] for chat in range(1, 6)]
+        await asyncio.gather(*done)
+    assert sim.logins == 2
+    assert sorted(p.text for _, p in h.delivered[1:]) == [
+        f"Bambi hears you: hi {chat}" for chat in range(1, 6)]
+
+
 async def test_bad_credentials_tell_the_user(sim):
     async with harness(config(sim, "api_key: wrong")) as h:
         parts = await h.say("hi", user_id=1)
@@ -339,3 +351,26 @@ def test_config_defaults_and_secrets():
     assert (settings.rate_limit.requests, settings.rate_limit.unauthenticated,
             settings.rate_limit.period) == (60, 10, 60.0)
     assert "sekret" not in repr(settings)
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+
+async def test_demo_offer_starts_a_working_simulator():
+    import yaml
+
+    [offer] = bambisleep_plugin.tgmux_demo_backends()
+    assert offer.name == "bambisleep"
+    settings, stop = await offer.start()
+    try:
+        assert settings["type"] == "bambisleep" and settings["base_url"].startswith(
+            "http://127.0.0.1:")
+        text = yaml.safe_dump({"backends": {"bambi": settings}, "default": "bambi"})
+        async with harness(text) as h:
+            parts = await h.say("hello", user_id=1)
+            profile = await h.say("/profile", user_id=1)
+        assert parts[0] == Text("Bambi hears you: hello\n\nTriggers: Good Girl, Bambi Sleep")
+        assert isinstance(parts[1], Audio) and parts[1].voice
+        assert profile[0].text.startswith("👤 Bambi (@bambi)")
+    finally:
+        await stop()
