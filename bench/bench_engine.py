@@ -31,7 +31,6 @@ from tgmux.hooks import build_plugin_manager, hookimpl
 from tgmux.http import HttpClient
 from tgmux.store import open_store
 
-
 PROVIDER = r"""
 import asyncio, json, sys
 
@@ -131,7 +130,7 @@ default: slow
 """)
         await engine.start()
         times = []
-        for wave in range(2):
+        for _wave in range(2):  # cold, then warm
             started = time.perf_counter()
             futures = [
                 await engine.submit(IncomingMessage(

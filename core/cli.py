@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import click
+
 from tgmux import __version__
 from tgmux.config import Config, load_config, load_config_text
 from tgmux.errors import ConfigError
@@ -146,6 +147,7 @@ def demo(backend: str | None) -> None:
 
 async def _demo(start_with: str | None) -> int:
     import yaml
+
     from tgmux.hooks import call_all
 
     pm = build_plugin_manager()

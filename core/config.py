@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from tgmux.backend import Backend, BackendSettings, ChatType
 from tgmux.errors import ConfigError
 

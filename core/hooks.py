@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pluggy
+
 from tgmux.errors import ConfigError
 
 log = logging.getLogger("tgmux.plugins")

@@ -18,6 +18,7 @@ import pluggy
 
 if TYPE_CHECKING:
     import click
+
     from tgmux.backend import Backend, ReplyPart, Turn
     from tgmux.demo import DemoBackend
     from tgmux.engine import Engine, IncomingMessage, PluginCommand, ProviderEvent

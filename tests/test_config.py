@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from tgmux.config import load_config, load_config_text
 from tgmux.errors import ConfigError
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Literal
 
 import pytest
+
 from tgmux.backend import (
     Backend,
     BackendSettings,

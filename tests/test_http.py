@@ -7,6 +7,7 @@ import time
 
 import pytest
 from aiohttp import web
+
 from tgmux.errors import (
     AuthError,
     BackendTimeoutError,

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Literal
 
 from pydantic import Field
+
 from tgmux.backend import Backend, BackendSettings, CommandSpec, ReplyPart, Text, TextDelta, Turn
 from tgmux.hooks import hookimpl
 

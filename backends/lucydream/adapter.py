@@ -19,6 +19,7 @@ from string import Formatter
 from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
+
 from tgmux.backend import (
     Backend,
     CommandSpec,

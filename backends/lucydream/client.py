@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
 from tgmux.errors import (
     BackendError,
     ProtocolError,

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
 from tgmux.simkit import SimulatorServer, json_error, run_cli
 
 PREFIX = "/wp-json/telegram/v1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+
 from tgmux.backends.lucydream.client import (
     QUOTA_USER_MESSAGE,
     LucyDreamClient,

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 
 import pytest
+
 import tgmux.backends.lucydream as lucydream_plugin
 from tgmux.backend import Image, Notice, Text
 from tgmux.backends.lucydream.adapter import (
