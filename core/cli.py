@@ -214,14 +214,16 @@ def list_backends() -> None:
     """List installed backend types and plugins, with where each came from."""
     pm = build_plugin_manager()
     click.echo("backend types:")
-    for impl in reversed(pm.hook.tgmux_backend_types.get_hookimpls()):
+    rows = []
+    for impl in pm.hook.tgmux_backend_types.get_hookimpls():
         result = impl.function()
         info = pm.sources.get(impl.plugin_name)
         for cls in result if isinstance(result, list | tuple) else [result]:
-            source = info.source if info else "?"
-            click.echo(f"  {cls.type_name:<12} {cls.__module__}.{cls.__qualname__}  [{source}]")
-            if cls.description:
-                click.echo(f"  {'':<12} {cls.description}")
+            rows.append((cls, info.source if info else "?"))
+    for cls, source in sorted(rows, key=lambda row: row[0].type_name):
+        click.echo(f"  {cls.type_name:<12} {cls.__module__}.{cls.__qualname__}  [{source}]")
+        if cls.description:
+            click.echo(f"  {'':<12} {cls.description}")
     click.echo("\nplugins:")
     for name, info in sorted(pm.sources.items()):
         click.echo(f"  {name:<28} {info.module}  [{info.source}]")
