@@ -77,6 +77,17 @@ def default_error_parser(response: httpx.Response) -> BackendError:
     )
 
 
+async def acquire_slot(limiter: SlidingWindowLimiter | None, notify_after: float) -> None:
+    """Wait for the limiter; when the wait is ``notify_after`` seconds or more, tell the user
+    first (through :data:`delay_notifier`). For any provider transport, HTTP or not."""
+    if limiter is None:
+        return
+    pause = limiter.delay()
+    if pause >= notify_after and (notify := delay_notifier.get()) is not None:
+        await notify(pause)
+    await limiter.acquire()
+
+
 def _transport(max_connections: int) -> AiohttpTransport:
     """httpx's API over aiohttp's connection pool: httpcore's pool slows to seconds per request
     with a thousand concurrent connections (see docs/benchmarks.md); aiohttp's does not.
@@ -217,12 +228,7 @@ class HttpClient:
         await asyncio.sleep(seconds)
 
     async def _acquire_slot(self) -> None:
-        if self.limiter is None:
-            return
-        pause = self.limiter.delay()
-        if pause >= self.notify_after and (notify := delay_notifier.get()) is not None:
-            await notify(pause)
-        await self.limiter.acquire()
+        await acquire_slot(self.limiter, self.notify_after)
 
     def _backoff(self, attempt: int) -> float:
         base = min(self.max_backoff, self.backoff * (2**attempt))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Hashable
 
@@ -82,13 +83,20 @@ class KeyedLimiter:
         return await self.get(key).acquire()
 
 
-_shared: dict[Hashable, SlidingWindowLimiter] = {}
+# Per event loop: a limiter's asyncio lock belongs to the loop that first waited on it, so a
+# second loop in the same process (tests, a restarted runner) must never get an old one.
+_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                   dict[Hashable, SlidingWindowLimiter]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def shared_limiter(key: Hashable, limit: int, period: float) -> SlidingWindowLimiter:
-    """A process-wide limiter for ``key`` (e.g. a provider's credentials): every backend
-    instance using the same credentials shares one budget."""
-    limiter = _shared.get(key)
+    """A limiter shared by everything in this event loop that uses ``key`` (e.g. a provider's
+    credentials): every backend instance using the same credentials shares one budget.
+    Call it from async code (it needs the running loop)."""
+    per_loop = _shared.setdefault(asyncio.get_running_loop(), {})
+    limiter = per_loop.get(key)
     if limiter is None or (limiter.limit, limiter.period) != (limit, period):
-        limiter = _shared[key] = SlidingWindowLimiter(limit, period)
+        limiter = per_loop[key] = SlidingWindowLimiter(limit, period)
     return limiter

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import logging
 import re
-import weakref
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -207,26 +205,6 @@ def format_triggers(template: str, triggers: list[str]) -> str:
     )
 
 
-# Limiters hold asyncio locks, which belong to one event loop: key them by loop as well, so a
-# second loop in the same process (tests) never gets a limiter bound to a dead one.
-_loop_tokens: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = \
-    weakref.WeakKeyDictionary()
-
-
-_loop_counter = itertools.count(1)
-
-
-def _loop_token() -> int | tuple[str, int]:
-    loop = asyncio.get_running_loop()
-    try:
-        token = _loop_tokens.get(loop)
-        if token is None:
-            token = _loop_tokens[loop] = next(_loop_counter)
-        return token
-    except TypeError:  # a loop that takes no weak references
-        return ("id", id(loop))
-
-
 def _padded(period: float) -> float:
     """The period tgmux keeps: a little wider than the provider's, so that network jitter
     never makes the provider count one request too many in its window."""
@@ -237,13 +215,12 @@ def provider_limiters(settings: BambiSleepSettings) -> tuple[SlidingWindowLimite
                                                               SlidingWindowLimiter]:
     """(the credentials' limiter, the unauthenticated limiter), shared process-wide."""
     identity = _identity(settings)
-    token = _loop_token()
     rl = settings.rate_limit
     period = _padded(rl.period)
     return (
-        shared_limiter(("bambisleep", settings.base_url, identity, token), rl.requests, period),
-        shared_limiter(("bambisleep-unauthenticated", settings.base_url, token),
-                       rl.unauthenticated, period),
+        shared_limiter(("bambisleep", settings.base_url, identity), rl.requests, period),
+        shared_limiter(("bambisleep-unauthenticated", settings.base_url), rl.unauthenticated,
+                       period),
     )
 
 

@@ -40,7 +40,7 @@ from tgmux.errors import (
     RateLimitedError,
     UnavailableError,
 )
-from tgmux.http import delay_notifier
+from tgmux.http import acquire_slot
 from tgmux.ratelimit import SlidingWindowLimiter
 
 from .client import BambiSleepClient
@@ -272,12 +272,7 @@ class ChatSocket:
     # -- one reply ---------------------------------------------------------------------------
 
     async def _acquire_slot(self) -> None:
-        if self.limiter is None:
-            return
-        pause = self.limiter.delay()
-        if pause >= self.notify_after and (notify := delay_notifier.get()) is not None:
-            await notify(pause)
-        await self.limiter.acquire()
+        await acquire_slot(self.limiter, self.notify_after)
 
     async def _await_reply(self, sent: str) -> WsReply:
         loop = asyncio.get_running_loop()
