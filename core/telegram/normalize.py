@@ -1,0 +1,178 @@
+"""From a Pyrogram message to the engine's :class:`~tgmux.engine.IncomingMessage`.
+
+The frontend's job, not the engine's:
+
+- ``chat_type`` from Pyrogram's ``ChatType`` (forums are supergroups, bots' chats private);
+- ``@ourname`` is stripped from the text and sets ``addressed``; so does a reply to one of our
+  messages (Telegram's ``mentioned`` flag covers both) — private chats are always addressed;
+- ``/cmd@ourname args`` becomes ``/cmd args``; ``/cmd@otherbot`` is not ours: ignored;
+- ``message_thread_id`` is set for messages in forum topics;
+- non-text messages carry a :class:`~tgmux.backend.Media` (bytes are fetched later, only when
+  the chat's backend takes that kind).
+
+Ignored outright: our own messages, service messages, messages from other bots (no bot loops),
+chat types tgmux does not serve (channel direct-message topics).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict, deque
+from typing import Any
+
+from pyrogram import enums
+from pyrogram.types import Message, User
+
+from tgmux.backend import ChatIdentity, ChatType, Media
+from tgmux.engine import IncomingMessage
+from tgmux.telegram.textsplit import utf16_len
+
+__all__ = ["RecentIds", "normalize"]
+
+_CHAT_TYPES: dict[Any, ChatType] = {
+    enums.ChatType.PRIVATE: "private",
+    enums.ChatType.BOT: "private",
+    enums.ChatType.GROUP: "group",
+    enums.ChatType.SUPERGROUP: "supergroup",
+    enums.ChatType.FORUM: "supergroup",
+    enums.ChatType.CHANNEL: "channel",
+}
+
+_MEDIA_KINDS = {
+    enums.MessageMediaType.PHOTO: "photo",
+    enums.MessageMediaType.LIVE_PHOTO: "photo",
+    enums.MessageMediaType.VOICE: "voice",
+    enums.MessageMediaType.AUDIO: "audio",
+    enums.MessageMediaType.STICKER: "sticker",
+    enums.MessageMediaType.DOCUMENT: "document",
+    enums.MessageMediaType.VIDEO: "video",
+    enums.MessageMediaType.VIDEO_NOTE: "video",
+    enums.MessageMediaType.ANIMATION: "video",
+}
+
+_COMMAND = re.compile(r"^/([A-Za-z0-9_]{1,64})(?:@([A-Za-z0-9_]+))?(?=\s|$)")
+
+
+class RecentIds:
+    """The last few message ids we sent, per chat (to recognize replies to us)."""
+
+    def __init__(self, per_chat: int = 256, chats: int = 10_000) -> None:
+        self.per_chat = per_chat
+        self.chats = chats
+        self._ids: OrderedDict[int, deque[int]] = OrderedDict()
+
+    def add(self, chat_id: int, message_id: int) -> None:
+        ids = self._ids.get(chat_id)
+        if ids is None:
+            ids = self._ids[chat_id] = deque(maxlen=self.per_chat)
+            if len(self._ids) > self.chats:
+                self._ids.popitem(last=False)
+        else:
+            self._ids.move_to_end(chat_id)
+        ids.append(message_id)
+
+    def __contains__(self, key: tuple[int, int]) -> bool:
+        chat_id, message_id = key
+        return message_id in self._ids.get(chat_id, ())
+
+
+def _strip_mentions(text: str, username: str) -> tuple[str, bool]:
+    """"@bot, hi" → "hi"; "hey @bot, hi" → "hey, hi"."""
+    name = re.escape(username)
+    leading = re.compile(rf"^\s*@{name}\b[,:]?", re.IGNORECASE)
+    inner = re.compile(rf"[ \t]*(?<![\w@])@{name}\b", re.IGNORECASE)
+    stripped, first = leading.subn("", text)
+    stripped, more = inner.subn("", stripped)
+    if not first and not more:
+        return text, False
+    return stripped.strip(), True
+
+
+def _strip_text_mentions(text: str, message: Message, me: User) -> tuple[str, bool]:
+    """Mentions of us by name (users without a username): a text_mention entity."""
+    entities = message.entities or message.caption_entities or []
+    spans = [(e.offset, e.length) for e in entities
+             if e.type == enums.MessageEntityType.TEXT_MENTION and e.user is not None
+             and e.user.id == me.id]
+    if not spans:
+        return text, False
+    # entity offsets count UTF-16 units: map them to string indices
+    index_of: dict[int, int] = {}
+    units = 0
+    for i, ch in enumerate(text):
+        index_of[units] = i
+        units += utf16_len(ch)
+    index_of[units] = len(text)
+    for offset, length in sorted(spans, reverse=True):
+        start, end = index_of.get(offset), index_of.get(offset + length)
+        if start is not None and end is not None:
+            text = text[:start] + text[end:]
+    return re.sub(r"[ \t]{2,}", " ", text).strip(" \t,:"), True
+
+
+def _media(message: Message) -> Media | None:
+    kind_enum = message.media
+    if kind_enum is None or kind_enum == enums.MessageMediaType.WEB_PAGE:
+        return None
+    kind = _MEDIA_KINDS.get(kind_enum, getattr(kind_enum, "name", "other").lower())
+    obj = getattr(message, kind_enum.name.lower(), None) if hasattr(kind_enum, "name") else None
+    mime = getattr(obj, "mime_type", None)
+    if kind == "photo":
+        mime = "image/jpeg"
+    emoji = getattr(obj, "emoji", None) if kind == "sticker" else None
+    return Media(kind=kind, mime_type=mime, emoji=emoji)
+
+
+def normalize(message: Message, me: User, sent: RecentIds | None = None) -> IncomingMessage | None:
+    """The engine's view of a Telegram message, or None when tgmux ignores it."""
+    if message.outgoing or message.service or message.empty:
+        return None
+    chat = message.chat
+    if chat is None:
+        return None
+    chat_type = _CHAT_TYPES.get(chat.type)
+    if chat_type is None:
+        return None
+    user = message.from_user
+    if user is not None and (user.is_self or user.id == me.id):
+        return None
+    if user is not None and user.is_bot:
+        return None
+    text = message.text or message.caption or ""
+    text = str(text)
+    addressed = chat_type == "private" or bool(message.mentioned)
+    if me.username:
+        text, found = _strip_mentions(text, me.username)
+        addressed = addressed or found
+    text, found = _strip_text_mentions(text, message, me)
+    addressed = addressed or found
+    command = _COMMAND.match(text)
+    if command and command[2]:
+        if not me.username or command[2].lower() != me.username.lower():
+            return None  # /cmd@otherbot: addressed to another bot
+        text = f"/{command[1]}{text[command.end():]}"
+        addressed = True
+    reply = message.reply_to_message
+    if reply is not None and reply.from_user is not None and reply.from_user.id == me.id:
+        addressed = True
+    elif (message.reply_to_message_id and sent is not None
+          and (chat.id, message.reply_to_message_id) in sent):
+        addressed = True
+    thread = message.message_thread_id if message.topic_message else None
+    media = _media(message)
+    if not text.strip() and media is None:
+        return None  # nothing we can show a backend (e.g. an empty caption-less poll)
+    return IncomingMessage(
+        chat=ChatIdentity(
+            chat_type=chat_type,
+            chat_id=chat.id,
+            user_id=user.id if user is not None else None,
+            username=user.username if user is not None else None,
+            message_id=message.id,
+            message_thread_id=thread,
+            first_name=user.first_name if user is not None else None,
+        ),
+        text=text,
+        media=media,
+        addressed=addressed,
+    )

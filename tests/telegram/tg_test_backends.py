@@ -1,0 +1,119 @@
+"""Small backends for the Telegram tests (registered as a test plugin)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from pydantic import Field
+from tgmux.backend import (
+    Audio,
+    Backend,
+    BackendSettings,
+    Image,
+    Notice,
+    ReplyPart,
+    Text,
+    TextDelta,
+    Turn,
+)
+from tgmux.hooks import hookimpl
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+OGG = b"OggS" + b"\x01" * 60
+
+#: (backend name, chat id, text) of every turn, in the order turns started / finished
+STARTED: list[tuple[str, int, str]] = []
+FINISHED: list[tuple[str, int, str]] = []
+
+
+class SlowSettings(BackendSettings):
+    type: Literal["slow"] = "slow"
+    delay: float = Field(0.2, description="seconds before answering")
+
+
+class SlowBackend(Backend):
+    """Answers "slow: TEXT" after ``delay`` seconds ("wait N" in the text waits N seconds)."""
+
+    type_name = "slow"
+    Settings = SlowSettings
+
+    async def reply(self, turn: Turn) -> AsyncIterator[ReplyPart]:
+        STARTED.append((self.name, turn.chat.chat_id, turn.text))
+        delay = turn.options.delay
+        if turn.text.startswith("wait "):
+            delay = float(turn.text.split()[1])
+        await asyncio.sleep(delay)
+        FINISHED.append((self.name, turn.chat.chat_id, turn.text))
+        yield Text(f"slow: {turn.text}")
+
+
+class DripSettings(BackendSettings):
+    type: Literal["drip"] = "drip"
+    delay: float = Field(0.1, description="seconds between streamed words")
+    final: bool = Field(True, description="end with the complete Text")
+    error_after: int | None = Field(None, description="yield a Notice after N words, then stop")
+
+
+class DripBackend(Backend):
+    """Streams the text word by word, ``delay`` seconds apart ("repeat N WORDS" repeats)."""
+
+    type_name = "drip"
+    Settings = DripSettings
+
+    async def reply(self, turn: Turn) -> AsyncIterator[ReplyPart]:
+        text = turn.text
+        if text.startswith("repeat "):
+            _, count, rest = text.split(" ", 2)
+            text = " ".join([rest] * int(count))
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            if turn.options.error_after is not None and i == turn.options.error_after:
+                yield Notice("The AI provider is unavailable right now.")
+                return
+            yield TextDelta(word if i == 0 else " " + word)
+            await asyncio.sleep(turn.options.delay)
+        if turn.options.final:
+            yield Text(text)
+
+
+class MediaSettings(BackendSettings):
+    type: Literal["media"] = "media"
+
+
+class MediaBackend(Backend):
+    """Takes photos and voice; answers commands in the text with media parts."""
+
+    type_name = "media"
+    Settings = MediaSettings
+    accepts_media = frozenset({"photo", "voice"})
+
+    async def reply(self, turn: Turn) -> AsyncIterator[ReplyPart]:
+        if turn.media is not None:
+            size = len(turn.media.data) if turn.media.data is not None else None
+            yield Text(f"got {turn.media.kind} ({size} bytes) {turn.text}".strip())
+            return
+        what = turn.text
+        if what == "photo url":
+            yield Image(url="https://example.com/cat.jpg", caption="a cat")
+        elif what == "photo bytes":
+            yield Image(data=PNG, caption="a png")
+        elif what == "voice":
+            yield Audio(data=OGG, voice=True)
+        elif what == "voice url":
+            yield Audio(url="https://example.com/hello.ogg", voice=True)
+        elif what == "audio url":
+            yield Audio(url="https://example.com/song.mp3", caption="a song")
+        elif what.startswith("long caption"):
+            yield Image(url="https://example.com/cat.jpg", caption="word " * 400)
+        elif what == "text and photo":
+            yield Text("here it is")
+            yield Image(url="https://example.com/cat.jpg")
+        else:
+            yield Text(f"media: {what}")
+
+
+@hookimpl
+def tgmux_backend_types() -> list[type[Backend]]:
+    return [SlowBackend, DripBackend, MediaBackend]
