@@ -123,7 +123,7 @@ class Request:
     query: TLObject
     chat_id: int | None
     at: float
-    error: str | None = None
+    error: str | None = None  # as Telegram says it: "FLOOD_WAIT_3", "MESSAGE_NOT_MODIFIED"
 
 
 @dataclass
@@ -506,7 +506,10 @@ class FakeTelegram:
         try:
             return await handler(query)
         except RPCError as exc:
-            request.error = str(exc.ID or exc.NAME)
+            error = str(exc.ID or exc.NAME)
+            if error.endswith("_X") and isinstance(exc.value, int):
+                error = f"{error[:-2]}_{exc.value}"
+            request.error = error
             raise
 
     def _action_name(self, query: TLObject) -> str | None:

@@ -10,6 +10,8 @@ GROUP = -4001234567
 SUPERGROUP = -1001234567890
 
 CONFIG = """
+telegram:
+  flood: {private_per_second: 100, group_per_minute: 6000}  # pacing is not what these test
 backends:
   echo: {type: echo, prefix: "echo: "}
   media: {type: media}

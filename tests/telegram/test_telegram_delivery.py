@@ -1,0 +1,160 @@
+"""How replies reach Telegram: long texts, media and captions, typing actions, notices,
+errors from Telegram that must not stop tgmux."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import tg_test_backends
+from tgmux.telegram.textsplit import utf16_len
+
+PLUGINS = [tg_test_backends]
+GROUP = -1001234567890
+
+CONFIG = """
+telegram:
+  flood: {private_per_second: 100, group_per_minute: 6000}
+backends:
+  echo: {type: echo}
+  media: {type: media}
+  slow: {type: slow, delay: 0.5}
+routes:
+  - match: {user_id: 77}
+    backend: media
+  - match: {user_id: 88}
+    backend: slow
+default: echo
+"""
+
+
+async def test_long_text_is_split_at_4096_utf16_units(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS)
+    paragraph = "Sentence with emoji 😀 in it. " * 100  # 3100 chars, 3200 UTF-16 units
+    text = paragraph.strip() + "\n\n" + paragraph.strip()
+    reply = await bot.send(text, user_id=42)
+    sent = [a["text"] for a in reply.messages]
+    assert sent == [paragraph.strip(), paragraph.strip()]
+    assert all(utf16_len(t) <= 4096 for t in sent)
+    assert [a["message_id"] for a in reply.messages] == [1001, 1002]
+
+
+async def test_only_the_first_message_of_a_reply_quotes_in_groups(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS)
+    text = "@tgmux_bot " + "word " * 1000  # 5000 chars after the mention
+    reply = await bot.send(text, user_id=42, chat_id=GROUP, thread_id=9)
+    first, second = reply.messages
+    assert first["reply_to_message_id"] == reply.message_id
+    assert "reply_to_message_id" not in second
+    assert first["message_thread_id"] == second["message_thread_id"] == 9
+
+
+async def test_photos_voice_and_audio(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS)
+    by_url = await bot.send("photo url", user_id=77)
+    assert by_url.messages == [{"action": "send_photo", "chat_id": 77, "message_id": 1001,
+                                "text": "a cat", "media": "https://example.com/cat.jpg"}]
+    by_bytes = await bot.send("photo bytes", user_id=77)
+    png = tg_test_backends.PNG
+    assert by_bytes.messages[0]["media"] == f"bytes:{hashlib.sha256(png).hexdigest()}:{len(png)}"
+    assert by_bytes.messages[0]["text"] == "a png"
+    voice = await bot.send("voice", user_id=77)
+    ogg = tg_test_backends.OGG
+    assert voice.messages == [{"action": "send_voice", "chat_id": 77, "message_id": 1003,
+                               "media": f"bytes:{hashlib.sha256(ogg).hexdigest()}:{len(ogg)}"}]
+    voice_url = await bot.send("voice url", user_id=77)
+    assert voice_url.messages[0]["action"] == "send_voice"
+    assert voice_url.messages[0]["media"] == "https://example.com/hello.ogg"
+    audio = await bot.send("audio url", user_id=77)
+    assert audio.messages[0]["action"] == "send_audio"
+    assert audio.messages[0]["text"] == "a song"
+
+
+async def test_a_long_caption_continues_as_text(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS)
+    reply = await bot.send("long caption", user_id=77)
+    photo, rest = reply.messages
+    assert photo["action"] == "send_photo" and rest["action"] == "send_message"
+    assert utf16_len(photo["text"]) <= 1024
+    assert (photo["text"] + " " + rest["text"]).split() == ["word"] * 400
+
+
+async def test_text_then_photo_in_one_reply(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS)
+    reply = await bot.send("@tgmux_bot text and photo", user_id=77, chat_id=GROUP)
+    assert [a["action"] for a in reply.messages] == ["send_message", "send_photo"]
+    assert reply.messages[0]["reply_to_message_id"] == reply.message_id
+    assert "reply_to_message_id" not in reply.messages[1]
+
+
+async def test_typing_is_shown_and_repeated_until_the_reply_is_sent(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS, typing_interval=0.15)
+    reply = await bot.send("wait 0.8", user_id=88)
+    kinds = [a["action"] for a in reply.actions]
+    assert kinds[-1] == "send_message" and reply.text == "slow: wait 0.8"
+    typing = reply.of("chat_action")
+    assert len(typing) >= 3  # shown after a short grace, then repeated
+    assert all(a == {"action": "chat_action", "chat_id": 88, "chat_action": "typing"}
+               for a in typing)
+    # nothing more once the reply is out
+    count = len(bot.actions)
+    await bot.send("wait 0", user_id=88)
+    assert [a["action"] for a in bot.actions[count:]] == ["send_message"]
+
+
+async def test_typing_in_a_forum_topic_names_the_topic(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS, typing_interval=5)
+    reply = await bot.send("@tgmux_bot wait 0.6", user_id=88, chat_id=GROUP, thread_id=3)
+    assert reply.of("chat_action")[0] == {"action": "chat_action", "chat_id": GROUP,
+                                           "chat_action": "typing", "message_thread_id": 3}
+
+
+async def test_a_blocked_bot_logs_the_chat_and_carries_on(tgmux_bot, caplog):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS)
+    bot.telegram.fail("send_message", "USER_IS_BLOCKED", chat_id=42)
+    with caplog.at_level(logging.WARNING, logger="tgmux.telegram"):
+        reply = await bot.send("hello", user_id=42)
+    assert reply.actions == []
+    assert any("chat 42" in r.getMessage() and "USER_IS_BLOCKED" in r.getMessage()
+               for r in caplog.records)
+    # tried once, not again and again
+    assert [r.name for r in bot.telegram.requests if r.error] == ["messages.SendMessage"]
+    # the next message gets through
+    assert (await bot.send("again", user_id=42)).text == "again"
+    # and other chats never noticed
+    assert (await bot.send("hi", user_id=43)).text == "hi"
+
+
+async def test_write_forbidden_in_a_group_drops_the_rest_of_the_reply(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS)
+    bot.telegram.fail("send_message", "CHAT_WRITE_FORBIDDEN", chat_id=GROUP, times=None)
+    reply = await bot.send("@tgmux_bot " + "long " * 2000, user_id=42, chat_id=GROUP)
+    assert reply.actions == []
+    failed = [r for r in bot.telegram.requests if r.error == "CHAT_WRITE_FORBIDDEN"]
+    assert len(failed) == 1  # the second chunk was not even tried
+
+
+async def test_a_deleted_message_is_answered_without_quoting_it(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS)
+    bot.telegram.fail("send_message", "REPLY_MESSAGE_ID_INVALID", chat_id=GROUP)
+    reply = await bot.send("@tgmux_bot hi", user_id=42, chat_id=GROUP)
+    assert reply.messages == [{"action": "send_message", "chat_id": GROUP, "message_id": 1001,
+                               "text": "hi"}]
+
+
+async def test_a_photo_telegram_cannot_fetch_is_sent_as_a_link(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS)
+    bot.telegram.fail("send_photo", "WEBPAGE_CURL_FAILED")
+    reply = await bot.send("photo url", user_id=77)
+    assert reply.messages == [{"action": "send_message", "chat_id": 77, "message_id": 1001,
+                               "text": "a cat\nhttps://example.com/cat.jpg"}]
+
+
+async def test_provider_errors_reach_the_user_as_plain_messages(tgmux_bot):
+    config = CONFIG.replace("  slow: {type: slow, delay: 0.5}",
+                            "  drip: {type: drip, delay: 0, error_after: 0}")
+    config = config.replace("backend: slow", "backend: drip")
+    bot = await tgmux_bot(config, plugins=PLUGINS)
+    reply = await bot.send("hello", user_id=88)
+    assert reply.actions == [{"action": "send_message", "chat_id": 88, "message_id": 1001,
+                              "text": "The AI provider is unavailable right now."}]

@@ -1,0 +1,98 @@
+"""Flood control: one limiter for every send, edit and draft; FloodWait is waited out and the
+message still goes out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import tg_test_backends
+from tgmux.config import FloodLimits
+from tgmux.telegram.frontend import FloodControl
+
+PLUGINS = [tg_test_backends]
+GROUP = -1001234567890
+
+CONFIG = """
+telegram:
+  flood: {private_per_second: 100, group_per_minute: 6000}
+backends:
+  echo: {type: echo}
+  drip: {type: drip, delay: 0.05}
+routes:
+  - match: {user_id: 50}
+    backend: drip
+default: echo
+"""
+
+
+def times_of(bot, predicate):
+    fake = bot.telegram
+    return [t for a, t in zip(fake.actions, fake.action_times, strict=True) if predicate(a)]
+
+
+async def test_flood_wait_on_a_send_is_waited_out_and_the_message_goes_out(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS)
+    bot.telegram.fail("send_message", "FLOOD_WAIT_1", chat_id=42)
+    started = time.monotonic()
+    reply = await bot.send("hello", user_id=42)
+    assert reply.messages == [{"action": "send_message", "chat_id": 42, "message_id": 1001,
+                               "text": "hello"}]
+    refused = [r for r in bot.telegram.requests if r.error == "FLOOD_WAIT_1"]
+    assert len(refused) == 1 and refused[0].name == "messages.SendMessage"
+    sent_at = times_of(bot, lambda a: a["action"] == "send_message")[0]
+    assert sent_at - refused[0].at >= 1.0  # Telegram's wait was honoured
+    assert sent_at - started < 3
+
+
+async def test_flood_wait_mid_stream_keeps_the_final_text_exact(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS, edit_interval=0.1)
+    bot.telegram.fail("edit_message", "FLOOD_WAIT_1", chat_id=GROUP)
+    words = " ".join(f"w{i}" for i in range(20))
+    reply = await bot.send(f"@tgmux_bot {words}", user_id=50, chat_id=GROUP)
+    assert reply.texts == [words]
+    refused = next(r for r in bot.telegram.requests if r.error == "FLOOD_WAIT_1")
+    after = times_of(bot, lambda a: a["action"] in ("edit_message", "send_message")
+                     and a.get("chat_id") == GROUP)
+    # nothing went to the chat during the wait Telegram asked for
+    assert not [t for t in after if refused.at < t < refused.at + 0.99]
+
+
+async def test_one_message_per_second_in_a_private_chat():
+    flood = FloodControl(FloodLimits())
+    start = time.monotonic()
+    for _ in range(2):
+        await flood.acquire(42)
+    assert time.monotonic() - start >= 0.95
+    # another chat is not slowed by it
+    start = time.monotonic()
+    await flood.acquire(43)
+    assert time.monotonic() - start < 0.1
+
+
+async def test_twenty_messages_per_minute_in_a_group():
+    flood = FloodControl(FloodLimits(group_per_minute=20))
+    for _ in range(20):
+        await flood.acquire(GROUP)
+    assert flood.for_chat(GROUP).delay() > 55  # the 21st waits for the minute to pass
+    assert flood.for_chat(-100777).delay() == 0
+    assert flood.min_interval(GROUP) == 3.0 and flood.min_interval(42) == 1.0
+
+
+async def test_the_overall_limit_is_shared_by_all_chats(tgmux_bot):
+    config = CONFIG.replace("flood: {", "flood: {global_per_second: 2, ")
+    bot = await tgmux_bot(config, plugins=PLUGINS)
+    sent = [await bot.send_nowait(f"m{i}", user_id=100 + i) for i in range(3)]
+    await asyncio.gather(*(s.reply() for s in sent))
+    times = sorted(times_of(bot, lambda a: a["action"] == "send_message"))
+    assert len(times) == 3
+    assert times[2] - times[0] >= 0.95  # at most two in any second
+
+
+async def test_a_private_chat_long_reply_is_paced_at_one_message_per_second(tgmux_bot):
+    config = CONFIG.replace("private_per_second: 100", "private_per_second: 1")
+    bot = await tgmux_bot(config, plugins=PLUGINS)
+    reply = await bot.send("word " * 1000, user_id=42)  # 5000 chars: two messages
+    assert len(reply.messages) == 2
+    first, second = times_of(bot, lambda a: a["action"] == "send_message")
+    assert second - first >= 0.95

@@ -1,0 +1,133 @@
+"""Streamed replies: drafts in private chats, a throttled edited message elsewhere, and always
+the exact final text at the end."""
+
+from __future__ import annotations
+
+import tg_test_backends
+from tgmux.backend import Text
+from tgmux.hooks import hookimpl
+
+PLUGINS = [tg_test_backends]
+GROUP = -1001234567890
+WORDS = "one two three four five six seven eight nine ten eleven twelve"
+
+CONFIG = """
+telegram:
+  flood: {private_per_second: 100, group_per_minute: 6000}
+backends:
+  drip: {type: drip, delay: 0.08}
+  open_end: {type: drip, delay: 0.05, final: false}
+  echo: {type: echo, stream: true}
+routes:
+  - match: {user_id: 50}
+    backend: open_end
+  - match: {user_id: 60}
+    backend: echo
+default: drip
+"""
+
+
+def stream_times(bot, reply):
+    fake = bot.telegram
+    index = {id(a): i for i, a in enumerate(fake.actions)}
+    return [fake.action_times[index[id(a)]] for a in reply.actions
+            if a["action"] in ("send_message", "edit_message", "send_draft")]
+
+
+async def test_group_stream_edits_one_message_throttled_and_ends_exact(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS, edit_interval=0.3)
+    reply = await bot.send(f"@tgmux_bot {WORDS}", user_id=42, chat_id=GROUP)
+    kinds = [a["action"] for a in reply.actions if a["action"] != "chat_action"]
+    assert kinds[0] == "send_message" and set(kinds[1:]) == {"edit_message"}
+    first = reply.messages[0]
+    assert first["reply_to_message_id"] == reply.message_id
+    assert WORDS.startswith(first["text"]) and first["text"] != WORDS
+    edits = reply.of("edit_message")
+    assert all(e["message_id"] == first["message_id"] for e in edits)
+    assert all(WORDS.startswith(e["text"]) for e in edits)
+    assert edits[-1]["text"] == WORDS  # the final text, exactly
+    assert 1 <= len(edits) < len(WORDS.split()) - 1  # throttled: fewer updates than words
+    times = stream_times(bot, reply)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert min(gaps) >= 0.3 * 0.95  # never more often than the interval in one chat
+    assert reply.texts == [WORDS]
+
+
+async def test_private_stream_uses_drafts_then_sends_the_final_text(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS, edit_interval=0.25)
+    reply = await bot.send(WORDS, user_id=42)
+    drafts = reply.of("send_draft")
+    assert len(drafts) >= 2
+    assert len({d["draft_id"] for d in drafts}) == 1  # one draft, animated
+    assert all(WORDS.startswith(d["text"]) and d["text"] != WORDS for d in drafts)
+    assert [len(d["text"]) for d in drafts] == sorted(len(d["text"]) for d in drafts)
+    assert reply.of("edit_message") == []
+    assert reply.messages == [{"action": "send_message", "chat_id": 42, "message_id": 1001,
+                               "text": WORDS}]
+    assert [a["action"] for a in reply.actions if a["action"] != "chat_action"][-1] == \
+        "send_message"
+
+
+async def test_a_stream_without_final_text_is_finalized_as_shown(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS, edit_interval=0.2)
+    private = await bot.send("alpha beta gamma delta", user_id=50)
+    assert private.texts == ["alpha beta gamma delta"]
+    assert private.messages[-1]["text"] == "alpha beta gamma delta"
+    group = await bot.send("@tgmux_bot alpha beta gamma delta", user_id=50, chat_id=GROUP)
+    assert group.texts == ["alpha beta gamma delta"]
+
+
+async def test_a_fast_stream_is_sent_once(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS)
+    reply = await bot.send("quick brown fox", user_id=60)
+    assert reply.actions == [{"action": "send_message", "chat_id": 60, "message_id": 1001,
+                              "text": "quick brown fox"}]
+
+
+class Shout:
+    @hookimpl
+    def tgmux_after_backend(self, turn, part):
+        if isinstance(part, Text):
+            return Text(part.text.upper())
+        return None
+
+
+async def test_a_plugin_changing_the_final_text_corrects_what_was_streamed(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=[*PLUGINS, Shout()], edit_interval=0.2)
+    group = await bot.send(f"@tgmux_bot {WORDS}", user_id=42, chat_id=GROUP)
+    assert group.texts == [WORDS.upper()]
+    assert group.of("edit_message")[-1]["text"] == WORDS.upper()
+    private = await bot.send(WORDS, user_id=42)
+    assert private.messages[-1]["text"] == WORDS.upper()
+
+
+async def test_a_long_stream_continues_in_new_messages_with_exact_chunks(tgmux_bot):
+    config = CONFIG.replace("delay: 0.08", "delay: 0.002")
+    bot = await tgmux_bot(config, plugins=PLUGINS, edit_interval=0.1)
+    text = " ".join(["lorem ipsum dolor sit amet."] * 200)  # 5599 chars: two messages
+    reply = await bot.send(f"@tgmux_bot repeat 200 lorem ipsum dolor sit amet.", user_id=42,
+                           chat_id=GROUP, timeout=20)
+    final = reply.texts
+    assert len(final) == 2
+    assert " ".join(final) == text
+    assert all(len(t) <= 4096 for t in final)
+
+
+async def test_message_not_modified_is_harmless(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS, edit_interval=0.2)
+    bot.telegram.fail("edit_message", "MESSAGE_NOT_MODIFIED", times=2)
+    reply = await bot.send(f"@tgmux_bot {WORDS}", user_id=42, chat_id=GROUP)
+    assert reply.texts == [WORDS]
+    assert [r.error for r in bot.telegram.requests].count("MESSAGE_NOT_MODIFIED") == 2
+
+
+async def test_drafts_refused_fall_back_to_editing(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS, edit_interval=0.2)
+    bot.telegram.fail("send_draft", "BOT_METHOD_INVALID")
+    reply = await bot.send(WORDS, user_id=42)
+    assert reply.of("send_draft") == []
+    assert reply.of("edit_message")[-1]["text"] == WORDS
+    assert reply.texts == [WORDS]
+    # and drafts are not tried again
+    again = await bot.send("a b c d e f", user_id=43)
+    assert again.of("send_draft") == [] and again.texts == ["a b c d e f"]
