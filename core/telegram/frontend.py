@@ -211,19 +211,20 @@ class _ChatActions:
         self.frontend = frontend
         self.chat = chat
         self.action = enums.ChatAction.TYPING
+        self.showing = False
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name=f"tgmux-typing-{chat.chat_id}")
 
     def set(self, action: enums.ChatAction) -> None:
         if action != self.action:
             self.action = action
-            self._wake.set()
+            if self.showing:  # before the grace period ends nothing is shown yet
+                self._wake.set()
 
     async def _run(self) -> None:
         frontend = self.frontend
-        with contextlib.suppress(asyncio.TimeoutError):
-            async with asyncio.timeout(TYPING_GRACE):
-                await self._wake.wait()
+        await asyncio.sleep(TYPING_GRACE)
+        self.showing = True
         while True:
             self._wake.clear()
             await frontend.chat_action(self.chat, self.action)

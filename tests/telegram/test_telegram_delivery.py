@@ -7,6 +7,7 @@ import hashlib
 import logging
 
 import tg_test_backends
+
 from tgmux.telegram.textsplit import utf16_len
 
 PLUGINS = [tg_test_backends]

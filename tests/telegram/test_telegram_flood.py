@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import tg_test_backends
+
 from tgmux.config import FloodLimits
 from tgmux.telegram.frontend import FloodControl
 

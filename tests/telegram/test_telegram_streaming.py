@@ -3,7 +3,10 @@ the exact final text at the end."""
 
 from __future__ import annotations
 
+import itertools
+
 import tg_test_backends
+
 from tgmux.backend import Text
 from tgmux.hooks import hookimpl
 
@@ -48,7 +51,7 @@ async def test_group_stream_edits_one_message_throttled_and_ends_exact(tgmux_bot
     assert edits[-1]["text"] == WORDS  # the final text, exactly
     assert 1 <= len(edits) < len(WORDS.split()) - 1  # throttled: fewer updates than words
     times = stream_times(bot, reply)
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 0.3 * 0.95  # never more often than the interval in one chat
     assert reply.texts == [WORDS]
 
@@ -105,7 +108,7 @@ async def test_a_long_stream_continues_in_new_messages_with_exact_chunks(tgmux_b
     config = CONFIG.replace("delay: 0.08", "delay: 0.002")
     bot = await tgmux_bot(config, plugins=PLUGINS, edit_interval=0.1)
     text = " ".join(["lorem ipsum dolor sit amet."] * 200)  # 5599 chars: two messages
-    reply = await bot.send(f"@tgmux_bot repeat 200 lorem ipsum dolor sit amet.", user_id=42,
+    reply = await bot.send("@tgmux_bot repeat 200 lorem ipsum dolor sit amet.", user_id=42,
                            chat_id=GROUP, timeout=20)
     final = reply.texts
     assert len(final) == 2

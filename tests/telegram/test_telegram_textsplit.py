@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tgmux.telegram.textsplit import split_caption, split_pieces, split_text, utf16_len
 
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Literal
 
 from pydantic import Field
+
 from tgmux.backend import (
     Audio,
     Backend,

@@ -1,0 +1,71 @@
+"""Per-chat order holds while chats are answered concurrently."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import tg_test_backends
+
+PLUGINS = [tg_test_backends]
+
+CONFIG = """
+telegram:
+  flood: {private_per_second: 100, group_per_minute: 6000}
+engine: {concurrency: 64}
+backends:
+  slow: {type: slow, delay: 0}
+default: slow
+"""
+
+
+async def test_each_chat_in_order_all_chats_at_once(tgmux_bot):
+    tg_test_backends.STARTED.clear()
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS)
+    # per chat: a slow message first, then quick ones that would overtake it if allowed
+    delays = ["0.4", "0", "0.15", "0", "0.05", "0"]
+    chats = {
+        100: {"user_id": 100},
+        -4005: {"user_id": 7, "chat_id": -4005},
+        -1001000000001: {"user_id": 8, "chat_id": -1001000000001, "thread_id": 2},
+        101: {"user_id": 101},
+    }
+    started = time.monotonic()
+    pending = []
+    for i, delay in enumerate(delays):
+        for chat_id, fields in chats.items():
+            text = f"wait {delay} #{i}"
+            if chat_id < 0:
+                text = "@tgmux_bot " + text
+            pending.append((chat_id, i, await bot.send_nowait(text, **fields)))
+    replies = await asyncio.gather(*(sent.reply(timeout=15) for _, _, sent in pending))
+    elapsed = time.monotonic() - started
+
+    for (_chat, i, _), reply in zip(pending, replies, strict=True):
+        assert reply.text == f"slow: wait {delays[i]} #{i}"
+    for chat_id in chats:
+        shown = [t.rsplit("#", 1)[1] for t in bot.texts(chat_id)]
+        assert shown == [str(i) for i in range(len(delays))], chat_id
+        # each chat's backend calls started in order too (none started before the previous
+        # one in the same chat finished)
+        calls = [t for _, c, t in tg_test_backends.STARTED if c == chat_id]
+        assert [c.rsplit("#", 1)[1] for c in calls] == [str(i) for i in range(len(delays))]
+    per_chat = sum(float(d) for d in delays)
+    assert elapsed < per_chat * 2  # the four chats ran side by side, not one after another
+
+
+async def test_a_quick_chat_is_not_held_up_by_a_slow_one(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS)
+    slow = await bot.send_nowait("wait 0.6", user_id=1)
+    quick = await bot.send("wait 0", user_id=2)
+    assert quick.text == "slow: wait 0"
+    assert not (await asyncio.wait_for(asyncio.shield(slow.reply(timeout=5)), 5)).ignored
+    order = [a["chat_id"] for a in bot.actions if a["action"] == "send_message"]
+    assert order == [2, 1]
+
+
+async def test_the_client_dispatches_with_one_worker(tgmux_bot):
+    # Pyrogram's workers would run handlers of one chat concurrently and out of order; tgmux
+    # uses one (its handler only queues) and answers concurrently in the engine instead.
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS)
+    assert bot.client.workers == 1
