@@ -1,0 +1,152 @@
+"""The client for ``tgmux run``: session storage, credentials, signals; ``tgmux login``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import stat
+from pathlib import Path
+
+import pytest
+from pyrogram import Client
+from pyrogram.storage import SQLiteStorage
+
+import tgmux.telegram.commands as commands
+from tgmux.config import load_config_text
+from tgmux.errors import ConfigError
+from tgmux.hooks import build_plugin_manager
+from tgmux.telegram import login, run_telegram
+from tgmux.telegram.client import SessionFileStorage, build_client
+from tgmux.telegram.offline import FakeTelegram, offline_client
+
+CONFIG = """
+telegram:
+  api_id: ${TG_API_ID}
+  api_hash: ${TG_API_HASH}
+  bot_token: ${TG_BOT_TOKEN:-}
+  session_string: ${TG_SESSION:-}
+  data_dir: {data}
+  flood: {private_per_second: 100}
+store: sqlite:///{data}/tgmux.db
+backends:
+  echo: {type: echo, prefix: "echo: "}
+default: echo
+"""
+
+ENV = {"TG_API_ID": "12345", "TG_API_HASH": "0123456789abcdef0123456789abcdef",
+       "TG_BOT_TOKEN": "123456:ABC-secret"}
+
+
+def config_for(tmp_path: Path, env: dict[str, str] = ENV):
+    text = CONFIG.replace("{data}", str(tmp_path / "data"))
+    return load_config_text(text, source="config.yaml", env=env)
+
+
+async def session_string(user_id: int, *, is_bot: bool = False) -> str:
+    storage = SQLiteStorage("probe", workdir=Path("."), in_memory=True)
+    await storage.open()
+    await storage.dc_id(2)
+    await storage.api_id(12345)
+    await storage.test_mode(False)
+    await storage.auth_key(os.urandom(256))
+    await storage.user_id(user_id)
+    await storage.is_bot(is_bot)
+    try:
+        return await storage.export_session_string()
+    finally:
+        await storage.close()
+
+
+def test_the_client_is_built_for_catch_up_and_order(tmp_path: Path):
+    client = build_client(config_for(tmp_path))
+    assert client.workers == 1
+    assert client.skip_updates is False
+    assert (client.fetch_replies, client.fetch_topics, client.fetch_stories) == (False,) * 3
+    assert client.bot_token == "123456:ABC-secret"
+    assert isinstance(client.storage, SessionFileStorage)
+    assert client.storage.path == tmp_path / "data" / "tgmux.session"
+    assert client.storage.expected_user_id == 123456
+
+
+async def test_a_session_string_seeds_a_private_session_file(tmp_path: Path):
+    first = await session_string(111)
+    storage = SessionFileStorage("tgmux", tmp_path / "data", session_string=first)
+    await storage.open()
+    assert await storage.user_id() == 111 and not await storage.is_bot()
+    await storage.update_peers([(42, 7, "user", None)])
+    await storage.save()
+    await storage.close()
+    assert stat.S_IMODE(os.stat(storage.path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path / "data").st_mode) == 0o700
+
+    # the same string again: the file (peers, update state) is kept
+    again = SessionFileStorage("tgmux", tmp_path / "data", session_string=first)
+    await again.open()
+    assert await again.get_peer_by_id(42) is not None
+    await again.close()
+
+    # another account's string: a fresh file
+    other = SessionFileStorage("tgmux", tmp_path / "data",
+                               session_string=await session_string(222))
+    await other.open()
+    assert await other.user_id() == 222
+    with pytest.raises(KeyError):
+        await other.get_peer_by_id(42)
+    await other.close()
+
+
+async def test_a_session_file_of_another_bot_is_replaced(tmp_path: Path):
+    storage = SessionFileStorage("tgmux", tmp_path, expected_user_id=1)
+    await storage.open()
+    await storage.user_id(999)
+    await storage.auth_key(b"k" * 256)
+    await storage.save()
+    await storage.close()
+    fresh = SessionFileStorage("tgmux", tmp_path, expected_user_id=1)
+    await fresh.open()
+    assert await fresh.user_id() is None and await fresh.auth_key() is None
+    await fresh.close()
+
+
+async def test_missing_credentials_are_config_errors(tmp_path: Path):
+    config = config_for(tmp_path, env={})
+    with pytest.raises(ConfigError) as info:
+        await run_telegram(config, build_plugin_manager())
+    text = str(info.value)
+    assert "config.yaml:3: telegram.api_id: environment variable TG_API_ID is not set" in text
+    # a user account with neither session string nor session file, and no terminal
+    config = config_for(tmp_path, env={k: v for k, v in ENV.items() if k != "TG_BOT_TOKEN"})
+    with pytest.raises(ConfigError, match="run `tgmux login`"):
+        await run_telegram(config, build_plugin_manager())
+
+
+async def test_run_serves_until_sigterm_then_stops_cleanly(tmp_path: Path, monkeypatch):
+    fake = FakeTelegram()
+    config = config_for(tmp_path)
+    monkeypatch.setattr(commands, "build_client", lambda config: offline_client(
+        fake, storage=SessionFileStorage("tgmux", tmp_path / "data")))
+    running = asyncio.create_task(run_telegram(config, build_plugin_manager()))
+    await fake.wait_for(lambda a: a["action"] == "set_commands")
+    await fake.incoming(user_id=42, text="hello")
+    await fake.wait_for(lambda a: a["action"] == "send_message")
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert await asyncio.wait_for(running, 10) == 0
+    assert fake.actions[-1] == {"action": "send_message", "chat_id": 42, "message_id": 1001,
+                                "text": "echo: hello"}
+    assert not fake.client.is_connected
+    assert (tmp_path / "data" / "tgmux.session").exists()
+
+
+async def test_login_returns_the_session_string(monkeypatch):
+    fake = FakeTelegram(is_bot=False, user_id=777, bot_username="someone")
+
+    def client(*args, **kwargs):
+        return fake.attach(Client(*args, **kwargs))
+
+    monkeypatch.setattr(commands, "Client", client)
+    session = await login(12345, "0123456789abcdef0123456789abcdef", phone="+10000000000")
+    probe = SQLiteStorage("probe", workdir=Path("."), session_string=session, in_memory=True)
+    await probe.open()
+    assert await probe.user_id() == 777 and not await probe.is_bot()
+    await probe.close()
