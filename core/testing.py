@@ -339,14 +339,13 @@ class TgmuxBot:
         return Reply(chat_id, message_id, actions, ignored=ignored)
 
     async def settle(self, timeout: float = 10.0) -> None:
-        """Wait until everything tgmux was given is answered."""
-        assert self.app is not None
+        """Wait until every message sent so far is answered (or ignored), and every reply
+        the engine is working on (restarted ones too) is finished."""
         async with asyncio.timeout(timeout):
-            while True:
+            await asyncio.gather(*(asyncio.shield(f) for f in self._waiting.values()))
+            if self.app is not None:
                 await self.app.intake.flush()
                 await self.engine.drain()
-                if not self.app.intake.busy:
-                    return
 
 
 # -- fixtures --------------------------------------------------------------------------------------

@@ -402,7 +402,7 @@ class _Stream:
         text = self.text if final is None else final
         async with self._lock:
             if self.messages or self.draft_shown:
-                await self.frontend.pace(self.out.chat.chat_id)
+                await self.frontend.pace(self.out.chat.chat_id, final=True)
             ok = await self._show(text, final=True)
         return text, ok
 
@@ -433,11 +433,13 @@ class TelegramFrontend:
     def interval(self, chat_id: int) -> float:
         return max(self.edit_interval, self.flood.min_interval(chat_id))
 
-    async def pace(self, chat_id: int) -> None:
-        """Wait until the chat's last streamed update is ``interval`` seconds old."""
+    async def pace(self, chat_id: int, *, final: bool = False) -> None:
+        """Wait until the chat's last streamed update is ``interval`` seconds old (for the
+        final update ``edit_interval``: the limiter sees to the chat's budget)."""
         last = self._last_update.get(chat_id)
         if last is not None:
-            wait = last + self.interval(chat_id) - time.monotonic()
+            interval = self.edit_interval if final else self.interval(chat_id)
+            wait = last + interval - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
 
