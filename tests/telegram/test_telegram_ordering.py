@@ -51,7 +51,8 @@ async def test_each_chat_in_order_all_chats_at_once(tgmux_bot):
         calls = [t for _, c, t in tg_test_backends.STARTED if c == chat_id]
         assert [c.rsplit("#", 1)[1] for c in calls] == [str(i) for i in range(len(delays))]
     per_chat = sum(float(d) for d in delays)
-    assert elapsed < per_chat * 2  # the four chats ran side by side, not one after another
+    # the four chats ran side by side, not one after another (that would take 4 x per_chat)
+    assert elapsed < per_chat * 3
 
 
 async def test_a_quick_chat_is_not_held_up_by_a_slow_one(tgmux_bot):
