@@ -213,7 +213,7 @@ class _ChatActions:
         self.action = enums.ChatAction.TYPING
         self.showing = False
         self._wake = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name=f"tgmux-typing-{chat.chat_id}")
+        self.task = asyncio.create_task(self._run(), name=f"tgmux-typing-{chat.chat_id}")
 
     def set(self, action: enums.ChatAction) -> None:
         if action != self.action:
@@ -232,10 +232,6 @@ class _ChatActions:
                 async with asyncio.timeout(frontend.typing_interval):
                     await self._wake.wait()
 
-    async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
 
 
 class _Outbox:
@@ -309,7 +305,7 @@ class _Stream:
         self.draft_shown = ""
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name=f"tgmux-stream-{out.chat.chat_id}")
+        self.task = asyncio.create_task(self._run(), name=f"tgmux-stream-{out.chat.chat_id}")
         self.updates = 0
 
     def push(self, delta: str) -> None:
@@ -396,9 +392,7 @@ class _Stream:
         """Show the final text (or, without one, the streamed text as it is); returns it and
         whether it all reached the chat."""
         async with self._lock:  # never cut an update in the middle of a request
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self.abort()
         text = self.text if final is None else final
         async with self._lock:
             if self.messages or self.draft_shown:
@@ -407,9 +401,12 @@ class _Stream:
         return text, ok
 
     async def abort(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        """Stop showing updates (the final text is :meth:`finish`'s job)."""
+        self.task.cancel()
+        (outcome,) = await asyncio.gather(self.task, return_exceptions=True)
+        if isinstance(outcome, Exception):
+            log.error("chat %s: streaming update failed", self.out.chat.chat_id,
+                      exc_info=outcome)
 
 
 class TelegramFrontend:
@@ -531,9 +528,11 @@ class TelegramFrontend:
         except ChatUnavailable:
             out.dead = True
         finally:
-            if stream is not None:
-                await stream.abort()
-            await actions.stop()
+            # cancel first (nothing more is shown from here on), then wait for both
+            helpers = [actions.task] + ([stream.task] if stream is not None else [])
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
         return delivered
 
     def _drafts_for(self, chat: ChatIdentity) -> bool:

@@ -91,11 +91,16 @@ async def test_shutdown_finishes_replies_in_flight(tgmux_bot, tmp_path):
 async def test_a_reply_cut_off_by_the_shutdown_timeout_is_answered_after_restart(
         tgmux_bot, tmp_path):
     tg_test_backends.STARTED.clear()
-    bot = await tgmux_bot(CONFIG, plugins=PLUGINS, store=f"sqlite:///{tmp_path}/tgmux.db")
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS, store=f"sqlite:///{tmp_path}/tgmux.db",
+                          typing_interval=0.1)
     await bot.send_nowait("wait 1.5", user_id=88)
     await started()
-    await bot.stop(timeout=0.2)
+    await bot.stop(timeout=0.6)
     assert answers(bot, 88) == []
+    assert bot.chat(88)[-1]["action"] == "chat_action"  # it was showing "typing…"
+    count = len(bot.actions)
+    await asyncio.sleep(0.3)
+    assert len(bot.actions) == count  # and stopped doing so with the reply
     await bot.start()  # the engine finds it pending in the store
     await bot.wait_for(action="send_message", chat_id=88, timeout=5)
     await bot.settle()
