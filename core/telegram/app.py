@@ -102,12 +102,14 @@ class Intake:
             await self._open.wait()
             while queue:
                 item = queue[0]
-                message = await self._with_media(item)
                 try:
+                    message = await self._with_media(item)
                     done = await self.engine.submit(message)
-                except RuntimeError as exc:  # engine stopped: the message is lost to us
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # engine stopped, store failing: logged, not retried
                     log.error("chat %s message %s not taken: %s", chat_id,
-                              message.chat.message_id, exc)
+                              item.message.chat.message_id, exc)
                     queue.popleft()
                     continue
                 queue.popleft()
