@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import stat
@@ -121,7 +122,9 @@ async def test_missing_credentials_are_config_errors(tmp_path: Path):
         await run_telegram(config, build_plugin_manager())
 
 
-async def test_run_serves_until_sigterm_then_stops_cleanly(tmp_path: Path, monkeypatch):
+async def test_run_serves_until_sigterm_then_stops_cleanly(tmp_path: Path, monkeypatch,
+                                                         caplog):
+    caplog.set_level(logging.DEBUG)
     fake = FakeTelegram()
     config = config_for(tmp_path)
     monkeypatch.setattr(commands, "build_client", lambda config: offline_client(
@@ -136,6 +139,9 @@ async def test_run_serves_until_sigterm_then_stops_cleanly(tmp_path: Path, monke
                                 "text": "echo: hello"}
     assert not fake.client.is_connected
     assert (tmp_path / "data" / "tgmux.session").exists()
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "tgmux is running on Telegram as @tgmux_bot (bot)" in logged
+    assert ENV["TG_BOT_TOKEN"] not in logged and ENV["TG_API_HASH"] not in logged
 
 
 async def test_login_returns_the_session_string(monkeypatch):
