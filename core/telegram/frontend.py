@@ -103,10 +103,13 @@ class ReplyGone(Exception):
 
 class FloodControl:
     """The one outgoing limiter: overall per second, per private chat per second, per group
-    per minute (``telegram.flood``). Chat actions only count against the overall limit."""
+    per minute (``telegram.flood``), for every message, edit and draft. Chat actions have a
+    budget of their own (``global_per_second``) and are skipped, never queued, when it is
+    spent: "typing…" must never delay a reply."""
 
     def __init__(self, limits: FloodLimits) -> None:
         self.overall = SlidingWindowLimiter(limits.global_per_second, 1.0)
+        self.actions = SlidingWindowLimiter(limits.global_per_second, 1.0)
         self.private = KeyedLimiter(limits.private_per_second, 1.0)
         self.group = KeyedLimiter(limits.group_per_minute, 60.0)
         self.limits = limits
@@ -120,13 +123,22 @@ class FloodControl:
             return 1.0 / self.limits.private_per_second
         return 60.0 / self.limits.group_per_minute
 
-    async def acquire(self, chat_id: int | None, *, per_chat: bool = True) -> None:
-        if per_chat and chat_id is not None:
+    async def acquire(self, chat_id: int | None) -> None:
+        if chat_id is not None:
             await self.for_chat(chat_id).acquire()
         await self.overall.acquire()
 
-    def penalize(self, chat_id: int | None, seconds: float) -> None:
-        if chat_id is None:
+    async def acquire_action(self) -> bool:
+        """A slot for a chat action if one is free right now (False: skip it)."""
+        if self.actions.delay() > 0:
+            return False
+        await self.actions.acquire()
+        return True
+
+    def penalize(self, chat_id: int | None, seconds: float, *, action: bool = False) -> None:
+        if action:
+            self.actions.penalize(seconds)
+        elif chat_id is None:
             self.overall.penalize(seconds)
         else:
             self.for_chat(chat_id).penalize(seconds)
@@ -141,14 +153,19 @@ class Sender:
         self._sleep = sleep
 
     async def call(self, chat_id: int | None, what: str, make: Callable[[], Awaitable[T]], *,
-                   per_chat: bool = True, best_effort: bool = False,
-                   replying: bool = False) -> T | None:
-        """Run ``make()``; returns its result, or None for MESSAGE_NOT_MODIFIED (and for a
-        ``best_effort`` call that failed). Raises ChatUnavailable, DeliveryFailed, and
-        ReplyGone when ``replying`` and the message replied to is gone."""
+                   chat_action: bool = False, replying: bool = False) -> T | None:
+        """Run ``make()``; returns its result, or None for MESSAGE_NOT_MODIFIED. Raises
+        ChatUnavailable, DeliveryFailed, and ReplyGone when ``replying`` and the message
+        replied to is gone. A ``chat_action`` never raises and is skipped (None) when its
+        budget is spent."""
+        best_effort = chat_action
         floods = transient = 0
         while True:
-            await self.flood.acquire(chat_id, per_chat=per_chat)
+            if chat_action:
+                if not await self.flood.acquire_action():
+                    return None
+            else:
+                await self.flood.acquire(chat_id)
             try:
                 return await make()
             except asyncio.CancelledError:
@@ -157,7 +174,7 @@ class Sender:
                 code = error_id(exc)
                 if code in FLOOD and isinstance(exc.value, int):
                     seconds = float(exc.value)
-                    self.flood.penalize(chat_id, seconds)
+                    self.flood.penalize(chat_id, seconds, action=chat_action)
                     floods += 1
                     if best_effort:
                         return None
@@ -459,8 +476,7 @@ class TelegramFrontend:
                 peer=await client.resolve_peer(chat.chat_id), action=_RAW_ACTIONS[action](),
                 top_msg_id=thread))
 
-        await self.sender.call(chat.chat_id, "chat_action", send, per_chat=False,
-                               best_effort=True)
+        await self.sender.call(chat.chat_id, "chat_action", send, chat_action=True)
 
     async def publish_commands(self, specs: list[CommandSpec]) -> bool:
         """Telegram's command menu (bots only): every command any chat may use."""

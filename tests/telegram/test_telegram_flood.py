@@ -97,3 +97,12 @@ async def test_a_private_chat_long_reply_is_paced_at_one_message_per_second(tgmu
     assert len(reply.messages) == 2
     first, second = times_of(bot, lambda a: a["action"] == "send_message")
     assert second - first >= 0.95
+
+
+async def test_chat_actions_never_hold_up_messages():
+    flood = FloodControl(FloodLimits(global_per_second=2))
+    start = time.monotonic()
+    assert [await flood.acquire_action() for _ in range(3)] == [True, True, False]  # skipped
+    await flood.acquire(42)  # messages have their own budget
+    await flood.acquire(43)
+    assert time.monotonic() - start < 0.1
