@@ -32,6 +32,7 @@ from tgmux.backend import (
     Turn,
 )
 from tgmux.errors import BadRequestError, NotFoundError, ProtocolError
+from tgmux.text import split_text, utf16_len
 
 from .client import (
     DEFAULT_BASE_URL,
@@ -45,10 +46,9 @@ log = logging.getLogger("tgmux.backends.lucydream")
 
 T = TypeVar("T")
 
-#: One /history message at most this long (UTF-16 code units, as Telegram counts; < 4096).
+#: One /history message at most this long (UTF-16 code units), so that each message reads on
+#: its own in any frontend (Telegram's limit is 4096).
 HISTORY_PART_LIMIT = 4000
-#: Telegram's caption limit; a longer image reply is sent as a text after the photo.
-CAPTION_LIMIT = 1024
 
 NO_HISTORY = "No history yet."
 PROFILE_FAILED = "I couldn't set up your profile with the AI provider. Please try again later."
@@ -233,13 +233,8 @@ class LucyDreamBackend(Backend):
             return await self._api().request_image(chatbot_model=model, user_id=user_id)
 
         image = await self._with_sub_user(turn, request)
-        caption = (image.reply or "").strip() or None
-        if caption is not None and _utf16_len(caption) > CAPTION_LIMIT:
-            yield Image(url=image.image_url)
-            for part in split_text_parts([caption], HISTORY_PART_LIMIT):
-                yield Text(part)
-        else:
-            yield Image(url=image.image_url, caption=caption)
+        # A caption longer than a frontend allows is the frontend's to split.
+        yield Image(url=image.image_url, caption=(image.reply or "").strip() or None)
 
     async def _history(self, turn: Turn) -> AsyncIterator[ReplyPart]:
         opts = self._options(turn)
@@ -367,10 +362,6 @@ def _model_missing(exc: NotFoundError) -> bool:
     return "model" in code or "model" in message or "chatbot" in message
 
 
-def _utf16_len(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
-
-
 def _timestamp(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
@@ -421,9 +412,9 @@ def split_text_parts(blocks: list[str], limit: int) -> list[str]:
     parts: list[str] = []
     current = ""
     for block in blocks:
-        for piece in _hard_split(block, limit):
+        for piece in split_text(block, limit):
             candidate = f"{current}\n{piece}" if current else piece
-            if _utf16_len(candidate) <= limit:
+            if utf16_len(candidate) <= limit:
                 current = candidate
             else:
                 parts.append(current)
@@ -431,23 +422,3 @@ def split_text_parts(blocks: list[str], limit: int) -> list[str]:
     if current:
         parts.append(current)
     return parts
-
-
-def _hard_split(text: str, limit: int) -> list[str]:
-    out = []
-    while _utf16_len(text) > limit:
-        cut, units = 0, 0
-        for ch in text:
-            size = 2 if ord(ch) > 0xFFFF else 1
-            if units + size > limit:
-                break
-            units += size
-            cut += 1
-        space = max(text.rfind("\n", 0, cut), text.rfind(" ", 0, cut))
-        if space > cut // 2:
-            cut = space
-        out.append(text[:cut].rstrip())
-        text = text[cut:].lstrip()
-    if text:
-        out.append(text)
-    return out

@@ -48,6 +48,7 @@ from tgmux.errors import (
     error_for_status,
 )
 from tgmux.http import HttpClient
+from tgmux.text import split_text, utf16_index, utf16_len
 
 from .streams import Flavor, StreamParser, flavor_from_headers
 
@@ -64,43 +65,18 @@ CHAT_TYPES = ("private", "group", "supergroup", "channel")
 
 def content_length(text: str) -> int:
     """Length as the API counts it (JavaScript string length: UTF-16 code units)."""
-    return len(text.encode("utf-16-le")) // 2
-
-
-def _cut(text: str, limit: int) -> int:
-    """The largest index ``i`` with ``content_length(text[:i]) <= limit``."""
-    units = 0
-    for i, ch in enumerate(text):
-        units += 2 if ord(ch) > 0xFFFF else 1
-        if units > limit:
-            return i
-    return len(text)
+    return utf16_len(text)
 
 
 def truncate_content(text: str, limit: int = MAX_CONTENT) -> str:
     """The start of ``text`` that fits in ``limit`` units (never half a character)."""
-    return text[: _cut(text, limit)]
+    return text[: utf16_index(text, limit)]
 
 
 def split_content(text: str, limit: int = MAX_CONTENT) -> list[str]:
-    """``text`` in pieces of at most ``limit`` units, cut after a paragraph, a line or a word
-    when one ends in the second half of a piece, else anywhere. Joined, the pieces give
-    ``text`` back, except pieces that would be only whitespace, which are dropped."""
-    pieces: list[str] = []
-    rest = text
-    while content_length(rest) > limit:
-        end = _cut(rest, limit)
-        window = rest[:end]
-        cut = end
-        for sep in ("\n\n", "\n", " "):
-            at = window.rfind(sep)
-            if at >= end // 2:
-                cut = at + len(sep)
-                break
-        pieces.append(rest[:cut])
-        rest = rest[cut:]
-    pieces.append(rest)
-    return [p for p in pieces if p.strip()]
+    """``text`` in pieces of at most ``limit`` units, cut at a paragraph, line, sentence or
+    word boundary (whitespace at a cut is dropped)."""
+    return split_text(text, limit)
 
 
 def check_content(content: str) -> None:

@@ -224,13 +224,15 @@ async def test_image_arrives_as_photo_with_caption(sim):
     assert req.json == {"chatbot_model": MODEL, "user_id": user}
 
 
-async def test_image_with_long_reply_sends_text_after_photo(sim):
+async def test_image_caption_is_passed_whole_for_the_frontend_to_fit(sim):
+    # The backend knows no caption limit; the Telegram frontend sends the rest as text
+    # (tests/telegram/test_telegram_delivery.py).
     long_reply = "x" * 1500
     sim.inject(path="request-image", status=200,
                body={"image_url": "http://127.0.0.1/i.jpg", "reply": long_reply})
     async with harness(config(sim)) as h:
         parts = await h.say("/image", user_id=42)
-    assert parts == [Image(url="http://127.0.0.1/i.jpg"), Text(long_reply)]
+    assert parts == [Image(url="http://127.0.0.1/i.jpg", caption=long_reply)]
 
 
 async def test_history_empty_without_creating_a_profile(sim):

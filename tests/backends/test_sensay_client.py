@@ -176,8 +176,8 @@ def test_split_content() -> None:
     text = "para one.\n\npara two is here. " + "word " * 10
     pieces = split_content(text, 20)
     assert all(content_length(p) <= 20 for p in pieces)
-    assert "".join(pieces) == text
-    assert pieces[0] == "para one.\n\n"
+    assert " ".join(pieces).split() == text.split()  # only whitespace at the cuts is dropped
+    assert pieces[0] == "para one."
     hard = split_content("x" * 45, 20)
     assert hard == ["x" * 20, "x" * 20, "x" * 5]
     emoji = split_content("😀" * 15, 10)
