@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from tgmux.backend import (
     Backend,
     ChatIdentity,
+    ChatType,
     CommandSpec,
     Media,
     Notice,
@@ -316,6 +317,15 @@ class Engine:
         override = await self.store.get_override(message.chat.chat_id)
         return self.router.decide(message, override=override, chosen=chosen)
 
+    async def backend_for(self, message: IncomingMessage) -> Backend | None:
+        """The backend that will answer ``message``, or None when nothing will (no route, or
+        a group message that does not trigger the bot). Frontends use it to fetch media only
+        when its backend takes that kind."""
+        decision = await self.decide(message)
+        if decision is None or not self._triggered(message, decision):
+            return None
+        return self.backends.get(decision.backend)
+
     def _triggered(self, message: IncomingMessage, decision: RouteDecision | None) -> bool:
         chat_type = message.chat.chat_type
         if chat_type == "private":
@@ -511,9 +521,12 @@ class Engine:
     async def emit_event(self, event: ProviderEvent) -> None:
         await call_all(self.pm.hook.tgmux_provider_event, event=event, engine=self)
 
-    async def deliver(self, chat_id: int, parts: list[ReplyPart]) -> list[ReplyPart]:
-        """Send parts to a chat outside any conversation turn (events, announcements)."""
-        chat = ChatIdentity(chat_type="private" if chat_id > 0 else "supergroup", chat_id=chat_id)
+    async def deliver(self, chat_id: int, parts: list[ReplyPart], *,
+                      chat_type: ChatType | None = None) -> list[ReplyPart]:
+        """Send parts to a chat outside any conversation turn (events, announcements).
+        ``chat_type`` defaults to private for positive ids and supergroup for negative ones."""
+        chat_type = chat_type or ("private" if chat_id > 0 else "supergroup")
+        chat = ChatIdentity(chat_type=chat_type, chat_id=chat_id)
         return await self._send(chat, parts, None)
 
 

@@ -149,19 +149,11 @@ class Intake:
         """Whether the chat's backend takes this kind of media and will see the message."""
         assert message.media is not None
         try:
-            decision = await self.engine.decide(message)
+            backend = await self.engine.backend_for(message)
         except Exception:
             log.exception("chat %s: routing failed", message.chat.chat_id)
             return False
-        if decision is None:
-            return False
-        backend = self.engine.backends.get(decision.backend)
-        if backend is None or message.media.kind not in backend.accepts_media:
-            return False
-        chat_type = message.chat.chat_type
-        return (chat_type == "private" or message.addressed
-                or decision.group_trigger == "always"
-                or (chat_type == "channel" and decision.reason != "default"))
+        return backend is not None and message.media.kind in backend.accepts_media
 
 
 class TelegramApp:
