@@ -4,8 +4,8 @@ The Sensay simulator streams a reply token by token; tgmux (engine, real Pyrogra
 Telegram frontend) shows it on the offline Telegram. Measured per reply:
 
 - first token -> first text on Telegram: from the simulator writing its first text token to
-  the first draft (private chats) or first message (groups) carrying text. Target <= 100 ms
-  (the frontend waits 50 ms to gather the first tokens; flood limits may add more).
+  the first draft (private chats) or first message (groups) carrying text. Target <= 50 ms
+  (the frontend gathers tokens of one burst for 10 ms; flood limits may add more).
 - updates per reply versus the throttle: drafts or edits sent, against what
   ``stream_edit_interval`` (and the group flood budget) allows for the stream's duration.
 - last token -> final text: until the exact final text is on Telegram (includes waiting for
@@ -125,7 +125,7 @@ def main() -> None:
                                   args.length))
         how = "drafts" if kind == "private" else "edits"
         print(f"{kind:7} first token -> first text: {describe(results['first'])}  "
-              f"(target <= 100 ms)")
+              f"(target <= 50 ms)")
         print(f"{kind:7} last token  -> final text: {describe(results['final'])}")
         over = sum(u > a for u, a in zip(results["updates"], results["allowed"], strict=True))
         print(f"{kind:7} updates per reply ({how} + final): median "

@@ -72,7 +72,7 @@ MAX_FLOOD_RETRIES = 5
 MAX_FLOOD_WAIT = 3600.0  # seconds; beyond that the message is dropped (and logged)
 MAX_TRANSIENT_RETRIES = 3
 TYPING_GRACE = 0.4  # seconds before the first typing action (instant replies need none)
-STREAM_COALESCE = 0.05  # seconds to gather the first streamed tokens before showing them
+STREAM_COALESCE = 0.01  # seconds to gather tokens of the same burst before showing them
 
 
 _RAW_ACTIONS: dict[enums.ChatAction, Callable[[], Any]] = {
