@@ -34,8 +34,10 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # httpx logs full URLs at INFO; keep them out of operators' logs by default.
+    # httpx logs full URLs at INFO; websockets logs handshake headers (cookies) and frames
+    # (auth tokens) at DEBUG. Keep both quiet whatever log_level says.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("websockets").setLevel(logging.WARNING)
 
 
 def _load(config_path: str, pm: PluginManager | None = None) -> tuple[Config, PluginManager]:

@@ -7,8 +7,11 @@ before its first ``await``, so a chat's messages are answered in the order the f
 submitted them, however concurrently the frontend calls it. Different chats run concurrently,
 at most ``engine.concurrency`` at a time.
 
-Nothing is lost: a message is written to the store's inbox before it is queued and marked done
-after its reply; on start, messages still pending (the process died mid-way) are answered.
+Nothing is lost: a message is written to the store's inbox before it is queued, marked
+dispatched when a backend gets it, and done after its reply. On start, a message that never
+reached a backend is answered; one a backend already had (the process died mid-reply) is not
+replayed, since the provider may have it already (a duplicated, perhaps charged, chat turn):
+the user is told and asked to send it again.
 """
 
 from __future__ import annotations
@@ -157,6 +160,7 @@ class _Slot:
     message: IncomingMessage
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     fresh: bool = False  # False: seen before (duplicate) or not accepted
+    interrupted: bool = False  # a backend had it when the process stopped
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop()
                                         .create_future())
 
@@ -199,12 +203,15 @@ class Engine:
         self._started = True
         self._accepting = True
         await call_all(self.pm.hook.tgmux_startup, engine=self)
-        pending = await self.store.inbox_pending()
-        if pending:
-            log.info("answering %d message(s) that arrived before the last stop", len(pending))
-        for payload in pending:
-            slot = self._reserve(IncomingMessage.from_payload(payload))
+        unanswered = await self.store.inbox_unanswered()
+        if unanswered:
+            log.info("%d message(s) from before the last stop are unanswered", len(unanswered))
+        for entry in unanswered:
+            slot = self._reserve(IncomingMessage.from_payload(entry.payload))
             slot.fresh = True
+            # Replaying a turn a provider may already have had would duplicate it there
+            # (and charge it twice): the user is asked to resend instead.
+            slot.interrupted = entry.dispatched
             slot.ready.set()
 
     async def stop(self, timeout: float = 20.0) -> None:
@@ -284,7 +291,7 @@ class Engine:
             try:
                 if slot.fresh:
                     async with self._limit:
-                        await self._handle(slot.message)
+                        await self._handle(slot.message, interrupted=slot.interrupted)
             except asyncio.CancelledError:
                 if not slot.done.done():
                     slot.done.cancel()
@@ -300,10 +307,14 @@ class Engine:
 
     # -- handling --------------------------------------------------------------------------------
 
-    async def _handle(self, message: IncomingMessage) -> None:
+    async def _handle(self, message: IncomingMessage, *, interrupted: bool = False) -> None:
         chat = message.chat
         try:
-            await self._answer(message)
+            if interrupted:
+                await self._send(chat, [Notice(interrupted_notice(message.text))],
+                                 chat.message_id)
+            else:
+                await self._answer(message)
         except Exception as exc:  # the user is always told something
             log.exception("chat %s message %s: failed", chat.chat_id, chat.message_id)
             text = await call_first(self.pm.hook.tgmux_error, turn=None, error=exc,
@@ -356,6 +367,9 @@ class Engine:
                              chat.message_id)
             return
         if command in self.plugin_commands:
+            if not self._may_run(self.plugin_commands[command].spec, message):
+                await self._send(chat, [Notice(admin_only_notice(command))], chat.message_id)
+                return
             ctx = CommandContext(message, self, message.args)
             result = await await_me_maybe(self.plugin_commands[command].handler(ctx))
             if hasattr(result, "__aiter__"):
@@ -367,10 +381,13 @@ class Engine:
             await self._send(chat, [Notice("No AI is configured for this chat.")], chat.message_id)
             return
         backend = self.backends[decision.backend]
-        backend_commands = {c.name for c in backend.commands()}
+        backend_commands = {c.name: c for c in backend.commands()}
         if command is not None and command not in backend_commands:
             await self._send(chat, [Notice(f"Unknown command /{command}. /help lists what I can "
                                            "do.")], chat.message_id)
+            return
+        if command is not None and not self._may_run(backend_commands[command], message):
+            await self._send(chat, [Notice(admin_only_notice(command))], chat.message_id)
             return
         if message.media is not None and message.media.kind not in backend.accepts_media:
             await self._send(chat, [Notice(NOT_UNDERSTOOD_MEDIA)], chat.message_id)
@@ -381,6 +398,8 @@ class Engine:
             return
         turn = self._turn(message, decision, backend)
         turn = await call_chained(self.pm, "tgmux_before_backend", "turn", turn, backend=backend)
+        if chat.message_id is not None:
+            await self.store.inbox_dispatched(chat.chat_id, chat.message_id)
         parts = self._backend_stream(turn, backend, message)
         sent = await self.frontend.deliver(chat, parts, reply_to_message_id=chat.message_id)
         await call_all(self.pm.hook.tgmux_reply_sent, turn=turn, parts=sent)
@@ -457,6 +476,9 @@ class Engine:
         admins = self.config.data.admins
         return not admins or (user_id is not None and user_id in admins)
 
+    def _may_run(self, spec: CommandSpec, message: IncomingMessage) -> bool:
+        return not spec.admin_only or self.is_admin(message.chat.user_id)
+
     async def _builtin(self, command: str, message: IncomingMessage,
                        decision: RouteDecision | None) -> list[ReplyPart]:
         if command == "start":
@@ -503,7 +525,8 @@ class Engine:
             specs += self.backends[decision.backend].commands()
         for spec in specs:
             usage = f" {spec.usage}" if spec.usage else ""
-            lines.append(f"/{spec.name}{usage} — {spec.description}")
+            admins = " (admins only)" if spec.admin_only and self.config.data.admins else ""
+            lines.append(f"/{spec.name}{usage} — {spec.description}{admins}")
         return "\n".join(lines)
 
     def command_specs(self) -> list[CommandSpec]:
@@ -528,6 +551,16 @@ class Engine:
         chat_type = chat_type or ("private" if chat_id > 0 else "supergroup")
         chat = ChatIdentity(chat_type=chat_type, chat_id=chat_id)
         return await self._send(chat, parts, None)
+
+
+def admin_only_notice(command: str) -> str:
+    return f"Only the bot's admins can use /{command}."
+
+
+def interrupted_notice(text: str) -> str:
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    return (f"I was restarted while answering your message “{shown}” and may not have "
+            "finished. Please send it again if you still need an answer.")
 
 
 def _as_parts(value: Any) -> list[ReplyPart]:

@@ -9,10 +9,13 @@ minute answers with 429; a sliding log never does.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Hashable
+
+log = logging.getLogger("tgmux.ratelimit")
 
 
 class SlidingWindowLimiter:
@@ -93,10 +96,15 @@ _shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
 
 def shared_limiter(key: Hashable, limit: int, period: float) -> SlidingWindowLimiter:
     """A limiter shared by everything in this event loop that uses ``key`` (e.g. a provider's
-    credentials): every backend instance using the same credentials shares one budget.
-    Call it from async code (it needs the running loop)."""
+    credentials): every backend instance using the same credentials shares one budget, set by
+    the first caller. Call it from async code (it needs the running loop)."""
     per_loop = _shared.setdefault(asyncio.get_running_loop(), {})
     limiter = per_loop.get(key)
-    if limiter is None or (limiter.limit, limiter.period) != (limit, period):
+    if limiter is None:
         limiter = per_loop[key] = SlidingWindowLimiter(limit, period)
+    elif (limiter.limit, limiter.period) != (limit, period):
+        # One budget per key, whatever each user of it asks: the first setting wins.
+        log.warning("rate limit for %s already set to %d per %gs; ignoring %d per %gs",
+                    key[0] if isinstance(key, tuple) and key else "a shared key",
+                    limiter.limit, limiter.period, limit, period)
     return limiter

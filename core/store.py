@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,22 @@ CREATE TABLE IF NOT EXISTS kv (
 CREATE TABLE IF NOT EXISTS inbox (
     chat_id INTEGER NOT NULL,
     message_id INTEGER NOT NULL,
-    state TEXT NOT NULL,            -- 'pending' until answered, then 'done'
+    state TEXT NOT NULL,            -- 'pending', 'dispatched' (a backend has it), 'done'
     payload TEXT,                   -- the message, kept while pending
     received_at REAL NOT NULL,
     PRIMARY KEY (chat_id, message_id)
 );
 CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (state, received_at);
 """
+
+
+@dataclass(frozen=True)
+class Unanswered:
+    """A message accepted but never marked done: ``dispatched`` when a backend had already
+    been asked (replaying it could duplicate a chat turn at the provider)."""
+
+    payload: dict[str, Any]
+    dispatched: bool
 
 
 class Store(ABC):
@@ -77,11 +87,15 @@ class Store(ABC):
         """Record a message as pending; False when this (chat, message) was seen before."""
 
     @abstractmethod
+    async def inbox_dispatched(self, chat_id: int, message_id: int) -> None:
+        """The message was handed to a backend (a provider may have received it)."""
+
+    @abstractmethod
     async def inbox_done(self, chat_id: int, message_id: int) -> None: ...
 
     @abstractmethod
-    async def inbox_pending(self) -> list[dict[str, Any]]:
-        """Payloads of messages accepted but never answered, oldest first."""
+    async def inbox_unanswered(self) -> list[Unanswered]:
+        """Messages accepted but never marked done, oldest first."""
 
     @abstractmethod
     async def inbox_prune(self, older_than: float) -> int:
@@ -154,13 +168,19 @@ class MemoryStore(Store):
         self.inbox[(chat_id, message_id)] = ("pending", payload, time.time())
         return True
 
+    async def inbox_dispatched(self, chat_id: int, message_id: int) -> None:
+        entry = self.inbox.get((chat_id, message_id))
+        if entry is not None and entry[0] == "pending":
+            self.inbox[(chat_id, message_id)] = ("dispatched", entry[1], entry[2])
+
     async def inbox_done(self, chat_id: int, message_id: int) -> None:
         entry = self.inbox.get((chat_id, message_id))
         self.inbox[(chat_id, message_id)] = ("done", None, entry[2] if entry else time.time())
 
-    async def inbox_pending(self) -> list[dict[str, Any]]:
-        pending = [(t, p) for s, p, t in self.inbox.values() if s == "pending" and p is not None]
-        return [p for _, p in sorted(pending, key=lambda x: x[0])]
+    async def inbox_unanswered(self) -> list[Unanswered]:
+        found = [(t, Unanswered(p, s == "dispatched")) for s, p, t in self.inbox.values()
+                 if s != "done" and p is not None]
+        return [u for _, u in sorted(found, key=lambda x: x[0])]
 
     async def inbox_prune(self, older_than: float) -> int:
         old = [k for k, (s, _, t) in self.inbox.items() if s == "done" and t < older_than]
@@ -254,17 +274,25 @@ class SQLiteStore(Store):
         )
         return cursor.rowcount == 1
 
+    async def inbox_dispatched(self, chat_id: int, message_id: int) -> None:
+        await self.db.execute(
+            "UPDATE inbox SET state='dispatched' WHERE chat_id=? AND message_id=? "
+            "AND state='pending'",
+            (chat_id, message_id),
+        )
+
     async def inbox_done(self, chat_id: int, message_id: int) -> None:
         await self.db.execute(
             "UPDATE inbox SET state='done', payload=NULL WHERE chat_id=? AND message_id=?",
             (chat_id, message_id),
         )
 
-    async def inbox_pending(self) -> list[dict[str, Any]]:
+    async def inbox_unanswered(self) -> list[Unanswered]:
         async with self.db.execute(
-            "SELECT payload FROM inbox WHERE state='pending' ORDER BY received_at, rowid"
+            "SELECT payload, state FROM inbox WHERE state!='done' ORDER BY received_at, rowid"
         ) as cursor:
-            return [json.loads(p) for (p,) in await cursor.fetchall() if p]
+            return [Unanswered(json.loads(p), state == "dispatched")
+                    for p, state in await cursor.fetchall() if p]
 
     async def inbox_prune(self, older_than: float) -> int:
         cursor = await self.db.execute(

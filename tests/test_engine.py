@@ -382,3 +382,68 @@ async def test_stop_finishes_in_flight_replies() -> None:
     assert sorted(c for c, _ in h.delivered) == [1, 2, 3, 4, 5]
     with pytest.raises(RuntimeError):
         await h.engine.submit(h.message("after stop", user_id=1))
+
+
+async def test_a_turn_a_backend_already_had_is_not_replayed_after_a_crash(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    cfg = "backends:\n  slow: {type: slow, delay: 0}\ndefault: slow\n"
+    pm = build_plugin_manager()
+    pm.register(SlowPlugin(), name="slow")
+    from tgmux.config import load_config_text
+
+    config = load_config_text(cfg, plugin_manager=pm)
+    store = open_store(url)
+    await store.open()
+    had = IncomingMessage(chat=ChatIdentity("private", 5, 5, "bob", 41), text="order a pizza")
+    never = IncomingMessage(chat=ChatIdentity("private", 5, 5, "bob", 42), text="and a soda")
+    assert await store.inbox_accept(5, 41, had.to_payload())
+    await store.inbox_dispatched(5, 41)  # the provider got it, then the process died
+    assert await store.inbox_accept(5, 42, never.to_payload())
+    await store.close()
+
+    frontend = CaptureFrontend()
+    engine = Engine(config, pm, open_store(url), frontend)
+    await engine.start()
+    await engine.drain()
+    await engine.stop()
+    assert SlowBackend.seen == [(5, "and a soda")]  # only the one no provider had
+    assert frontend.delivered == [
+        (5, Notice("I was restarted while answering your message “order a pizza” and may not "
+                   "have finished. Please send it again if you still need an answer.")),
+        (5, Text("done and a soda")),
+    ]
+    store = open_store(url)
+    await store.open()
+    assert await store.inbox_unanswered() == []
+    await store.close()
+
+
+async def test_admin_only_backend_commands() -> None:
+    from tgmux.backend import CommandSpec
+
+    class GuardedSettings(BackendSettings):
+        type: Literal["guarded"] = "guarded"
+
+    class Guarded(SlowBackend):
+        type_name = "guarded"
+        Settings = GuardedSettings
+
+        def commands(self) -> list[CommandSpec]:
+            return [CommandSpec("wipe", "Wipe the shared account", admin_only=True)]
+
+        async def run_command(self, turn: Turn) -> AsyncIterator[ReplyPart]:
+            yield Text("wiped")
+
+    class GuardedPlugin:
+        @hookimpl
+        def tgmux_backend_types(self) -> list[type[Backend]]:
+            return [Guarded]
+
+    cfg = "admins: [99]\nbackends:\n  g: {type: guarded}\ndefault: g\n"
+    async with EngineHarness.from_yaml(cfg, plugins=[GuardedPlugin()]) as h:
+        assert await h.say("/wipe", user_id=5) == [
+            Notice("Only the bot's admins can use /wipe.")
+        ]
+        assert await h.say("/wipe", user_id=99) == [Text("wiped")]
+        (help_text,) = await h.say("/help", user_id=5)
+        assert "/wipe — Wipe the shared account (admins only)" in help_text.text

@@ -35,3 +35,13 @@ async def test_keys_are_independent() -> None:
     started = time.monotonic()
     await keyed.acquire("b")
     assert time.monotonic() - started < 0.05
+
+
+async def test_shared_limiter_is_one_budget_per_key_first_setting_wins() -> None:
+    from tgmux.ratelimit import shared_limiter
+
+    a = shared_limiter(("provider", "key-1"), 60, 60)
+    assert shared_limiter(("provider", "key-1"), 30, 60) is a  # same credentials: same budget
+    assert shared_limiter(("provider", "key-1"), 60, 60) is a
+    assert (a.limit, a.period) == (60, 60)
+    assert shared_limiter(("provider", "key-2"), 60, 60) is not a
