@@ -378,15 +378,20 @@ class BambiSleepBackend(Backend):
     # -- commands ----------------------------------------------------------------------------
 
     def commands(self) -> list[CommandSpec]:
+        # Every Telegram user shares the one BambiSleep account: its session history holds
+        # everyone's prompts, and its profile and triggers are everyone's. Reading the history
+        # and changing the account are for the bot's admins (enforced when `admins:` is set).
         return [
             CommandSpec("profile", "Show the BambiSleep profile", usage="[username]"),
-            CommandSpec("profile_set", "Change the profile's display name",
-                        usage="<display name>"),
+            CommandSpec("profile_set", "Change the account's display name",
+                        usage="<display name>", admin_only=True),
             CommandSpec("triggers", "List the triggers you can use"),
-            CommandSpec("trigger_add", "Create a private trigger",
-                        usage="name | description | content"),
-            CommandSpec("sessions", "List your past sessions"),
-            CommandSpec("session", "Show the messages of a session", usage="<id>"),
+            CommandSpec("trigger_add", "Create a private trigger on the account",
+                        usage="name | description | content", admin_only=True),
+            CommandSpec("sessions", "List the account's past sessions (all users)",
+                        admin_only=True),
+            CommandSpec("session", "Show the messages of a session", usage="<id>",
+                        admin_only=True),
         ]
 
     async def run_command(self, turn: Turn) -> AsyncIterator[ReplyPart]:

@@ -161,12 +161,45 @@ async def test_help_lists_the_commands(sim):
     async with harness(config(sim)) as h:
         [help_text] = await h.say("/help", user_id=1)
     for line in ("/profile [username] — Show the BambiSleep profile",
-                 "/profile_set <display name> — Change the profile's display name",
+                 "/profile_set <display name> — Change the account's display name",
                  "/triggers — List the triggers you can use",
-                 "/trigger_add name | description | content — Create a private trigger",
-                 "/sessions — List your past sessions",
+                 "/trigger_add name | description | content — Create a private trigger on "
+                 "the account",
+                 "/sessions — List the account's past sessions (all users)",
                  "/session <id> — Show the messages of a session"):
-        assert line in help_text.text
+        assert line + "\n" in help_text.text + "\n"
+
+
+ADMIN = 1
+OTHER = 2
+
+
+async def test_account_wide_commands_are_for_admins(sim):
+    """All Telegram users share one BambiSleep account: its sessions hold everyone's prompts,
+    so /sessions, /session, /profile_set and /trigger_add are refused to non-admins."""
+    async with harness(config(sim, tail=f"admins: [{ADMIN}]\ndefault: bambi")) as h:
+        [help_text] = await h.say("/help", user_id=OTHER)
+        refused = {cmd: await h.say(f"/{cmd}", user_id=OTHER) for cmd in (
+            "sessions", "session sess_001", "profile_set Mallory", "trigger_add a | b | c")}
+        assert sim.requests == []  # nothing reached the provider
+        public = [await h.say("/profile bambi", user_id=OTHER),
+                  await h.say("/triggers", user_id=OTHER)]
+        admin = await h.say("/sessions", user_id=ADMIN)
+    assert refused == {
+        "sessions": [Notice("Only the bot's admins can use /sessions.")],
+        "session sess_001": [Notice("Only the bot's admins can use /session.")],
+        "profile_set Mallory": [Notice("Only the bot's admins can use /profile_set.")],
+        "trigger_add a | b | c": [Notice("Only the bot's admins can use /trigger_add.")],
+    }
+    assert public[0][0].text.startswith("👤 Bambi (@bambi)")
+    assert public[1][0].text.startswith("Triggers (2):")
+    assert admin[0].text.startswith("Sessions (1):")
+    assert "/sessions — List the account's past sessions (all users) (admins only)" \
+        in help_text.text
+    assert "/profile [username] — Show the BambiSleep profile\n" in help_text.text + "\n"
+    assert sim.users[USER].display_name == "Bambi"
+    assert [(r.method, r.path) for r in sim.requests] == [
+        ("GET", "/v1/profile/bambi"), ("GET", "/v1/triggers"), ("GET", "/v1/sessions")]
 
 
 async def test_profile_commands(sim):
