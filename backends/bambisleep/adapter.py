@@ -50,6 +50,8 @@ from .ws import WsTransport
 
 log = logging.getLogger("tgmux.backends.bambisleep")
 
+EMPTY_REPLY = "The AI answered with an empty message."
+
 EventName = Literal["message.new", "profile.update", "trigger.shared"]
 
 
@@ -158,7 +160,13 @@ class BambiSleepSettings(HttpBackendSettings):
                                    "after this many seconds")
     ws_reconnect_delay: float = Field(0.5, gt=0, description="first reconnect delay (doubles)")
     ws_reconnect_max_delay: float = Field(30.0, gt=0, description="longest reconnect delay")
-    ws_max_attempts: int = Field(5, ge=1, description="connections tried for one message")
+    ws_max_attempts: int = Field(5, ge=1, description="connections tried for one message "
+                                 "(only while it has not been sent; a sent one is never resent)")
+    ws_reply_from: str | None = Field(
+        None, description="username of the AI's websocket messages: only its message frames "
+        "are replies, other room members' are ignored (unset: the first message not from our "
+        "own account after sending)"
+    )
     webhook: WebhookSettings | None = Field(None, description="webhook receiver (optional)")
     rate_limit: RateLimitSettings = Field(
         default_factory=RateLimitSettings, description="the provider's rate limits"
@@ -273,6 +281,7 @@ class BambiSleepBackend(Backend):
                 reconnect_max_delay=s.ws_reconnect_max_delay,
                 max_attempts=s.ws_max_attempts,
                 notify_after=s.rate_limit.notify_after,
+                reply_from=s.ws_reply_from,
                 name=self.name,
             )
         if s.webhook is not None:
@@ -345,7 +354,8 @@ class BambiSleepBackend(Backend):
         if self.ws is not None:
             answer = await self.ws.ask((turn.chat.chat_id, turn.chat.message_thread_id),
                                        turn.text)
-            yield Text(answer.content)
+            text = answer.content.strip()
+            yield Text(text) if text else Notice(EMPTY_REPLY)
             return
         result = await self.client.generate(
             turn.text,
@@ -367,7 +377,7 @@ class BambiSleepBackend(Backend):
             yield Audio(url=result.audio_url, voice=True, mime_type="audio/mpeg",
                         filename=urlsplit(result.audio_url).path.rsplit("/", 1)[-1] or None)
         if not text and not shown and not result.audio_url:
-            yield Notice("The AI answered with an empty message.")
+            yield Notice(EMPTY_REPLY)
 
     async def reset(self, turn: Turn) -> str | None:
         if self.ws is not None:

@@ -15,9 +15,13 @@ documented in ``docs/backends/bambisleep.md``):
 * ``audioUrl`` points at ``/audio/response-N.mp3``, which it serves (``audio/mpeg`` bytes).
 * ``/ws/chat``: ``{"type":"auth","token":…}`` (a session token or an API key) is answered
   ``{"type":"auth","success":true,"username":…}``; each ``{"type":"message","content":…}``
-  gets one ``message`` frame back. :meth:`drop_next_ws_message` closes the connection after
-  the next message arrives, before answering (a drop mid-reply); :meth:`close_websockets`
-  closes every open connection.
+  gets one ``message`` frame back from ``bambi-ai`` (``ws_reply_username``). It is a chat room
+  as the document's ``other_user`` example suggests: ``ws_room_chatter=True`` makes
+  ``other_user`` talk right after each auth, before each reply and after it;
+  :meth:`ws_room_message` / :meth:`ws_push` send any frame to every connection now;
+  :meth:`queue_ws_reply` sets the text of the next replies (e.g. an empty one).
+  :meth:`drop_next_ws_message` closes the connection after the next message arrives, before
+  answering (a drop mid-reply); :meth:`close_websockets` closes every open connection.
 * Webhooks: :meth:`deliver_webhook` POSTs an event to every registered URL that subscribed,
   signed with HMAC-SHA256 (hex, ``X-Signature``) of the raw body and the webhook's secret.
 """
@@ -51,6 +55,8 @@ MODELS = ("MODEL_1", "MODEL_2")
 DEMO_API_KEY = "demo-bambisleep-key"
 DEMO_USER = "bambi"
 DEMO_PASSWORD = "good-girl"
+AI_USERNAME = "bambi-ai"
+OTHER_USER = "other_user"
 
 #: A tiny MPEG audio frame sequence (silence), enough for players and for byte comparisons.
 AUDIO_BYTES = b"ID3\x03\x00\x00\x00\x00\x00\x00" + b"\xff\xfb\x90\x64" + bytes(413)
@@ -137,6 +143,8 @@ class BambiSleepSimulator(SimulatorServer):
         rate_period: float = 60.0,
         session_ttl: float | None = None,
         ws_echo_own: bool = False,
+        ws_room_chatter: bool = False,
+        ws_reply_username: str = AI_USERNAME,
         webhook_signature_header: str = "X-Signature",
         webhook_algorithm: str = "sha256",
         auto_webhooks: bool = False,
@@ -179,6 +187,10 @@ class BambiSleepSimulator(SimulatorServer):
         self._audio_ids = itertools.count(123)
         self.audio: dict[str, bytes] = {}
         self.ws_echo_own = ws_echo_own
+        self.ws_room_chatter = ws_room_chatter
+        self.ws_reply_username = ws_reply_username
+        self._ws_replies: deque[str] = deque()
+        self._chatter = itertools.count(1)
         self.ws_connections: list[web.WebSocketResponse] = []
         self.ws_messages: list[tuple[str, str]] = []  # (username, content) received
         self.ws_auths = 0
@@ -224,6 +236,30 @@ class BambiSleepSimulator(SimulatorServer):
         """Close the connection right after the next ``times`` message frames arrive, before
         answering them (a connection lost mid-reply)."""
         self._drop_ws += times
+
+    def queue_ws_reply(self, *contents: str) -> None:
+        """The next websocket replies say ``contents`` (in order) instead of the echo."""
+        self._ws_replies.extend(contents)
+
+    async def ws_push(self, frame: dict[str, Any]) -> int:
+        """Send ``frame`` to every open websocket now; returns how many got it."""
+        sent = 0
+        for ws in list(self.ws_connections):
+            if not ws.closed:
+                await ws.send_json(frame)
+                sent += 1
+        return sent
+
+    async def ws_room_message(self, content: str, username: str = OTHER_USER) -> int:
+        """Someone in the room says ``content``: a ``message`` frame to every connection."""
+        return await self.ws_push({"type": "message", "username": username,
+                                   "content": content, "timestamp": _now_iso()})
+
+    async def _chat(self, ws: web.WebSocketResponse) -> None:
+        if self.ws_room_chatter:
+            await ws.send_json({"type": "message", "username": OTHER_USER,
+                                "content": f"Hi there! ({next(self._chatter)})",
+                                "timestamp": _now_iso()})
 
     async def close_websockets(self) -> None:
         """Close every open websocket connection (as a server restart would)."""
@@ -597,6 +633,7 @@ class BambiSleepSimulator(SimulatorServer):
                     self.ws_auths += 1
                     await ws.send_json({"type": "auth", "success": True,
                                         "username": user.username})
+                    await self._chat(ws)
                 elif kind == "message":
                     if user is None:
                         await ws.send_json({"type": "error", "code": "UNAUTHORIZED",
@@ -619,11 +656,14 @@ class BambiSleepSimulator(SimulatorServer):
                     if self.ws_echo_own:
                         await ws.send_json({"type": "message", "username": user.username,
                                             "content": content, "timestamp": _now_iso()})
+                    await self._chat(ws)
                     if self.latency:
                         await asyncio.sleep(self.latency)
-                    await ws.send_json({"type": "message", "username": "bambi-ai",
-                                        "content": f"Bambi hears you: {content}",
-                                        "timestamp": _now_iso()})
+                    reply = self._ws_replies.popleft() if self._ws_replies \
+                        else f"Bambi hears you: {content}"
+                    await ws.send_json({"type": "message", "username": self.ws_reply_username,
+                                        "content": reply, "timestamp": _now_iso()})
+                    await self._chat(ws)
                 else:
                     await ws.send_json({"type": "error", "code": "UNKNOWN_TYPE",
                                         "message": f"Unknown frame type {kind!r}"})

@@ -1,19 +1,21 @@
 """BambiSleep websocket transport through the engine against the simulator's real websocket:
-auth frames, per-chat connections, reconnect mid-conversation, resend after a drop mid-reply,
-session re-login, skipping the room's echo of our own message."""
+auth frames, per-chat connections, reconnect mid-conversation, no resend after a drop
+mid-reply, session re-login, replies told apart from room chatter, no secrets in logs."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import socket
 
 import pytest
 
 import tgmux.backends.bambisleep as bambisleep_plugin
 from tgmux.backend import Notice, Text
 from tgmux.backends.bambisleep.client import BambiSleepClient
-from tgmux.backends.bambisleep.simulator import BambiSleepSimulator
-from tgmux.backends.bambisleep.ws import ChatSocket
+from tgmux.backends.bambisleep.simulator import AI_USERNAME, BambiSleepSimulator
+from tgmux.backends.bambisleep.ws import LOST_AFTER_SEND, PROTOCOL_LOG, ChatSocket
 from tgmux.errors import USER_MESSAGES, AuthError, ErrorKind, UnavailableError
 from tgmux.harness import EngineHarness
 
@@ -66,16 +68,17 @@ async def test_api_key_websocket_conversation(sim):
     assert [r.path for r in sim.requests] == ["/ws/chat", "/ws/chat"]
 
 
-async def test_reconnect_mid_conversation_and_resend_after_drop(sim):
+async def test_reconnect_mid_conversation_and_no_resend_after_drop(sim):
     async with harness(config(sim)) as h:
         assert await h.say("one", user_id=1) == hears("one")
         await sim.close_websockets()  # the server restarts while the chat is idle
+        # not sent yet when the closed line is noticed: sent on a new connection
         assert await h.say("two", user_id=1) == hears("two")
         sim.drop_next_ws_message()  # the line drops after "three" arrived, before the reply
-        assert await h.say("three", user_id=1) == hears("three")
+        assert await h.say("three", user_id=1) == [Notice(LOST_AFTER_SEND)]
         assert await h.say("four", user_id=1) == hears("four")
-    # "three" was sent again on the new connection: at-least-once, never lost
-    assert [c for _, c in sim.ws_messages] == ["one", "two", "three", "three", "four"]
+    # "three" reached the provider once and was not sent again (no duplicated chat turn)
+    assert [c for _, c in sim.ws_messages] == ["one", "two", "three", "four"]
     assert sim.ws_auths == 3
 
 
@@ -83,7 +86,7 @@ async def test_other_chats_do_not_wait_for_a_slow_reconnect(sim):
     text = config(sim).replace("ws_reconnect_delay: 0.05", "ws_reconnect_delay: 1.5")
     async with harness(text) as h:
         assert await h.say("a", user_id=1) == hears("a")
-        sim.drop_next_ws_message()
+        await sim.close_websockets()
         _, slow = await h.submit("b", user_id=1)  # chat 1 will wait ~1 s to reconnect
         await asyncio.sleep(0.2)
         assert await asyncio.wait_for(h.say("fast", user_id=2), 0.5) == hears("fast")
@@ -136,17 +139,29 @@ async def test_auth_frame_and_own_echo_is_skipped():
 
 
 async def test_gives_up_after_max_attempts(sim):
+    """Connection failures (nothing sent) are retried up to max_attempts; a drop after the
+    send is not retried at all."""
     client = BambiSleepClient(api_key=KEY, base_url=sim.base_url)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"ws://127.0.0.1:{s.getsockname()[1]}/ws/chat"
+    down = ChatSocket(dead, client, timeout=3, reconnect_delay=0.01, max_attempts=3)
     sock = ChatSocket(sim.ws_url, client, timeout=3, reconnect_delay=0.01, max_attempts=3)
-    sim.drop_next_ws_message(3)
+    sim.drop_next_ws_message()
     try:
-        with pytest.raises(UnavailableError):
+        with pytest.raises(UnavailableError) as failed:
+            await down.ask("never sent")
+        assert "failed 3 times before sending" in str(failed.value)
+        with pytest.raises(UnavailableError) as lost:
             await sock.ask("lost")
+        assert lost.value.user_message == LOST_AFTER_SEND
         assert (await sock.ask("back")).content == "Bambi hears you: back"
     finally:
+        await down.close()
         await sock.close()
         await client.aclose()
-    assert [c for _, c in sim.ws_messages] == ["lost", "lost", "lost", "back"]
+    assert [c for _, c in sim.ws_messages] == ["lost", "back"]
+    assert down.connects == 0 and sock.connects == 2
 
 
 async def test_refused_session_after_relogin_is_final(sim):
@@ -163,3 +178,126 @@ async def test_refused_session_after_relogin_is_final(sim):
         await sock.close()
         await client.aclose()
     assert sim.logins == 2  # the first login, then exactly one more
+
+
+# -- pairing replies with questions in a chat room ---------------------------------------------
+
+
+def socket_of(h: EngineHarness, chat: int) -> ChatSocket:
+    return h.engine.backends["bambi"].ws.sockets[(chat, None)]
+
+
+async def frames_queued(sock: ChatSocket, n: int = 1) -> None:
+    """Wait until the client has read ``n`` frames nobody asked for."""
+    for _ in range(200):
+        if sock._frames.qsize() >= n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the frame did not reach the client")
+
+
+async def test_room_chatter_is_not_taken_for_replies():
+    """other_user talks right after auth, before and after every reply, and between turns:
+    with ws_reply_from every reply stays with its own question."""
+    async with BambiSleepSimulator(api_keys={KEY: USER}, ws_room_chatter=True) as sim:
+        async with harness(config(sim, extra=f"    ws_reply_from: {AI_USERNAME}")) as h:
+            assert await h.say("one", user_id=1) == hears("one")
+            assert await h.say("hi", user_id=2) == hears("hi")
+            await sim.ws_room_message("Anyone here?")
+            assert await h.say("two", user_id=1) == hears("two")
+            assert await h.say("three", user_id=1) == hears("three")
+            assert await h.say("there", user_id=2) == hears("there")
+        assert sim.ws_auths == 2  # chatter is not a reason to reconnect
+        assert [c for _, c in sim.ws_messages] == ["one", "hi", "two", "three", "there"]
+
+
+async def test_frames_that_came_while_idle_are_dropped_right_before_sending(sim):
+    """A room message arriving while the next message waits for its rate-limit slot is not
+    its reply (ws_reply_from unset: it cannot be told from the AI by username)."""
+    text = config(sim, extra="    rate_limit: {requests: 2, period: 0.4}")
+    async with harness(text) as h:
+        assert await h.say("one", user_id=1) == hears("one")
+        assert await h.say("two", user_id=1) == hears("two")
+        _, third = await h.submit("three", user_id=1)  # waits ~0.4 s for the limiter
+        await asyncio.sleep(0.1)
+        assert not third.done()
+        assert await sim.ws_room_message("Hi there!") == 1
+        await frames_queued(socket_of(h, 1))
+        await third
+        assert await h.say("four", user_id=1) == hears("four")
+    assert [p for _, p in h.delivered] == [*hears("one"), *hears("two"), *hears("three"),
+                                           *hears("four")]
+
+
+async def test_out_of_step_frames_reconnect_before_sending(sim):
+    """An AI message nobody asked for, or an unknown frame, while idle: the connection is
+    replaced before the next message is sent (once), so nothing stale answers it."""
+    async with harness(config(sim, extra=f"    ws_reply_from: {AI_USERNAME}")) as h:
+        assert await h.say("one", user_id=1) == hears("one")
+        await sim.ws_room_message("a late second answer", username=AI_USERNAME)
+        await frames_queued(socket_of(h, 1))
+        assert await h.say("two", user_id=1) == hears("two")
+        await sim.ws_push({"type": "presence", "online": 3})
+        await frames_queued(socket_of(h, 1))
+        assert await h.say("three", user_id=1) == hears("three")
+    assert [c for _, c in sim.ws_messages] == ["one", "two", "three"]
+    assert sim.ws_auths == 3
+
+
+async def test_unexpected_frame_after_sending_fails_the_turn_and_reconnects():
+    async with BambiSleepSimulator(api_keys={KEY: USER}, latency=0.2) as sim:
+        async with harness(config(sim, extra=f"    ws_reply_from: {AI_USERNAME}")) as h:
+            assert await h.say("one", user_id=1) == hears("one")
+            _, second = await h.submit("two", user_id=1)
+            await asyncio.sleep(0.1)  # "two" was sent; the reply is 0.2 s away
+            await sim.ws_push({"type": "presence", "online": 3})
+            await second
+            assert await h.say("three", user_id=1) == hears("three")
+        assert [p for c, p in h.delivered] == [
+            *hears("one"), Notice(USER_MESSAGES[ErrorKind.PROTOCOL]), *hears("three")]
+        assert [c for _, c in sim.ws_messages] == ["one", "two", "three"]  # never resent
+        assert sim.ws_auths == 2
+
+
+async def test_without_reply_from_the_first_other_message_is_the_reply():
+    async with BambiSleepSimulator(api_keys={KEY: USER}, ws_echo_own=True,
+                                   ws_reply_username="ai") as sim:
+        async with harness(config(sim)) as h:
+            assert await h.say("one", user_id=1) == hears("one")
+        with_name = config(sim, extra="    ws_reply_from: bambi-ai")  # the wrong name
+        async with harness(with_name.replace("timeout: 3", "timeout: 0.3")) as h:
+            assert await h.say("two", user_id=1) == [Notice(USER_MESSAGES[ErrorKind.TIMEOUT])]
+
+
+async def test_empty_websocket_reply_is_reported(sim):
+    sim.queue_ws_reply("  ", "")
+    async with harness(config(sim)) as h:
+        assert await h.say("one", user_id=1) == [Notice("The AI answered with an empty message.")]
+        assert await h.say("two", user_id=1) == [Notice("The AI answered with an empty message.")]
+        assert await h.say("three", user_id=1) == hears("three")
+
+
+# -- secrets stay out of the logs ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["api_key", "session"])
+async def test_no_token_in_debug_logs(caplog, mode):
+    secret_key = "sk-live-ws-SECRET-0123456789"
+    async with BambiSleepSimulator(api_keys={secret_key: USER}, users={USER: PASSWORD}) as sim:
+        caplog.set_level(logging.DEBUG)
+        auth = f"api_key: {secret_key}" if mode == "api_key" \
+            else f"username: {USER}\n    password: {PASSWORD}"
+        async with harness(config(sim, auth)) as h:
+            assert await h.say("one", user_id=1) == hears("one")
+            await sim.close_websockets()
+            assert await h.say("two", user_id=1) == hears("two")
+        tokens = [secret_key] if mode == "api_key" else list(sim.sessions)
+    assert tokens and all(tokens)
+    assert sim.ws_auths == 2
+    assert caplog.records  # DEBUG logging was on
+    for record in caplog.records:
+        text = f"{record.getMessage()} {record.msg} {record.args}"
+        for token in [*tokens, PASSWORD]:
+            assert token not in text, (record.name, text)
+    assert not [r for r in caplog.records if r.name.startswith(("websockets", PROTOCOL_LOG))
+                and r.levelno < logging.WARNING]
