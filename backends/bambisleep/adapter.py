@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -42,8 +43,10 @@ from .client import (
     DEFAULT_BASE_URL,
     WEBHOOK_EVENTS,
     BambiSleepClient,
+    Webhook,
     credential_identity,
     default_ws_url,
+    nothing_was_done,
 )
 from .webhooks import WebhookReceiver, event_text, parse_listen
 from .ws import WsTransport
@@ -98,6 +101,10 @@ class WebhookSettings(_Strict):
     )
     signature_prefix: str = Field(
         "", description="text before the hex digest in the header, e.g. 'sha256='"
+    )
+    retry_delay: float = Field(
+        5.0, gt=0, description="first wait before registering again after a refusal that "
+        "proves nothing was registered (doubles, at most 300 s)"
     )
 
     @field_validator("listen")
@@ -252,6 +259,7 @@ class BambiSleepBackend(Backend):
         self.ws: WsTransport | None = None
         self.receiver: WebhookReceiver | None = None
         self.webhook_id: str | None = None
+        self.webhook_registered = False
         self._register_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -298,8 +306,7 @@ class BambiSleepBackend(Backend):
                 name=self.name,
             )
             await self.receiver.start()
-            if not await self._register_webhook():
-                self._register_task = asyncio.create_task(self._keep_registering())
+            await self._ensure_webhook()
 
     async def close(self) -> None:
         if self._register_task is not None:
@@ -312,37 +319,93 @@ class BambiSleepBackend(Backend):
         if self.client is not None:
             await self.client.aclose()
 
-    async def _register_webhook(self) -> bool:
-        """Register the webhook; False when it should be tried again later."""
+    # -- webhook registration ----------------------------------------------------------------
+    #
+    # The API can register a webhook but not list or delete one, and every registration
+    # delivers every event once more. So tgmux registers once per (account, URL, events,
+    # secret) and remembers it in the backend's persistent key-value store; a POST that may
+    # have reached the provider is never repeated automatically.
+
+    def _webhook_key(self) -> str:
+        hook = self.settings.webhook
+        assert hook is not None
+        material = json.dumps({
+            "base_url": self.settings.base_url,
+            "account": _identity(self.settings),
+            "url": hook.public_url,
+            "events": sorted(hook.events),
+            "secret": hashlib.sha256(hook.secret.get_secret_value().encode()).hexdigest(),
+        }, sort_keys=True)
+        return "webhook:" + hashlib.sha256(material.encode()).hexdigest()[:32]
+
+    async def _ensure_webhook(self) -> None:
+        stored = await self.kv.get(self._webhook_key())
+        if stored is not None:
+            record = json.loads(stored)
+            self.webhook_id = record.get("id")
+            self.webhook_registered = True
+            log.info("%s: webhook %s already registered (%s); not registering again",
+                     self.name, self.webhook_id or "(id unknown)", record.get("how"))
+            return
+        if await self._register_webhook() == "retry":
+            self._register_task = asyncio.create_task(self._keep_registering())
+
+    async def _remember_webhook(self, webhook_id: str | None, how: str) -> None:
+        hook = self.settings.webhook
+        assert hook is not None
+        self.webhook_id = webhook_id
+        self.webhook_registered = True
+        await self.kv.set(self._webhook_key(), json.dumps({
+            "id": webhook_id, "url": hook.public_url, "events": list(hook.events), "how": how,
+            "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }))
+
+    async def _register_webhook(self) -> Literal["done", "retry", "refused", "uncertain"]:
+        """One ``POST /webhooks``. "retry" only when the error proves nothing was
+        registered and a later try may work."""
         assert self.client is not None and self.settings.webhook is not None
         hook = self.settings.webhook
         try:
-            registered = await self.client.register_webhook(
+            registered: Webhook = await self.client.register_webhook(
                 hook.public_url, list(hook.events), hook.secret.get_secret_value()
             )
-        except (AuthError, BadRequestError) as exc:
-            log.error("%s: webhook registration refused (fix the config): %s", self.name,
-                      exc.log_text())
-            return True
         except BackendError as exc:
-            log.warning("%s: webhook registration failed, will retry: %s", self.name,
-                        exc.log_text())
-            return False
-        self.webhook_id = registered.id
+            if not nothing_was_done(exc):
+                log.error(
+                    "%s: webhook registration (POST /webhooks) failed after it may have reached "
+                    "BambiSleep (%s). tgmux does not send it again: a second registration would "
+                    "deliver every event twice. If events arrive, nothing is to be done (the "
+                    "first one confirms the registration); if none do, restart tgmux to "
+                    "register again.", self.name, exc.log_text())
+                return "uncertain"
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+                log.error("%s: webhook registration refused (fix the config): %s", self.name,
+                          exc.log_text())
+                return "refused"
+            log.warning("%s: webhook registration not accepted, will try again: %s",
+                        self.name, exc.log_text())
+            return "retry"
+        await self._remember_webhook(registered.id, "registered")
         log.info("%s: webhook %s registered for %s", self.name, registered.id or "",
                  ", ".join(registered.events))
-        return True
+        return "done"
 
     async def _keep_registering(self) -> None:
-        delay = 5.0
+        assert self.settings.webhook is not None
+        delay = self.settings.webhook.retry_delay
         while True:
             await asyncio.sleep(delay)
-            if await self._register_webhook():
+            if self.webhook_registered or await self._register_webhook() != "retry":
                 return
             delay = min(delay * 2, 300.0)
 
     async def _on_webhook(self, event: str, data: dict[str, Any],
                           payload: dict[str, Any]) -> None:
+        if not self.webhook_registered:
+            # A correctly signed delivery proves the registration exists (e.g. after a
+            # registration whose answer was lost): remember it, register no more.
+            await self._remember_webhook(None, "confirmed by a delivery")
+            log.info("%s: webhook registration confirmed by a delivery", self.name)
         chat_id = self.settings.webhook.chat_id if self.settings.webhook else None
         await self.emit_event(event, data, chat_id=chat_id, text=event_text(event, data))
 

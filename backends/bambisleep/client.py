@@ -41,6 +41,7 @@ from tgmux.errors import (
     error_for_status,
 )
 from tgmux.http import HttpClient, default_error_parser
+from tgmux.http import _never_reached as never_reached  # no public name yet (see the report)
 from tgmux.ratelimit import SlidingWindowLimiter
 
 DEFAULT_BASE_URL = "https://api.bambisleep.chat/v1"
@@ -171,6 +172,20 @@ def parse_error(response: httpx.Response) -> BackendError:
         request_id=response.headers.get("X-Request-Id"),
         details=details,
     )
+
+
+def nothing_was_done(exc: BackendError) -> bool:
+    """Does ``exc`` prove the request had no effect at the provider, so that sending it again
+    cannot do anything twice? True for refusals: any 4xx (the request was checked and refused;
+    429 included), a 503 (the service refused to handle it), and a request that never left
+    (the connection could not be opened). False for a timeout, a connection lost mid-request,
+    a 500/502/504 or an unreadable answer: the provider may have acted on it."""
+    if exc.status is not None:
+        return 400 <= exc.status < 500 or exc.status == 503
+    if isinstance(exc, RateLimitedError):
+        return True
+    cause = exc.__cause__
+    return isinstance(cause, httpx.TransportError) and never_reached(cause)
 
 
 # -- the client -------------------------------------------------------------------------------

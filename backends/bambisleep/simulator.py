@@ -22,8 +22,10 @@ documented in ``docs/backends/bambisleep.md``):
   :meth:`queue_ws_reply` sets the text of the next replies (e.g. an empty one).
   :meth:`drop_next_ws_message` closes the connection after the next message arrives, before
   answering (a drop mid-reply); :meth:`close_websockets` closes every open connection.
-* Webhooks: :meth:`deliver_webhook` POSTs an event to every registered URL that subscribed,
-  signed with HMAC-SHA256 (hex, ``X-Signature``) of the raw body and the webhook's secret.
+* Webhooks: :meth:`deliver_webhook` POSTs an event to every registered URL that subscribed
+  (the same body, id and timestamp to each: one event), signed with HMAC-SHA256 (hex,
+  ``X-Signature``) of the raw body and the webhook's secret. Every ``POST /webhooks`` is a new
+  registration, as the document has no way to list or delete them.
 """
 
 from __future__ import annotations
@@ -285,23 +287,28 @@ class BambiSleepSimulator(SimulatorServer):
         owner: str | None = None,
         secret: str | None = None,
         signed: bool = True,
+        with_id: bool = True,
+        with_timestamp: bool = True,
     ) -> list[int]:
-        """POST ``event`` to every webhook that subscribed to it (of ``owner``, if given).
+        """POST ``event`` to every webhook that subscribed to it (of ``owner``, if given):
+        one event, so every webhook gets the same body (id, timestamp, data).
 
-        ``secret`` signs with another secret (a forgery); ``signed=False`` sends no signature.
-        Returns each receiver's HTTP status.
+        ``secret`` signs with another secret (a forgery); ``signed=False`` sends no signature;
+        ``with_id``/``with_timestamp`` False leave those fields out. Returns each receiver's
+        HTTP status.
         """
         statuses = []
+        payload: dict[str, Any] = {"id": f"evt_{next(self._event_ids)}", "event": event,
+                                   "timestamp": _now_iso(), "data": data}
+        if not with_id:
+            del payload["id"]
+        if not with_timestamp:
+            del payload["timestamp"]
+        body = json.dumps(payload).encode()
         async with httpx.AsyncClient(timeout=10.0) as http:
             for hook in self.webhooks:
                 if event not in hook.events or (owner is not None and hook.owner != owner):
                     continue
-                body = json.dumps({
-                    "id": f"evt_{next(self._event_ids)}",
-                    "event": event,
-                    "timestamp": _now_iso(),
-                    "data": data,
-                }).encode()
                 headers = {"Content-Type": "application/json",
                            "User-Agent": "BambiSleep-Webhooks/1.0"}
                 if signed:

@@ -9,7 +9,10 @@ get 401 and a log line; nothing reaches the chat.
 
 The body is taken to be JSON ``{"id", "event", "timestamp", "data": {...}}``; ``type`` is
 accepted for ``event``, and an ``X-Event``/``X-Webhook-Event`` header when neither is in the
-body. Event ids seen recently are answered 200 again but not delivered twice (providers retry).
+body. A delivery seen recently is answered 200 again but not delivered twice (providers retry,
+and a webhook registered twice delivers every event twice): deliveries are the same when their
+``id`` is, or, without an id, when event type, ``timestamp`` and data are (without a timestamp
+either: the same event type and data within :data:`UNSTAMPED_WINDOW` seconds).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,6 +30,10 @@ from typing import Any
 from aiohttp import web
 
 log = logging.getLogger("tgmux.backends.bambisleep.webhooks")
+
+#: Deliveries with neither id nor timestamp count as repeats only this close together.
+UNSTAMPED_WINDOW = 60.0
+SEEN_MAX = 2000
 
 EventCallback = Callable[[str, dict[str, Any], dict[str, Any]], Awaitable[None]]
 
@@ -98,7 +106,8 @@ class WebhookReceiver:
         self.prefix = prefix
         self.name = name
         self.rejected = 0
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: OrderedDict[str, float] = OrderedDict()  # delivery key -> when seen
+        self.duplicates = 0
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -163,21 +172,43 @@ class WebhookReceiver:
         if self.events and event not in self.events:
             log.info("%s: webhook event %s not subscribed; ignored", self.name, event)
             return web.json_response({"received": True, "ignored": True})
-        event_id = payload.get("id")
-        if isinstance(event_id, str | int):
-            key = str(event_id)
-            if key in self._seen:
-                return web.json_response({"received": True, "duplicate": True})
-            self._seen[key] = None
-            if len(self._seen) > 1000:
-                self._seen.popitem(last=False)
         data = payload.get("data")
         if not isinstance(data, dict):
             data = {k: v for k, v in payload.items() if k not in ("id", "event", "type")}
+        if self._repeated(event, payload, data):
+            self.duplicates += 1
+            log.info("%s: webhook event %s delivered again; not passed on twice", self.name,
+                     event)
+            return web.json_response({"received": True, "duplicate": True})
         task = asyncio.create_task(self._deliver(event, data, payload))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return web.json_response({"received": True})
+
+    def _repeated(self, event: str, payload: dict[str, Any], data: dict[str, Any]) -> bool:
+        """Seen this delivery recently? (Records it if not.)"""
+        now = time.monotonic()
+        event_id = payload.get("id")
+        stamp = payload.get("timestamp")
+        window = None
+        if isinstance(event_id, str | int) and not isinstance(event_id, bool):
+            key = f"id:{event_id}"
+        else:
+            digest = hashlib.sha256(
+                json.dumps(data, sort_keys=True, ensure_ascii=False, default=str).encode()
+            ).hexdigest()
+            if isinstance(stamp, str | int | float) and stamp != "":
+                key = f"ts:{event}:{stamp}:{digest}"
+            else:
+                key, window = f"data:{event}:{digest}", UNSTAMPED_WINDOW
+        seen = self._seen.get(key)
+        if seen is not None and (window is None or now - seen <= window):
+            return True
+        self._seen[key] = now
+        self._seen.move_to_end(key)
+        while len(self._seen) > SEEN_MAX:
+            self._seen.popitem(last=False)
+        return False
 
     async def _deliver(self, event: str, data: dict[str, Any], payload: dict[str, Any]) -> None:
         try:
