@@ -102,7 +102,7 @@ def _transport(max_connections: int) -> AiohttpTransport:
     return AiohttpTransport(client=session)
 
 
-def _never_reached(exc: httpx.TransportError) -> bool:
+def never_reached(exc: httpx.TransportError) -> bool:
     """Did the request certainly not reach the provider? (Only then is a POST repeated.)
     The aiohttp transport maps every aiohttp connection error (a server disconnect mid-request
     too) to ConnectTimeout; only a failed connect proves nothing was sent."""
@@ -265,7 +265,7 @@ class HttpClient:
             try:
                 response = await self._client.send(request, stream=stream)
             except httpx.TransportError as exc:
-                if _never_reached(exc):
+                if never_reached(exc):
                     # Repeating cannot duplicate anything, whatever the method.
                     retry, error = True, UnavailableError(
                         f"{self.name}: {where}: cannot connect", provider_message=str(exc))

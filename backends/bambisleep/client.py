@@ -40,8 +40,7 @@ from tgmux.errors import (
     RateLimitedError,
     error_for_status,
 )
-from tgmux.http import HttpClient, default_error_parser
-from tgmux.http import _never_reached as never_reached  # no public name yet (see the report)
+from tgmux.http import HttpClient, default_error_parser, never_reached
 from tgmux.ratelimit import SlidingWindowLimiter
 
 DEFAULT_BASE_URL = "https://api.bambisleep.chat/v1"
