@@ -8,7 +8,10 @@ reads one message per line, prints the replies, and exits after the last reply.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import sys
+import threading
 from collections.abc import AsyncIterator
 from typing import TextIO
 
@@ -24,6 +27,8 @@ from tgmux.backend import (
     TextDelta,
 )
 from tgmux.engine import Engine, IncomingMessage
+
+log = logging.getLogger("tgmux.console")
 
 
 class ConsoleFrontend:
@@ -87,9 +92,25 @@ def _media_line(kind: str, url: str | None, data: bytes | None, caption: str | N
     return f"[{kind}] {where}" + (f" — {caption}" if caption else "")
 
 
-async def _read_line(stream: TextIO) -> str | None:
-    line = await asyncio.to_thread(stream.readline)
-    return line if line else None
+def read_lines(stream: TextIO) -> asyncio.Queue[str | None]:
+    """Lines of ``stream`` read in a daemon thread (the loop never blocks on input, and an
+    unfinished read never keeps the process alive, so Ctrl-C exits at once); None marks the
+    end."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def reader() -> None:
+        try:
+            for line in iter(stream.readline, ""):
+                loop.call_soon_threadsafe(queue.put_nowait, line)
+        except Exception as exc:  # a closed or broken stdin ends the input
+            loop.call_soon_threadsafe(log.warning, "reading input failed: %s", exc)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop may be gone already
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    threading.Thread(target=reader, name="tgmux-stdin", daemon=True).start()
+    return queue
 
 
 async def chat_loop(engine: Engine, *, stdin: TextIO, out: TextIO, interactive: bool,
@@ -97,11 +118,12 @@ async def chat_loop(engine: Engine, *, stdin: TextIO, out: TextIO, interactive: 
                     username: str | None = "console") -> None:
     """Read messages until end of input; each is answered before the next is read (a chat is
     in order anyway, and the console shows one conversation)."""
+    lines = read_lines(stdin)
     while True:
         if interactive:
             out.write("you> ")
             out.flush()
-        line = await _read_line(stdin)
+        line = await lines.get()
         if line is None:
             if interactive:
                 out.write("\n")

@@ -8,7 +8,6 @@ import json
 import logging
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -16,6 +15,7 @@ from pyrogram import Client
 from pyrogram.errors import RPCError
 
 from tgmux.config import Config
+from tgmux.console import read_lines
 from tgmux.errors import ConfigError
 from tgmux.hooks import PluginManager
 from tgmux.telegram.app import TelegramApp
@@ -160,26 +160,6 @@ def parse_input_line(line: str) -> dict[str, Any]:
     return fields
 
 
-def _read_lines(stream: TextIO) -> asyncio.Queue[str | None]:
-    """Lines of ``stream`` read in a daemon thread (the loop never blocks on input, and an
-    unfinished read never keeps the process alive); None marks the end."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[str | None] = asyncio.Queue()
-
-    def reader() -> None:
-        try:
-            for line in iter(stream.readline, ""):
-                loop.call_soon_threadsafe(queue.put_nowait, line)
-        except Exception as exc:  # a closed or broken stdin ends the input
-            loop.call_soon_threadsafe(log.warning, "reading input failed: %s", exc)
-        finally:
-            with contextlib.suppress(RuntimeError):  # the loop may be gone already
-                loop.call_soon_threadsafe(queue.put_nowait, None)
-
-    threading.Thread(target=reader, name="tgmux-simulate-stdin", daemon=True).start()
-    return queue
-
-
 async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: TextIO,
                    stdout: TextIO, bot_username: str = "tgmux_bot") -> int:
     """``tgmux simulate``: JSON lines in (incoming messages), JSON lines out (what tgmux
@@ -205,7 +185,7 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
     await app.start()
     bad = 0
     try:
-        lines = _read_lines(stdin)
+        lines = read_lines(stdin)
         number = 0
         while (line := await lines.get()) is not None:
             number += 1
