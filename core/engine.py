@@ -17,8 +17,10 @@ the user is told and asked to send it again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -66,6 +68,8 @@ BUILTIN_COMMANDS = (
     CommandSpec("backend", "Show or switch the AI behind this chat", usage="[name]"),
 )
 
+COMMAND_PATTERN = re.compile(r"/([A-Za-z0-9_]+)(?:\s+(.*))?\Z", re.DOTALL)
+
 NOT_UNDERSTOOD_MEDIA = "I can only read text messages here. Please write your message as text."
 INTERNAL_ERROR = "Something went wrong on our side while answering. Please try again."
 
@@ -86,14 +90,14 @@ class IncomingMessage:
 
     @property
     def command(self) -> str | None:
-        if not self.text.startswith("/") or len(self.text) < 2:
-            return None
-        return self.text[1:].split(maxsplit=1)[0].lower()
+        """``"image"`` for ``/image ...``; None when the text is not a command."""
+        m = COMMAND_PATTERN.match(self.text)
+        return m.group(1).lower() if m else None
 
     @property
     def args(self) -> str:
-        parts = self.text.split(maxsplit=1)
-        return parts[1].strip() if self.command and len(parts) > 1 else ""
+        m = COMMAND_PATTERN.match(self.text)
+        return (m.group(2) or "").strip() if m else ""
 
     def to_payload(self) -> dict[str, Any]:
         media = self.media
@@ -273,9 +277,15 @@ class Engine:
             if message.chat.message_id is None:
                 slot.fresh = True
             else:
-                slot.fresh = await self.store.inbox_accept(
-                    message.chat.chat_id, message.chat.message_id, message.to_payload()
-                )
+                try:
+                    slot.fresh = await self.store.inbox_accept(
+                        message.chat.chat_id, message.chat.message_id, message.to_payload()
+                    )
+                except Exception:
+                    # Better an answer without dedup or restart safety than no answer at all.
+                    log.exception("chat %s message %s: the store did not take it; answering "
+                                  "it anyway", message.chat.chat_id, message.chat.message_id)
+                    slot.fresh = True
                 if not slot.fresh:
                     log.info("chat %s message %s already handled; skipped",
                              message.chat.chat_id, message.chat.message_id)
@@ -321,7 +331,11 @@ class Engine:
                                     message=message)
             await self._send(chat, [Notice(text or INTERNAL_ERROR)], chat.message_id)
         if chat.message_id is not None:
-            await self.store.inbox_done(chat.chat_id, chat.message_id)
+            try:
+                await self.store.inbox_done(chat.chat_id, chat.message_id)
+            except Exception:  # answered all the same; at worst flagged again after a restart
+                log.exception("chat %s message %s: could not mark it answered", chat.chat_id,
+                              chat.message_id)
 
     async def decide(self, message: IncomingMessage) -> RouteDecision | None:
         chosen = await call_first(self.pm.hook.tgmux_route, message=message, engine=self)
@@ -400,9 +414,13 @@ class Engine:
         turn = await call_chained(self.pm, "tgmux_before_backend", "turn", turn, backend=backend)
         if chat.message_id is not None:
             await self.store.inbox_dispatched(chat.chat_id, chat.message_id)
-        parts = self._backend_stream(turn, backend, message)
-        sent = await self.frontend.deliver(chat, parts, reply_to_message_id=chat.message_id)
-        await call_all(self.pm.hook.tgmux_reply_sent, turn=turn, parts=sent)
+        # aclosing: the stream is finished in this task even if the frontend stops early.
+        async with contextlib.aclosing(self._backend_stream(turn, backend, message)) as parts:
+            sent = await self.frontend.deliver(chat, parts, reply_to_message_id=chat.message_id)
+        try:
+            await call_all(self.pm.hook.tgmux_reply_sent, turn=turn, parts=sent)
+        except Exception:  # the user has the answer: a broken observer must not say otherwise
+            log.exception("chat %s: a tgmux_reply_sent hook failed", chat.chat_id)
 
     def _turn(self, message: IncomingMessage, decision: RouteDecision, backend: Backend) -> Turn:
         chat = message.chat
@@ -425,42 +443,54 @@ class Engine:
 
     async def _backend_stream(self, turn: Turn, backend: Backend,
                               message: IncomingMessage) -> AsyncIterator[ReplyPart]:
-        """The backend's parts through ``tgmux_after_backend``; errors become a Notice."""
+        """The backend's parts through ``tgmux_after_backend``; errors become a Notice.
+
+        ``turn_timeout`` bounds the time spent in the backend only: the deadline is checked
+        around each step of the backend, never around a ``yield``, so time the frontend takes
+        to deliver (flood waits, edit pacing) neither counts nor cancels the chat's worker."""
 
         async def tell_delay(seconds: float) -> None:
             await turn.notify(f"Your reply is delayed by about {round(seconds)} s "
                               "(the AI provider's rate limit). I'll answer as soon as I can.")
 
-        token = delay_notifier.set(_once(tell_delay))
+        # Set, never reset: the frontend may drive this generator from another task, where a
+        # reset token would not belong; the next turn sets its own.
+        delay_notifier.set(_once(tell_delay))
+        source = backend.run_command(turn) if turn.command else backend.reply(turn)
+        deadline = asyncio.get_running_loop().time() + self.config.data.engine.turn_timeout
+        failure: Exception | None = None
+        notice: str | None = None
         try:
-            source = backend.run_command(turn) if turn.command else backend.reply(turn)
-            async with asyncio.timeout(self.config.data.engine.turn_timeout):
-                async for part in source:
-                    if isinstance(part, TextDelta):
-                        yield part
-                        continue
-                    result = await call_chained(self.pm, "tgmux_after_backend", "part", part,
-                                                turn=turn)
-                    for out in result if isinstance(result, list) else [result]:
-                        yield out
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        part = await anext(source)
+                except StopAsyncIteration:
+                    break
+                if isinstance(part, TextDelta):
+                    yield part
+                    continue
+                result = await call_chained(self.pm, "tgmux_after_backend", "part", part,
+                                            turn=turn)
+                for out in result if isinstance(result, list) else [result]:
+                    yield out
         except BackendError as exc:
             log.warning("chat %s: %s: %s", turn.chat.chat_id, backend.name, exc.log_text())
-            text = await call_first(self.pm.hook.tgmux_error, turn=turn, error=exc,
-                                    message=message)
-            yield Notice(text or exc.user_message)
+            failure, notice = exc, exc.user_message
         except TimeoutError as exc:
             log.warning("chat %s: %s: no complete answer in %.0fs", turn.chat.chat_id,
                         backend.name, self.config.data.engine.turn_timeout)
-            text = await call_first(self.pm.hook.tgmux_error, turn=turn, error=exc,
-                                    message=message)
-            yield Notice(text or "The AI provider took too long to answer. Please try again.")
+            failure, notice = exc, "The AI provider took too long to answer. Please try again."
         except Exception as exc:
             log.exception("chat %s: backend %s failed", turn.chat.chat_id, backend.name)
-            text = await call_first(self.pm.hook.tgmux_error, turn=turn, error=exc,
-                                    message=message)
-            yield Notice(text or INTERNAL_ERROR)
+            failure, notice = exc, INTERNAL_ERROR
         finally:
-            delay_notifier.reset(token)
+            if (aclose := getattr(source, "aclose", None)) is not None:
+                await aclose()
+        if failure is not None:
+            text = await call_first(self.pm.hook.tgmux_error, turn=turn, error=failure,
+                                    message=message)
+            yield Notice(text or notice or INTERNAL_ERROR)
 
     async def _send(self, chat: ChatIdentity, parts: list[ReplyPart],
                     reply_to: int | None) -> list[ReplyPart]:

@@ -447,3 +447,78 @@ async def test_admin_only_backend_commands() -> None:
         assert await h.say("/wipe", user_id=99) == [Text("wiped")]
         (help_text,) = await h.say("/help", user_id=5)
         assert "/wipe — Wipe the shared account (admins only)" in help_text.text
+
+
+async def test_slow_delivery_does_not_count_against_the_turn_timeout() -> None:
+    """Flood waits and edit pacing happen while the engine's stream is paused at a yield:
+    they must neither time the turn out nor kill the chat's worker."""
+
+    class SlowFrontend(CaptureFrontend):
+        async def deliver(self, chat, parts, *, reply_to_message_id):
+            sent = []
+            async for part in parts:
+                await asyncio.sleep(0.3)  # e.g. a FloodWait between two edits
+                self.delivered.append((chat.chat_id, part))
+                sent.append(part)
+            return sent
+
+    cfg = ("backends:\n  s: {type: echo, stream: true}\ndefault: s\n"
+           "engine: {turn_timeout: 0.2}\n")
+    pm = build_plugin_manager()
+    from tgmux.config import load_config_text
+
+    frontend = SlowFrontend()
+    engine = Engine(load_config_text(cfg, plugin_manager=pm), pm, open_store("memory://"),
+                    frontend)
+    await engine.start()
+    first = await engine.submit(IncomingMessage(ChatIdentity("private", 5, 5, None, 1), "a b"))
+    second = await engine.submit(IncomingMessage(ChatIdentity("private", 5, 5, None, 2), "c"))
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    await engine.stop()
+    assert frontend.delivered == [
+        (5, TextDelta("a")), (5, TextDelta(" b")), (5, Text("a b")),
+        (5, TextDelta("c")), (5, Text("c")),
+    ]
+
+
+async def test_a_backend_slower_than_the_turn_timeout_is_reported() -> None:
+    cfg = "backends:\n  slow: {type: slow, delay: 5}\ndefault: slow\nengine: {turn_timeout: 0.1}\n"
+    SlowBackend.seen = []
+    random.seed(1)  # SlowBackend sleeps uniform(0, delay): with this seed, 0.67 s
+    async with EngineHarness.from_yaml(cfg, plugins=[SlowPlugin()]) as h:
+        assert await h.say("x", user_id=1) == [
+            Notice("The AI provider took too long to answer. Please try again.")
+        ]
+        assert SlowBackend.seen == []
+
+
+async def test_a_store_that_refuses_the_message_still_gets_it_answered() -> None:
+    async with EngineHarness.from_yaml(ECHO) as h:
+        async def broken(*args: object) -> bool:
+            raise OSError("database is locked")
+
+        h.store.inbox_accept = broken  # type: ignore[method-assign]
+        assert await h.say("still there?", user_id=5) == [Text("echo: still there?")]
+
+
+async def test_a_failing_reply_sent_hook_does_not_tell_the_user_to_retry() -> None:
+    class Broken:
+        @hookimpl
+        def tgmux_reply_sent(self) -> None:
+            raise RuntimeError("metrics server down")
+
+    async with EngineHarness.from_yaml(ECHO, plugins=[Broken()]) as h:
+        assert await h.say("hello", user_id=5) == [Text("echo: hello")]
+
+
+def test_command_parsing() -> None:
+    def parse(text: str) -> tuple[str | None, str]:
+        m = IncomingMessage(ChatIdentity("private", 1), text)
+        return m.command, m.args
+
+    assert parse("/image a cat\nplease") == ("image", "a cat\nplease")
+    assert parse("/Start") == ("start", "")
+    assert parse("/ ") == (None, "")
+    assert parse("/ x") == (None, "")
+    assert parse("/") == (None, "")
+    assert parse("hello /image") == (None, "")
