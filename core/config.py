@@ -21,6 +21,9 @@ from tgmux.errors import ConfigError
 
 ENV_PATTERN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
+#: Keys whose values must never be echoed in an error message.
+SECRET_KEY = re.compile(r"secret|token|key|hash|password|session", re.IGNORECASE)
+
 GroupTrigger = Literal["mention", "always", "command"]
 
 KeyPath = tuple[str | int, ...]
@@ -242,7 +245,12 @@ def _pydantic_problems(
             problems.append(f"{_where(source, lines, path)}: required key is missing")
         else:
             got = err.get("input")
-            shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+            if isinstance(got, dict | list):
+                shown = ""
+            elif SECRET_KEY.search(str(path[-1] if path else "")):
+                shown = f" (got a {type(got).__name__}; value not shown)"
+            else:
+                shown = f" (got {got!r})"
             msg = err["msg"].removeprefix("Value error, ")
             problems.append(f"{_where(source, lines, path)}: {msg}{shown}")
     return problems
@@ -299,9 +307,15 @@ def load_config_text(text: str, *, source: str = "<config>", env: dict[str, str]
     ]
 
     if plugin_manager is None:
-        plugin_manager = build_plugin_manager(plugins)
-    else:
-        plugin_manager.load_modules(plugins, "config")
+        plugin_manager = build_plugin_manager()
+    broken_plugins = []
+    for i, dotted in enumerate(plugins):
+        try:
+            plugin_manager.load_modules([dotted], "config")
+        except ConfigError as exc:
+            broken_plugins.append(f"{_where(source, lines, ('plugins', i))}: {exc.problems[0]}")
+    if broken_plugins:  # a missing plugin would make its backend types look unknown: stop here
+        raise ConfigError(problems + broken_plugins)
     classes = backend_types(plugin_manager)
 
     settings: dict[str, BackendSettings] = {}

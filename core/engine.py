@@ -41,7 +41,7 @@ from tgmux.backend import (
     Turn,
 )
 from tgmux.config import Config
-from tgmux.errors import BackendError
+from tgmux.errors import BackendError, ConfigError
 from tgmux.hooks import PluginManager, await_me_maybe, call_all, call_chained, call_first
 from tgmux.http import delay_notifier
 from tgmux.router import RouteDecision, Router
@@ -189,12 +189,23 @@ class Engine:
 
     async def start(self) -> None:
         """Open the store, start backends, call startup hooks, re-queue unanswered messages."""
-        await self.store.open()
+        try:
+            await self.store.open()
+        except Exception as exc:
+            raise ConfigError(f"{self.config.where(('store',))}: cannot open "
+                              f"{self.config.data.store}: {exc}") from exc
         for name, settings in self.config.backend_settings.items():
             backend = self.config.backend_classes[name](name, settings,
                                                         self.store.namespace(f"backend:{name}"))
             backend._event_sink = self.emit_event
-            await backend.start()
+            try:
+                await backend.start()
+            except Exception as exc:
+                await self._close_backends()
+                await self.store.close()
+                log.debug("backend %s failed to start", name, exc_info=True)
+                raise ConfigError(f"{self.config.where(('backends', name))}: could not start: "
+                                  f"{exc}") from exc
             self.backends[name] = backend
         for result in await call_all(self.pm.hook.tgmux_commands):
             for command in result or []:
@@ -233,13 +244,17 @@ class Engine:
                             "and are answered after the next start", len(pending), timeout)
                 await asyncio.gather(*pending, return_exceptions=True)
         await call_all(self.pm.hook.tgmux_shutdown, engine=self)
+        await self._close_backends()
+        await self.store.close()
+        self._started = False
+
+    async def _close_backends(self) -> None:
         for backend in self.backends.values():
             try:
                 await backend.close()
             except Exception:
                 log.exception("closing backend %s failed", backend.name)
-        await self.store.close()
-        self._started = False
+        self.backends.clear()
 
     async def drain(self) -> None:
         """Wait until every queued message is answered."""

@@ -75,7 +75,7 @@ class PluginManager(pluggy.PluginManager):
             try:
                 module = importlib.import_module(dotted)
             except ImportError as exc:
-                raise ConfigError(f"plugins: cannot import {dotted!r}: {exc}") from exc
+                raise ConfigError(f"cannot import {dotted!r}: {exc}") from exc
             self.register_from(module, dotted, source)
 
 

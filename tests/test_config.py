@@ -129,3 +129,48 @@ def test_cli_exits_2_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr == f"error: {bad}:2: backends.e.prefx: unknown key 'prefx'\n"
     assert result.stdout == ""
+
+
+def test_secret_values_are_never_echoed_in_errors() -> None:
+    found = problems("""\
+        backends:
+          e: {type: echo, prefix: "x"}
+        telegram:
+          api_hash: 31415926535897932384
+          bot_token: [1, 2]
+        default: e
+        """)
+    assert "31415926535897932384" not in "\n".join(found)
+    assert ("config.yaml:4: telegram.api_hash: Input should be a valid string (got a int; "
+            "value not shown)") in found
+
+
+def test_a_plugin_that_cannot_be_imported_has_file_and_line() -> None:
+    (problem,) = problems("backends:\n  e: {type: echo}\ndefault: e\nplugins:\n  - no_such_mod\n")
+    assert problem.startswith("config.yaml:5: plugins[0]: cannot import 'no_such_mod': ")
+
+
+async def test_the_store_file_is_private(tmp_path: Path) -> None:
+    import stat
+
+    from tgmux.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "state" / "tgmux.db")
+    await store.open()
+    await store.kv_set("ns", "k", "v")
+    await store.close()
+    assert stat.S_IMODE((tmp_path / "state" / "tgmux.db").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+
+
+def test_an_unusable_store_is_a_clear_error(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    config.write_text(f'store: "sqlite:///{blocker}/sub/tgmux.db"\n'
+                      "backends:\n  e: {type: echo}\ndefault: e\n")
+    result = subprocess.run([sys.executable, "-m", "tgmux", "chat", "-c", str(config)],
+                            input="hi\n", capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {config}:1: store: cannot open sqlite:///{blocker}")
+    assert "Traceback" not in result.stderr
