@@ -36,6 +36,11 @@ class SlidingWindowLimiter:
         while self._stamps and self._stamps[0] <= now - self.period:
             self._stamps.popleft()
 
+    def idle(self) -> bool:
+        """Nothing in the window and nobody waiting: forgetting it changes nothing."""
+        self._prune(self._clock())
+        return not self._stamps and not self._lock.locked()
+
     def delay(self) -> float:
         """Seconds an acquisition made now would wait (0 when a slot is free)."""
         now = self._clock()
@@ -69,18 +74,35 @@ class SlidingWindowLimiter:
 
 
 class KeyedLimiter:
-    """One :class:`SlidingWindowLimiter` per key, made on first use (e.g. per chat)."""
+    """One :class:`SlidingWindowLimiter` per key, made on first use (e.g. per chat); limiters
+    idle for a whole window are dropped now and then, so memory follows the active keys."""
+
+    SWEEP_EVERY = 1024  # gets between sweeps
 
     def __init__(self, limit: int, period: float) -> None:
         self.limit = limit
         self.period = period
         self._limiters: dict[Hashable, SlidingWindowLimiter] = {}
+        self._gets = 0
 
     def get(self, key: Hashable) -> SlidingWindowLimiter:
+        self._gets += 1
+        if self._gets % self.SWEEP_EVERY == 0:
+            self.sweep()
         limiter = self._limiters.get(key)
         if limiter is None:
             limiter = self._limiters[key] = SlidingWindowLimiter(self.limit, self.period)
         return limiter
+
+    def sweep(self) -> int:
+        """Forget limiters with nothing in their window and nobody waiting."""
+        idle = [key for key, limiter in self._limiters.items() if limiter.idle()]
+        for key in idle:
+            del self._limiters[key]
+        return len(idle)
+
+    def __len__(self) -> int:
+        return len(self._limiters)
 
     async def acquire(self, key: Hashable) -> float:
         return await self.get(key).acquire()

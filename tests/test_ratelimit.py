@@ -45,3 +45,14 @@ async def test_shared_limiter_is_one_budget_per_key_first_setting_wins() -> None
     assert shared_limiter(("provider", "key-1"), 60, 60) is a
     assert (a.limit, a.period) == (60, 60)
     assert shared_limiter(("provider", "key-2"), 60, 60) is not a
+
+
+async def test_keyed_limiters_of_idle_keys_are_forgotten() -> None:
+    keyed = KeyedLimiter(1, 0.05)
+    for chat in range(100):
+        await keyed.acquire(chat)
+    assert len(keyed) == 100
+    await asyncio.sleep(0.06)
+    await keyed.acquire("busy")
+    assert keyed.sweep() == 100
+    assert len(keyed) == 1  # the one still inside its window stays
