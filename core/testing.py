@@ -233,6 +233,12 @@ class TgmuxBot:
         app.intake.listeners.append(self._submitted)
         await app.start()
         self.app = app
+        if app.commands_task is not None:
+            # The menu is published in the background; a test sees Telegram's first answer
+            # (published, refused, or "wait N s", which is then waited out in the background).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await app.commands_attempted.wait()
         return self
 
     async def stop(self, timeout: float | None = None) -> None:

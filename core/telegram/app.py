@@ -10,6 +10,8 @@ Order of things:
   that kind, then calls ``engine.submit`` (one store insert), in order;
 - on start, Pyrogram catches up on what arrived while tgmux was down (``skip_updates: false``
   and a persistent session) before the engine opens: caught-up messages wait in the intake;
+- bots publish their command menu in the background: start-up and replies never wait for it
+  (Telegram may ask to wait before ``setBotCommands``; that wait is for that method only);
 - on stop: new updates are left on Telegram's side (the session's update state is not
   advanced, so the next start catches up on them), the dispatcher finishes what it holds, the
   intake hands everything to the engine, in-flight replies finish (bounded by
@@ -35,7 +37,12 @@ from tgmux.config import Config
 from tgmux.engine import Engine, IncomingMessage
 from tgmux.hooks import PluginManager
 from tgmux.store import Store, open_store
-from tgmux.telegram.frontend import TelegramFrontend
+from tgmux.telegram.frontend import (
+    MAX_FLOOD_RETRIES,
+    MAX_FLOOD_WAIT,
+    FloodWaitRequired,
+    TelegramFrontend,
+)
 from tgmux.telegram.normalize import normalize
 
 __all__ = ["Intake", "TelegramApp"]
@@ -171,7 +178,12 @@ class TelegramApp:
         self.engine = Engine(config, plugin_manager, store or open_store(config.data.store),
                              self.frontend)
         self.intake = Intake(self.engine, client)
+        #: None until the first attempt to publish the command menu ended; then whether
+        #: Telegram has it (False while a flood wait holds it back)
         self.commands_published: bool | None = None
+        #: set when the first attempt ended (published, refused or held back)
+        self.commands_attempted = asyncio.Event()
+        self.commands_task: asyncio.Task[None] | None = None
         #: called for every message Pyrogram hands us, with what the engine will get
         #: (None: ignored, e.g. our own message or a /command@otherbot)
         self.seen_listeners: list[Callable[[Message, IncomingMessage | None], None]] = []
@@ -210,11 +222,40 @@ class TelegramApp:
             await self.client.stop()
             raise
         self._started = True
-        self.intake.open()
         me = self.client.me
         if me is not None and me.is_bot:
-            self.commands_published = await self.frontend.publish_commands(
-                self.engine.command_specs())
+            # created before the intake opens: with nothing in the way it is the first request
+            self.commands_task = asyncio.create_task(self._publish_commands(),
+                                                     name="tgmux-command-menu")
+        self.intake.open()
+
+    async def _publish_commands(self) -> None:
+        """The command menu, best effort: a flood wait is waited out here (in the
+        background), a wait over an hour or a sixth one gives up (Telegram keeps the menu it
+        had); any other failure is logged and not retried."""
+        try:
+            specs = self.engine.command_specs()
+            for attempt in range(MAX_FLOOD_RETRIES + 1):
+                try:
+                    self.commands_published = await self.frontend.publish_commands(specs)
+                    return
+                except FloodWaitRequired as exc:
+                    self.commands_published = False
+                    self.commands_attempted.set()
+                    if exc.seconds > MAX_FLOOD_WAIT or attempt == MAX_FLOOD_RETRIES:
+                        log.error("command menu not published: Telegram asks to wait %.0f s; "
+                                  "it keeps the menu it had", exc.seconds)
+                        return
+                    log.warning("command menu: Telegram asks to wait %.0f s; it will be "
+                                "published then (chats are answered meanwhile)", exc.seconds)
+                    await asyncio.sleep(exc.seconds)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.commands_published = False
+            log.exception("command menu not published")
+        finally:
+            self.commands_attempted.set()
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop taking updates, answer what was taken (``timeout``: bounded; None: all of
@@ -224,6 +265,9 @@ class TelegramApp:
         self._started = False
         self._taking_updates = False
         started = time.monotonic()
+        if self.commands_task is not None:
+            self.commands_task.cancel()
+            await asyncio.gather(self.commands_task, return_exceptions=True)
         client = self.client
         if client.is_initialized:
             await client.terminate(clear_handlers=False)  # the dispatcher empties its queue

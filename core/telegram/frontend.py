@@ -38,7 +38,8 @@ from tgmux.ratelimit import KeyedLimiter, SlidingWindowLimiter
 from tgmux.telegram.normalize import RecentIds
 from tgmux.telegram.textsplit import split_caption, split_text
 
-__all__ = ["ChatUnavailable", "FloodControl", "Sender", "TelegramFrontend", "delivering"]
+__all__ = ["ChatUnavailable", "DeliveryFailed", "FloodControl", "FloodWaitRequired", "Sender",
+           "TelegramFrontend", "delivering"]
 
 log = logging.getLogger("tgmux.telegram")
 
@@ -97,6 +98,15 @@ class DeliveryFailed(Exception):
     """This one request failed for good (logged); the reply goes on with its other parts."""
 
 
+class FloodWaitRequired(DeliveryFailed):
+    """Telegram asks to wait ``seconds`` before this request (raised instead of waiting when
+    the caller said ``wait_floods=False``)."""
+
+    def __init__(self, code: str, seconds: float) -> None:
+        super().__init__(code)
+        self.seconds = seconds
+
+
 class ReplyGone(Exception):
     """The message to reply to no longer exists."""
 
@@ -124,8 +134,11 @@ class FloodControl:
         return 60.0 / self.limits.group_per_minute
 
     async def acquire(self, chat_id: int | None) -> None:
-        if chat_id is not None:
-            await self.for_chat(chat_id).acquire()
+        """A slot for a message (or edit, draft) to ``chat_id``. A request to no chat (the
+        command menu...) is not a message: it takes nothing from the messages' budget."""
+        if chat_id is None:
+            return
+        await self.for_chat(chat_id).acquire()
         await self.overall.acquire()
 
     async def acquire_action(self) -> bool:
@@ -136,11 +149,12 @@ class FloodControl:
         return True
 
     def penalize(self, chat_id: int | None, seconds: float, *, action: bool = False) -> None:
+        """Telegram said FLOOD_WAIT for a request. Its waits are per method (and chat): a
+        chat's wait slows that chat; a request to no chat (``set_bot_commands``...) slows
+        nothing shared, its caller waits (or gives up) by itself."""
         if action:
             self.actions.penalize(seconds)
-        elif chat_id is None:
-            self.overall.penalize(seconds)
-        else:
+        elif chat_id is not None:
             self.for_chat(chat_id).penalize(seconds)
 
 
@@ -153,11 +167,13 @@ class Sender:
         self._sleep = sleep
 
     async def call(self, chat_id: int | None, what: str, make: Callable[[], Awaitable[T]], *,
-                   chat_action: bool = False, replying: bool = False) -> T | None:
+                   chat_action: bool = False, replying: bool = False,
+                   wait_floods: bool = True) -> T | None:
         """Run ``make()``; returns its result, or None for MESSAGE_NOT_MODIFIED. Raises
         ChatUnavailable, DeliveryFailed, and ReplyGone when ``replying`` and the message
         replied to is gone. A ``chat_action`` never raises and is skipped (None) when its
-        budget is spent."""
+        budget is spent. ``FloodWait`` is waited out and the same call made again
+        (``wait_floods=False``: FloodWaitRequired is raised instead)."""
         best_effort = chat_action
         floods = transient = 0
         while True:
@@ -178,6 +194,8 @@ class Sender:
                     floods += 1
                     if best_effort:
                         return None
+                    if not wait_floods:
+                        raise FloodWaitRequired(code, seconds) from exc
                     if floods > MAX_FLOOD_RETRIES or seconds > MAX_FLOOD_WAIT:
                         log.error("chat %s: %s dropped: Telegram asks to wait %.0f s (%s)",
                                   chat_id, what, seconds, code)
@@ -479,7 +497,10 @@ class TelegramFrontend:
         await self.sender.call(chat.chat_id, "chat_action", send, chat_action=True)
 
     async def publish_commands(self, specs: list[CommandSpec]) -> bool:
-        """Telegram's command menu (bots only): every command any chat may use."""
+        """Telegram's command menu (bots only): every command any chat may use. One attempt
+        (TelegramApp runs it in the background); False when Telegram refused it (logged).
+        Raises FloodWaitRequired when Telegram asks to wait first: that wait is for this
+        method only and slows no message."""
         commands = []
         for spec in specs:
             name = spec.name.lower()
@@ -491,7 +512,10 @@ class TelegramFrontend:
             commands.append(types.BotCommand(name, description))
         try:
             await self.sender.call(None, "set_bot_commands",
-                                   lambda: self.client.set_bot_commands(commands))
+                                   lambda: self.client.set_bot_commands(commands),
+                                   wait_floods=False)
+        except FloodWaitRequired:
+            raise
         except (DeliveryFailed, ChatUnavailable):
             return False
         return True

@@ -10,6 +10,7 @@ import tg_test_backends
 
 from tgmux.config import FloodLimits
 from tgmux.telegram.frontend import FloodControl
+from tgmux.testing import TgmuxBot
 
 PLUGINS = [tg_test_backends]
 GROUP = -1001234567890
@@ -106,3 +107,45 @@ async def test_chat_actions_never_hold_up_messages():
     await flood.acquire(42)  # messages have their own budget
     await flood.acquire(43)
     assert time.monotonic() - start < 0.1
+
+
+async def test_a_flood_wait_on_the_command_menu_holds_up_no_start_and_no_reply(caplog):
+    """setBotCommands answered FLOOD_WAIT_600: start-up does not wait for it, the messages'
+    budget is not touched (Telegram's waits are per method), replies go out at once, and stop
+    does not wait either."""
+    bot = TgmuxBot(CONFIG.replace("flood: {", "flood: {global_per_second: 2, "),
+                   plugins=PLUGINS)
+    bot.telegram.fail("set_commands", "FLOOD_WAIT_600")
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(5):
+            await bot.start()
+            assert time.monotonic() - started < 2
+            assert bot.app.commands_published is False
+            assert "command menu: Telegram asks to wait 600 s" in caplog.text
+            sent = [await bot.send_nowait(f"m{i}", user_id=100 + i) for i in range(2)]
+            replies = await asyncio.gather(*(s.reply() for s in sent))
+            assert [r.text for r in replies] == ["m0", "m1"]
+            assert time.monotonic() - started < 2
+            assert not [a for a in bot.actions if a["action"] == "set_commands"]
+            await bot.stop(5)
+            assert time.monotonic() - started < 3
+    finally:
+        await bot.close()
+
+
+async def test_the_command_menu_is_published_after_a_short_flood_wait():
+    bot = TgmuxBot(CONFIG, plugins=PLUGINS)
+    bot.telegram.fail("set_commands", "FLOOD_WAIT_1")
+    async with bot:
+        refused = bot.telegram.requests[-1]
+        assert (refused.name, refused.error) == ("bots.SetBotCommands", "FLOOD_WAIT_1")
+        reply = await bot.send("hi", user_id=42)  # not held up by the menu's wait
+        assert reply.text == "hi"
+        assert bot.telegram.action_times[-1] - refused.at < 0.5
+        menu = await bot.wait_for(action="set_commands", timeout=3)
+        assert menu["commands"][0]["command"] == "start"
+        published_at = bot.telegram.action_times[bot.actions.index(menu)]
+        assert published_at - refused.at >= 1.0  # Telegram's wait was honoured
+        await bot.app.commands_task
+        assert bot.app.commands_published is True
