@@ -15,7 +15,10 @@ Every outgoing request that does something visible is recorded as an *action*: a
 ``tgmux simulate`` output format (see docs/simulate.md), e.g.
 ``{"action": "send_message", "chat_id": 42, "message_id": 1001, "text": "hi"}``.
 Requests the fake does not know raise :class:`UnknownRequest` (fail loudly). Faults are injected
-with :meth:`FakeTelegram.fail` (``FLOOD_WAIT_3``, ``USER_IS_BLOCKED``, ...).
+with :meth:`FakeTelegram.fail` (``FLOOD_WAIT_3``, ``USER_IS_BLOCKED``, ``RPC_CALL_FAIL``,
+``TIMEOUT``..., before or after the request took effect). As with the real network, the client's
+session retries a request that timed out or met a server error (the same request, so the same
+``random_id``), and the fake, as Telegram does, sends a message only once per ``random_id``.
 
 Used by ``tgmux simulate``, the ``tgmux.testing`` pytest plugin and tgmux's own tests.
 """
@@ -37,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from pyrogram import Client, raw, utils
-from pyrogram.errors import RPCError
+from pyrogram.errors import InternalServerError, RPCError, ServiceUnavailable
 from pyrogram.errors.exceptions.all import exceptions as _ERRORS
 from pyrogram.raw.core import TLObject
 
@@ -93,19 +96,24 @@ def _wire(obj: TLObject) -> TLObject:
 
 def _error_code(error_id: str) -> int:
     shape = re.sub(r"_\d+", "_X", error_id)
-    for code in (420, 403, 400, 406, 401, 500, 303):
+    for code in (420, 403, 400, 406, 401, 500, 503, 303):
         if shape in _ERRORS.get(code, {}):
             return code
     return 400
 
 
+#: ``fail(..., "TIMEOUT")``: no answer came (the session raises TimeoutError, as Pyrogram's does)
+TIMEOUT = "TIMEOUT"
+
+
 @dataclass
 class Fault:
     method: str  # raw name ("messages.SendMessage") or action name ("send_message"), or "*"
-    error: str  # "FLOOD_WAIT_3", "USER_IS_BLOCKED", ...
+    error: str  # "FLOOD_WAIT_3", "USER_IS_BLOCKED", "TIMEOUT", ...
     code: int
     chat_id: int | None = None
     times: int | None = 1  # None: every time
+    delivered: bool = False  # the request took effect; only its answer is the error
 
     def matches(self, names: tuple[str, ...], chat_id: int | None) -> bool:
         if self.times is not None and self.times <= 0:
@@ -153,15 +161,27 @@ class FakeSession:
     async def stop(self) -> None:
         return None
 
-    async def invoke(self, query: TLObject, retries: int = 5, timeout: float = 15,
+    async def invoke(self, query: TLObject, retries: int = 10, timeout: float = 15,
                      sleep_threshold: float = 10, retry_delay: float = 1, **_: Any) -> Any:
+        """As ``Session.invoke``: sleeps through flood waits up to ``sleep_threshold``, and
+        sends the same request again (up to ``retries`` times in all) after a timeout or a
+        server error, then raises TimeoutError. Between those attempts it waits
+        ``fake.retry_delay`` (default 0: time is compressed), not ``retry_delay``."""
         inner = query
         while isinstance(inner, (raw.functions.InvokeWithoutUpdates,
                                  raw.functions.InvokeWithTakeout)):
             inner = inner.query
-        while True:  # the real Session sleeps through short flood waits by itself
+        name = inner.QUALNAME.removeprefix("functions.")
+        attempts = 0
+        while True:
             try:
                 return await self.fake.answer(inner, self.client)
+            except (OSError, InternalServerError, ServiceUnavailable):
+                attempts += 1
+                if attempts >= retries:
+                    raise TimeoutError(f'Failed to invoke "{name}" after {retries} '
+                                       "retries") from None
+                await asyncio.sleep(self.fake.retry_delay)
             except RPCError as exc:
                 seconds = exc.value if exc.ID == "FLOOD_WAIT_X" else None
                 if not isinstance(seconds, int) or seconds > sleep_threshold or \
@@ -190,7 +210,11 @@ class FakeTelegram:
         self.unknown: list[str] = []
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self.client: Client | None = None
+        #: seconds the client's session waits before it sends a request again after a
+        #: timeout or server error (Pyrogram: 1 s; here 0 so that tests stay fast)
+        self.retry_delay = 0.0
         self._faults: list[Fault] = []
+        self._sent: dict[tuple[int, int], TLObject] = {}  # (chat, random_id) → the answer
         self._changed = asyncio.Event()
         self._users: dict[int, TLObject] = {self.me.id: self.me}
         self._chats: dict[int, _ChatState] = {}
@@ -247,13 +271,21 @@ class FakeTelegram:
         return client
 
     def fail(self, method: str, error: str, *, times: int | None = 1,
-             chat_id: int | None = None, code: int | None = None) -> None:
+             chat_id: int | None = None, code: int | None = None,
+             delivered: bool = False) -> None:
         """Answer the next ``times`` matching requests with an RPC error.
 
         ``method`` is a raw name (``messages.EditMessage``), an action name (``send_message``,
         ``edit_message``, ``send_draft``, ``chat_action``, ``send_photo``...) or ``*``.
+        ``error`` is Telegram's error (``FLOOD_WAIT_3``, ``USER_IS_BLOCKED``, the server error
+        ``RPC_CALL_FAIL``...; use ids Pyrogram knows, it logs unknown ones to
+        ``unknown_errors.txt``) or ``TIMEOUT`` (no answer at all). ``delivered``: the request
+        takes effect (the message is sent) and only its answer is lost or an error.
+        The client's session retries timeouts and server errors by itself (each retry is a
+        matching request too).
         """
-        self._faults.append(Fault(method, error, code or _error_code(error), chat_id, times))
+        self._faults.append(Fault(method, error, code or _error_code(error), chat_id, times,
+                                  delivered))
 
     # -- recording -----------------------------------------------------------------------------
 
@@ -492,25 +524,36 @@ class FakeTelegram:
         action = self._action_name(query)
         request = Request(name, query, chat_id, time.monotonic())
         self.requests.append(request)
-        for fault in self._faults:
-            if fault.matches((name, action or name), chat_id):
-                if fault.times is not None:
-                    fault.times -= 1
-                request.error = fault.error
-                RPCError.raise_it(raw.types.RpcError(error_code=fault.code,
-                                                     error_message=fault.error), type(query))
+        fault = next((f for f in self._faults if f.matches((name, action or name), chat_id)),
+                     None)
+        if fault is not None:
+            if fault.times is not None:
+                fault.times -= 1
+            if not fault.delivered:
+                self._raise(fault, request)
         handler = getattr(self, "_on_" + name.replace(".", "_"), None)
         if handler is None:
             self.unknown.append(name)
             raise UnknownRequest(f"the fake Telegram has no answer for {name}: {query}")
         try:
-            return await handler(query)
+            result = await handler(query)
         except RPCError as exc:
             error = str(exc.ID or exc.NAME)
             if error.endswith("_X") and isinstance(exc.value, int):
                 error = f"{error[:-2]}_{exc.value}"
             request.error = error
             raise
+        if fault is not None:  # done, but the client never hears so
+            self._raise(fault, request)
+        return result
+
+    @staticmethod
+    def _raise(fault: Fault, request: Request) -> None:
+        request.error = fault.error
+        if fault.error == TIMEOUT:
+            raise TimeoutError("Request timed out")  # what Pyrogram's Session.send raises
+        RPCError.raise_it(raw.types.RpcError(error_code=fault.code, error_message=fault.error),
+                          type(request.query))
 
     def _action_name(self, query: TLObject) -> str | None:
         if isinstance(query, raw.functions.messages.SendMessage):
@@ -648,15 +691,21 @@ class FakeTelegram:
 
     async def _on_messages_SendMessage(self, query: TLObject) -> TLObject:
         chat_id = self._require_chat(self.chat_id_of(query.peer))
+        again = self._sent.get((chat_id, query.random_id))
+        if again is not None:  # the same request again (a retry): sent once, as Telegram does
+            return again
         self._check_text(query.message)
         message, info = self._new_outgoing(chat_id, query.message, query.reply_to)
         self._record({"action": "send_message", **info, "text": query.message})
         state = self._state_for(chat_id)
         if state.chat_type == "private":
             self._pts += 1
-            return raw.types.UpdateShortSentMessage(id=message.id, pts=self._pts, pts_count=1,
-                                                    date=message.date, out=True)
-        return self._updates(chat_id, message, random_id=query.random_id)
+            answer: TLObject = raw.types.UpdateShortSentMessage(
+                id=message.id, pts=self._pts, pts_count=1, date=message.date, out=True)
+        else:
+            answer = self._updates(chat_id, message, random_id=query.random_id)
+        self._sent[(chat_id, query.random_id)] = answer
+        return answer
 
     async def _on_messages_EditMessage(self, query: TLObject) -> TLObject:
         chat_id = self._require_chat(self.chat_id_of(query.peer))
@@ -704,6 +753,9 @@ class FakeTelegram:
 
     async def _on_messages_SendMedia(self, query: TLObject) -> TLObject:
         chat_id = self._require_chat(self.chat_id_of(query.peer))
+        again = self._sent.get((chat_id, query.random_id))
+        if again is not None:  # a retry of a sent one
+            return again
         if query.message:
             self._check_text(query.message, 1024)
         media = query.media
@@ -739,7 +791,9 @@ class FakeTelegram:
         message, info = self._new_outgoing(chat_id, query.message or "", query.reply_to,
                                            media=stored)
         self._record({"action": action, **info, "media": shown, "text": query.message or None})
-        return self._updates(chat_id, message, random_id=query.random_id)
+        answer = self._updates(chat_id, message, random_id=query.random_id)
+        self._sent[(chat_id, query.random_id)] = answer
+        return answer
 
     async def _on_upload_SaveFilePart(self, query: TLObject) -> bool:
         self._uploads[query.file_id][query.file_part] = query.bytes
