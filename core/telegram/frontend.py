@@ -5,6 +5,11 @@ sends something goes through :class:`Sender`, which owns the one outgoing limite
 (:class:`FloodControl`), honours ``FloodWait`` (waits, then sends the same thing again), treats
 ``MESSAGE_NOT_MODIFIED`` as success and turns errors that will not go away (bot blocked, chat
 write forbidden, peer invalid...) into one log line with the chat id, never an exception.
+
+A new message is never sent a second time after a timeout or a server error: Pyrogram's session
+has already retried that very request (same ``random_id``, which Telegram deduplicates), and a
+fresh ``send_message`` would carry a new one, so a message whose answer was lost would appear
+twice. Only idempotent requests (edits, drafts, deletions, the command menu) are run again.
 """
 
 from __future__ import annotations
@@ -167,13 +172,19 @@ class Sender:
         self._sleep = sleep
 
     async def call(self, chat_id: int | None, what: str, make: Callable[[], Awaitable[T]], *,
-                   chat_action: bool = False, replying: bool = False,
+                   chat_action: bool = False, replying: bool = False, idempotent: bool = False,
                    wait_floods: bool = True) -> T | None:
         """Run ``make()``; returns its result, or None for MESSAGE_NOT_MODIFIED. Raises
         ChatUnavailable, DeliveryFailed, and ReplyGone when ``replying`` and the message
         replied to is gone. A ``chat_action`` never raises and is skipped (None) when its
-        budget is spent. ``FloodWait`` is waited out and the same call made again
-        (``wait_floods=False``: FloodWaitRequired is raised instead)."""
+        budget is spent.
+
+        ``FloodWait``: Telegram refused the request, nothing was done; it is waited out and the
+        same call made again (``wait_floods=False``: FloodWaitRequired is raised instead).
+        A timeout or server error (after Pyrogram's own retries of that very request) may
+        hide a request Telegram did carry out: ``make()`` is run again only when
+        ``idempotent`` (an edit, a draft, a deletion); a new message is given up (logged
+        with the chat id), since a second one could show up in the chat twice."""
         best_effort = chat_action
         floods = transient = 0
         while True:
@@ -214,28 +225,42 @@ class Sender:
                     raise ChatUnavailable(code) from exc
                 if replying and code in REPLY_GONE:
                     raise ReplyGone(code) from exc
-                if (exc.CODE or 0) >= 500 and transient < MAX_TRANSIENT_RETRIES:
-                    transient += 1
-                    await self._sleep(2.0 ** (transient - 1))
-                    continue
+                if (exc.CODE or 0) >= 500:
+                    if idempotent and transient < MAX_TRANSIENT_RETRIES:
+                        transient += 1
+                        log.warning("chat %s: %s: %s; retrying", chat_id, what, code)
+                        await self._sleep(2.0 ** (transient - 1))
+                        continue
+                    raise self._unsure(chat_id, what, exc, idempotent) from exc
                 log.error("chat %s: %s failed: %s", chat_id, what, exc)
                 raise DeliveryFailed(code) from exc
             except (OSError, TimeoutError, ConnectionError) as exc:
                 if best_effort:
                     return None
-                if transient < MAX_TRANSIENT_RETRIES:
+                if idempotent and transient < MAX_TRANSIENT_RETRIES:
                     transient += 1
                     log.warning("chat %s: %s: %s; retrying", chat_id, what, exc)
                     await self._sleep(2.0 ** (transient - 1))
                     continue
-                log.error("chat %s: %s failed: %s", chat_id, what, exc)
-                raise DeliveryFailed(type(exc).__name__) from exc
+                raise self._unsure(chat_id, what, exc, idempotent) from exc
             except Exception as exc:  # a bug or an unknown request: logged, never crashes
                 if best_effort:
                     log.debug("chat %s: %s failed", chat_id, what, exc_info=True)
                     return None
                 log.exception("chat %s: %s failed", chat_id, what)
                 raise DeliveryFailed(type(exc).__name__) from exc
+
+    @staticmethod
+    def _unsure(chat_id: int | None, what: str, exc: BaseException,
+                idempotent: bool) -> DeliveryFailed:
+        """A request whose outcome is unknown (timeout, server error), given up: logged."""
+        cause = str(exc) or type(exc).__name__
+        if idempotent:
+            log.error("chat %s: %s failed: %s", chat_id, what, cause)
+        else:
+            log.error("chat %s: %s may or may not have reached the chat (%s); not sent again, "
+                      "so that it cannot appear twice", chat_id, what, cause)
+        return DeliveryFailed(error_id(exc))
 
 
 class _ChatActions:
@@ -316,13 +341,14 @@ class _Outbox:
         await self.frontend.sender.call(
             self.chat.chat_id, "edit_message",
             lambda: client.edit_message_text(self.chat.chat_id, message_id, text,
-                                             parse_mode=enums.ParseMode.DISABLED))
+                                             parse_mode=enums.ParseMode.DISABLED),
+            idempotent=True)  # the same text again: MESSAGE_NOT_MODIFIED at worst
 
     async def delete(self, message_ids: list[int]) -> None:
         client = self.frontend.client
         await self.frontend.sender.call(
             self.chat.chat_id, "delete_message",
-            lambda: client.delete_messages(self.chat.chat_id, message_ids))
+            lambda: client.delete_messages(self.chat.chat_id, message_ids), idempotent=True)
 
 
 class _Stream:
@@ -415,7 +441,8 @@ class _Stream:
                 chat.chat_id, "send_draft",
                 lambda: frontend.client.send_message_draft(
                     chat.chat_id, self.draft_id, text, message_thread_id=self.out.thread,
-                    parse_mode=enums.ParseMode.DISABLED))
+                    parse_mode=enums.ParseMode.DISABLED),
+                idempotent=True)  # same draft id: shown once
         except DeliveryFailed:
             frontend.drafts_supported = False
             log.warning("message drafts are not available; streaming by editing messages")
@@ -513,7 +540,7 @@ class TelegramFrontend:
         try:
             await self.sender.call(None, "set_bot_commands",
                                    lambda: self.client.set_bot_commands(commands),
-                                   wait_floods=False)
+                                   idempotent=True, wait_floods=False)
         except FloodWaitRequired:
             raise
         except (DeliveryFailed, ChatUnavailable):

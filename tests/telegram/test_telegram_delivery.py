@@ -6,8 +6,12 @@ from __future__ import annotations
 import hashlib
 import logging
 
+import pytest
 import tg_test_backends
+from pyrogram.errors import RpcCallFail
 
+from tgmux.config import FloodLimits
+from tgmux.telegram.frontend import DeliveryFailed, FloodControl, Sender
 from tgmux.telegram.textsplit import utf16_len
 
 PLUGINS = [tg_test_backends]
@@ -159,3 +163,64 @@ async def test_provider_errors_reach_the_user_as_plain_messages(tgmux_bot):
     reply = await bot.send("hello", user_id=88)
     assert reply.actions == [{"action": "send_message", "chat_id": 88, "message_id": 1001,
                               "text": "The AI provider is unavailable right now."}]
+
+
+async def test_a_message_whose_answer_is_lost_is_not_sent_again(tgmux_bot, caplog):
+    """Telegram sends the message but its answer never arrives: Pyrogram's session retries
+    that very request (same random_id: Telegram sends it once), then gives up; tgmux must not
+    send it anew (a new random_id: a second copy in the chat)."""
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS)
+    bot.telegram.fail("send_message", "TIMEOUT", chat_id=42, delivered=True, times=None)
+    with caplog.at_level(logging.ERROR, logger="tgmux.telegram"):
+        reply = await bot.send("hello", user_id=42)
+    assert reply.messages == [{"action": "send_message", "chat_id": 42, "message_id": 1001,
+                               "text": "hello"}]
+    tries = [r for r in bot.telegram.requests if r.name == "messages.SendMessage"]
+    assert len(tries) == 10 and len({r.query.random_id for r in tries}) == 1  # the session's
+    assert "chat 42: send_message may or may not have reached the chat" in caplog.text
+    # other chats carry on
+    assert (await bot.send("hi", user_id=43)).text == "hi"
+
+
+async def test_a_photo_met_by_server_errors_is_not_sent_again(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS)
+    bot.telegram.fail("send_photo", "RPC_CALL_FAIL", delivered=True, times=None)
+    reply = await bot.send("photo url", user_id=77)
+    assert [a["action"] for a in reply.messages] == ["send_photo"]
+
+
+async def test_a_server_error_once_is_retried_by_the_session_as_the_same_message(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS)
+    bot.telegram.fail("send_message", "RPC_CALL_FAIL", chat_id=GROUP, delivered=True)
+    reply = await bot.send("@tgmux_bot hi", user_id=42, chat_id=GROUP, message_id=9)
+    assert reply.messages == [{"action": "send_message", "chat_id": GROUP, "message_id": 1001,
+                               "text": "hi", "reply_to_message_id": 9}]
+    assert [r.error for r in bot.telegram.requests[-2:]] == ["RPC_CALL_FAIL", None]
+
+
+@pytest.mark.parametrize("error", [
+    TimeoutError("Request timed out"),
+    RpcCallFail(),
+])
+async def test_only_idempotent_requests_are_made_again_after_an_unknown_outcome(error):
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    sender = Sender(FloodControl(FloodLimits(private_per_second=100)), sleep=sleep)
+    calls = 0
+
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise error
+        return "done"
+
+    assert await sender.call(42, "edit_message", flaky, idempotent=True) == "done"
+    assert calls == 2 and slept == [1.0]
+    calls = 0
+    with pytest.raises(DeliveryFailed):
+        await sender.call(42, "send_message", flaky)
+    assert calls == 1
