@@ -5,10 +5,17 @@ bot token, a session string or an interactively authorized user account alike: a
 session keeps Telegram's update state, which is what lets tgmux catch up on messages that
 arrived while it was down (``skip_updates: false``). A session string seeds the file; the file
 is reset when the configured bot token or session string belongs to another account.
+
+A bot's authorization in the file belongs to the token it was made with: the file remembers a
+hash of that token, and when the configured token changes (revoked in @BotFather, a new one
+issued) the old authorization is dropped — peers and update state stay — and Pyrogram authorizes
+again with the new token. (A session string carries its own auth key: a new string replaces the
+file's key.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -37,16 +44,48 @@ CLIENT_OPTIONS: dict[str, Any] = {
 }
 
 
+def token_digest(bot_token: str) -> str:
+    """What the session file remembers of the bot token it was authorized with."""
+    return hashlib.sha256(b"tgmux bot token\0" + bot_token.encode()).hexdigest()
+
+
 class SessionFileStorage(SQLiteStorage):
     """Pyrogram's SQLite session file, private to the owner, optionally seeded from a session
-    string, and reset when it belongs to another account than the configured one."""
+    string, reset when it belongs to another account than the configured one, and authorized
+    again when the bot token it was authorized with changed (see the module docstring)."""
 
     def __init__(self, name: str, workdir: Path, *, session_string: str | None = None,
-                 expected_user_id: int | None = None) -> None:
+                 expected_user_id: int | None = None, bot_token: str | None = None) -> None:
         super().__init__(name, workdir=workdir)
         self.workdir = Path(workdir)
         self.seed = session_string
         self.expected_user_id = expected_user_id
+        self.bot_token = bot_token
+        self._forget_next_open: str | None = None
+
+    def forget_authorization(self, why: str) -> None:
+        """At the next :meth:`open`, drop the authorization (auth key, account id) and keep
+        peers and update state: Pyrogram then authorizes again (bots: with the token)."""
+        self._forget_next_open = why
+
+    async def _forget(self, why: str) -> None:
+        log.warning("session file %s: %s; authorizing again (peers and update state are "
+                    "kept)", self.path, why)
+        await self.auth_key(None)
+        await self.user_id(None)
+        await self.date(0)
+
+    async def _remembered_token(self) -> str | None:
+        self.conn.execute("CREATE TABLE IF NOT EXISTS tgmux_session "
+                          "(key TEXT PRIMARY KEY, value TEXT)")
+        row = self.conn.execute("SELECT value FROM tgmux_session WHERE key = 'bot_token'"
+                                ).fetchone()
+        return None if row is None else str(row[0])
+
+    async def _remember_token(self, digest: str) -> None:
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO tgmux_session (key, value) "
+                              "VALUES ('bot_token', ?)", (digest,))
 
     @property
     def path(self) -> Path:
@@ -98,6 +137,17 @@ class SessionFileStorage(SQLiteStorage):
             stored = await self.user_id()
             if stored is not None and stored != self.expected_user_id:
                 await self._reset("the bot token belongs to another bot")
+        if self._forget_next_open is not None:
+            why, self._forget_next_open = self._forget_next_open, None
+            await self._forget(why)
+        if self.bot_token:
+            digest = token_digest(self.bot_token)
+            remembered = await self._remembered_token()
+            # a file from before tgmux remembered tokens is taken to match (if it does not,
+            # Telegram says AUTH_KEY_UNREGISTERED and `tgmux run` authorizes again)
+            if remembered not in (None, digest) and await self.auth_key() is not None:
+                await self._forget("the bot token changed")
+            await self._remember_token(digest)
 
     async def _reset(self, why: str) -> None:
         log.warning("session file %s: %s; starting a fresh session", self.path, why)
@@ -122,7 +172,7 @@ def build_client(config: Config, **overrides: Any) -> Client:
     if tg.bot_token and ":" in tg.bot_token and tg.bot_token.split(":", 1)[0].isdigit():
         expected = int(tg.bot_token.split(":", 1)[0])
     storage = SessionFileStorage(tg.session_name, workdir, session_string=tg.session_string,
-                                 expected_user_id=expected)
+                                 expected_user_id=expected, bot_token=tg.bot_token)
     options: dict[str, Any] = {
         **CLIENT_OPTIONS,
         "api_id": tg.api_id,

@@ -14,12 +14,12 @@ from typing import Any, TextIO
 from pyrogram import Client
 from pyrogram.errors import RPCError
 
-from tgmux.config import Config
+from tgmux.config import Config, TelegramConfig
 from tgmux.console import read_lines
 from tgmux.errors import ConfigError
 from tgmux.hooks import PluginManager
 from tgmux.telegram.app import TelegramApp
-from tgmux.telegram.client import build_client, session_mode
+from tgmux.telegram.client import SessionFileStorage, build_client, session_mode
 from tgmux.telegram.offline import FakeTelegram, check_chat, infer_chat_type, offline_client
 
 __all__ = ["login", "parse_input_line", "run_telegram", "simulate"]
@@ -29,13 +29,35 @@ log = logging.getLogger("tgmux.telegram")
 _AUTH_PROBLEMS = {
     "ACCESS_TOKEN_INVALID": "Telegram rejected the bot token (check telegram.bot_token)",
     "ACCESS_TOKEN_EXPIRED": "the bot token was revoked; get a new one from @BotFather",
-    "AUTH_KEY_UNREGISTERED": "the session is not logged in any more; run `tgmux login` again",
-    "SESSION_REVOKED": "the session was terminated from another device; run `tgmux login`",
-    "SESSION_EXPIRED": "the session expired; run `tgmux login` again",
     "USER_DEACTIVATED": "this Telegram account was deleted",
     "USER_DEACTIVATED_BAN": "this Telegram account was banned",
     "API_ID_INVALID": "Telegram rejected api_id/api_hash (check them at my.telegram.org)",
 }
+#: The session's authorization is gone (logged out, revoked, token changed...).
+_STALE_SESSION = {
+    "AUTH_KEY_UNREGISTERED": "is not logged in any more",
+    "AUTH_KEY_INVALID": "is not valid any more",
+    "SESSION_REVOKED": "was terminated (e.g. from another device)",
+    "SESSION_EXPIRED": "expired",
+}
+
+
+def _refusal(code: str, exc: RPCError, tg: TelegramConfig) -> str:
+    """What to tell the operator when Telegram refused to start."""
+    if code in _AUTH_PROBLEMS:
+        return _AUTH_PROBLEMS[code]
+    if code not in _STALE_SESSION:
+        return str(exc)
+    path = Path(tg.data_dir).expanduser() / f"{tg.session_name}.session"
+    what = f"the session {_STALE_SESSION[code]}"
+    if tg.bot_token:
+        return (f"{what} and authorizing again with bot_token did not help: check "
+                f"telegram.bot_token (@BotFather /token shows the current one); to start from "
+                f"scratch delete {path}")
+    if tg.session_string:
+        return f"{what}; run `tgmux login` again and set session_string to the new string"
+    return (f"{what}; delete {path} and start `tgmux run` in a terminal to log in again, or "
+            "run `tgmux login` and set session_string")
 
 
 def _check_session(config: Config) -> None:
@@ -75,15 +97,24 @@ async def run_telegram(config: Config, plugin_manager: PluginManager) -> int:
             loop.add_signal_handler(sig, on_signal)
     try:
         log.info("connecting to Telegram (%s, session in %s)", session_mode(tg), tg.data_dir)
-        try:
-            await app.start()
-        except RPCError as exc:
-            code = str(exc.ID or exc.NAME)
-            log.error("Telegram refused to start: %s", _AUTH_PROBLEMS.get(code, str(exc)))
-            return 1
-        except (OSError, ConnectionError, TimeoutError) as exc:
-            log.error("cannot reach Telegram: %s", exc)
-            return 1
+        storage = client.storage
+        for attempt in (1, 2):
+            try:
+                await app.start()
+                break
+            except RPCError as exc:
+                code = str(exc.ID or exc.NAME)
+                if (attempt == 1 and tg.bot_token and code in _STALE_SESSION
+                        and isinstance(storage, SessionFileStorage)):
+                    # A bot's session is only an authorization made with its token: make
+                    # another one (Pyrogram does, with the token, when the file has none).
+                    storage.forget_authorization(f"Telegram says {code}")
+                    continue
+                log.error("Telegram refused to start: %s", _refusal(code, exc, tg))
+                return 1
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                log.error("cannot reach Telegram: %s", exc)
+                return 1
         me = client.me
         who = f"@{me.username}" if me and me.username else f"id {me.id if me else '?'}"
         kind = "bot" if me and me.is_bot else "user account"

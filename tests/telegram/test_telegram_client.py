@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from pyrogram import Client
 from pyrogram.storage import SQLiteStorage
+from pyrogram.storage.storage import UpdateState
 
 import tgmux.telegram.commands as commands
 from tgmux.config import load_config_text
@@ -68,6 +69,7 @@ def test_the_client_is_built_for_catch_up_and_order(tmp_path: Path):
     assert isinstance(client.storage, SessionFileStorage)
     assert client.storage.path == tmp_path / "data" / "tgmux.session"
     assert client.storage.expected_user_id == 123456
+    assert client.storage.bot_token == "123456:ABC-secret"  # remembered as a hash
 
 
 async def test_a_session_string_seeds_a_private_session_file(tmp_path: Path):
@@ -156,3 +158,93 @@ async def test_login_returns_the_session_string(monkeypatch):
     await probe.open()
     assert await probe.user_id() == 777 and not await probe.is_bot()
     await probe.close()
+
+
+async def authorized_bot_session(path: Path, token: str | None, *, user_id: int = 123456,
+                                 key: bytes = b"k" * 256) -> None:
+    """A session file as `tgmux run` leaves it: authorized, with peers and update state."""
+    storage = SessionFileStorage("tgmux", path, expected_user_id=user_id, bot_token=token)
+    await storage.open()
+    await storage.dc_id(2)
+    await storage.api_id(12345)
+    await storage.test_mode(False)
+    await storage.auth_key(key)
+    await storage.user_id(user_id)
+    await storage.is_bot(True)
+    await storage.update_peers([(42, 7, "user", None)])
+    await storage.set_update_state(UpdateState(0, 77, 0, 0, 0))
+    await storage.save()
+    await storage.close()
+
+
+async def reopened(path: Path, token: str) -> tuple[bytes | None, int | None, int | None,
+                                                   bool]:
+    """(auth key, user id, pts, whether peer 42 is known) of the file opened with ``token``."""
+    storage = SessionFileStorage("tgmux", path, expected_user_id=123456, bot_token=token)
+    await storage.open()
+    try:
+        try:
+            await storage.get_peer_by_id(42)
+            known = True
+        except KeyError:
+            known = False
+        states = await storage.get_update_states(0)
+        pts = states[0].pts if states else None
+        return await storage.auth_key(), await storage.user_id(), pts, known
+    finally:
+        await storage.close()
+
+
+async def test_a_new_token_for_the_same_bot_authorizes_again_and_keeps_the_state(
+        tmp_path: Path, caplog):
+    await authorized_bot_session(tmp_path, "123456:old-token")
+    # the same token: nothing changes
+    assert await reopened(tmp_path, "123456:old-token") == (b"k" * 256, 123456, 77, True)
+    # a new token (the old one revoked): the authorization goes, peers and update state stay
+    assert await reopened(tmp_path, "123456:new-token") == (None, None, 77, True)
+    assert "the bot token changed; authorizing again" in caplog.text
+    assert "old-token" not in caplog.text and "new-token" not in caplog.text
+    raw = (tmp_path / "tgmux.session").read_bytes()
+    assert b"old-token" not in raw and b"new-token" not in raw  # only a hash is kept
+
+
+async def test_a_session_file_from_before_token_hashes_is_kept(tmp_path: Path):
+    await authorized_bot_session(tmp_path, None)  # no token remembered
+    assert await reopened(tmp_path, "123456:token") == (b"k" * 256, 123456, 77, True)
+    # from now on the token is remembered
+    assert (await reopened(tmp_path, "123456:other"))[:2] == (None, None)
+
+
+async def test_run_authorizes_a_bot_again_when_telegram_forgot_its_session(
+        tmp_path: Path, monkeypatch, caplog):
+    data = tmp_path / "data"
+    await authorized_bot_session(data, ENV["TG_BOT_TOKEN"], key=b"o" * 256)
+    fake = FakeTelegram(user_id=123456)
+    fake.fail("updates.GetState", "AUTH_KEY_UNREGISTERED")  # the old authorization is gone
+    monkeypatch.setattr(commands, "build_client", lambda config: offline_client(
+        fake, storage=SessionFileStorage("tgmux", data, bot_token=ENV["TG_BOT_TOKEN"])))
+    running = asyncio.create_task(run_telegram(config_for(tmp_path), build_plugin_manager()))
+    await fake.wait_for(lambda a: a["action"] == "set_commands")
+    await fake.incoming(user_id=42, text="hello")
+    await fake.wait_for(lambda a: a["action"] == "send_message")
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert await asyncio.wait_for(running, 10) == 0
+    assert "Telegram says AUTH_KEY_UNREGISTERED; authorizing again" in caplog.text
+    auth_key, user_id, _, _ = await reopened(data, ENV["TG_BOT_TOKEN"])
+    assert auth_key not in (None, b"o" * 256) and user_id == 123456  # a new authorization
+
+
+@pytest.mark.parametrize(("env", "advice", "not_advice"), [
+    (ENV, "check telegram.bot_token", "tgmux login"),
+    ({**{k: v for k, v in ENV.items() if k != "TG_BOT_TOKEN"}, "TG_SESSION": "x"},
+     "run `tgmux login` again and set session_string", "bot_token"),
+])
+async def test_advice_when_telegram_does_not_know_the_session(
+        tmp_path: Path, monkeypatch, caplog, env, advice, not_advice):
+    fake = FakeTelegram()
+    fake.fail("updates.GetState", "AUTH_KEY_UNREGISTERED", times=None)
+    monkeypatch.setattr(commands, "build_client", lambda config: offline_client(
+        fake, storage=SessionFileStorage("tgmux", tmp_path / "data")))
+    assert await run_telegram(config_for(tmp_path, env), build_plugin_manager()) == 1
+    refused = [r.getMessage() for r in caplog.records if "refused to start" in r.getMessage()]
+    assert len(refused) == 1 and advice in refused[0] and not_advice not in refused[0]
