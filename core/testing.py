@@ -13,7 +13,7 @@ Installed with tgmux (entry point ``pytest11``); the fixtures need ``pytest-asyn
 Each bot runs the real engine and the real Pyrogram client; only Telegram's network is
 replaced (:class:`tgmux.telegram.offline.FakeTelegram`). What tgmux sends is recorded as
 action dicts in the ``tgmux simulate`` output format. While a bot fixture is in use, sockets
-may only connect to loopback addresses.
+may only reach loopback addresses (connections, datagrams and name lookups).
 
 See docs/testing.md.
 """
@@ -59,15 +59,21 @@ def _loopback(host: object) -> bool:
 
 @contextlib.contextmanager
 def guard_sockets() -> Iterator[None]:
-    """Make every socket connection (and name lookup) beyond loopback raise OSError."""
+    """Make every way out beyond loopback raise OSError: connections, name lookups
+    (``getaddrinfo``, ``gethostbyname``, ``gethostbyname_ex``, ``gethostbyaddr``) and datagrams
+    (``sendto``, ``sendmsg`` with an address)."""
     real_connect = socket.socket.connect
     real_connect_ex = socket.socket.connect_ex
+    real_sendto = socket.socket.sendto
+    real_sendmsg = socket.socket.sendmsg
     real_getaddrinfo = socket.getaddrinfo
+    real_lookups = {name: getattr(socket, name)
+                    for name in ("gethostbyname", "gethostbyname_ex", "gethostbyaddr")}
 
-    def check(sock: socket.socket, address: Any) -> None:
+    def check(sock: socket.socket, address: Any, what: str = "connect to") -> None:
         if sock.family in (socket.AF_INET, socket.AF_INET6) and not (
                 isinstance(address, tuple) and _loopback(address[0])):
-            raise OSError(f"tgmux.testing: no network in tests (connect to {address!r})")
+            raise OSError(f"tgmux.testing: no network in tests ({what} {address!r})")
 
     def connect(self: socket.socket, address: Any) -> Any:
         check(self, address)
@@ -77,20 +83,47 @@ def guard_sockets() -> Iterator[None]:
         check(self, address)
         return real_connect_ex(self, address)
 
+    def sendto(self: socket.socket, data: Any, *args: Any) -> Any:
+        check(self, args[-1] if args else None, "send to")  # (data, [flags,] address)
+        return real_sendto(self, data, *args)
+
+    def sendmsg(self: socket.socket, buffers: Any, *args: Any) -> Any:
+        if len(args) >= 3 and args[2] is not None:  # (buffers, ancdata, flags, address)
+            check(self, args[2], "send to")
+        return real_sendmsg(self, buffers, *args)
+
     def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
         if not _loopback(host):
             raise OSError(f"tgmux.testing: no network in tests (lookup of {host!r})")
         return real_getaddrinfo(host, *args, **kwargs)
 
+    def lookup(name: str) -> Callable[..., Any]:
+        real = real_lookups[name]
+
+        def guarded(host: Any, *args: Any, **kwargs: Any) -> Any:
+            if not _loopback(host):
+                raise OSError(f"tgmux.testing: no network in tests ({name} {host!r})")
+            return real(host, *args, **kwargs)
+
+        return guarded
+
     socket.socket.connect = connect  # type: ignore[method-assign]
     socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
+    socket.socket.sendto = sendto  # type: ignore[method-assign,assignment]
+    socket.socket.sendmsg = sendmsg  # type: ignore[method-assign,assignment]
     socket.getaddrinfo = getaddrinfo  # type: ignore[assignment]
+    for name in real_lookups:
+        setattr(socket, name, lookup(name))
     try:
         yield
     finally:
         socket.socket.connect = real_connect  # type: ignore[method-assign]
         socket.socket.connect_ex = real_connect_ex  # type: ignore[method-assign]
+        socket.socket.sendto = real_sendto  # type: ignore[method-assign]
+        socket.socket.sendmsg = real_sendmsg  # type: ignore[method-assign]
         socket.getaddrinfo = real_getaddrinfo
+        for name, real in real_lookups.items():
+            setattr(socket, name, real)
 
 
 # -- what tgmux sent -------------------------------------------------------------------------------
