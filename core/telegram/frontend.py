@@ -43,8 +43,8 @@ from tgmux.ratelimit import KeyedLimiter, SlidingWindowLimiter
 from tgmux.telegram.normalize import RecentIds
 from tgmux.telegram.textsplit import split_caption, split_text
 
-__all__ = ["ChatUnavailable", "DeliveryFailed", "FloodControl", "FloodWaitRequired", "Sender",
-           "TelegramFrontend", "delivering"]
+__all__ = ["ChatUnavailable", "DeliveryFailed", "FloodControl", "FloodWaitRequired",
+           "OutcomeUnknown", "Sender", "TelegramFrontend", "delivering"]
 
 log = logging.getLogger("tgmux.telegram")
 
@@ -101,6 +101,11 @@ class ChatUnavailable(Exception):
 
 class DeliveryFailed(Exception):
     """This one request failed for good (logged); the reply goes on with its other parts."""
+
+
+class OutcomeUnknown(DeliveryFailed):
+    """No answer (timeout, server error) even after retries: Telegram may or may not have
+    done it. Not a refusal: nothing is concluded about the chat or the method."""
 
 
 class FloodWaitRequired(DeliveryFailed):
@@ -252,7 +257,7 @@ class Sender:
 
     @staticmethod
     def _unsure(chat_id: int | None, what: str, exc: BaseException,
-                idempotent: bool) -> DeliveryFailed:
+                idempotent: bool) -> OutcomeUnknown:
         """A request whose outcome is unknown (timeout, server error), given up: logged."""
         cause = str(exc) or type(exc).__name__
         if idempotent:
@@ -260,7 +265,7 @@ class Sender:
         else:
             log.error("chat %s: %s may or may not have reached the chat (%s); not sent again, "
                       "so that it cannot appear twice", chat_id, what, cause)
-        return DeliveryFailed(error_id(exc))
+        return OutcomeUnknown(error_id(exc))
 
 
 class _ChatActions:
@@ -443,6 +448,8 @@ class _Stream:
                     chat.chat_id, self.draft_id, text, message_thread_id=self.out.thread,
                     parse_mode=enums.ParseMode.DISABLED),
                 idempotent=True)  # same draft id: shown once
+        except OutcomeUnknown:
+            return True  # the network, not a refusal (logged): the next update drafts again
         except DeliveryFailed:
             frontend.drafts_supported = False
             log.warning("message drafts are not available; streaming by editing messages")

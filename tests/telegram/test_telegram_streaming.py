@@ -134,3 +134,23 @@ async def test_drafts_refused_fall_back_to_editing(tgmux_bot):
     # and drafts are not tried again
     again = await bot.send("a b c d e f", user_id=43)
     assert again.of("send_draft") == [] and again.texts == ["a b c d e f"]
+
+
+async def test_drafts_lost_to_the_network_do_not_switch_drafts_off(tgmux_bot):
+    """Drafts that got no answer (timeouts, after every retry) are not Telegram refusing
+    drafts: the next update drafts again, and later replies still use drafts."""
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS, edit_interval=0.1)
+
+    async def no_wait(seconds: float) -> None:
+        return None
+
+    bot.app.frontend.sender._sleep = no_wait  # the Sender's own retry pauses (1, 2, 4 s)
+    # the session's 10 attempts, and again for each of the Sender's 3 retries
+    bot.telegram.fail("send_draft", "TIMEOUT", times=40)
+    reply = await bot.send(WORDS, user_id=42)
+    assert reply.messages == [{"action": "send_message", "chat_id": 42, "message_id": 1001,
+                               "text": WORDS}]
+    assert reply.of("send_draft") and not reply.of("edit_message")
+    assert bot.app.frontend.drafts_supported is True
+    again = await bot.send("a b c d e f", user_id=43)
+    assert again.of("send_draft") and again.texts == ["a b c d e f"]
