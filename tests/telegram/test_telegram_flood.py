@@ -97,7 +97,7 @@ async def test_a_private_chat_long_reply_is_paced_at_one_message_per_second(tgmu
     reply = await bot.send("word " * 1000, user_id=42)  # 5000 chars: two messages
     assert len(reply.messages) == 2
     first, second = times_of(bot, lambda a: a["action"] == "send_message")
-    assert second - first >= 0.95
+    assert second - first >= 0.8  # paced (unpaced: ms); slack for a loaded machine
 
 
 async def test_chat_actions_never_hold_up_messages():
