@@ -271,20 +271,26 @@ class LucyDreamSimulator(SimulatorServer):
 
     # -- handlers ----------------------------------------------------------------------------
 
-    async def _send_message(self, request: web.Request) -> web.Response:
+    async def _charged_post(self, request: web.Request,
+                            fields: tuple[str, ...]) -> tuple[dict[str, str], web.Response | None]:
+        """What send-message and request-image check first, in WordPress's order: the key, the
+        JSON body, the parameters, the sub-user and model, then the credits."""
         account = self._account(request)
         if account is None:
-            return self._forbidden()
+            return {}, self._forbidden()
         data = await self._json_body(request)
         if data is None:
-            return self._error(400, "rest_invalid_json", "Invalid JSON body")
-        params, problem = self._params(data, ("message", "chatbot_model", "user_id"))
-        if problem is not None:
-            return problem
-        _, problem = self._check_target(account, params)
-        if problem is not None:
-            return problem
-        problem = self._charge(account)
+            return {}, self._error(400, "rest_invalid_json", "Invalid JSON body")
+        params, problem = self._params(data, fields)
+        if problem is None:
+            _, problem = self._check_target(account, params)
+        if problem is None:
+            problem = self._charge(account)
+        return params, problem
+
+    async def _send_message(self, request: web.Request) -> web.Response:
+        params, problem = await self._charged_post(request, ("message", "chatbot_model",
+                                                              "user_id"))
         if problem is not None:
             return problem
         user_id, model = params["user_id"], params["chatbot_model"]
@@ -295,19 +301,7 @@ class LucyDreamSimulator(SimulatorServer):
         return web.json_response({"reply": answer})
 
     async def _request_image(self, request: web.Request) -> web.Response:
-        account = self._account(request)
-        if account is None:
-            return self._forbidden()
-        data = await self._json_body(request)
-        if data is None:
-            return self._error(400, "rest_invalid_json", "Invalid JSON body")
-        params, problem = self._params(data, ("chatbot_model", "user_id"))
-        if problem is not None:
-            return problem
-        _, problem = self._check_target(account, params)
-        if problem is not None:
-            return problem
-        problem = self._charge(account)
+        params, problem = await self._charged_post(request, ("chatbot_model", "user_id"))
         if problem is not None:
             return problem
         url = f"{self.image_base_url.rstrip('/')}/{uuid.uuid4().hex}.png"
