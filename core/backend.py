@@ -7,41 +7,54 @@ parts that any frontend (Telegram, the console, the test kit) knows how to deliv
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ChatType = Literal["private", "group", "supergroup", "channel"]
+# Re-exported: backends have always imported these from here.
+from tgmux.types import (
+    Audio,
+    ChatIdentity,
+    ChatType,
+    CommandSpec,
+    Image,
+    Media,
+    Metadata,
+    Notice,
+    ProviderEvent,
+    ReplyPart,
+    Text,
+    TextDelta,
+)
 
+__all__ = [
+    "Audio",
+    "Backend",
+    "BackendSettings",
+    "ChatIdentity",
+    "ChatType",
+    "CommandSpec",
+    "HttpBackendSettings",
+    "Image",
+    "KeyValue",
+    "Media",
+    "Metadata",
+    "Notice",
+    "ProviderEvent",
+    "ReplyPart",
+    "Strict",
+    "Text",
+    "TextDelta",
+    "Turn",
+]
+
+log = logging.getLogger("tgmux.backend")
 
 # -- what a backend gets -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChatIdentity:
-    """Who wrote, where. Plain fields, as Telegram gives them."""
-
-    chat_type: ChatType
-    chat_id: int
-    user_id: int | None = None
-    username: str | None = None
-    message_id: int | None = None
-    message_thread_id: int | None = None
-    first_name: str | None = None
-
-
-@dataclass(frozen=True)
-class Media:
-    """A non-text message: ``kind`` is photo, voice, audio, sticker, document or video."""
-
-    kind: str
-    url: str | None = None
-    data: bytes | None = None
-    mime_type: str | None = None
-    emoji: str | None = None  # stickers
 
 
 class KeyValue(Protocol):
@@ -78,92 +91,17 @@ class Turn:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
-# -- what a backend gives back -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TextDelta:
-    """A piece of a streamed reply; frontends show the growing text, then the final Text."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Text:
-    """A complete text reply (after deltas: the exact final text)."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Image:
-    url: str | None = None
-    data: bytes | None = None
-    caption: str | None = None
-    filename: str | None = None
-
-
-@dataclass(frozen=True)
-class Audio:
-    """Audio by URL or bytes; ``voice=True`` asks to show it as a voice message."""
-
-    url: str | None = None
-    data: bytes | None = None
-    caption: str | None = None
-    voice: bool = False
-    filename: str | None = None
-    mime_type: str | None = None
-
-
-@dataclass(frozen=True)
-class Notice:
-    """A short message to the user that is not the reply itself (errors, delays)."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Metadata:
-    """Data for plugins and logs; frontends do not show it."""
-
-    data: dict[str, Any]
-
-
-ReplyPart = TextDelta | Text | Image | Audio | Notice | Metadata
-
-
-@dataclass(frozen=True)
-class ProviderEvent:
-    """Something a provider pushed on its own (webhook, websocket): see the
-    ``tgmux_provider_event`` hook. ``chat_id`` is where it should be shown, if anywhere."""
-
-    source: str  # the backend's name in the config
-    type: str
-    data: dict[str, Any]
-    chat_id: int | None = None
-    text: str | None = None
-
-
-# -- commands ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CommandSpec:
-    """A chat command: ``/name args``. ``usage`` shows in /help after the name."""
-
-    name: str
-    description: str
-    usage: str = ""
-    admin_only: bool = False
-
-
 # -- settings ----------------------------------------------------------------------------------
 
 
-class BackendSettings(BaseModel):
-    """Base of every backend's settings model; unknown keys are errors."""
+class Strict(BaseModel):
+    """A settings model in which unknown keys are errors (nested sections too)."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class BackendSettings(Strict):
+    """Base of every backend's settings model; unknown keys are errors."""
 
     type: str
 
@@ -207,9 +145,7 @@ class Backend(ABC):
         events emitted before the engine started are logged and dropped)."""
         event = ProviderEvent(self.name, type, data, chat_id, text)
         if self._event_sink is None:
-            import logging
-
-            logging.getLogger("tgmux.backend").warning("%s: event before start: %s", self.name,
+            log.warning("%s: event before start: %s", self.name,
                                                         type)
             return
         await self._event_sink(event)

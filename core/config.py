@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
-from tgmux.backend import Backend, BackendSettings, ChatType
+from tgmux.backend import Backend, BackendSettings, ChatType, Strict
 from tgmux.errors import ConfigError
 
 ENV_PATTERN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -30,10 +30,6 @@ KeyPath = tuple[str | int, ...]
 
 
 # -- schema ------------------------------------------------------------------------------------
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class FloodLimits(Strict):

@@ -26,7 +26,8 @@ from tgmux.backend import (
     Text,
     TextDelta,
 )
-from tgmux.engine import Engine, IncomingMessage
+from tgmux.engine import Engine
+from tgmux.types import IncomingMessage
 
 log = logging.getLogger("tgmux.console")
 

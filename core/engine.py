@@ -18,37 +18,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from tgmux.backend import (
-    Backend,
+from tgmux.backend import Backend, Turn
+from tgmux.config import Config
+from tgmux.errors import BackendError, ConfigError
+from tgmux.hooks import PluginManager, await_me_maybe, call_all, call_chained, call_first
+from tgmux.router import RouteDecision, Router
+from tgmux.store import Store
+from tgmux.types import (
+    DROP,
     ChatIdentity,
     ChatType,
+    CommandContext,
     CommandSpec,
-    Media,
+    Frontend,
+    IncomingMessage,
     Notice,
+    PluginCommand,
     ProviderEvent,
     ReplyPart,
     Text,
     TextDelta,
-    Turn,
+    delay_notifier,
 )
-from tgmux.config import Config
-from tgmux.errors import BackendError, ConfigError
-from tgmux.hooks import PluginManager, await_me_maybe, call_all, call_chained, call_first
-from tgmux.http import delay_notifier
-from tgmux.router import RouteDecision, Router
-from tgmux.store import Store
 
-__all__ = [
+__all__ = [  # the message types are re-exported: plugins have imported them from here
     "DROP",
+    "CommandContext",
     "Engine",
     "Frontend",
     "IncomingMessage",
@@ -58,9 +60,6 @@ __all__ = [
 
 log = logging.getLogger("tgmux.engine")
 
-DROP = object()
-"""Returned by ``tgmux_pre_route`` to ignore a message."""
-
 BUILTIN_COMMANDS = (
     CommandSpec("start", "Start talking"),
     CommandSpec("help", "What this bot can do"),
@@ -68,95 +67,8 @@ BUILTIN_COMMANDS = (
     CommandSpec("backend", "Show or switch the AI behind this chat", usage="[name]"),
 )
 
-COMMAND_PATTERN = re.compile(r"/([A-Za-z0-9_]+)(?:\s+(.*))?\Z", re.DOTALL)
-
 NOT_UNDERSTOOD_MEDIA = "I can only read text messages here. Please write your message as text."
 INTERNAL_ERROR = "Something went wrong on our side while answering. Please try again."
-
-
-@dataclass(frozen=True)
-class IncomingMessage:
-    """A message as a frontend hands it to the engine.
-
-    ``addressed`` says the bot was mentioned or replied to (always true in private chats); the
-    frontend strips its own ``@username`` from the text and from ``/command@username``.
-    """
-
-    chat: ChatIdentity
-    text: str = ""
-    media: Media | None = None
-    addressed: bool = True
-    received_at: float = field(default_factory=time.time)
-
-    @property
-    def command(self) -> str | None:
-        """``"image"`` for ``/image ...``; None when the text is not a command."""
-        m = COMMAND_PATTERN.match(self.text)
-        return m.group(1).lower() if m else None
-
-    @property
-    def args(self) -> str:
-        m = COMMAND_PATTERN.match(self.text)
-        return (m.group(2) or "").strip() if m else ""
-
-    def to_payload(self) -> dict[str, Any]:
-        media = self.media
-        return {
-            "chat": dataclasses.asdict(self.chat),
-            "text": self.text,
-            "media": None if media is None else {
-                k: v for k, v in dataclasses.asdict(media).items() if k != "data"
-            },
-            "addressed": self.addressed,
-            "received_at": self.received_at,
-        }
-
-    @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> IncomingMessage:
-        media = payload.get("media")
-        return cls(
-            chat=ChatIdentity(**payload["chat"]),
-            text=payload.get("text", ""),
-            media=Media(**media) if media else None,
-            addressed=payload.get("addressed", True),
-            received_at=payload.get("received_at", time.time()),
-        )
-
-
-@dataclass(frozen=True)
-class CommandContext:
-    message: IncomingMessage
-    engine: Engine
-    args: str
-
-
-CommandHandler = Callable[[CommandContext], Any]
-
-
-@dataclass(frozen=True)
-class PluginCommand:
-    """A chat command from a plugin: the handler gets a :class:`CommandContext` and returns a
-    string, a list of parts, an async iterator of parts, or None (an awaitable of those too)."""
-
-    spec: CommandSpec
-    handler: CommandHandler
-
-
-class Frontend(Protocol):
-    """What the engine needs from a frontend (Telegram, the console, a test kit)."""
-
-    async def deliver(
-        self,
-        chat: ChatIdentity,
-        parts: AsyncIterator[ReplyPart],
-        *,
-        reply_to_message_id: int | None,
-    ) -> list[ReplyPart]:
-        """Send a reply as its parts come: show :class:`TextDelta` parts as a growing text,
-        replace it by the final :class:`Text` (exactly), send media and notices. A stream that
-        ends after deltas without a final Text is finalized as shown. Return the parts that were
-        delivered. Must not raise for delivery errors (log them)."""
-        ...
 
 
 @dataclass

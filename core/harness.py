@@ -16,9 +16,10 @@ from typing import Any
 
 from tgmux.backend import ChatIdentity, ChatType, Media, ReplyPart
 from tgmux.config import Config, load_config_text
-from tgmux.engine import Engine, IncomingMessage
+from tgmux.engine import Engine
 from tgmux.hooks import PluginManager, build_plugin_manager
 from tgmux.store import Store, open_store
+from tgmux.types import IncomingMessage
 
 
 class CaptureFrontend:

@@ -19,9 +19,10 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from tgmux.backend import Backend, ReplyPart, Turn
+    from tgmux.backend import Backend, Turn
     from tgmux.demo import DemoBackend
-    from tgmux.engine import Engine, IncomingMessage, PluginCommand, ProviderEvent
+    from tgmux.engine import Engine
+    from tgmux.types import IncomingMessage, PluginCommand, ProviderEvent, ReplyPart
 
 hookspec = pluggy.HookspecMarker("tgmux")
 

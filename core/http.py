@@ -20,8 +20,7 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextvars import ContextVar
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -38,17 +37,13 @@ from tgmux.errors import (
     error_for_status,
 )
 from tgmux.ratelimit import SlidingWindowLimiter
+from tgmux.types import delay_notifier
 
 log = logging.getLogger("tgmux.http")
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 ErrorParser = Callable[[httpx.Response], BackendError]
-DelayNotifier = Callable[[float], Awaitable[None]]
-
-#: Set by the engine around a backend call: told once when a wait (rate limit, Retry-After)
-#: is long enough that the user should hear their reply is delayed.
-delay_notifier: ContextVar[DelayNotifier | None] = ContextVar("tgmux_delay_notifier", default=None)
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from tgmux.backend import BackendSettings
 from tgmux.config import Config, GroupTrigger, RouteConfig
-
-if TYPE_CHECKING:
-    from tgmux.engine import IncomingMessage
+from tgmux.types import IncomingMessage
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tgmux.backend import Text
 from tgmux.hooks import hookimpl
+from tgmux.types import ProviderEvent, Text
 
 if TYPE_CHECKING:
-    from tgmux.engine import Engine, ProviderEvent
+    from tgmux.engine import Engine
 
 
 @hookimpl(trylast=True)

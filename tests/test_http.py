@@ -16,7 +16,7 @@ from tgmux.errors import (
 )
 from tgmux.http import HttpClient, delay_notifier, parse_retry_after
 from tgmux.ratelimit import SlidingWindowLimiter
-from tgmux.simkit import Fault, SimulatorServer
+from tgmux.simulator import Fault, SimulatorServer
 
 
 class Echo(SimulatorServer):

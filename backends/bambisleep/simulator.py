@@ -47,7 +47,7 @@ from typing import Any
 import httpx
 from aiohttp import WSMsgType, web
 
-from tgmux.simkit import SimulatorServer, json_error, run_cli
+from tgmux.simulator import SimulatorServer, json_error, run_cli
 
 log = logging.getLogger("tgmux.simulator.bambisleep")
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tgmux.simkit import SimulatorServer, json_error, run_cli
+from tgmux.simulator import SimulatorServer, json_error, run_cli
 
 PREFIX = "/wp-json/telegram/v1"
 DEFAULT_MODELS = {"2195981": "Lucy Dream"}

@@ -46,7 +46,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tgmux.simkit import Fault, SimulatorServer, json_error, run_cli
+from tgmux.simulator import Fault, SimulatorServer, json_error, run_cli
 
 DEMO_SECRET = "sensay-demo-secret"
 DEMO_REPLICA = "0f6a5b8e-2c1d-4e7f-9a3b-5d6c7e8f9a01"

@@ -34,7 +34,7 @@ from pyrogram.handlers import MessageHandler
 from pyrogram.types import Message
 
 from tgmux.config import Config
-from tgmux.engine import Engine, IncomingMessage
+from tgmux.engine import Engine
 from tgmux.hooks import PluginManager
 from tgmux.store import Store, open_store
 from tgmux.telegram.frontend import (
@@ -44,6 +44,7 @@ from tgmux.telegram.frontend import (
     TelegramFrontend,
 )
 from tgmux.telegram.normalize import normalize
+from tgmux.types import IncomingMessage
 
 __all__ = ["Intake", "TelegramApp"]
 

@@ -1,4 +1,4 @@
-"""From a Pyrogram message to the engine's :class:`~tgmux.engine.IncomingMessage`.
+"""From a Pyrogram message to the engine's :class:`~tgmux.types.IncomingMessage`.
 
 The frontend's job, not the engine's:
 
@@ -24,8 +24,8 @@ from pyrogram import enums
 from pyrogram.types import Message, User
 
 from tgmux.backend import ChatIdentity, ChatType, Media
-from tgmux.engine import IncomingMessage
 from tgmux.telegram.textsplit import utf16_len
+from tgmux.types import IncomingMessage
 
 __all__ = ["RecentIds", "normalize"]
 
