@@ -1,19 +1,26 @@
-"""The ``tgmux`` command line."""
+"""The ``tgmux`` command line.
+
+Only click is imported up front: ``tgmux --version`` and ``tgmux --help`` load no plugin,
+backend, pyrogram or aiohttp. Each command imports what it needs when it runs, and plugins'
+own commands (``tgmux_cli_commands``) are loaded only when a name is not a built-in command.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from tgmux import __version__
-from tgmux.config import Config, load_config, load_config_text
+from tgmux import __version__, hookimpl
 from tgmux.errors import ConfigError
-from tgmux.hooks import PluginManager, build_plugin_manager, hookimpl
+
+if TYPE_CHECKING:
+    from tgmux.config import Config
+    from tgmux.hooks import PluginManager
 
 CONFIG_OPTION = click.option(
     "-c", "--config", "config_path", envvar="TGMUX_CONFIG", default="config.yaml",
@@ -40,10 +47,11 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("websockets").setLevel(logging.WARNING)
 
 
-def _load(config_path: str, pm: PluginManager | None = None) -> tuple[Config, PluginManager]:
-    pm = pm or build_plugin_manager()
+def _load(config_path: str) -> tuple[Config, PluginManager]:
+    from tgmux.bootstrap import load
+
     try:
-        return load_config(config_path, plugin_manager=pm), pm
+        return load(config_path)
     except ConfigError as exc:
         _fail(exc)
 
@@ -68,37 +76,33 @@ class _ForceBackend:
         return self.name
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class TgmuxGroup(click.Group):
+    """Built-in commands at once; plugins' commands only when asked for by name."""
+
+    plugins_loaded = False
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and not self.plugins_loaded:
+            self.load_plugin_commands()
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def load_plugin_commands(self) -> None:
+        from tgmux.hooks import build_plugin_manager
+
+        self.plugins_loaded = True
+        build_plugin_manager().hook.tgmux_cli_commands(cli=self)
+
+
+@click.group(cls=TgmuxGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Installed plugins may add commands; `tgmux backends` lists the plugins.")
 @click.version_option(__version__, prog_name="tgmux")
 def cli() -> None:
     """tgmux: one Telegram account in front of many AI chat providers."""
 
 
 # -- chat and demo ------------------------------------------------------------------------------
-
-
-async def _console(config: Config, pm: PluginManager, *, chat_id: int, user_id: int,
-                   chat_type: str, banner: str | None = None,
-                   before_stop: Callable[[], Awaitable[None]] | None = None) -> int:
-    from tgmux.console import ConsoleFrontend, chat_loop
-    from tgmux.engine import Engine
-    from tgmux.store import open_store
-
-    interactive = sys.stdin.isatty()
-    frontend = ConsoleFrontend(sys.stdout, interactive=interactive)
-    engine = Engine(config, pm, open_store(config.data.store), frontend)
-    await engine.start()
-    try:
-        if banner and interactive:
-            click.echo(banner)
-        await chat_loop(engine, stdin=sys.stdin, out=sys.stdout, interactive=interactive,
-                        chat_id=chat_id, user_id=user_id, chat_type=chat_type)  # type: ignore[arg-type]
-    finally:
-        await engine.stop()
-        if before_stop is not None:
-            await before_stop()
-    return 0
-
 
 CHAT_TYPES = click.Choice(["private", "group", "supergroup"])
 
@@ -116,24 +120,18 @@ def chat(config_path: str, backend: str | None, chat_id: int | None, user_id: in
     In a terminal it is interactive; with piped input it answers one message per line and
     exits after the last reply.
     """
-    pm = build_plugin_manager()
-    config, pm = _load(config_path, pm)
+    from tgmux.console import run_console
+
+    config, pm = _load(config_path)
     _setup_logging("WARNING")
     if backend is not None:
         if backend not in config.backend_settings:
             _fail(ConfigError(f"--backend: unknown backend {backend!r} (defined: "
                               f"{', '.join(sorted(config.backend_settings))})"))
         pm.register(_ForceBackend(backend), name="cli-force-backend")
-    sys.exit(_run(_console(config, pm, chat_id=user_id if chat_id is None else chat_id,
-                           user_id=user_id, chat_type=chat_type)))
-
-
-DEMO_CONFIG = """
-store: "memory://"
-backends:
-  echo: {type: echo, prefix: "echo: "}
-default: echo
-"""
+    sys.exit(_run(run_console(config, pm, chat_id=user_id if chat_id is None else chat_id,
+                              user_id=user_id, chat_type=chat_type,  # type: ignore[arg-type]
+                              stdin=sys.stdin, stdout=sys.stdout)))
 
 
 @cli.command()
@@ -143,48 +141,10 @@ def demo(backend: str | None) -> None:
 
     Each bundled provider runs as a local simulator; switch with /backend NAME.
     """
+    from tgmux.demo import run_demo
+
     _setup_logging("WARNING")
-    sys.exit(_run(_demo(backend)))
-
-
-async def _demo(start_with: str | None) -> int:
-    import yaml
-
-    from tgmux.hooks import call_all
-
-    pm = build_plugin_manager()
-    offers = []
-    for result in await call_all(pm.hook.tgmux_demo_backends):
-        offers += result if isinstance(result, list) else [result] if result else []
-    data = yaml.safe_load(DEMO_CONFIG)
-    stops = []
-    lines = ["tgmux demo — offline, every provider is a local simulator.",
-             "  echo: replies with what you write"]
-    try:
-        for offer in offers:
-            settings, stop = await offer.start()
-            stops.append(stop)
-            data["backends"][offer.name] = settings
-            lines.append(f"  {offer.name}: {offer.description}")
-        if start_with is not None:
-            if start_with not in data["backends"]:
-                raise ConfigError(f"--backend: no demo backend {start_with!r} (have: "
-                                  f"{', '.join(sorted(data['backends']))})")
-            data["default"] = start_with
-        config = load_config_text(yaml.safe_dump(data), source="<demo config>", env={},
-                                  plugin_manager=pm)
-        lines.append("Switch with /backend NAME, /help lists commands, Ctrl-D quits.")
-
-        async def stop_all() -> None:
-            for stop in stops:
-                await stop()
-            stops.clear()
-
-        return await _console(config, pm, chat_id=1, user_id=1, chat_type="private",
-                              banner="\n".join(lines), before_stop=stop_all)
-    finally:
-        for stop in stops:
-            await stop()
+    sys.exit(_run(run_demo(backend)))
 
 
 # -- config tools -------------------------------------------------------------------------------
@@ -195,14 +155,14 @@ async def _demo(start_with: str | None) -> int:
 @CONFIG_OPTION
 def check(config_file: str | None, config_path: str) -> None:
     """Validate a config and print its routing table."""
+    from tgmux.router import Router
+
     config, _ = _load(config_file or config_path)
     click.echo(f"{config.source}: OK")
     click.echo("\nbackends:")
     for name, settings in config.backend_settings.items():
         click.echo(f"  {name}: {settings.type}")
     click.echo("\nroutes (first match wins):")
-    from tgmux.router import Router
-
     for i, (match, backend, options) in enumerate(Router(config).table()):
         extra = f"  options: {options}" if options else ""
         click.echo(f"  {i + 1}. {match} -> {backend}{extra}")
@@ -214,13 +174,15 @@ def check(config_file: str | None, config_path: str) -> None:
 @cli.command("backends")
 def list_backends() -> None:
     """List installed backend types and plugins, with where each came from."""
+    from tgmux.hooks import build_plugin_manager, flatten
+
     pm = build_plugin_manager()
     click.echo("backend types:")
     rows = []
-    for impl in pm.hook.tgmux_backend_types.get_hookimpls():
-        result = impl.function()
+    hook = pm.hook.tgmux_backend_types
+    for impl in hook.get_hookimpls():
         info = pm.sources.get(impl.plugin_name)
-        for cls in result if isinstance(result, list | tuple) else [result]:
+        for cls in flatten([pm.call_one(hook, impl, {})]):
             rows.append((cls, info.source if info else "?"))
     for cls, source in sorted(rows, key=lambda row: row[0].type_name):
         click.echo(f"  {cls.type_name:<12} {cls.__module__}.{cls.__qualname__}  [{source}]")
@@ -279,6 +241,4 @@ def login(api_id: int, api_hash: str, phone: str | None) -> None:
 
 
 def main() -> None:
-    pm = build_plugin_manager()
-    pm.hook.tgmux_cli_commands(cli=cli)
     cli(prog_name="tgmux")

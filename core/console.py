@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 import threading
 from collections.abc import AsyncIterator
 from typing import TextIO
@@ -26,7 +25,10 @@ from tgmux.backend import (
     Text,
     TextDelta,
 )
+from tgmux.config import Config
 from tgmux.engine import Engine
+from tgmux.hooks import PluginManager
+from tgmux.store import open_store
 from tgmux.types import IncomingMessage
 
 log = logging.getLogger("tgmux.console")
@@ -143,5 +145,20 @@ async def chat_loop(engine: Engine, *, stdin: TextIO, out: TextIO, interactive: 
         await done
 
 
-def stdin_is_interactive() -> bool:
-    return sys.stdin.isatty()
+async def run_console(config: Config, pm: PluginManager, *, chat_id: int, user_id: int,
+                      chat_type: ChatType, stdin: TextIO, stdout: TextIO,
+                      banner: str | None = None) -> int:
+    """``tgmux chat`` (and ``tgmux demo``): the engine on the config's store with this console
+    as its frontend, until the input ends."""
+    interactive = stdin.isatty()
+    engine = Engine(config, pm, open_store(config.data.store),
+                    ConsoleFrontend(stdout, interactive=interactive))
+    await engine.start()
+    try:
+        if banner and interactive:
+            stdout.write(banner + "\n")
+        await chat_loop(engine, stdin=stdin, out=stdout, interactive=interactive,
+                        chat_id=chat_id, user_id=user_id, chat_type=chat_type)
+    finally:
+        await engine.stop()
+    return 0

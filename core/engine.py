@@ -27,8 +27,15 @@ from typing import Any
 
 from tgmux.backend import Backend, Turn
 from tgmux.config import Config
-from tgmux.errors import BackendError, ConfigError
-from tgmux.hooks import PluginManager, await_me_maybe, call_all, call_chained, call_first
+from tgmux.errors import USER_MESSAGES, BackendError, ConfigError, ErrorKind
+from tgmux.hooks import (
+    PluginManager,
+    await_me_maybe,
+    call_all,
+    call_chained,
+    call_first,
+    flatten,
+)
 from tgmux.router import RouteDecision, Router
 from tgmux.store import Store
 from tgmux.types import (
@@ -119,13 +126,12 @@ class Engine:
                 raise ConfigError(f"{self.config.where(('backends', name))}: could not start: "
                                   f"{exc}") from exc
             self.backends[name] = backend
-        for result in await call_all(self.pm.hook.tgmux_commands):
-            for command in result or []:
-                name = command.spec.name
-                if name in {c.name for c in BUILTIN_COMMANDS}:
-                    log.warning("plugin command /%s ignored: built-in", name)
-                    continue
-                self.plugin_commands[name] = command
+        for command in flatten(await call_all(self.pm.hook.tgmux_commands)):
+            name = command.spec.name
+            if name in {c.name for c in BUILTIN_COMMANDS}:
+                log.warning("plugin command /%s ignored: built-in", name)
+                continue
+            self.plugin_commands[name] = command
         await self.store.inbox_prune(time.time() - 7 * 86400)
         self._started = True
         self._accepting = True
@@ -254,7 +260,7 @@ class Engine:
                 await self._answer(message)
         except Exception as exc:  # the user is always told something
             log.exception("chat %s message %s: failed", chat.chat_id, chat.message_id)
-            text = await call_first(self.pm.hook.tgmux_error, turn=None, error=exc,
+            text = await call_first(self.pm, "tgmux_error", turn=None, error=exc,
                                     message=message)
             await self._send(chat, [Notice(text or INTERNAL_ERROR)], chat.message_id)
         if chat.message_id is not None:
@@ -265,7 +271,7 @@ class Engine:
                               chat.message_id)
 
     async def decide(self, message: IncomingMessage) -> RouteDecision | None:
-        chosen = await call_first(self.pm.hook.tgmux_route, message=message, engine=self)
+        chosen = await call_first(self.pm, "tgmux_route", message=message, engine=self)
         override = await self.store.get_override(message.chat.chat_id)
         return self.router.decide(message, override=override, chosen=chosen)
 
@@ -294,13 +300,16 @@ class Engine:
     async def _answer(self, message: IncomingMessage) -> None:
         chat = message.chat
         decision = await self.decide(message)
-        if not self._triggered(message, decision):
-            return
-        verdict = await call_first(self.pm.hook.tgmux_pre_route, message=message, engine=self)
+        triggered = self._triggered(message, decision)
+        # Every message, triggered or not: moderation and logging plugins must see them all.
+        verdict = await call_first(self.pm, "tgmux_pre_route", message=message, engine=self,
+                                   triggered=triggered)
         if verdict is DROP:
             return
         if verdict is not None:
             await self._send(chat, _as_parts(verdict), chat.message_id)
+            return
+        if not triggered:
             return
         command = message.command
         if command in {c.name for c in BUILTIN_COMMANDS}:
@@ -407,7 +416,7 @@ class Engine:
         except TimeoutError as exc:
             log.warning("chat %s: %s: no complete answer in %.0fs", turn.chat.chat_id,
                         backend.name, self.config.data.engine.turn_timeout)
-            failure, notice = exc, "The AI provider took too long to answer. Please try again."
+            failure, notice = exc, USER_MESSAGES[ErrorKind.TIMEOUT]
         except Exception as exc:
             log.exception("chat %s: backend %s failed", turn.chat.chat_id, backend.name)
             failure, notice = exc, INTERNAL_ERROR
@@ -415,7 +424,7 @@ class Engine:
             if (aclose := getattr(source, "aclose", None)) is not None:
                 await aclose()
         if failure is not None:
-            text = await call_first(self.pm.hook.tgmux_error, turn=turn, error=failure,
+            text = await call_first(self.pm, "tgmux_error", turn=turn, error=failure,
                                     message=message)
             yield Notice(text or notice or INTERNAL_ERROR)
 

@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tgmux.backend import ChatIdentity, ChatType, Media, ReplyPart
-from tgmux.config import Config, load_config_text
+from tgmux.bootstrap import load_text
+from tgmux.config import Config
 from tgmux.engine import Engine
 from tgmux.hooks import PluginManager, build_plugin_manager
 from tgmux.store import Store, open_store
@@ -54,10 +55,7 @@ class EngineHarness:
                   plugins: list[Any] = ()) -> EngineHarness:
         """``store`` overrides the config's (default for tests: ``memory://``); ``plugins``
         are extra plugin objects to register (modules or instances with hookimpls)."""
-        pm = build_plugin_manager()
-        for i, plugin in enumerate(plugins):
-            pm.register_from(plugin, getattr(plugin, "__name__", f"test-plugin-{i}"), "test")
-        config = load_config_text(text, source="<test config>", env=env, plugin_manager=pm)
+        config, pm = load_text(text, source="<test config>", env=env, plugins=plugins)
         url = store or "memory://"
         return cls(config, store=open_store(url), plugin_manager=pm)
 

@@ -1,17 +1,31 @@
-"""The plugin manager: where plugins come from, and how async code calls sync pluggy."""
+"""The plugin manager: where plugins come from, and how async code calls sync pluggy.
+
+Every hook call goes through pluggy (``pm.trace``, ``add_hookcall_monitoring`` and
+``TGMUX_TRACE_HOOKS=1`` see them all). What tgmux adds is "await me maybe": an implementation
+may return a value, an awaitable or a zero-argument callable, and tgmux resolves it. Because a
+hook's results may be awaitables, hook wrappers (``wrapper=True``, ``hookwrapper=True``) would
+see coroutines instead of results; they are refused when a plugin registers.
+"""
 
 from __future__ import annotations
 
 import importlib
 import inspect
 import logging
+import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from tgmux import hookspecs
 from tgmux.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tgmux.backend import Backend
 
 log = logging.getLogger("tgmux.plugins")
 
@@ -32,6 +46,17 @@ async def await_me_maybe(value: Any) -> Any:
     return value
 
 
+def flatten(results: Iterable[Any]) -> list[Any]:
+    """Hooks that register things may return one item, a list (or tuple) of them, or None:
+    the items of every result, in order."""
+    items: list[Any] = []
+    for result in results:
+        if result is None:
+            continue
+        items += list(result) if isinstance(result, list | tuple) else [result]
+    return items
+
+
 @dataclass(frozen=True)
 class PluginInfo:
     name: str
@@ -44,10 +69,24 @@ class PluginManager(pluggy.PluginManager):
 
     def __init__(self) -> None:
         super().__init__("tgmux")
-        from tgmux import hookspecs
-
         self.add_hookspecs(hookspecs)
         self.sources: dict[str, PluginInfo] = {}
+        if os.environ.get("TGMUX_TRACE_HOOKS"):  # as datasette's DATASETTE_TRACE_PLUGINS
+            self.trace.root.setwriter(lambda line: sys.stderr.write(f"tgmux hooks: {line}"))
+            self.enable_tracing()
+
+    def register(self, plugin: Any, name: str | None = None) -> str | None:
+        registered = super().register(plugin, name)
+        wrappers = [impl for caller in self.get_hookcallers(plugin) or []
+                    for impl in caller.get_hookimpls()
+                    if impl.plugin is plugin and (impl.wrapper or impl.hookwrapper)]
+        if wrappers:
+            self.unregister(plugin)
+            hooks = ", ".join(sorted({w.function.__name__ for w in wrappers}))
+            raise ConfigError(f"plugin {name or plugin!r}: {hooks}: hook wrappers are not "
+                              "supported (tgmux hooks may be async, so a wrapper would see a "
+                              "coroutine, not the result); use tryfirst/trylast instead")
+        return registered
 
     def register_from(self, plugin: Any, name: str, source: str) -> None:
         if self.has_plugin(name) or self.is_registered(plugin):
@@ -56,8 +95,6 @@ class PluginManager(pluggy.PluginManager):
         self.sources[name] = PluginInfo(name, source, getattr(plugin, "__name__", repr(plugin)))
 
     def load_entry_points(self) -> None:
-        from importlib.metadata import entry_points
-
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             if self.has_plugin(ep.name):
                 continue
@@ -68,7 +105,10 @@ class PluginManager(pluggy.PluginManager):
                 continue
             dist = ep.dist
             where = f"entry point ({dist.name} {dist.version})" if dist else "entry point"
-            self.register_from(plugin, ep.name, where)
+            try:
+                self.register_from(plugin, ep.name, where)
+            except ConfigError as exc:  # e.g. a hook wrapper: refused, the others go on
+                log.error("plugin %s (%s) refused: %s", ep.name, ep.value, exc)
 
     def load_modules(self, modules: Iterable[str], source: str) -> None:
         for dotted in modules:
@@ -77,6 +117,18 @@ class PluginManager(pluggy.PluginManager):
             except ImportError as exc:
                 raise ConfigError(f"cannot import {dotted!r}: {exc}") from exc
             self.register_from(module, dotted, source)
+
+    def backend_types(self) -> dict[str, type[Backend]]:
+        """``type_name`` → class, from every plugin's ``tgmux_backend_types``."""
+        found: dict[str, type[Backend]] = {}
+        for cls in flatten(self.hook.tgmux_backend_types()):
+            found.setdefault(cls.type_name, cls)
+        return found
+
+    def call_one(self, hook: Any, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
+        """Call one implementation through pluggy's machinery (argument selection, tracing,
+        monitoring), as ``hook(**kwargs)`` does for all of them."""
+        return self._hookexec(hook.name, [impl], kwargs, True)
 
 
 def build_plugin_manager(config_plugins: Iterable[str] = ()) -> PluginManager:
@@ -88,15 +140,16 @@ def build_plugin_manager(config_plugins: Iterable[str] = ()) -> PluginManager:
     return pm
 
 
+# pluggy calls implementations last-registered first (tryfirst/trylast aside); so do these.
+
+
 async def call_chained(pm: PluginManager, hook_name: str, value_name: str, value: Any,
                        **kwargs: Any) -> Any:
     """Call a chaining hook: each implementation gets the previous result as ``value_name``;
     ``None`` keeps the value as it was."""
     hook = getattr(pm.hook, hook_name)
     for impl in reversed(hook.get_hookimpls()):
-        args = {value_name: value, **kwargs}
-        wanted = {k: v for k, v in args.items() if k in impl.argnames}
-        result = await await_me_maybe(impl.function(**wanted))
+        result = await await_me_maybe(pm.call_one(hook, impl, {value_name: value, **kwargs}))
         if result is not None:
             value = result
     return value
@@ -107,11 +160,12 @@ async def call_all(hook: Any, **kwargs: Any) -> list[Any]:
     return [await await_me_maybe(result) for result in hook(**kwargs)]
 
 
-async def call_first(hook: Any, **kwargs: Any) -> Any:
-    """Call a ``firstresult`` hook whose implementations may be async: the first non-None."""
+async def call_first(pm: PluginManager, hook_name: str, **kwargs: Any) -> Any:
+    """Call a ``firstresult`` hook whose implementations may be async: the first result that
+    is not None once awaited (pluggy alone would stop at the first coroutine)."""
+    hook = getattr(pm.hook, hook_name)
     for impl in reversed(hook.get_hookimpls()):
-        wanted = {k: v for k, v in kwargs.items() if k in impl.argnames}
-        result = await await_me_maybe(impl.function(**wanted))
+        result = await await_me_maybe(pm.call_one(hook, impl, kwargs))
         if result is not None:
             return result
     return None

@@ -1,4 +1,4 @@
-"""Every extension point of tgmux, in one place.
+"""Every hook of tgmux, in one place, and where to find the other extension points.
 
 Implement a hook in any module or object marked with :data:`tgmux.hookimpl` and register it
 through the ``tgmux`` entry-point group (``[project.entry-points.tgmux]``) or the config's
@@ -6,8 +6,25 @@ through the ``tgmux`` entry-point group (``[project.entry-points.tgmux]``) or th
 
 pluggy is synchronous; tgmux is not. Any hook may return its value directly, or an awaitable
 (or an ``async def`` implementation) that tgmux awaits ("await me maybe", as datasette does).
+Hook wrappers (``wrapper=True``/``hookwrapper=True``) are refused at registration: they would
+see coroutines, not results. Use ``tryfirst``/``trylast`` to order implementations.
+``TGMUX_TRACE_HOOKS=1`` prints every hook call to stderr.
 
 Arguments are passed by name; an implementation may accept any subset of them.
+
+The extension points that are classes rather than hooks:
+
+* :class:`tgmux.backend.Backend` and its ``Settings`` model (a
+  :class:`tgmux.backend.BackendSettings`): a provider; :class:`tgmux.backend.HttpBackend` for
+  one with an HTTP client; register it with :func:`tgmux_backend_types`;
+* :mod:`tgmux.types`: the plain data a plugin sees and returns (``IncomingMessage``,
+  reply parts, ``PluginCommand``, ``DemoBackend``, ``DROP``) and the ``Frontend`` protocol;
+* :class:`tgmux.store.Store`: the store interface (``KeyValue`` is a backend's namespace in it);
+* :class:`tgmux.simulator.SimulatorServer`: the base of a provider simulator on 127.0.0.1,
+  for tests and ``tgmux demo`` (:func:`tgmux_demo_backends`);
+* :mod:`tgmux.http`, :mod:`tgmux.errors`, :mod:`tgmux.ratelimit`: the one HTTP layer, error
+  model and rate limiter a backend should use;
+* :mod:`tgmux.harness` and :mod:`tgmux.testing`: test kits for plugins and backends.
 """
 
 from __future__ import annotations
@@ -20,9 +37,8 @@ if TYPE_CHECKING:
     import click
 
     from tgmux.backend import Backend, Turn
-    from tgmux.demo import DemoBackend
     from tgmux.engine import Engine
-    from tgmux.types import IncomingMessage, PluginCommand, ProviderEvent, ReplyPart
+    from tgmux.types import DemoBackend, IncomingMessage, PluginCommand, ProviderEvent, ReplyPart
 
 hookspec = pluggy.HookspecMarker("tgmux")
 
@@ -55,14 +71,19 @@ def tgmux_commands() -> list[PluginCommand] | None:
 
 
 @hookspec(firstresult=True)
-def tgmux_pre_route(message: IncomingMessage, engine: Engine) -> Any:
-    """Look at a message before it is routed: allowlists, moderation, canned answers.
+def tgmux_pre_route(message: IncomingMessage, engine: Engine, triggered: bool) -> Any:
+    """Look at every message before a backend or command sees it: allowlists, moderation,
+    logging, canned answers.
 
-    Called for every incoming message, commands included, in arrival order per chat. Return:
+    Called for every incoming message, commands included, in arrival order per chat, also for
+    group messages that do not trigger the bot (not addressed to it under the route's
+    ``group_trigger``): then ``triggered`` is False, and unless the hook answers, nothing
+    else happens with the message. Return:
 
     * ``None``: go on as usual;
-    * :data:`tgmux.engine.DROP`: ignore the message silently (it is still marked processed);
-    * a string or a list of reply parts: answer with that instead of calling a backend.
+    * :data:`tgmux.types.DROP`: ignore the message silently (it is still marked processed);
+    * a string or a list of reply parts: answer with that instead of calling a backend. Check
+      ``triggered`` first unless the bot should speak up in groups unasked (a moderator).
 
     The first implementation that returns something other than ``None`` wins.
     """
@@ -143,7 +164,7 @@ def tgmux_cli_commands(cli: click.Group) -> None:
 def tgmux_demo_backends() -> list[DemoBackend] | DemoBackend | None:
     """Offer a backend to ``tgmux demo``, which runs offline with no credentials.
 
-    Return :class:`tgmux.demo.DemoBackend` objects: a name, a one-line description and an
+    Return :class:`tgmux.types.DemoBackend` objects: a name, a one-line description and an
     async ``start()`` that starts the backend's simulator on 127.0.0.1 and returns the backend's
     config (a dict as under ``backends:``) and an async ``stop()``. The demo lists them and
     ``/backend NAME`` switches to one.

@@ -212,7 +212,7 @@ class TgmuxBot:
                  bot_username: str = "tgmux_bot", is_bot: bool = True,
                  edit_interval: float | None = None, typing_interval: float | None = None,
                  ) -> None:
-        from tgmux.config import load_config_text
+        from tgmux.bootstrap import load_config_text
         from tgmux.hooks import build_plugin_manager
         from tgmux.telegram.offline import FakeTelegram
 

@@ -28,6 +28,7 @@ __all__ = [
     "CommandHandler",
     "CommandSpec",
     "DelayNotifier",
+    "DemoBackend",
     "Frontend",
     "Image",
     "IncomingMessage",
@@ -37,6 +38,7 @@ __all__ = [
     "PluginCommand",
     "ProviderEvent",
     "ReplyPart",
+    "StopFn",
     "Text",
     "TextDelta",
     "delay_notifier",
@@ -257,3 +259,19 @@ DelayNotifier = Callable[[float], Awaitable[None]]
 #: the user should hear their reply is delayed. It lives here so that neither the engine nor
 #: the transport imports the other.
 delay_notifier: ContextVar[DelayNotifier | None] = ContextVar("tgmux_delay_notifier", default=None)
+
+
+# -- the demo ----------------------------------------------------------------------------------
+
+StopFn = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class DemoBackend:
+    """A backend ``tgmux demo`` can offer (hook ``tgmux_demo_backends``): ``start()`` starts its
+    simulator and returns the backend config (as under ``backends:``, with ``base_url``
+    pointing at the simulator) and a stop function."""
+
+    name: str
+    description: str
+    start: Callable[[], Awaitable[tuple[dict[str, Any], StopFn]]]

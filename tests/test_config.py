@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tgmux.config import load_config, load_config_text
+from tgmux.bootstrap import load_config, load_config_text
 from tgmux.errors import ConfigError
 
 

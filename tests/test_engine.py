@@ -351,7 +351,7 @@ async def test_duplicate_message_ids_are_answered_once(tmp_path) -> None:
 async def test_messages_pending_at_a_crash_are_answered_after_restart(tmp_path) -> None:
     url = f"sqlite:///{tmp_path}/s.db"
     pm = build_plugin_manager()
-    from tgmux.config import load_config_text
+    from tgmux.bootstrap import load_config_text
 
     config = load_config_text(ECHO, plugin_manager=pm)
     # Simulate a crash: the message reached the inbox, the process died before answering.
@@ -389,7 +389,7 @@ async def test_a_turn_a_backend_already_had_is_not_replayed_after_a_crash(tmp_pa
     cfg = "backends:\n  slow: {type: slow, delay: 0}\ndefault: slow\n"
     pm = build_plugin_manager()
     pm.register(SlowPlugin(), name="slow")
-    from tgmux.config import load_config_text
+    from tgmux.bootstrap import load_config_text
 
     config = load_config_text(cfg, plugin_manager=pm)
     store = open_store(url)
@@ -465,7 +465,7 @@ async def test_slow_delivery_does_not_count_against_the_turn_timeout() -> None:
     cfg = ("backends:\n  s: {type: echo, stream: true}\ndefault: s\n"
            "engine: {turn_timeout: 0.2}\n")
     pm = build_plugin_manager()
-    from tgmux.config import load_config_text
+    from tgmux.bootstrap import load_config_text
 
     frontend = SlowFrontend()
     engine = Engine(load_config_text(cfg, plugin_manager=pm), pm, open_store("memory://"),

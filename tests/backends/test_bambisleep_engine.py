@@ -12,7 +12,7 @@ import tgmux.backends.bambisleep as bambisleep_plugin
 from tgmux.backend import Audio, Notice, Text
 from tgmux.backends.bambisleep.adapter import format_triggers
 from tgmux.backends.bambisleep.simulator import SESSION_COOKIE, BambiSleepSimulator
-from tgmux.config import load_config_text
+from tgmux.bootstrap import load_config_text
 from tgmux.errors import USER_MESSAGES, ConfigError, ErrorKind
 from tgmux.harness import EngineHarness
 from tgmux.hooks import build_plugin_manager

@@ -360,7 +360,7 @@ async def test_console_chat(sim, tmp_path):
     """The console frontend (what `tgmux chat` runs) against the simulator."""
     import io
 
-    from tgmux.config import load_config_text
+    from tgmux.bootstrap import load_config_text
     from tgmux.console import ConsoleFrontend, chat_loop
     from tgmux.engine import Engine
     from tgmux.hooks import build_plugin_manager

@@ -15,7 +15,7 @@ from pyrogram.storage import SQLiteStorage
 from pyrogram.storage.storage import UpdateState
 
 import tgmux.telegram.commands as commands
-from tgmux.config import load_config_text
+from tgmux.bootstrap import load_config_text
 from tgmux.errors import ConfigError
 from tgmux.hooks import build_plugin_manager
 from tgmux.telegram import login, run_telegram

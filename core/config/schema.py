@@ -1,0 +1,111 @@
+"""The config file's schema: what each key means, its type and its default.
+
+The backends' own sections (``backends.NAME``) are validated by each backend type's
+``Settings`` model (see :mod:`tgmux.config.validate`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from tgmux.backend import Strict
+from tgmux.types import ChatType
+
+GroupTrigger = Literal["mention", "always", "command"]
+
+
+class FloodLimits(Strict):
+    """Telegram's sending limits, shared by every send and edit."""
+
+    global_per_second: int = Field(30, ge=1, description="messages per second, all chats")
+    private_per_second: int = Field(1, ge=1, description="messages per second in one private chat")
+    group_per_minute: int = Field(20, ge=1, description="messages per minute in one group")
+
+
+class TelegramConfig(Strict):
+    api_id: int | None = Field(None, description="from my.telegram.org")
+    api_hash: str | None = Field(None, description="from my.telegram.org")
+    bot_token: str | None = Field(None, description="from @BotFather; run as a bot")
+    session_string: str | None = Field(None, description="run as a user account")
+    session_name: str = Field("tgmux", description="session file name under data_dir")
+    data_dir: str = Field("tgmux-data", description="where the session file lives (mode 0600)")
+    stream_edit_interval: float = Field(
+        1.0, ge=1.0, description="seconds between edits of a streamed reply in one chat"
+    )
+    drafts: bool = Field(True, description="stream private-chat replies as message drafts")
+    flood: FloodLimits = Field(default_factory=FloodLimits)
+    typing_interval: float = Field(4.0, gt=0, description="seconds between typing actions")
+    shutdown_timeout: float = Field(20.0, ge=0, description="seconds to finish replies on stop")
+    skip_updates: bool = Field(False, description="drop messages that arrived while down")
+
+
+class EngineConfig(Strict):
+    concurrency: int = Field(256, ge=1, description="chats answered at the same time")
+    turn_timeout: float = Field(300.0, gt=0, description="seconds one reply may take")
+
+
+class RouteMatch(Strict):
+    chat_type: list[ChatType] | None = None
+    chat_id: list[int] | None = None
+    user_id: list[int] | None = None
+    username: list[str] | None = None
+    text: str | None = Field(None, description="regular expression searched in the text")
+    command: list[str] | None = None
+
+    @field_validator("chat_type", "chat_id", "user_id", "username", "command", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return value if value is None or isinstance(value, list) else [value]
+
+    @field_validator("username", "command")
+    @classmethod
+    def _strip_prefix(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        return [v.lstrip("@/").lower() for v in value]
+
+    @field_validator("text")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class RouteConfig(Strict):
+    match: RouteMatch = Field(default_factory=RouteMatch)
+    backend: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    group_trigger: GroupTrigger = "mention"
+
+
+class TgmuxConfig(Strict):
+    telegram: TelegramConfig = Field(default_factory=TelegramConfig)
+    store: str = "sqlite:///tgmux.db"
+    admins: list[int] = Field(default_factory=list)
+    backends: dict[str, dict[str, Any]]
+    routes: list[RouteConfig] = Field(default_factory=list)
+    default: str | None = None
+    plugins: list[str] = Field(default_factory=list)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    log_level: str = "INFO"
+
+    @field_validator("backends")
+    @classmethod
+    def _types(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        if not value:
+            raise ValueError("at least one backend is needed")
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        if not (value.startswith("sqlite:///") or value == "memory://"):
+            raise ValueError("expected sqlite:///PATH or memory://")
+        return value
