@@ -26,6 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tgmux.backend import Backend, Turn
+from tgmux.chat_commands import (
+    BUILTIN_COMMANDS,
+    admin_only_notice,
+    help_text,
+    interrupted_notice,
+    run_builtin,
+)
 from tgmux.config import Config
 from tgmux.errors import USER_MESSAGES, BackendError, ConfigError, ErrorKind
 from tgmux.hooks import (
@@ -66,13 +73,6 @@ __all__ = [  # the message types are re-exported: plugins have imported them fro
 ]
 
 log = logging.getLogger("tgmux.engine")
-
-BUILTIN_COMMANDS = (
-    CommandSpec("start", "Start talking"),
-    CommandSpec("help", "What this bot can do"),
-    CommandSpec("reset", "Forget this conversation"),
-    CommandSpec("backend", "Show or switch the AI behind this chat", usage="[name]"),
-)
 
 NOT_UNDERSTOOD_MEDIA = "I can only read text messages here. Please write your message as text."
 INTERNAL_ERROR = "Something went wrong on our side while answering. Please try again."
@@ -313,7 +313,7 @@ class Engine:
             return
         command = message.command
         if command in {c.name for c in BUILTIN_COMMANDS}:
-            await self._send(chat, await self._builtin(command, message, decision),
+            await self._send(chat, await run_builtin(self, command, message, decision),
                              chat.message_id)
             return
         if command in self.plugin_commands:
@@ -346,7 +346,7 @@ class Engine:
             await self._send(chat, [Notice("Send me a message and I will answer.")],
                              chat.message_id)
             return
-        turn = self._turn(message, decision, backend)
+        turn = self.turn_for(message, decision, backend)
         turn = await call_chained(self.pm, "tgmux_before_backend", "turn", turn, backend=backend)
         if chat.message_id is not None:
             await self.store.inbox_dispatched(chat.chat_id, chat.message_id)
@@ -358,7 +358,7 @@ class Engine:
         except Exception:  # the user has the answer: a broken observer must not say otherwise
             log.exception("chat %s: a tgmux_reply_sent hook failed", chat.chat_id)
 
-    def _turn(self, message: IncomingMessage, decision: RouteDecision, backend: Backend) -> Turn:
+    def turn_for(self, message: IncomingMessage, decision: RouteDecision, backend: Backend) -> Turn:
         chat = message.chat
 
         async def notify(text: str) -> None:
@@ -436,7 +436,7 @@ class Engine:
 
         return await self.frontend.deliver(chat, stream(), reply_to_message_id=reply_to)
 
-    # -- built-in commands -----------------------------------------------------------------------
+    # -- commands --------------------------------------------------------------------------------
 
     def is_admin(self, user_id: int | None) -> bool:
         admins = self.config.data.admins
@@ -445,55 +445,8 @@ class Engine:
     def _may_run(self, spec: CommandSpec, message: IncomingMessage) -> bool:
         return not spec.admin_only or self.is_admin(message.chat.user_id)
 
-    async def _builtin(self, command: str, message: IncomingMessage,
-                       decision: RouteDecision | None) -> list[ReplyPart]:
-        if command == "start":
-            return [Text("Hi! Send me a message and I will answer. /help lists what I can do.")]
-        if command == "help":
-            return [Text(self.help_text(decision))]
-        if command == "reset":
-            if decision is None:
-                return [Text("Nothing to reset.")]
-            backend = self.backends[decision.backend]
-            turn = self._turn(message, decision, backend)
-            try:
-                said = await backend.reset(turn)
-            except BackendError as exc:
-                return [Notice(exc.user_message)]
-            return [Text(said or "This AI keeps no conversation I can reset.")]
-        return await self._backend_command(message, decision)
-
-    async def _backend_command(self, message: IncomingMessage,
-                               decision: RouteDecision | None) -> list[ReplyPart]:
-        chat_id = message.chat.chat_id
-        names = sorted(self.backends)
-        listing = ", ".join(names)
-        wanted = message.args.strip()
-        if not wanted:
-            current = decision.backend if decision else "(none)"
-            return [Text(f"This chat talks to: {current}\nAvailable: {listing}\n"
-                         "Switch with /backend NAME; /backend default goes back to the config.")]
-        if not self.is_admin(message.chat.user_id):
-            return [Notice("Only the bot's admins can switch the AI for a chat.")]
-        if wanted == "default":
-            await self.store.set_override(chat_id, None)
-            after = await self.decide(message)
-            return [Text(f"This chat follows the config again: {after.backend if after else '-'}")]
-        if wanted not in self.backends:
-            return [Notice(f"There is no backend {wanted!r}. Available: {listing}")]
-        await self.store.set_override(chat_id, wanted)
-        return [Text(f"This chat now talks to: {wanted}")]
-
     def help_text(self, decision: RouteDecision | None) -> str:
-        lines = ["Send me a message and I will answer.", ""]
-        specs = list(BUILTIN_COMMANDS) + [c.spec for c in self.plugin_commands.values()]
-        if decision is not None:
-            specs += self.backends[decision.backend].commands()
-        for spec in specs:
-            usage = f" {spec.usage}" if spec.usage else ""
-            admins = " (admins only)" if spec.admin_only and self.config.data.admins else ""
-            lines.append(f"/{spec.name}{usage} — {spec.description}{admins}")
-        return "\n".join(lines)
+        return help_text(self, decision)
 
     def command_specs(self) -> list[CommandSpec]:
         """Every command any chat may use (for Telegram's command menu)."""
@@ -517,16 +470,6 @@ class Engine:
         chat_type = chat_type or ("private" if chat_id > 0 else "supergroup")
         chat = ChatIdentity(chat_type=chat_type, chat_id=chat_id)
         return await self._send(chat, parts, None)
-
-
-def admin_only_notice(command: str) -> str:
-    return f"Only the bot's admins can use /{command}."
-
-
-def interrupted_notice(text: str) -> str:
-    shown = text if len(text) <= 60 else text[:57] + "..."
-    return (f"I was restarted while answering your message “{shown}” and may not have "
-            "finished. Please send it again if you still need an answer.")
 
 
 def _as_parts(value: Any) -> list[ReplyPart]:

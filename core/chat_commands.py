@@ -1,0 +1,82 @@
+"""The built-in chat commands every chat has: ``/start``, ``/help``, ``/reset``, ``/backend``,
+and the texts the engine answers commands with."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tgmux.errors import BackendError
+from tgmux.types import CommandSpec, IncomingMessage, Notice, ReplyPart, Text
+
+if TYPE_CHECKING:
+    from tgmux.engine import Engine
+    from tgmux.router import RouteDecision
+
+BUILTIN_COMMANDS = (
+    CommandSpec("start", "Start talking"),
+    CommandSpec("help", "What this bot can do"),
+    CommandSpec("reset", "Forget this conversation"),
+    CommandSpec("backend", "Show or switch the AI behind this chat", usage="[name]"),
+)
+
+
+async def run_builtin(engine: Engine, command: str, message: IncomingMessage,
+                      decision: RouteDecision | None) -> list[ReplyPart]:
+    """Answer one of :data:`BUILTIN_COMMANDS`."""
+    if command == "start":
+        return [Text("Hi! Send me a message and I will answer. /help lists what I can do.")]
+    if command == "help":
+        return [Text(help_text(engine, decision))]
+    if command == "reset":
+        if decision is None:
+            return [Text("Nothing to reset.")]
+        backend = engine.backends[decision.backend]
+        try:
+            said = await backend.reset(engine.turn_for(message, decision, backend))
+        except BackendError as exc:
+            return [Notice(exc.user_message)]
+        return [Text(said or "This AI keeps no conversation I can reset.")]
+    return await _backend_command(engine, message, decision)
+
+
+async def _backend_command(engine: Engine, message: IncomingMessage,
+                           decision: RouteDecision | None) -> list[ReplyPart]:
+    chat_id = message.chat.chat_id
+    listing = ", ".join(sorted(engine.backends))
+    wanted = message.args.strip()
+    if not wanted:
+        current = decision.backend if decision else "(none)"
+        return [Text(f"This chat talks to: {current}\nAvailable: {listing}\n"
+                     "Switch with /backend NAME; /backend default goes back to the config.")]
+    if not engine.is_admin(message.chat.user_id):
+        return [Notice("Only the bot's admins can switch the AI for a chat.")]
+    if wanted == "default":
+        await engine.store.set_override(chat_id, None)
+        after = await engine.decide(message)
+        return [Text(f"This chat follows the config again: {after.backend if after else '-'}")]
+    if wanted not in engine.backends:
+        return [Notice(f"There is no backend {wanted!r}. Available: {listing}")]
+    await engine.store.set_override(chat_id, wanted)
+    return [Text(f"This chat now talks to: {wanted}")]
+
+
+def help_text(engine: Engine, decision: RouteDecision | None) -> str:
+    lines = ["Send me a message and I will answer.", ""]
+    specs = list(BUILTIN_COMMANDS) + [c.spec for c in engine.plugin_commands.values()]
+    if decision is not None:
+        specs += engine.backends[decision.backend].commands()
+    for spec in specs:
+        usage = f" {spec.usage}" if spec.usage else ""
+        admins = " (admins only)" if spec.admin_only and engine.config.data.admins else ""
+        lines.append(f"/{spec.name}{usage} — {spec.description}{admins}")
+    return "\n".join(lines)
+
+
+def admin_only_notice(command: str) -> str:
+    return f"Only the bot's admins can use /{command}."
+
+
+def interrupted_notice(text: str) -> str:
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    return (f"I was restarted while answering your message “{shown}” and may not have "
+            "finished. Please send it again if you still need an answer.")
