@@ -43,6 +43,7 @@ from tgmux.hooks import (
     call_first,
     flatten,
 )
+from tgmux.redact import redact_urls
 from tgmux.router import RouteDecision, Router
 from tgmux.store import Store
 from tgmux.types import (
@@ -111,8 +112,8 @@ class Engine:
         try:
             await self.store.open()
         except Exception as exc:
-            raise ConfigError(f"{self.config.where(('store',))}: cannot open "
-                              f"{self.config.data.store}: {exc}") from exc
+            raise ConfigError(redact_urls(f"{self.config.where(('store',))}: cannot open "
+                                          f"{self.config.data.store}: {exc}")) from exc
         for name, settings in self.config.backend_settings.items():
             backend = self.config.backend_classes[name](name, settings,
                                                         self.store.namespace(f"backend:{name}"))

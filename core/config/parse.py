@@ -17,6 +17,15 @@ import yaml
 from tgmux.errors import ConfigError
 
 ENV_PATTERN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+#: What is left of a ``${`` that :data:`ENV_PATTERN` could not read (unclosed, bad name).
+BROKEN_ENV = re.compile(r"\$\{[^}]*\}?")
+
+#: A config is a page of YAML: anything larger is a mistake (a log, a binary), not a config.
+MAX_CONFIG_BYTES = 1024 * 1024
+#: Nesting deeper than this is no config either (and deep enough input crashes the parser).
+MAX_DEPTH = 64
+#: YAML aliases can make a small file expand to billions of nodes ("billion laughs").
+MAX_NODES = 200_000
 
 KeyPath = tuple[str | int, ...]
 
@@ -30,6 +39,8 @@ class ParsedConfig:
     source: str = "<config>"
     lines: dict[KeyPath, int] = field(default_factory=dict)
     missing_env: dict[KeyPath, str] = field(default_factory=dict)
+    #: Problems found while reading that do not stop validation (duplicate keys, ``${``...).
+    problems: list[str] = field(default_factory=list)
 
     def where(self, path: KeyPath) -> str:
         return where(self.source, self.lines, path)
@@ -46,31 +57,50 @@ def read_config_file(path: str | os.PathLike[str], *,
                      env: dict[str, str] | None = None) -> ParsedConfig:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; is this the "
+                          "config file?")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save "
+                          "the config as UTF-8") from None
     return parse_config_text(text, source=str(path), env=env)
 
 
 def parse_config_text(text: str, *, source: str = "<config>",
                       env: dict[str, str] | None = None) -> ParsedConfig:
-    """YAML → :class:`ParsedConfig`; a ConfigError with file:line when it is not YAML or not
-    a mapping. ``env`` defaults to the process environment."""
+    """YAML → :class:`ParsedConfig`; a ConfigError with file:line when it is not YAML, not a
+    mapping, too large or too deeply nested. ``env`` defaults to the process environment."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_CONFIG_BYTES // 1024} KiB; is this the "
+                          "config file?")
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark else ""
         raise ConfigError(f"{source}{line}: not valid YAML: {exc.problem or exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top (backends:, routes:, ...)")
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply (at most {MAX_DEPTH} levels)") from None
+    problems: list[str] = []
     lines: dict[KeyPath, int] = {}
     if node is not None:
-        _index_lines(node, (), lines)
+        _Indexer(source, lines, problems).visit(node, ())
+    # Constructed from the node already checked: no second parse, no alias bomb.
+    raw = yaml.SafeLoader("").construct_document(node) if node is not None else None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top (backends:, routes:, ...)")
     missing: dict[KeyPath, str] = {}
-    data = _expand_env(raw, (), dict(os.environ) if env is None else env, missing)
-    return ParsedConfig(data=data, source=source, lines=lines, missing_env=missing)
+    data = _expand_env(raw, (), dict(os.environ) if env is None else env, missing, problems,
+                       source, lines)
+    return ParsedConfig(data=data, source=source, lines=lines, missing_env=missing,
+                        problems=problems)
 
 
 def where(source: str, lines: dict[KeyPath, int], path: KeyPath) -> str:
@@ -91,26 +121,50 @@ def _dotted(path: KeyPath) -> str:
 # -- YAML with positions -------------------------------------------------------------------------
 
 
-def _index_lines(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int]) -> None:
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value
-            lines[(*path, key)] = key_node.start_mark.line + 1
-            _index_lines(value_node, (*path, key), lines)
-            lines[(*path, key)] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _index_lines(item, (*path, i), lines)
+class _Indexer:
+    """Records the line of every key path; finds duplicate keys, too deep or too large input."""
+
+    def __init__(self, source: str, lines: dict[KeyPath, int], problems: list[str]) -> None:
+        self.source, self.lines, self.problems = source, lines, problems
+        self.nodes = 0
+
+    def visit(self, node: yaml.Node, path: KeyPath) -> None:
+        self.nodes += 1
+        line = node.start_mark.line + 1
+        if self.nodes > MAX_NODES:
+            raise ConfigError(f"{self.source}:{line}: more than {MAX_NODES} values (YAML "
+                              "aliases expanding?); a config is much smaller")
+        if len(path) > MAX_DEPTH:
+            raise ConfigError(f"{self.source}:{line}: nested too deeply (at most {MAX_DEPTH} "
+                              "levels)")
+        self.lines.setdefault(path, line)
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                key = key_node.value
+                key_line = key_node.start_mark.line + 1
+                if isinstance(key, str) and key in seen:
+                    self.problems.append(
+                        f"{self.source}:{key_line}: {_dotted((*path, key))}: duplicate key "
+                        f"(first at line {seen[key]}); YAML would silently keep the last")
+                elif isinstance(key, str):
+                    seen[key] = key_line
+                self.lines[(*path, key)] = key_line
+                self.visit(value_node, (*path, key))
+                self.lines[(*path, key)] = key_line
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self.visit(item, (*path, i))
 
 
-def _expand_env(
-    value: Any, path: KeyPath, env: dict[str, str], missing: dict[KeyPath, str]
-) -> Any:
+def _expand_env(value: Any, path: KeyPath, env: dict[str, str], missing: dict[KeyPath, str],
+                problems: list[str], source: str, lines: dict[KeyPath, int]) -> Any:
     if isinstance(value, dict):
-        return {k: _expand_env(v, (*path, k), env, missing) for k, v in value.items()}
+        return {k: _expand_env(v, (*path, k), env, missing, problems, source, lines)
+                for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v, (*path, i), env, missing) for i, v in enumerate(value)]
+        return [_expand_env(v, (*path, i), env, missing, problems, source, lines)
+                for i, v in enumerate(value)]
     if not isinstance(value, str) or "$" not in value:
         return value
 
@@ -126,6 +180,11 @@ def _expand_env(
             return ""
         return found
 
+    # What the pattern cannot read is an error, not a literal: `${UNCLOSED` is a typo.
+    leftover = ENV_PATTERN.sub("", value)
+    if (broken := BROKEN_ENV.search(leftover)) is not None:
+        problems.append(f"{where(source, lines, path)}: cannot read {broken.group(0)!r}: write "
+                        "${NAME} or ${NAME:-default} (and $$ for a literal $)")
     expanded = ENV_PATTERN.sub(substitute, value)
     if path in missing and expanded == "":
         return None

@@ -6,27 +6,56 @@ The backends' own sections (``backends.NAME``) are validated by each backend typ
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
-from typing import Any, Literal
+import struct
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from tgmux.backend import Strict
 from tgmux.types import ChatType
 
 GroupTrigger = Literal["mention", "always", "command"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+def _not_a_bool(value: Any) -> Any:
+    # YAML reads `yes`/`no`/`on`/`off` as booleans, and pydantic would take True as 1.
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not yes/no/true/false")
+    return value
+
+
+#: An integer that refuses booleans (ids, counts).
+Int = Annotated[int, BeforeValidator(_not_a_bool)]
+
+#: What Pyrogram's session strings unpack to (current, and the two older layouts it reads).
+_SESSION_LAYOUTS = {struct.calcsize(f) for f in (">BI?256sQ?", ">B?256sI?", ">B?256sQ?")}
+
+
+def _check_session_string(value: str) -> str:
+    try:
+        decoded = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if len(decoded) not in _SESSION_LAYOUTS:
+        raise ValueError("not a Pyrogram session string; run `tgmux login` and paste the "
+                         "whole string it prints")
+    return value
 
 
 class FloodLimits(Strict):
     """Telegram's sending limits, shared by every send and edit."""
 
-    global_per_second: int = Field(30, ge=1, description="messages per second, all chats")
-    private_per_second: int = Field(1, ge=1, description="messages per second in one private chat")
-    group_per_minute: int = Field(20, ge=1, description="messages per minute in one group")
+    global_per_second: Int = Field(30, ge=1, description="messages per second, all chats")
+    private_per_second: Int = Field(1, ge=1, description="messages per second in one private chat")
+    group_per_minute: Int = Field(20, ge=1, description="messages per minute in one group")
 
 
 class TelegramConfig(Strict):
-    api_id: int | None = Field(None, description="from my.telegram.org")
+    api_id: Int | None = Field(None, description="from my.telegram.org")
     api_hash: str | None = Field(None, description="from my.telegram.org")
     bot_token: str | None = Field(None, description="from @BotFather; run as a bot")
     session_string: str | None = Field(None, description="run as a user account")
@@ -41,16 +70,31 @@ class TelegramConfig(Strict):
     shutdown_timeout: float = Field(20.0, ge=0, description="seconds to finish replies on stop")
     skip_updates: bool = Field(False, description="drop messages that arrived while down")
 
+    @field_validator("session_string")
+    @classmethod
+    def _session_string(cls, value: str | None) -> str | None:
+        return None if value is None else _check_session_string(value)
+
+    @model_validator(mode="after")
+    def _one_identity(self) -> TelegramConfig:
+        if self.bot_token and self.session_string:
+            raise ValueError("give bot_token (a bot) or session_string (a user account), "
+                             "not both")
+        return self
+
 
 class EngineConfig(Strict):
-    concurrency: int = Field(256, ge=1, description="chats answered at the same time")
+    concurrency: Int = Field(256, ge=1, description="chats answered at the same time")
     turn_timeout: float = Field(300.0, gt=0, description="seconds one reply may take")
+    max_reply_chars: Int = Field(
+        16384, ge=100, description="characters of one reply shown; the rest is cut, with a note"
+    )
 
 
 class RouteMatch(Strict):
     chat_type: list[ChatType] | None = None
-    chat_id: list[int] | None = None
-    user_id: list[int] | None = None
+    chat_id: list[Int] | None = None
+    user_id: list[Int] | None = None
     username: list[str] | None = None
     text: str | None = Field(None, description="regular expression searched in the text")
     command: list[str] | None = None
@@ -88,13 +132,18 @@ class RouteConfig(Strict):
 class TgmuxConfig(Strict):
     telegram: TelegramConfig = Field(default_factory=TelegramConfig)
     store: str = "sqlite:///tgmux.db"
-    admins: list[int] = Field(default_factory=list)
+    admins: list[Int] = Field(default_factory=list)
     backends: dict[str, dict[str, Any]]
     routes: list[RouteConfig] = Field(default_factory=list)
     default: str | None = None
     plugins: list[str] = Field(default_factory=list)
     engine: EngineConfig = Field(default_factory=EngineConfig)
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("backends")
     @classmethod

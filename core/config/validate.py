@@ -19,6 +19,7 @@ from tgmux.backend import Backend, BackendSettings
 from tgmux.config.parse import KeyPath, ParsedConfig, where
 from tgmux.config.schema import TelegramConfig, TgmuxConfig
 from tgmux.errors import ConfigError
+from tgmux.redact import redact_urls
 
 #: Keys whose values must never be echoed in an error message.
 SECRET_KEY = re.compile(r"secret|token|key|hash|password|session", re.IGNORECASE)
@@ -52,11 +53,6 @@ class Config:
                 problems.append(f"{self.where(('telegram',))}: telegram.api_id: is required")
             if not tg.api_hash:
                 problems.append(f"{self.where(('telegram',))}: telegram.api_hash: is required")
-            if tg.bot_token and tg.session_string:
-                problems.append(
-                    f"{self.where(('telegram',))}: telegram: give bot_token or session_string, "
-                    "not both"
-                )
         if problems:
             raise ConfigError(problems)
         return tg
@@ -82,7 +78,7 @@ def check_schema(parsed: ParsedConfig) -> tuple[TgmuxConfig | None, list[str]]:
         f"{parsed.where(path)}: environment variable {name} is not set"
         for path, name in parsed.missing_env.items()
         if path[0] != "telegram"  # only `tgmux run` needs Telegram credentials
-    ]
+    ] + parsed.problems
     try:
         return TgmuxConfig.model_validate(parsed.data), problems
     except ValidationError as exc:
@@ -193,7 +189,7 @@ def pydantic_problems(exc: ValidationError, parsed: ParsedConfig, prefix: KeyPat
             elif SECRET_KEY.search(str(path[-1] if path else "")):
                 shown = f" (got a {type(got).__name__}; value not shown)"
             else:
-                shown = f" (got {got!r})"
+                shown = f" (got {redact_urls(repr(got))})"
             msg = err["msg"].removeprefix("Value error, ")
             problems.append(f"{parsed.where(path)}: {msg}{shown}")
     return problems
