@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from tgmux.backend import (
     Audio,
-    Backend,
     CommandSpec,
+    HttpBackend,
     HttpBackendSettings,
     Notice,
     ReplyPart,
@@ -244,7 +244,7 @@ def _identity(settings: BambiSleepSettings) -> str:
     return credential_identity(key, settings.username)
 
 
-class BambiSleepBackend(Backend):
+class BambiSleepBackend(HttpBackend[BambiSleepClient]):
     type_name = "bambisleep"
     Settings = BambiSleepSettings
     description = "BambiSleep.Chat: AI replies with audio and triggers; profile and sessions."
@@ -255,7 +255,6 @@ class BambiSleepBackend(Backend):
 
     def __init__(self, name: str, settings: Any, kv: Any) -> None:
         super().__init__(name, settings, kv)
-        self.client: BambiSleepClient | None = None
         self.ws: WsTransport | None = None
         self.receiver: WebhookReceiver | None = None
         self.webhook_id: str | None = None
@@ -264,10 +263,10 @@ class BambiSleepBackend(Backend):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    def make_client(self) -> BambiSleepClient:
         s = self.settings
         limiter, login_limiter = provider_limiters(s)
-        self.client = BambiSleepClient(
+        return BambiSleepClient(
             api_key=s.api_key.get_secret_value() if s.api_key else None,
             username=s.username,
             password=s.password.get_secret_value() if s.password else None,
@@ -278,7 +277,12 @@ class BambiSleepBackend(Backend):
             notify_after=s.rate_limit.notify_after,
             name=self.name,
         )
+
+    async def start(self) -> None:
+        await super().start()
+        s = self.settings
         if s.transport == "websocket":
+            limiter, _ = provider_limiters(s)  # shared: the client's own limiter
             self.ws = WsTransport(
                 s.ws_url or default_ws_url(s.base_url),
                 self.client,
@@ -316,8 +320,7 @@ class BambiSleepBackend(Backend):
             await self.receiver.stop()
         if self.ws is not None:
             await self.ws.aclose()
-        if self.client is not None:
-            await self.client.aclose()
+        await super().close()
 
     # -- webhook registration ----------------------------------------------------------------
     #
@@ -363,7 +366,7 @@ class BambiSleepBackend(Backend):
     async def _register_webhook(self) -> Literal["done", "retry", "refused", "uncertain"]:
         """One ``POST /webhooks``. "retry" only when the error proves nothing was
         registered and a later try may work."""
-        assert self.client is not None and self.settings.webhook is not None
+        assert self.settings.webhook is not None
         hook = self.settings.webhook
         try:
             registered: Webhook = await self.client.register_webhook(
@@ -412,7 +415,6 @@ class BambiSleepBackend(Backend):
     # -- replies -----------------------------------------------------------------------------
 
     async def reply(self, turn: Turn) -> AsyncIterator[ReplyPart]:
-        assert self.client is not None, "backend not started"
         opts: BambiSleepSettings = turn.options or self.settings
         if self.ws is not None:
             answer = await self.ws.ask((turn.chat.chat_id, turn.chat.message_thread_id),
@@ -468,7 +470,6 @@ class BambiSleepBackend(Backend):
         ]
 
     async def run_command(self, turn: Turn) -> AsyncIterator[ReplyPart]:
-        assert self.client is not None, "backend not started"
         handler = {
             "profile": self._cmd_profile,
             "profile_set": self._cmd_profile_set,
@@ -484,12 +485,11 @@ class BambiSleepBackend(Backend):
     def _own_username(self) -> str | None:
         if self.settings.username:
             return self.settings.username
-        user = self.client.user if self.client else {}
+        user = self.client.user
         name = user.get("username") if isinstance(user, dict) else None
         return name if isinstance(name, str) and name else None
 
     async def _cmd_profile(self, args: str) -> ReplyPart:
-        assert self.client is not None
         username = args.lstrip("@") or self._own_username()
         if not username:
             return Notice("Whose profile? Use /profile <username> (or set `username` in the "
@@ -516,7 +516,6 @@ class BambiSleepBackend(Backend):
         return Text("\n".join(lines))
 
     async def _cmd_profile_set(self, args: str) -> ReplyPart:
-        assert self.client is not None
         if not args:
             return Notice("Usage: /profile_set <display name>")
         username = self._own_username()
@@ -535,7 +534,6 @@ class BambiSleepBackend(Backend):
         return Text(f"Display name of @{username} is now: {shown}")
 
     async def _cmd_triggers(self, args: str) -> ReplyPart:
-        assert self.client is not None
         triggers = await self.client.list_triggers()
         if not triggers:
             return Text("No triggers yet. Create one with /trigger_add name | description | "
@@ -556,7 +554,6 @@ class BambiSleepBackend(Backend):
         return Text("\n".join(lines))
 
     async def _cmd_trigger_add(self, args: str) -> ReplyPart:
-        assert self.client is not None
         parts = [p.strip() for p in args.split("|", 2)]
         if len(parts) != 3 or not parts[0] or not parts[2]:
             return Notice("Usage: /trigger_add name | description | content")
@@ -569,7 +566,6 @@ class BambiSleepBackend(Backend):
         return Text(f"Created the private trigger “{trigger.name}”.")
 
     async def _cmd_sessions(self, args: str) -> ReplyPart:
-        assert self.client is not None
         sessions = await self.client.list_sessions()
         if not sessions:
             return Text("No sessions yet.")
@@ -585,7 +581,6 @@ class BambiSleepBackend(Backend):
         return Text("\n".join(lines))
 
     async def _cmd_session(self, args: str) -> ReplyPart:
-        assert self.client is not None
         if not args:
             return Notice("Usage: /session <id> (/sessions lists them)")
         session_id = args.split()[0]
