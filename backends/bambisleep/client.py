@@ -139,6 +139,8 @@ class Webhook:
 
 
 def _opt_str(value: Any) -> str | None:
+    """``str(value)``, None for None. Not :func:`tgmux.text.str_or_none`: BambiSleep ids and
+    dates are kept whatever their JSON type (an id ``7`` reads ``"7"``)."""
     return None if value is None else str(value)
 
 

@@ -31,6 +31,7 @@ from tgmux.errors import (
     error_for_status,
 )
 from tgmux.http import HttpClient
+from tgmux.text import str_or_none
 
 DEFAULT_BASE_URL = "https://my.lucydream.ai/wp-json/telegram/v1/"
 DEFAULT_MODEL = "2195981"  # "Lucy Dream"
@@ -100,9 +101,8 @@ def parse_error(response: httpx.Response) -> BackendError:
     except ValueError:
         body = None
     if isinstance(body, dict):
-        code = body.get("code") if isinstance(body.get("code"), str) else None
-        raw = body.get("message", body.get("error"))
-        message = raw if isinstance(raw, str) else None
+        code = str_or_none(body.get("code"))
+        message = str_or_none(body.get("message", body.get("error")))
     if message is None:
         message = (response.text[:300] if response.content else "") or response.reason_phrase
     details = {"code": code} if code else {}
@@ -130,7 +130,7 @@ def parse_error(response: httpx.Response) -> BackendError:
 
 def _failed_body(endpoint: str, data: dict[str, Any]) -> BackendError:
     """A 200 answer that says ``"success": false``."""
-    code = data.get("code") if isinstance(data.get("code"), str) else None
+    code = str_or_none(data.get("code"))
     raw = data.get("message", data.get("error"))
     message = raw if isinstance(raw, str) else "success: false"
     details = {"code": code} if code else {}
@@ -204,8 +204,7 @@ class LucyDreamClient:
                 "lucydream: request-image answer has no `image_url`", status=200,
                 provider_message=str(data)[:200],
             )
-        reply = data.get("reply")
-        return ImageReply(image_url=url, reply=reply if isinstance(reply, str) else None)
+        return ImageReply(image_url=url, reply=str_or_none(data.get("reply")))
 
     async def get_history(self, *, chatbot_model: str, user_id: str) -> History:
         """``GET get-history?chatbot_model=...&user_id=...`` (query parameters, no body)."""
@@ -236,10 +235,9 @@ class LucyDreamClient:
                 )
             )
         count = data.get("count")
-        name = data.get("chatbot_name")
         return History(
             entries=entries,
-            chatbot_name=name if isinstance(name, str) else None,
+            chatbot_name=str_or_none(data.get("chatbot_name")),
             count=count if isinstance(count, int) else None,
         )
 
@@ -258,7 +256,7 @@ class LucyDreamClient:
         return SubUser(
             user_id=str(user_id),
             username=str(data.get("username") or username),
-            email=data.get("email") if isinstance(data.get("email"), str) else None,
+            email=str_or_none(data.get("email")),
         )
 
     async def list_sub_users(self) -> list[SubUser]:
@@ -279,12 +277,11 @@ class LucyDreamClient:
         found = []
         for item in data:
             if isinstance(item, dict) and item.get("user_id") not in (None, ""):
-                email = item.get("email")
                 found.append(
                     SubUser(
                         user_id=str(item["user_id"]),
                         username=str(item.get("username") or ""),
-                        email=email if isinstance(email, str) else None,
+                        email=str_or_none(item.get("email")),
                     )
                 )
         return found
