@@ -20,6 +20,12 @@ from .webhooks import parse_listen
 
 __all__ = ["BambiSleepSettings", "EventName", "RateLimitSettings", "WebhookSettings"]
 
+def _http_url(value: str) -> str:
+    if urlsplit(value).scheme not in ("http", "https"):
+        raise ValueError("expected an http(s) URL")
+    return value
+
+
 EventName = Literal["message.new", "profile.update", "trigger.shared"]
 
 
@@ -77,9 +83,7 @@ class WebhookSettings(Strict):
     @field_validator("public_url")
     @classmethod
     def _public_url(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("http", "https"):
-            raise ValueError("expected an http(s) URL")
-        return value
+        return _http_url(value)
 
     @field_validator("signature_algorithm")
     @classmethod
@@ -164,9 +168,7 @@ class BambiSleepSettings(HttpBackendSettings):
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("http", "https"):
-            raise ValueError("expected an http(s) URL")
-        return value.rstrip("/")
+        return _http_url(value).rstrip("/")
 
     @property
     def identity(self) -> str:

@@ -242,10 +242,7 @@ class LucyDreamBackend(HttpBackend[LucyDreamClient]):
             history = await self.client.get_history(chatbot_model=opts.model, user_id=user_id)
         except NotFoundError as exc:
             if _model_missing(exc):
-                raise NotFoundError(
-                    str(exc), status=exc.status, provider_message=exc.provider_message,
-                    details=exc.details, user_message=MODEL_MISSING,
-                ) from exc
+                raise _with_model_missing_message(exc) from exc
             await self._forget_mapping(turn.kv, key, user_id)
             yield Text(NO_HISTORY)
             return
@@ -328,10 +325,7 @@ class LucyDreamBackend(HttpBackend[LucyDreamClient]):
             return await call(user_id)
         except NotFoundError as exc:
             if _model_missing(exc):
-                raise NotFoundError(
-                    str(exc), status=exc.status, provider_message=exc.provider_message,
-                    details=exc.details, user_message=MODEL_MISSING,
-                ) from exc
+                raise _with_model_missing_message(exc) from exc
             log.warning("%s: sub-user %s not found (%s); recreating it once",
                         self.name, user_id, exc.provider_message)
             await self._forget_mapping(turn.kv, key, user_id)
@@ -349,6 +343,14 @@ def _model_missing(exc: NotFoundError) -> bool:
     if "user" in code or "user" in message:
         return False
     return "model" in code or "model" in message or "chatbot" in message
+
+
+def _with_model_missing_message(exc: NotFoundError) -> NotFoundError:
+    """``exc`` again, telling the user that the configured model does not exist."""
+    return NotFoundError(
+        str(exc), status=exc.status, provider_message=exc.provider_message,
+        details=exc.details, user_message=MODEL_MISSING,
+    )
 
 
 def _timestamp(value: Any) -> float | None:

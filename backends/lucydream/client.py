@@ -128,6 +128,11 @@ def parse_error(response: httpx.Response) -> BackendError:
     )
 
 
+def _bad_answer(what: str, data: Any) -> ProtocolError:
+    """A 200 answer that is not what the endpoint promises (the body's start kept for logs)."""
+    return ProtocolError(what, status=200, provider_message=str(data)[:200])
+
+
 def _failed_body(endpoint: str, data: dict[str, Any]) -> BackendError:
     """A 200 answer that says ``"success": false``."""
     code = str_or_none(data.get("code"))
@@ -187,10 +192,7 @@ class LucyDreamClient:
         )
         reply = data.get("reply")
         if not isinstance(reply, str):
-            raise ProtocolError(
-                "lucydream: send-message answer has no `reply`", status=200,
-                provider_message=str(data)[:200],
-            )
+            raise _bad_answer("lucydream: send-message answer has no `reply`", data)
         return reply
 
     async def request_image(self, *, chatbot_model: str, user_id: str) -> ImageReply:
@@ -200,10 +202,7 @@ class LucyDreamClient:
         )
         url = data.get("image_url")
         if not isinstance(url, str) or not url:
-            raise ProtocolError(
-                "lucydream: request-image answer has no `image_url`", status=200,
-                provider_message=str(data)[:200],
-            )
+            raise _bad_answer("lucydream: request-image answer has no `image_url`", data)
         return ImageReply(image_url=url, reply=str_or_none(data.get("reply")))
 
     async def get_history(self, *, chatbot_model: str, user_id: str) -> History:
@@ -215,10 +214,7 @@ class LucyDreamClient:
         if raw is None:
             raw = []
         if not isinstance(raw, list):
-            raise ProtocolError(
-                "lucydream: get-history `history` is not a list", status=200,
-                provider_message=str(data)[:200],
-            )
+            raise _bad_answer("lucydream: get-history `history` is not a list", data)
         entries = []
         for item in raw:
             if not isinstance(item, dict):
@@ -249,10 +245,7 @@ class LucyDreamClient:
         data = await self._call("POST", "create-sub-user", json=body)
         user_id = data.get("user_id")
         if user_id is None or user_id == "":
-            raise ProtocolError(
-                "lucydream: create-sub-user answer has no `user_id`", status=200,
-                provider_message=str(data)[:200],
-            )
+            raise _bad_answer("lucydream: create-sub-user answer has no `user_id`", data)
         return SubUser(
             user_id=str(user_id),
             username=str(data.get("username") or username),
@@ -270,10 +263,7 @@ class LucyDreamClient:
                     data = data[key]
                     break
         if not isinstance(data, list):
-            raise ProtocolError(
-                "lucydream: sub-users answer is not a list", status=200,
-                provider_message=str(data)[:200],
-            )
+            raise _bad_answer("lucydream: sub-users answer is not a list", data)
         found = []
         for item in data:
             if isinstance(item, dict) and item.get("user_id") not in (None, ""):
@@ -303,10 +293,7 @@ class LucyDreamClient:
     async def _call(self, method: str, endpoint: str, **kwargs: Any) -> dict[str, Any]:
         data = await self.http.request_json(method, endpoint, **kwargs)
         if not isinstance(data, dict):
-            raise ProtocolError(
-                f"lucydream: {endpoint} answer is not a JSON object", status=200,
-                provider_message=str(data)[:200],
-            )
+            raise _bad_answer(f"lucydream: {endpoint} answer is not a JSON object", data)
         if data.get("success") is False:
             raise _failed_body(endpoint, data)
         return data
