@@ -1,6 +1,7 @@
 """A pure async client for the BambiSleep.Chat API (``https://api.bambisleep.chat/v1``).
 
-Usable without the engine: it only needs :mod:`tgmux.http` and :mod:`tgmux.errors`::
+Usable without the engine: it only needs :mod:`tgmux.http`, :mod:`tgmux.errors`
+and :mod:`tgmux.ratelimit`::
 
     async with BambiSleepClient(api_key="...") as bambi:
         reply = await bambi.generate("Hello Bambi", include_audio=True)

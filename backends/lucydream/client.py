@@ -1,6 +1,7 @@
 """A pure async client for the LucyDream Telegram Chatbot API (``/wp-json/telegram/v1/``).
 
-Usable without the engine: it only needs :mod:`tgmux.http` and :mod:`tgmux.errors`::
+Usable without the engine: it only needs :mod:`tgmux.http`, :mod:`tgmux.errors`
+and :mod:`tgmux.text`::
 
     async with LucyDreamClient("my-key") as lucy:
         sub = await lucy.create_sub_user("tg_42")

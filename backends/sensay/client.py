@@ -1,6 +1,7 @@
 """A pure async client for Sensay's replica Telegram completion endpoint.
 
-Usable without the engine: it only needs :mod:`tgmux.http` and :mod:`tgmux.errors`::
+Usable without the engine: it only needs :mod:`tgmux.http`, :mod:`tgmux.errors`
+and :mod:`tgmux.text`::
 
     async with SensayClient("org-secret", user_id="tg_42") as sensay:
         data = telegram_data(chat_type="private", chat_id=42, user_id=42, message_id=7)
