@@ -11,7 +11,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,12 +32,14 @@ from tgmux.types import (
 )
 
 __all__ = [
+    "AsyncClosable",
     "Audio",
     "Backend",
     "BackendSettings",
     "ChatIdentity",
     "ChatType",
     "CommandSpec",
+    "HttpBackend",
     "HttpBackendSettings",
     "Image",
     "KeyValue",
@@ -172,3 +174,68 @@ class Backend(ABC):
         """Forget this chat's conversation (``/reset``); return what to tell the user, or
         None when the backend keeps no state it can reset."""
         return None
+
+
+# -- a backend in front of one API client ------------------------------------------------------
+
+
+class AsyncClosable(Protocol):
+    """What :class:`HttpBackend` needs of its client: ``await client.aclose()``."""
+
+    async def aclose(self) -> None: ...
+
+
+ClientT = TypeVar("ClientT", bound=AsyncClosable)
+
+
+class HttpBackend(Backend, Generic[ClientT]):
+    """A backend in front of one pure API client (``client.py``): the one lifecycle for it.
+
+    Implement :meth:`make_client` (build the client from ``self.settings``); use
+    :attr:`client` wherever the client is needed. The client is made lazily, on the first use
+    of :attr:`client`, and :meth:`start` makes it, so that a misconfigured client fails at
+    start-up rather than on the first message. :meth:`close` closes it once: closing twice, or
+    closing a backend that never made its client, does nothing. (After :meth:`close`, using
+    :attr:`client` again makes a fresh one.)
+
+    A backend with more to run (a websocket, a webhook receiver) overrides :meth:`start` and
+    :meth:`close` and calls ``super()``: ``await super().start()`` first (the rest may use the
+    client), ``await super().close()`` last (the rest may still use it while stopping)::
+
+        class ParrotBackend(HttpBackend[ParrotClient]):
+            type_name = "parrot"
+            Settings = ParrotSettings
+
+            def make_client(self) -> ParrotClient:
+                return ParrotClient(self.settings.base_url, timeout=self.settings.timeout)
+
+            async def reply(self, turn):
+                yield Text(await self.client.say(turn.text))
+
+    The client never imports the adapter: it is usable on its own, without the engine.
+    """
+
+    def __init__(self, name: str, settings: BackendSettings, kv: KeyValue) -> None:
+        super().__init__(name, settings, kv)
+        self._client: ClientT | None = None
+
+    @abstractmethod
+    def make_client(self) -> ClientT:
+        """A new client for this backend's settings (called once per client made)."""
+
+    @property
+    def client(self) -> ClientT:
+        """The backend's client, made on first use."""
+        if self._client is None:
+            self._client = self.make_client()
+        return self._client
+
+    async def start(self) -> None:
+        """Make the client."""
+        _ = self.client
+
+    async def close(self) -> None:
+        """Close the client if one was made (once; a second call does nothing)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()

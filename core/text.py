@@ -8,14 +8,17 @@ counts code points, so ``len()`` is not the measure. Frontends and backends shar
 break, else the end of a sentence, else a space, else (one enormous word) anywhere that does not
 break a character or a grapheme cluster (combining marks, emoji ZWJ sequences, skin tones,
 flags, keycaps). The whitespace at a cut is dropped (Telegram trims it anyway); nothing else is.
+
+:func:`str_or_none` reads a text field out of a provider's JSON (a string, or nothing).
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from typing import Any
 
-__all__ = ["split_pieces", "split_text", "utf16_index", "utf16_len"]
+__all__ = ["split_pieces", "split_text", "str_or_none", "utf16_index", "utf16_len"]
 
 #: A boundary of a level is only used when it keeps at least this share of the window;
 #: otherwise a lower level (sentence, space) that fills the message better is tried.
@@ -26,6 +29,12 @@ _LINE = re.compile(r"[ \t]*\r?\n\s*")
 _SENTENCE = re.compile(r"[.!?…‼⁉][\"'”’»)\]]*(\s+)")
 _CJK_SENTENCE = re.compile(r"[。！？](\s*)")
 _SPACE = re.compile(r"\s+")
+
+
+def str_or_none(value: Any) -> str | None:
+    """``value`` when it is a ``str``, else None: a text field of decoded JSON, which may be
+    missing, null or of another type. Never converts (``5`` gives None, not ``"5"``)."""
+    return value if isinstance(value, str) else None
 
 
 def utf16_len(text: str) -> int:

@@ -1,8 +1,10 @@
 """BambiSleep.Chat backend (``type: bambisleep``): REST or websocket chat, audio replies,
 triggers, profile and session commands, signed webhooks. See ``docs/backends/bambisleep.md``.
 
-``client`` is the API client (usable on its own), ``adapter`` the tgmux backend, ``ws`` the
-websocket transport, ``webhooks`` the receiver and ``simulator`` the offline provider.
+``client`` is the API client (usable on its own), ``adapter`` the tgmux backend (the reply and
+the wiring), ``settings`` its settings models, ``commands`` its chat commands, ``ws`` the
+websocket transport, ``webhooks`` the webhook receiver, ``registration`` the webhook's
+registration with the provider and ``simulator`` the offline provider.
 """
 
 from __future__ import annotations

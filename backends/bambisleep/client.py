@@ -1,6 +1,7 @@
 """A pure async client for the BambiSleep.Chat API (``https://api.bambisleep.chat/v1``).
 
-Usable without the engine: it only needs :mod:`tgmux.http` and :mod:`tgmux.errors`::
+Usable without the engine: it only needs :mod:`tgmux.http`, :mod:`tgmux.errors`
+and :mod:`tgmux.ratelimit`::
 
     async with BambiSleepClient(api_key="...") as bambi:
         reply = await bambi.generate("Hello Bambi", include_audio=True)
@@ -139,6 +140,8 @@ class Webhook:
 
 
 def _opt_str(value: Any) -> str | None:
+    """``str(value)``, None for None. Not :func:`tgmux.text.str_or_none`: BambiSleep ids and
+    dates are kept whatever their JSON type (an id ``7`` reads ``"7"``)."""
     return None if value is None else str(value)
 
 

@@ -26,6 +26,13 @@ documented in ``docs/backends/bambisleep.md``):
   (the same body, id and timestamp to each: one event), signed with HMAC-SHA256 (hex,
   ``X-Signature``) of the raw body and the webhook's secret. Every ``POST /webhooks`` is a new
   registration, as the document has no way to list or delete them.
+
+One module on purpose (it is longer than the others): the REST routes, the websocket room and
+the webhook deliveries are three doors into one provider account -- the same users, sessions,
+rate-limit windows, triggers and chat history -- and each answers from that shared state (a
+websocket message is rate-limited in the REST window; a profile change is a webhook event).
+Split apart, each piece would reach into the others' attributes; read top to bottom, it is set-up
+and controls, then the REST handlers, then the websocket.
 """
 
 from __future__ import annotations

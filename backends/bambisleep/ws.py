@@ -61,6 +61,7 @@ from tgmux.errors import (
 )
 from tgmux.http import acquire_slot
 from tgmux.ratelimit import SlidingWindowLimiter
+from tgmux.text import str_or_none
 
 from .client import BambiSleepClient
 
@@ -408,7 +409,7 @@ class ChatSocket:
                 raise self._error(frame)
             if kind != "message":
                 raise self._unexpected(f"unknown frame type {kind!r}")
-            username = _str_or_none(frame.get("username"))
+            username = str_or_none(frame.get("username"))
             if self._is_own(frame):
                 continue  # the room echoing our message (or another of our chats')
             if self.reply_from is not None:
@@ -425,7 +426,7 @@ class ChatSocket:
                 log.info("%s: websocket replies come from %r; set ws_reply_from: %s so that "
                          "other room members are never taken for the AI", self.name,
                          username, username)
-            return WsReply(content, username, _str_or_none(frame.get("timestamp")))
+            return WsReply(content, username, str_or_none(frame.get("timestamp")))
 
     def _unexpected(self, what: str) -> ProtocolError:
         log.warning("%s: unexpected websocket frame after sending (%s); closing the "
@@ -448,10 +449,6 @@ class ChatSocket:
                                     details={"code": code})
         return BadRequestError(f"{self.name}: websocket error {code}",
                                provider_message=message, details={"code": code})
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 class WsTransport:

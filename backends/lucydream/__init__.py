@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tgmux.demo import DemoBackend, StopFn
 from tgmux.hooks import hookimpl
 
 from .adapter import LucyDreamBackend, LucyDreamSettings
@@ -19,7 +20,7 @@ def tgmux_backend_types() -> list[type[LucyDreamBackend]]:
     return [LucyDreamBackend]
 
 
-async def _start_demo() -> tuple[dict[str, Any], Any]:
+async def _start_demo() -> tuple[dict[str, Any], StopFn]:
     from .simulator import LucyDreamSimulator
 
     sim = LucyDreamSimulator(api_keys={DEMO_API_KEY}, free_messages=None)
@@ -29,9 +30,7 @@ async def _start_demo() -> tuple[dict[str, Any], Any]:
 
 
 @hookimpl
-def tgmux_demo_backends() -> list[Any]:
-    from tgmux.demo import DemoBackend
-
+def tgmux_demo_backends() -> list[DemoBackend]:
     return [
         DemoBackend(
             name="lucydream",

@@ -21,8 +21,8 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from tgmux.backend import (
-    Backend,
     CommandSpec,
+    HttpBackend,
     HttpBackendSettings,
     Image,
     KeyValue,
@@ -154,7 +154,7 @@ class LucyDreamSettings(HttpBackendSettings):
         return _PER_USER_DEFAULT if self.sub_user == "per_user" else _PER_CHAT_DEFAULT
 
 
-class LucyDreamBackend(Backend):
+class LucyDreamBackend(HttpBackend[LucyDreamClient]):
     type_name = "lucydream"
     Settings = LucyDreamSettings
     description = "LucyDream companion chatbot (text, /image, /history), one sub-user per user"
@@ -164,30 +164,19 @@ class LucyDreamBackend(Backend):
 
     def __init__(self, name: str, settings: LucyDreamSettings, kv: KeyValue) -> None:
         super().__init__(name, settings, kv)
-        self._client: LucyDreamClient | None = None
         #: Sub-user creations under way, by mapping key (single-flight).
         self._creating: dict[str, asyncio.Task[str]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        self._api()
-
-    async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    def _api(self) -> LucyDreamClient:
-        if self._client is None:
-            s = self.settings
-            self._client = LucyDreamClient(
-                s.api_key.get_secret_value(),
-                base_url=s.base_url,
-                timeout=s.timeout,
-                name=f"lucydream:{self.name}",
-            )
-        return self._client
+    def make_client(self) -> LucyDreamClient:
+        s = self.settings
+        return LucyDreamClient(
+            s.api_key.get_secret_value(),
+            base_url=s.base_url,
+            timeout=s.timeout,
+            name=f"lucydream:{self.name}",
+        )
 
     def _options(self, turn: Turn) -> LucyDreamSettings:
         opts = turn.options
@@ -209,7 +198,7 @@ class LucyDreamBackend(Backend):
         model = self._options(turn).model
 
         async def send(user_id: str) -> str:
-            return await self._api().send_message(text, chatbot_model=model, user_id=user_id)
+            return await self.client.send_message(text, chatbot_model=model, user_id=user_id)
 
         answer = await self._with_sub_user(turn, send)
         if not answer.strip():
@@ -230,7 +219,7 @@ class LucyDreamBackend(Backend):
         model = self._options(turn).model
 
         async def request(user_id: str) -> ImageReply:
-            return await self._api().request_image(chatbot_model=model, user_id=user_id)
+            return await self.client.request_image(chatbot_model=model, user_id=user_id)
 
         image = await self._with_sub_user(turn, request)
         # A caption longer than a frontend allows is the frontend's to split.
@@ -243,20 +232,17 @@ class LucyDreamBackend(Backend):
         if user_id is None:
             # Never create a profile just to show that it is empty; but a profile made before
             # the mapping was lost is found again.
-            found = await self._api().find_sub_user(username)
+            found = await self.client.find_sub_user(username)
             if found is None:
                 yield Text(NO_HISTORY)
                 return
             user_id = found.user_id
             await turn.kv.set(key, user_id)
         try:
-            history = await self._api().get_history(chatbot_model=opts.model, user_id=user_id)
+            history = await self.client.get_history(chatbot_model=opts.model, user_id=user_id)
         except NotFoundError as exc:
             if _model_missing(exc):
-                raise NotFoundError(
-                    str(exc), status=exc.status, provider_message=exc.provider_message,
-                    details=exc.details, user_message=MODEL_MISSING,
-                ) from exc
+                raise _with_model_missing_message(exc) from exc
             await self._forget_mapping(turn.kv, key, user_id)
             yield Text(NO_HISTORY)
             return
@@ -302,7 +288,7 @@ class LucyDreamBackend(Backend):
             task.exception()  # retrieved: waiters get it; no "never retrieved" warning
 
     async def _create(self, kv: KeyValue, key: str, username: str) -> str:
-        api = self._api()
+        api = self.client
         try:
             user_id = (await api.create_sub_user(username)).user_id
             log.info("%s: created sub-user %s (%s) for %s", self.name, user_id, username, key)
@@ -339,10 +325,7 @@ class LucyDreamBackend(Backend):
             return await call(user_id)
         except NotFoundError as exc:
             if _model_missing(exc):
-                raise NotFoundError(
-                    str(exc), status=exc.status, provider_message=exc.provider_message,
-                    details=exc.details, user_message=MODEL_MISSING,
-                ) from exc
+                raise _with_model_missing_message(exc) from exc
             log.warning("%s: sub-user %s not found (%s); recreating it once",
                         self.name, user_id, exc.provider_message)
             await self._forget_mapping(turn.kv, key, user_id)
@@ -360,6 +343,14 @@ def _model_missing(exc: NotFoundError) -> bool:
     if "user" in code or "user" in message:
         return False
     return "model" in code or "model" in message or "chatbot" in message
+
+
+def _with_model_missing_message(exc: NotFoundError) -> NotFoundError:
+    """``exc`` again, telling the user that the configured model does not exist."""
+    return NotFoundError(
+        str(exc), status=exc.status, provider_message=exc.provider_message,
+        details=exc.details, user_message=MODEL_MISSING,
+    )
 
 
 def _timestamp(value: Any) -> float | None:

@@ -1,6 +1,7 @@
 """A pure async client for the LucyDream Telegram Chatbot API (``/wp-json/telegram/v1/``).
 
-Usable without the engine: it only needs :mod:`tgmux.http` and :mod:`tgmux.errors`::
+Usable without the engine: it only needs :mod:`tgmux.http`, :mod:`tgmux.errors`
+and :mod:`tgmux.text`::
 
     async with LucyDreamClient("my-key") as lucy:
         sub = await lucy.create_sub_user("tg_42")
@@ -31,6 +32,7 @@ from tgmux.errors import (
     error_for_status,
 )
 from tgmux.http import HttpClient
+from tgmux.text import str_or_none
 
 DEFAULT_BASE_URL = "https://my.lucydream.ai/wp-json/telegram/v1/"
 DEFAULT_MODEL = "2195981"  # "Lucy Dream"
@@ -100,9 +102,8 @@ def parse_error(response: httpx.Response) -> BackendError:
     except ValueError:
         body = None
     if isinstance(body, dict):
-        code = body.get("code") if isinstance(body.get("code"), str) else None
-        raw = body.get("message", body.get("error"))
-        message = raw if isinstance(raw, str) else None
+        code = str_or_none(body.get("code"))
+        message = str_or_none(body.get("message", body.get("error")))
     if message is None:
         message = (response.text[:300] if response.content else "") or response.reason_phrase
     details = {"code": code} if code else {}
@@ -128,9 +129,14 @@ def parse_error(response: httpx.Response) -> BackendError:
     )
 
 
+def _bad_answer(what: str, data: Any) -> ProtocolError:
+    """A 200 answer that is not what the endpoint promises (the body's start kept for logs)."""
+    return ProtocolError(what, status=200, provider_message=str(data)[:200])
+
+
 def _failed_body(endpoint: str, data: dict[str, Any]) -> BackendError:
     """A 200 answer that says ``"success": false``."""
-    code = data.get("code") if isinstance(data.get("code"), str) else None
+    code = str_or_none(data.get("code"))
     raw = data.get("message", data.get("error"))
     message = raw if isinstance(raw, str) else "success: false"
     details = {"code": code} if code else {}
@@ -187,10 +193,7 @@ class LucyDreamClient:
         )
         reply = data.get("reply")
         if not isinstance(reply, str):
-            raise ProtocolError(
-                "lucydream: send-message answer has no `reply`", status=200,
-                provider_message=str(data)[:200],
-            )
+            raise _bad_answer("lucydream: send-message answer has no `reply`", data)
         return reply
 
     async def request_image(self, *, chatbot_model: str, user_id: str) -> ImageReply:
@@ -200,12 +203,8 @@ class LucyDreamClient:
         )
         url = data.get("image_url")
         if not isinstance(url, str) or not url:
-            raise ProtocolError(
-                "lucydream: request-image answer has no `image_url`", status=200,
-                provider_message=str(data)[:200],
-            )
-        reply = data.get("reply")
-        return ImageReply(image_url=url, reply=reply if isinstance(reply, str) else None)
+            raise _bad_answer("lucydream: request-image answer has no `image_url`", data)
+        return ImageReply(image_url=url, reply=str_or_none(data.get("reply")))
 
     async def get_history(self, *, chatbot_model: str, user_id: str) -> History:
         """``GET get-history?chatbot_model=...&user_id=...`` (query parameters, no body)."""
@@ -216,10 +215,7 @@ class LucyDreamClient:
         if raw is None:
             raw = []
         if not isinstance(raw, list):
-            raise ProtocolError(
-                "lucydream: get-history `history` is not a list", status=200,
-                provider_message=str(data)[:200],
-            )
+            raise _bad_answer("lucydream: get-history `history` is not a list", data)
         entries = []
         for item in raw:
             if not isinstance(item, dict):
@@ -236,10 +232,9 @@ class LucyDreamClient:
                 )
             )
         count = data.get("count")
-        name = data.get("chatbot_name")
         return History(
             entries=entries,
-            chatbot_name=name if isinstance(name, str) else None,
+            chatbot_name=str_or_none(data.get("chatbot_name")),
             count=count if isinstance(count, int) else None,
         )
 
@@ -251,14 +246,11 @@ class LucyDreamClient:
         data = await self._call("POST", "create-sub-user", json=body)
         user_id = data.get("user_id")
         if user_id is None or user_id == "":
-            raise ProtocolError(
-                "lucydream: create-sub-user answer has no `user_id`", status=200,
-                provider_message=str(data)[:200],
-            )
+            raise _bad_answer("lucydream: create-sub-user answer has no `user_id`", data)
         return SubUser(
             user_id=str(user_id),
             username=str(data.get("username") or username),
-            email=data.get("email") if isinstance(data.get("email"), str) else None,
+            email=str_or_none(data.get("email")),
         )
 
     async def list_sub_users(self) -> list[SubUser]:
@@ -272,19 +264,15 @@ class LucyDreamClient:
                     data = data[key]
                     break
         if not isinstance(data, list):
-            raise ProtocolError(
-                "lucydream: sub-users answer is not a list", status=200,
-                provider_message=str(data)[:200],
-            )
+            raise _bad_answer("lucydream: sub-users answer is not a list", data)
         found = []
         for item in data:
             if isinstance(item, dict) and item.get("user_id") not in (None, ""):
-                email = item.get("email")
                 found.append(
                     SubUser(
                         user_id=str(item["user_id"]),
                         username=str(item.get("username") or ""),
-                        email=email if isinstance(email, str) else None,
+                        email=str_or_none(item.get("email")),
                     )
                 )
         return found
@@ -306,10 +294,7 @@ class LucyDreamClient:
     async def _call(self, method: str, endpoint: str, **kwargs: Any) -> dict[str, Any]:
         data = await self.http.request_json(method, endpoint, **kwargs)
         if not isinstance(data, dict):
-            raise ProtocolError(
-                f"lucydream: {endpoint} answer is not a JSON object", status=200,
-                provider_message=str(data)[:200],
-            )
+            raise _bad_answer(f"lucydream: {endpoint} answer is not a JSON object", data)
         if data.get("success") is False:
             raise _failed_body(endpoint, data)
         return data

@@ -10,9 +10,9 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 
 from tgmux.backend import (
-    Backend,
     ChatIdentity,
     CommandSpec,
+    HttpBackend,
     HttpBackendSettings,
     Notice,
     ReplyPart,
@@ -115,7 +115,7 @@ def telegram_data_for(chat: ChatIdentity) -> dict[str, Any]:
     )
 
 
-class SensayBackend(Backend):
+class SensayBackend(HttpBackend[SensayClient]):
     type_name = "sensay"
     Settings = SensaySettings
     description = "A Sensay replica (Telegram completions, streamed or JSON)."
@@ -123,28 +123,13 @@ class SensayBackend(Backend):
 
     settings: SensaySettings
 
-    def __init__(self, name: str, settings: Any, kv: Any) -> None:
-        super().__init__(name, settings, kv)
-        self._client: SensayClient | None = None
-
-    @property
-    def client(self) -> SensayClient:
-        if self._client is None:
-            self._client = SensayClient(
-                self.settings.organization_secret.get_secret_value(),
-                base_url=self.settings.base_url,
-                timeout=self.settings.timeout,
-                name=f"sensay:{self.name}",
-            )
-        return self._client
-
-    async def start(self) -> None:
-        _ = self.client
-
-    async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+    def make_client(self) -> SensayClient:
+        return SensayClient(
+            self.settings.organization_secret.get_secret_value(),
+            base_url=self.settings.base_url,
+            timeout=self.settings.timeout,
+            name=f"sensay:{self.name}",
+        )
 
     def commands(self) -> list[CommandSpec]:
         return [CommandSpec("fresh", "Ask without the chat history (not remembered)",

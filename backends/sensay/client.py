@@ -1,6 +1,7 @@
 """A pure async client for Sensay's replica Telegram completion endpoint.
 
-Usable without the engine: it only needs :mod:`tgmux.http` and :mod:`tgmux.errors`::
+Usable without the engine: it only needs :mod:`tgmux.http`, :mod:`tgmux.errors`
+and :mod:`tgmux.text`::
 
     async with SensayClient("org-secret", user_id="tg_42") as sensay:
         data = telegram_data(chat_type="private", chat_id=42, user_id=42, message_id=7)
@@ -48,7 +49,7 @@ from tgmux.errors import (
     error_for_status,
 )
 from tgmux.http import HttpClient
-from tgmux.text import split_text, utf16_index, utf16_len
+from tgmux.text import split_text, str_or_none, utf16_index, utf16_len
 
 from .streams import Flavor, StreamParser, flavor_from_headers
 
@@ -156,10 +157,8 @@ def parse_error(response: httpx.Response) -> BackendError:
     message: str | None = None
     request_id: str | None = None
     if isinstance(body, dict):
-        if isinstance(body.get("error"), str):
-            message = body["error"]
-        if isinstance(body.get("request_id"), str):
-            request_id = body["request_id"]
+        message = str_or_none(body.get("error"))
+        request_id = str_or_none(body.get("request_id"))
         if isinstance(body.get("fingerprint"), str):
             details["fingerprint"] = body["fingerprint"]
         inner = body.get("inner_exception")

@@ -41,6 +41,7 @@ import httpx
 from httpx_sse import EventSource
 
 from tgmux.errors import UnavailableError
+from tgmux.text import str_or_none
 
 log = logging.getLogger("tgmux.backends.sensay.streams")
 
@@ -276,7 +277,7 @@ class StreamParser:
         elif code == "d":
             self.finished = True
             if isinstance(value, dict):
-                self.finish_reason = _str_or_none(value.get("finishReason"))
+                self.finish_reason = str_or_none(value.get("finishReason"))
         else:
             log.debug("%s: skipping part %s", self.name, code)
         self.skipped += 1
@@ -328,10 +329,10 @@ class StreamParser:
                     return value
             log.warning("%s: text-delta without text: %.80r", self.name, data)
         elif kind == "error":
-            self._fail(_str_or_none(part.get("errorText")) or json.dumps(part))
+            self._fail(str_or_none(part.get("errorText")) or json.dumps(part))
         elif kind in ("finish", "abort"):
             self.finished = True
-            self.finish_reason = _str_or_none(part.get("finishReason")) or (
+            self.finish_reason = str_or_none(part.get("finishReason")) or (
                 "abort" if kind == "abort" else None
             )
             if kind == "abort":
@@ -348,7 +349,3 @@ class StreamParser:
             partial=self.text,
             details={"flavor": str(self.flavor), "streamed_chars": len(self.text)},
         )
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None

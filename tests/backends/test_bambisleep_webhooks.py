@@ -192,15 +192,15 @@ async def test_registration_retried_when_provider_is_down(sim):
                                 plugins=[bambisleep_plugin])
     async with h:
         backend = h.engine.backends["bambi"]
-        assert backend.webhook_id is None and backend._register_task is not None
+        assert backend.webhook_id is None and backend.registration.task is not None
         # the chat keeps working meanwhile
         assert (await h.say("hi", user_id=1))[0].text.startswith("Bambi hears you: hi")
         await wait_for(lambda: backend.webhook_id is not None)
         assert backend.webhook_id == "wh_1"
-        stored = json.loads(await backend.kv.get(backend._webhook_key()))
+        stored = json.loads(await backend.kv.get(backend.registration.key()))
         assert (stored["id"], stored["how"]) == ("wh_1", "registered")
         await asyncio.sleep(0.3)  # six retry periods
-        assert backend._register_task.done()
+        assert backend.registration.task.done()
     posts = sim.requests_to("/webhooks", "POST")
     assert len(posts) == 2 and posts[0].json == posts[1].json
     assert sim.statuses == [("POST", "/v1/ai/generate", 200), ("POST", "/v1/webhooks", 201)]
@@ -215,7 +215,7 @@ async def test_registration_retried_while_the_provider_refuses_connections(caplo
     h = EngineHarness.from_yaml(text, plugins=[bambisleep_plugin])
     async with h:
         backend = h.engine.backends["bambi"]
-        assert backend._register_task is not None and not backend.webhook_registered
+        assert backend.registration.task is not None and not backend.webhook_registered
         async with sim:
             await wait_for(lambda: backend.webhook_id is not None)
             await asyncio.sleep(0.2)
@@ -262,7 +262,7 @@ async def test_registration_that_may_have_succeeded_is_not_repeated(sim, tmp_pat
     h = EngineHarness.from_yaml(text, plugins=[bambisleep_plugin], store=store)
     async with h:
         backend = h.engine.backends["bambi"]
-        assert backend._register_task is None and not backend.webhook_registered
+        assert backend.registration.task is None and not backend.webhook_registered
         await asyncio.sleep(0.5)  # ten retry periods
         assert len(sim.requests_to("/webhooks", "POST")) == 1
         if failure == "timeout":
