@@ -118,6 +118,7 @@ class Engine:
             backend = self.config.backend_classes[name](name, settings,
                                                         self.store.namespace(f"backend:{name}"))
             backend._event_sink = self.emit_event
+            self.backends[name] = backend  # closed with the others if its start fails
             try:
                 await backend.start()
             except Exception as exc:
@@ -126,7 +127,6 @@ class Engine:
                 log.debug("backend %s failed to start", name, exc_info=True)
                 raise ConfigError(f"{self.config.where(('backends', name))}: could not start: "
                                   f"{exc}") from exc
-            self.backends[name] = backend
         for command in flatten(await call_all(self.pm.hook.tgmux_commands)):
             name = command.spec.name
             if name in {c.name for c in BUILTIN_COMMANDS}:

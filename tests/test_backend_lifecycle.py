@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import ClassVar
 
 import pytest
 
-from tgmux.backend import HttpBackend, HttpBackendSettings, ReplyPart, Text, Turn
+from tgmux.backend import Backend, HttpBackend, HttpBackendSettings, ReplyPart, Text, Turn
 from tgmux.backends.bambisleep import BambiSleepBackend, BambiSleepSettings
 from tgmux.backends.lucydream import LucyDreamBackend, LucyDreamSettings
 from tgmux.backends.sensay import SensayBackend, SensaySettings
+from tgmux.errors import ConfigError
+from tgmux.harness import EngineHarness
+from tgmux.hooks import hookimpl
 
 
 class FakeClient:
@@ -108,3 +112,31 @@ async def test_the_bundled_http_backends_share_the_lifecycle(backend):
     assert client.http._client.is_closed
     assert backend.client is not client  # a fresh one after close
     await backend.close()
+
+
+class _StartFails(Backend):
+    type_name = "start_fails"
+    closed: ClassVar[list[str]] = []
+
+    async def start(self) -> None:
+        raise OSError("port in use")
+
+    async def close(self) -> None:
+        _StartFails.closed.append(self.name)
+
+    async def reply(self, turn):  # pragma: no cover - never reached
+        yield Text("")
+
+
+class _StartFailsPlugin:
+    @hookimpl
+    def tgmux_backend_types(self):
+        return [_StartFails]
+
+
+async def test_a_backend_whose_start_fails_is_closed_too() -> None:
+    h = EngineHarness.from_yaml("backends:\n  bad: {type: start_fails}\ndefault: bad\n",
+                                plugins=[_StartFailsPlugin()])
+    with pytest.raises(ConfigError, match=r"backends\.bad: could not start: port in use"):
+        await h.engine.start()
+    assert _StartFails.closed == ["bad"]

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from tgmux.backend import Backend
-from tgmux.demo import DemoBackend, StopFn
 from tgmux.hooks import hookimpl
+from tgmux.types import DemoBackend, StopFn
 
 from .adapter import BambiSleepBackend, BambiSleepSettings
 

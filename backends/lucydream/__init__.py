@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tgmux.demo import DemoBackend, StopFn
 from tgmux.hooks import hookimpl
+from tgmux.types import DemoBackend, StopFn
 
 from .adapter import LucyDreamBackend, LucyDreamSettings
 from .client import LucyDreamClient

@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from tgmux.backend import Backend
-from tgmux.demo import DemoBackend, StopFn
 from tgmux.hooks import hookimpl
+from tgmux.types import DemoBackend, StopFn
 
 from .adapter import SensayBackend, SensaySettings
 from .client import SensayClient, telegram_data
