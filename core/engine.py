@@ -44,6 +44,7 @@ from tgmux.hooks import (
     flatten,
 )
 from tgmux.redact import redact_urls
+from tgmux.reply import ReplyShaper, clean_part
 from tgmux.router import RouteDecision, Router
 from tgmux.store import Store
 from tgmux.types import (
@@ -90,6 +91,11 @@ class _Slot:
 
 
 class Engine:
+    #: Answered messages are remembered this long (seconds), to skip duplicates.
+    INBOX_RETENTION = 7 * 86400
+    #: How often (seconds) the inbox forgets what is older than that.
+    PRUNE_INTERVAL = 600.0
+
     def __init__(self, config: Config, plugin_manager: PluginManager, store: Store,
                  frontend: Frontend) -> None:
         self.config = config
@@ -104,6 +110,7 @@ class Engine:
         self._limit = asyncio.Semaphore(config.data.engine.concurrency)
         self._started = False
         self._accepting = False
+        self._pruner: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -133,7 +140,8 @@ class Engine:
                 log.warning("plugin command /%s ignored: built-in", name)
                 continue
             self.plugin_commands[name] = command
-        await self.store.inbox_prune(time.time() - 7 * 86400)
+        await self._prune()
+        self._pruner = asyncio.create_task(self._prune_periodically(), name="tgmux-inbox-prune")
         self._started = True
         self._accepting = True
         await call_all(self.pm.hook.tgmux_startup, engine=self)
@@ -162,6 +170,10 @@ class Engine:
                 log.warning("%d chat(s) still busy after %.0fs; their messages stay pending "
                             "and are answered after the next start", len(pending), timeout)
                 await asyncio.gather(*pending, return_exceptions=True)
+        if self._pruner is not None:
+            self._pruner.cancel()
+            await asyncio.gather(self._pruner, return_exceptions=True)
+            self._pruner = None
         await call_all(self.pm.hook.tgmux_shutdown, engine=self)
         await self._close_backends()
         await self.store.close()
@@ -174,6 +186,19 @@ class Engine:
             except Exception:
                 log.exception("closing backend %s failed", backend.name)
         self.backends.clear()
+
+    async def _prune(self) -> None:
+        try:
+            await self.store.inbox_prune(time.time() - self.INBOX_RETENTION)
+        except Exception:  # the next round tries again; answering matters more
+            log.exception("pruning the inbox failed")
+
+    async def _prune_periodically(self) -> None:
+        """Answered messages are forgotten while running too, not only at start: a bot that
+        runs for months must not grow its store (or its memory, with ``memory://``)."""
+        while True:
+            await asyncio.sleep(self.PRUNE_INTERVAL)
+            await self._prune()
 
     async def drain(self) -> None:
         """Wait until every queued message is answered."""
@@ -397,6 +422,7 @@ class Engine:
         deadline = asyncio.get_running_loop().time() + self.config.data.engine.turn_timeout
         failure: Exception | None = None
         notice: str | None = None
+        shaper = ReplyShaper(self.config.data.engine.max_reply_chars)
         try:
             while True:
                 try:
@@ -405,12 +431,18 @@ class Engine:
                 except StopAsyncIteration:
                     break
                 if isinstance(part, TextDelta):
-                    yield part
-                    continue
-                result = await call_chained(self.pm, "tgmux_after_backend", "part", part,
-                                            turn=turn)
-                for out in result if isinstance(result, list) else [result]:
-                    yield out
+                    for out in shaper.delta(part):
+                        yield out
+                else:
+                    result = await call_chained(self.pm, "tgmux_after_backend", "part",
+                                                clean_part(part), turn=turn)
+                    for out in result if isinstance(result, list) else [result]:
+                        for shaped in shaper.complete(out):
+                            yield shaped
+                if shaper.cut:  # no need to read the rest (a provider may send megabytes)
+                    log.info("chat %s: %s: reply cut at %d characters", turn.chat.chat_id,
+                             backend.name, shaper.max_chars)
+                    break
         except BackendError as exc:
             log.warning("chat %s: %s: %s", turn.chat.chat_id, backend.name, exc.log_text())
             failure, notice = exc, exc.user_message
@@ -424,6 +456,8 @@ class Engine:
         finally:
             if (aclose := getattr(source, "aclose", None)) is not None:
                 await aclose()
+        for out in shaper.end():
+            yield out
         if failure is not None:
             text = await call_first(self.pm, "tgmux_error", turn=turn, error=failure,
                                     message=message)
@@ -433,7 +467,7 @@ class Engine:
                     reply_to: int | None) -> list[ReplyPart]:
         async def stream() -> AsyncIterator[ReplyPart]:
             for part in parts:
-                yield part
+                yield clean_part(part)
 
         return await self.frontend.deliver(chat, stream(), reply_to_message_id=reply_to)
 

@@ -8,17 +8,27 @@ purpose so that PostgreSQL can implement it later.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import os
+import stat
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+log = logging.getLogger("tgmux.store")
+
 SCHEMA_VERSION = 1
+
+#: Seconds opening a store may take (a locked or unreachable store is an error, not a hang).
+OPEN_TIMEOUT = 2.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS chat_override (
@@ -129,10 +139,15 @@ class Namespace:
 class MemoryStore(Store):
     """Everything in memory (``store: memory://``): for tests and throwaway runs."""
 
+    #: Answered messages remembered for dedup, at most (oldest forgotten first): memory is
+    #: not a place to keep a week of a busy bot's messages.
+    MAX_DONE = 100_000
+
     def __init__(self) -> None:
         self.overrides: dict[int, str] = {}
         self.kv: dict[tuple[str, str], str] = {}
         self.inbox: dict[tuple[int, int], tuple[str, dict[str, Any] | None, float]] = {}
+        self._done: deque[tuple[int, int]] = deque()
 
     async def open(self) -> None:
         return None
@@ -175,8 +190,15 @@ class MemoryStore(Store):
             self.inbox[(chat_id, message_id)] = ("dispatched", entry[1], entry[2])
 
     async def inbox_done(self, chat_id: int, message_id: int) -> None:
-        entry = self.inbox.get((chat_id, message_id))
-        self.inbox[(chat_id, message_id)] = ("done", None, entry[2] if entry else time.time())
+        key = (chat_id, message_id)
+        entry = self.inbox.get(key)
+        if entry is None or entry[0] != "done":
+            self._done.append(key)
+        self.inbox[key] = ("done", None, entry[2] if entry else time.time())
+        while len(self._done) > self.MAX_DONE:
+            old = self._done.popleft()
+            if (found := self.inbox.get(old)) is not None and found[0] == "done":
+                del self.inbox[old]
 
     async def inbox_unanswered(self) -> list[Unanswered]:
         found = [(t, Unanswered(p, s == "dispatched")) for s, p, t in self.inbox.values()
@@ -187,6 +209,8 @@ class MemoryStore(Store):
         old = [k for k, (s, _, t) in self.inbox.items() if s == "done" and t < older_than]
         for key in old:
             del self.inbox[key]
+        if old:
+            self._done = deque(k for k in self._done if k in self.inbox)
         return len(old)
 
 
@@ -210,11 +234,28 @@ class SQLiteStore(Store):
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not self.path.exists():
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        else:
+            _make_private(self.path)
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=NORMAL")
-        await self._db.execute("PRAGMA busy_timeout=5000")
-        async with self._db.execute("PRAGMA user_version") as cursor:
+        try:
+            # Bounded: a file another process holds locked must fail in a second, not hang.
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                await self._prepare(self._db)
+        except BaseException as exc:
+            # aiosqlite's thread is not a daemon: left open, it keeps the process alive.
+            db, self._db = self._db, None
+            with contextlib.suppress(Exception):
+                await db.close()
+            if isinstance(exc, TimeoutError):
+                raise RuntimeError(f"{self.path}: still locked after {OPEN_TIMEOUT:.0f} s "
+                                   "(another tgmux on this file?)") from exc
+            raise
+
+    async def _prepare(self, db: aiosqlite.Connection) -> None:
+        await db.execute(f"PRAGMA busy_timeout={int(OPEN_TIMEOUT * 1000) // 2}")
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        async with db.execute("PRAGMA user_version") as cursor:
             row = await cursor.fetchone()
         version = row[0] if row else 0
         if version > SCHEMA_VERSION:
@@ -223,8 +264,9 @@ class SQLiteStore(Store):
                 f"({SCHEMA_VERSION}); upgrade tgmux"
             )
         if version < SCHEMA_VERSION:
-            await self._db.executescript(SCHEMA)
-            await self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            await db.executescript(SCHEMA)
+            await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        await db.execute("PRAGMA busy_timeout=5000")
 
     async def close(self) -> None:
         if self._db is not None:
@@ -304,6 +346,17 @@ class SQLiteStore(Store):
             "DELETE FROM inbox WHERE state='done' AND received_at < ?", (older_than,)
         )
         return cursor.rowcount
+
+
+def _make_private(path: Path) -> None:
+    """An existing store file readable by others is made 0600 (it holds users' messages)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            path.chmod(0o600)
+            log.warning("%s was readable by others (mode %o); made it 0600", path, mode)
+    except OSError as exc:
+        log.warning("%s: cannot make it private: %s", path, exc.strerror)
 
 
 def open_store(url: str) -> Store:

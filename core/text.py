@@ -18,7 +18,15 @@ import re
 import unicodedata
 from typing import Any
 
-__all__ = ["split_pieces", "split_text", "str_or_none", "utf16_index", "utf16_len"]
+__all__ = [
+    "DeltaJoiner",
+    "split_pieces",
+    "split_text",
+    "str_or_none",
+    "utf16_index",
+    "utf16_len",
+    "valid_unicode",
+]
 
 #: A boundary of a level is only used when it keeps at least this share of the window;
 #: otherwise a lower level (sentence, space) that fills the message better is tried.
@@ -39,11 +47,14 @@ def str_or_none(value: Any) -> str | None:
 
 def utf16_len(text: str) -> int:
     """Length as Telegram counts it (UTF-16 code units)."""
-    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
+    # The codec counts in C; surrogatepass keeps a lone surrogate countable (1 unit).
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def utf16_index(text: str, limit: int) -> int:
     """The largest index ``i`` with ``utf16_len(text[:i]) <= limit``."""
+    if utf16_len(text[:limit]) == min(limit, len(text)):  # no astral character: units = chars
+        return min(limit, len(text))
     units = 0
     for i, ch in enumerate(text):
         units += 2 if ord(ch) > 0xFFFF else 1
@@ -95,10 +106,11 @@ def _last_boundary(pattern: re.Pattern[str], window: str, min_pos: int,
                    group: int = 0) -> tuple[int, int] | None:
     """(chunk end, next start) of the last match of ``pattern`` ending the chunk at or after
     ``min_pos`` with a non-blank chunk before it."""
+    first_visible = len(window) - len(window.lstrip())
     best = None
     for m in pattern.finditer(window):
         end = m.start(group) if group else m.start()
-        if end >= min_pos and window[:end].strip():
+        if end >= min_pos and end > first_visible:
             best = (end, m.end())
     return best
 
@@ -108,41 +120,36 @@ def split_pieces(text: str, limit: int) -> list[tuple[str, str]]:
 
     Every chunk is non-blank and at most ``limit`` UTF-16 units; each separator is the
     whitespace dropped at that cut (empty for a hard cut; the last one is empty).
+
+    Linear in the text's length: each step looks at one window of about ``limit`` characters.
     """
     if limit < 2:
         raise ValueError("limit must be at least 2 (one character outside the BMP)")
     pieces: list[tuple[str, str]] = []
-    rest = text
-    while utf16_len(rest) > limit:
-        end = utf16_index(rest, limit)
-        if not rest[:end].strip():  # a long blank run: it is all separator
-            blank = len(rest) - len(rest.lstrip())
+    pos = 0
+    remaining = utf16_len(text)  # units from ``pos`` to the end
+    while remaining > limit:
+        # ``limit`` units are at most ``limit`` characters: one window holds the next chunk.
+        window = text[pos:pos + limit + 1]
+        end = utf16_index(window, limit)
+        if not window[:end].strip():  # a long blank run: it is all separator
+            blank = end
+            while pos + blank < len(text) and text[pos + blank].isspace():
+                blank += 1
             if pieces:
-                pieces[-1] = (pieces[-1][0], pieces[-1][1] + rest[:blank])
-            rest = rest[blank:]
+                pieces[-1] = (pieces[-1][0], pieces[-1][1] + text[pos:pos + blank])
+            remaining -= utf16_len(text[pos:pos + blank])
+            pos += blank
             continue
-        window = rest[: end + 1] if end < len(rest) else rest  # a separator may start at `end`
-        min_pos = int(end * MIN_FILL)
-        cut = None
-        for pattern, group in ((_PARAGRAPH, 0), (_LINE, 0), (_SENTENCE, 1),
-                               (_CJK_SENTENCE, 1)):
-            found = _last_boundary(pattern, window, min_pos, group)
-            if found and found[0] <= end:
-                cut = found
-                break
-        if cut is None:
-            found = _last_boundary(_SPACE, window, 1)
-            if found and found[0] <= end:
-                cut = found
-        if cut is None:
-            hard = _safe_cut(rest, end)
-            cut = (hard, hard)
-        chunk_end, next_start = cut
+        window = window[: end + 1]  # a separator may start at `end`
+        chunk_end, next_start = _best_cut(text, pos, window, end, limit)
         # the separator may run past the window: take all of it
-        while next_start < len(rest) and rest[next_start].isspace():
+        while pos + next_start < len(text) and text[pos + next_start].isspace():
             next_start += 1
-        pieces.append((rest[:chunk_end], rest[chunk_end:next_start]))
-        rest = rest[next_start:]
+        pieces.append((text[pos:pos + chunk_end], text[pos + chunk_end:pos + next_start]))
+        remaining -= utf16_len(text[pos:pos + next_start])
+        pos += next_start
+    rest = text[pos:]
     if rest.strip():
         pieces.append((rest, ""))
     elif pieces:
@@ -151,9 +158,72 @@ def split_pieces(text: str, limit: int) -> list[tuple[str, str]]:
     return pieces
 
 
+def _best_cut(text: str, pos: int, window: str, end: int, limit: int) -> tuple[int, int]:
+    """(chunk end, next start) relative to ``pos``: the best boundary in ``window``."""
+    min_pos = int(end * MIN_FILL)
+    for pattern, group in ((_PARAGRAPH, 0), (_LINE, 0), (_SENTENCE, 1), (_CJK_SENTENCE, 1)):
+        found = _last_boundary(pattern, window, min_pos, group)
+        if found and found[0] <= end:
+            return found
+    found = _last_boundary(_SPACE, window, 1)
+    if found and found[0] <= end:
+        if found[0] >= min_pos or not _word_too_long(text, pos + found[1], limit):
+            return found
+        # A short chunk before a word that needs a hard cut anyway ("e:" then 2048 emoji)
+        # only adds a message: cut hard here instead.
+    hard = _safe_cut(window, end)
+    return hard, hard
+
+
+def _word_too_long(text: str, start: int, limit: int) -> bool:
+    """Whether the word at ``start`` is longer than ``limit`` UTF-16 units."""
+    m = _SPACE.search(text, start, start + limit + 1)
+    word = text[start:m.start() if m else start + limit + 1]
+    return utf16_len(word) > limit
+
+
 def split_text(text: str, limit: int) -> list[str]:
     """The messages to send for ``text``: non-blank chunks of at most ``limit`` UTF-16 units.
 
     Blank text gives ``[]`` (Telegram refuses empty messages).
     """
     return [chunk for chunk, _ in split_pieces(text, limit)]
+
+
+# -- text from providers -------------------------------------------------------------------------
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_unicode(text: str) -> str:
+    """``text`` as valid Unicode: UTF-16 surrogate halves written as two JSON escapes
+    (``"\\ud83d\\ude00"`` decoded piecewise) are joined, a lone half becomes U+FFFD.
+
+    Providers' JSON may hold such halves; no frontend can encode them (stdout and Telegram
+    both refuse), so text is made valid once, in the engine, before any frontend sees it.
+    """
+    if _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+class DeltaJoiner:
+    """Makes a stream of text deltas valid Unicode, joining an emoji whose two UTF-16 halves
+    came in two deltas (the Vercel AI SDK sends ``0:"\\ud83d"`` then ``0:"\\ude00"``; a
+    JavaScript client joins them)."""
+
+    def __init__(self) -> None:
+        self._high = ""
+
+    def feed(self, delta: str) -> str:
+        """The part of ``delta`` that can be shown now (a trailing high half waits)."""
+        text = self._high + delta
+        self._high = ""
+        if text and "\ud800" <= text[-1] <= "\udbff":
+            text, self._high = text[:-1], text[-1]
+        return valid_unicode(text)
+
+    def flush(self) -> str:
+        """What is left when the stream ends (a lone half, as U+FFFD)."""
+        text, self._high = self._high, ""
+        return valid_unicode(text)

@@ -73,7 +73,7 @@ class TelegramConfig(Strict):
     @field_validator("session_string")
     @classmethod
     def _session_string(cls, value: str | None) -> str | None:
-        return None if value is None else _check_session_string(value)
+        return _check_session_string(value) if value else None
 
     @model_validator(mode="after")
     def _one_identity(self) -> TelegramConfig:

@@ -24,14 +24,15 @@ KEY = "key-one"
 MODEL = "2195981"
 
 
-def config(sim: LucyDreamSimulator, *, key: str = KEY, extra: str = "", routes: str = "") -> str:
+def config(sim: LucyDreamSimulator, *, key: str = KEY, extra: str = "", routes: str = "",
+           timeout: float = 2) -> str:
     return f"""
 backends:
   lucy:
     type: lucydream
     api_key: {key}
     base_url: {sim.base_url}
-    timeout: 2
+    timeout: {timeout}
 {extra}
 {routes}
 default: lucy
@@ -321,8 +322,7 @@ async def test_provider_errors_reach_user(sim, status, body, kind):
 
 
 async def test_timeout_reaches_user(sim):
-    extra = "    timeout: 0.3"
-    async with harness(config(sim, extra=extra)) as h:
+    async with harness(config(sim, timeout=0.3)) as h:
         await h.say("hi", user_id=42)
         sim.inject(path="send-message", status=0, delay=1.0)
         assert await h.say("slow", user_id=42) == [Notice(USER_MESSAGES[ErrorKind.TIMEOUT])]

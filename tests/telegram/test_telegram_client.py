@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import signal
@@ -35,6 +36,9 @@ backends:
   echo: {type: echo, prefix: "echo: "}
 default: echo
 """
+
+#: Shaped as a session string (the fake Telegram does not know it).
+SOME_SESSION = base64.urlsafe_b64encode(bytes(271)).decode().rstrip("=")
 
 ENV = {"TG_API_ID": "12345", "TG_API_HASH": "0123456789abcdef0123456789abcdef",
        "TG_BOT_TOKEN": "123456:ABC-secret"}
@@ -236,7 +240,7 @@ async def test_run_authorizes_a_bot_again_when_telegram_forgot_its_session(
 
 @pytest.mark.parametrize(("env", "advice", "not_advice"), [
     (ENV, "check telegram.bot_token", "tgmux login"),
-    ({**{k: v for k, v in ENV.items() if k != "TG_BOT_TOKEN"}, "TG_SESSION": "x"},
+    ({**{k: v for k, v in ENV.items() if k != "TG_BOT_TOKEN"}, "TG_SESSION": SOME_SESSION},
      "run `tgmux login` again and set session_string", "bot_token"),
 ])
 async def test_advice_when_telegram_does_not_know_the_session(
