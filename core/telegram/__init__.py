@@ -13,9 +13,10 @@ Everything Telegram-specific lives in this package; no backend imports it.
 
 from tgmux.telegram.app import Intake, TelegramApp
 from tgmux.telegram.commands import login, parse_input_line, run_telegram, simulate
-from tgmux.telegram.frontend import FloodControl, Sender, TelegramFrontend
+from tgmux.telegram.frontend import TelegramFrontend
 from tgmux.telegram.normalize import normalize
 from tgmux.telegram.offline import FakeTelegram, offline_client
+from tgmux.telegram.sender import FloodControl, Sender
 from tgmux.telegram.textsplit import split_caption, split_text, utf16_len
 
 __all__ = [
