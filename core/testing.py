@@ -11,7 +11,7 @@ Installed with tgmux (entry point ``pytest11``); the fixtures need ``pytest-asyn
         assert reply.actions[0]["message_thread_id"] == 5
 
 Each bot runs the real engine and the real Pyrogram client; only Telegram's network is
-replaced (:class:`tgmux.telegram.offline.FakeTelegram`). What tgmux sends is recorded as
+replaced (:class:`tgmux.telegram.fake.FakeTelegram`). What tgmux sends is recorded as
 action dicts in the ``tgmux simulate`` output format. While a bot fixture is in use, sockets
 may only reach loopback addresses (connections, datagrams and name lookups).
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from tgmux.config import Config
     from tgmux.hooks import PluginManager
     from tgmux.telegram.app import TelegramApp
-    from tgmux.telegram.offline import FakeTelegram
+    from tgmux.telegram.fake import FakeTelegram
 
 __all__ = ["Reply", "TgmuxBot", "guard_sockets", "tgmux_bot", "visible_messages"]
 
@@ -214,7 +214,7 @@ class TgmuxBot:
                  ) -> None:
         from tgmux.config import load_config_text
         from tgmux.hooks import build_plugin_manager
-        from tgmux.telegram.offline import FakeTelegram
+        from tgmux.telegram.fake import FakeTelegram
 
         pm = build_plugin_manager()
         for i, plugin in enumerate(plugins):
@@ -253,7 +253,7 @@ class TgmuxBot:
         from tgmux.store import open_store
         from tgmux.telegram.app import TelegramApp
         from tgmux.telegram.client import SessionFileStorage
-        from tgmux.telegram.offline import offline_client
+        from tgmux.telegram.fake import offline_client
 
         if self.app is not None:
             return self
@@ -262,6 +262,7 @@ class TgmuxBot:
                                 skip_updates=self.config.data.telegram.skip_updates)
         app = TelegramApp(self.config, self.pm, client, store=open_store(self.store_url),
                           **self.frontend_options)
+        self.telegram.file_replies(app.frontend)  # for reply_to(): which action answers what
         app.seen_listeners.append(self._seen)
         app.intake.listeners.append(self._submitted)
         await app.start()

@@ -15,12 +15,10 @@ from tgmux.telegram.app import Intake, TelegramApp
 from tgmux.telegram.commands import login, parse_input_line, run_telegram, simulate
 from tgmux.telegram.frontend import TelegramFrontend
 from tgmux.telegram.normalize import normalize
-from tgmux.telegram.offline import FakeTelegram, offline_client
 from tgmux.telegram.sender import FloodControl, Sender
 from tgmux.telegram.textsplit import split_caption, split_text, utf16_len
 
 __all__ = [
-    "FakeTelegram",
     "FloodControl",
     "Intake",
     "Sender",
@@ -28,7 +26,6 @@ __all__ = [
     "TelegramFrontend",
     "login",
     "normalize",
-    "offline_client",
     "parse_input_line",
     "run_telegram",
     "simulate",

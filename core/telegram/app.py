@@ -164,7 +164,7 @@ class TelegramApp:
     """A Pyrogram client, the engine and the Telegram frontend, started and stopped together.
 
     ``client`` may be a real one (``tgmux run``) or one attached to
-    :class:`tgmux.telegram.offline.FakeTelegram` (``tgmux simulate``, ``tgmux.testing``).
+    :class:`tgmux.telegram.fake.FakeTelegram` (``tgmux simulate``, ``tgmux.testing``).
     """
 
     def __init__(self, config: Config, plugin_manager: PluginManager, client: Client, *,

@@ -20,7 +20,7 @@ from tgmux.errors import ConfigError
 from tgmux.hooks import PluginManager
 from tgmux.telegram.app import TelegramApp
 from tgmux.telegram.client import SessionFileStorage, build_client, session_mode
-from tgmux.telegram.offline import FakeTelegram, check_chat, infer_chat_type, offline_client
+from tgmux.telegram.fake import FakeTelegram, check_chat, infer_chat_type, offline_client
 
 __all__ = ["login", "parse_input_line", "run_telegram", "simulate"]
 

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextvars import ContextVar
 from io import BytesIO
 from typing import Any
 
@@ -43,14 +42,9 @@ from tgmux.telegram.sender import (
 from tgmux.telegram.streaming import Pacing, Stream
 from tgmux.telegram.textsplit import split_caption, split_text
 
-__all__ = ["TelegramFrontend", "delivering"]
+__all__ = ["TelegramFrontend"]
 
 log = logging.getLogger("tgmux.telegram")
-
-#: (chat id, message id) of the message whose reply is being delivered, for the requests made
-#: meanwhile (the offline Telegram files each action under it; logs may use it too).
-delivering: ContextVar[tuple[int, int | None] | None] = ContextVar("tgmux_delivering",
-                                                                  default=None)
 
 #: Telegram would not take the media as that kind (a file still gets through as a document).
 MEDIA_REJECTED = frozenset({
@@ -165,14 +159,6 @@ class TelegramFrontend:
 
     async def deliver(self, chat: ChatIdentity, parts: AsyncIterator[ReplyPart], *,
                       reply_to_message_id: int | None) -> list[ReplyPart]:
-        token = delivering.set((chat.chat_id, chat.message_id))
-        try:
-            return await self._deliver(chat, parts, reply_to_message_id)
-        finally:
-            delivering.reset(token)
-
-    async def _deliver(self, chat: ChatIdentity, parts: AsyncIterator[ReplyPart],
-                       reply_to_message_id: int | None) -> list[ReplyPart]:
         out = Outbox(self.client, self.sender, self.sent_ids, chat, reply_to_message_id)
         actions = _ChatActions(self, chat)
         stream: Stream | None = None

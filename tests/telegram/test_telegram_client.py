@@ -20,7 +20,7 @@ from tgmux.errors import ConfigError
 from tgmux.hooks import build_plugin_manager
 from tgmux.telegram import login, run_telegram
 from tgmux.telegram.client import SessionFileStorage, build_client
-from tgmux.telegram.offline import FakeTelegram, offline_client
+from tgmux.telegram.fake import FakeTelegram, offline_client
 
 CONFIG = """
 telegram:
