@@ -58,10 +58,11 @@ def _loopback(host: object) -> bool:
 
 
 @contextlib.contextmanager
-def guard_sockets() -> Iterator[None]:
+def guard_sockets(*, reason: str = "tgmux.testing: no network in tests") -> Iterator[None]:
     """Make every way out beyond loopback raise OSError: connections, name lookups
-    (``getaddrinfo``, ``gethostbyname``, ``gethostbyname_ex``, ``gethostbyaddr``) and datagrams
-    (``sendto``, ``sendmsg`` with an address)."""
+    (``getaddrinfo``, ``gethostbyname``, ``gethostbyname_ex``, ``gethostbyaddr``; of names and
+    of addresses alike) and datagrams (``sendto``, ``sendmsg`` with an address). ``reason``
+    starts the OSError's message."""
     real_connect = socket.socket.connect
     real_connect_ex = socket.socket.connect_ex
     real_sendto = socket.socket.sendto
@@ -73,7 +74,7 @@ def guard_sockets() -> Iterator[None]:
     def check(sock: socket.socket, address: Any, what: str = "connect to") -> None:
         if sock.family in (socket.AF_INET, socket.AF_INET6) and not (
                 isinstance(address, tuple) and _loopback(address[0])):
-            raise OSError(f"tgmux.testing: no network in tests ({what} {address!r})")
+            raise OSError(f"{reason} ({what} {address!r})")
 
     def connect(self: socket.socket, address: Any) -> Any:
         check(self, address)
@@ -94,7 +95,7 @@ def guard_sockets() -> Iterator[None]:
 
     def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
         if not _loopback(host):
-            raise OSError(f"tgmux.testing: no network in tests (lookup of {host!r})")
+            raise OSError(f"{reason} (lookup of {host!r})")
         return real_getaddrinfo(host, *args, **kwargs)
 
     def lookup(name: str) -> Callable[..., Any]:
@@ -102,7 +103,7 @@ def guard_sockets() -> Iterator[None]:
 
         def guarded(host: Any, *args: Any, **kwargs: Any) -> Any:
             if not _loopback(host):
-                raise OSError(f"tgmux.testing: no network in tests ({name} {host!r})")
+                raise OSError(f"{reason} ({name} {host!r})")
             return real(host, *args, **kwargs)
 
         return guarded
