@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Literal
 
 from tgmux.backend import Backend, ChatIdentity, HttpBackendSettings, ReplyPart, Text, Turn
-from tgmux.config import load_config_text
+from tgmux.bootstrap import load_config_text
 from tgmux.console import ConsoleFrontend
 from tgmux.engine import Engine, IncomingMessage
 from tgmux.hooks import build_plugin_manager, hookimpl

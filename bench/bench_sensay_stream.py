@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 import tgmux.backends.sensay as sensay_plugin
 from tgmux.backend import ChatIdentity, ReplyPart, Text, TextDelta
 from tgmux.backends.sensay.simulator import Replica, SensaySimulator
-from tgmux.config import load_config_text
+from tgmux.bootstrap import load_config_text
 from tgmux.engine import Engine, IncomingMessage
 from tgmux.hooks import build_plugin_manager
 from tgmux.store import open_store

@@ -27,10 +27,10 @@ import statistics
 
 import tgmux.backends.sensay as sensay_plugin
 from tgmux.backends.sensay.simulator import Replica, SensaySimulator
-from tgmux.config import load_config_text
+from tgmux.bootstrap import load_config_text
 from tgmux.hooks import build_plugin_manager
 from tgmux.telegram.app import TelegramApp
-from tgmux.telegram.offline import FakeTelegram, offline_client
+from tgmux.telegram.fake import FakeTelegram, offline_client
 
 SECRET = "bench-secret"
 GROUP_BASE = -1001000000000

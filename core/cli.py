@@ -218,7 +218,7 @@ def simulate(config_path: str, bot_username: str) -> None:
     """
     config, pm = _load(config_path)
     _setup_logging("WARNING")
-    from tgmux.telegram import simulate as simulate_telegram
+    from tgmux.telegram.simulate import simulate as simulate_telegram
 
     sys.exit(_run(simulate_telegram(config, pm, stdin=sys.stdin, stdout=sys.stdout,
                                     bot_username=bot_username)))

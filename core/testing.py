@@ -11,7 +11,7 @@ Installed with tgmux (entry point ``pytest11``); the fixtures need ``pytest-asyn
         assert reply.actions[0]["message_thread_id"] == 5
 
 Each bot runs the real engine and the real Pyrogram client; only Telegram's network is
-replaced (:class:`tgmux.telegram.offline.FakeTelegram`). What tgmux sends is recorded as
+replaced (:class:`tgmux.telegram.fake.FakeTelegram`). What tgmux sends is recorded as
 action dicts in the ``tgmux simulate`` output format. While a bot fixture is in use, sockets
 may only reach loopback addresses (connections, datagrams and name lookups).
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from tgmux.config import Config
     from tgmux.hooks import PluginManager
     from tgmux.telegram.app import TelegramApp
-    from tgmux.telegram.offline import FakeTelegram
+    from tgmux.telegram.fake import FakeTelegram
 
 __all__ = ["Reply", "TgmuxBot", "guard_sockets", "tgmux_bot", "visible_messages"]
 
@@ -58,10 +58,11 @@ def _loopback(host: object) -> bool:
 
 
 @contextlib.contextmanager
-def guard_sockets() -> Iterator[None]:
+def guard_sockets(*, reason: str = "tgmux.testing: no network in tests") -> Iterator[None]:
     """Make every way out beyond loopback raise OSError: connections, name lookups
-    (``getaddrinfo``, ``gethostbyname``, ``gethostbyname_ex``, ``gethostbyaddr``) and datagrams
-    (``sendto``, ``sendmsg`` with an address)."""
+    (``getaddrinfo``, ``gethostbyname``, ``gethostbyname_ex``, ``gethostbyaddr``; of names and
+    of addresses alike) and datagrams (``sendto``, ``sendmsg`` with an address). ``reason``
+    starts the OSError's message."""
     real_connect = socket.socket.connect
     real_connect_ex = socket.socket.connect_ex
     real_sendto = socket.socket.sendto
@@ -73,7 +74,7 @@ def guard_sockets() -> Iterator[None]:
     def check(sock: socket.socket, address: Any, what: str = "connect to") -> None:
         if sock.family in (socket.AF_INET, socket.AF_INET6) and not (
                 isinstance(address, tuple) and _loopback(address[0])):
-            raise OSError(f"tgmux.testing: no network in tests ({what} {address!r})")
+            raise OSError(f"{reason} ({what} {address!r})")
 
     def connect(self: socket.socket, address: Any) -> Any:
         check(self, address)
@@ -94,7 +95,7 @@ def guard_sockets() -> Iterator[None]:
 
     def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
         if not _loopback(host):
-            raise OSError(f"tgmux.testing: no network in tests (lookup of {host!r})")
+            raise OSError(f"{reason} (lookup of {host!r})")
         return real_getaddrinfo(host, *args, **kwargs)
 
     def lookup(name: str) -> Callable[..., Any]:
@@ -102,7 +103,7 @@ def guard_sockets() -> Iterator[None]:
 
         def guarded(host: Any, *args: Any, **kwargs: Any) -> Any:
             if not _loopback(host):
-                raise OSError(f"tgmux.testing: no network in tests ({name} {host!r})")
+                raise OSError(f"{reason} ({name} {host!r})")
             return real(host, *args, **kwargs)
 
         return guarded
@@ -214,7 +215,7 @@ class TgmuxBot:
                  ) -> None:
         from tgmux.bootstrap import load_config_text
         from tgmux.hooks import build_plugin_manager
-        from tgmux.telegram.offline import FakeTelegram
+        from tgmux.telegram.fake import FakeTelegram
 
         pm = build_plugin_manager()
         for i, plugin in enumerate(plugins):
@@ -253,7 +254,7 @@ class TgmuxBot:
         from tgmux.store import open_store
         from tgmux.telegram.app import TelegramApp
         from tgmux.telegram.client import SessionFileStorage
-        from tgmux.telegram.offline import offline_client
+        from tgmux.telegram.fake import offline_client
 
         if self.app is not None:
             return self
@@ -262,6 +263,7 @@ class TgmuxBot:
                                 skip_updates=self.config.data.telegram.skip_updates)
         app = TelegramApp(self.config, self.pm, client, store=open_store(self.store_url),
                           **self.frontend_options)
+        self.telegram.file_replies(app.frontend)  # for reply_to(): which action answers what
         app.seen_listeners.append(self._seen)
         app.intake.listeners.append(self._submitted)
         await app.start()

@@ -127,6 +127,10 @@ def test_imports_point_inward() -> None:
     assert graph["tgmux.types"] == set()
     assert "tgmux.http" not in graph["tgmux.engine"]
     assert not any(i.startswith("tgmux.hooks") for i in graph["tgmux.config.validate"])
+    # The fake Telegram is a test kit: in production code only `tgmux simulate` uses it.
+    users = sorted(m for m, imports in graph.items() if not m.startswith("tgmux.telegram.fake")
+                   and any(i.startswith("tgmux.telegram.fake") for i in imports))
+    assert users == ["tgmux.telegram.simulate", "tgmux.testing"]
 
 
 def loaded_modules(*args: str) -> set[str]:

@@ -2,24 +2,31 @@
 
 Everything Telegram-specific lives in this package; no backend imports it.
 
-- :func:`run_telegram` — ``tgmux run``: serve a bot or user account until SIGINT/SIGTERM;
-- :func:`login` — ``tgmux login``: log a user account in, return its session string;
-- :func:`simulate` — ``tgmux simulate``: JSON lines in and out through the real Pyrogram
-  client with a fake network (:mod:`tgmux.telegram.offline`);
-- :class:`TelegramApp` — client, engine and frontend wired together;
-- :class:`TelegramFrontend` — delivery: typing, splitting, streaming, media, flood control;
-- :class:`FakeTelegram` — the offline Telegram used by ``simulate`` and ``tgmux.testing``.
+- :func:`run_telegram` — ``tgmux run``: serve a bot or user account until SIGINT/SIGTERM, and
+  :func:`login` — ``tgmux login``: log a user account in, return its session string
+  (:mod:`tgmux.telegram.run`);
+- :func:`~tgmux.telegram.simulate.simulate` — ``tgmux simulate``: JSON lines in and out through
+  the real Pyrogram client on the fake Telegram (:mod:`tgmux.telegram.simulate`);
+- :class:`TelegramApp` — client, engine and frontend wired together (:mod:`~tgmux.telegram.app`);
+- :class:`TelegramFrontend` — delivery: typing, splitting, media (:mod:`~tgmux.telegram.frontend`),
+  one reply's messages (:mod:`~tgmux.telegram.outbox`), streaming and its throttle
+  (:mod:`~tgmux.telegram.streaming`);
+- :class:`Sender`, :class:`FloodControl` — every request through the outgoing limiter and the
+  error policy (:mod:`~tgmux.telegram.sender`);
+- the fake Telegram (``FakeTelegram``, ``offline_client``) is a test kit of its own,
+  :mod:`tgmux.telegram.fake`, used by ``simulate``, ``tgmux.testing`` and tests only: nothing
+  here imports it, so ``tgmux run`` never loads it.
 """
 
 from tgmux.telegram.app import Intake, TelegramApp
-from tgmux.telegram.commands import login, parse_input_line, run_telegram, simulate
-from tgmux.telegram.frontend import FloodControl, Sender, TelegramFrontend
+from tgmux.telegram.frontend import TelegramFrontend
 from tgmux.telegram.normalize import normalize
-from tgmux.telegram.offline import FakeTelegram, offline_client
+from tgmux.telegram.run import login, run_telegram
+from tgmux.telegram.sender import FloodControl, Sender
 from tgmux.telegram.textsplit import split_caption, split_text, utf16_len
 
+# ``simulate`` is not imported here: it loads the fake Telegram (import tgmux.telegram.simulate).
 __all__ = [
-    "FakeTelegram",
     "FloodControl",
     "Intake",
     "Sender",
@@ -27,10 +34,7 @@ __all__ = [
     "TelegramFrontend",
     "login",
     "normalize",
-    "offline_client",
-    "parse_input_line",
     "run_telegram",
-    "simulate",
     "split_caption",
     "split_text",
     "utf16_len",

@@ -37,13 +37,9 @@ from tgmux.config import Config
 from tgmux.engine import Engine
 from tgmux.hooks import PluginManager
 from tgmux.store import Store, open_store
-from tgmux.telegram.frontend import (
-    MAX_FLOOD_RETRIES,
-    MAX_FLOOD_WAIT,
-    FloodWaitRequired,
-    TelegramFrontend,
-)
+from tgmux.telegram.frontend import TelegramFrontend
 from tgmux.telegram.normalize import normalize
+from tgmux.telegram.sender import MAX_FLOOD_RETRIES, MAX_FLOOD_WAIT, FloodWaitRequired
 from tgmux.types import IncomingMessage
 
 __all__ = ["Intake", "TelegramApp"]
@@ -168,7 +164,7 @@ class TelegramApp:
     """A Pyrogram client, the engine and the Telegram frontend, started and stopped together.
 
     ``client`` may be a real one (``tgmux run``) or one attached to
-    :class:`tgmux.telegram.offline.FakeTelegram` (``tgmux simulate``, ``tgmux.testing``).
+    :class:`tgmux.telegram.fake.FakeTelegram` (``tgmux simulate``, ``tgmux.testing``).
     """
 
     def __init__(self, config: Config, plugin_manager: PluginManager, client: Client, *,

@@ -11,7 +11,7 @@ import tg_test_backends
 from pyrogram.errors import RpcCallFail
 
 from tgmux.config import FloodLimits
-from tgmux.telegram.frontend import DeliveryFailed, FloodControl, Sender
+from tgmux.telegram.sender import DeliveryFailed, FloodControl, Sender
 from tgmux.telegram.textsplit import utf16_len
 
 PLUGINS = [tg_test_backends]

@@ -9,7 +9,7 @@ import time
 import tg_test_backends
 
 from tgmux.config import FloodLimits
-from tgmux.telegram.frontend import FloodControl
+from tgmux.telegram.sender import FloodControl
 from tgmux.testing import TgmuxBot
 
 PLUGINS = [tg_test_backends]

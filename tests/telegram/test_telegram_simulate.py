@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tgmux.telegram import parse_input_line
+from tgmux.telegram.simulate import parse_input_line
 
 CONFIG = """
 telegram:

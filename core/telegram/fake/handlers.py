@@ -1,0 +1,340 @@
+"""The fake Telegram's answers to the requests Pyrogram makes: ``_on_<module>_<Function>``
+(``_on_messages_SendMessage``...). Whatever they send, edit or delete is recorded as an action
+(:meth:`Handlers._record`); a request with no handler is unknown (the fake fails loudly)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from pyrogram import raw
+from pyrogram.raw.core import TLObject
+
+from tgmux.telegram.fake.faults import UnknownRequest, refuse
+from tgmux.telegram.fake.updates import CHANNEL_ID_BASE, World, wire
+from tgmux.telegram.textsplit import utf16_len
+
+__all__ = ["Handlers", "chat_action_name"]
+
+_VOICE_EXT = {".ogg", ".oga", ".opus"}
+_AUDIO_EXT = {".mp3", ".m4a", ".aac", ".wav", ".flac", ".mpga", ".weba"}
+
+_CHAT_ACTIONS = {
+    "SendMessageTypingAction": "typing",
+    "SendMessageUploadPhotoAction": "upload_photo",
+    "SendMessageRecordAudioAction": "record_voice",
+    "SendMessageUploadAudioAction": "upload_voice",
+    "SendMessageUploadDocumentAction": "upload_document",
+    "SendMessageRecordVideoAction": "record_video",
+    "SendMessageUploadVideoAction": "upload_video",
+    "SendMessageChooseStickerAction": "choose_sticker",
+    "SendMessageCancelAction": "cancel",
+}
+
+
+def chat_action_name(action: TLObject) -> str:
+    """Bot API name of a raw ``SendMessageAction`` (typing, upload_photo, record_voice...)."""
+    name = type(action).__name__
+    if name in _CHAT_ACTIONS:
+        return _CHAT_ACTIONS[name]
+    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", name.removeprefix("SendMessage")).lower()
+    return snake.removesuffix("_action")
+
+
+class Handlers(World):
+    """The requests the fake Telegram answers (on top of its state, :class:`World`)."""
+
+    def __init__(self, me: TLObject, *, is_bot: bool) -> None:
+        super().__init__(me)
+        self.is_bot = is_bot
+        self._sent: dict[tuple[int, int], TLObject] = {}  # (chat, random_id) → the answer
+        self._uploads: dict[int, dict[int, bytes]] = defaultdict(dict)
+
+    def _record(self, action: dict[str, Any]) -> dict[str, Any]:
+        """File one action (what a chat would show); :class:`FakeTelegram` keeps them."""
+        raise NotImplementedError
+
+    def _check_text(self, text: str, limit: int = 4096) -> None:
+        if not text.strip():
+            refuse("MESSAGE_EMPTY", raw.functions.messages.SendMessage)
+        if utf16_len(text) > limit:
+            error = "MESSAGE_TOO_LONG" if limit == 4096 else "MEDIA_CAPTION_TOO_LONG"
+            refuse(error, raw.functions.messages.SendMessage)
+
+    def _require_chat(self, chat_id: int | None) -> int:
+        if chat_id is None or (chat_id > 0 and chat_id not in self._users):
+            refuse("PEER_ID_INVALID", raw.functions.messages.SendMessage)
+        assert chat_id is not None
+        return chat_id
+
+    def _action_name(self, query: TLObject) -> str | None:
+        if isinstance(query, raw.functions.messages.SendMessage):
+            return "send_message"
+        if isinstance(query, raw.functions.messages.EditMessage):
+            return "edit_message"
+        if isinstance(query, raw.functions.messages.SetTyping):
+            if isinstance(query.action, raw.types.SendMessageTextDraftAction):
+                return "send_draft"
+            return "chat_action"
+        if isinstance(query, raw.functions.messages.SendMedia):
+            return self._media_action(query.media)
+        if isinstance(query, raw.functions.bots.SetBotCommands):
+            return "set_commands"
+        if isinstance(query, (raw.functions.messages.DeleteMessages,
+                              raw.functions.channels.DeleteMessages)):
+            return "delete_message"
+        return None
+
+    @staticmethod
+    def _media_action(media: TLObject) -> str:
+        if isinstance(media, (raw.types.InputMediaUploadedPhoto,
+                              raw.types.InputMediaPhotoExternal, raw.types.InputMediaPhoto)):
+            return "send_photo"
+        if isinstance(media, raw.types.InputMediaDocumentExternal):
+            # Telegram fetches the URL and looks at the file; so does the fake, by its name.
+            ext = Path(media.url.split("?", 1)[0]).suffix.lower()
+            return ("send_voice" if ext in _VOICE_EXT else
+                    "send_audio" if ext in _AUDIO_EXT else "send_document")
+        for attribute in getattr(media, "attributes", None) or []:
+            if isinstance(attribute, raw.types.DocumentAttributeAudio):
+                return "send_voice" if attribute.voice else "send_audio"
+        return "send_document"
+
+    # handlers: _on_<module>_<Function>
+
+    async def _on_updates_GetState(self, query: TLObject) -> TLObject:
+        return raw.types.updates.State(pts=self._pts, qts=0, date=int(time.time()), seq=0,
+                                       unread_count=0)
+
+    async def _on_users_GetFullUser(self, query: TLObject) -> TLObject:
+        user_id = self.me.id if isinstance(query.id, raw.types.InputUserSelf) else query.id.user_id
+        user = self._users.get(user_id)
+        if user is None:
+            refuse("USER_ID_INVALID", type(query))
+        return wire(raw.types.users.UserFull(
+            full_user=raw.types.UserFull(id=user_id, settings=raw.types.PeerSettings(),
+                                         notify_settings=raw.types.PeerNotifySettings(),
+                                         common_chats_count=0),
+            chats=[], users=[user]))
+
+    async def _on_users_GetUsers(self, query: TLObject) -> list[TLObject]:
+        found = []
+        for item in query.id:
+            if isinstance(item, raw.types.InputUserSelf):
+                found.append(self.me)
+            elif getattr(item, "user_id", None) in self._users:
+                found.append(self._users[item.user_id])
+        return [wire(u) for u in found]
+
+    async def _on_messages_SendMessage(self, query: TLObject) -> TLObject:
+        chat_id = self._require_chat(self.chat_id_of(query.peer))
+        again = self._sent.get((chat_id, query.random_id))
+        if again is not None:  # the same request again (a retry): sent once, as Telegram does
+            return again
+        self._check_text(query.message)
+        message, info = self._new_outgoing(chat_id, query.message, query.reply_to)
+        self._record({"action": "send_message", **info, "text": query.message})
+        state = self._state_for(chat_id)
+        if state.chat_type == "private":
+            self._pts += 1
+            answer: TLObject = raw.types.UpdateShortSentMessage(
+                id=message.id, pts=self._pts, pts_count=1, date=message.date, out=True)
+        else:
+            answer = self._updates(chat_id, message, random_id=query.random_id)
+        self._sent[(chat_id, query.random_id)] = answer
+        return answer
+
+    async def _on_messages_EditMessage(self, query: TLObject) -> TLObject:
+        chat_id = self._require_chat(self.chat_id_of(query.peer))
+        old = self._messages.get((chat_id, query.id))
+        if old is None or not old.out:
+            refuse("MESSAGE_ID_INVALID", type(query))
+        text = query.message if query.message is not None else old.message
+        self._check_text(text, 4096 if old.media is None else 1024)
+        if text == old.message:
+            refuse("MESSAGE_NOT_MODIFIED", type(query))
+        old.message = text
+        old.edit_date = int(time.time())
+        self._record({"action": "edit_message", "chat_id": chat_id, "message_id": query.id,
+                      "text": text})
+        return self._updates(chat_id, old, edit=True)
+
+    async def _on_messages_SetTyping(self, query: TLObject) -> bool:
+        chat_id = self._require_chat(self.chat_id_of(query.peer))
+        if isinstance(query.action, raw.types.SendMessageTextDraftAction):
+            if not self.is_bot:
+                refuse("BOT_METHOD_INVALID", type(query))
+            if self._state_for(chat_id).chat_type != "private":
+                refuse("PEER_ID_INVALID", type(query))
+            text = query.action.text.text
+            if utf16_len(text) > 4096:
+                refuse("MESSAGE_TOO_LONG", type(query))
+            self._record({"action": "send_draft", "chat_id": chat_id,
+                          "draft_id": query.action.random_id, "text": text,
+                          "message_thread_id": query.top_msg_id})
+            return True
+        self._record({"action": "chat_action", "chat_id": chat_id,
+                      "chat_action": chat_action_name(query.action),
+                      "message_thread_id": query.top_msg_id})
+        return True
+
+    async def _on_messages_SendMedia(self, query: TLObject) -> TLObject:
+        chat_id = self._require_chat(self.chat_id_of(query.peer))
+        again = self._sent.get((chat_id, query.random_id))
+        if again is not None:  # a retry of a sent one
+            return again
+        if query.message:
+            self._check_text(query.message, 1024)
+        media = query.media
+        now = int(time.time())
+        if isinstance(media, (raw.types.InputMediaPhotoExternal,
+                              raw.types.InputMediaDocumentExternal)):
+            shown = media.url
+        elif isinstance(media, (raw.types.InputMediaUploadedPhoto,
+                                raw.types.InputMediaUploadedDocument)):
+            parts = self._uploads.pop(media.file.id, {})
+            if len(parts) != media.file.parts:
+                refuse("FILE_PARTS_INVALID", type(query))
+            data = b"".join(parts[i] for i in range(media.file.parts))
+            shown = f"bytes:{hashlib.sha256(data).hexdigest()}:{len(data)}"
+        else:
+            raise UnknownRequest(f"the fake Telegram cannot send media {type(media).__name__}")
+        action = self._media_action(media)
+        media_id = next(self._ids)
+        if action == "send_photo":
+            stored: TLObject = raw.types.MessageMediaPhoto(photo=raw.types.Photo(
+                id=media_id, access_hash=1, file_reference=b"", date=now, dc_id=2,
+                sizes=[raw.types.PhotoSize(type="y", w=800, h=600, size=1)]))
+        else:
+            attributes = list(getattr(media, "attributes", None) or [])
+            stored = raw.types.MessageMediaDocument(
+                voice=action == "send_voice" or None,
+                document=raw.types.Document(
+                    id=media_id, access_hash=1, file_reference=b"", date=now,
+                    mime_type=getattr(media, "mime_type", None) or "application/octet-stream",
+                    size=1, dc_id=2, attributes=attributes))
+        message, info = self._new_outgoing(chat_id, query.message or "", query.reply_to,
+                                           media=stored)
+        self._record({"action": action, **info, "media": shown, "text": query.message or None})
+        answer = self._updates(chat_id, message, random_id=query.random_id)
+        self._sent[(chat_id, query.random_id)] = answer
+        return answer
+
+    async def _on_upload_SaveFilePart(self, query: TLObject) -> bool:
+        self._uploads[query.file_id][query.file_part] = query.bytes
+        return True
+
+    async def _on_upload_SaveBigFilePart(self, query: TLObject) -> bool:
+        self._uploads[query.file_id][query.file_part] = query.bytes
+        return True
+
+    async def _on_upload_GetFile(self, query: TLObject) -> TLObject:
+        content = self._files.get(query.location.id)
+        if content is None:
+            refuse("FILE_REFERENCE_INVALID", type(query))
+        if isinstance(content, str):  # given as a URL: fetched when somebody wants the bytes
+            import httpx
+
+            async with httpx.AsyncClient(timeout=30, follow_redirects=True) as http:
+                response = await http.get(content)
+                response.raise_for_status()
+                content = self._files[query.location.id] = response.content
+        chunk = content[query.offset: query.offset + query.limit]
+        return raw.types.upload.File(type=raw.types.storage.FilePartial(), mtime=0, bytes=chunk)
+
+    async def _on_bots_SetBotCommands(self, query: TLObject) -> bool:
+        if not self.is_bot:
+            refuse("USER_BOT_REQUIRED", type(query))
+        scope = re.sub(r"(?<!^)(?=[A-Z])", "_",
+                       type(query.scope).__name__.removeprefix("BotCommandScope")).lower()
+        self._record({"action": "set_commands", "scope": scope or "default",
+                      "commands": [{"command": c.command, "description": c.description}
+                                   for c in query.commands]})
+        return True
+
+    async def _delete(self, chat_id: int, ids: list[int]) -> TLObject:
+        for message_id in ids:
+            if self._messages.pop((chat_id, message_id), None) is not None:
+                self._record({"action": "delete_message", "chat_id": chat_id,
+                              "message_id": message_id})
+        self._pts += 1
+        return raw.types.messages.AffectedMessages(pts=self._pts, pts_count=len(ids))
+
+    async def _on_messages_DeleteMessages(self, query: TLObject) -> TLObject:
+        # Private chats and basic groups share one id space: find the chat by message id.
+        for (chat_id, message_id), message in list(self._messages.items()):
+            if message_id in query.id and message.out:
+                await self._delete(chat_id, [message_id])
+        self._pts += 1
+        return raw.types.messages.AffectedMessages(pts=self._pts, pts_count=len(query.id))
+
+    async def _on_channels_DeleteMessages(self, query: TLObject) -> TLObject:
+        return await self._delete(self.chat_id_of(query.channel) or 0, list(query.id))
+
+    def _known_messages(self, chat_id: int | None, ids: list[TLObject]) -> TLObject:
+        found = []
+        for item in ids:
+            if isinstance(item, raw.types.InputMessageID):
+                message_id = item.id
+            elif isinstance(item, raw.types.InputMessageReplyTo):
+                source = self._find(chat_id, item.id)
+                header = getattr(source, "reply_to", None)
+                message_id = getattr(header, "reply_to_msg_id", None) or 0
+            else:
+                message_id = 0
+            message = self._find(chat_id, message_id)
+            found.append(message or raw.types.MessageEmpty(id=message_id))
+        users = list(self._users.values())
+        chats = [s.raw_chat for s in self._chats.values() if s.raw_chat is not None]
+        return wire(raw.types.messages.Messages(messages=found, topics=[], chats=chats,
+                                                 users=users))
+
+    def _find(self, chat_id: int | None, message_id: int) -> TLObject | None:
+        if chat_id is not None:
+            return self._messages.get((chat_id, message_id))
+        return next((m for (c, i), m in self._messages.items()
+                     if i == message_id and c > CHANNEL_ID_BASE), None)
+
+    async def _on_messages_GetMessages(self, query: TLObject) -> TLObject:
+        return self._known_messages(None, list(query.id))
+
+    async def _on_channels_GetMessages(self, query: TLObject) -> TLObject:
+        return self._known_messages(self.chat_id_of(query.channel), list(query.id))
+
+    async def _on_updates_GetDifference(self, query: TLObject) -> TLObject:
+        now = int(time.time())
+        new = [m for pts, channel, m in self._log if channel is None and pts > query.pts]
+        if not new:
+            return raw.types.updates.DifferenceEmpty(date=now, seq=0)
+        return wire(raw.types.updates.Difference(
+            new_messages=new, new_encrypted_messages=[], other_updates=[],
+            chats=[s.raw_chat for s in self._chats.values() if s.raw_chat is not None],
+            users=list(self._users.values()),
+            state=raw.types.updates.State(pts=self._pts, qts=0, date=now, seq=0,
+                                          unread_count=0)))
+
+    async def _on_updates_GetChannelDifference(self, query: TLObject) -> TLObject:
+        channel = query.channel.channel_id
+        current = self._channel_pts[channel]
+        new = [m for pts, ch, m in self._log if ch == channel and pts > query.pts]
+        if not new:
+            return raw.types.updates.ChannelDifferenceEmpty(final=True, pts=current)
+        return wire(raw.types.updates.ChannelDifference(
+            final=True, pts=current, new_messages=new, other_updates=[],
+            chats=[s.raw_chat for s in self._chats.values() if s.raw_chat is not None],
+            users=list(self._users.values())))
+
+    async def _on_messages_GetChats(self, query: TLObject) -> TLObject:
+        chats = [s.raw_chat for s in self._chats.values()
+                 if isinstance(s.raw_chat, raw.types.Chat) and s.raw_chat.id in query.id]
+        return wire(raw.types.messages.Chats(chats=chats))
+
+    async def _on_channels_GetChannels(self, query: TLObject) -> TLObject:
+        wanted = {getattr(c, "channel_id", None) for c in query.id}
+        chats = [s.raw_chat for s in self._chats.values()
+                 if isinstance(s.raw_chat, raw.types.Channel) and s.raw_chat.id in wanted]
+        return wire(raw.types.messages.Chats(chats=chats))

@@ -1,0 +1,324 @@
+"""What the fake Telegram knows (users, chats, messages, update sequence numbers) and the raw
+MTProto objects it builds from that: incoming messages (peers, entities, media), the
+``Updates`` answering a sent message, chat ids and their types."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from pyrogram import Client, raw, utils
+from pyrogram.raw.core import TLObject
+
+from tgmux.telegram.textsplit import utf16_len
+
+__all__ = ["CHANNEL_ID_BASE", "FIRST_OUTGOING_ID", "ChatState", "World", "check_chat",
+           "infer_chat_type", "wire"]
+
+CHANNEL_ID_BASE = -1_000_000_000_000  # Bot API ids of supergroups/channels: -100<raw id>
+FIRST_OUTGOING_ID = 1001
+
+MENTION = re.compile(r"(?<![\w@])@([A-Za-z][A-Za-z0-9_]{3,31})\b")
+_COMMAND = re.compile(r"^/[A-Za-z0-9_]{1,32}(@[A-Za-z][A-Za-z0-9_]{3,31})?")
+
+
+def wire(obj: TLObject) -> TLObject:
+    """Serialize and parse back, as if the object came off the network (lists not None...)."""
+    return TLObject.read(BytesIO(obj.write()))
+
+
+def infer_chat_type(chat_id: int) -> str:
+    if chat_id > 0:
+        return "private"
+    if chat_id <= CHANNEL_ID_BASE:
+        return "supergroup"
+    return "group"
+
+
+def check_chat(chat_id: int, chat_type: str, user_id: int) -> None:
+    """Raise ValueError when a chat id cannot be of that type (Bot API id conventions)."""
+    if chat_type not in ("private", "group", "supergroup", "channel"):
+        raise ValueError(f"chat_type must be private, group, supergroup or channel, "
+                         f"not {chat_type!r}")
+    if chat_type == "private" and chat_id != user_id:
+        raise ValueError("a private chat's chat_id is the user's id")
+    if chat_type == "group" and not CHANNEL_ID_BASE < chat_id < 0:
+        raise ValueError("a group's chat_id is negative (e.g. -4012345678)")
+    if chat_type in ("supergroup", "channel") and chat_id >= CHANNEL_ID_BASE:
+        raise ValueError(f"a {chat_type}'s chat_id starts with -100 (e.g. -1001234567890)")
+
+
+@dataclass
+class ChatState:
+    chat_id: int
+    chat_type: str
+    raw_chat: TLObject | None = None  # raw Chat/Channel (None for private chats)
+    last_incoming: int = 0
+    next_outgoing: int = FIRST_OUTGOING_ID
+    bot_messages: list[int] = field(default_factory=list)
+    topics: set[int] = field(default_factory=set)
+
+
+class World:
+    """The fake Telegram's state: who and what it knows, and the updates it made."""
+
+    def __init__(self, me: TLObject) -> None:
+        self.me = me
+        self._users: dict[int, TLObject] = {me.id: me}
+        self._chats: dict[int, ChatState] = {}
+        self._messages: dict[tuple[int, int], TLObject] = {}
+        self._thread_of: dict[tuple[int, int], int] = {}
+        self._pts = 1
+        self._channel_pts: dict[int, int] = defaultdict(lambda: 1)
+        self._log: list[tuple[int, int | None, TLObject]] = []  # (pts, channel raw id, msg)
+        self._files: dict[int, bytes | str] = {}
+        self._ids = itertools.count(10_000_000_000)
+
+    # -- incoming messages ---------------------------------------------------------------------
+
+    def _chat(self, chat_id: int, chat_type: str, *, forum: bool = False) -> ChatState:
+        state = self._chats.get(chat_id)
+        if state is None:
+            state = self._chats[chat_id] = ChatState(chat_id, chat_type)
+        if chat_type == "group":
+            state.raw_chat = raw.types.Chat(
+                id=-chat_id, title=f"Group {-chat_id}", photo=raw.types.ChatPhotoEmpty(),
+                participants_count=3, date=0, version=1)
+        elif chat_type in ("supergroup", "channel"):
+            was_forum = bool(getattr(state.raw_chat, "forum", False))
+            state.raw_chat = raw.types.Channel(
+                id=CHANNEL_ID_BASE - chat_id, title=f"Chat {chat_id}",
+                photo=raw.types.ChatPhotoEmpty(), date=0, access_hash=chat_id & 0xFFFF,
+                megagroup=chat_type == "supergroup" or None,
+                broadcast=chat_type == "channel" or None, forum=(forum or was_forum) or None)
+        return state
+
+    def _user(self, user_id: int, username: str | None, first_name: str | None) -> TLObject:
+        user = raw.types.User(id=user_id, access_hash=user_id & 0xFFFF,
+                              first_name=first_name or username or f"User {user_id}",
+                              username=username or None)
+        self._users[user_id] = user
+        return user
+
+    @staticmethod
+    def peer(chat_id: int, chat_type: str) -> TLObject:
+        if chat_type == "private":
+            return raw.types.PeerUser(user_id=chat_id)
+        if chat_type == "group":
+            return raw.types.PeerChat(chat_id=-chat_id)
+        return raw.types.PeerChannel(channel_id=CHANNEL_ID_BASE - chat_id)
+
+    def _entities(self, text: str) -> list[TLObject]:
+        entities: list[TLObject] = []
+        command = _COMMAND.match(text)
+        if command:
+            entities.append(raw.types.MessageEntityBotCommand(offset=0,
+                                                              length=utf16_len(command[0])))
+        for m in MENTION.finditer(text):
+            if command and m.start() < command.end():
+                continue
+            entities.append(raw.types.MessageEntityMention(
+                offset=utf16_len(text[:m.start()]), length=utf16_len(m[0])))
+        return entities
+
+    def _media(self, photo: str | bytes | None, voice: str | bytes | None,
+               sticker: str | None, document: str | bytes | None) -> TLObject | None:
+        def content(source: str | bytes) -> tuple[bytes | str, int]:
+            if isinstance(source, bytes):
+                return source, len(source)
+            if re.match(r"^https?://", source):
+                return source, 0
+            data = Path(source).expanduser().read_bytes()
+            return data, len(data)
+
+        now = int(time.time())
+        if photo is not None:
+            data, size = content(photo)
+            media_id = next(self._ids)
+            self._files[media_id] = data
+            return raw.types.MessageMediaPhoto(photo=raw.types.Photo(
+                id=media_id, access_hash=1, file_reference=b"", date=now, dc_id=2,
+                sizes=[raw.types.PhotoSize(type="y", w=800, h=600, size=size or 1)]))
+        if voice is not None or document is not None:
+            source = voice if voice is not None else document
+            assert source is not None
+            data, size = content(source)
+            media_id = next(self._ids)
+            self._files[media_id] = data
+            if voice is not None:
+                mime = "audio/ogg"
+                attributes: list[TLObject] = [raw.types.DocumentAttributeAudio(duration=1,
+                                                                               voice=True)]
+            else:
+                name = Path(source).name if isinstance(source, str) else "file.bin"
+                mime = Client.mimetypes.guess_type(name)[0] or "application/octet-stream"
+                attributes = [raw.types.DocumentAttributeFilename(file_name=name)]
+            return raw.types.MessageMediaDocument(voice=voice is not None or None,
+                                                  document=raw.types.Document(
+                id=media_id, access_hash=1, file_reference=b"", date=now, mime_type=mime,
+                size=size or 1, dc_id=2, attributes=attributes))
+        if sticker is not None:
+            media_id = next(self._ids)
+            self._files[media_id] = b"RIFF\x00\x00\x00\x00WEBP"
+            return raw.types.MessageMediaDocument(document=raw.types.Document(
+                id=media_id, access_hash=1, file_reference=b"", date=now,
+                mime_type="image/webp", size=12, dc_id=2,
+                attributes=[raw.types.DocumentAttributeImageSize(w=512, h=512),
+                            raw.types.DocumentAttributeSticker(
+                                alt=sticker, stickerset=raw.types.InputStickerSetEmpty())]))
+        return None
+
+    def build_incoming(self, *, user_id: int, text: str = "", chat_id: int | None = None,
+                       chat_type: str | None = None, username: str | None = None,
+                       first_name: str | None = None, message_id: int | None = None,
+                       thread_id: int | None = None, reply_to_bot: bool = False,
+                       photo: str | bytes | None = None, voice: str | bytes | None = None,
+                       sticker: str | None = None, document: str | bytes | None = None,
+                       ) -> tuple[TLObject, int, int]:
+        """The raw ``Updates`` for one incoming message, its chat id and message id."""
+        chat_type = chat_type or infer_chat_type(user_id if chat_id is None else chat_id)
+        chat_id = user_id if chat_id is None else chat_id
+        check_chat(chat_id, chat_type, user_id)
+        state = self._chat(chat_id, chat_type, forum=thread_id is not None)
+        if message_id is None:
+            message_id = state.last_incoming + 1
+        state.last_incoming = max(state.last_incoming, message_id)
+        state.next_outgoing = max(state.next_outgoing, message_id + 1)
+        user = self._user(user_id, username, first_name)
+        bot_name = (self.me.username or "").lower()
+        mentioned = bool(bot_name) and any(
+            m[1].lower() == bot_name for m in MENTION.finditer(text))
+        reply_to = None
+        if reply_to_bot:
+            if not state.bot_messages:  # the bot said something earlier (before this run)
+                earlier = self._outgoing_id(state)
+                self._messages[(chat_id, earlier)] = raw.types.Message(
+                    id=earlier, peer_id=self.peer(chat_id, chat_type), date=0, message="…",
+                    out=True, from_id=raw.types.PeerUser(user_id=self.me.id))
+                if thread_id is not None:
+                    self._thread_of[(chat_id, earlier)] = thread_id
+                state.bot_messages.append(earlier)
+            target = state.bot_messages[-1]
+            if thread_id is not None:
+                target = next((m for m in reversed(state.bot_messages)
+                               if self._thread_of.get((chat_id, m)) == thread_id), thread_id)
+            reply_to = raw.types.MessageReplyHeader(
+                reply_to_msg_id=target, forum_topic=thread_id is not None or None,
+                reply_to_top_id=thread_id if thread_id is not None and target != thread_id
+                else None)
+            mentioned = True
+        elif thread_id is not None:
+            reply_to = raw.types.MessageReplyHeader(reply_to_msg_id=thread_id, forum_topic=True)
+        if thread_id is not None:
+            state.topics.add(thread_id)
+            self._thread_of[(chat_id, message_id)] = thread_id
+        media = self._media(photo, voice, sticker, document)
+        message = raw.types.Message(
+            id=message_id, peer_id=self.peer(chat_id, chat_type), date=int(time.time()),
+            message=text, out=False, mentioned=mentioned or None,
+            from_id=None if chat_type == "channel" else raw.types.PeerUser(user_id=user_id),
+            post=chat_type == "channel" or None, reply_to=reply_to, media=media,
+            entities=self._entities(text) or None)
+        self._messages[(chat_id, message_id)] = message
+        chats = [state.raw_chat] if state.raw_chat is not None else []
+        if chat_type in ("supergroup", "channel"):
+            channel = CHANNEL_ID_BASE - chat_id
+            self._channel_pts[channel] += 1
+            pts = self._channel_pts[channel]
+            update: TLObject = raw.types.UpdateNewChannelMessage(message=message, pts=pts,
+                                                                 pts_count=1)
+            self._log.append((pts, channel, message))
+        else:
+            self._pts += 1
+            update = raw.types.UpdateNewMessage(message=message, pts=self._pts, pts_count=1)
+            self._log.append((self._pts, None, message))
+        updates = raw.types.Updates(updates=[update], users=[user], chats=chats,
+                                    date=int(time.time()), seq=0)
+        return wire(updates), chat_id, message_id
+
+    def chat_id_of(self, peer: TLObject | None) -> int | None:
+        if isinstance(peer, (raw.types.InputPeerUser, raw.types.PeerUser)):
+            return peer.user_id
+        if isinstance(peer, raw.types.InputPeerSelf):
+            return self.me.id
+        if isinstance(peer, (raw.types.InputPeerChat, raw.types.PeerChat)):
+            return -peer.chat_id
+        if isinstance(peer, (raw.types.InputPeerChannel, raw.types.PeerChannel,
+                             raw.types.InputChannel)):
+            return utils.get_channel_id(peer.channel_id)
+        return None
+
+    def _state_for(self, chat_id: int) -> ChatState:
+        state = self._chats.get(chat_id)
+        if state is None:
+            chat_type = infer_chat_type(chat_id)
+            state = self._chat(chat_id, chat_type)
+        return state
+
+    def _outgoing_id(self, state: ChatState) -> int:
+        message_id = state.next_outgoing
+        state.next_outgoing += 1
+        return message_id
+
+    def _updates(self, chat_id: int, message: TLObject, *, edit: bool = False,
+                 random_id: int | None = None) -> TLObject:
+        state = self._state_for(chat_id)
+        if state.chat_type in ("supergroup", "channel"):
+            channel = CHANNEL_ID_BASE - chat_id
+            self._channel_pts[channel] += 1
+            pts = self._channel_pts[channel]
+            update: TLObject = (raw.types.UpdateEditChannelMessage if edit else
+                                raw.types.UpdateNewChannelMessage)(message=message, pts=pts,
+                                                                   pts_count=1)
+        else:
+            self._pts += 1
+            update = (raw.types.UpdateEditMessage if edit else raw.types.UpdateNewMessage)(
+                message=message, pts=self._pts, pts_count=1)
+        updates = [update]
+        if random_id is not None:
+            updates.insert(0, raw.types.UpdateMessageID(id=message.id, random_id=random_id))
+        users = [self.me] + ([self._users[chat_id]] if chat_id in self._users else [])
+        chats = [state.raw_chat] if state.raw_chat is not None else []
+        return wire(raw.types.Updates(updates=updates, users=users, chats=chats,
+                                       date=int(time.time()), seq=0))
+
+    def _reply(self, chat_id: int, reply_to: TLObject | None) -> tuple[int | None, int | None]:
+        """(reply_to_message_id, message_thread_id) of an outgoing message."""
+        if not isinstance(reply_to, raw.types.InputReplyToMessage):
+            return None, None
+        state = self._state_for(chat_id)
+        if reply_to.top_msg_id:
+            return reply_to.reply_to_msg_id, reply_to.top_msg_id
+        target = reply_to.reply_to_msg_id
+        if target in state.topics:
+            return None, target  # "reply" to a topic's root: a message in that topic
+        return target, self._thread_of.get((chat_id, target))
+
+    def _new_outgoing(self, chat_id: int, text: str, reply_to: TLObject | None,
+                      media: TLObject | None = None) -> tuple[TLObject, dict[str, Any]]:
+        state = self._state_for(chat_id)
+        message_id = self._outgoing_id(state)
+        reply_id, thread = self._reply(chat_id, reply_to)
+        header = None
+        if reply_id is not None or thread is not None:
+            header = raw.types.MessageReplyHeader(
+                reply_to_msg_id=reply_id if reply_id is not None else thread,
+                reply_to_top_id=thread if reply_id is not None and thread is not None else None,
+                forum_topic=thread is not None or None)
+        message = raw.types.Message(
+            id=message_id, peer_id=self.peer(chat_id, state.chat_type), date=int(time.time()),
+            message=text, out=True, from_id=raw.types.PeerUser(user_id=self.me.id),
+            reply_to=header, media=media)
+        self._messages[(chat_id, message_id)] = message
+        if thread is not None:
+            self._thread_of[(chat_id, message_id)] = thread
+        state.bot_messages.append(message_id)
+        info = {"chat_id": chat_id, "message_id": message_id, "reply_to_message_id": reply_id,
+                "message_thread_id": thread}
+        return message, info

@@ -1,0 +1,74 @@
+"""One reply to one chat: where its messages go, what was sent, whether the chat is reachable."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pyrogram import Client, enums, types
+
+from tgmux.backend import ChatIdentity
+from tgmux.telegram.normalize import RecentIds
+from tgmux.telegram.sender import ReplyGone, Sender
+
+__all__ = ["Outbox"]
+
+
+class Outbox:
+    """One reply to one chat: the first message quotes the message it answers (in groups),
+    every message goes to its forum topic; ``dead`` once nothing more can reach the chat."""
+
+    def __init__(self, client: Client, sender: Sender, sent_ids: RecentIds, chat: ChatIdentity,
+                 reply_to: int | None) -> None:
+        self.client = client
+        self.sender = sender
+        self.sent_ids = sent_ids
+        self.chat = chat
+        # In groups the first message of a reply quotes the message it answers.
+        self.reply_to = reply_to if chat.chat_type in ("group", "supergroup") else None
+        self.thread = chat.message_thread_id if chat.chat_type == "supergroup" else None
+        self.dead = False
+
+    def _reply_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        if self.thread is not None:
+            kwargs["message_thread_id"] = self.thread
+        if self.reply_to is not None:
+            kwargs["reply_parameters"] = types.ReplyParameters(message_id=self.reply_to)
+        return kwargs
+
+    async def send(self, what: str, call: Callable[[dict[str, Any]], Awaitable[Any]]) -> Any:
+        """Send one message (the first one quotes ``reply_to``); returns Pyrogram's Message."""
+        sender = self.sender
+        chat_id = self.chat.chat_id
+        try:
+            result = await sender.call(chat_id, what, lambda: call(self._reply_kwargs()),
+                                       replying=self.reply_to is not None)
+        except ReplyGone:
+            self.reply_to = None
+            result = await sender.call(chat_id, what, lambda: call(self._reply_kwargs()))
+        self.reply_to = None
+        message_id = getattr(result, "id", None)
+        if message_id is not None:
+            self.sent_ids.add(chat_id, message_id)
+        return result
+
+    async def send_text(self, text: str) -> int | None:
+        client = self.client
+        result = await self.send("send_message", lambda kw: client.send_message(
+            self.chat.chat_id, text, parse_mode=enums.ParseMode.DISABLED, **kw))
+        return getattr(result, "id", None)
+
+    async def edit_text(self, message_id: int, text: str) -> None:
+        client = self.client
+        await self.sender.call(
+            self.chat.chat_id, "edit_message",
+            lambda: client.edit_message_text(self.chat.chat_id, message_id, text,
+                                             parse_mode=enums.ParseMode.DISABLED),
+            idempotent=True)  # the same text again: MESSAGE_NOT_MODIFIED at worst
+
+    async def delete(self, message_ids: list[int]) -> None:
+        client = self.client
+        await self.sender.call(
+            self.chat.chat_id, "delete_message",
+            lambda: client.delete_messages(self.chat.chat_id, message_ids), idempotent=True)

@@ -1,0 +1,184 @@
+"""Showing a reply while it grows: message drafts (bots, private chats) or a sent message
+edited in place, at most one update per interval per chat; the final text replaces whatever
+was shown, exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from pyrogram import enums
+
+from tgmux.telegram.outbox import Outbox
+from tgmux.telegram.sender import ChatUnavailable, DeliveryFailed, FloodControl, OutcomeUnknown
+from tgmux.telegram.textsplit import split_text
+
+__all__ = ["Pacing", "Stream"]
+
+log = logging.getLogger("tgmux.telegram")
+
+STREAM_COALESCE = 0.01  # seconds to gather tokens of the same burst before showing them
+#: An edit that cannot be made: the message is gone or too old; its text goes in a new one.
+EDIT_GONE = frozenset({"MESSAGE_ID_INVALID", "MESSAGE_EDIT_TIME_EXPIRED",
+                       "MESSAGE_AUTHOR_REQUIRED"})
+
+
+class Pacing:
+    """The throttle of streamed updates: a chat's next update waits until its last one is
+    ``interval`` seconds old (``edit_interval``, or slower when the chat's flood budget says
+    so)."""
+
+    def __init__(self, flood: FloodControl, edit_interval: float) -> None:
+        self.flood = flood
+        self.edit_interval = edit_interval
+        self._last_update: dict[int, float] = {}
+
+    def interval(self, chat_id: int) -> float:
+        return max(self.edit_interval, self.flood.min_interval(chat_id))
+
+    async def pace(self, chat_id: int, *, final: bool = False) -> None:
+        """Wait until the chat's last streamed update is ``interval`` seconds old (for the
+        final update ``edit_interval``: the limiter sees to the chat's budget)."""
+        last = self._last_update.get(chat_id)
+        if last is not None:
+            interval = self.edit_interval if final else self.interval(chat_id)
+            wait = last + interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    def mark_update(self, chat_id: int) -> None:
+        self._last_update[chat_id] = time.monotonic()
+        if len(self._last_update) > 10_000:
+            cutoff = time.monotonic() - 60
+            for key in [k for k, v in self._last_update.items() if v < cutoff]:
+                del self._last_update[key]
+
+
+class Stream:
+    """A streamed text, shown while it grows: as message drafts in private chats (bots), or as
+    a sent message edited in place; at most one update per ``interval`` per chat. The final
+    text replaces whatever was shown, exactly (split over several messages when long).
+
+    ``on_drafts_refused`` is called when Telegram refuses drafts (not a bot, old API...):
+    this stream edits in place from then on, and so should the next ones."""
+
+    def __init__(self, out: Outbox, pacing: Pacing, *, drafts: bool,
+                 on_drafts_refused: Callable[[], None]) -> None:
+        self.out = out
+        self.pacing = pacing
+        self.drafts = drafts
+        self.on_drafts_refused = on_drafts_refused
+        self.draft_id = random.randint(1, 2**62)
+        self.text = ""
+        self.messages: list[tuple[int, str]] = []  # (message id, text shown in it)
+        self.draft_shown = ""
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self.task = asyncio.create_task(self._run(), name=f"tgmux-stream-{out.chat.chat_id}")
+        self.updates = 0
+
+    def push(self, delta: str) -> None:
+        self.text += delta
+        self._wake.set()
+
+    async def _run(self) -> None:
+        await self._wake.wait()
+        await asyncio.sleep(STREAM_COALESCE)
+        while not self.out.dead:
+            self._wake.clear()
+            await self.pacing.pace(self.out.chat.chat_id)
+            async with self._lock:
+                await self._show(self.text, final=False)
+            await self._wake.wait()
+
+    async def _show(self, text: str, *, final: bool) -> bool:
+        """Make the chat show ``text``; False when some of it could not be sent (logged)."""
+        try:
+            await self._update(text, final=final)
+        except ChatUnavailable:
+            self.out.dead = True
+            return False
+        except DeliveryFailed:
+            return False
+        return True
+
+    async def _update(self, text: str, *, final: bool) -> None:
+        if self.out.dead:
+            return
+        chunks = split_text(text)
+        if not chunks:
+            return
+        self.updates += 1
+        self.pacing.mark_update(self.out.chat.chat_id)
+        drafting = self.drafts and not final
+        settled = chunks[:-1] if drafting else chunks
+        for i, chunk in enumerate(settled):
+            if i < len(self.messages):
+                message_id, shown = self.messages[i]
+                if shown != chunk:
+                    try:
+                        await self.out.edit_text(message_id, chunk)
+                    except DeliveryFailed as exc:
+                        if exc.args and exc.args[0] not in EDIT_GONE:
+                            raise
+                        # deleted meanwhile, or too old to edit: show it in a new message
+                        new_id = await self.out.send_text(chunk)
+                        if new_id is None:
+                            raise
+                        message_id = new_id
+                    self.messages[i] = (message_id, chunk)
+            else:
+                message_id = await self.out.send_text(chunk)
+                if message_id is not None:
+                    self.messages.append((message_id, chunk))
+        if final and len(self.messages) > len(chunks):  # the final text is shorter
+            extra = [m for m, _ in self.messages[len(chunks):]]
+            del self.messages[len(chunks):]
+            await self.out.delete(extra)
+        if drafting and chunks[-1] != self.draft_shown:
+            ok = await self._draft(chunks[-1])
+            if not ok:  # drafts refused (not a bot, old API...): edit in place from now on
+                self.drafts = False
+                await self._update(text, final=False)
+
+    async def _draft(self, text: str) -> bool:
+        out = self.out
+        chat = out.chat
+        try:
+            await out.sender.call(
+                chat.chat_id, "send_draft",
+                lambda: out.client.send_message_draft(
+                    chat.chat_id, self.draft_id, text, message_thread_id=out.thread,
+                    parse_mode=enums.ParseMode.DISABLED),
+                idempotent=True)  # same draft id: shown once
+        except OutcomeUnknown:
+            return True  # the network, not a refusal (logged): the next update drafts again
+        except DeliveryFailed:
+            self.on_drafts_refused()
+            log.warning("message drafts are not available; streaming by editing messages")
+            return False
+        self.draft_shown = text
+        return True
+
+    async def finish(self, final: str | None) -> tuple[str, bool]:
+        """Show the final text (or, without one, the streamed text as it is); returns it and
+        whether it all reached the chat."""
+        async with self._lock:  # never cut an update in the middle of a request
+            await self.abort()
+        text = self.text if final is None else final
+        async with self._lock:
+            if self.messages or self.draft_shown:
+                await self.pacing.pace(self.out.chat.chat_id, final=True)
+            ok = await self._show(text, final=True)
+        return text, ok
+
+    async def abort(self) -> None:
+        """Stop showing updates (the final text is :meth:`finish`'s job)."""
+        self.task.cancel()
+        (outcome,) = await asyncio.gather(self.task, return_exceptions=True)
+        if isinstance(outcome, Exception):
+            log.error("chat %s: streaming update failed", self.out.chat.chat_id,
+                      exc_info=outcome)
