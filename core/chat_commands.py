@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tgmux.errors import BackendError
+from tgmux.text import shorten
 from tgmux.types import CommandSpec, IncomingMessage, Notice, ReplyPart, Text
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ async def _backend_command(engine: Engine, message: IncomingMessage,
         after = await engine.decide(message)
         return [Text(f"This chat follows the config again: {after.backend if after else '-'}")]
     if wanted not in engine.backends:
-        return [Notice(f"There is no backend {wanted!r}. Available: {listing}")]
+        return [Notice(f"There is no backend {shorten(wanted, 40)!r}. Available: {listing}")]
     await engine.store.set_override(chat_id, wanted)
     return [Text(f"This chat now talks to: {wanted}")]
 
@@ -77,6 +78,6 @@ def admin_only_notice(command: str) -> str:
 
 
 def interrupted_notice(text: str) -> str:
-    shown = text if len(text) <= 60 else text[:57] + "..."
+    shown = shorten(text, 60)
     return (f"I was restarted while answering your message “{shown}” and may not have "
             "finished. Please send it again if you still need an answer.")

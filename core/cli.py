@@ -42,9 +42,11 @@ def _setup_logging(level: str) -> None:
         stream=sys.stderr,
     )
     # httpx logs full URLs at INFO; websockets logs handshake headers (cookies) and frames
-    # (auth tokens) at DEBUG. Keep both quiet whatever log_level says.
+    # (auth tokens) at DEBUG. Keep them quiet whatever log_level says.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("websockets").setLevel(logging.WARNING)
+    # aiosqlite logs every statement with its parameters at DEBUG: users' message texts.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 
 def _load(config_path: str) -> tuple[Config, PluginManager]:
@@ -118,7 +120,8 @@ def chat(config_path: str, backend: str | None, chat_id: int | None, user_id: in
     """Chat with your config in the terminal (same engine, routes, hooks and store).
 
     In a terminal it is interactive; with piped input it answers one message per line and
-    exits after the last reply.
+    exits after the last reply. With --chat-type group or supergroup, start a line with @bot to
+    address the bot (other lines are answered only where group_trigger is always).
     """
     from tgmux.console import run_console
 
@@ -154,8 +157,10 @@ def demo(backend: str | None) -> None:
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
 @CONFIG_OPTION
 def check(config_file: str | None, config_path: str) -> None:
-    """Validate a config and print its routing table."""
+    """Validate a config, print its routing table, and check that the store opens."""
+    from tgmux.redact import redact_urls
     from tgmux.router import Router
+    from tgmux.store import check_store
 
     config, _ = _load(config_file or config_path)
     click.echo(f"{config.source}: OK")
@@ -163,12 +168,16 @@ def check(config_file: str | None, config_path: str) -> None:
     for name, settings in config.backend_settings.items():
         click.echo(f"  {name}: {settings.type}")
     click.echo("\nroutes (first match wins):")
-    for i, (match, backend, options) in enumerate(Router(config).table()):
+    for i, (match, backend, options, trigger) in enumerate(Router(config).table()):
         extra = f"  options: {options}" if options else ""
-        click.echo(f"  {i + 1}. {match} -> {backend}{extra}")
+        click.echo(f"  {i + 1}. {match} -> {backend}  (groups: {trigger}){extra}")
     tg = config.data.telegram
     mode = "bot" if tg.bot_token else "user account" if tg.session_string else "not configured"
-    click.echo(f"\ntelegram: {mode}; store: {config.data.store}")
+    click.echo(f"\ntelegram: {mode}; store: {redact_urls(config.data.store)}")
+    problem = _run(check_store(config.data.store))
+    if problem:
+        click.echo(f"error: {config.where(('store',))}: {problem}", err=True)
+        sys.exit(2)
 
 
 @cli.command("backends")
@@ -186,11 +195,19 @@ def list_backends() -> None:
             rows.append((cls, info.source if info else "?"))
     for cls, source in sorted(rows, key=lambda row: row[0].type_name):
         click.echo(f"  {cls.type_name:<12} {cls.__module__}.{cls.__qualname__}  [{source}]")
-        if cls.description:
-            click.echo(f"  {'':<12} {cls.description}")
+        if description := _describe(cls):
+            click.echo(f"  {'':<12} {description}")
     click.echo("\nplugins:")
     for name, info in sorted(pm.sources.items()):
         click.echo(f"  {name:<28} {info.module}  [{info.source}]")
+
+
+def _describe(cls: type) -> str:
+    """A backend's ``description``, else the first line of its own docstring."""
+    if getattr(cls, "description", ""):
+        return cls.description
+    doc = cls.__dict__.get("__doc__") or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
 # -- Telegram -----------------------------------------------------------------------------------

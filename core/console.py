@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator
 from typing import TextIO
@@ -32,6 +33,9 @@ from tgmux.store import open_store
 from tgmux.types import IncomingMessage
 
 log = logging.getLogger("tgmux.console")
+
+#: How a console line in a group addresses the bot.
+MENTION = re.compile(r"@bot\b[,:]?\s*", re.IGNORECASE)
 
 
 class ConsoleFrontend:
@@ -134,12 +138,18 @@ async def chat_loop(engine: Engine, *, stdin: TextIO, out: TextIO, interactive: 
         text = line.rstrip("\r\n")
         if not text.strip():
             continue
+        # In a group the bot is addressed as on Telegram: by a mention ("@bot hi", stripped as
+        # the Telegram frontend strips its own @username) or a command; other lines are chatter
+        # that only group_trigger: always answers.
+        addressed = chat_type == "private"
+        if not addressed and MENTION.match(text):
+            text, addressed = MENTION.sub("", text, count=1), True
         # message_id None: the console has no message ids to deduplicate by.
         message = IncomingMessage(
             chat=ChatIdentity(chat_type=chat_type, chat_id=chat_id, user_id=user_id,
                               username=username, message_id=None),
             text=text,
-            addressed=True,
+            addressed=addressed,
         )
         done = await engine.submit(message)
         await done

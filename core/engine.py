@@ -47,6 +47,7 @@ from tgmux.redact import redact_urls
 from tgmux.reply import ReplyShaper, clean_part
 from tgmux.router import RouteDecision, Router
 from tgmux.store import Store
+from tgmux.text import shorten
 from tgmux.types import (
     DROP,
     ChatIdentity,
@@ -280,8 +281,12 @@ class Engine:
         chat = message.chat
         try:
             if interrupted:
-                await self._send(chat, [Notice(interrupted_notice(message.text))],
-                                 chat.message_id)
+                sent = await self._send(chat, [Notice(interrupted_notice(message.text))],
+                                        chat.message_id)
+                if not sent:  # nothing more can be done: say so where an operator looks
+                    log.warning("chat %s message %s: the user could not be told that its "
+                                "answer was cut off by a restart; the notice is lost",
+                                chat.chat_id, chat.message_id)
             else:
                 await self._answer(message)
         except Exception as exc:  # the user is always told something
@@ -359,8 +364,8 @@ class Engine:
         backend = self.backends[decision.backend]
         backend_commands = {c.name: c for c in backend.commands()}
         if command is not None and command not in backend_commands:
-            await self._send(chat, [Notice(f"Unknown command /{command}. /help lists what I can "
-                                           "do.")], chat.message_id)
+            await self._send(chat, [Notice(f"Unknown command /{shorten(command, 40)}. /help "
+                                           "lists what I can do.")], chat.message_id)
             return
         if command is not None and not self._may_run(backend_commands[command], message):
             await self._send(chat, [Notice(admin_only_notice(command))], chat.message_id)

@@ -68,14 +68,14 @@ class Router:
         return RouteDecision(default, self.config.backend_settings[default], None, trigger,
                              "default")
 
-    def table(self) -> list[tuple[str, str, str]]:
-        """(match, backend, options) rows for ``tgmux check``."""
+    def table(self) -> list[tuple[str, str, str, GroupTrigger]]:
+        """(match, backend, options, group trigger) rows for ``tgmux check``."""
         rows = []
         for route in self.routes:
             cond = route.match.model_dump(exclude_none=True)
             shown = ", ".join(f"{k}={v}" for k, v in cond.items()) or "(any)"
             opts = ", ".join(f"{k}={v!r}" for k, v in route.options.items())
-            rows.append((shown, route.backend, opts))
+            rows.append((shown, route.backend, opts, route.group_trigger))
         if self.config.data.default:
-            rows.append(("(default)", self.config.data.default, ""))
+            rows.append(("(default)", self.config.data.default, "", "mention"))
         return rows

@@ -23,6 +23,8 @@ from typing import Any
 
 import aiosqlite
 
+from tgmux.redact import redact_urls
+
 log = logging.getLogger("tgmux.store")
 
 SCHEMA_VERSION = 1
@@ -366,3 +368,28 @@ def open_store(url: str) -> Store:
     if url.startswith("sqlite:///"):
         return SQLiteStore(url.removeprefix("sqlite:///"))
     raise ValueError(f"unsupported store URL {url!r} (expected sqlite:///PATH or memory://)")
+
+
+async def check_store(url: str) -> str | None:
+    """What is wrong with the store at ``url`` (None: it opens). Creates nothing: a SQLite
+    file that does not exist yet is only checked for a usable folder."""
+    if url.startswith("sqlite:///") and (missing := _not_created(url)) is not None:
+        return missing or None
+    store = open_store(url)
+    try:
+        await store.open()
+    except Exception as exc:
+        return f"cannot open {redact_urls(url)}: {exc}"
+    await store.close()
+    return None
+
+
+def _not_created(url: str) -> str | None:
+    """None when the SQLite file exists; else "" when it can be created, or why not."""
+    path = Path(url.removeprefix("sqlite:///"))
+    if path.exists():
+        return None
+    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+        return f"cannot create {path}: {parent} is not a writable folder"
+    return ""

@@ -20,6 +20,7 @@ from typing import Any
 
 __all__ = [
     "DeltaJoiner",
+    "shorten",
     "split_pieces",
     "split_text",
     "str_or_none",
@@ -43,6 +44,11 @@ def str_or_none(value: Any) -> str | None:
     """``value`` when it is a ``str``, else None: a text field of decoded JSON, which may be
     missing, null or of another type. Never converts (``5`` gives None, not ``"5"``)."""
     return value if isinstance(value, str) else None
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` as an echo in a message: at most ``limit`` characters, ``...`` where cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def utf16_len(text: str) -> int:
