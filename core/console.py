@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import signal
 import threading
 from collections.abc import AsyncIterator
 from typing import TextIO
@@ -99,33 +100,52 @@ def _media_line(kind: str, url: str | None, data: bytes | None, caption: str | N
     return f"[{kind}] {where}" + (f" — {caption}" if caption else "")
 
 
-def read_lines(stream: TextIO) -> asyncio.Queue[str | None]:
+#: Lines read ahead of the engine at most (the reader thread waits when they are not taken).
+MAX_PENDING_LINES = 1000
+
+
+def read_lines(stream: TextIO, *, end_on_sigterm: bool = False) -> asyncio.Queue[str | None]:
     """Lines of ``stream`` read in a daemon thread (the loop never blocks on input, and an
     unfinished read never keeps the process alive, so Ctrl-C exits at once); None marks the
-    end."""
+    end. At most :data:`MAX_PENDING_LINES` wait in the queue. With ``end_on_sigterm``, SIGTERM
+    ends the input as end-of-file does, so what was read is answered before the process exits
+    (a container's or systemd's stop)."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    queue: asyncio.Queue[str | None] = asyncio.Queue(MAX_PENDING_LINES)
+
+    def put(line: str | None) -> None:
+        asyncio.run_coroutine_threadsafe(queue.put(line), loop).result()
 
     def reader() -> None:
         try:
             for line in iter(stream.readline, ""):
-                loop.call_soon_threadsafe(queue.put_nowait, line)
+                put(line)
         except Exception as exc:  # a closed or broken stdin ends the input
-            loop.call_soon_threadsafe(log.warning, "reading input failed: %s", exc)
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(log.warning, "reading input failed: %s", exc)
         finally:
-            with contextlib.suppress(RuntimeError):  # the loop may be gone already
-                loop.call_soon_threadsafe(queue.put_nowait, None)
+            with contextlib.suppress(Exception):  # the loop may be gone already
+                put(None)
 
+    if end_on_sigterm:
+        def on_sigterm() -> None:
+            log.warning("stop requested; answering what was read, then stopping")
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     threading.Thread(target=reader, name="tgmux-stdin", daemon=True).start()
     return queue
 
 
 async def chat_loop(engine: Engine, *, stdin: TextIO, out: TextIO, interactive: bool,
                     chat_id: int, user_id: int, chat_type: ChatType,
-                    username: str | None = "console") -> None:
-    """Read messages until end of input; each is answered before the next is read (a chat is
-    in order anyway, and the console shows one conversation)."""
-    lines = read_lines(stdin)
+                    username: str | None = "console", end_on_sigterm: bool = False) -> None:
+    """Read messages until end of input (or SIGTERM, with ``end_on_sigterm``); each is
+    answered before the next is read (a chat is in order anyway, and the console shows one
+    conversation)."""
+    lines = read_lines(stdin, end_on_sigterm=end_on_sigterm)
     while True:
         if interactive:
             out.write("you> ")
@@ -168,7 +188,8 @@ async def run_console(config: Config, pm: PluginManager, *, chat_id: int, user_i
         if banner and interactive:
             stdout.write(banner + "\n")
         await chat_loop(engine, stdin=stdin, out=stdout, interactive=interactive,
-                        chat_id=chat_id, user_id=user_id, chat_type=chat_type)
+                        chat_id=chat_id, user_id=user_id, chat_type=chat_type,
+                        end_on_sigterm=True)
     finally:
         await engine.stop()
     return 0

@@ -273,3 +273,49 @@ def test_backends_listing_describes_a_backend_by_its_docstring() -> None:
 
     assert _describe(ThirdParty) == "Talks to a provider nobody here wrote."
     assert _describe(Scripted) == "Replies with the parts a test puts in ``SCRIPT``."
+
+
+SLOW_PLUGIN = '''
+import asyncio
+from tgmux import hookimpl
+from tgmux.backend import Backend, BackendSettings, Text
+
+class Slow(Backend):
+    """Answers after a second."""
+    type_name = "slow"
+    Settings = BackendSettings
+
+    async def reply(self, turn):
+        await asyncio.sleep(1.0)
+        yield Text("slow: " + turn.text)
+
+@hookimpl
+def tgmux_backend_types():
+    return [Slow]
+'''
+
+
+def test_sigterm_during_a_console_reply_answers_it_then_exits(tmp_path: Path) -> None:
+    import signal
+
+    (tmp_path / "slowplug.py").write_text(SLOW_PLUGIN)
+    config = tmp_path / "config.yaml"
+    config.write_text('store: "memory://"\nplugins: [slowplug]\nbackends:\n  s: {type: slow}\n'
+                      "default: s\n")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TGMUX_")},
+           "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "tgmux", "chat", "-c", str(config)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write("hi\nnot read yet\n")
+        proc.stdin.flush()
+        time.sleep(0.6)  # the first reply is under way; stdin stays open
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert out.startswith("slow: hi\n")
+    assert "Traceback" not in err
