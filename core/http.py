@@ -201,32 +201,42 @@ class _GuardedStream(httpx.AsyncByteStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         total = 0
         chunks = self._inner.__aiter__()
-        while True:
-            try:
-                if self.idle is None:
-                    chunk = await anext(chunks)
-                else:
-                    async with asyncio.timeout(self.idle):
-                        chunk = await anext(chunks)
-            except StopAsyncIteration:
-                return
-            except TimeoutError as exc:
-                if self.idle is None:
-                    raise
-                raise BackendTimeoutError(
-                    f"{self._client.name}: {self._where}: no data for {self.idle:g} s "
-                    "mid-response", request_id=self._request_id,
-                ) from exc
-            except httpx.TransportError as exc:
-                if not self.convert:
-                    raise
-                _, error = self._client._transport_failure(exc, self._where, False)
-                error.request_id = self._request_id
-                raise error from exc
-            total += len(chunk)
-            if self.limit is not None and total > self.limit:
-                raise self._client._too_big(self._where, self.limit, self._request_id)
-            yield chunk
+        try:
+            while True:
+                chunk = await self._next(chunks)
+                if chunk is None:
+                    return
+                total += len(chunk)
+                if self.limit is not None and total > self.limit:
+                    raise self._client._too_big(self._where, self.limit, self._request_id)
+                yield chunk
+        finally:  # a consumer that stops early must not leave the inner iterator open
+            if (close := getattr(chunks, "aclose", None)) is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+
+    async def _next(self, chunks: AsyncIterator[bytes]) -> bytes | None:
+        """The next chunk (None at the end), within ``idle`` seconds."""
+        try:
+            if self.idle is None:
+                return await anext(chunks)
+            async with asyncio.timeout(self.idle):
+                return await anext(chunks)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError as exc:
+            if self.idle is None:
+                raise
+            raise BackendTimeoutError(
+                f"{self._client.name}: {self._where}: no data for {self.idle:g} s mid-response",
+                request_id=self._request_id,
+            ) from exc
+        except httpx.TransportError as exc:
+            if not self.convert:
+                raise
+            _, error = self._client._transport_failure(exc, self._where, False)
+            error.request_id = self._request_id
+            raise error from exc
 
     async def aclose(self) -> None:
         await self._inner.aclose()
