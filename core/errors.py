@@ -34,6 +34,33 @@ USER_MESSAGES: dict[ErrorKind, str] = {
 }
 
 
+#: "Please try again in about N": for a refusal whose end the provider told us (``Retry-After``).
+RETRY_LATER_MESSAGES: dict[ErrorKind, str] = {
+    ErrorKind.RATE_LIMITED: "The AI provider is busy; please try again in about {when}.",
+    ErrorKind.UNAVAILABLE: "The AI provider is unavailable right now; please try again in about "
+                           "{when}.",
+}
+
+
+def format_duration(seconds: float) -> str:
+    """A duration for people, rounded: ``45 s``, ``10 min``, ``24 h``, ``5 days``."""
+    seconds = max(1.0, float(seconds))
+    if seconds < 60:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60 - 30:
+        return f"{round(seconds / 60)} min"
+    if seconds < 48 * 3600:
+        return f"{round(seconds / 3600)} h"
+    return f"{round(seconds / 86400)} days"
+
+
+def retry_later_message(kind: ErrorKind, seconds: float) -> str | None:
+    """The user message for a refusal of ``kind`` that ends in ``seconds`` (None: no such
+    message for the kind; the kind's usual text stands)."""
+    template = RETRY_LATER_MESSAGES.get(kind)
+    return template.format(when=format_duration(seconds)) if template else None
+
+
 class TgmuxError(Exception):
     """Base of every error tgmux raises on purpose."""
 
@@ -77,6 +104,15 @@ class BackendError(TgmuxError):
     @property
     def user_message(self) -> str:
         return self._user_message or USER_MESSAGES[self.kind]
+
+    @user_message.setter
+    def user_message(self, value: str | None) -> None:
+        self._user_message = value
+
+    @property
+    def has_own_user_message(self) -> bool:
+        """Was a user message given (rather than the kind's usual text)?"""
+        return self._user_message is not None
 
     def log_text(self) -> str:
         parts = [f"kind={self.kind.value}"]

@@ -10,6 +10,26 @@ Retry policy (why: a retried chat turn is a duplicated chat turn):
   (GET, HEAD, PUT, DELETE, OPTIONS) or when the caller says ``idempotent=True``.
 
 Provider SDK retries do not exist here: this is the only place that retries.
+
+Bounds (nothing is read or awaited without one):
+
+* ``timeout`` bounds each attempt of :meth:`HttpClient.request` / ``request_json`` whole, from
+  connecting to the last byte of the body (a body trickling in byte by byte too); connecting
+  gets at most 90 % of it (and 10 s), so that a connect that did not happen is known as such
+  and retried. For :meth:`HttpClient.stream` it bounds the time to the response headers; the
+  body is bounded by ``stream_idle_timeout`` for each gap between chunks instead, whatever the
+  consumer calls (``aiter_bytes``, ``aiter_lines``, ``aiter_text``, ``aiter_raw``, ``aread``).
+* ``max_response_bytes`` bounds what is read of a body (decoded, and raw for streams): more is a
+  :class:`ProtocolError` ("answered more than N bytes"), found without reading the rest. An
+  error answer's body is read up to :data:`MAX_ERROR_BODY_BYTES`, the rest dropped.
+* a ``Retry-After`` longer than ``max_retry_after`` is not waited for: the request fails at once
+  (:class:`RateLimitedError` for a 429, with a user message saying when to try again), and every
+  request on the same credentials (the same limiter, or else the same client) is answered the
+  same way, without asking the provider, until then (at most :attr:`HttpClient.max_refusal`).
+  The shared limiter is penalized only by a ``Retry-After`` within ``max_retry_after``.
+
+Errors raised while a streamed body is read are :class:`BackendError` kinds too: a stall is a
+:class:`BackendTimeoutError`, a connection lost an :class:`UnavailableError`.
 """
 
 from __future__ import annotations
@@ -20,7 +40,9 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+import weakref
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -35,6 +57,8 @@ from tgmux.errors import (
     RateLimitedError,
     UnavailableError,
     error_for_status,
+    format_duration,
+    retry_later_message,
 )
 from tgmux.ratelimit import SlidingWindowLimiter
 from tgmux.types import delay_notifier
@@ -44,6 +68,27 @@ log = logging.getLogger("tgmux.http")
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 ErrorParser = Callable[[httpx.Response], BackendError]
+
+#: Headers that carry a provider's id for a request, most specific first.
+REQUEST_ID_HEADERS = (
+    "x-request-id", "request-id", "x-amzn-requestid", "x-correlation-id", "cf-ray",
+)
+#: How much of an error answer's body is read (for the error parser and the logs).
+MAX_ERROR_BODY_BYTES = 64 * 1024
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+#: Connecting gets this share of ``timeout`` (so it fails, provably unsent, before the request's
+#: own bound runs out), and at most ``MAX_CONNECT_TIMEOUT`` seconds.
+CONNECT_SHARE = 0.9
+MAX_CONNECT_TIMEOUT = 10.0
+
+
+def request_id_from(headers: Mapping[str, str]) -> str | None:
+    """The provider's request id from a response's headers (:data:`REQUEST_ID_HEADERS`)."""
+    for name in REQUEST_ID_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value.strip()[:200]
+    return None
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -69,6 +114,7 @@ def default_error_parser(response: httpx.Response) -> BackendError:
         f"HTTP {response.status_code}",
         status=response.status_code,
         provider_message=text or response.reason_phrase,
+        request_id=request_id_from(response.headers),
     )
 
 
@@ -100,13 +146,119 @@ def _transport(max_connections: int) -> AiohttpTransport:
 def never_reached(exc: httpx.TransportError) -> bool:
     """Did the request certainly not reach the provider? (Only then is a POST repeated.)
     The aiohttp transport maps every aiohttp connection error (a server disconnect mid-request
-    too) to ConnectTimeout; only a failed connect proves nothing was sent."""
+    too) to ConnectTimeout; only a failed connect (refused, unresolvable, TLS failed, or timed
+    out: aiohttp's ConnectionTimeoutError, which covers waiting for a pooled connection too)
+    proves nothing was sent."""
     if not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
         return False
     cause = exc.__cause__
     if isinstance(cause, aiohttp.ClientError):
-        return isinstance(cause, aiohttp.ClientConnectorError)
+        return isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
     return True
+
+
+def timed_out(exc: httpx.TransportError) -> bool:
+    """Did the transport give up waiting, rather than the connection break? The aiohttp
+    transport maps a server disconnect or a reset to httpx's ConnectTimeout, so the aiohttp
+    cause decides: its timeouts (``ServerTimeoutError`` and subclasses) are ``TimeoutError``s."""
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientError):
+        return isinstance(cause, asyncio.TimeoutError)
+    return isinstance(exc, httpx.TimeoutException)
+
+
+@dataclass
+class _Refusal:
+    """The provider said "not before ``until``" (monotonic), further than we wait."""
+
+    until: float
+    error_class: type[BackendError]
+    status: int
+    user_message: str | None  # the parser's own text, if it gave one
+
+
+# Refusals per limiter (shared by everything on the same credentials) or per client.
+_refusals: weakref.WeakKeyDictionary[object, _Refusal] = weakref.WeakKeyDictionary()
+
+
+class _GuardedStream(httpx.AsyncByteStream):
+    """A response body with bounds: at most ``limit`` raw bytes, at most ``idle`` seconds between
+    chunks; with ``convert``, transport errors become :class:`BackendError` kinds (for the
+    consumers of a streamed body, who should see nothing else)."""
+
+    def __init__(
+        self, inner: httpx.AsyncByteStream, client: HttpClient, where: str,
+        request_id: str | None, *, limit: int | None, idle: float | None, convert: bool,
+    ) -> None:
+        self._inner = inner
+        self._client = client
+        self._where = where
+        self._request_id = request_id
+        self.limit = limit
+        self.idle = idle
+        self.convert = convert
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        total = 0
+        chunks = self._inner.__aiter__()
+        try:
+            while True:
+                chunk = await self._next(chunks)
+                if chunk is None:
+                    return
+                total += len(chunk)
+                if self.limit is not None and total > self.limit:
+                    raise self._client._too_big(self._where, self.limit, self._request_id)
+                yield chunk
+        finally:  # a consumer that stops early must not leave the inner iterator open
+            if (close := getattr(chunks, "aclose", None)) is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+
+    async def _next(self, chunks: AsyncIterator[bytes]) -> bytes | None:
+        """The next chunk (None at the end), within ``idle`` seconds."""
+        try:
+            if self.idle is None:
+                return await anext(chunks)
+            async with asyncio.timeout(self.idle):
+                return await anext(chunks)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError as exc:
+            if self.idle is None:
+                raise
+            raise BackendTimeoutError(
+                f"{self._client.name}: {self._where}: no data for {self.idle:g} s mid-response",
+                request_id=self._request_id,
+            ) from exc
+        except httpx.TransportError as exc:
+            if not self.convert:
+                raise
+            _, error = self._client._transport_failure(exc, self._where, False)
+            error.request_id = self._request_id
+            raise error from exc
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def _read_body(response: httpx.Response, limit: int,
+                     too_big: Callable[[], BackendError] | None = None) -> None:
+    """Read the (decoded) body into ``response.content``, at most ``limit`` bytes; the rest is
+    left unread, and is a ``too_big()`` error if given (else dropped)."""
+    parts: list[bytes] = []
+    total = 0
+    async with contextlib.aclosing(response.aiter_bytes()) as body:
+        async for part in body:
+            if total + len(part) > limit:
+                if too_big is not None:
+                    raise too_big()
+                parts.append(part[: limit - total])
+                break
+            parts.append(part)
+            total += len(part)
+    # httpx keeps a read body here (``Response.aread`` does the same).
+    response._content = b"".join(parts)
 
 
 class HttpClient:
@@ -129,8 +281,19 @@ class HttpClient:
         transport: httpx.AsyncBaseTransport | None = None,
         cookies: httpx.Cookies | None = None,
         max_connections: int = 256,
+        stream_idle_timeout: float | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be > 0")
         self.name = name
+        self.timeout = timeout
+        #: The longest gap between two chunks of a streamed body (default: ``timeout``).
+        self.stream_idle_timeout = timeout if stream_idle_timeout is None else stream_idle_timeout
+        if self.stream_idle_timeout <= 0:
+            raise ValueError("stream_idle_timeout must be > 0")
+        self.max_response_bytes = max_response_bytes
+        self.max_error_bytes = MAX_ERROR_BODY_BYTES
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -138,10 +301,18 @@ class HttpClient:
         self.notify_after = notify_after
         self.limiter = limiter
         self.error_parser = error_parser
+        #: How long a refusal beyond ``max_retry_after`` is remembered at most: then the
+        #: provider is asked again (and may refuse again).
+        self.max_refusal = 86400.0
+        self._refusal_key: object = limiter if limiter is not None else self
         self._urls: dict[str, httpx.URL] = {}
+        connect = min(CONNECT_SHARE * timeout, MAX_CONNECT_TIMEOUT)
         self._client = httpx.AsyncClient(
             base_url=base_url,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            # Per read, a backstop only: the bounds that count are ours (see the module doc).
+            timeout=httpx.Timeout(
+                max(timeout, self.stream_idle_timeout) + 1.0, connect=connect, pool=connect
+            ),
             headers={"User-Agent": f"tgmux/{__version__}", **(headers or {})},
             transport=transport or _transport(max_connections),
             cookies=cookies,
@@ -206,11 +377,15 @@ class HttpClient:
         try:
             return response.json()
         except ValueError as exc:
-            raise ProtocolError(
+            error = ProtocolError(
                 f"{self.name}: {method} {response.request.url.path} answered non-JSON",
                 status=response.status_code,
                 provider_message=response.text[:200],
-            ) from exc
+                request_id=request_id_from(response.headers),
+            )
+            log.warning("%s: %s %s failed: %s", self.name, method, response.request.url.path,
+                        error.log_text())
+            raise error from exc
 
     @contextlib.asynccontextmanager
     async def stream(
@@ -223,7 +398,11 @@ class HttpClient:
         headers: dict[str, str] | None = None,
         idempotent: bool | None = None,
     ) -> AsyncIterator[httpx.Response]:
-        """A streamed response (body not read yet); errors before the body are raised here."""
+        """A streamed response (body not read yet); errors before the body are raised here.
+
+        ``timeout`` bounds the wait for the headers; reading the body (any ``aiter_*`` or
+        ``aread``) is bounded by ``stream_idle_timeout`` per gap between chunks and by
+        ``max_response_bytes`` in all, and raises :class:`BackendError` kinds only."""
         request = self._client.build_request(
             method, self._absolute(url), json=json, params=params, headers=headers
         )
@@ -245,6 +424,94 @@ class HttpClient:
         base = min(self.max_backoff, self.backoff * (2**attempt))
         return base / 2 + random.uniform(0, base / 2)  # "equal jitter"
 
+    def _transport_failure(
+        self, exc: httpx.TransportError, where: str, safe_to_repeat: bool
+    ) -> tuple[bool, BackendError]:
+        """(repeat it?, the error) for a transport error."""
+        detail = str(exc) or type(exc).__name__
+        if never_reached(exc):  # repeating cannot duplicate anything, whatever the method
+            return True, UnavailableError(
+                f"{self.name}: {where}: cannot connect", provider_message=detail)
+        if timed_out(exc):
+            return safe_to_repeat, BackendTimeoutError(
+                f"{self.name}: {where}: timed out", provider_message=detail)
+        # Dropped, reset, cut short: the provider may have got it, so only idempotent requests
+        # are repeated; and it is not "took too long".
+        return safe_to_repeat, UnavailableError(
+            f"{self.name}: {where}: connection lost", provider_message=detail)
+
+    def _too_big(self, where: str, limit: int, request_id: str | None) -> BackendError:
+        return ProtocolError(
+            f"{self.name}: {where} answered more than {limit} bytes", request_id=request_id)
+
+    # -- refusals beyond max_retry_after ----------------------------------------------------
+
+    def _refuse(self, retry_after: float, error: BackendError, status: int) -> None:
+        until = time.monotonic() + min(retry_after, self.max_refusal)
+        known = _refusals.get(self._refusal_key)
+        if known is None or known.until < until:
+            _refusals[self._refusal_key] = _Refusal(
+                until, type(error), status,
+                error.user_message if error.has_own_user_message else None,
+            )
+
+    def _check_refusal(self, where: str) -> None:
+        """Answer at once while the provider's refusal lasts."""
+        refusal = _refusals.get(self._refusal_key)
+        if refusal is None:
+            return
+        left = refusal.until - time.monotonic()
+        if left <= 0:
+            _refusals.pop(self._refusal_key, None)
+            return
+        error = refusal.error_class(
+            f"{self.name}: {where}: not sent, the provider refused everything for "
+            f"{format_duration(left)} more (Retry-After)",
+            status=refusal.status, retry_after=left,
+            user_message=refusal.user_message or retry_later_message(
+                refusal.error_class.kind, left),
+        )
+        log.info("%s: %s", self.name, error.log_text())
+        raise error
+
+    # -- one attempt -------------------------------------------------------------------------
+
+    async def _attempt(
+        self, request: httpx.Request, *, stream: bool, where: str
+    ) -> httpx.Response:
+        """Send once: the response with its body read (and bounded) unless ``stream`` and 2xx/3xx;
+        bounded whole by ``timeout`` (a ``TimeoutError`` when it runs out)."""
+        response: httpx.Response | None = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                response = await self._client.send(request, stream=True)
+                request_id = request_id_from(response.headers)
+                if response.status_code >= 400:
+                    response.stream = _GuardedStream(
+                        response.stream, self, where, request_id,
+                        limit=None, idle=None, convert=False)
+                    await _read_body(response, self.max_error_bytes)
+                    await response.aclose()
+                elif stream:
+                    response.stream = _GuardedStream(
+                        response.stream, self, where, request_id,
+                        limit=self.max_response_bytes, idle=self.stream_idle_timeout,
+                        convert=True)
+                else:
+                    response.stream = _GuardedStream(
+                        response.stream, self, where, request_id,
+                        limit=self.max_response_bytes, idle=None, convert=False)
+                    await _read_body(
+                        response, self.max_response_bytes,
+                        lambda: self._too_big(where, self.max_response_bytes, request_id))
+                    await response.aclose()
+        except BaseException:
+            if response is not None:
+                with contextlib.suppress(Exception):
+                    await response.aclose()
+            raise
+        return response
+
     @contextlib.asynccontextmanager
     async def _send(
         self, request: httpx.Request, *, stream: bool, idempotent: bool | None
@@ -255,27 +522,36 @@ class HttpClient:
         where = f"{request.method} {request.url.path}"
         attempt = 0
         while True:
+            self._check_refusal(where)
             await self._acquire_slot()
+            self._check_refusal(where)
             started = time.monotonic()
+            error: BackendError
+            cause: BaseException | None = None
             try:
-                response = await self._client.send(request, stream=stream)
+                response = await self._attempt(request, stream=stream, where=where)
             except httpx.TransportError as exc:
-                if never_reached(exc):
-                    # Repeating cannot duplicate anything, whatever the method.
-                    retry, error = True, UnavailableError(
-                        f"{self.name}: {where}: cannot connect", provider_message=str(exc))
-                elif isinstance(exc, httpx.TimeoutException):
-                    retry, error = safe_to_repeat, BackendTimeoutError(
-                        f"{self.name}: {where}: timed out", provider_message=str(exc))
-                else:  # the provider may have got it: only idempotent requests are repeated
-                    retry, error = safe_to_repeat, UnavailableError(
-                        f"{self.name}: {where}: connection failed", provider_message=str(exc))
+                retry, error = self._transport_failure(exc, where, safe_to_repeat)
+                cause = exc
+            except TimeoutError as exc:  # our bound on the whole attempt
+                retry, error = safe_to_repeat, BackendTimeoutError(
+                    f"{self.name}: {where}: no complete answer within {self.timeout:g} s")
+                cause = exc
+            except aiohttp.ClientError as exc:  # one the transport does not map: not HTTP
+                retry, error = safe_to_repeat, ProtocolError(
+                    f"{self.name}: {where}: unreadable answer",
+                    provider_message=str(exc) or type(exc).__name__)
+                cause = exc
+            except BackendError as exc:  # a body over the cap: answered, so not repeated
+                log.warning("%s: %s failed: %s", self.name, where, exc.log_text())
+                raise
+            if cause is not None:
                 if retry and attempt < self.retries:
-                    await self._wait(self._backoff(attempt), f"{where}: {type(exc).__name__}")
+                    await self._wait(self._backoff(attempt), f"{where}: {type(cause).__name__}")
                     attempt += 1
                     continue
                 log.warning("%s: %s failed: %s", self.name, where, error.log_text())
-                raise error from exc
+                raise error from cause
 
             log.debug(
                 "%s: %s -> %s in %.0f ms",
@@ -288,14 +564,13 @@ class HttpClient:
                     await response.aclose()
                 return
 
-            if stream:
-                await response.aread()
-            await response.aclose()
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             refused = response.status_code == 429 or (
                 response.status_code == 503 and retry_after is not None
             )
-            if refused and self.limiter is not None and retry_after:
+            too_long = retry_after is not None and retry_after > self.max_retry_after
+            if refused and self.limiter is not None and retry_after and not too_long:
+                # Everyone on these credentials waits; never longer than max_retry_after.
                 self.limiter.penalize(retry_after)
             retryable = refused or (safe_to_repeat and response.status_code >= 500)
             pause = retry_after if retry_after is not None else self._backoff(attempt)
@@ -312,6 +587,14 @@ class HttpClient:
                 error = RateLimitedError(
                     str(error), status=429, provider_message=error.provider_message,
                     request_id=error.request_id, retry_after=retry_after,
+                    user_message=error.user_message if error.has_own_user_message else None,
+                    details=error.details,
                 )
+            if not error.request_id:
+                error.request_id = request_id_from(response.headers)
+            if refused and too_long and retry_after is not None:
+                if not error.has_own_user_message:
+                    error.user_message = retry_later_message(error.kind, retry_after)
+                self._refuse(retry_after, error, response.status_code)
             log.warning("%s: %s failed: %s", self.name, where, error.log_text())
             raise error
