@@ -27,7 +27,7 @@ async def run_builtin(engine: Engine, command: str, message: IncomingMessage,
     if command == "start":
         return [Text("Hi! Send me a message and I will answer. /help lists what I can do.")]
     if command == "help":
-        return [Text(help_text(engine, decision))]
+        return [Text(help_text(engine, decision, message.chat.account))]
     if command == "reset":
         if decision is None:
             return [Text("Nothing to reset.")]
@@ -49,7 +49,7 @@ async def _backend_command(engine: Engine, message: IncomingMessage,
         current = decision.backend if decision else "(none)"
         return [Text(f"This chat talks to: {current}\nAvailable: {listing}\n"
                      "Switch with /backend NAME; /backend default goes back to the config.")]
-    if not engine.is_admin(message.chat.user_id):
+    if not engine.is_admin(message.chat.user_id, message.chat.account):
         return [Notice("Only the bot's admins can switch the AI for a chat.")]
     if wanted == "default":
         await engine.store.set_override(chat_id, None)
@@ -61,14 +61,15 @@ async def _backend_command(engine: Engine, message: IncomingMessage,
     return [Text(f"This chat now talks to: {wanted}")]
 
 
-def help_text(engine: Engine, decision: RouteDecision | None) -> str:
+def help_text(engine: Engine, decision: RouteDecision | None, account: str = "main") -> str:
     lines = ["Send me a message and I will answer.", ""]
+    restricted = account in engine.config.accounts and engine.config.accounts[account].admins
     specs = list(BUILTIN_COMMANDS) + [c.spec for c in engine.plugin_commands.values()]
     if decision is not None:
         specs += engine.backends[decision.backend].commands()
     for spec in specs:
         usage = f" {spec.usage}" if spec.usage else ""
-        admins = " (admins only)" if spec.admin_only and engine.config.data.admins else ""
+        admins = " (admins only)" if spec.admin_only and restricted else ""
         lines.append(f"/{spec.name}{usage} — {spec.description}{admins}")
     return "\n".join(lines)
 

@@ -103,7 +103,7 @@ class Engine:
         self.pm = plugin_manager
         self.store = store
         self.frontend = frontend
-        self.router = Router(config)
+        self.routers = {name: Router(config, name) for name in config.accounts}
         self.backends: dict[str, Backend] = {}
         self.plugin_commands: dict[str, PluginCommand] = {}
         self._queues: dict[int, deque[_Slot]] = {}
@@ -304,7 +304,12 @@ class Engine:
     async def decide(self, message: IncomingMessage) -> RouteDecision | None:
         chosen = await call_first(self.pm, "tgmux_route", message=message, engine=self)
         override = await self.store.get_override(message.chat.chat_id)
-        return self.router.decide(message, override=override, chosen=chosen)
+        return self.router_for(message.chat.account).decide(message, override=override,
+                                                            chosen=chosen)
+
+    def router_for(self, account: str) -> Router:
+        """The account's routing (an unknown account: the first one's)."""
+        return self.routers.get(account) or next(iter(self.routers.values()))
 
     async def backend_for(self, message: IncomingMessage) -> Backend | None:
         """The backend that will answer ``message``, or None when nothing will (no route, or
@@ -478,15 +483,18 @@ class Engine:
 
     # -- commands --------------------------------------------------------------------------------
 
-    def is_admin(self, user_id: int | None) -> bool:
-        admins = self.config.data.admins
+    def is_admin(self, user_id: int | None, account: str | None = None) -> bool:
+        """Whether ``user_id`` may use admin-only commands with ``account`` (its own
+        ``admins:``, else the top level's; nobody listed: everyone may)."""
+        admins = (self.config.accounts[account].admins if account in self.config.accounts
+                  else self.config.data.admins)
         return not admins or (user_id is not None and user_id in admins)
 
     def _may_run(self, spec: CommandSpec, message: IncomingMessage) -> bool:
-        return not spec.admin_only or self.is_admin(message.chat.user_id)
+        return not spec.admin_only or self.is_admin(message.chat.user_id, message.chat.account)
 
-    def help_text(self, decision: RouteDecision | None) -> str:
-        return help_text(self, decision)
+    def help_text(self, decision: RouteDecision | None, account: str = "main") -> str:
+        return help_text(self, decision, account)
 
     def command_specs(self) -> list[CommandSpec]:
         """Every command any chat may use (for Telegram's command menu)."""

@@ -73,14 +73,16 @@ class EngineHarness:
     def message(self, text: str = "", *, user_id: int = 1, chat_id: int | None = None,
                 chat_type: ChatType = "private", username: str | None = None,
                 message_id: int | None = None, thread_id: int | None = None,
-                addressed: bool = True, media: Media | None = None) -> IncomingMessage:
+                addressed: bool = True, media: Media | None = None,
+                account: str = "main") -> IncomingMessage:
         chat_id = user_id if chat_id is None else chat_id
         if message_id is None:
+            # one count per chat id across accounts: `by_message` keys stay unique
             message_id = next(self._ids[chat_id])
         return IncomingMessage(
             chat=ChatIdentity(chat_type=chat_type, chat_id=chat_id, user_id=user_id,
                               username=username, message_id=message_id,
-                              message_thread_id=thread_id),
+                              message_thread_id=thread_id, account=account),
             text=text, media=media, addressed=addressed,
         )
 

@@ -21,9 +21,12 @@ class RouteDecision:
 
 
 class Router:
-    def __init__(self, config: Config) -> None:
+    """One account's routing (``account`` None: the first account)."""
+
+    def __init__(self, config: Config, account: str | None = None) -> None:
         self.config = config
-        self.routes = config.data.routes
+        self.account = config.account(account)
+        self.routes = self.account.routes
         self._regex = [re.compile(r.match.text) if r.match.text else None for r in self.routes]
 
     def matches(self, index: int, message: IncomingMessage) -> bool:
@@ -60,9 +63,9 @@ class Router:
                                      reason)
         if index is not None:
             route = self.routes[index]
-            return RouteDecision(route.backend, self.config.route_options[index], index, trigger,
+            return RouteDecision(route.backend, self.account.route_options[index], index, trigger,
                                  f"route {index}")
-        default = self.config.data.default
+        default = self.account.default
         if default is None:
             return None
         return RouteDecision(default, self.config.backend_settings[default], None, trigger,
@@ -76,6 +79,6 @@ class Router:
             shown = ", ".join(f"{k}={v}" for k, v in cond.items()) or "(any)"
             opts = ", ".join(f"{k}={v!r}" for k, v in route.options.items())
             rows.append((shown, route.backend, opts, route.group_trigger))
-        if self.config.data.default:
-            rows.append(("(default)", self.config.data.default, "", "mention"))
+        if self.account.default:
+            rows.append(("(default)", self.account.default, "", "mention"))
         return rows

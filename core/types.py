@@ -61,6 +61,9 @@ class ChatIdentity:
     message_id: int | None = None
     message_thread_id: int | None = None
     first_name: str | None = None
+    #: The tgmux account (the Telegram bot or user) the chat is with: ``main`` for the single
+    #: ``telegram:`` form. The same user talking to two accounts is two chats.
+    account: str = "main"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ Loading a config file *and* the plugins it names is :mod:`tgmux.bootstrap`'s job
 from tgmux.backend import Strict
 from tgmux.config.parse import KeyPath, ParsedConfig, parse_config_text, read_config_file
 from tgmux.config.schema import (
+    AccountConfig,
     EngineConfig,
     FloodLimits,
     GroupTrigger,
@@ -16,10 +17,13 @@ from tgmux.config.schema import (
     TelegramConfig,
     TgmuxConfig,
 )
-from tgmux.config.validate import SECRET_KEY, Config, validate_config
+from tgmux.config.validate import MAIN, SECRET_KEY, Account, Config, validate_config
 
 __all__ = [
+    "MAIN",
     "SECRET_KEY",
+    "Account",
+    "AccountConfig",
     "Config",
     "EngineConfig",
     "FloodLimits",

@@ -129,8 +129,22 @@ class RouteConfig(Strict):
     group_trigger: GroupTrigger = "mention"
 
 
+ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
+
+
+class AccountConfig(Strict):
+    """One Telegram account of ``accounts:``; what it leaves out comes from the top level."""
+
+    telegram: TelegramConfig
+    routes: list[RouteConfig] | None = None
+    default: str | None = None
+    admins: list[Int] | None = None
+
+
 class TgmuxConfig(Strict):
     telegram: TelegramConfig = Field(default_factory=TelegramConfig)
+    accounts: dict[str, AccountConfig] | None = Field(
+        None, description="several Telegram accounts, by name, instead of telegram:")
     store: str = "sqlite:///tgmux.db"
     admins: list[Int] = Field(default_factory=list)
     backends: dict[str, dict[str, Any]]
@@ -139,6 +153,24 @@ class TgmuxConfig(Strict):
     plugins: list[str] = Field(default_factory=list)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     log_level: LogLevel = "INFO"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_form(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "telegram" in value and "accounts" in value:
+            raise ValueError("give telegram: (one account) or accounts: (several), not both")
+        return value
+
+    @field_validator("accounts")
+    @classmethod
+    def _account_names(cls, value: dict[str, AccountConfig] | None) -> Any:
+        if value is not None:
+            if not value:
+                raise ValueError("name at least one account (or use telegram:)")
+            for name in value:
+                if not ACCOUNT_NAME.match(str(name)):
+                    raise ValueError(f"account name {name!r}: letters, digits, _ . - only")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

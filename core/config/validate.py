@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from tgmux.backend import Backend, BackendSettings
 from tgmux.config.parse import KeyPath, ParsedConfig, where
-from tgmux.config.schema import TelegramConfig, TgmuxConfig
+from tgmux.config.schema import RouteConfig, TelegramConfig, TgmuxConfig
 from tgmux.errors import ConfigError
 from tgmux.redact import redact_urls
 
@@ -25,34 +25,67 @@ from tgmux.redact import redact_urls
 SECRET_KEY = re.compile(r"secret|token|key|hash|password|session", re.IGNORECASE)
 
 
+#: The account of the single ``telegram:`` form.
+MAIN = "main"
+
+
+@dataclass(frozen=True)
+class Account:
+    """One Telegram account with its own routing (its own routes, default and admins, or the
+    top level's). ``path`` is where its ``telegram:`` section is in the file."""
+
+    name: str
+    path: KeyPath
+    telegram: TelegramConfig
+    routes: list[RouteConfig]
+    route_options: list[BackendSettings]  # per route: the backend's settings with overrides
+    default: str | None
+    admins: list[int]
+
+    @property
+    def telegram_path(self) -> KeyPath:
+        return self.path if self.path == ("telegram",) else (*self.path, "telegram")
+
+
 @dataclass
 class Config:
-    """A validated config: the raw schema plus each backend's validated settings."""
+    """A validated config: the raw schema plus each backend's validated settings, and the
+    accounts (one, ``main``, for the single ``telegram:`` form)."""
 
     data: TgmuxConfig
     backend_settings: dict[str, BackendSettings]
     backend_classes: dict[str, type[Backend]]
-    route_options: list[BackendSettings]  # per route: the backend's settings with overrides
+    route_options: list[BackendSettings]  # per top-level route
     source: str = "<config>"
     lines: dict[KeyPath, int] = field(default_factory=dict)
     missing_env: dict[KeyPath, str] = field(default_factory=dict)
+    accounts: dict[str, Account] = field(default_factory=dict)
 
     def where(self, path: KeyPath) -> str:
         return where(self.source, self.lines, path)
 
-    def require_telegram(self) -> TelegramConfig:
-        """The Telegram section, or a ConfigError naming each missing piece."""
+    def account(self, name: str | None = None) -> Account:
+        """The account called ``name`` (None: the first, in file order)."""
+        if name is None:
+            return next(iter(self.accounts.values()))
+        return self.accounts[name]
+
+    def require_telegram(self, account: str | None = None) -> TelegramConfig:
+        """An account's Telegram section, or a ConfigError naming each missing piece."""
+        acc = self.account(account)
+        section = acc.telegram_path
         problems = [
             f"{self.where(path)}: environment variable {name} is not set"
             for path, name in self.missing_env.items()
-            if path[0] == "telegram"
+            if path[:len(section)] == section
         ]
-        tg = self.data.telegram
+        tg = acc.telegram
         if not problems:
+            dotted = ".".join(map(str, section))
             if tg.api_id is None:
-                problems.append(f"{self.where(('telegram',))}: telegram.api_id: is required")
+                problems.append(f"{self.where(section)}: {dotted}.api_id: is required")
             if not tg.api_hash:
-                problems.append(f"{self.where(('telegram',))}: telegram.api_hash: is required")
+                problems.append(f"{self.where(section)}: {dotted}.api_hash: is required")
         if problems:
             raise ConfigError(problems)
         return tg
@@ -63,13 +96,37 @@ def validate_config(parsed: ParsedConfig, backend_types: dict[str, type[Backend]
     schema, problems = check_schema(parsed)
     settings, classes, backend_problems = _check_backends(parsed, backend_types)
     problems += backend_problems
-    route_options, route_problems = _check_routes(parsed, schema, settings, classes)
+    route_options, route_problems = _check_routes(
+        parsed, ("routes",), schema.routes if schema else None, settings, classes)
     problems += route_problems + _check_default(parsed)
+    accounts: dict[str, Account] = {}
+    raw_accounts = parsed.data.get("accounts")
+    for name in raw_accounts if isinstance(raw_accounts, dict) else {}:
+        prefix: KeyPath = ("accounts", name)
+        problems += _check_default(parsed, prefix)
+        account = schema.accounts.get(name) if schema and schema.accounts else None
+        own_routes = account.routes if account else None
+        options = route_options
+        if own_routes is not None or account is None:
+            options, more = _check_routes(parsed, (*prefix, "routes"), own_routes, settings,
+                                          classes)
+            problems += more
+        if account is not None and schema is not None:
+            accounts[name] = Account(
+                name=name, path=prefix, telegram=account.telegram,
+                routes=schema.routes if own_routes is None else own_routes,
+                route_options=options,
+                default=account.default if account.default is not None else schema.default,
+                admins=schema.admins if account.admins is None else account.admins)
     if problems or schema is None:
         raise ConfigError(problems)
+    if not accounts:  # the single `telegram:` form: one account, `main`
+        accounts[MAIN] = Account(name=MAIN, path=("telegram",), telegram=schema.telegram,
+                                 routes=schema.routes, route_options=route_options,
+                                 default=schema.default, admins=schema.admins)
     return Config(data=schema, backend_settings=settings, backend_classes=classes,
                   route_options=route_options, source=parsed.source, lines=parsed.lines,
-                  missing_env=parsed.missing_env)
+                  missing_env=parsed.missing_env, accounts=accounts)
 
 
 def check_schema(parsed: ParsedConfig) -> tuple[TgmuxConfig | None, list[str]]:
@@ -77,7 +134,8 @@ def check_schema(parsed: ParsedConfig) -> tuple[TgmuxConfig | None, list[str]]:
     problems = [
         f"{parsed.where(path)}: environment variable {name} is not set"
         for path, name in parsed.missing_env.items()
-        if path[0] != "telegram"  # only `tgmux run` needs Telegram credentials
+        # only `tgmux run` needs Telegram credentials
+        if path[0] != "telegram" and not (path[0] == "accounts" and path[2:3] == ("telegram",))
     ] + parsed.problems
     try:
         return TgmuxConfig.model_validate(parsed.data), problems
@@ -119,28 +177,30 @@ def _check_backends(
 
 
 def _check_routes(
-    parsed: ParsedConfig, schema: TgmuxConfig | None, settings: dict[str, BackendSettings],
-    classes: dict[str, type[Backend]],
+    parsed: ParsedConfig, prefix: KeyPath, routes: list[RouteConfig] | None,
+    settings: dict[str, BackendSettings], classes: dict[str, type[Backend]],
 ) -> tuple[list[BackendSettings], list[str]]:
-    """Each route's backend exists, and its options are ones that backend lets a route set."""
+    """Each route's backend exists, and its options are ones that backend lets a route set.
+    ``routes`` None: the schema did not validate; unknown backends are named from the raw
+    data at ``prefix`` all the same."""
     defined = _raw_backends(parsed)
     names = ", ".join(sorted(defined))
     problems: list[str] = []
 
     def unknown(i: int, wanted: object) -> bool:
         if isinstance(wanted, str) and wanted not in defined:
-            problems.append(f"{parsed.where(('routes', i, 'backend'))}: unknown backend "
+            problems.append(f"{parsed.where((*prefix, i, 'backend'))}: unknown backend "
                             f"{wanted!r} (defined: {names})")
             return True
         return False
 
-    if schema is None:  # still name unknown backends, from the raw data
-        raw_routes = parsed.data.get("routes")
+    if routes is None:
+        raw_routes = _raw_at(parsed, prefix)
         for i, route in enumerate(raw_routes if isinstance(raw_routes, list) else []):
             unknown(i, route.get("backend") if isinstance(route, dict) else None)
         return [], problems
     route_options: list[BackendSettings] = []
-    for i, route in enumerate(schema.routes):
+    for i, route in enumerate(routes):
         if unknown(i, route.backend) or route.backend not in settings:
             continue
         base = settings[route.backend]
@@ -148,25 +208,44 @@ def _check_routes(
         for key in route.options:
             if key == "type" or (allowed is not None and key not in allowed):
                 hint = ", ".join(sorted(allowed)) if allowed is not None else "none"
-                problems.append(f"{parsed.where(('routes', i, 'options', key))}: {key!r} cannot "
+                problems.append(f"{parsed.where((*prefix, i, 'options', key))}: {key!r} cannot "
                                 f"be set per route for {base.type} (can: {hint})")
         overrides = {k: v for k, v in route.options.items()
                      if k != "type" and (allowed is None or k in allowed)}
         try:
             route_options.append(type(base).model_validate({**base.model_dump(), **overrides}))
         except ValidationError as exc:
-            problems += pydantic_problems(exc, parsed, ("routes", i, "options"))
+            problems += pydantic_problems(exc, parsed, (*prefix, i, "options"))
     return route_options, problems
 
 
-def _check_default(parsed: ParsedConfig) -> list[str]:
+def _raw_at(parsed: ParsedConfig, path: KeyPath) -> Any:
+    value: Any = parsed.data
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _check_default(parsed: ParsedConfig, prefix: KeyPath = ()) -> list[str]:
+    """The ``default:`` at ``prefix`` (top level, or an account's) names a backend, and a
+    section with no routes has one (an account may take either from the top level)."""
     defined = _raw_backends(parsed)
     names = ", ".join(sorted(defined))
-    default = parsed.data.get("default")
+    default = _raw_at(parsed, (*prefix, "default"))
     if default is not None and default not in defined:
-        return [f"{parsed.where(('default',))}: unknown backend {default!r} (defined: {names})"]
-    if default is None and not parsed.data.get("routes") and defined:
-        return [f"{parsed.source}: default: required when there are no routes "
+        return [f"{parsed.where((*prefix, 'default'))}: unknown backend {default!r} "
+                f"(defined: {names})"]
+    top = parsed.data
+    if prefix and (default is not None or _raw_at(parsed, (*prefix, "routes"))
+                   or top.get("default") is not None or top.get("routes")):
+        return []
+    if not prefix and isinstance(top.get("accounts"), dict) and top["accounts"]:
+        return []  # each account is checked on its own
+    if default is None and not _raw_at(parsed, (*prefix, "routes")) and defined:
+        where = parsed.where(prefix) if prefix else parsed.source
+        return [f"{where}: default: required when there are no routes "
                 f"(name one of: {names})"]
     return []
 
