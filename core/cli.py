@@ -8,7 +8,6 @@ own commands (``tgmux_cli_commands``) are loaded only when a name is not a built
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -35,18 +34,18 @@ def _fail(error: ConfigError) -> NoReturn:
     sys.exit(2)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # httpx logs full URLs at INFO; websockets logs handshake headers (cookies) and frames
-    # (auth tokens) at DEBUG. Keep them quiet whatever log_level says.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("websockets").setLevel(logging.WARNING)
-    # aiosqlite logs every statement with its parameters at DEBUG: users' message texts.
-    logging.getLogger("aiosqlite").setLevel(logging.INFO)
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    from tgmux.logs import setup_logging
+
+    setup_logging(level, fmt)
+
+
+def _config_logging(config: Config, quiet: bool = False) -> None:
+    """The config's log_level and log_format; ``quiet`` commands (the console, simulate, whose
+    stdout is the conversation) log warnings only unless the config names a level."""
+    data = config.data
+    level = data.log_level if not quiet or "log_level" in data.model_fields_set else "WARNING"
+    _setup_logging(level, data.log_format)
 
 
 def _load(config_path: str) -> tuple[Config, PluginManager]:
@@ -126,7 +125,7 @@ def chat(config_path: str, backend: str | None, chat_id: int | None, user_id: in
     from tgmux.console import run_console
 
     config, pm = _load(config_path)
-    _setup_logging("WARNING")
+    _config_logging(config, quiet=True)
     if backend is not None:
         if backend not in config.backend_settings:
             _fail(ConfigError(f"--backend: unknown backend {backend!r} (defined: "
@@ -218,7 +217,7 @@ def _describe(cls: type) -> str:
 def run(config_path: str) -> None:
     """Run the Telegram bot or user account described by the config."""
     config, pm = _load(config_path)
-    _setup_logging(config.data.log_level)
+    _config_logging(config)
     from tgmux.telegram import run_telegram
 
     sys.exit(_run(run_telegram(config, pm)))
@@ -234,7 +233,7 @@ def simulate(config_path: str, bot_username: str) -> None:
     Drives the real Pyrogram client with only its network layer replaced.
     """
     config, pm = _load(config_path)
-    _setup_logging("WARNING")
+    _config_logging(config, quiet=True)
     from tgmux.telegram.simulate import simulate as simulate_telegram
 
     sys.exit(_run(simulate_telegram(config, pm, stdin=sys.stdin, stdout=sys.stdout,

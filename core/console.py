@@ -30,6 +30,7 @@ from tgmux.backend import (
 from tgmux.config import Config
 from tgmux.engine import Engine
 from tgmux.hooks import PluginManager
+from tgmux.ops import start_ops_server
 from tgmux.store import open_store
 from tgmux.types import IncomingMessage
 
@@ -184,12 +185,16 @@ async def run_console(config: Config, pm: PluginManager, *, chat_id: int, user_i
     engine = Engine(config, pm, open_store(config.data.store),
                     ConsoleFrontend(stdout, interactive=interactive))
     await engine.start()
+    server = None
     try:
+        server = await start_ops_server(config, engine)
         if banner and interactive:
             stdout.write(banner + "\n")
         await chat_loop(engine, stdin=stdin, out=stdout, interactive=interactive,
                         chat_id=chat_id, user_id=user_id, chat_type=chat_type,
                         end_on_sigterm=True)
     finally:
+        if server is not None:
+            await server.stop()
         await engine.stop()
     return 0

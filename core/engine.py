@@ -43,6 +43,8 @@ from tgmux.hooks import (
     call_first,
     flatten,
 )
+from tgmux.logs import log_fields
+from tgmux.metrics import Metrics
 from tgmux.redact import redact_urls
 from tgmux.reply import ReplyShaper, clean_part
 from tgmux.router import RouteDecision, Router
@@ -56,6 +58,7 @@ from tgmux.types import (
     CommandSpec,
     Frontend,
     IncomingMessage,
+    Metadata,
     Notice,
     PluginCommand,
     ProviderEvent,
@@ -104,6 +107,7 @@ class Engine:
         self.store = store
         self.frontend = frontend
         self.routers = {name: Router(config, name) for name in config.accounts}
+        self.metrics = Metrics()
         self.backends: dict[str, Backend] = {}
         self.plugin_commands: dict[str, PluginCommand] = {}
         self._queues: dict[int, deque[_Slot]] = {}
@@ -232,6 +236,7 @@ class Engine:
         """
         if not self._accepting:
             raise RuntimeError("engine is not accepting messages (not started or stopping)")
+        self.metrics.messages_received.labels(message.chat.account).inc()
         slot = self._reserve(message)
         try:
             if message.chat.message_id is None:
@@ -279,6 +284,7 @@ class Engine:
 
     async def _handle(self, message: IncomingMessage, *, interrupted: bool = False) -> None:
         chat = message.chat
+        log_fields.set({"account": chat.account, "chat_id": chat.chat_id})
         try:
             if interrupted:
                 sent = await self._send(chat, [Notice(interrupted_notice(message.text))],
@@ -428,8 +434,12 @@ class Engine:
         # Set, never reset: the frontend may drive this generator from another task, where a
         # reset token would not belong; the next turn sets its own.
         delay_notifier.set(_once(tell_delay))
+        log_fields.set({**(log_fields.get() or {}), "backend": backend.name})
         source = backend.run_command(turn) if turn.command else backend.reply(turn)
-        deadline = asyncio.get_running_loop().time() + self.config.data.engine.turn_timeout
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        first: float | None = None
+        deadline = started + self.config.data.engine.turn_timeout
         failure: Exception | None = None
         notice: str | None = None
         shaper = ReplyShaper(self.config.data.engine.max_reply_chars)
@@ -440,6 +450,9 @@ class Engine:
                         part = await anext(source)
                 except StopAsyncIteration:
                     break
+                if first is None and not isinstance(part, Metadata):
+                    first = loop.time() - started
+                    self.metrics.first_token.labels(backend.name).observe(first)
                 if isinstance(part, TextDelta):
                     for out in shaper.delta(part):
                         yield out
@@ -466,6 +479,13 @@ class Engine:
         finally:
             if (aclose := getattr(source, "aclose", None)) is not None:
                 await aclose()
+        self.metrics.backend_latency.labels(backend.name).observe(loop.time() - started)
+        self.metrics.replies.labels(turn.chat.account, backend.name,
+                                    "ok" if failure is None else "error").inc()
+        if failure is not None:
+            kind = (failure.kind.value if isinstance(failure, BackendError)
+                    else "timeout" if isinstance(failure, TimeoutError) else "internal")
+            self.metrics.provider_errors.labels(backend.name, kind).inc()
         for out in shaper.end():
             yield out
         if failure is not None:

@@ -6,6 +6,7 @@ and datagrams), on for the whole session.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -17,3 +18,16 @@ from tgmux.testing import guard_sockets
 def _loopback_only() -> Iterator[None]:
     with guard_sockets(reason="tests may only reach loopback"):
         yield
+
+
+@pytest.fixture
+def restore_logging():
+    """For tests that call tgmux's logging setup: the root logger as it was afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    quiet = {name: logging.getLogger(name).level for name in ("httpx", "websockets", "aiosqlite")}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, was in quiet.items():
+        logging.getLogger(name).setLevel(was)

@@ -129,6 +129,27 @@ class RouteConfig(Strict):
     group_trigger: GroupTrigger = "mention"
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:9090`` for IPv6) → (host, port); ValueError says what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:9090")
+    return host.strip("[]"), int(port)
+
+
+class ServerConfig(Strict):
+    """The operator's endpoints: /healthz, /readyz, /metrics."""
+
+    listen: str | None = Field(None, description="HOST:PORT to serve on; off unless set")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
+
+
 ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 
 
@@ -153,6 +174,8 @@ class TgmuxConfig(Strict):
     plugins: list[str] = Field(default_factory=list)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     log_level: LogLevel = "INFO"
+    log_format: Literal["text", "json"] = Field("text", description="json: one object a line")
+    server: ServerConfig = Field(default_factory=ServerConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -235,7 +235,7 @@ async def test_long_arguments_are_not_echoed_back_whole() -> None:
     assert unknown.text.startswith("Unknown command /" + "c" * 37 + "...")
 
 
-def test_message_texts_stay_out_of_debug_logs(tmp_path: Path) -> None:
+def test_message_texts_stay_out_of_debug_logs(tmp_path: Path, restore_logging: None) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(f'store: "sqlite:///{tmp_path}/t.db"\nlog_level: DEBUG\n{ECHO}')
     from tgmux.cli import _setup_logging

@@ -1,0 +1,26 @@
+"""Starting the operator's endpoints for an engine (``server.listen``), with the checks every
+frontend shares (the store answers); frontends add their own (an account is connected)."""
+
+from __future__ import annotations
+
+from tgmux.config import Config
+from tgmux.engine import Engine
+from tgmux.server import OpsServer
+
+__all__ = ["start_ops_server"]
+
+
+async def start_ops_server(config: Config, engine: Engine) -> OpsServer | None:
+    """The started server, or None when ``server.listen`` is not set."""
+    listen = config.data.server.listen
+    if listen is None:
+        return None
+    server = OpsServer(listen, engine.metrics)
+
+    async def store_answers() -> str | None:
+        await engine.store.get_override(0)
+        return None
+
+    server.add_check("store", store_answers)
+    await server.start()
+    return server
