@@ -148,6 +148,9 @@ class BambiSleepBackend(HttpBackend[BambiSleepClient]):
                 algorithm=hook.signature_algorithm,
                 prefix=hook.signature_prefix,
                 name=self.name,
+                kv=self.kv,
+                max_age=hook.max_age,
+                require_timestamp=hook.require_timestamp,
             )
             await self.receiver.start()
             await self.registration.ensure()

@@ -69,6 +69,14 @@ class WebhookSettings(Strict):
     signature_prefix: str = Field(
         "", description="text before the hex digest in the header, e.g. 'sha256='"
     )
+    max_age: float = Field(
+        300.0, ge=0, description="refuse (400) a delivery whose timestamp is more than this "
+        "many seconds before or after this host's clock: a replay, or a clock that is off "
+        "(0: timestamps are not checked)"
+    )
+    require_timestamp: bool = Field(
+        False, description="refuse (400) deliveries without a timestamp"
+    )
     retry_delay: float = Field(
         5.0, gt=0, description="first wait before registering again after a refusal that "
         "proves nothing was registered (doubles, at most 300 s)"

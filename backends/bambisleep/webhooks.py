@@ -13,6 +13,13 @@ body. A delivery seen recently is answered 200 again but not delivered twice (pr
 and a webhook registered twice delivers every event twice): deliveries are the same when their
 ``id`` is, or, without an id, when event type, ``timestamp`` and data are (without a timestamp
 either: the same event type and data within :data:`UNSTAMPED_WINDOW` seconds).
+
+Replays: a delivery whose ``timestamp`` is more than ``max_age`` seconds before or after this
+host's clock is refused (400 ``STALE_TIMESTAMP``, a warning in the log): a captured delivery
+cannot be replayed later. Within the window, the deliveries seen are kept in the backend's
+persistent key-value store (``seen:<key>`` → the time until which it is remembered), so a
+restart does not forget them; expired entries are pruned (at start and every
+:data:`PRUNE_INTERVAL` seconds while writing) and at most :data:`SEEN_MAX` are kept.
 """
 
 from __future__ import annotations
@@ -23,17 +30,25 @@ import hmac
 import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+
+from tgmux.backend import KeyValue
 
 log = logging.getLogger("tgmux.backends.bambisleep.webhooks")
 
 #: Deliveries with neither id nor timestamp count as repeats only this close together.
 UNSTAMPED_WINDOW = 60.0
-SEEN_MAX = 2000
+#: Deliveries remembered at most (the oldest are forgotten first).
+SEEN_MAX = 10_000
+#: How long a delivery that cannot be placed in time (no timestamp, or no window) is remembered.
+SEEN_RETENTION = 24 * 3600.0
+#: Seconds between prunes of expired entries (on write).
+PRUNE_INTERVAL = 60.0
+SEEN_PREFIX = "seen:"
 
 EventCallback = Callable[[str, dict[str, Any], dict[str, Any]], Awaitable[None]]
 
@@ -50,6 +65,33 @@ def parse_listen(listen: str) -> tuple[str, int]:
 def sign(body: bytes, secret: str, algorithm: str = "sha256") -> str:
     """The signature tgmux expects: hex HMAC of the raw body."""
     return hmac.new(secret.encode(), body, algorithm).hexdigest()
+
+
+def parse_timestamp(value: Any) -> float | None:
+    """A delivery's ``timestamp`` as Unix seconds: ISO 8601 (``2025-01-01T00:00:00Z``; without
+    a zone, UTC) or a number (seconds, or milliseconds when it is that large); None when it is
+    neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            try:
+                stamp = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+            except ValueError:
+                return None
+            if stamp.tzinfo is None:
+                stamp = stamp.replace(tzinfo=UTC)
+            return stamp.timestamp()
+    else:
+        return None
+    if number != number or number in (float("inf"), float("-inf")):
+        return None
+    return number / 1000.0 if abs(number) > 1e11 else number
 
 
 def event_text(event: str, data: dict[str, Any]) -> str:
@@ -78,9 +120,33 @@ def event_text(event: str, data: dict[str, Any]) -> str:
     return f"{event}: {json.dumps(data, ensure_ascii=False)[:500]}"
 
 
+class _MemoryKV:
+    """A :class:`tgmux.backend.KeyValue` in a dict (a receiver made without a store)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, str] = {}
+
+    async def get(self, key: str) -> str | None:
+        return self.data.get(key)
+
+    async def set(self, key: str, value: str) -> None:
+        self.data[key] = value
+
+    async def delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+    async def items(self, prefix: str = "") -> list[tuple[str, str]]:
+        return sorted((k, v) for k, v in self.data.items() if k.startswith(prefix))
+
+
 class WebhookReceiver:
     """Serves ``POST path`` on ``listen``; verified events go to ``on_event(type, data, body)``
-    (run in the background so the provider gets its 200 right away)."""
+    (run in the background so the provider gets its 200 right away).
+
+    ``kv`` keeps the deliveries seen (the backend's persistent namespace; without one, memory);
+    ``max_age`` is the replay window in seconds (0: timestamps are not checked);
+    ``require_timestamp`` refuses deliveries without one.
+    """
 
     def __init__(
         self,
@@ -94,6 +160,10 @@ class WebhookReceiver:
         algorithm: str = "sha256",
         prefix: str = "",
         name: str = "bambisleep",
+        kv: KeyValue | None = None,
+        max_age: float = 300.0,
+        require_timestamp: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         hashlib.new(algorithm)  # fail early on an unknown algorithm
         self.host, self.port = parse_listen(listen)
@@ -105,9 +175,16 @@ class WebhookReceiver:
         self.algorithm = algorithm
         self.prefix = prefix
         self.name = name
-        self.rejected = 0
-        self._seen: OrderedDict[str, float] = OrderedDict()  # delivery key -> when seen
+        self.kv: KeyValue = kv if kv is not None else _MemoryKV()
+        self.max_age = max_age
+        self.require_timestamp = require_timestamp
+        self.clock = clock
+        self.rejected = 0  # bad or missing signature
+        self.refused = 0  # signed, but stale, from the future, or without a usable timestamp
         self.duplicates = 0
+        self._seen_lock = asyncio.Lock()
+        self._last_prune = float("-inf")
+        self._writes = 0
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -116,6 +193,10 @@ class WebhookReceiver:
         return f"http://{self.host}:{self.port}{self.path}"
 
     async def start(self) -> None:
+        try:
+            await self.prune()
+        except Exception:  # a store problem must not keep the receiver down
+            log.exception("%s: pruning the webhook deliveries seen failed", self.name)
         app = web.Application()
         app.router.add_post(self.path, self._handle)
         self._runner = web.AppRunner(app, access_log=None)
@@ -143,6 +224,41 @@ class WebhookReceiver:
         expected = sign(body, self.secret, self.algorithm)
         return hmac.compare_digest(expected.encode(), signature.lower().encode())
 
+    def _refuse(self, request: web.Request, event: str, code: str, message: str,
+                details: dict[str, Any]) -> web.Response:
+        self.refused += 1
+        log.warning("%s: webhook event %s from %s refused (%s): %s", self.name, event,
+                    request.remote, code, message)
+        return web.json_response(
+            {"error": True, "code": code, "message": message, "details": details}, status=400
+        )
+
+    def _check_time(self, request: web.Request, event: str,
+                    payload: dict[str, Any]) -> tuple[float | None, web.Response | None]:
+        """(the delivery's time, or None without one; a refusal, or None)."""
+        raw = payload.get("timestamp")
+        if raw is None or raw == "":
+            if self.require_timestamp:
+                return None, self._refuse(request, event, "NO_TIMESTAMP",
+                                          "the delivery has no timestamp", {})
+            return None, None
+        when = parse_timestamp(raw)
+        if when is None:
+            return None, self._refuse(request, event, "INVALID_TIMESTAMP",
+                                      f"unreadable timestamp {str(raw)[:40]!r}",
+                                      {"timestamp": str(raw)[:40]})
+        if self.max_age > 0:
+            age = self.clock() - when
+            if abs(age) > self.max_age:
+                why = (f"timestamp {str(raw)[:40]} is {age:.0f} s old" if age > 0 else
+                       f"timestamp {str(raw)[:40]} is {-age:.0f} s in the future")
+                return when, self._refuse(
+                    request, event, "STALE_TIMESTAMP",
+                    f"{why}; at most {self.max_age:g} s either way is accepted (a replayed "
+                    "delivery, or a clock that is off)",
+                    {"timestamp": str(raw)[:40], "max_age": self.max_age})
+        return when, None
+
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         signature = request.headers.get(self.signature_header)
@@ -169,13 +285,24 @@ class WebhookReceiver:
             return web.json_response(
                 {"error": True, "code": "NO_EVENT", "message": "no event type"}, status=400
             )
+        when, refusal = self._check_time(request, event, payload)
+        if refusal is not None:
+            return refusal
         if self.events and event not in self.events:
             log.info("%s: webhook event %s not subscribed; ignored", self.name, event)
             return web.json_response({"received": True, "ignored": True})
         data = payload.get("data")
         if not isinstance(data, dict):
             data = {k: v for k, v in payload.items() if k not in ("id", "event", "type")}
-        if self._repeated(event, payload, data):
+        try:
+            repeated = await self._repeated(event, payload, data, when)
+        except Exception:  # the store failed: let the provider deliver it again later
+            log.exception("%s: cannot check webhook event %s against the deliveries seen",
+                          self.name, event)
+            return web.json_response(
+                {"error": True, "code": "INTERNAL", "message": "try again later"}, status=500
+            )
+        if repeated:
             self.duplicates += 1
             log.info("%s: webhook event %s delivered again; not passed on twice", self.name,
                      event)
@@ -185,12 +312,14 @@ class WebhookReceiver:
         task.add_done_callback(self._tasks.discard)
         return web.json_response({"received": True})
 
-    def _repeated(self, event: str, payload: dict[str, Any], data: dict[str, Any]) -> bool:
-        """Seen this delivery recently? (Records it if not.)"""
-        now = time.monotonic()
+    def _key(self, event: str, payload: dict[str, Any], data: dict[str, Any],
+             when: float | None, now: float) -> tuple[str, float]:
+        """(the store key of a delivery, the time until which it is remembered)."""
         event_id = payload.get("id")
         stamp = payload.get("timestamp")
-        window = None
+        # Remembered while a replay would pass the timestamp check.
+        until = (max(now, when) + self.max_age if when is not None and self.max_age > 0
+                 else now + SEEN_RETENTION)
         if isinstance(event_id, str | int) and not isinstance(event_id, bool):
             key = f"id:{event_id}"
         else:
@@ -200,18 +329,50 @@ class WebhookReceiver:
             if isinstance(stamp, str | int | float) and stamp != "":
                 key = f"ts:{event}:{stamp}:{digest}"
             else:
-                key, window = f"data:{event}:{digest}", UNSTAMPED_WINDOW
-        seen = self._seen.get(key)
-        if seen is not None and (window is None or now - seen <= window):
-            return True
-        self._seen[key] = now
-        self._seen.move_to_end(key)
-        while len(self._seen) > SEEN_MAX:
-            self._seen.popitem(last=False)
-        return False
+                key, until = f"data:{event}:{digest}", now + UNSTAMPED_WINDOW
+        if len(key) > 200:
+            key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+        return SEEN_PREFIX + key, until
+
+    async def _repeated(self, event: str, payload: dict[str, Any], data: dict[str, Any],
+                        when: float | None = None) -> bool:
+        """Seen this delivery recently? (Records it if not.)"""
+        async with self._seen_lock:  # one check-and-record at a time: no race between copies
+            now = self.clock()
+            key, until = self._key(event, payload, data, when, now)
+            stored = await self.kv.get(key)
+            if stored is not None and _float(stored) >= now:
+                return True
+            await self.kv.set(key, f"{until:.3f}")
+            self._writes += 1
+            if now - self._last_prune >= PRUNE_INTERVAL or self._writes >= SEEN_MAX // 10:
+                await self.prune(now)
+            return False
+
+    async def prune(self, now: float | None = None) -> int:
+        """Forget expired deliveries, and the oldest beyond :data:`SEEN_MAX`; how many."""
+        now = self.clock() if now is None else now
+        self._last_prune, self._writes = now, 0
+        entries = [(_float(v), k) for k, v in await self.kv.items(SEEN_PREFIX)]
+        old = [k for until, k in entries if until < now]
+        live = sorted((until, k) for until, k in entries if until >= now)
+        if len(live) > SEEN_MAX:
+            old += [k for _, k in live[: len(live) - SEEN_MAX]]
+        for key in old:
+            await self.kv.delete(key)
+        if old:
+            log.debug("%s: forgot %d webhook deliveries seen", self.name, len(old))
+        return len(old)
 
     async def _deliver(self, event: str, data: dict[str, Any], payload: dict[str, Any]) -> None:
         try:
             await self.on_event(event, data, payload)
         except Exception:
             log.exception("%s: handling webhook event %s failed", self.name, event)
+
+
+def _float(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        return float("-inf")  # unreadable: expired

@@ -17,6 +17,9 @@
   ``{"code": "insufficient_credits", "message": "Insufficient credits..."}`` — a tgmux
   assumption: the document only says insufficient credits is an error to handle.
 * Images are served by the simulator itself (a small PNG) under ``/wp-content/uploads/``.
+* :meth:`LucyDreamSimulator.answer_huge` makes the next send-message(s) answer a ``reply`` of
+  that many bytes (a fault: a runaway model, a broken proxy), streamed in pieces with its
+  ``Content-Length``, so a client can stop reading early.
 
 Run it alone: ``python -m tgmux.backends.lucydream.simulator --port 8080 --api-key demo``.
 """
@@ -24,6 +27,8 @@ Run it alone: ``python -m tgmux.backends.lucydream.simulator --port 8080 --api-k
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import html
 import itertools
 import json
@@ -140,6 +145,9 @@ class LucyDreamSimulator(SimulatorServer):
         self.reply_fn = reply
         self._ids = itertools.count(first_user_id)
         self._state = _State()
+        self._huge: list[int] = []  # sizes of the next huge replies
+        #: bytes of huge replies written so far (how much a client read before it stopped)
+        self.huge_bytes_sent = 0
 
     # -- state for tests ---------------------------------------------------------------------
 
@@ -181,6 +189,11 @@ class LucyDreamSimulator(SimulatorServer):
 
     def add_history(self, user_id: str, model: str, role: str, text: str) -> None:
         self._append(user_id, model, role, text)
+
+    def answer_huge(self, size: int, *, times: int = 1) -> None:
+        """The next ``times`` send-messages answer ``{"reply": "…"}`` with a reply of ``size``
+        bytes of text (words of ASCII), not kept in the history."""
+        self._huge += [size] * times
 
     # -- routes ------------------------------------------------------------------------------
 
@@ -288,11 +301,32 @@ class LucyDreamSimulator(SimulatorServer):
             problem = self._charge(account)
         return params, problem
 
-    async def _send_message(self, request: web.Request) -> web.Response:
+    async def _huge_reply(self, request: web.Request, size: int) -> web.StreamResponse:
+        head, tail = b'{"reply": "', b'"}'
+        piece = b"lorem ipsum dolor sit amet " * 2400  # ~64 KiB
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(head) + size + len(tail)
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):  # the client stopped reading: fine
+            await response.write(head)
+            left = size
+            while left > 0:
+                chunk = piece[:left]
+                await response.write(chunk)
+                self.huge_bytes_sent += len(chunk)
+                left -= len(chunk)
+                await asyncio.sleep(0)
+            await response.write(tail)
+            await response.write_eof()
+        return response
+
+    async def _send_message(self, request: web.Request) -> web.StreamResponse:
         params, problem = await self._charged_post(request, ("message", "chatbot_model",
                                                               "user_id"))
         if problem is not None:
             return problem
+        if self._huge:
+            return await self._huge_reply(request, self._huge.pop(0))
         user_id, model = params["user_id"], params["chatbot_model"]
         turn = sum(1 for e in self.history(user_id, model) if e.role == "user") + 1
         answer = self.reply_fn(self.models[model], params["message"], turn)

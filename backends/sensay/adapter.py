@@ -21,6 +21,7 @@ from tgmux.backend import (
     Turn,
 )
 from tgmux.errors import BackendError, ProtocolError
+from tgmux.text import valid_unicode
 
 from .client import (
     DEFAULT_BASE_URL,
@@ -207,7 +208,7 @@ class SensayBackend(HttpBackend[SensayClient]):
                 yield TextDelta(delta)
         except BackendError as exc:
             # Keep what streamed as the reply, then tell the user it was cut off.
-            partial = "".join(parts)
+            partial = valid_unicode("".join(parts))
             if not partial.strip():
                 raise
             log.warning("sensay %s: stream cut off after %d characters: %s", self.name,
@@ -218,7 +219,8 @@ class SensayBackend(HttpBackend[SensayClient]):
                 request_id=exc.request_id, details={**exc.details, "cut_off": True},
                 user_message=CUT_OFF,
             ) from exc
-        full = "".join(parts)
+        # Valid Unicode: an emoji whose UTF-16 halves came in two deltas is one character.
+        full = valid_unicode("".join(parts))
         if not full.strip():
             raise ProtocolError("sensay: empty streamed completion", user_message=EMPTY_REPLY)
         yield Text(full)

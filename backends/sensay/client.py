@@ -49,7 +49,7 @@ from tgmux.errors import (
     error_for_status,
 )
 from tgmux.http import HttpClient
-from tgmux.text import split_text, str_or_none, utf16_index, utf16_len
+from tgmux.text import split_text, str_or_none, utf16_index, utf16_len, valid_unicode
 
 from .streams import Flavor, StreamParser, flavor_from_headers
 
@@ -210,6 +210,30 @@ def _stream_flavor(response: httpx.Response) -> Flavor | None:
     return flavor_from_headers(response.headers)
 
 
+#: Content types a stream answering a JSON request may come as (HTML is an error page, never a
+#: reply).
+_TEXT_TYPES = ("text/plain", "text/event-stream", "")
+
+
+def _is_stream_answer(response: httpx.Response) -> bool:
+    """Whether an answer to a JSON request is a stream: announced by an ``x-vercel-ai-*``
+    header or ``text/event-stream``, or a ``text/plain`` (or unlabeled) body that is not JSON
+    (then the body is the reply: a plain text stream, or a data or UI stream by its first
+    bytes)."""
+    if _is_json(response):
+        return False
+    ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    if _stream_flavor(response) is not None or ctype == "text/event-stream":
+        return True
+    if ctype not in _TEXT_TYPES or not response.content.strip():
+        return False
+    try:
+        _loads_lenient(response.text)
+    except ValueError:
+        return True
+    return False  # JSON, labeled text/plain: read as the JSON answer
+
+
 # -- the client --------------------------------------------------------------------------------
 
 
@@ -285,12 +309,9 @@ class SensayClient:
             "POST", self.path(replica_uuid), json=body,
             headers=self._headers("application/json", user_id),
         )
-        if not _is_json(response) and (
-            _stream_flavor(response) is not None
-            or response.headers.get("content-type", "").startswith("text/event-stream")
-        ):  # asked for JSON, got a stream anyway: read it whole
+        if _is_stream_answer(response):  # asked for JSON, got a stream anyway: read it whole
             parser = StreamParser(_stream_flavor(response), name=self.name)
-            return "".join([d async for d in parser.parse(_one(response.content))])
+            return valid_unicode("".join([d async for d in parser.parse(_one(response.content))]))
         return parse_completion(response)
 
     async def stream(

@@ -25,7 +25,10 @@ stream, ``ui``: v5 UI message stream over SSE, ``text``: plain), in parts of ``c
 characters, ``chunk_delay`` seconds apart; ``write_size`` cuts the bytes on the wire into
 pieces of that many bytes (splitting lines and UTF-8 characters), ``crlf`` ends lines with
 CRLF, ``headers=False`` leaves out the ``x-vercel-ai-*`` header (so clients must detect the
-flavor), ``finish=False`` leaves out the finish part. ``answer_as`` makes a replica ignore
+flavor), ``finish=False`` leaves out the finish part. ``split_characters`` cuts the parts inside
+characters, as a JavaScript server may: in the data and UI streams in UTF-16 code units, so an
+emoji's two halves can go in two parts (``0:"\ud83d"`` then ``0:"\ude00"``), in the text
+stream in UTF-8 bytes (``chunk_size`` bytes a part). ``answer_as`` makes a replica ignore
 ``Accept``; ``ruby_hash`` writes JSON replies in the Ruby-hash spelling of the documented
 example. :meth:`SensaySimulator.fail_stream`
 injects an error part (or a dropped connection) mid-stream; :meth:`SensaySimulator.fail`
@@ -142,6 +145,7 @@ class SensaySimulator(SimulatorServer):
         chunk_delay: float = 0.0,
         first_token_delay: float = 0.0,
         write_size: int | None = None,
+        split_characters: bool = False,
         latency: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -156,6 +160,7 @@ class SensaySimulator(SimulatorServer):
         self.chunk_delay = chunk_delay
         self.first_token_delay = first_token_delay
         self.write_size = write_size
+        self.split_characters = split_characters
         self._histories: dict[tuple[str, str], list[dict[str, str]]] = {}
         self.turns: list[Turn] = []
         self.stream_faults: list[StreamFault] = []
@@ -322,15 +327,25 @@ class SensaySimulator(SimulatorServer):
             headers["Content-Type"] = replica.content_type
         return headers
 
+    def _pieces(self, reply: str) -> list[str]:
+        """The reply's text parts, ``chunk_size`` characters each (UTF-16 code units with
+        ``split_characters``: a part may then end or start with half of a character)."""
+        size = max(1, self.chunk_size)
+        if not self.split_characters:
+            return [reply[i:i + size] for i in range(0, len(reply), size)]
+        units = reply.encode("utf-16-le")
+        return [units[i:i + 2 * size].decode("utf-16-le", "surrogatepass")
+                for i in range(0, len(units), 2 * size)]
+
     def _frames(self, replica: Replica, reply: str,
-                fault: StreamFault | None) -> list[tuple[str, bool]]:
+                fault: StreamFault | None) -> list[tuple[str | bytes, bool]]:
         """(frame, is_text) in order; the wire form of the reply."""
         eol = "\r\n" if replica.crlf else "\n"
         size = max(1, self.chunk_size)
-        pieces = [reply[i:i + size] for i in range(0, len(reply), size)]
+        pieces = self._pieces(reply)
         if fault is not None:
             pieces = pieces[: fault.after]
-        frames: list[tuple[str, bool]] = []
+        frames: list[tuple[str | bytes, bool]] = []
         if replica.flavor == "data":
             frames.append((f'f:{{"messageId":"msg-{next(self._ids)}"}}{eol}', False))
             frames += [(f"0:{json.dumps(p)}{eol}", True) for p in pieces]
@@ -359,6 +374,12 @@ class SensaySimulator(SimulatorServer):
                 frames.append((event({"type": "finish-step"}), False))
                 frames.append((event({"type": "finish"}), False))
                 frames.append((event("[DONE]"), False))
+        elif self.split_characters:  # UTF-8 bytes, cut anywhere
+            data = reply.encode("utf-8")
+            parts = [data[i:i + size] for i in range(0, len(data), size)]
+            if fault is not None:
+                parts = parts[: fault.after]
+            frames += [(p, True) for p in parts]
         else:
             frames += [(p, True) for p in pieces]
         return frames
@@ -376,7 +397,7 @@ class SensaySimulator(SimulatorServer):
                 delay = self.first_token_delay if first else self.chunk_delay
                 if delay:
                     await asyncio.sleep(delay)
-            data = frame.encode("utf-8")
+            data = frame if isinstance(frame, bytes) else frame.encode("utf-8")
             step = self.write_size or len(data) or 1
             for i in range(0, len(data), step):
                 if is_text and turn is not None:

@@ -10,6 +10,8 @@ import dataclasses
 import json
 import logging
 import socket
+import time
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -18,6 +20,7 @@ import tgmux.backends.bambisleep as bambisleep_plugin
 from tgmux.backend import Text
 from tgmux.backends.bambisleep.simulator import BambiSleepSimulator
 from tgmux.backends.bambisleep.webhooks import WebhookReceiver, event_text, parse_listen, sign
+from tgmux.bootstrap import load_text
 from tgmux.harness import EngineHarness
 from tgmux.hooks import hookimpl
 
@@ -25,6 +28,10 @@ KEY = "key-one"
 USER = "bambi"
 SECRET = "s3cret"
 CHAT = -1001
+
+
+def iso(when: float) -> str:
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def free_port() -> int:
@@ -308,10 +315,11 @@ async def test_same_data_at_another_time_is_a_new_event():
     receiver = WebhookReceiver(listen="127.0.0.1:0", path="/h", secret=SECRET,
                                on_event=on_event)
     await receiver.start()
+    # recent stamps: older ones are refused as replays (see test_stale_and_future_...)
+    first, second = (iso(time.time() - 10), iso(time.time() - 5))
     try:
         async with httpx.AsyncClient() as raw:
-            for stamp in ("2025-01-01T00:00:00Z", "2025-01-01T00:00:05Z",
-                          "2025-01-01T00:00:05Z"):
+            for stamp in (first, second, second):
                 body = json.dumps({"event": "message.new", "timestamp": stamp,
                                    "data": {"content": "same"}}).encode()
                 answer = await raw.post(receiver.url, content=body,
@@ -320,7 +328,7 @@ async def test_same_data_at_another_time_is_a_new_event():
         await asyncio.sleep(0.05)
     finally:
         await receiver.stop()
-    assert got == ["2025-01-01T00:00:00Z", "2025-01-01T00:00:05Z"]
+    assert got == [first, second]
 
 
 def test_helpers():
@@ -332,3 +340,109 @@ def test_helpers():
     assert event_text("profile.update", {"username": "a", "displayName": "A"}) == \
         "👤 a updated their profile (A)"
     assert event_text("custom.thing", {"x": 1}) == 'custom.thing: {"x": 1}'
+
+
+# -- replays -------------------------------------------------------------------------------
+
+
+def signed_delivery(event_id: str, stamp: str, content: str = "hi") -> tuple[bytes, dict]:
+    body = json.dumps({"id": event_id, "event": "message.new", "timestamp": stamp,
+                       "data": {"username": "alice", "content": content}}).encode()
+    return body, {"X-Signature": sign(body, SECRET)}
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite", "memory"])
+async def test_a_delivery_replayed_after_a_restart_is_passed_on_once(sim, tmp_path, store_kind):
+    """The deliveries seen live in the backend's store: a restart does not forget them."""
+    from tgmux.store import MemoryStore, SQLiteStore
+
+    port = free_port()
+    store = SQLiteStore(tmp_path / "tgmux.db") if store_kind == "sqlite" else MemoryStore()
+    body, headers = signed_delivery("evt_42", iso(time.time()))
+    statuses, delivered = [], []
+    for _ in range(2):  # the same backend config on the same store, started twice
+        config_data, pm = load_text(config(sim, port), source="<test>",
+                                    plugins=[bambisleep_plugin])
+        await store.open()
+        h = EngineHarness(config_data, store=store, plugin_manager=pm)
+        async with h:
+            async with httpx.AsyncClient() as raw:
+                answer = await raw.post(f"http://127.0.0.1:{port}/hooks/bambi", content=body,
+                                        headers=headers)
+            statuses.append((answer.status_code, answer.json()))
+            await asyncio.sleep(0.1)
+            delivered += h.delivered
+        await store.close()
+    assert statuses == [(200, {"received": True}), (200, {"received": True, "duplicate": True})]
+    assert delivered == [(CHAT, Text("💬 New message from alice: hi"))]
+
+
+async def test_stale_and_future_stamped_deliveries_are_refused(sim, caplog):
+    port = free_port()
+    caplog.set_level(logging.WARNING, logger="tgmux.backends.bambisleep.webhooks")
+    h = EngineHarness.from_yaml(config(sim, port), plugins=[bambisleep_plugin])
+    url = f"http://127.0.0.1:{port}/hooks/bambi"
+    async with h:
+        answers = []
+        async with httpx.AsyncClient() as raw:
+            for n, stamp in enumerate(["2025-01-01T00:00:00Z", iso(time.time() - 400),
+                                       iso(time.time() + 400), time.time() - 400,
+                                       int((time.time() - 400) * 1000), "yesterday"]):
+                body, headers = signed_delivery(f"evt_old_{n}", stamp)
+                answers.append(await raw.post(url, content=body, headers=headers))
+            body, headers = signed_delivery("evt_now", iso(time.time() - 30))
+            fresh = await raw.post(url, content=body, headers=headers)
+        await wait_for(lambda: h.delivered)
+        receiver = h.engine.backends["bambi"].receiver
+    assert [a.status_code for a in answers] == [400] * 6
+    assert [a.json()["code"] for a in answers] == ["STALE_TIMESTAMP"] * 5 + ["INVALID_TIMESTAMP"]
+    assert answers[0].json()["details"] == {"timestamp": "2025-01-01T00:00:00Z", "max_age": 300}
+    assert fresh.status_code == 200
+    assert h.delivered == [(CHAT, Text("💬 New message from alice: hi"))]
+    assert receiver.refused == 6 and receiver.rejected == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("refused (STALE_TIMESTAMP)" in m for m in messages) == 5
+    assert any("2025-01-01T00:00:00Z is" in m and "s old" in m for m in messages)
+    assert any("in the future" in m for m in messages)
+
+
+async def test_replay_window_is_configurable_and_timestamps_can_be_required(sim):
+    port = free_port()
+    extra = "      max_age: 0\n      require_timestamp: true"
+    h = EngineHarness.from_yaml(config(sim, port, extra), plugins=[bambisleep_plugin])
+    async with h:
+        url = f"http://127.0.0.1:{port}/hooks/bambi"
+        async with httpx.AsyncClient() as raw:
+            body, headers = signed_delivery("evt_1", "2025-01-01T00:00:00Z")
+            old = await raw.post(url, content=body, headers=headers)  # no window: accepted
+            unstamped = json.dumps({"id": "evt_2", "event": "message.new",
+                                    "data": {"content": "x"}}).encode()
+            refused = await raw.post(url, content=unstamped,
+                                     headers={"X-Signature": sign(unstamped, SECRET)})
+        await wait_for(lambda: h.delivered)
+    assert old.status_code == 200
+    assert (refused.status_code, refused.json()["code"]) == (400, "NO_TIMESTAMP")
+
+
+async def test_deliveries_seen_are_pruned_and_bounded(monkeypatch):
+    from tgmux.backends.bambisleep import webhooks
+
+    monkeypatch.setattr(webhooks, "SEEN_MAX", 20)
+    clock = [1_000_000.0]
+    got = []
+
+    async def on_event(event, data, payload):
+        got.append(payload["id"])
+
+    kv = webhooks._MemoryKV()
+    receiver = WebhookReceiver(listen="127.0.0.1:0", path="/h", secret=SECRET,
+                               on_event=on_event, kv=kv, max_age=300,
+                               clock=lambda: clock[0])
+    for n in range(50):
+        payload = {"id": f"e{n}", "timestamp": clock[0]}
+        assert not await receiver._repeated("message.new", payload, {}, clock[0])
+        clock[0] += 1
+    assert len(kv.data) <= 20 + 20 // 10  # bounded between prunes
+    assert await receiver._repeated("message.new", {"id": "e49"}, {}, clock[0] - 1)
+    clock[0] += 400  # past every entry's window
+    assert await receiver.prune() > 0 and kv.data == {}
