@@ -112,7 +112,18 @@ class HttpBackendSettings(BackendSettings):
     """Settings every HTTP backend accepts."""
 
     base_url: str
-    timeout: float = Field(30.0, gt=0, description="seconds for one provider request")
+    timeout: float = Field(30.0, gt=0, description="seconds for one provider request, "
+                           "connect to last byte (for a stream: to its headers)")
+    stream_idle_timeout: float | None = Field(
+        None, gt=0, description="seconds of silence allowed between the chunks of a streamed "
+        "reply (default: timeout)")
+    max_response_bytes: int = Field(
+        4 * 1024 * 1024, gt=0, description="bytes read of one provider answer at most")
+
+    def http_options(self) -> dict[str, Any]:
+        """What :class:`tgmux.http.HttpClient` takes from these settings (besides the URL)."""
+        return {"timeout": self.timeout, "stream_idle_timeout": self.stream_idle_timeout,
+                "max_response_bytes": self.max_response_bytes}
 
 
 # -- the backend -------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ class BambiSleepBackend(HttpBackend[BambiSleepClient]):
             username=s.username,
             password=s.password.get_secret_value() if s.password else None,
             base_url=s.base_url,
-            timeout=s.timeout,
+            http_options=s.http_options(),
             limiter=limiter,
             login_limiter=login_limiter,
             notify_after=s.rate_limit.notify_after,

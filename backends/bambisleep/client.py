@@ -223,6 +223,7 @@ class BambiSleepClient:
         max_retry_after: float = 60.0,
         notify_after: float = 5.0,
         name: str = "bambisleep",
+        http_options: dict[str, Any] | None = None,
     ) -> None:
         if bool(api_key) == bool(password):
             raise ValueError("give api_key, or username and password (exactly one of the two)")
@@ -239,7 +240,7 @@ class BambiSleepClient:
             headers["Authorization"] = f"Bearer {api_key}"
         self.http = HttpClient(
             self.base_url,
-            timeout=timeout,
+            **{"timeout": timeout, **(http_options or {})},
             headers=headers,
             limiter=limiter,
             error_parser=parse_error,

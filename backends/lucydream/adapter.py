@@ -174,7 +174,7 @@ class LucyDreamBackend(HttpBackend[LucyDreamClient]):
         return LucyDreamClient(
             s.api_key.get_secret_value(),
             base_url=s.base_url,
-            timeout=s.timeout,
+            http_options=s.http_options(),
             name=f"lucydream:{self.name}",
         )
 

@@ -163,10 +163,11 @@ class LucyDreamClient:
         retries: int = 2,
         name: str = "lucydream",
         transport: httpx.AsyncBaseTransport | None = None,
+        http_options: dict[str, Any] | None = None,
     ) -> None:
         self.http = HttpClient(
             normalize_base_url(base_url),
-            timeout=timeout,
+            **{"timeout": timeout, **(http_options or {})},
             headers={"X-API-Key": api_key, "Accept": "application/json"},
             retries=retries,
             error_parser=parse_error,

@@ -128,7 +128,7 @@ class SensayBackend(HttpBackend[SensayClient]):
         return SensayClient(
             self.settings.organization_secret.get_secret_value(),
             base_url=self.settings.base_url,
-            timeout=self.settings.timeout,
+            http_options=self.settings.http_options(),
             name=f"sensay:{self.name}",
         )
 

@@ -254,12 +254,14 @@ class SensayClient:
         timeout: float = 30.0,
         http: HttpClient | None = None,
         name: str = "sensay",
+        http_options: dict[str, Any] | None = None,
     ) -> None:
         self.user_id = user_id
         self.name = name
         self._secret = organization_secret
         self.http = http or HttpClient(
-            base_url, timeout=timeout, error_parser=parse_error, name=name
+            base_url, **{"timeout": timeout, **(http_options or {})}, error_parser=parse_error,
+            name=name,
         )
 
     async def aclose(self) -> None:

@@ -319,3 +319,26 @@ def test_sigterm_during_a_console_reply_answers_it_then_exits(tmp_path: Path) ->
     assert proc.returncode == 0, err
     assert out.startswith("slow: hi\n")
     assert "Traceback" not in err
+
+
+async def test_a_restart_notice_that_cannot_be_delivered_is_logged_as_lost(caplog) -> None:
+    from tgmux.bootstrap import load_text
+    from tgmux.engine import Engine
+    from tgmux.types import ChatIdentity, IncomingMessage
+
+    class Undeliverable:
+        async def deliver(self, chat, parts, *, reply_to_message_id):
+            return [p async for p in parts if False]
+
+    store = MemoryStore()
+    message = IncomingMessage(ChatIdentity("private", 9, user_id=9, message_id=3), text="hi")
+    await store.inbox_accept(9, 3, message.to_payload())
+    await store.inbox_dispatched(9, 3)  # a backend had it when the process died
+    config, pm = load_text(ECHO, env={})
+    engine = Engine(config, pm, store, Undeliverable())
+    with caplog.at_level(logging.WARNING, logger="tgmux.engine"):
+        await engine.start()
+        await engine.drain()
+        await engine.stop()
+    assert ("chat 9 message 3: the user could not be told that its answer was cut off by a "
+            "restart; the notice is lost") in caplog.text
