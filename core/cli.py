@@ -209,6 +209,37 @@ def _describe(cls: type) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
+@cli.command()
+@CONFIG_OPTION
+def healthcheck(config_path: str) -> None:
+    """Exit 0 when this config's /healthz answers (or no server.listen is set), else 1.
+
+    For a container's HEALTHCHECK: no curl needed.
+    """
+    import urllib.request
+
+    from tgmux.config import read_config_file
+    from tgmux.config.schema import parse_listen
+
+    try:
+        listen = read_config_file(config_path).data.get("server", {}).get("listen")
+    except (ConfigError, AttributeError) as exc:
+        click.echo(f"healthcheck: {exc}", err=True)
+        sys.exit(1)
+    # Only server.listen is read: no plugin is loaded, nothing else is validated.
+    if not listen:
+        return
+    host, port = parse_listen(str(listen))
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=4) as response:
+            sys.exit(0 if response.status == 200 else 1)
+    except OSError as exc:
+        click.echo(f"healthcheck: {url}: {exc}", err=True)
+        sys.exit(1)
+
+
 # -- Telegram -----------------------------------------------------------------------------------
 
 

@@ -1,0 +1,28 @@
+# tgmux in a container: the README's install on a slim Python, as a non-root user.
+# Build: docker build -t tgmux .   Run: see docs/deploy.md (compose.yaml beside this file).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    TGMUX_CONFIG=/config/config.yaml
+
+RUN useradd --create-home --uid 10001 tgmux
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY core core
+COPY backends backends
+COPY plugins plugins
+RUN pip install .
+
+# The session files and a SQLite store live here (mode 0600, owned by tgmux).
+RUN mkdir -p /data /config && chown tgmux:tgmux /data
+VOLUME ["/data"]
+WORKDIR /data
+USER tgmux
+
+# Healthy while /healthz answers; with no server.listen in the config there is nothing to ask,
+# and the check passes.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["tgmux", "healthcheck"]
+
+ENTRYPOINT ["tgmux"]
+CMD ["run"]
