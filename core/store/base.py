@@ -143,7 +143,7 @@ class Store(ABC):
 
     #: The schema version in use once open (None before, or for a store without one).
     schema_version: int | None = None
-    #: Set by :meth:`open` when it migrated the schema: (from, to).
+    #: Set by :meth:`open` when it created (from 0) or migrated the schema: (from, to).
     migrated: tuple[int, int] | None = None
 
     @abstractmethod

@@ -174,8 +174,9 @@ class SQLiteStore(Store):
                 with contextlib.suppress(Exception):
                     await db.execute("ROLLBACK")
                 raise
-            if 0 < start < SCHEMA_VERSION:
+            if start < SCHEMA_VERSION:
                 self.migrated = (start, SCHEMA_VERSION)
+            if 0 < start < SCHEMA_VERSION:
                 log.info("%s: schema migrated from version %d to %d", self.path, start,
                          SCHEMA_VERSION)
         self.schema_version = SCHEMA_VERSION
