@@ -4,23 +4,30 @@ the password, a server that goes away and comes back."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import asyncpg
 import pg_server
 import pytest
 from conftest import Postgres, need_postgres, start_private_server, with_query
 
+from tgmux.redact import redact_urls
 from tgmux.store import PostgresStore
 from tgmux.store.postgres import CONNECT_TIMEOUT, SCHEMA_VERSION, StoreOpenError, Target
 
-SECRETS = (pg_server.PASSWORD, quote(pg_server.PASSWORD, safe=""), "pw'", "%27%22")
+WRONG_PASSWORD = "wrong'\"@pw"
+#: The test server's password (ours, or the one in $TGMUX_TEST_POSTGRES_URL) and the wrong one.
+PASSWORDS = {pg_server.PASSWORD, WRONG_PASSWORD, *(
+    [Target.parse(os.environ["TGMUX_TEST_POSTGRES_URL"]).password]
+    if os.environ.get("TGMUX_TEST_POSTGRES_URL") else [])}
+SECRETS = {form for p in PASSWORDS for form in (p, quote(p, safe=""), quote_plus(p))}
 
 
 def assert_no_password(text: str) -> None:
@@ -54,7 +61,7 @@ async def test_open_creates_the_schema_once_even_when_processes_start_together(
 
 def test_store_migrate_and_check(tmp_path: Path, pg_url: str) -> None:
     path = config(tmp_path, pg_url)
-    shown = pg_url.replace(quote(pg_server.PASSWORD, safe=""), "***")
+    shown = redact_urls(pg_url)
     check = tgmux("check", str(path))  # creates nothing
     assert check.returncode == 0, check.stderr
     assert f"store: {shown}" in check.stdout
@@ -97,7 +104,7 @@ async def silent_port() -> AsyncIterator[int]:
 def failing_url(case: str, postgres: Postgres, silent: int) -> tuple[str, str]:
     target = Target.parse(postgres.url)
     if case == "wrong password":
-        url = pg_server.url(target.port, host=target.host, password="wrong'\"@pw",
+        url = pg_server.url(target.port, host=target.host, password=WRONG_PASSWORD,
                             user=target.user, database=target.database)
         return url, f"password authentication failed for user '{target.user}'"
     if case == "missing database":
