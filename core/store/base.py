@@ -81,6 +81,7 @@ class AccountLease(ABC):
         if self.held:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
+        failing = False
         while True:
             try:
                 if await self._try_acquire():
@@ -92,8 +93,12 @@ class AccountLease(ABC):
             except Exception as exc:
                 if not wait:
                     raise
-                log.warning("account %s: cannot try the lease (trying again): %s",
-                            self.account, exc)
+                if not failing:  # once per outage, not every second
+                    log.warning("account %s: cannot try the lease (trying again every %g s): "
+                                "%s", self.account, self.poll_interval, exc)
+                failing = True
+            else:
+                failing = False
             if not wait or (deadline is not None and time.monotonic() >= deadline):
                 return False
             delay = self.poll_interval
