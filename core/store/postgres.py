@@ -411,7 +411,9 @@ class PostgresLease(AccountLease):
         if self._holder is not None:
             return self._holder
         unsigned = self.key & 0xFFFF_FFFF_FFFF_FFFF
-        row = await self.store.pool.fetchrow(
+        # The lease's own connection once it tried: works before the store is open.
+        conn = self._conn if self._conn is not None and not self._conn.is_closed() else None
+        row = await (conn or self.store.pool).fetchrow(
             "SELECT l.pid AS backend_pid, a.hostname, a.pid, a.since FROM pg_locks l "
             "LEFT JOIN tgmux_accounts a ON a.account=$1 AND a.backend_pid=l.pid "
             "WHERE l.locktype='advisory' AND l.granted AND l.objsubid=1 "

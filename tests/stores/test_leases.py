@@ -80,6 +80,10 @@ async def test_a_dead_connection_frees_the_lease_within_seconds(open_stores: Ope
         assert not first.held
     holder = await first.holder()
     assert holder is not None and holder.pid == os.getpid()
+    unopened = await PostgresStore(store.target.dsn).hold_account("main")  # store not open
+    assert await unopened.acquire(wait=False) is False
+    assert (await unopened.holder()) == await second.holder()
+    await unopened.release()
     await second.release()
 
 
