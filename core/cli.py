@@ -179,6 +179,44 @@ def check(config_file: str | None, config_path: str) -> None:
         sys.exit(2)
 
 
+@cli.group()
+def store() -> None:
+    """The store: its schema."""
+
+
+@store.command("migrate")
+@CONFIG_OPTION
+def store_migrate(config_path: str) -> None:
+    """Bring the store's schema up to date (also done at every start) and print its version."""
+    from tgmux.redact import redact_urls
+    from tgmux.store import open_store
+
+    config, _ = _load(config_path)
+    _setup_logging("WARNING")
+    url = config.data.store
+
+    async def migrate() -> tuple[int | None, tuple[int, int] | None]:
+        opened = open_store(url)
+        try:
+            await opened.open()
+        except Exception as exc:
+            raise ConfigError(redact_urls(f"{config.where(('store',))}: cannot open {url}: "
+                                          f"{exc}")) from exc
+        await opened.close()
+        return opened.schema_version, opened.migrated
+
+    version, migrated = _run(migrate())
+    where = redact_urls(url)
+    if version is None:
+        click.echo(f"store: {where}: nothing to migrate (kept in memory)")
+    elif migrated is not None and migrated[0] == 0:
+        click.echo(f"store: {where}: schema version {version} (created)")
+    elif migrated is not None:
+        click.echo(f"store: {where}: schema version {version} (migrated from {migrated[0]})")
+    else:
+        click.echo(f"store: {where}: schema version {version}")
+
+
 @cli.command("backends")
 def list_backends() -> None:
     """List installed backend types and plugins, with where each came from."""

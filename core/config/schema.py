@@ -11,6 +11,7 @@ import binascii
 import re
 import struct
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
@@ -210,6 +211,27 @@ class TgmuxConfig(Strict):
     @field_validator("store")
     @classmethod
     def _store(cls, value: str) -> str:
-        if not (value.startswith("sqlite:///") or value == "memory://"):
-            raise ValueError("expected sqlite:///PATH or memory://")
+        if value.startswith("sqlite:///") or value == "memory://":
+            return value
+        expected = ("expected sqlite:///PATH, postgresql://USER:PASSWORD@HOST:PORT/DATABASE "
+                    "or memory://")
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError(expected)
+        try:
+            parts.port  # noqa: B018 (raises on a bad port)
+        except ValueError:
+            raise ValueError(f"{expected}: the port is not a number from 1 to 65535") from None
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        for name, least in (("pool_max", 1), ("pool_min", 0)):
+            if name in query and not (query[name].isdigit()
+                                      and least <= int(query[name]) <= 1000):
+                raise ValueError(f"{name} must be a whole number from {least} to 1000")
+        if "connect_timeout" in query:
+            try:
+                ok = 0 < float(query["connect_timeout"]) <= 600
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError("connect_timeout must be a number of seconds up to 600")
         return value

@@ -61,8 +61,11 @@ def one_error(result: subprocess.CompletedProcess) -> str:
      ":4: admins[0]: expected a number, not yes/no/true/false"),
     (b'backends:\n  e: {type: echo, prefix: "${UNCLOSED"}\ndefault: e\n',
      ":2: backends.e.prefix: cannot read '${UNCLOSED'"),
-    (ECHO.encode() + b'store: "postgresql://tgmux:s3cr%40t@db:5432/tgmux"\n',
-     "expected sqlite:///PATH or memory:// (got 'postgresql://tgmux:***@db:5432/tgmux')"),
+    (ECHO.encode() + b'store: "mysql://tgmux:s3cr%40t@db:3306/tgmux"\n',
+     "expected sqlite:///PATH, postgresql://USER:PASSWORD@HOST:PORT/DATABASE or memory:// "
+     "(got 'mysql://tgmux:***@db:3306/tgmux')"),
+    (ECHO.encode() + b'store: "postgresql://tgmux:s3cr%40t@db:99999/tgmux"\n',
+     "the port is not a number from 1 to 65535"),
     (ECHO.encode() + b"telegram:\n  session_string: garbage\n",
      ":5: telegram.session_string: not a Pyrogram session string"),
     (ECHO.encode() + b"telegram:\n  bot_token: 123:abc\n  session_string: "

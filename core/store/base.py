@@ -1,0 +1,242 @@
+"""The store interface: what tgmux keeps between runs, behind a narrow async API.
+
+* per-chat backend overrides (``/backend NAME``), per account;
+* each backend's key-value namespace (:class:`Namespace`, ``tgmux.backend.KeyValue``);
+* the inbox, per account: dedup of processed messages, and messages accepted but not yet
+  answered, which are answered after a restart;
+* account leases (:meth:`Store.hold_account`): one process at a time runs an account, a standby
+  waits for the lease.
+
+Implementations: :mod:`~tgmux.store.memory`, :mod:`~tgmux.store.sqlite`,
+:mod:`~tgmux.store.postgres`. Every method that takes ``account`` defaults it to ``"main"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("tgmux.store")
+
+#: Seconds opening a store may take (a locked or unreachable store is an error, not a hang).
+OPEN_TIMEOUT = 2.0
+
+#: The account of single-account configs (and of everything stored before accounts existed).
+DEFAULT_ACCOUNT = "main"
+
+
+@dataclass(frozen=True)
+class Unanswered:
+    """A message accepted but never marked done: ``dispatched`` when a backend had already
+    been asked (replaying it could duplicate a chat turn at the provider)."""
+
+    payload: dict[str, Any]
+    dispatched: bool
+
+
+@dataclass(frozen=True)
+class AccountHolder:
+    """Who holds an account's lease (for ``tgmux status``)."""
+
+    account: str
+    hostname: str
+    pid: int
+    since: float  # a timestamp
+
+    @classmethod
+    def here(cls, account: str) -> AccountHolder:
+        return cls(account, socket.gethostname(), os.getpid(), time.time())
+
+
+class AccountLease(ABC):
+    """The right to run one account, held by at most one process at a time (for a hot
+    standby: the second process waits in :meth:`acquire` until the first is gone).
+
+    Made by :meth:`Store.hold_account`, not yet acquired. Usable as ``async with``
+    (acquire, waiting; release at the end)."""
+
+    #: Seconds between two tries while waiting.
+    poll_interval = 1.0
+
+    def __init__(self, account: str) -> None:
+        self.account = account
+        self._holder: AccountHolder | None = None
+        self._lost = asyncio.Event()
+
+    @property
+    def held(self) -> bool:
+        """True from a successful :meth:`acquire` until :meth:`release` (or the lease is
+        lost: see :meth:`wait_lost`)."""
+        return self._holder is not None
+
+    async def acquire(self, *, wait: bool = True, timeout: float | None = None) -> bool:
+        """Take the lease. ``wait``: try every :attr:`poll_interval` seconds until it is free
+        (or ``timeout`` seconds passed: False); else try once. True when held."""
+        if self.held:
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        failing = False
+        while True:
+            try:
+                if await self._try_acquire():
+                    holder = AccountHolder.here(self.account)
+                    await self._record(holder)  # on failure, gives the lock up again
+                    self._lost = asyncio.Event()
+                    self._holder = holder
+                    return True
+            except Exception as exc:
+                if not wait:
+                    raise
+                if not failing:  # once per outage, not every second
+                    log.warning("account %s: cannot try the lease (trying again every %g s): "
+                                "%s", self.account, self.poll_interval, exc)
+                failing = True
+            else:
+                failing = False
+            if not wait or (deadline is not None and time.monotonic() >= deadline):
+                return False
+            delay = self.poll_interval
+            if deadline is not None:
+                delay = max(0.0, min(delay, deadline - time.monotonic()))
+            await asyncio.sleep(delay)
+
+    async def release(self) -> None:
+        """Give the lease up (nothing when not held)."""
+        self._holder = None
+        await self._release()
+
+    async def wait_lost(self) -> None:
+        """Returns when a held lease is lost without :meth:`release` (its database connection
+        died): another process may take the account now, so this one must stop running it."""
+        await self._lost.wait()
+
+    def _mark_lost(self) -> None:
+        if self._holder is not None:
+            log.error("account %s: the lease was lost", self.account)
+            self._holder = None
+            self._lost.set()
+
+    @abstractmethod
+    async def holder(self) -> AccountHolder | None:
+        """Who holds the lease now (this process or another), None when no one."""
+
+    @abstractmethod
+    async def _try_acquire(self) -> bool: ...
+
+    async def _record(self, holder: AccountHolder) -> None:
+        """Write who holds the lease where others can read it (:meth:`holder`)."""
+
+    @abstractmethod
+    async def _release(self) -> None: ...
+
+    async def __aenter__(self) -> AccountLease:
+        await self.acquire(wait=True)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.release()
+
+
+class Store(ABC):
+    """What tgmux keeps between runs."""
+
+    #: The schema version in use once open (None before, or for a store without one).
+    schema_version: int | None = None
+    #: Set by :meth:`open` when it created (from 0) or migrated the schema: (from, to).
+    migrated: tuple[int, int] | None = None
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (bounded in time: an unreachable or
+        locked store raises)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    # per-chat backend overrides (/backend NAME)
+    @abstractmethod
+    async def get_override(self, chat_id: int, *, account: str = DEFAULT_ACCOUNT) -> str | None:
+        ...
+
+    @abstractmethod
+    async def set_override(self, chat_id: int, backend: str | None, *,
+                           account: str = DEFAULT_ACCOUNT) -> None:
+        """Set (or with None, remove) a chat's backend override."""
+
+    # backend key-value namespaces
+    @abstractmethod
+    async def kv_get(self, namespace: str, key: str) -> str | None: ...
+
+    @abstractmethod
+    async def kv_set(self, namespace: str, key: str, value: str) -> None: ...
+
+    @abstractmethod
+    async def kv_delete(self, namespace: str, key: str) -> None: ...
+
+    @abstractmethod
+    async def kv_items(self, namespace: str, prefix: str = "") -> list[tuple[str, str]]:
+        """The keys starting with ``prefix`` (literally: ``%`` and ``_`` are no wildcards),
+        sorted by code point."""
+
+    # inbox: dedup and restart safety
+    @abstractmethod
+    async def inbox_accept(self, chat_id: int, message_id: int, payload: dict[str, Any], *,
+                           account: str = DEFAULT_ACCOUNT) -> bool:
+        """Record a message as pending; False when this (chat, message) was seen before.
+        Atomic: of several processes accepting the same message, one gets True."""
+
+    @abstractmethod
+    async def inbox_dispatched(self, chat_id: int, message_id: int, *,
+                               account: str = DEFAULT_ACCOUNT) -> None:
+        """The message was handed to a backend (a provider may have received it)."""
+
+    @abstractmethod
+    async def inbox_done(self, chat_id: int, message_id: int, *,
+                         account: str = DEFAULT_ACCOUNT) -> None: ...
+
+    @abstractmethod
+    async def inbox_unanswered(self, *, account: str = DEFAULT_ACCOUNT) -> list[Unanswered]:
+        """Messages accepted but never marked done, oldest first."""
+
+    @abstractmethod
+    async def inbox_backlog(self, *, account: str = DEFAULT_ACCOUNT) -> int:
+        """How many messages are accepted but not answered yet (pending or dispatched)."""
+
+    @abstractmethod
+    async def inbox_prune(self, older_than: float, *, account: str | None = None) -> int:
+        """Forget answered messages received before ``older_than`` (a timestamp), of one
+        account or (None) of all."""
+
+    # account leases
+    @abstractmethod
+    async def hold_account(self, account: str) -> AccountLease:
+        """A lease on ``account`` (not acquired yet: call :meth:`AccountLease.acquire`)."""
+
+    def namespace(self, name: str) -> Namespace:
+        return Namespace(self, name)
+
+
+class Namespace:
+    """A backend's view of the key-value table (``tgmux.backend.KeyValue``)."""
+
+    def __init__(self, store: Store, name: str) -> None:
+        self.store = store
+        self.name = name
+
+    async def get(self, key: str) -> str | None:
+        return await self.store.kv_get(self.name, key)
+
+    async def set(self, key: str, value: str) -> None:
+        await self.store.kv_set(self.name, key, value)
+
+    async def delete(self, key: str) -> None:
+        await self.store.kv_delete(self.name, key)
+
+    async def items(self, prefix: str = "") -> list[tuple[str, str]]:
+        return await self.store.kv_items(self.name, prefix)

@@ -1,0 +1,135 @@
+"""``store: memory://``: everything in memory, for tests and throwaway runs."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from tgmux.store.base import DEFAULT_ACCOUNT, AccountHolder, AccountLease, Store, Unanswered
+
+_Key = tuple[str, int, int]  # (account, chat_id, message_id)
+
+
+class MemoryStore(Store):
+    """Everything in memory (``store: memory://``): for tests and throwaway runs. Account
+    leases are local to this store object (nothing else can see them)."""
+
+    #: Answered messages remembered for dedup, at most (oldest forgotten first): memory is
+    #: not a place to keep a week of a busy bot's messages.
+    MAX_DONE = 100_000
+
+    schema_version = None
+
+    def __init__(self) -> None:
+        self.overrides: dict[tuple[str, int], str] = {}
+        self.kv: dict[tuple[str, str], str] = {}
+        self.inbox: dict[_Key, tuple[str, dict[str, Any] | None, float]] = {}
+        self._done: deque[_Key] = deque()
+        self._seq = 0
+        self._order: dict[_Key, int] = {}
+        self.leases: dict[str, MemoryLease] = {}
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def get_override(self, chat_id: int, *, account: str = DEFAULT_ACCOUNT) -> str | None:
+        return self.overrides.get((account, chat_id))
+
+    async def set_override(self, chat_id: int, backend: str | None, *,
+                           account: str = DEFAULT_ACCOUNT) -> None:
+        if backend is None:
+            self.overrides.pop((account, chat_id), None)
+        else:
+            self.overrides[(account, chat_id)] = backend
+
+    async def kv_get(self, namespace: str, key: str) -> str | None:
+        return self.kv.get((namespace, key))
+
+    async def kv_set(self, namespace: str, key: str, value: str) -> None:
+        self.kv[(namespace, key)] = value
+
+    async def kv_delete(self, namespace: str, key: str) -> None:
+        self.kv.pop((namespace, key), None)
+
+    async def kv_items(self, namespace: str, prefix: str = "") -> list[tuple[str, str]]:
+        return sorted(
+            (k, v) for (ns, k), v in self.kv.items() if ns == namespace and k.startswith(prefix)
+        )
+
+    async def inbox_accept(self, chat_id: int, message_id: int, payload: dict[str, Any], *,
+                           account: str = DEFAULT_ACCOUNT) -> bool:
+        key = (account, chat_id, message_id)
+        if key in self.inbox:
+            return False
+        self.inbox[key] = ("pending", payload, time.time())
+        self._seq += 1
+        self._order[key] = self._seq
+        return True
+
+    async def inbox_dispatched(self, chat_id: int, message_id: int, *,
+                               account: str = DEFAULT_ACCOUNT) -> None:
+        key = (account, chat_id, message_id)
+        entry = self.inbox.get(key)
+        if entry is not None and entry[0] == "pending":
+            self.inbox[key] = ("dispatched", entry[1], entry[2])
+
+    async def inbox_done(self, chat_id: int, message_id: int, *,
+                         account: str = DEFAULT_ACCOUNT) -> None:
+        key = (account, chat_id, message_id)
+        entry = self.inbox.get(key)
+        if entry is None or entry[0] != "done":
+            self._done.append(key)
+        self.inbox[key] = ("done", None, entry[2] if entry else time.time())
+        self._order.pop(key, None)
+        while len(self._done) > self.MAX_DONE:
+            old = self._done.popleft()
+            if (found := self.inbox.get(old)) is not None and found[0] == "done":
+                del self.inbox[old]
+
+    async def inbox_unanswered(self, *, account: str = DEFAULT_ACCOUNT) -> list[Unanswered]:
+        found = [((t, self._order.get(k, 0)), Unanswered(p, s == "dispatched"))
+                 for k, (s, p, t) in self.inbox.items()
+                 if k[0] == account and s != "done" and p is not None]
+        return [u for _, u in sorted(found, key=lambda x: x[0])]
+
+    async def inbox_backlog(self, *, account: str = DEFAULT_ACCOUNT) -> int:
+        return sum(1 for k, (s, _, _) in self.inbox.items() if k[0] == account and s != "done")
+
+    async def inbox_prune(self, older_than: float, *, account: str | None = None) -> int:
+        old = [k for k, (s, _, t) in self.inbox.items()
+               if s == "done" and t < older_than and account in (None, k[0])]
+        for key in old:
+            del self.inbox[key]
+        if old:
+            self._done = deque(k for k in self._done if k in self.inbox)
+        return len(old)
+
+    async def hold_account(self, account: str) -> MemoryLease:
+        return MemoryLease(self, account)
+
+
+class MemoryLease(AccountLease):
+    """Held in the :class:`MemoryStore` object: excludes other leases on the same store."""
+
+    def __init__(self, store: MemoryStore, account: str) -> None:
+        super().__init__(account)
+        self.store = store
+
+    async def _try_acquire(self) -> bool:
+        current = self.store.leases.get(self.account)
+        if current is not None and current is not self and current.held:
+            return False
+        self.store.leases[self.account] = self
+        return True
+
+    async def _release(self) -> None:
+        if self.store.leases.get(self.account) is self:
+            del self.store.leases[self.account]
+
+    async def holder(self) -> AccountHolder | None:
+        current = self.store.leases.get(self.account)
+        return current._holder if current is not None else None

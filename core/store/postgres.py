@@ -1,0 +1,427 @@
+"""``store: postgresql://USER:PASSWORD@HOST:PORT/DB`` (or ``postgres://``): PostgreSQL through
+an asyncpg connection pool, for several processes sharing one database.
+
+* The schema is versioned (table ``tgmux_schema``) and migrated at open, in one transaction
+  under an advisory lock: processes starting together do not race.
+* Every operation is one statement: the inbox claim is ``INSERT … ON CONFLICT DO NOTHING``, so of
+  two processes accepting the same message exactly one gets it.
+* Opening is bounded (``connect_timeout``, default :data:`CONNECT_TIMEOUT` seconds) and fails with
+  an error naming host, port and database, never the password.
+* A database that goes away makes operations raise; the pool reconnects when it is back.
+* Account leases are ``pg_try_advisory_lock`` on a dedicated connection (not from the pool) kept
+  open while the lease lives: the lock dies with the connection, so with the process too. Who
+  holds it is written to ``tgmux_accounts``.
+
+URL query settings (taken out before the URL goes to asyncpg; any other query parameter is a
+PostgreSQL setting for the session, e.g. ``?search_path=tgmux``): ``pool_max`` (default 10),
+``pool_min`` (1), ``connect_timeout`` (seconds, default 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from tgmux.redact import redact_urls
+from tgmux.store.base import DEFAULT_ACCOUNT, AccountHolder, AccountLease, Store, Unanswered
+
+log = logging.getLogger("tgmux.store")
+
+SCHEMA_VERSION = 1
+
+#: Seconds to wait for a connection (DNS, TCP, TLS, authentication) unless ?connect_timeout=.
+CONNECT_TIMEOUT = 5.0
+#: Seconds one statement may take before it fails.
+COMMAND_TIMEOUT = 30.0
+#: Seconds to wait for another process's migration (the schema lock).
+MIGRATE_TIMEOUT = 30.0
+POOL_MAX = 10
+
+#: version -> the script taking the schema from version - 1 to it (run in one transaction).
+MIGRATIONS: dict[int, str] = {
+    1: """
+CREATE TABLE tgmux_chat_override (
+    account TEXT NOT NULL,
+    chat_id BIGINT NOT NULL,
+    backend TEXT NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (account, chat_id)
+);
+CREATE TABLE tgmux_kv (
+    namespace TEXT COLLATE "C" NOT NULL,
+    key TEXT COLLATE "C" NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (namespace, key)
+);
+CREATE TABLE tgmux_inbox (
+    account TEXT NOT NULL,
+    chat_id BIGINT NOT NULL,
+    message_id BIGINT NOT NULL,
+    state TEXT NOT NULL,            -- 'pending', 'dispatched' (a backend has it), 'done'
+    payload TEXT,                   -- the message (JSON), kept while not done
+    received_at DOUBLE PRECISION NOT NULL,
+    seq BIGINT GENERATED ALWAYS AS IDENTITY,
+    PRIMARY KEY (account, chat_id, message_id)
+);
+CREATE INDEX tgmux_inbox_open ON tgmux_inbox (account, state, received_at);
+CREATE TABLE tgmux_accounts (
+    account TEXT PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    since DOUBLE PRECISION NOT NULL,
+    backend_pid INTEGER NOT NULL    -- the server process of the lock's connection
+);
+""",
+}
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory lock key for ``name``."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def account_key(account: str) -> int:
+    return lock_key(f"tgmux:account:{account}")
+
+
+SCHEMA_LOCK = lock_key("tgmux:schema")
+
+
+class StoreOpenError(RuntimeError):
+    """The database cannot be reached or used; the message names host, port and database."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A ``postgresql://`` URL taken apart."""
+
+    dsn: str  # for asyncpg: tgmux's own query settings removed
+    host: str
+    port: int
+    database: str
+    user: str
+    password: str
+    pool_min: int
+    pool_max: int
+    connect_timeout: float
+
+    @classmethod
+    def parse(cls, url: str) -> Target:
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
+        try:
+            port = parts.port or 5432
+        except ValueError:
+            raise ValueError("the port is not a number from 1 to 65535") from None
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        own = {k: query.pop(k) for k in ("pool_min", "pool_max", "connect_timeout") if k in query}
+        try:
+            pool_max = int(own.get("pool_max", POOL_MAX))
+            pool_min = min(int(own.get("pool_min", 1)), pool_max)
+            timeout = float(own.get("connect_timeout", CONNECT_TIMEOUT))
+        except ValueError:
+            raise ValueError("pool_max and pool_min must be whole numbers, connect_timeout "
+                             "a number of seconds") from None
+        if not 1 <= pool_max <= 1000 or pool_min < 0 or not 0 < timeout <= 600:
+            raise ValueError("pool_max must be 1 to 1000, pool_min 0 or more, connect_timeout "
+                             "0 to 600 seconds")
+        user = unquote(parts.username or "")
+        host = query.get("host") or parts.hostname or "localhost"
+        database = unquote(parts.path.lstrip("/")) or query.get("dbname") or user
+        dsn = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+        return cls(dsn, host, port, database, user, unquote(parts.password or ""),
+                   pool_min, pool_max, timeout)
+
+    @property
+    def where(self) -> str:
+        return f"PostgreSQL at {self.host}:{self.port}, database {self.database!r}"
+
+    def scrub(self, text: str) -> str:
+        """``text`` without the password (plain or URL-encoded) nor URL credentials."""
+        if self.password:
+            for form in {self.password, quote(self.password, safe=""),
+                         quote_plus(self.password, safe="")}:
+                text = text.replace(form, "***")
+        return redact_urls(text)
+
+    def explain(self, exc: BaseException) -> str:
+        """Why connecting failed, in one line, with no secret in it."""
+        if isinstance(exc, asyncpg.InvalidPasswordError):
+            why = f"password authentication failed for user {self.user!r}"
+        elif isinstance(exc, asyncpg.InvalidCatalogNameError):
+            why = f"database {self.database!r} does not exist"
+        elif isinstance(exc, socket.gaierror):
+            why = f"cannot resolve host {self.host!r} ({exc.strerror or exc})"
+        elif isinstance(exc, ConnectionRefusedError):
+            why = "connection refused (is PostgreSQL running and listening there?)"
+        elif isinstance(exc, TimeoutError):
+            why = f"no answer within {self.connect_timeout:g} s"
+        elif isinstance(exc, OSError):
+            why = exc.strerror or str(exc) or type(exc).__name__
+        else:
+            why = str(exc) or type(exc).__name__
+        return self.scrub(f"{self.where}: {why}")
+
+
+class PostgresStore(Store):
+    """``store: postgresql://USER:PASSWORD@HOST:PORT/DB[?pool_max=10&connect_timeout=5]``."""
+
+    def __init__(self, url: str) -> None:
+        self.target = Target.parse(url)
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        return self._pool
+
+    # -- connecting --------------------------------------------------------------------------
+
+    async def connect(self) -> asyncpg.Connection:
+        """One connection outside the pool (bounded; errors explained as at open)."""
+        target = self.target
+        try:
+            async with asyncio.timeout(target.connect_timeout + 1):
+                return await asyncpg.connect(target.dsn, timeout=target.connect_timeout,
+                                             command_timeout=COMMAND_TIMEOUT)
+        except (OSError, TimeoutError, asyncpg.PostgresError,
+                asyncpg.InterfaceError) as exc:
+            raise StoreOpenError(target.explain(exc)) from None
+
+    async def open(self) -> None:
+        target = self.target
+        try:
+            async with asyncio.timeout(target.connect_timeout + 1):
+                pool = await asyncpg.create_pool(
+                    target.dsn, min_size=target.pool_min, max_size=target.pool_max,
+                    timeout=target.connect_timeout, command_timeout=COMMAND_TIMEOUT)
+        except (OSError, TimeoutError, asyncpg.PostgresError,
+                asyncpg.InterfaceError) as exc:
+            raise StoreOpenError(target.explain(exc)) from None
+        try:
+            await self._migrate(pool)
+        except BaseException:
+            pool.terminate()
+            raise
+        self._pool = pool
+
+    async def _migrate(self, pool: asyncpg.Pool) -> None:
+        try:
+            async with asyncio.timeout(MIGRATE_TIMEOUT), pool.acquire() as conn, \
+                    conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+                await conn.execute("CREATE TABLE IF NOT EXISTS tgmux_schema "
+                                   "(version INTEGER NOT NULL)")
+                version = await conn.fetchval("SELECT max(version) FROM tgmux_schema") or 0
+                if version > SCHEMA_VERSION:
+                    raise StoreOpenError(
+                        f"{self.target.where}: schema version {version} is newer than this "
+                        f"tgmux ({SCHEMA_VERSION}); upgrade tgmux")
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    await conn.execute(MIGRATIONS[step])
+                if version < SCHEMA_VERSION:
+                    await conn.execute("DELETE FROM tgmux_schema")
+                    await conn.execute("INSERT INTO tgmux_schema (version) VALUES ($1)",
+                                       SCHEMA_VERSION)
+        except TimeoutError:
+            raise StoreOpenError(f"{self.target.where}: the schema stayed locked for "
+                                 f"{MIGRATE_TIMEOUT:.0f} s (another tgmux migrating?)") from None
+        except asyncpg.PostgresError as exc:
+            raise StoreOpenError(self.target.scrub(f"{self.target.where}: {exc}")) from None
+        if version < SCHEMA_VERSION:
+            self.migrated = (version, SCHEMA_VERSION)
+            log.info("%s: schema migrated from version %d to %d", self.target.where, version,
+                     SCHEMA_VERSION)
+        self.schema_version = SCHEMA_VERSION
+
+    async def check(self) -> int:
+        """Connect without changing anything: the schema version found (0: none yet)."""
+        conn = await self.connect()
+        try:
+            if await conn.fetchval("SELECT to_regclass('tgmux_schema')") is None:
+                return 0
+            version = await conn.fetchval("SELECT max(version) FROM tgmux_schema") or 0
+        finally:
+            await _close(conn)
+        if version > SCHEMA_VERSION:
+            raise StoreOpenError(f"{self.target.where}: schema version {version} is newer "
+                                 f"than this tgmux ({SCHEMA_VERSION}); upgrade tgmux")
+        return version
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                async with asyncio.timeout(5):
+                    await pool.close()
+            except (TimeoutError, OSError, asyncpg.InterfaceError):
+                pool.terminate()
+
+    # -- overrides ---------------------------------------------------------------------------
+
+    async def get_override(self, chat_id: int, *, account: str = DEFAULT_ACCOUNT) -> str | None:
+        return await self.pool.fetchval(
+            "SELECT backend FROM tgmux_chat_override WHERE account=$1 AND chat_id=$2",
+            account, chat_id)
+
+    async def set_override(self, chat_id: int, backend: str | None, *,
+                           account: str = DEFAULT_ACCOUNT) -> None:
+        if backend is None:
+            await self.pool.execute(
+                "DELETE FROM tgmux_chat_override WHERE account=$1 AND chat_id=$2",
+                account, chat_id)
+        else:
+            await self.pool.execute(
+                "INSERT INTO tgmux_chat_override (account, chat_id, backend, updated_at) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT (account, chat_id) DO UPDATE SET "
+                "backend=excluded.backend, updated_at=excluded.updated_at",
+                account, chat_id, backend, time.time())
+
+    # -- key-value ---------------------------------------------------------------------------
+
+    async def kv_get(self, namespace: str, key: str) -> str | None:
+        return await self.pool.fetchval(
+            "SELECT value FROM tgmux_kv WHERE namespace=$1 AND key=$2", namespace, key)
+
+    async def kv_set(self, namespace: str, key: str, value: str) -> None:
+        await self.pool.execute(
+            "INSERT INTO tgmux_kv (namespace, key, value) VALUES ($1, $2, $3) "
+            "ON CONFLICT (namespace, key) DO UPDATE SET value=excluded.value",
+            namespace, key, value)
+
+    async def kv_delete(self, namespace: str, key: str) -> None:
+        await self.pool.execute("DELETE FROM tgmux_kv WHERE namespace=$1 AND key=$2",
+                                namespace, key)
+
+    async def kv_items(self, namespace: str, prefix: str = "") -> list[tuple[str, str]]:
+        rows = await self.pool.fetch(
+            "SELECT key, value FROM tgmux_kv WHERE namespace=$1 AND starts_with(key, $2) "
+            "ORDER BY key", namespace, prefix)
+        return [(r["key"], r["value"]) for r in rows]
+
+    # -- inbox -------------------------------------------------------------------------------
+
+    async def inbox_accept(self, chat_id: int, message_id: int, payload: dict[str, Any], *,
+                           account: str = DEFAULT_ACCOUNT) -> bool:
+        claimed = await self.pool.fetchval(
+            "INSERT INTO tgmux_inbox (account, chat_id, message_id, state, payload, received_at) "
+            "VALUES ($1, $2, $3, 'pending', $4, $5) ON CONFLICT DO NOTHING RETURNING true",
+            account, chat_id, message_id, json.dumps(payload), time.time())
+        return claimed is True
+
+    async def inbox_dispatched(self, chat_id: int, message_id: int, *,
+                               account: str = DEFAULT_ACCOUNT) -> None:
+        await self.pool.execute(
+            "UPDATE tgmux_inbox SET state='dispatched' WHERE account=$1 AND chat_id=$2 "
+            "AND message_id=$3 AND state='pending'", account, chat_id, message_id)
+
+    async def inbox_done(self, chat_id: int, message_id: int, *,
+                         account: str = DEFAULT_ACCOUNT) -> None:
+        await self.pool.execute(
+            "UPDATE tgmux_inbox SET state='done', payload=NULL WHERE account=$1 AND chat_id=$2 "
+            "AND message_id=$3", account, chat_id, message_id)
+
+    async def inbox_unanswered(self, *, account: str = DEFAULT_ACCOUNT) -> list[Unanswered]:
+        rows = await self.pool.fetch(
+            "SELECT payload, state FROM tgmux_inbox WHERE account=$1 AND state<>'done' "
+            "AND payload IS NOT NULL ORDER BY received_at, seq", account)
+        return [Unanswered(json.loads(r["payload"]), r["state"] == "dispatched") for r in rows]
+
+    async def inbox_backlog(self, *, account: str = DEFAULT_ACCOUNT) -> int:
+        return await self.pool.fetchval(
+            "SELECT count(*) FROM tgmux_inbox WHERE account=$1 AND state<>'done'", account)
+
+    async def inbox_prune(self, older_than: float, *, account: str | None = None) -> int:
+        status = await self.pool.execute(
+            "DELETE FROM tgmux_inbox WHERE state='done' AND received_at < $1 "
+            "AND ($2::text IS NULL OR account=$2)", older_than, account)
+        return int(status.rsplit(" ", 1)[-1])
+
+    # -- account leases ----------------------------------------------------------------------
+
+    async def hold_account(self, account: str) -> PostgresLease:
+        return PostgresLease(self, account)
+
+
+async def _close(conn: asyncpg.Connection) -> None:
+    try:
+        async with asyncio.timeout(2):
+            await conn.close()
+    except (TimeoutError, OSError, asyncpg.InterfaceError):
+        conn.terminate()
+
+
+class PostgresLease(AccountLease):
+    """``pg_try_advisory_lock`` on a connection of its own, open as long as the lease."""
+
+    def __init__(self, store: PostgresStore, account: str) -> None:
+        super().__init__(account)
+        self.store = store
+        self.key = account_key(account)
+        self._conn: asyncpg.Connection | None = None
+
+    async def _try_acquire(self) -> bool:
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            conn = self._conn = await self.store.connect()
+            conn.add_termination_listener(self._terminated)
+        return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key))
+
+    def _terminated(self, conn: asyncpg.Connection) -> None:
+        if conn is self._conn:  # not closed by release()
+            self._conn = None
+            self._mark_lost()
+
+    async def _record(self, holder: AccountHolder) -> None:
+        assert self._conn is not None
+        try:
+            await self._conn.execute(
+                "INSERT INTO tgmux_accounts (account, hostname, pid, since, backend_pid) "
+                "VALUES ($1, $2, $3, $4, pg_backend_pid()) ON CONFLICT (account) DO UPDATE SET "
+                "hostname=excluded.hostname, pid=excluded.pid, since=excluded.since, "
+                "backend_pid=excluded.backend_pid",
+                holder.account, holder.hostname, holder.pid, holder.since)
+        except BaseException:
+            await self._release()
+            raise
+
+    async def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None or conn.is_closed():
+            return
+        with contextlib.suppress(Exception):
+            await conn.execute("DELETE FROM tgmux_accounts WHERE account=$1 "
+                               "AND backend_pid=pg_backend_pid()", self.account)
+        await _close(conn)  # the lock goes with the connection
+
+    async def holder(self) -> AccountHolder | None:
+        if self._holder is not None:
+            return self._holder
+        unsigned = self.key & 0xFFFF_FFFF_FFFF_FFFF
+        # The lease's own connection once it tried: works before the store is open.
+        conn = self._conn if self._conn is not None and not self._conn.is_closed() else None
+        row = await (conn or self.store.pool).fetchrow(
+            "SELECT l.pid AS backend_pid, a.hostname, a.pid, a.since FROM pg_locks l "
+            "LEFT JOIN tgmux_accounts a ON a.account=$1 AND a.backend_pid=l.pid "
+            "WHERE l.locktype='advisory' AND l.granted AND l.objsubid=1 "
+            "AND l.classid=$2::oid AND l.objid=$3::oid "
+            "AND l.database=(SELECT oid FROM pg_database WHERE datname=current_database())",
+            self.account, unsigned >> 32, unsigned & 0xFFFF_FFFF)
+        if row is None:
+            return None
+        if row["hostname"] is None:  # taken, not written down yet
+            return AccountHolder(self.account, "?", 0, 0.0)
+        return AccountHolder(self.account, row["hostname"], row["pid"], row["since"])

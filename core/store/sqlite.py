@@ -1,0 +1,364 @@
+"""``store: sqlite:///PATH``: SQLite through aiosqlite (WAL, one connection in its own thread),
+the schema versioned by ``PRAGMA user_version`` and migrated at open.
+
+Account leases are ``fcntl.flock`` locks on ``PATH.account-NAME.lock`` next to the database:
+they exclude other processes on this machine (and other leases in this one), and the kernel
+drops them when the holding process dies. The lock file says who holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiosqlite
+
+from tgmux.store.base import (
+    DEFAULT_ACCOUNT,
+    OPEN_TIMEOUT,
+    AccountHolder,
+    AccountLease,
+    Store,
+    Unanswered,
+)
+
+log = logging.getLogger("tgmux.store")
+
+SCHEMA_VERSION = 2
+
+#: Version 1 (before accounts); kept to test the migration from it.
+SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS chat_override (
+    chat_id INTEGER PRIMARY KEY,
+    backend TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kv (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (namespace, key)
+);
+CREATE TABLE IF NOT EXISTS inbox (
+    chat_id INTEGER NOT NULL,
+    message_id INTEGER NOT NULL,
+    state TEXT NOT NULL,            -- 'pending', 'dispatched' (a backend has it), 'done'
+    payload TEXT,                   -- the message, kept while pending
+    received_at REAL NOT NULL,
+    PRIMARY KEY (chat_id, message_id)
+);
+CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (state, received_at);
+"""
+
+_OVERRIDE_V2 = """
+CREATE TABLE chat_override (
+    account TEXT NOT NULL,
+    chat_id INTEGER NOT NULL,
+    backend TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (account, chat_id)
+);
+"""
+_KV = """
+CREATE TABLE kv (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (namespace, key)
+);
+"""
+_INBOX_V2 = """
+CREATE TABLE inbox (
+    account TEXT NOT NULL,
+    chat_id INTEGER NOT NULL,
+    message_id INTEGER NOT NULL,
+    state TEXT NOT NULL,            -- 'pending', 'dispatched' (a backend has it), 'done'
+    payload TEXT,                   -- the message, kept while pending
+    received_at REAL NOT NULL,
+    PRIMARY KEY (account, chat_id, message_id)
+);
+CREATE INDEX inbox_pending ON inbox (account, state, received_at);
+"""
+
+#: The current schema, for a new file.
+SCHEMA = _OVERRIDE_V2 + _KV + _INBOX_V2
+
+#: version -> the script taking the schema from version - 1 to it (run in one transaction).
+MIGRATIONS = {
+    2: ("ALTER TABLE chat_override RENAME TO chat_override_v1;\n"
+        "ALTER TABLE inbox RENAME TO inbox_v1;\n"
+        "DROP INDEX IF EXISTS inbox_pending;\n"
+        + _OVERRIDE_V2 + _INBOX_V2 +
+        "INSERT INTO chat_override (account, chat_id, backend, updated_at) "
+        "SELECT 'main', chat_id, backend, updated_at FROM chat_override_v1;\n"
+        "INSERT INTO inbox (account, chat_id, message_id, state, payload, received_at) "
+        "SELECT 'main', chat_id, message_id, state, payload, received_at FROM inbox_v1 "
+        "ORDER BY rowid;\n"
+        "DROP TABLE chat_override_v1;\n"
+        "DROP TABLE inbox_v1;\n"),
+}
+
+
+class SQLiteStore(Store):
+    """``store: sqlite:///path/to/tgmux.db`` (WAL; one connection, its own thread)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._db: aiosqlite.Connection | None = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+    async def open(self) -> None:
+        # Private: pending messages' texts and provider ids live here. SQLite gives its -wal and
+        # -shm files the database file's mode.
+        if not self.path.parent.exists():
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        else:
+            _make_private(self.path)
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            # Bounded: a file another process holds locked must fail in a second, not hang.
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                await self._prepare(self._db)
+        except BaseException as exc:
+            # aiosqlite's thread is not a daemon: left open, it keeps the process alive.
+            db, self._db = self._db, None
+            with contextlib.suppress(Exception):
+                await db.close()
+            if isinstance(exc, TimeoutError):
+                raise RuntimeError(f"{self.path}: still locked after {OPEN_TIMEOUT:.0f} s "
+                                   "(another tgmux on this file?)") from exc
+            raise
+
+    async def _prepare(self, db: aiosqlite.Connection) -> None:
+        await db.execute(f"PRAGMA busy_timeout={int(OPEN_TIMEOUT * 1000) // 2}")
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        version = await self._version(db)
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path}: schema version {version} is newer than this tgmux "
+                f"({SCHEMA_VERSION}); upgrade tgmux"
+            )
+        if version < SCHEMA_VERSION:
+            # BEGIN IMMEDIATE: a second process opening the file at the same time waits, then
+            # sees the new version and does nothing.
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                version = await self._version(db)
+                start = version
+                if version == 0:
+                    await _script(db, SCHEMA)
+                else:
+                    for target in range(version + 1, SCHEMA_VERSION + 1):
+                        await _script(db, MIGRATIONS[target])
+                if start < SCHEMA_VERSION:
+                    await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                await db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await db.execute("ROLLBACK")
+                raise
+            if start < SCHEMA_VERSION:
+                self.migrated = (start, SCHEMA_VERSION)
+            if 0 < start < SCHEMA_VERSION:
+                log.info("%s: schema migrated from version %d to %d", self.path, start,
+                         SCHEMA_VERSION)
+        self.schema_version = SCHEMA_VERSION
+        await db.execute("PRAGMA busy_timeout=5000")
+
+    @staticmethod
+    async def _version(db: aiosqlite.Connection) -> int:
+        async with db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        return row[0] if row else 0
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def _one(self, sql: str, args: tuple[Any, ...]) -> Any:
+        async with self.db.execute(sql, args) as cursor:
+            row = await cursor.fetchone()
+        return row[0] if row else None
+
+    async def get_override(self, chat_id: int, *, account: str = DEFAULT_ACCOUNT) -> str | None:
+        return await self._one("SELECT backend FROM chat_override WHERE account=? AND chat_id=?",
+                               (account, chat_id))
+
+    async def set_override(self, chat_id: int, backend: str | None, *,
+                           account: str = DEFAULT_ACCOUNT) -> None:
+        if backend is None:
+            await self.db.execute("DELETE FROM chat_override WHERE account=? AND chat_id=?",
+                                  (account, chat_id))
+        else:
+            await self.db.execute(
+                "INSERT INTO chat_override (account, chat_id, backend, updated_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT(account, chat_id) DO UPDATE SET "
+                "backend=excluded.backend, updated_at=excluded.updated_at",
+                (account, chat_id, backend, time.time()),
+            )
+
+    async def kv_get(self, namespace: str, key: str) -> str | None:
+        return await self._one("SELECT value FROM kv WHERE namespace=? AND key=?", (namespace, key))
+
+    async def kv_set(self, namespace: str, key: str, value: str) -> None:
+        await self.db.execute(
+            "INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?) "
+            "ON CONFLICT(namespace, key) DO UPDATE SET value=excluded.value",
+            (namespace, key, value),
+        )
+
+    async def kv_delete(self, namespace: str, key: str) -> None:
+        await self.db.execute("DELETE FROM kv WHERE namespace=? AND key=?", (namespace, key))
+
+    async def kv_items(self, namespace: str, prefix: str = "") -> list[tuple[str, str]]:
+        # substr, not LIKE: LIKE ignores ASCII case, and % and _ would need escaping.
+        async with self.db.execute(
+            "SELECT key, value FROM kv WHERE namespace=? AND substr(key, 1, ?)=? ORDER BY key",
+            (namespace, len(prefix), prefix),
+        ) as cursor:
+            return [(k, v) for k, v in await cursor.fetchall()]
+
+    async def inbox_accept(self, chat_id: int, message_id: int, payload: dict[str, Any], *,
+                           account: str = DEFAULT_ACCOUNT) -> bool:
+        cursor = await self.db.execute(
+            "INSERT OR IGNORE INTO inbox (account, chat_id, message_id, state, payload, "
+            "received_at) VALUES (?, ?, ?, 'pending', ?, ?)",
+            (account, chat_id, message_id, json.dumps(payload), time.time()),
+        )
+        return cursor.rowcount == 1
+
+    async def inbox_dispatched(self, chat_id: int, message_id: int, *,
+                               account: str = DEFAULT_ACCOUNT) -> None:
+        await self.db.execute(
+            "UPDATE inbox SET state='dispatched' WHERE account=? AND chat_id=? AND message_id=? "
+            "AND state='pending'",
+            (account, chat_id, message_id),
+        )
+
+    async def inbox_done(self, chat_id: int, message_id: int, *,
+                         account: str = DEFAULT_ACCOUNT) -> None:
+        await self.db.execute(
+            "UPDATE inbox SET state='done', payload=NULL WHERE account=? AND chat_id=? "
+            "AND message_id=?",
+            (account, chat_id, message_id),
+        )
+
+    async def inbox_unanswered(self, *, account: str = DEFAULT_ACCOUNT) -> list[Unanswered]:
+        async with self.db.execute(
+            "SELECT payload, state FROM inbox WHERE account=? AND state!='done' "
+            "ORDER BY received_at, rowid", (account,)
+        ) as cursor:
+            return [Unanswered(json.loads(p), state == "dispatched")
+                    for p, state in await cursor.fetchall() if p]
+
+    async def inbox_backlog(self, *, account: str = DEFAULT_ACCOUNT) -> int:
+        return await self._one("SELECT count(*) FROM inbox WHERE account=? AND state!='done'",
+                               (account,))
+
+    async def inbox_prune(self, older_than: float, *, account: str | None = None) -> int:
+        cursor = await self.db.execute(
+            "DELETE FROM inbox WHERE state='done' AND received_at < ? "
+            "AND (? IS NULL OR account=?)", (older_than, account, account)
+        )
+        return cursor.rowcount
+
+    async def hold_account(self, account: str) -> FileLease:
+        return FileLease(self.path.with_name(
+            f"{self.path.name}.account-{quote(account, safe='')}.lock"), account)
+
+
+async def _script(db: aiosqlite.Connection, script: str) -> None:
+    """Each statement of ``script`` inside the open transaction (``executescript`` would
+    commit it first)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            await db.execute(statement)
+
+
+class FileLease(AccountLease):
+    """An exclusive ``flock`` on a lock file, which says who holds it (JSON)."""
+
+    def __init__(self, path: Path, account: str) -> None:
+        super().__init__(account)
+        self.path = path
+        self._fd: int | None = None
+
+    async def _try_acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    async def _record(self, holder: AccountHolder) -> None:
+        assert self._fd is not None
+        data = json.dumps({"hostname": holder.hostname, "pid": holder.pid,
+                           "since": holder.since}).encode()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
+
+    async def _release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            os.close(fd)  # drops the lock
+
+    async def holder(self) -> AccountHolder | None:
+        if self._holder is not None:
+            return self._holder
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass  # held: read who holds it
+            else:
+                return None
+            raw = os.pread(fd, 4096, 0)
+        finally:
+            os.close(fd)
+        try:
+            info = json.loads(raw)
+            return AccountHolder(self.account, str(info["hostname"]), int(info["pid"]),
+                                 float(info["since"]))
+        except (ValueError, KeyError, TypeError):  # being written
+            return AccountHolder(self.account, "?", 0, 0.0)
+
+
+def _make_private(path: Path) -> None:
+    """An existing store file readable by others is made 0600 (it holds users' messages)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            path.chmod(0o600)
+            log.warning("%s was readable by others (mode %o); made it 0600", path, mode)
+    except OSError as exc:
+        log.warning("%s: cannot make it private: %s", path, exc.strerror)

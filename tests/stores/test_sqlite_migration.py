@@ -1,0 +1,82 @@
+"""SQLite schema v1 (before accounts) is migrated to v2 at open: the rows are kept, as account
+"main"."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tgmux.store import SCHEMA_V1, SCHEMA_VERSION, SQLiteStore, Unanswered
+
+
+def make_v1(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA_V1)
+    db.executemany("INSERT INTO chat_override VALUES (?, ?, ?)", [(5, "lucy", 1.0),
+                                                                 (6, "sensay", 2.0)])
+    db.executemany("INSERT INTO kv VALUES (?, ?, ?)", [("backend:a", "k", "v")])
+    rows = [(1, 1, "done", None, 100.0), (1, 3, "pending", json.dumps({"n": 3}), 300.0),
+            (1, 2, "dispatched", json.dumps({"n": 2}), 200.0),
+            (2, 1, "pending", json.dumps({"n": 4}), 300.0)]
+    db.executemany("INSERT INTO inbox VALUES (?, ?, ?, ?, ?)", rows)
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+
+
+async def test_a_v1_file_is_migrated_keeping_everything_as_account_main(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    make_v1(path)
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert (store.schema_version, store.migrated) == (SCHEMA_VERSION, (1, 2))
+        assert await store.get_override(5) == "lucy"
+        assert await store.get_override(6) == "sensay"
+        assert await store.get_override(5, account="other") is None
+        assert await store.kv_get("backend:a", "k") == "v"
+        assert await store.inbox_unanswered() == [
+            Unanswered({"n": 2}, True), Unanswered({"n": 3}, False), Unanswered({"n": 4}, False)]
+        assert await store.inbox_unanswered(account="other") == []
+        assert await store.inbox_accept(1, 1, {}) is False  # answered before: still known
+        assert await store.inbox_accept(1, 1, {}, account="other") is True
+        assert await store.inbox_backlog() == 3
+    finally:
+        await store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"chat_override", "kv", "inbox"}
+    assert db.execute("PRAGMA index_list(inbox)").fetchall()  # the index is back
+    db.close()
+    again = SQLiteStore(path)
+    await again.open()
+    assert again.migrated is None  # up to date now
+    await again.close()
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(RuntimeError, match="newer than this tgmux"):
+        await SQLiteStore(path).open()
+
+
+def test_store_migrate_migrates_a_v1_file_and_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    make_v1(path)
+    config = tmp_path / "config.yaml"
+    config.write_text(f'store: "sqlite:///{path}"\nbackends:\n  e: {{type: echo}}\ndefault: e\n')
+    run = [sys.executable, "-m", "tgmux", "store", "migrate", "-c", str(config)]
+    first = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == f"store: sqlite:///{path}: schema version 2 (migrated from 1)\n"
+    second = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert second.stdout == f"store: sqlite:///{path}: schema version 2\n"

@@ -1,0 +1,126 @@
+"""What every store does (memory, SQLite, PostgreSQL): the ``store`` fixture is each of them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from conftest import OpenStore
+
+from tgmux.store import Store, Unanswered
+
+
+def payload(n: int) -> dict[str, object]:
+    return {"chat": {"id": 1}, "text": f"message {n}", "n": n}
+
+
+async def test_a_message_is_accepted_once(store: Store) -> None:
+    assert await store.inbox_accept(1, 10, payload(10)) is True
+    assert await store.inbox_accept(1, 10, payload(10)) is False
+    await store.inbox_done(1, 10)
+    assert await store.inbox_accept(1, 10, payload(10)) is False  # answered: still a duplicate
+    assert await store.inbox_accept(2, 10, payload(10)) is True  # another chat
+
+
+async def test_unanswered_are_oldest_first_and_say_whether_dispatched(store: Store) -> None:
+    for n in range(5):
+        assert await store.inbox_accept(7, n, payload(n))
+    await store.inbox_dispatched(7, 1)
+    await store.inbox_dispatched(7, 3)
+    await store.inbox_done(7, 3)
+    await store.inbox_done(7, 4)
+    assert await store.inbox_unanswered() == [
+        Unanswered(payload(0), False), Unanswered(payload(1), True), Unanswered(payload(2), False)]
+    assert await store.inbox_backlog() == 3
+
+
+async def test_dispatched_does_not_revive_a_done_message(store: Store) -> None:
+    await store.inbox_accept(1, 1, payload(1))
+    await store.inbox_done(1, 1)
+    await store.inbox_dispatched(1, 1)
+    assert await store.inbox_unanswered() == []
+    assert await store.inbox_backlog() == 0
+
+
+async def test_the_payload_comes_back_as_it_went_in(store: Store) -> None:
+    odd = {"text": "é 😀 \u0000 \"quotes\" ' \\", "nested": {"list": [1, 2.5, None, True]},
+           "big": 2**62}
+    await store.inbox_accept(-1001234567890, 2**31 + 5, odd)
+    assert await store.inbox_unanswered() == [Unanswered(odd, False)]
+
+
+async def test_prune_forgets_only_old_answered_messages(store: Store) -> None:
+    await store.inbox_accept(1, 1, payload(1))
+    await store.inbox_done(1, 1)
+    await store.inbox_accept(1, 2, payload(2))  # pending: kept whatever its age
+    await store.inbox_accept(1, 3, payload(3), account="other")
+    await store.inbox_done(1, 3, account="other")
+    assert await store.inbox_prune(time.time() - 3600) == 0  # all are recent
+    assert await store.inbox_prune(time.time() + 1, account="main") == 1
+    assert await store.inbox_accept(1, 1, payload(1)) is True  # forgotten
+    assert await store.inbox_prune(time.time() + 1) == 1  # "other"'s, with account=None
+    assert [u.payload for u in await store.inbox_unanswered()] == [payload(2), payload(1)]
+
+
+async def test_accounts_have_separate_inboxes(store: Store) -> None:
+    assert await store.inbox_accept(1, 1, payload(1), account="a")
+    assert await store.inbox_accept(1, 1, payload(2), account="b")
+    assert await store.inbox_accept(1, 1, payload(3))  # "main"
+    assert not await store.inbox_accept(1, 1, payload(1), account="a")
+    await store.inbox_dispatched(1, 1, account="a")
+    await store.inbox_done(1, 1, account="b")
+    assert await store.inbox_unanswered(account="a") == [Unanswered(payload(1), True)]
+    assert await store.inbox_unanswered(account="b") == []
+    assert await store.inbox_unanswered() == [Unanswered(payload(3), False)]
+    assert [await store.inbox_backlog(account=a) for a in ("a", "b", "main", "none")] == \
+        [1, 0, 1, 0]
+
+
+async def test_overrides_per_chat_and_account(store: Store) -> None:
+    assert await store.get_override(5) is None
+    await store.set_override(5, "lucy")
+    await store.set_override(5, "sensay", account="second")
+    assert await store.get_override(5) == "lucy"
+    assert await store.get_override(5, account="second") == "sensay"
+    await store.set_override(5, "echo")
+    assert await store.get_override(5) == "echo"
+    await store.set_override(5, None)
+    await store.set_override(6, None)  # nothing to remove: fine
+    assert await store.get_override(5) is None
+    assert await store.get_override(5, account="second") == "sensay"
+
+
+async def test_kv_namespaces_and_literal_prefixes(store: Store) -> None:
+    ns, other = store.namespace("backend:a"), store.namespace("backend:b")
+    await ns.set("k", "1")
+    await other.set("k", "2")
+    await ns.set("k", "3")
+    assert (await ns.get("k"), await other.get("k"), await ns.get("missing")) == ("3", "2", None)
+    for key in ("a%b", "aXb", "a_c", "abc", "a\\d", "A%b", "b"):
+        await ns.set(key, key)
+    assert [k for k, _ in await ns.items("a%")] == ["a%b"]
+    assert [k for k, _ in await ns.items("a_")] == ["a_c"]
+    assert [k for k, _ in await ns.items("a\\")] == ["a\\d"]
+    assert [k for k, _ in await ns.items("A")] == ["A%b"]  # case-sensitive
+    assert [k for k, _ in await ns.items("a")] == ["a%b", "aXb", "a\\d", "a_c", "abc"]  # by code
+    await ns.delete("k")
+    await ns.delete("never-there")
+    assert await ns.get("k") is None and await other.get("k") == "2"
+    assert len(await ns.items()) == 7
+
+
+async def test_unicode_keys_sort_by_code_point(store: Store) -> None:
+    for key in ("é", "z", "Z", "😀", "a"):
+        await store.kv_set("ns", key, key)
+    assert [k for k, _ in await store.kv_items("ns")] == sorted(["é", "z", "Z", "😀", "a"])
+
+
+async def test_stores_on_the_same_data_accept_each_message_once(open_stores: OpenStore) -> None:
+    """Two stores (two processes) racing on the same message ids: exactly one claim each."""
+    first, second = await open_stores(), await open_stores()
+    ids = range(200)
+    results = await asyncio.gather(*(s.inbox_accept(1, i, payload(i))
+                                     for i in ids for s in (first, second, first)))
+    claims = [sum(results[3 * i:3 * i + 3]) for i in ids]
+    assert claims == [1] * len(ids)
+    assert await first.inbox_backlog() == await second.inbox_backlog() == len(ids)
