@@ -101,17 +101,22 @@ class Engine:
     PRUNE_INTERVAL = 600.0
 
     def __init__(self, config: Config, plugin_manager: PluginManager, store: Store,
-                 frontend: Frontend) -> None:
+                 frontend: Frontend, *, accounts: list[str] | None = None) -> None:
         self.config = config
         self.pm = plugin_manager
         self.store = store
         self.frontend = frontend
         self.routers = {name: Router(config, name) for name in config.accounts}
         self.metrics = Metrics()
+        #: The accounts whose old messages this engine answers at start (``tgmux run
+        #: --account``; a standby adds the ones it takes over with :meth:`serve_account`).
+        self.served: list[str] = list(config.accounts if accounts is None else accounts)
+        self.metrics.before_scrape(self._count_backlog)
         self.backends: dict[str, Backend] = {}
         self.plugin_commands: dict[str, PluginCommand] = {}
-        self._queues: dict[int, deque[_Slot]] = {}
-        self._workers: dict[int, asyncio.Task[None]] = {}
+        # Keyed by (account, chat id): one user talking to two accounts is two chats.
+        self._queues: dict[tuple[str, int], deque[_Slot]] = {}
+        self._workers: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._limit = asyncio.Semaphore(config.data.engine.concurrency)
         self._started = False
         self._accepting = False
@@ -150,9 +155,30 @@ class Engine:
         self._started = True
         self._accepting = True
         await call_all(self.pm.hook.tgmux_startup, engine=self)
-        unanswered = await self.store.inbox_unanswered()
+        for account in self.served:
+            await self._resume(account)
+
+    async def _count_backlog(self) -> None:
+        for account in self.served:
+            try:
+                backlog = await self.store.inbox_backlog(account=account)
+            except Exception:  # a scrape must not fail because the store does
+                log.warning("inbox backlog of %s unknown: the store did not answer", account)
+                continue
+            self.metrics.inbox_pending.labels(account).set(backlog)
+
+    async def serve_account(self, account: str) -> None:
+        """Start answering for ``account`` in a running engine (a standby that took it over):
+        its messages from before are answered first, as at start."""
+        if account not in self.served:
+            self.served.append(account)
+            await self._resume(account)
+
+    async def _resume(self, account: str) -> None:
+        unanswered = await self.store.inbox_unanswered(account=account)
         if unanswered:
-            log.info("%d message(s) from before the last stop are unanswered", len(unanswered))
+            log.info("%s: %d message(s) from before the last stop are unanswered", account,
+                     len(unanswered))
         for entry in unanswered:
             slot = self._reserve(IncomingMessage.from_payload(entry.payload))
             slot.fresh = True
@@ -221,12 +247,12 @@ class Engine:
 
     def _reserve(self, message: IncomingMessage) -> _Slot:
         slot = _Slot(message)
-        chat_id = message.chat.chat_id
-        self._queues.setdefault(chat_id, deque()).append(slot)
-        worker = self._workers.get(chat_id)
+        key = (message.chat.account, message.chat.chat_id)
+        self._queues.setdefault(key, deque()).append(slot)
+        worker = self._workers.get(key)
         if worker is None or worker.done():
-            self._workers[chat_id] = asyncio.create_task(self._chat_worker(chat_id),
-                                                         name=f"tgmux-chat-{chat_id}")
+            self._workers[key] = asyncio.create_task(self._chat_worker(key),
+                                                         name=f"tgmux-chat-{key[0]}-{key[1]}")
         return slot
 
     async def submit(self, message: IncomingMessage) -> asyncio.Future[None]:
@@ -244,8 +270,8 @@ class Engine:
             else:
                 try:
                     slot.fresh = await self.store.inbox_accept(
-                        message.chat.chat_id, message.chat.message_id, message.to_payload()
-                    )
+                        message.chat.chat_id, message.chat.message_id, message.to_payload(),
+                        account=message.chat.account)
                 except Exception:
                     # Better an answer without dedup or restart safety than no answer at all.
                     log.exception("chat %s message %s: the store did not take it; answering "
@@ -258,8 +284,8 @@ class Engine:
             slot.ready.set()
         return slot.done
 
-    async def _chat_worker(self, chat_id: int) -> None:
-        queue = self._queues[chat_id]
+    async def _chat_worker(self, key: tuple[str, int]) -> None:
+        queue = self._queues[key]
         while queue:
             slot = queue[0]
             await slot.ready.wait()
@@ -272,13 +298,13 @@ class Engine:
                     slot.done.cancel()
                 raise
             except Exception:
-                log.exception("chat %s: unhandled error", chat_id)
+                log.exception("chat %s (%s): unhandled error", key[1], key[0])
             finally:
                 queue.popleft()
                 if not slot.done.done():
                     slot.done.set_result(None)
-        self._queues.pop(chat_id, None)
-        self._workers.pop(chat_id, None)
+        self._queues.pop(key, None)
+        self._workers.pop(key, None)
 
     # -- handling --------------------------------------------------------------------------------
 
@@ -302,14 +328,15 @@ class Engine:
             await self._send(chat, [Notice(text or INTERNAL_ERROR)], chat.message_id)
         if chat.message_id is not None:
             try:
-                await self.store.inbox_done(chat.chat_id, chat.message_id)
+                await self.store.inbox_done(chat.chat_id, chat.message_id, account=chat.account)
             except Exception:  # answered all the same; at worst flagged again after a restart
                 log.exception("chat %s message %s: could not mark it answered", chat.chat_id,
                               chat.message_id)
 
     async def decide(self, message: IncomingMessage) -> RouteDecision | None:
         chosen = await call_first(self.pm, "tgmux_route", message=message, engine=self)
-        override = await self.store.get_override(message.chat.chat_id)
+        override = await self.store.get_override(message.chat.chat_id,
+                                                 account=message.chat.account)
         return self.router_for(message.chat.account).decide(message, override=override,
                                                             chosen=chosen)
 
@@ -391,7 +418,8 @@ class Engine:
         turn = self.turn_for(message, decision, backend)
         turn = await call_chained(self.pm, "tgmux_before_backend", "turn", turn, backend=backend)
         if chat.message_id is not None:
-            await self.store.inbox_dispatched(chat.chat_id, chat.message_id)
+            await self.store.inbox_dispatched(chat.chat_id, chat.message_id,
+                                              account=chat.account)
         # aclosing: the stream is finished in this task even if the frontend stops early.
         async with contextlib.aclosing(self._backend_stream(turn, backend, message)) as parts:
             sent = await self.frontend.deliver(chat, parts, reply_to_message_id=chat.message_id)

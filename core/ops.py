@@ -18,7 +18,7 @@ async def start_ops_server(config: Config, engine: Engine) -> OpsServer | None:
     server = OpsServer(listen, engine.metrics)
 
     async def store_answers() -> str | None:
-        await engine.store.get_override(0)
+        await engine.store.inbox_backlog(account=engine.served[0] if engine.served else "main")
         return None
 
     server.add_check("store", store_answers)

@@ -78,3 +78,12 @@ async def test_one_engine_routes_each_account_by_its_own_table() -> None:
             Notice("Only the bot's admins can switch the AI for a chat.")]
         assert await h.say("/backend a", user_id=2, account="concierge") == [
             Text("This chat now talks to: a")]
+
+
+async def test_overrides_and_order_are_per_account() -> None:
+    async with EngineHarness.from_yaml(ACCOUNTS, env={}) as h:
+        assert await h.say("/backend g", user_id=1, account="support") == [
+            Text("This chat now talks to: g")]
+        assert await h.say("hi", user_id=1, account="support") == [Text("g: hi")]
+        # the same user with the other account is another chat: no override there
+        assert await h.say("hi", user_id=1, account="concierge") == [Text("b: hi")]

@@ -51,6 +51,7 @@ async def test_metrics_move_and_probes_answer() -> None:
                           outcome="ok") == 2
             assert metric(text, "tgmux_backend_latency_seconds_count", backend="e") == 2
             assert metric(text, "tgmux_first_token_seconds_count", backend="e") == 2
+            assert metric(text, "tgmux_inbox_pending", account="main") == 0
             assert (await get(f"{base}/healthz"))[0] == 200
             status, body = await get(f"{base}/readyz")
             assert status == 200 and json.loads(body)["checks"]["store"]["ok"] is True
