@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ from tgmux.telegram.client import (
     session_mode,
 )
 
-__all__ = ["CONNECT_TIMEOUT", "TelegramUnreachable", "login", "run_telegram"]
+__all__ = ["CONNECT_TIMEOUT", "TelegramUnreachable", "login", "run_telegram", "start_bounded",
+           "stop_signals"]
 
 log = logging.getLogger("tgmux.telegram")
 
@@ -140,6 +142,34 @@ def _check_session(config: Config) -> None:
         )
 
 
+@contextlib.contextmanager
+def stop_signals(stopping: asyncio.Event,
+                 on_signal: Callable[[], None] | None = None) -> Iterator[None]:
+    """While inside: SIGINT and SIGTERM set ``stopping`` (and call ``on_signal``) once; a
+    second one acts as usual (Ctrl-C interrupts for real, SIGTERM ends the process). Where the
+    loop cannot take signal handlers (not the main thread, Windows) nothing changes."""
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def handler() -> None:
+        for sig in signals:  # a second signal interrupts for real
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        stopping.set()
+        if on_signal is not None:
+            on_signal()
+
+    for sig in signals:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, handler)
+    try:
+        yield
+    finally:
+        for sig in signals:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+
 async def run_telegram(config: Config, plugin_manager: PluginManager) -> int:
     """``tgmux run``: serve Telegram until SIGINT/SIGTERM, then stop gracefully; 0 when
     stopped that way, 1 when Telegram refused to start."""
@@ -148,64 +178,56 @@ async def run_telegram(config: Config, plugin_manager: PluginManager) -> int:
     client = build_client(config)
     reach = reach_of(client)
     app = TelegramApp(config, plugin_manager, client)
-    loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
-    signals = (signal.SIGINT, signal.SIGTERM)
 
     def on_signal() -> None:
         log.info("stop requested; finishing replies (up to %.0f s). Press Ctrl-C again to "
                  "quit at once.", tg.shutdown_timeout)
-        stopping.set()
-        for sig in signals:  # a second Ctrl-C interrupts for real
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
 
-    for sig in signals:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, on_signal)
-    try:
-        log.info("connecting to Telegram (%s, session in %s)", session_mode(tg), tg.data_dir)
-        storage = client.storage
-        for attempt in (1, 2):
-            try:
-                if not await start_bounded(app.start(), reach, stopping):
-                    log.info("stopped before tgmux was running on Telegram")
-                    return 0
-                break
-            except RPCError as exc:
-                code = str(exc.ID or exc.NAME)
-                if (attempt == 1 and tg.bot_token and code in _STALE_SESSION
-                        and isinstance(storage, SessionFileStorage)):
-                    # A bot's session is only an authorization made with its token: make
-                    # another one (Pyrogram does, with the token, when the file has none).
-                    storage.forget_authorization(f"Telegram says {code}")
-                    continue
-                log.error("Telegram refused to start: %s", _refusal(code, exc, tg))
-                return 1
-            except TelegramUnreachable as exc:
-                log.error("%s", exc)
-                return 1
-            except (OSError, TimeoutError) as exc:  # Telegram answered, then did not
-                log.error("Telegram stopped answering while tgmux started (%s): %s",
-                          exc or type(exc).__name__, _CHECK_NETWORK)
-                return 1
-        me = client.me
-        who = f"@{me.username}" if me and me.username else f"id {me.id if me else '?'}"
-        kind = "bot" if me and me.is_bot else "user account"
-        log.info("tgmux is running on Telegram as %s (%s); Ctrl-C stops", who, kind)
-        await stopping.wait()
+    with stop_signals(stopping, on_signal):
+        return await _serve(app, client, reach, stopping, tg)
+
+
+async def _serve(app: TelegramApp, client: Client, reach: Reach, stopping: asyncio.Event,
+                 tg: TelegramConfig) -> int:
+    log.info("connecting to Telegram (%s, session in %s)", session_mode(tg), tg.data_dir)
+    storage = client.storage
+    for attempt in (1, 2):
         try:
-            async with asyncio.timeout(tg.shutdown_timeout + _ABANDON_TIMEOUT):
-                await app.stop(tg.shutdown_timeout)
-        except TimeoutError:
-            log.warning("stopping took longer than %.0f s; quitting", tg.shutdown_timeout)
-            return 0
-        log.info("stopped")
+            if not await start_bounded(app.start(), reach, stopping):
+                log.info("stopped before tgmux was running on Telegram")
+                return 0
+            break
+        except RPCError as exc:
+            code = str(exc.ID or exc.NAME)
+            if (attempt == 1 and tg.bot_token and code in _STALE_SESSION
+                    and isinstance(storage, SessionFileStorage)):
+                # A bot's session is only an authorization made with its token: make
+                # another one (Pyrogram does, with the token, when the file has none).
+                storage.forget_authorization(f"Telegram says {code}")
+                continue
+            log.error("Telegram refused to start: %s", _refusal(code, exc, tg))
+            return 1
+        except TelegramUnreachable as exc:
+            log.error("%s", exc)
+            return 1
+        except (OSError, TimeoutError) as exc:  # Telegram answered, then did not
+            log.error("Telegram stopped answering while tgmux started (%s): %s",
+                      exc or type(exc).__name__, _CHECK_NETWORK)
+            return 1
+    me = client.me
+    who = f"@{me.username}" if me and me.username else f"id {me.id if me else '?'}"
+    kind = "bot" if me and me.is_bot else "user account"
+    log.info("tgmux is running on Telegram as %s (%s); Ctrl-C stops", who, kind)
+    await stopping.wait()
+    try:
+        async with asyncio.timeout(tg.shutdown_timeout + _ABANDON_TIMEOUT):
+            await app.stop(tg.shutdown_timeout)
+    except TimeoutError:
+        log.warning("stopping took longer than %.0f s; quitting", tg.shutdown_timeout)
         return 0
-    finally:
-        for sig in signals:
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return 0
 
 
 async def login(api_id: int, api_hash: str, *, phone: str | None = None) -> str:
