@@ -17,6 +17,7 @@ from typing import Any, TextIO
 from tgmux.config import Config
 from tgmux.console import read_lines
 from tgmux.hooks import PluginManager
+from tgmux.store import open_store
 from tgmux.telegram.app import TelegramApp
 from tgmux.telegram.fake import FakeTelegram, check_chat, infer_chat_type, offline_client
 from tgmux.telegram.fake.updates import MAX_INPUT_MESSAGE_ID, is_url
@@ -133,6 +134,7 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
 
     fake.listeners.append(write)
     bad = 0
+    await _remember_chats(fake, config)
     with stop_signals(stop, on_signal):
         await app.start()
         stopped = asyncio.ensure_future(stop.wait())
@@ -172,6 +174,26 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
               file=sys.stderr)
         return 1
     return 1 if bad else 0
+
+
+async def _remember_chats(fake: FakeTelegram, config: Config) -> None:
+    """Tell the fake Telegram the chats of the store's unanswered messages: an earlier run on
+    the same store left them (killed mid-reply), the engine answers them or says it was
+    restarted, and Telegram — unlike a fresh fake — would still know those chats."""
+    store = open_store(config.data.store)
+    await store.open()
+    try:
+        unanswered = await store.inbox_unanswered()
+    finally:
+        await store.close()
+    for entry in unanswered:
+        chat = entry.payload.get("chat") if isinstance(entry.payload, dict) else None
+        if isinstance(chat, dict):
+            try:
+                fake.remember_chat(**chat)
+            except (TypeError, ValueError) as exc:  # a payload of another version: skipped
+                print(f"store: a chat of an earlier run is unusable here: {exc}",
+                      file=sys.stderr)
 
 
 def _forget_output(stdout: TextIO, exc: BaseException) -> None:

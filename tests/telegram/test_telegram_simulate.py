@@ -256,3 +256,35 @@ def test_sigterm_stops_reading_input_and_finishes_replies(tmp_path: Path):
     sent = [json.loads(line) for line in out.splitlines()]
     assert [a["text"] for a in sent if a["action"] == "send_message"] == ["slow: wait 1"]
     assert "stop requested" in err
+
+
+@pytest.mark.parametrize("line", [
+    '{"user_id": 7, "username": "alice", "text": "wait 30"}',
+    '{"chat_id": -1001234567890, "user_id": 8, "text": "@tgmux_bot wait 30", "thread_id": 5}',
+    '{"chat_id": -4012345678, "user_id": 9, "text": "@tgmux_bot wait 30"}',
+], ids=["private", "topic", "group"])
+def test_a_run_killed_mid_reply_is_told_to_its_user_by_the_next_run(tmp_path: Path, line):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"store: sqlite:///{tmp_path / 'sim.db'}\nplugins: [tg_test_backends]\n"
+                      "backends:\n  slow: {type: slow}\ndefault: slow\n")
+    command = [sys.executable, "-m", "tgmux", "simulate", "-c", str(config)]
+    env = {"PYTHONPATH": str(Path(__file__).parent), "PATH": "/usr/bin:/bin"}
+    first = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first.stdin.write(line + "\n")
+        first.stdin.flush()
+        while "chat_action" not in first.stdout.readline():  # the backend has it
+            assert first.poll() is None, first.stderr.read()
+    finally:
+        first.kill()
+        first.communicate(timeout=10)
+    second = subprocess.run(command, input="", capture_output=True, text=True, timeout=30,
+                            env=env)
+    assert second.returncode == 0, second.stderr
+    sent = [a for a in actions(second) if a["action"] == "send_message"]
+    chat_id = json.loads(line).get("chat_id", 7)
+    assert len(sent) == 1 and sent[0]["chat_id"] == chat_id, second.stdout + second.stderr
+    assert sent[0]["text"].startswith("I was restarted while answering your message")
+    if "thread_id" in line:
+        assert sent[0]["message_thread_id"] == 5

@@ -136,6 +136,30 @@ class World:
         self._users[user_id] = user
         return user
 
+    def remember_chat(self, *, chat_type: str, chat_id: int, user_id: int | None = None,
+                      username: str | None = None, first_name: str | None = None,
+                      message_id: int | None = None, message_thread_id: int | None = None,
+                      **_: Any) -> None:
+        """Know a chat (and its user) from before this fake existed: e.g. a chat of an
+        earlier run on the same store, which Telegram would still know. Takes the fields of a
+        ``ChatIdentity`` (as the engine stores them)."""
+        state = self._chat(chat_id, chat_type, forum=message_thread_id is not None)
+        if user_id is not None and (user_id not in self._users or username or first_name):
+            self._user(user_id, username, first_name)
+        if message_id is not None:
+            state.last_incoming = max(state.last_incoming, message_id)
+            state.next_outgoing = max(state.next_outgoing, message_id + 1)
+        if message_thread_id is not None:
+            state.topics.add(message_thread_id)
+            if message_id is not None:
+                self._thread_of[(chat_id, message_id)] = message_thread_id
+
+    def known_peers(self) -> list[TLObject]:
+        """Every user and chat the fake knows, as raw peers (what a client that has seen them
+        keeps in its session)."""
+        return [*self._users.values(),
+                *(s.raw_chat for s in self._chats.values() if s.raw_chat is not None)]
+
     @staticmethod
     def peer(chat_id: int, chat_type: str) -> TLObject:
         if chat_type == "private":
