@@ -197,6 +197,11 @@ class TelegramApp:
         client.handle_updates = gated  # type: ignore[method-assign]
         client.add_handler(MessageHandler(self._on_message))
 
+    @property
+    def running(self) -> bool:
+        """Started (connected, engine open) and not stopped yet."""
+        return self._started
+
     async def _on_message(self, client: Client, message: Message) -> None:
         me = client.me
         if me is None:

@@ -181,8 +181,11 @@ async def run_telegram(config: Config, plugin_manager: PluginManager) -> int:
     stopping = asyncio.Event()
 
     def on_signal() -> None:
-        log.info("stop requested; finishing replies (up to %.0f s). Press Ctrl-C again to "
-                 "quit at once.", tg.shutdown_timeout)
+        if app.running:
+            log.info("stop requested; finishing replies (up to %.0f s). Press Ctrl-C again "
+                     "to quit at once.", tg.shutdown_timeout)
+        else:
+            log.info("stop requested while connecting to Telegram; giving up")
 
     with stop_signals(stopping, on_signal):
         return await _serve(app, client, reach, stopping, tg)
@@ -236,11 +239,29 @@ async def login(api_id: int, api_hash: str, *, phone: str | None = None) -> str:
     reach = Reach()
     client = Client("tgmux-login", api_id=api_id, api_hash=api_hash, in_memory=True,
                     phone_number=phone, no_updates=True, connection_factory=reach.connection)
-    await start_bounded(_start_client(client), reach)
+    with _quiet(_CONNECTION_LOGGERS):  # each attempt's errors; tgmux says it once
+        await start_bounded(_start_client(client), reach)
     try:
         return await client.export_session_string()
     finally:
         await client.stop()
+
+
+#: Pyrogram's loggers that log every connection attempt's failure (as ERROR and WARNING)
+_CONNECTION_LOGGERS = ("pyrogram.connection", "pyrogram.session")
+
+
+@contextlib.contextmanager
+def _quiet(names: tuple[str, ...]) -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 async def _start_client(client: Client) -> None:
