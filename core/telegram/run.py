@@ -95,6 +95,7 @@ async def start_bounded(start: Any, reach: Reach, stopping: asyncio.Event | None
         if task.done() and not task.cancelled():
             task.exception()  # retrieved (it was either raised above or not wanted)
 
+
 _AUTH_PROBLEMS = {
     "ACCESS_TOKEN_INVALID": "Telegram rejected the bot token (check telegram.bot_token)",
     "ACCESS_TOKEN_EXPIRED": "the bot token was revoked; get a new one from @BotFather",
