@@ -37,6 +37,7 @@ from tgmux.config import Config
 from tgmux.engine import Engine
 from tgmux.hooks import PluginManager
 from tgmux.store import Store, open_store
+from tgmux.telegram.client import abandon
 from tgmux.telegram.frontend import TelegramFrontend
 from tgmux.telegram.normalize import normalize
 from tgmux.telegram.sender import MAX_FLOOD_RETRIES, MAX_FLOOD_WAIT, FloodWaitRequired
@@ -196,6 +197,11 @@ class TelegramApp:
         client.handle_updates = gated  # type: ignore[method-assign]
         client.add_handler(MessageHandler(self._on_message))
 
+    @property
+    def running(self) -> bool:
+        """Started (connected, engine open) and not stopped yet."""
+        return self._started
+
     async def _on_message(self, client: Client, message: Message) -> None:
         me = client.me
         if me is None:
@@ -209,7 +215,12 @@ class TelegramApp:
 
     async def start(self) -> None:
         self._taking_updates = True
-        await self.client.start()
+        try:
+            await self.client.start()
+        except BaseException:  # cancelled (a stop while connecting) or failed
+            self._taking_updates = False
+            await abandon(self.client)
+            raise
         try:
             # tgmux waits out every flood wait itself (and slows the chat, not one request)
             self.client.sleep_threshold = 0

@@ -15,13 +15,18 @@ file's key.)
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
 import hashlib
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
 from pyrogram import Client, enums
+from pyrogram.connection import Connection
 from pyrogram.storage import SQLiteStorage
 
 from tgmux.config import Config, TelegramConfig
@@ -156,6 +161,137 @@ class SessionFileStorage(SQLiteStorage):
         await self._open_private()
 
 
+_ERRNO_REASONS = {
+    errno.ENETUNREACH: "network unreachable",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.ETIMEDOUT: "connection timed out",
+    errno.EACCES: "connection not permitted",
+    errno.EPERM: "connection not permitted",
+}
+
+
+def connect_problem(exc: BaseException) -> str:
+    """A connection error in a few words (``network unreachable``, ``connection refused``...)."""
+    if isinstance(exc, socket.gaierror):
+        return f"name lookup failed: {exc.strerror or exc}"
+    if isinstance(exc, TimeoutError):
+        return "connection timed out"
+    if isinstance(exc, OSError) and exc.errno in _ERRNO_REASONS:
+        return _ERRNO_REASONS[exc.errno]
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+class Reach:
+    """Whether Telegram was reached, watched through the client's connections
+    (:meth:`connection` is the client's ``connection_factory``).
+
+    Pyrogram retries connections on its own, forever for a session that has an authorization
+    (about three minutes before a first request gives up): :attr:`hopeless` is set instead as
+    soon as starting cannot succeed — a round of connection attempts failed, or the server
+    closed connections before it answered anything — and :attr:`problem` says why. Once
+    something answered (:attr:`answered`), Pyrogram's own retries apply again (a running
+    client reconnects by itself after the network comes back)."""
+
+    #: connections closed by the server before any answer that make it hopeless
+    CLOSED_LIMIT = 2
+
+    def __init__(self) -> None:
+        self.answered = False
+        self.problem: str | None = None
+        self.hopeless = asyncio.Event()
+        self._closed = 0
+
+    def connection(self, **kwargs: Any) -> Connection:
+        return WatchedConnection(self, **kwargs)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.problem = connect_problem(exc)
+
+    def _gave_up(self) -> None:
+        if not self.answered:
+            self.hopeless.set()
+
+    def _closed_early(self, exc: BaseException | None = None) -> None:
+        if self.answered:
+            return
+        if exc is not None and not isinstance(exc.__cause__ or exc, ConnectionError):
+            self.problem = connect_problem(exc)  # (Pyrogram wraps a send's error in OSError)
+            return
+        self.problem = "the connection was closed before Telegram answered"
+        self._closed += 1
+        if self._closed >= self.CLOSED_LIMIT:
+            self.hopeless.set()
+
+
+class WatchedConnection(Connection):
+    """Pyrogram's connection (same attempts, same logs), telling :class:`Reach` what
+    happened, and saying why in the ConnectionError it raises (Pyrogram's has no message)."""
+
+    def __init__(self, reach: Reach, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reach = reach
+        make_protocol = self.protocol_factory
+
+        def watched_protocol(**options: Any) -> Any:
+            protocol = make_protocol(**options)
+            connect = protocol.connect
+
+            async def watched_connect(address: tuple[str, int]) -> None:
+                try:
+                    await connect(address)
+                except OSError as exc:
+                    reach._failed(exc)
+                    raise
+
+            protocol.connect = watched_connect
+            return protocol
+
+        self.protocol_factory = watched_protocol  # type: ignore[assignment]
+
+    async def connect(self) -> None:
+        try:
+            await super().connect()
+        except ConnectionError:
+            self.reach._gave_up()
+            raise ConnectionError(self.reach.problem or "cannot connect") from None
+
+    async def send(self, data: bytes) -> None:
+        try:
+            await super().send(data)
+        except OSError as exc:  # reset, broken pipe: the server closed the connection
+            self.reach._closed_early(exc)
+            raise
+
+    async def recv(self) -> bytes | None:
+        data = await super().recv()
+        if data is None:
+            self.reach._closed_early()
+        else:
+            self.reach.answered = True
+        return data
+
+
+async def abandon(client: Client) -> None:
+    """Let go of a client that did not finish starting: stop its workers, its session and its
+    storage, whatever was reached (best effort)."""
+    with contextlib.suppress(Exception):
+        if client.is_initialized:
+            await client.terminate()
+    with contextlib.suppress(Exception):
+        if client.is_connected:
+            await client.disconnect()
+            return
+    with contextlib.suppress(Exception):
+        if client.session is not None:
+            await client.session.stop()
+    with contextlib.suppress(Exception):
+        await client.storage.close()
+
+
 def session_mode(tg: TelegramConfig) -> str:
     if tg.bot_token:
         return "bot"
@@ -164,13 +300,22 @@ def session_mode(tg: TelegramConfig) -> str:
     return "user account (session file)"
 
 
+def reach_of(client: Client) -> Reach:
+    """What watches ``client``'s connections (:class:`Reach`); one that sees nothing for a
+    client :func:`build_client` did not make (e.g. a client of the fake Telegram)."""
+    reach = getattr(client, "_tgmux_reach", None)
+    return reach if isinstance(reach, Reach) else Reach()
+
+
 def build_client(config: Config, **overrides: Any) -> Client:
-    """The Client for ``tgmux run`` (credentials already checked by ``require_telegram``)."""
+    """The Client for ``tgmux run`` (credentials already checked by ``require_telegram``); its
+    connections are watched (:func:`reach_of`)."""
     tg = config.data.telegram
     workdir = Path(tg.data_dir).expanduser()
     expected = None
     if tg.bot_token and ":" in tg.bot_token and tg.bot_token.split(":", 1)[0].isdigit():
         expected = int(tg.bot_token.split(":", 1)[0])
+    reach = Reach()
     storage = SessionFileStorage(tg.session_name, workdir, session_string=tg.session_string,
                                  expected_user_id=expected, bot_token=tg.bot_token)
     options: dict[str, Any] = {
@@ -181,6 +326,9 @@ def build_client(config: Config, **overrides: Any) -> Client:
         "workdir": workdir,
         "storage_engine": storage,
         "skip_updates": tg.skip_updates,
+        "connection_factory": reach.connection,
         **overrides,
     }
-    return Client(tg.session_name, **options)
+    client = Client(tg.session_name, **options)
+    client._tgmux_reach = reach  # type: ignore[attr-defined]
+    return client

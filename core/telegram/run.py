@@ -8,7 +8,9 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from pyrogram import Client
 from pyrogram.errors import RPCError
@@ -17,11 +19,82 @@ from tgmux.config import Config, TelegramConfig
 from tgmux.errors import ConfigError
 from tgmux.hooks import PluginManager
 from tgmux.telegram.app import TelegramApp
-from tgmux.telegram.client import SessionFileStorage, build_client, session_mode
+from tgmux.telegram.client import (
+    Reach,
+    SessionFileStorage,
+    abandon,
+    build_client,
+    reach_of,
+    session_mode,
+)
 
-__all__ = ["login", "run_telegram"]
+__all__ = ["CONNECT_TIMEOUT", "TelegramUnreachable", "login", "run_telegram", "start_bounded",
+           "stop_signals"]
 
 log = logging.getLogger("tgmux.telegram")
+
+#: Seconds starting may take before anything answered (Pyrogram alone would keep retrying
+#: for minutes). Once Telegram answered, its own request timeouts apply (and an interactive
+#: login waits for the person typing).
+CONNECT_TIMEOUT = 25.0
+#: Seconds a cancelled start may take to let go of its connection.
+_ABANDON_TIMEOUT = 2.0
+_CHECK_NETWORK = "check the machine's network / proxy / firewall"
+
+
+class TelegramUnreachable(ConfigError):
+    """Telegram could not be reached. A :class:`ConfigError` (for now) so that the command
+    line prints it as one ``error:`` line instead of a traceback."""
+
+
+def unreachable_message(reach: Reach, exc: BaseException | None = None) -> str:
+    problem = reach.problem or (str(exc) if exc is not None and str(exc) else None) or \
+        f"no answer within {CONNECT_TIMEOUT:.0f} s"
+    return f"cannot reach Telegram ({problem}): {_CHECK_NETWORK}"
+
+
+async def start_bounded(start: Any, reach: Reach, stopping: asyncio.Event | None = None,
+                        *, connect_timeout: float = CONNECT_TIMEOUT) -> bool:
+    """Await ``start`` (a coroutine that connects a client) until it is done; True then.
+    False when ``stopping`` was set first (the start is cancelled: it has to let go of what it
+    holds). Raises :class:`TelegramUnreachable` when nothing answered within
+    ``connect_timeout`` or :attr:`Reach.hopeless` says it cannot succeed; other errors of
+    ``start`` propagate (RPCError: Telegram answered and refused)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(start)
+    waits = [asyncio.ensure_future(reach.hopeless.wait())]
+    if stopping is not None:
+        waits.append(asyncio.ensure_future(stopping.wait()))
+    deadline = loop.time() + connect_timeout
+    try:
+        while not task.done():
+            timeout = None if reach.answered else deadline - loop.time()
+            if timeout is not None and timeout <= 0:
+                raise TelegramUnreachable(unreachable_message(reach))
+            done, _ = await asyncio.wait([task, *waits], timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                break
+            if stopping is not None and stopping.is_set():
+                return False
+            if reach.hopeless.is_set() and not reach.answered:
+                raise TelegramUnreachable(unreachable_message(reach))
+        try:
+            task.result()
+        except (OSError, KeyError) as exc:
+            if reach.answered:
+                raise
+            raise TelegramUnreachable(unreachable_message(reach, exc)) from None
+        return True
+    finally:
+        for wait in waits:
+            wait.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=_ABANDON_TIMEOUT)
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved (it was either raised above or not wanted)
+
 
 _AUTH_PROBLEMS = {
     "ACCESS_TOKEN_INVALID": "Telegram rejected the bot token (check telegram.bot_token)",
@@ -70,69 +143,134 @@ def _check_session(config: Config) -> None:
         )
 
 
-async def run_telegram(config: Config, plugin_manager: PluginManager) -> int:
-    """``tgmux run``: serve Telegram until SIGINT/SIGTERM, then stop gracefully; 0 when
-    stopped that way, 1 when Telegram refused to start."""
-    tg = config.require_telegram()
-    _check_session(config)
-    client = build_client(config)
-    app = TelegramApp(config, plugin_manager, client)
+@contextlib.contextmanager
+def stop_signals(stopping: asyncio.Event,
+                 on_signal: Callable[[], None] | None = None) -> Iterator[None]:
+    """While inside: SIGINT and SIGTERM set ``stopping`` (and call ``on_signal``) once; a
+    second one acts as usual (Ctrl-C interrupts for real, SIGTERM ends the process). Where the
+    loop cannot take signal handlers (not the main thread, Windows) nothing changes."""
     loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
 
-    def on_signal() -> None:
-        log.info("stop requested; finishing replies (up to %.0f s). Press Ctrl-C again to "
-                 "quit at once.", tg.shutdown_timeout)
-        stopping.set()
-        for sig in signals:  # a second Ctrl-C interrupts for real
+    def handler() -> None:
+        for sig in signals:  # a second signal interrupts for real
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
+        stopping.set()
+        if on_signal is not None:
+            on_signal()
 
     for sig in signals:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, on_signal)
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, handler)
     try:
-        log.info("connecting to Telegram (%s, session in %s)", session_mode(tg), tg.data_dir)
-        storage = client.storage
-        for attempt in (1, 2):
-            try:
-                await app.start()
-                break
-            except RPCError as exc:
-                code = str(exc.ID or exc.NAME)
-                if (attempt == 1 and tg.bot_token and code in _STALE_SESSION
-                        and isinstance(storage, SessionFileStorage)):
-                    # A bot's session is only an authorization made with its token: make
-                    # another one (Pyrogram does, with the token, when the file has none).
-                    storage.forget_authorization(f"Telegram says {code}")
-                    continue
-                log.error("Telegram refused to start: %s", _refusal(code, exc, tg))
-                return 1
-            except (OSError, ConnectionError, TimeoutError) as exc:
-                log.error("cannot reach Telegram: %s", exc)
-                return 1
-        me = client.me
-        who = f"@{me.username}" if me and me.username else f"id {me.id if me else '?'}"
-        kind = "bot" if me and me.is_bot else "user account"
-        log.info("tgmux is running on Telegram as %s (%s); Ctrl-C stops", who, kind)
-        await stopping.wait()
-        await app.stop(tg.shutdown_timeout)
-        log.info("stopped")
-        return 0
+        yield
     finally:
         for sig in signals:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
 
 
+async def run_telegram(config: Config, plugin_manager: PluginManager) -> int:
+    """``tgmux run``: serve Telegram until SIGINT/SIGTERM, then stop gracefully; 0 when
+    stopped that way, 1 when Telegram refused to start."""
+    tg = config.require_telegram()
+    _check_session(config)
+    client = build_client(config)
+    reach = reach_of(client)
+    app = TelegramApp(config, plugin_manager, client)
+    stopping = asyncio.Event()
+
+    def on_signal() -> None:
+        if app.running:
+            log.info("stop requested; finishing replies (up to %.0f s). Press Ctrl-C again "
+                     "to quit at once.", tg.shutdown_timeout)
+        else:
+            log.info("stop requested while connecting to Telegram; giving up")
+
+    with stop_signals(stopping, on_signal):
+        return await _serve(app, client, reach, stopping, tg)
+
+
+async def _serve(app: TelegramApp, client: Client, reach: Reach, stopping: asyncio.Event,
+                 tg: TelegramConfig) -> int:
+    log.info("connecting to Telegram (%s, session in %s)", session_mode(tg), tg.data_dir)
+    storage = client.storage
+    for attempt in (1, 2):
+        try:
+            if not await start_bounded(app.start(), reach, stopping):
+                log.info("stopped before tgmux was running on Telegram")
+                return 0
+            break
+        except RPCError as exc:
+            code = str(exc.ID or exc.NAME)
+            if (attempt == 1 and tg.bot_token and code in _STALE_SESSION
+                    and isinstance(storage, SessionFileStorage)):
+                # A bot's session is only an authorization made with its token: make
+                # another one (Pyrogram does, with the token, when the file has none).
+                storage.forget_authorization(f"Telegram says {code}")
+                continue
+            log.error("Telegram refused to start: %s", _refusal(code, exc, tg))
+            return 1
+        except TelegramUnreachable as exc:
+            log.error("%s", exc)
+            return 1
+        except (OSError, TimeoutError) as exc:  # Telegram answered, then did not
+            log.error("Telegram stopped answering while tgmux started (%s): %s",
+                      exc or type(exc).__name__, _CHECK_NETWORK)
+            return 1
+    me = client.me
+    who = f"@{me.username}" if me and me.username else f"id {me.id if me else '?'}"
+    kind = "bot" if me and me.is_bot else "user account"
+    log.info("tgmux is running on Telegram as %s (%s); Ctrl-C stops", who, kind)
+    await stopping.wait()
+    try:
+        async with asyncio.timeout(tg.shutdown_timeout + _ABANDON_TIMEOUT):
+            await app.stop(tg.shutdown_timeout)
+    except TimeoutError:
+        log.warning("stopping took longer than %.0f s; quitting", tg.shutdown_timeout)
+        return 0
+    log.info("stopped")
+    return 0
+
+
 async def login(api_id: int, api_hash: str, *, phone: str | None = None) -> str:
     """``tgmux login``: log a user account in interactively (phone, code, 2FA password, as
     Pyrogram asks for them) and return its session string. Keeps nothing on disk."""
+    reach = Reach()
     client = Client("tgmux-login", api_id=api_id, api_hash=api_hash, in_memory=True,
-                    phone_number=phone, no_updates=True)
-    await client.start()
+                    phone_number=phone, no_updates=True, connection_factory=reach.connection)
+    with _quiet(_CONNECTION_LOGGERS):  # each attempt's errors; tgmux says it once
+        await start_bounded(_start_client(client), reach)
     try:
         return await client.export_session_string()
     finally:
         await client.stop()
+
+
+#: Pyrogram's loggers that log every connection attempt's failure (as ERROR and WARNING)
+_CONNECTION_LOGGERS = ("pyrogram.connection", "pyrogram.session")
+
+
+@contextlib.contextmanager
+def _quiet(names: tuple[str, ...]) -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+async def _start_client(client: Client) -> None:
+    """``client.start()``, letting go of the connection when it is cancelled (Pyrogram
+    disconnects on errors only)."""
+    try:
+        await client.start()
+    except BaseException:
+        await abandon(client)
+        raise
+

@@ -6,7 +6,10 @@ Kept apart from :mod:`tgmux.telegram.run`: this module loads the fake, ``tgmux r
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -14,8 +17,12 @@ from typing import Any, TextIO
 from tgmux.config import Config
 from tgmux.console import read_lines
 from tgmux.hooks import PluginManager
+from tgmux.store import open_store
 from tgmux.telegram.app import TelegramApp
 from tgmux.telegram.fake import FakeTelegram, check_chat, infer_chat_type, offline_client
+from tgmux.telegram.fake.updates import MAX_INPUT_MESSAGE_ID, is_url
+from tgmux.telegram.run import stop_signals
+from tgmux.telegram.textsplit import utf16_len
 
 __all__ = ["parse_input_line", "simulate"]
 
@@ -26,6 +33,21 @@ _INPUT_FIELDS: dict[str, type] = {
     "voice": str, "sticker": str, "document": str,
 }
 _MEDIA_FIELDS = ("photo", "voice", "sticker", "document")
+#: Telegram's longest message text (UTF-16 code units), and the longest of the other strings
+_MAX_TEXT = 4096
+_MAX_STRING = 4096
+
+
+def _check_string(key: str, value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{key}: not valid Unicode (a lone surrogate "
+                         f"{value[exc.start]!r} at character {exc.start + 1})") from None
+    limit = _MAX_TEXT if key == "text" else _MAX_STRING
+    if utf16_len(value) > limit:
+        raise ValueError(f"{key}: longer than Telegram allows ({utf16_len(value)} UTF-16 code "
+                         f"units; at most {limit})")
 
 
 def parse_input_line(line: str) -> dict[str, Any]:
@@ -50,7 +72,13 @@ def parse_input_line(line: str) -> dict[str, Any]:
                 not isinstance(value, wanted):
             raise ValueError(f"{key}: expected {'a number' if wanted is int else wanted.__name__}"
                              f", got {value!r}")
+        if isinstance(value, str):
+            _check_string(key, value)
         fields[key] = value
+    for key in ("message_id", "thread_id"):
+        if key in fields and not 0 < fields[key] <= MAX_INPUT_MESSAGE_ID:
+            raise ValueError(f"{key}: a message id is 1 to {MAX_INPUT_MESSAGE_ID}, "
+                             f"not {fields[key]}")
     if "user_id" not in fields:
         raise ValueError("user_id is required")
     if "text" not in fields and not any(k in fields for k in _MEDIA_FIELDS):
@@ -62,8 +90,11 @@ def parse_input_line(line: str) -> dict[str, Any]:
         raise ValueError("thread_id: forum topics exist in supergroups only")
     for key in ("photo", "voice", "document"):
         source = fields.get(key)
-        if source and not source.startswith(("http://", "https://")) and \
-                not Path(source).expanduser().is_file():
+        if source is None:
+            continue
+        if is_url(source):
+            raise ValueError(f"{key}: simulate is offline; give a local file path")
+        if not Path(source).expanduser().is_file():
             raise ValueError(f"{key}: no such file: {source}")
     return fields
 
@@ -73,43 +104,106 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
     """``tgmux simulate``: JSON lines in (incoming messages), JSON lines out (what tgmux
     sends), through the real Pyrogram client with a fake network. Exits 0 when the input
     ended and every reply was sent; 1 when some input line was invalid (reported on stderr
-    with its line number, the other lines are still answered)."""
+    with its line number, the other lines are still answered) or the output could not be
+    written (said once on stderr; simulate stops at once).
+
+    On SIGINT/SIGTERM it stops reading input, finishes the replies in flight (up to
+    ``telegram.shutdown_timeout``) and exits as it would at the end of the input; a second
+    signal acts as usual."""
     fake = FakeTelegram(bot_username=bot_username.lstrip("@"))
     client = offline_client(fake, skip_updates=config.data.telegram.skip_updates)
     app = TelegramApp(config, plugin_manager, client)
-    broken = False
+    stop = asyncio.Event()  # a signal, or the output failed
+    output_error: list[BaseException] = []
 
     def write(action: dict[str, Any]) -> None:
-        nonlocal broken
-        if broken:
+        if output_error:
             return
         try:
             stdout.write(json.dumps(action, ensure_ascii=False) + "\n")
             stdout.flush()
-        except (BrokenPipeError, ValueError):  # the reader went away: keep answering quietly
-            broken = True
+        except (OSError, ValueError) as exc:  # a closed pipe, a closed file, an encoding
+            output_error.append(exc)
+            print(f"cannot write output: {exc}", file=sys.stderr)
+            _forget_output(stdout, exc)
+            stop.set()
+
+    def on_signal() -> None:
+        print("stop requested: the rest of the input is not read; finishing replies",
+              file=sys.stderr)
 
     fake.listeners.append(write)
-    await app.start()
     bad = 0
-    try:
-        lines = read_lines(stdin)
-        number = 0
-        while (line := await lines.get()) is not None:
-            number += 1
-            if not line.strip():
-                continue
-            try:
-                fields = parse_input_line(line)
-            except ValueError as exc:
-                bad += 1
-                print(f"input line {number}: {exc}", file=sys.stderr)
-                continue
-            await fake.incoming(**fields)
-    finally:
-        await app.stop(None)
+    await _remember_chats(fake, config)
+    with stop_signals(stop, on_signal):
+        await app.start()
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            lines = read_lines(stdin)
+            number = 0
+            while not stop.is_set():
+                next_line = asyncio.ensure_future(lines.get())
+                await asyncio.wait([next_line, stopped], return_when=asyncio.FIRST_COMPLETED)
+                if not next_line.done():
+                    next_line.cancel()
+                    break
+                line = next_line.result()
+                if line is None:
+                    break
+                number += 1
+                if not line.strip():
+                    continue
+                try:
+                    fields = parse_input_line(line)
+                    await fake.incoming(**fields)
+                except Exception as exc:  # ValueError: what is wrong; anything else: a backstop
+                    bad += 1
+                    print(f"input line {number}: {exc}", file=sys.stderr)
+        finally:
+            stopped.cancel()
+            if output_error:
+                await app.stop(0)  # nobody sees the replies: do not wait for them
+            elif stop.is_set():
+                await app.stop(config.data.telegram.shutdown_timeout)
+            else:
+                await app.stop(None)
+    if output_error:
+        return 1
     if fake.unknown:
         print(f"the fake Telegram got requests it does not know: {sorted(set(fake.unknown))}",
               file=sys.stderr)
         return 1
     return 1 if bad else 0
+
+
+async def _remember_chats(fake: FakeTelegram, config: Config) -> None:
+    """Tell the fake Telegram the chats of the store's unanswered messages: an earlier run on
+    the same store left them (killed mid-reply), the engine answers them or says it was
+    restarted, and Telegram — unlike a fresh fake — would still know those chats."""
+    store = open_store(config.data.store)
+    await store.open()
+    try:
+        unanswered = await store.inbox_unanswered()
+    finally:
+        await store.close()
+    for entry in unanswered:
+        chat = entry.payload.get("chat") if isinstance(entry.payload, dict) else None
+        if isinstance(chat, dict):
+            try:
+                fake.remember_chat(**chat)
+            except (TypeError, ValueError) as exc:  # a payload of another version: skipped
+                print(f"store: a chat of an earlier run is unusable here: {exc}",
+                      file=sys.stderr)
+
+
+def _forget_output(stdout: TextIO, exc: BaseException) -> None:
+    """After a broken pipe, point the output's file descriptor at /dev/null: what is left in
+    its buffer would fail again when the interpreter flushes it at exit."""
+    if not isinstance(exc, BrokenPipeError):
+        return
+    with contextlib.suppress(Exception):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stdout.fileno())
+        finally:
+            os.close(devnull)

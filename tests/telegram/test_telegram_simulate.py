@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,3 +128,163 @@ def test_input_line_validation():
     # chat types follow from Bot API chat ids
     group = parse_input_line('{"user_id": 1, "chat_id": -42, "text": "x"}')
     assert "chat_type" not in group  # inferred: a basic group
+
+
+# -- input that cannot be a Telegram message, output that cannot be written, signals ----------
+
+
+def test_impossible_input_lines_are_reported_and_later_lines_still_answered(config: Path):
+    lines = [
+        '{"user_id": 100000000000000000000000000, "text": "huge user"}',
+        '{"user_id": 1099511627776, "text": "user id above 2^40 - 1"}',
+        '{"user_id": 5, "message_id": 1099511627776, "text": "message id 2^40"}',
+        '{"user_id": 5, "message_id": 0, "text": "message id 0"}',
+        '{"user_id": 5, "chat_id": -1001234567890, "thread_id": 4294967296, "text": "x"}',
+        '{"user_id": 5, "chat_id": -9000000000000, "text": "no such chat id"}',
+        '{"user_id": 5, "text": "\\ud83d"}',
+        '{"user_id": 5, "username": "\\udc00", "text": "x"}',
+        '{"user_id": 5, "text": "' + "x" * 4097 + '"}',
+        '{"user_id": 7, "text": "after"}',
+    ]
+    result = simulate(config, lines)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert [e.split(":", 1)[0] for e in errors] == [f"input line {n}" for n in range(1, 10)]
+    for error, problem in zip(errors, [
+        "user_id: a Telegram user id is 1 to 1099511627775",
+        "user_id: a Telegram user id is 1 to 1099511627775",
+        "message_id: a message id is 1 to 2000000000",
+        "message_id: a message id is 1 to 2000000000",
+        "thread_id: a message id is 1 to 2000000000",
+        "chat_id: not a Telegram chat id",
+        "text: not valid Unicode (a lone surrogate '\\ud83d' at character 1)",
+        "username: not valid Unicode",
+        "text: longer than Telegram allows (4097 UTF-16 code units; at most 4096)",
+    ], strict=True):
+        assert problem in error, (problem, error)
+    texts = [a["text"] for a in actions(result) if a["action"] == "send_message"]
+    assert texts == ["echo: after"]
+
+
+def test_a_photo_url_is_refused_simulate_stays_offline(config: Path):
+    for key in ("photo", "voice", "document"):
+        with pytest.raises(ValueError, match=f"^{key}: simulate is offline; give a local file "
+                                             "path$"):
+            parse_input_line(json.dumps({"user_id": 1, key: "https://example.com/cat.jpg"}))
+    result = simulate(config, ['{"user_id": 9, "photo": "https://example.com/cat.jpg"}',
+                               '{"user_id": 9, "text": "after"}'])
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("input line 1: photo: simulate is offline; give a local "
+                                     "file path")
+    assert [a["text"] for a in actions(result) if a["action"] == "send_message"] == \
+        ["echo: after"]
+
+
+def test_the_fake_telegram_never_fetches_a_url():
+    from tgmux.telegram.fake import FakeTelegram
+
+    with pytest.raises(ValueError, match="offline"):
+        FakeTelegram().build_incoming(user_id=1, photo="https://example.com/cat.jpg")
+
+
+class Unwritable(io.StringIO):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [
+    UnicodeEncodeError("ascii", "é", 0, 1, "ordinal not in range(128)"),
+    BrokenPipeError(32, "Broken pipe"),
+    ValueError("I/O operation on closed file."),
+], ids=["encoding", "broken-pipe", "closed"])
+async def test_output_that_cannot_be_written_is_an_error(tmp_path: Path, capsys, error):
+    from tgmux.bootstrap import load_config_text
+    from tgmux.hooks import build_plugin_manager
+    from tgmux.telegram.simulate import simulate as run_simulate
+
+    config = load_config_text("store: memory://\nbackends:\n  echo: {type: echo}\n"
+                              "default: echo\n", source="config.yaml", env={})
+    out = Unwritable(error)
+    lines = "".join(json.dumps({"user_id": 7, "text": f"m{i}"}) + "\n" for i in range(5))
+    code = await asyncio.wait_for(run_simulate(config, build_plugin_manager(),
+                                               stdin=io.StringIO(lines), stdout=out), 10)
+    assert code == 1
+    assert out.writes == 1  # stopped at the first failure
+    assert capsys.readouterr().err.strip().splitlines() == [f"cannot write output: {error}"]
+
+
+def test_a_closed_output_pipe_stops_simulate_with_status_1(config: Path):
+    proc = subprocess.Popen([sys.executable, "-m", "tgmux", "simulate", "-c", str(config)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader went away
+    _, err = proc.communicate('{"user_id": 7, "text": "hi"}\n', timeout=30)
+    assert proc.returncode == 1, err
+    said = [line for line in err.splitlines() if "cannot write output" in line]
+    assert said == ["cannot write output: [Errno 32] Broken pipe"], err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_sigterm_stops_reading_input_and_finishes_replies(tmp_path: Path):
+    config = tmp_path / "config.yaml"
+    config.write_text("store: memory://\nplugins: [tg_test_backends]\n"
+                      "telegram: {shutdown_timeout: 10}\n"
+                      "backends:\n  slow: {type: slow}\ndefault: slow\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tgmux", "simulate", "-c", str(config)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={"PYTHONPATH": str(Path(__file__).parent), "PATH": "/usr/bin:/bin"})
+    try:
+        proc.stdin.write('{"user_id": 7, "text": "wait 1"}\n')
+        proc.stdin.flush()
+        chat_action = proc.stdout.readline() + proc.stdout.readline()  # set_commands, typing
+        assert "set_commands" in chat_action
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)  # the input stays open
+        out, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert time.monotonic() - started < 10
+    assert proc.returncode == 0, err
+    sent = [json.loads(line) for line in out.splitlines()]
+    assert [a["text"] for a in sent if a["action"] == "send_message"] == ["slow: wait 1"]
+    assert "stop requested" in err
+
+
+@pytest.mark.parametrize("line", [
+    '{"user_id": 7, "username": "alice", "text": "wait 30"}',
+    '{"chat_id": -1001234567890, "user_id": 8, "text": "@tgmux_bot wait 30", "thread_id": 5}',
+    '{"chat_id": -4012345678, "user_id": 9, "text": "@tgmux_bot wait 30"}',
+], ids=["private", "topic", "group"])
+def test_a_run_killed_mid_reply_is_told_to_its_user_by_the_next_run(tmp_path: Path, line):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"store: sqlite:///{tmp_path / 'sim.db'}\nplugins: [tg_test_backends]\n"
+                      "backends:\n  slow: {type: slow}\ndefault: slow\n")
+    command = [sys.executable, "-m", "tgmux", "simulate", "-c", str(config)]
+    env = {"PYTHONPATH": str(Path(__file__).parent), "PATH": "/usr/bin:/bin"}
+    first = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first.stdin.write(line + "\n")
+        first.stdin.flush()
+        while "chat_action" not in first.stdout.readline():  # the backend has it
+            assert first.poll() is None, first.stderr.read()
+    finally:
+        first.kill()
+        first.communicate(timeout=10)
+    second = subprocess.run(command, input="", capture_output=True, text=True, timeout=30,
+                            env=env)
+    assert second.returncode == 0, second.stderr
+    sent = [a for a in actions(second) if a["action"] == "send_message"]
+    chat_id = json.loads(line).get("chat_id", 7)
+    assert len(sent) == 1 and sent[0]["chat_id"] == chat_id, second.stdout + second.stderr
+    assert sent[0]["text"].startswith("I was restarted while answering your message")
+    if "thread_id" in line:
+        assert sent[0]["message_thread_id"] == 5

@@ -37,7 +37,7 @@ The modules, each one purpose:
   the request dispatch.
 """
 
-from tgmux.telegram.fake.faults import TIMEOUT, Fault, UnknownRequest
+from tgmux.telegram.fake.faults import HANG, TIMEOUT, Fault, UnknownRequest
 from tgmux.telegram.fake.handlers import chat_action_name
 from tgmux.telegram.fake.server import FakeTelegram, Request, replying_to
 from tgmux.telegram.fake.session import FakeSession, offline_client
@@ -45,6 +45,7 @@ from tgmux.telegram.fake.updates import CHANNEL_ID_BASE, check_chat, infer_chat_
 
 __all__ = [
     "CHANNEL_ID_BASE",
+    "HANG",
     "TIMEOUT",
     "FakeSession",
     "FakeTelegram",

@@ -10,7 +10,7 @@ from pyrogram import raw
 from pyrogram.errors import RPCError
 from pyrogram.errors.exceptions.all import exceptions as _ERRORS
 
-__all__ = ["TIMEOUT", "Fault", "UnknownRequest", "error_code", "refuse"]
+__all__ = ["HANG", "TIMEOUT", "Fault", "UnknownRequest", "error_code", "refuse"]
 
 
 class UnknownRequest(RuntimeError):
@@ -34,6 +34,9 @@ def refuse(error: str, query: type, code: int = 400) -> NoReturn:
 
 #: ``fail(..., "TIMEOUT")``: no answer came (the session raises TimeoutError, as Pyrogram's does)
 TIMEOUT = "TIMEOUT"
+#: ``fail(..., "HANG")``: the request never ends (a network that swallows it; only a
+#: cancellation ends the wait)
+HANG = "HANG"
 
 
 @dataclass

@@ -236,13 +236,6 @@ class Handlers(World):
         content = self._files.get(query.location.id)
         if content is None:
             refuse("FILE_REFERENCE_INVALID", type(query))
-        if isinstance(content, str):  # given as a URL: fetched when somebody wants the bytes
-            import httpx
-
-            async with httpx.AsyncClient(timeout=30, follow_redirects=True) as http:
-                response = await http.get(content)
-                response.raise_for_status()
-                content = self._files[query.location.id] = response.content
         chunk = content[query.offset: query.offset + query.limit]
         return raw.types.upload.File(type=raw.types.storage.FilePartial(), mtime=0, bytes=chunk)
 

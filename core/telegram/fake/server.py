@@ -16,7 +16,7 @@ from pyrogram import Client, raw
 from pyrogram.errors import RPCError
 from pyrogram.raw.core import TLObject
 
-from tgmux.telegram.fake.faults import TIMEOUT, Fault, UnknownRequest, error_code, refuse
+from tgmux.telegram.fake.faults import HANG, TIMEOUT, Fault, UnknownRequest, error_code, refuse
 from tgmux.telegram.fake.handlers import Handlers
 from tgmux.telegram.fake.session import attach
 
@@ -103,7 +103,8 @@ class FakeTelegram(Handlers):
         ``edit_message``, ``send_draft``, ``chat_action``, ``send_photo``...) or ``*``.
         ``error`` is Telegram's error (``FLOOD_WAIT_3``, ``USER_IS_BLOCKED``, the server error
         ``RPC_CALL_FAIL``...; use ids Pyrogram knows, it logs unknown ones to
-        ``unknown_errors.txt``) or ``TIMEOUT`` (no answer at all). ``delivered``: the request
+        ``unknown_errors.txt``), ``TIMEOUT`` (no answer at all) or ``HANG`` (the request
+        never ends, not even by a timeout). ``delivered``: the request
         takes effect (the message is sent) and only its answer is lost or an error.
         The client's session retries timeouts and server errors by itself (each retry is a
         matching request too).
@@ -169,6 +170,9 @@ class FakeTelegram(Handlers):
         if fault is not None:
             if fault.times is not None:
                 fault.times -= 1
+            if fault.error == HANG:
+                request.error = HANG
+                await asyncio.Event().wait()
             if not fault.delivered:
                 self._raise(fault, request)
         handler = getattr(self, "_on_" + name.replace(".", "_"), None)

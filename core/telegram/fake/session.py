@@ -28,6 +28,8 @@ class Network(Protocol):
 
     async def answer(self, query: TLObject, client: Client) -> Any: ...
 
+    def known_peers(self) -> list[TLObject]: ...
+
 
 class FakeSession:
     """Stands in for ``pyrogram.session.Session``: ``invoke`` goes to the fake Telegram."""
@@ -90,6 +92,9 @@ def attach(fake: Network, client: Client) -> Client:
             await client.storage.user_id(fake.me.id)
             await client.storage.is_bot(fake.is_bot)
             await client.storage.date(int(time.time()))
+        # What the fake knows from before (remember_chat) the client knows too, as a client
+        # whose session file kept its peers would.
+        await client.fetch_peers(fake.known_peers())
         client.session = FakeSession(fake, client)
         client.is_connected = True
         return True

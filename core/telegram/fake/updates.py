@@ -18,11 +18,28 @@ from pyrogram.raw.core import TLObject
 
 from tgmux.telegram.textsplit import utf16_len
 
-__all__ = ["CHANNEL_ID_BASE", "FIRST_OUTGOING_ID", "ChatState", "World", "check_chat",
-           "infer_chat_type", "wire"]
+__all__ = [
+    "CHANNEL_ID_BASE",
+    "FIRST_OUTGOING_ID",
+    "MAX_INPUT_MESSAGE_ID",
+    "ChatState",
+    "World",
+    "check_chat",
+    "infer_chat_type",
+    "is_url",
+    "wire",
+]
 
 CHANNEL_ID_BASE = -1_000_000_000_000  # Bot API ids of supergroups/channels: -100<raw id>
 FIRST_OUTGOING_ID = 1001
+#: Telegram's id ranges (as Pyrogram maps Bot API ids to peers): users 1..2^40-1, basic groups
+#: -1..-999999999999, supergroups and channels -100<1..10^12-2^31>
+MAX_USER_ID = utils.MAX_USER_ID
+MAX_CHAT_ID = utils.MAX_CHAT_ID
+MAX_CHANNEL_ID = utils.MAX_CHANNEL_ID
+#: Message ids are int32 in the TL schema; incoming ones stay below this so that the bot's own
+#: messages, numbered after them, fit too.
+MAX_INPUT_MESSAGE_ID = 2_000_000_000
 
 MENTION = re.compile(r"(?<![\w@])@([A-Za-z][A-Za-z0-9_]{3,31})\b")
 _COMMAND = re.compile(r"^/[A-Za-z0-9_]{1,32}(@[A-Za-z][A-Za-z0-9_]{3,31})?")
@@ -31,6 +48,12 @@ _COMMAND = re.compile(r"^/[A-Za-z0-9_]{1,32}(@[A-Za-z][A-Za-z0-9_]{3,31})?")
 def wire(obj: TLObject) -> TLObject:
     """Serialize and parse back, as if the object came off the network (lists not None...)."""
     return TLObject.read(BytesIO(obj.write()))
+
+
+def is_url(source: str) -> bool:
+    """Whether a media source is a URL (anything with a scheme, ``file:`` too: the fake takes
+    local paths only)."""
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source) is not None
 
 
 def infer_chat_type(chat_id: int) -> str:
@@ -46,6 +69,13 @@ def check_chat(chat_id: int, chat_type: str, user_id: int) -> None:
     if chat_type not in ("private", "group", "supergroup", "channel"):
         raise ValueError(f"chat_type must be private, group, supergroup or channel, "
                          f"not {chat_type!r}")
+    if not 0 < user_id <= MAX_USER_ID:
+        raise ValueError(f"user_id: a Telegram user id is 1 to {MAX_USER_ID}, not {user_id}")
+    if not (0 < chat_id <= MAX_USER_ID or -MAX_CHAT_ID <= chat_id < 0
+            or CHANNEL_ID_BASE - MAX_CHANNEL_ID <= chat_id < CHANNEL_ID_BASE):
+        raise ValueError(f"chat_id: not a Telegram chat id: {chat_id} (users 1 to "
+                         f"{MAX_USER_ID}, groups -1 to -{MAX_CHAT_ID}, supergroups and "
+                         f"channels -100… to {CHANNEL_ID_BASE - MAX_CHANNEL_ID})")
     if chat_type == "private" and chat_id != user_id:
         raise ValueError("a private chat's chat_id is the user's id")
     if chat_type == "group" and not CHANNEL_ID_BASE < chat_id < 0:
@@ -77,7 +107,7 @@ class World:
         self._pts = 1
         self._channel_pts: dict[int, int] = defaultdict(lambda: 1)
         self._log: list[tuple[int, int | None, TLObject]] = []  # (pts, channel raw id, msg)
-        self._files: dict[int, bytes | str] = {}
+        self._files: dict[int, bytes] = {}
         self._ids = itertools.count(10_000_000_000)
 
     # -- incoming messages ---------------------------------------------------------------------
@@ -106,6 +136,30 @@ class World:
         self._users[user_id] = user
         return user
 
+    def remember_chat(self, *, chat_type: str, chat_id: int, user_id: int | None = None,
+                      username: str | None = None, first_name: str | None = None,
+                      message_id: int | None = None, message_thread_id: int | None = None,
+                      **_: Any) -> None:
+        """Know a chat (and its user) from before this fake existed: e.g. a chat of an
+        earlier run on the same store, which Telegram would still know. Takes the fields of a
+        ``ChatIdentity`` (as the engine stores them)."""
+        state = self._chat(chat_id, chat_type, forum=message_thread_id is not None)
+        if user_id is not None and (user_id not in self._users or username or first_name):
+            self._user(user_id, username, first_name)
+        if message_id is not None:
+            state.last_incoming = max(state.last_incoming, message_id)
+            state.next_outgoing = max(state.next_outgoing, message_id + 1)
+        if message_thread_id is not None:
+            state.topics.add(message_thread_id)
+            if message_id is not None:
+                self._thread_of[(chat_id, message_id)] = message_thread_id
+
+    def known_peers(self) -> list[TLObject]:
+        """Every user and chat the fake knows, as raw peers (what a client that has seen them
+        keeps in its session)."""
+        return [*self._users.values(),
+                *(s.raw_chat for s in self._chats.values() if s.raw_chat is not None)]
+
     @staticmethod
     def peer(chat_id: int, chat_type: str) -> TLObject:
         if chat_type == "private":
@@ -129,11 +183,12 @@ class World:
 
     def _media(self, photo: str | bytes | None, voice: str | bytes | None,
                sticker: str | None, document: str | bytes | None) -> TLObject | None:
-        def content(source: str | bytes) -> tuple[bytes | str, int]:
+        def content(source: str | bytes) -> tuple[bytes, int]:
             if isinstance(source, bytes):
                 return source, len(source)
-            if re.match(r"^https?://", source):
-                return source, 0
+            if is_url(source):
+                raise ValueError(f"the fake Telegram is offline: give a local file path (or "
+                                 f"bytes), not a URL ({source})")
             data = Path(source).expanduser().read_bytes()
             return data, len(data)
 
