@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from tgmux import __version__, hookimpl
-from tgmux.errors import ConfigError
+from tgmux.errors import ConfigError, TgmuxError
 
 if TYPE_CHECKING:
     from tgmux.config import Config
@@ -62,6 +62,9 @@ def _run(coro: Awaitable[Any]) -> Any:
         return asyncio.run(coro)  # type: ignore[arg-type]
     except ConfigError as exc:
         _fail(exc)
+    except TgmuxError as exc:  # not the config's fault (no network...): say it, exit 1
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         return 130
 

@@ -115,7 +115,15 @@ def read_lines(stream: TextIO, *, end_on_sigterm: bool = False) -> asyncio.Queue
     queue: asyncio.Queue[str | None] = asyncio.Queue(MAX_PENDING_LINES)
 
     def put(line: str | None) -> None:
-        asyncio.run_coroutine_threadsafe(queue.put(line), loop).result()
+        if loop.is_closed():
+            raise RuntimeError("the event loop is gone")
+        waiting = queue.put(line)
+        try:
+            future = asyncio.run_coroutine_threadsafe(waiting, loop)
+        except RuntimeError:
+            waiting.close()  # never scheduled: no "never awaited" warning
+            raise
+        future.result()
 
     def reader() -> None:
         try:

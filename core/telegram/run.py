@@ -16,7 +16,7 @@ from pyrogram import Client
 from pyrogram.errors import RPCError
 
 from tgmux.config import Config, TelegramConfig
-from tgmux.errors import ConfigError
+from tgmux.errors import ConfigError, TgmuxError
 from tgmux.hooks import PluginManager
 from tgmux.telegram.app import TelegramApp
 from tgmux.telegram.client import (
@@ -42,9 +42,9 @@ _ABANDON_TIMEOUT = 2.0
 _CHECK_NETWORK = "check the machine's network / proxy / firewall"
 
 
-class TelegramUnreachable(ConfigError):
-    """Telegram could not be reached. A :class:`ConfigError` (for now) so that the command
-    line prints it as one ``error:`` line instead of a traceback."""
+class TelegramUnreachable(TgmuxError):
+    """Telegram could not be reached; the command line prints it as one ``error:`` line and
+    exits 1 (the config is fine: the network is not)."""
 
 
 def unreachable_message(reach: Reach, exc: BaseException | None = None) -> str:

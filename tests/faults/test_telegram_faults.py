@@ -256,6 +256,7 @@ def test_login_without_network_is_one_clear_error_in_bounded_time(tmp_path: Path
     done, elapsed = run_offline(no_network, "login", "--api-id", "1", "--api-hash", "x",
                                 "--phone", "+10000000000", cwd=tmp_path)
     assert_one_clear_error(done, elapsed)
+    assert done.returncode == 1  # the network's fault, not the config's (that is 2)
     assert done.stderr.strip().splitlines() == [  # nothing else: Pyrogram's attempts are quiet
         "error: cannot reach Telegram (network unreachable): check the machine's network / "
         "proxy / firewall"]
