@@ -169,13 +169,15 @@ def check(config_file: str | None, config_path: str) -> None:
     click.echo("\nbackends:")
     for name, settings in config.backend_settings.items():
         click.echo(f"  {name}: {settings.type}")
-    click.echo("\nroutes (first match wins):")
-    for i, (match, backend, options, trigger) in enumerate(Router(config).table()):
-        extra = f"  options: {options}" if options else ""
-        click.echo(f"  {i + 1}. {match} -> {backend}  (groups: {trigger}){extra}")
-    tg = config.data.telegram
-    mode = "bot" if tg.bot_token else "user account" if tg.session_string else "not configured"
-    click.echo(f"\ntelegram: {mode}; store: {redact_urls(config.data.store)}")
+    for name, account in config.accounts.items():
+        tg = account.telegram
+        mode = ("bot" if tg.bot_token else "user account" if tg.session_string
+                else "not configured")
+        click.echo(f"\naccount {name} (telegram: {mode}), routes (first match wins):")
+        for i, (match, backend, options, trigger) in enumerate(Router(config, name).table()):
+            extra = f"  options: {options}" if options else ""
+            click.echo(f"  {i + 1}. {match} -> {backend}  (groups: {trigger}){extra}")
+    click.echo(f"\nstore: {redact_urls(config.data.store)}")
     problem = _run(check_store(config.data.store))
     if problem:
         click.echo(f"error: {config.where(('store',))}: {problem}", err=True)
@@ -286,13 +288,53 @@ def healthcheck(config_path: str) -> None:
 
 @cli.command()
 @CONFIG_OPTION
-def run(config_path: str) -> None:
-    """Run the Telegram bot or user account described by the config."""
+@click.option("--account", "accounts", multiple=True, metavar="NAME",
+              help="Run this account only (repeat for several; default: all of them).")
+def run(config_path: str, accounts: tuple[str, ...]) -> None:
+    """Run the Telegram bots or user accounts described by the config.
+
+    With a PostgreSQL store an account runs in one process at a time: a second process for
+    the same account stands by and takes over when the first is gone.
+    """
     config, pm = _load(config_path)
     _config_logging(config)
     from tgmux.telegram import run_telegram
 
-    sys.exit(_run(run_telegram(config, pm)))
+    sys.exit(_run(run_telegram(config, pm, list(accounts) or None)))
+
+
+@cli.command()
+@CONFIG_OPTION
+def status(config_path: str) -> None:
+    """Each account: who runs it (host, pid, since) and how many messages wait."""
+    config, _ = _load(config_path)
+    sys.exit(_run(_status(config)))
+
+
+async def _status(config: Config) -> int:
+    import time
+
+    from tgmux.redact import redact_urls
+    from tgmux.store import open_store
+
+    store = open_store(config.data.store)
+    try:
+        await store.open()
+    except Exception as exc:
+        raise ConfigError(f"{config.where(('store',))}: cannot open "
+                          f"{redact_urls(config.data.store)}: {exc}") from exc
+    try:
+        click.echo(f"store: {redact_urls(config.data.store)}")
+        for name in config.accounts:
+            holder = await (await store.hold_account(name)).holder()
+            backlog = await store.inbox_backlog(account=name)
+            who = (f"run by {holder.hostname} pid {holder.pid} since "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.since))}"
+                   if holder else "not running")
+            click.echo(f"  {name}: {who}; {backlog} message(s) waiting")
+    finally:
+        await store.close()
+    return 0
 
 
 @cli.command()

@@ -87,3 +87,48 @@ async def test_overrides_and_order_are_per_account() -> None:
         assert await h.say("hi", user_id=1, account="support") == [Text("g: hi")]
         # the same user with the other account is another chat: no override there
         assert await h.say("hi", user_id=1, account="concierge") == [Text("b: hi")]
+
+
+def test_status_lists_each_account_and_its_backlog(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f'store: "sqlite:///{tmp_path}/t.db"\n' + ACCOUNTS)
+    done = subprocess.run([sys.executable, "-m", "tgmux", "status", "-c", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"store: sqlite:///{tmp_path}/t.db",
+        "  support: not running; 0 message(s) waiting",
+        "  concierge: not running; 0 message(s) waiting",
+    ]
+
+
+async def test_run_names_an_unknown_account_clearly() -> None:
+    from tgmux.bootstrap import load_text
+    from tgmux.telegram.run import run_telegram
+
+    config, pm = load_text(ACCOUNTS, env={"TG_API_ID": "1", "TG_API_HASH": "h",
+                                          "SUPPORT_TOKEN": "1:x"})
+    with pytest.raises(ConfigError, match=r"--account: no account 'nope' \(the config has: "
+                                          r"support, concierge\)"):
+        await run_telegram(config, pm, ["nope"])
+
+
+def test_check_prints_each_accounts_routing(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "config.yaml"
+    config.write_text('store: "memory://"\n' + ACCOUNTS)
+    done = subprocess.run([sys.executable, "-m", "tgmux", "check", str(config)],
+                          capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin", "TG_API_ID": "1", "TG_API_HASH": "h",
+                               "SUPPORT_TOKEN": "1:x"})
+    assert done.returncode == 0, done.stderr
+    assert ("account support (telegram: bot), routes (first match wins):\n"
+            "  1. chat_type=['group', 'supergroup'] -> g  (groups: mention)\n"
+            "  2. (default) -> a  (groups: mention)\n") in done.stdout
+    assert ("account concierge (telegram: bot), routes (first match wins):\n"
+            "  1. (default) -> b  (groups: mention)\n") in done.stdout

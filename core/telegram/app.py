@@ -26,14 +26,14 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from pyrogram import Client
 from pyrogram.handlers import MessageHandler
 from pyrogram.types import Message
 
-from tgmux.config import Config
+from tgmux.config import Config, TelegramConfig
 from tgmux.engine import Engine
 from tgmux.hooks import PluginManager
 from tgmux.store import Store, open_store
@@ -41,9 +41,9 @@ from tgmux.telegram.client import abandon
 from tgmux.telegram.frontend import TelegramFrontend
 from tgmux.telegram.normalize import normalize
 from tgmux.telegram.sender import MAX_FLOOD_RETRIES, MAX_FLOOD_WAIT, FloodWaitRequired
-from tgmux.types import IncomingMessage
+from tgmux.types import ChatIdentity, IncomingMessage, ReplyPart
 
-__all__ = ["Intake", "TelegramApp"]
+__all__ = ["AccountFrontends", "Intake", "TelegramAccount", "TelegramApp"]
 
 log = logging.getLogger("tgmux.telegram")
 
@@ -161,21 +161,30 @@ class Intake:
         return backend is not None and message.media.kind in backend.accepts_media
 
 
-class TelegramApp:
-    """A Pyrogram client, the engine and the Telegram frontend, started and stopped together.
+class AccountFrontends:
+    """The engine's one frontend over several accounts: each reply goes out through the
+    frontend of the account its chat is with."""
 
-    ``client`` may be a real one (``tgmux run``) or one attached to
-    :class:`tgmux.telegram.fake.FakeTelegram` (``tgmux simulate``, ``tgmux.testing``).
-    """
+    def __init__(self, frontends: dict[str, TelegramFrontend]) -> None:
+        self.frontends = frontends
+        self._first = next(iter(frontends.values()))
 
-    def __init__(self, config: Config, plugin_manager: PluginManager, client: Client, *,
-                 store: Store | None = None, **frontend_options: Any) -> None:
-        self.config = config
+    async def deliver(self, chat: ChatIdentity, parts: AsyncIterator[ReplyPart], *,
+                      reply_to_message_id: int | None) -> list[ReplyPart]:
+        frontend = self.frontends.get(chat.account, self._first)
+        return await frontend.deliver(chat, parts, reply_to_message_id=reply_to_message_id)
+
+
+class TelegramAccount:
+    """One Telegram account of a :class:`TelegramApp`: its client, frontend and intake."""
+
+    def __init__(self, name: str, client: Client, tg: TelegramConfig,
+                 **frontend_options: Any) -> None:
+        self.name = name
         self.client = client
-        self.frontend = TelegramFrontend(client, config.data.telegram, **frontend_options)
-        self.engine = Engine(config, plugin_manager, store or open_store(config.data.store),
-                             self.frontend)
-        self.intake = Intake(self.engine, client)
+        self.tg = tg
+        self.frontend = TelegramFrontend(client, tg, **frontend_options)
+        self.intake: Intake  # set by attach()
         #: None until the first attempt to publish the command menu ended; then whether
         #: Telegram has it (False while a flood wait holds it back)
         self.commands_published: bool | None = None
@@ -185,56 +194,55 @@ class TelegramApp:
         #: called for every message Pyrogram hands us, with what the engine will get
         #: (None: ignored, e.g. our own message or a /command@otherbot)
         self.seen_listeners: list[Callable[[Message, IncomingMessage | None], None]] = []
-        self._taking_updates = False
-        self._started = False
-        handle_updates = client.handle_updates
+        self.taking_updates = False
+        self.running = False
+
+    def attach(self, engine: Engine) -> None:
+        self.engine = engine
+        self.intake = Intake(engine, self.client)
+        self.frontend.flood.on_wait = (
+            lambda seconds: engine.metrics.flood_wait.labels(self.name).inc(seconds))
+        handle_updates = self.client.handle_updates
 
         async def gated(updates: Any) -> None:
-            if not self._taking_updates:
+            if not self.taking_updates:
                 return  # stopping: left for the next start's catch-up (state not advanced)
             await handle_updates(updates)
 
-        client.handle_updates = gated  # type: ignore[method-assign]
-        client.add_handler(MessageHandler(self._on_message))
-
-    @property
-    def running(self) -> bool:
-        """Started (connected, engine open) and not stopped yet."""
-        return self._started
+        self.client.handle_updates = gated  # type: ignore[method-assign]
+        self.client.add_handler(MessageHandler(self._on_message))
 
     async def _on_message(self, client: Client, message: Message) -> None:
         me = client.me
         if me is None:
             return
-        incoming = normalize(message, me, self.frontend.sent_ids)
+        incoming = normalize(message, me, self.frontend.sent_ids, self.name)
         for listener in list(self.seen_listeners):
             listener(message, incoming)
         if incoming is None:
             return
         self.intake.put(incoming, message)
 
-    async def start(self) -> None:
-        self._taking_updates = True
+    async def connect(self) -> None:
+        """Start the client (catching up on what arrived while down; it waits in the intake)."""
+        self.taking_updates = True
         try:
             await self.client.start()
         except BaseException:  # cancelled (a stop while connecting) or failed
-            self._taking_updates = False
+            self.taking_updates = False
             await abandon(self.client)
             raise
-        try:
-            # tgmux waits out every flood wait itself (and slows the chat, not one request)
-            self.client.sleep_threshold = 0
-            await self.engine.start()
-        except BaseException:
-            self._taking_updates = False
-            await self.client.stop()
-            raise
-        self._started = True
+        # tgmux waits out every flood wait itself (and slows the chat, not one request)
+        self.client.sleep_threshold = 0
+
+    def open(self) -> None:
+        """Hand messages to the engine (started) and publish the bot's command menu."""
+        self.running = True
         me = self.client.me
         if me is not None and me.is_bot:
             # created before the intake opens: with nothing in the way it is the first request
             self.commands_task = asyncio.create_task(self._publish_commands(),
-                                                     name="tgmux-command-menu")
+                                                     name=f"tgmux-command-menu-{self.name}")
         self.intake.open()
 
     async def _publish_commands(self) -> None:
@@ -251,19 +259,141 @@ class TelegramApp:
                     self.commands_published = False
                     self.commands_attempted.set()
                     if exc.seconds > MAX_FLOOD_WAIT or attempt == MAX_FLOOD_RETRIES:
-                        log.error("command menu not published: Telegram asks to wait %.0f s; "
-                                  "it keeps the menu it had", exc.seconds)
+                        log.error("%s: command menu not published: Telegram asks to wait "
+                                  "%.0f s; it keeps the menu it had", self.name, exc.seconds)
                         return
-                    log.warning("command menu: Telegram asks to wait %.0f s; it will be "
-                                "published then (chats are answered meanwhile)", exc.seconds)
+                    log.warning("%s: command menu: Telegram asks to wait %.0f s; it will be "
+                                "published then (chats are answered meanwhile)", self.name,
+                                exc.seconds)
                     await asyncio.sleep(exc.seconds)
         except asyncio.CancelledError:
             raise
         except Exception:
             self.commands_published = False
-            log.exception("command menu not published")
+            log.exception("%s: command menu not published", self.name)
         finally:
             self.commands_attempted.set()
+
+    async def quiesce(self) -> None:
+        """Stop taking updates; the dispatcher finishes what it holds."""
+        self.running = False
+        self.taking_updates = False
+        if self.commands_task is not None:
+            self.commands_task.cancel()
+            await asyncio.gather(self.commands_task, return_exceptions=True)
+        if self.client.is_initialized:
+            await self.client.terminate(clear_handlers=False)
+
+    async def disconnect(self) -> None:
+        if self.client.is_connected:
+            await self.client.disconnect()
+
+    async def ready(self) -> str | None:
+        """For ``/readyz``: None when connected and answering, else what is not."""
+        if not self.running:
+            return "not running here (standing by, or not started)"
+        if not self.client.is_connected:
+            return "not connected to Telegram"
+        return None
+
+
+class TelegramApp:
+    """Pyrogram clients (one per account), the engine and the Telegram frontends, started and
+    stopped together.
+
+    ``client`` is one client (for the config's first account) or a mapping account name →
+    client: real ones (``tgmux run``) or ones attached to
+    :class:`tgmux.telegram.fake.FakeTelegram` (``tgmux simulate``, ``tgmux.testing``).
+    ``serve`` names the accounts started with :meth:`start` (default: all of them); the others
+    can be started later with :meth:`start_account` (a standby taking one over).
+    """
+
+    def __init__(self, config: Config, plugin_manager: PluginManager,
+                 client: Client | dict[str, Client], *, store: Store | None = None,
+                 serve: list[str] | None = None, **frontend_options: Any) -> None:
+        self.config = config
+        clients = client if isinstance(client, dict) else {config.account().name: client}
+        self.accounts = {
+            name: TelegramAccount(name, c, config.accounts[name].telegram, **frontend_options)
+            for name, c in clients.items()
+        }
+        self.serve = list(self.accounts) if serve is None else serve
+        self.engine = Engine(config, plugin_manager, store or open_store(config.data.store),
+                             AccountFrontends({n: a.frontend for n, a in self.accounts.items()}),
+                             accounts=self.serve)
+        for account in self.accounts.values():
+            account.attach(self.engine)
+        self._started = False
+
+    # The first account's parts, for a single-account app (tests, tgmux.testing).
+
+    @property
+    def first(self) -> TelegramAccount:
+        return next(iter(self.accounts.values()))
+
+    @property
+    def client(self) -> Client:
+        return self.first.client
+
+    @property
+    def frontend(self) -> TelegramFrontend:
+        return self.first.frontend
+
+    @property
+    def intake(self) -> Intake:
+        return self.first.intake
+
+    @property
+    def seen_listeners(self) -> list[Callable[[Message, IncomingMessage | None], None]]:
+        return self.first.seen_listeners
+
+    @property
+    def commands_published(self) -> bool | None:
+        return self.first.commands_published
+
+    @property
+    def commands_attempted(self) -> asyncio.Event:
+        return self.first.commands_attempted
+
+    @property
+    def commands_task(self) -> asyncio.Task[None] | None:
+        return self.first.commands_task
+
+    @property
+    def running(self) -> bool:
+        """Started (connected, engine open) and not stopped yet."""
+        return self._started
+
+    async def start(self) -> None:
+        """Connect the served accounts (together), start the engine, open the intakes."""
+        serving = [self.accounts[name] for name in self.serve]
+        results = await asyncio.gather(*(a.connect() for a in serving), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            for account, result in zip(serving, results, strict=True):
+                if not isinstance(result, BaseException):
+                    await account.quiesce()
+                    await account.disconnect()
+            raise failed[0]
+        try:
+            await self.engine.start()
+        except BaseException:
+            for account in serving:
+                account.taking_updates = False
+                await account.client.stop()
+            raise
+        self._started = True
+        for account in serving:
+            account.open()
+
+    async def start_account(self, name: str) -> None:
+        """Connect one more account in a running app and answer for it (a standby's turn)."""
+        account = self.accounts[name]
+        await account.connect()
+        await self.engine.serve_account(name)
+        if name not in self.serve:
+            self.serve.append(name)
+        account.open()
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop taking updates, answer what was taken (``timeout``: bounded; None: all of
@@ -271,16 +401,13 @@ class TelegramApp:
         if not self._started:
             return
         self._started = False
-        self._taking_updates = False
         started = time.monotonic()
-        if self.commands_task is not None:
-            self.commands_task.cancel()
-            await asyncio.gather(self.commands_task, return_exceptions=True)
-        client = self.client
-        if client.is_initialized:
-            await client.terminate(clear_handlers=False)  # the dispatcher empties its queue
-        remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-        await self.intake.flush(remaining)
+        active = [a for a in self.accounts.values() if a.taking_updates or a.running]
+        await asyncio.gather(*(a.quiesce() for a in active))
+        for account in active:
+            remaining = (None if timeout is None
+                         else max(0.0, timeout - (time.monotonic() - started)))
+            await account.intake.flush(remaining)
         try:
             if timeout is None:
                 await self.engine.drain()
@@ -289,12 +416,12 @@ class TelegramApp:
                 remaining = max(0.0, timeout - (time.monotonic() - started))
                 await self.engine.stop(timeout=remaining)
         finally:
-            if client.is_connected:
-                await client.disconnect()
+            for account in active:
+                await account.disconnect()
 
     async def __aenter__(self) -> TelegramApp:
         await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.stop(self.config.data.telegram.shutdown_timeout)
+        await self.stop(self.first.tg.shutdown_timeout)

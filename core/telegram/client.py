@@ -307,10 +307,10 @@ def reach_of(client: Client) -> Reach:
     return reach if isinstance(reach, Reach) else Reach()
 
 
-def build_client(config: Config, **overrides: Any) -> Client:
-    """The Client for ``tgmux run`` (credentials already checked by ``require_telegram``); its
-    connections are watched (:func:`reach_of`)."""
-    tg = config.data.telegram
+def build_client(config: Config, account: str | None = None, **overrides: Any) -> Client:
+    """The Client of an account (None: the first) for ``tgmux run`` (credentials already
+    checked by ``require_telegram``); its connections are watched (:func:`reach_of`)."""
+    tg = config.account(account).telegram
     workdir = Path(tg.data_dir).expanduser()
     expected = None
     if tg.bot_token and ":" in tg.bot_token and tg.bot_token.split(":", 1)[0].isdigit():

@@ -123,8 +123,9 @@ def _media(message: Message) -> Media | None:
     return Media(kind=kind, mime_type=mime, emoji=emoji)
 
 
-def normalize(message: Message, me: User, sent: RecentIds | None = None) -> IncomingMessage | None:
-    """The engine's view of a Telegram message, or None when tgmux ignores it."""
+def normalize(message: Message, me: User, sent: RecentIds | None = None,
+              account: str = "main") -> IncomingMessage | None:
+    """The engine's view of a Telegram message to ``account``, or None when tgmux ignores it."""
     if message.outgoing or message.service or message.empty:
         return None
     chat = message.chat
@@ -171,6 +172,7 @@ def normalize(message: Message, me: User, sent: RecentIds | None = None) -> Inco
             message_id=message.id,
             message_thread_id=thread,
             first_name=user.first_name if user is not None else None,
+            account=account,
         ),
         text=text,
         media=media,

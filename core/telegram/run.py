@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from pyrogram.errors import RPCError
 from tgmux.config import Config, TelegramConfig
 from tgmux.errors import ConfigError, TgmuxError
 from tgmux.hooks import PluginManager
+from tgmux.ops import start_ops_server
+from tgmux.store import open_store
 from tgmux.telegram.app import TelegramApp
 from tgmux.telegram.client import (
     Reach,
@@ -130,17 +133,30 @@ def _refusal(code: str, exc: RPCError, tg: TelegramConfig) -> str:
             "run `tgmux login` and set session_string")
 
 
-def _check_session(config: Config) -> None:
-    tg = config.data.telegram
+def _check_session(config: Config, account: str) -> None:
+    tg = config.accounts[account].telegram
     if tg.bot_token or tg.session_string:
         return
     path = Path(tg.data_dir).expanduser() / f"{tg.session_name}.session"
     if not path.exists() and not sys.stdin.isatty():
         raise ConfigError(
-            f"{config.where(('telegram',))}: no bot_token or session_string, and no session "
-            f"file {path}: run `tgmux login` and set session_string (or start `tgmux run` in "
-            "a terminal once to log in there)"
+            f"{config.where(config.accounts[account].telegram_path)}: no bot_token or "
+            f"session_string, and no session file {path}: run `tgmux login` and set "
+            "session_string (or start `tgmux run` in a terminal once to log in there)"
         )
+
+
+def _check_sessions_apart(config: Config, names: list[str]) -> None:
+    """Two accounts on one session file would overwrite each other's authorization."""
+    seen: dict[Path, str] = {}
+    for name in names:
+        tg = config.accounts[name].telegram
+        path = (Path(tg.data_dir).expanduser() / f"{tg.session_name}.session").resolve()
+        if path in seen:
+            raise ConfigError(f"{config.where(config.accounts[name].telegram_path)}: accounts "
+                              f"{seen[path]} and {name} would share the session file {path}: "
+                              "give each its own session_name (or data_dir)")
+        seen[path] = name
 
 
 @contextlib.contextmanager
@@ -171,14 +187,34 @@ def stop_signals(stopping: asyncio.Event,
                 loop.remove_signal_handler(sig)
 
 
-async def run_telegram(config: Config, plugin_manager: PluginManager) -> int:
-    """``tgmux run``: serve Telegram until SIGINT/SIGTERM, then stop gracefully; 0 when
-    stopped that way, 1 when Telegram refused to start."""
-    tg = config.require_telegram()
-    _check_session(config)
-    client = build_client(config)
-    reach = reach_of(client)
-    app = TelegramApp(config, plugin_manager, client)
+async def run_telegram(config: Config, plugin_manager: PluginManager,
+                       accounts: list[str] | None = None) -> int:
+    """``tgmux run``: serve the accounts (``accounts``: these only) until SIGINT/SIGTERM, then
+    stop gracefully; 0 when stopped that way, 1 when Telegram refused to start or an account's
+    lease was lost.
+
+    Each account is run under its lease in the store (:meth:`tgmux.store.Store.hold_account`):
+    with PostgreSQL, an account held by another process is waited for (a hot standby) and
+    taken over when that process is gone."""
+    names = list(config.accounts) if not accounts else accounts
+    unknown = [n for n in names if n not in config.accounts]
+    if unknown:
+        raise ConfigError(f"--account: no account {', '.join(map(repr, unknown))} (the config "
+                          f"has: {', '.join(config.accounts)})")
+    problems: list[str] = []
+    for name in names:
+        try:
+            config.require_telegram(name)
+            _check_session(config, name)
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    _check_sessions_apart(config, names)
+    store = open_store(config.data.store)
+    clients = {name: build_client(config, name) for name in names}
+    app = TelegramApp(config, plugin_manager, clients, store=store, serve=[])
+    tg = config.accounts[names[0]].telegram
     stopping = asyncio.Event()
 
     def on_signal() -> None:
@@ -189,16 +225,93 @@ async def run_telegram(config: Config, plugin_manager: PluginManager) -> int:
             log.info("stop requested while connecting to Telegram; giving up")
 
     with stop_signals(stopping, on_signal):
-        return await _serve(app, client, reach, stopping, tg)
+        return await _run_accounts(app, names, stopping, tg)
 
 
-async def _serve(app: TelegramApp, client: Client, reach: Reach, stopping: asyncio.Event,
-                 tg: TelegramConfig) -> int:
-    log.info("connecting to Telegram (%s, session in %s)", session_mode(tg), tg.data_dir)
+async def _run_accounts(app: TelegramApp, names: list[str], stopping: asyncio.Event,
+                        tg: TelegramConfig) -> int:
+    store = app.engine.store
+    leases = {name: await store.hold_account(name) for name in names}
+    server = None
+    tasks: list[asyncio.Task[Any]] = []
+    outcome = 0
+    try:
+        await app.start()  # the store and the backends; accounts join as they are held
+        server = await start_ops_server(app.config, app.engine)
+        if server is not None:
+            for name in names:
+                server.add_check(f"account {name}", app.accounts[name].ready)
+        for name in names:
+            lease = leases[name]
+            if await lease.acquire(wait=False):
+                problem = await _connect(app, name, stopping)
+                if problem is not None:
+                    return problem
+                tasks.append(asyncio.create_task(lease.wait_lost(), name=f"lost-{name}"))
+            else:
+                holder = await lease.holder()
+                where = (f"{holder.hostname} pid {holder.pid} since "
+                         f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.since))}"
+                         if holder else "another process")
+                log.info("account %s is run by %s; standing by to take it over", name, where)
+                tasks.append(asyncio.create_task(_standby(app, name, lease, stopping),
+                                                 name=f"standby-{name}"))
+        waiting = asyncio.create_task(stopping.wait())
+        done, _ = await asyncio.wait([waiting, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        if waiting not in done:
+            for task in done:
+                if task.exception() is not None:
+                    log.error("%s failed: %s", task.get_name(), task.exception())
+                    outcome = 1
+                elif task.result() not in (None, 0):
+                    outcome = task.result()
+                elif task.get_name().startswith("lost-"):
+                    log.error("%s: another process may run it now; stopping (a supervisor "
+                              "restarts tgmux as a standby)", task.get_name()[5:])
+                    outcome = 1
+        waiting.cancel()
+        return outcome
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if server is not None:
+            await server.stop()
+        try:
+            async with asyncio.timeout(tg.shutdown_timeout + _ABANDON_TIMEOUT):
+                await app.stop(tg.shutdown_timeout)
+        except TimeoutError:
+            log.warning("stopping took longer than %.0f s; quitting", tg.shutdown_timeout)
+        for lease in leases.values():
+            with contextlib.suppress(Exception):
+                await lease.release()
+        log.info("stopped")
+
+
+async def _standby(app: TelegramApp, name: str, lease: Any, stopping: asyncio.Event) -> int:
+    await lease.acquire(wait=True)
+    log.info("account %s: taking over", name)
+    problem = await _connect(app, name, stopping)
+    if problem is not None:
+        return problem
+    await lease.wait_lost()
+    log.error("account %s: the lease was lost", name)
+    return 1
+
+
+async def _connect(app: TelegramApp, name: str, stopping: asyncio.Event) -> int | None:
+    """Connect one account and start answering for it; None when running, else the exit
+    status (1: Telegram refused or cannot be reached; 0: a stop came first)."""
+    account = app.accounts[name]
+    tg, client = account.tg, account.client
+    reach = reach_of(client)
+    prefix = f"{name}: " if len(app.accounts) > 1 else ""
+    log.info("%sconnecting to Telegram (%s, session in %s)", prefix, session_mode(tg),
+             tg.data_dir)
     storage = client.storage
     for attempt in (1, 2):
         try:
-            if not await start_bounded(app.start(), reach, stopping):
+            if not await start_bounded(app.start_account(name), reach, stopping):
                 log.info("stopped before tgmux was running on Telegram")
                 return 0
             break
@@ -210,28 +323,20 @@ async def _serve(app: TelegramApp, client: Client, reach: Reach, stopping: async
                 # another one (Pyrogram does, with the token, when the file has none).
                 storage.forget_authorization(f"Telegram says {code}")
                 continue
-            log.error("Telegram refused to start: %s", _refusal(code, exc, tg))
+            log.error("%sTelegram refused to start: %s", prefix, _refusal(code, exc, tg))
             return 1
         except TelegramUnreachable as exc:
-            log.error("%s", exc)
+            log.error("%s%s", prefix, exc)
             return 1
         except (OSError, TimeoutError) as exc:  # Telegram answered, then did not
-            log.error("Telegram stopped answering while tgmux started (%s): %s",
+            log.error("%sTelegram stopped answering while tgmux started (%s): %s", prefix,
                       exc or type(exc).__name__, _CHECK_NETWORK)
             return 1
     me = client.me
     who = f"@{me.username}" if me and me.username else f"id {me.id if me else '?'}"
     kind = "bot" if me and me.is_bot else "user account"
-    log.info("tgmux is running on Telegram as %s (%s); Ctrl-C stops", who, kind)
-    await stopping.wait()
-    try:
-        async with asyncio.timeout(tg.shutdown_timeout + _ABANDON_TIMEOUT):
-            await app.stop(tg.shutdown_timeout)
-    except TimeoutError:
-        log.warning("stopping took longer than %.0f s; quitting", tg.shutdown_timeout)
-        return 0
-    log.info("stopped")
-    return 0
+    log.info("%stgmux is running on Telegram as %s (%s); Ctrl-C stops", prefix, who, kind)
+    return None
 
 
 async def login(api_id: int, api_hash: str, *, phone: str | None = None) -> str:

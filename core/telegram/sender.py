@@ -99,6 +99,8 @@ class FloodControl:
         self.private = KeyedLimiter(limits.private_per_second, 1.0)
         self.group = KeyedLimiter(limits.group_per_minute, 60.0)
         self.limits = limits
+        #: told the seconds of every FLOOD_WAIT (the metric tgmux_flood_wait_seconds_total)
+        self.on_wait: Callable[[float], None] | None = None
 
     def for_chat(self, chat_id: int) -> SlidingWindowLimiter:
         return self.private.get(chat_id) if chat_id > 0 else self.group.get(chat_id)
@@ -128,6 +130,8 @@ class FloodControl:
         """Telegram said FLOOD_WAIT for a request. Its waits are per method (and chat): a
         chat's wait slows that chat; a request to no chat (``set_bot_commands``...) slows
         nothing shared, its caller waits (or gives up) by itself."""
+        if self.on_wait is not None:
+            self.on_wait(seconds)
         if action:
             self.actions.penalize(seconds)
         elif chat_id is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -17,6 +18,7 @@ from typing import Any, TextIO
 from tgmux.config import Config
 from tgmux.console import read_lines
 from tgmux.hooks import PluginManager
+from tgmux.ops import start_ops_server
 from tgmux.store import open_store
 from tgmux.telegram.app import TelegramApp
 from tgmux.telegram.fake import FakeTelegram, check_chat, infer_chat_type, offline_client
@@ -30,7 +32,7 @@ __all__ = ["parse_input_line", "simulate"]
 _INPUT_FIELDS: dict[str, type] = {
     "chat_id": int, "chat_type": str, "user_id": int, "username": str, "first_name": str,
     "text": str, "message_id": int, "thread_id": int, "reply_to_bot": bool, "photo": str,
-    "voice": str, "sticker": str, "document": str,
+    "voice": str, "sticker": str, "document": str, "account": str,
 }
 _MEDIA_FIELDS = ("photo", "voice", "sticker", "document")
 #: Telegram's longest message text (UTF-16 code units), and the longest of the other strings
@@ -110,15 +112,23 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
     On SIGINT/SIGTERM it stops reading input, finishes the replies in flight (up to
     ``telegram.shutdown_timeout``) and exits as it would at the end of the input; a second
     signal acts as usual."""
-    fake = FakeTelegram(bot_username=bot_username.lstrip("@"))
-    client = offline_client(fake, skip_updates=config.data.telegram.skip_updates)
-    app = TelegramApp(config, plugin_manager, client)
+    several = len(config.accounts) > 1
+    fakes = {name: FakeTelegram(bot_username=f"{name}_bot" if several
+                                else bot_username.lstrip("@"))
+             for name in config.accounts}
+    clients = {name: offline_client(fake, skip_updates=config.accounts[name].telegram
+                                    .skip_updates)
+               for name, fake in fakes.items()}
+    app = TelegramApp(config, plugin_manager, clients)
+    first = next(iter(fakes))
     stop = asyncio.Event()  # a signal, or the output failed
     output_error: list[BaseException] = []
 
-    def write(action: dict[str, Any]) -> None:
+    def write(action: dict[str, Any], account: str | None = None) -> None:
         if output_error:
             return
+        if account is not None:  # a multi-account config says whose each action is
+            action = {"account": account, **action}
         try:
             stdout.write(json.dumps(action, ensure_ascii=False) + "\n")
             stdout.flush()
@@ -132,13 +142,19 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
         print("stop requested: the rest of the input is not read; finishing replies",
               file=sys.stderr)
 
-    fake.listeners.append(write)
+    for name, fake in fakes.items():
+        fake.listeners.append(functools.partial(write, account=name) if several else write)
     bad = 0
-    await _remember_chats(fake, config)
+    await _remember_chats(fakes, config)
     with stop_signals(stop, on_signal):
         await app.start()
+        server = None
         stopped = asyncio.ensure_future(stop.wait())
         try:
+            server = await start_ops_server(config, app.engine)
+            if server is not None:  # the offline Telegram counts as connected
+                for name, account in app.accounts.items():
+                    server.add_check(f"account {name}", account.ready)
             lines = read_lines(stdin)
             number = 0
             while not stop.is_set():
@@ -155,12 +171,18 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
                     continue
                 try:
                     fields = parse_input_line(line)
-                    await fake.incoming(**fields)
+                    account = fields.pop("account", first)
+                    if account not in fakes:
+                        raise ValueError(f"account: no account {account!r} (the config has: "
+                                         f"{', '.join(fakes)})")
+                    await fakes[account].incoming(**fields)
                 except Exception as exc:  # ValueError: what is wrong; anything else: a backstop
                     bad += 1
                     print(f"input line {number}: {exc}", file=sys.stderr)
         finally:
             stopped.cancel()
+            if server is not None:
+                await server.stop()
             if output_error:
                 await app.stop(0)  # nobody sees the replies: do not wait for them
             elif stop.is_set():
@@ -169,31 +191,32 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
                 await app.stop(None)
     if output_error:
         return 1
-    if fake.unknown:
-        print(f"the fake Telegram got requests it does not know: {sorted(set(fake.unknown))}",
-              file=sys.stderr)
+    unknown = sorted({request for fake in fakes.values() for request in fake.unknown})
+    if unknown:
+        print(f"the fake Telegram got requests it does not know: {unknown}", file=sys.stderr)
         return 1
     return 1 if bad else 0
 
 
-async def _remember_chats(fake: FakeTelegram, config: Config) -> None:
-    """Tell the fake Telegram the chats of the store's unanswered messages: an earlier run on
-    the same store left them (killed mid-reply), the engine answers them or says it was
-    restarted, and Telegram — unlike a fresh fake — would still know those chats."""
+async def _remember_chats(fakes: dict[str, FakeTelegram], config: Config) -> None:
+    """Tell each account's fake Telegram the chats of its unanswered messages in the store:
+    an earlier run on the same store left them (killed mid-reply), the engine answers them or
+    says it was restarted, and Telegram — unlike a fresh fake — would still know those chats."""
     store = open_store(config.data.store)
     await store.open()
     try:
-        unanswered = await store.inbox_unanswered()
+        unanswered = {name: await store.inbox_unanswered(account=name) for name in fakes}
     finally:
         await store.close()
-    for entry in unanswered:
-        chat = entry.payload.get("chat") if isinstance(entry.payload, dict) else None
-        if isinstance(chat, dict):
-            try:
-                fake.remember_chat(**chat)
-            except (TypeError, ValueError) as exc:  # a payload of another version: skipped
-                print(f"store: a chat of an earlier run is unusable here: {exc}",
-                      file=sys.stderr)
+    for name, entries in unanswered.items():
+        for entry in entries:
+            chat = entry.payload.get("chat") if isinstance(entry.payload, dict) else None
+            if isinstance(chat, dict):
+                try:
+                    fakes[name].remember_chat(**chat)
+                except (TypeError, ValueError) as exc:  # a payload of another version
+                    print(f"store: a chat of an earlier run is unusable here: {exc}",
+                          file=sys.stderr)
 
 
 def _forget_output(stdout: TextIO, exc: BaseException) -> None:

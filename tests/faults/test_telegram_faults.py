@@ -63,7 +63,7 @@ def config_for(tmp_path: Path, **options):
 
 
 def offline(fake: FakeTelegram, tmp_path: Path):
-    return lambda config, **_: offline_client(
+    return lambda config, account=None, **_: offline_client(
         fake, storage=SessionFileStorage("tgmux", tmp_path / "data"))
 
 
@@ -97,7 +97,7 @@ async def test_sigterm_while_the_connection_hangs_stops_within_shutdown_timeout(
     fake = FakeTelegram()
     connecting = asyncio.Event()
 
-    def build(config, **_):
+    def build(config, account=None, **_):
         client = offline_client(fake, storage=SessionFileStorage("tgmux", tmp_path / "data"))
 
         async def connect() -> bool:
@@ -154,8 +154,8 @@ def redirected(port: int):
     127.0.0.1:``port``: Pyrogram makes every connection through ``connection_factory``."""
     real = telegram_client.build_client
 
-    def build(config, **options):
-        client = real(config, **options)
+    def build(config, account=None, **options):
+        client = real(config, account, **options)
         factory = client.connection_factory
         client.connection_factory = lambda **kw: factory(
             **{**kw, "server_address": "127.0.0.1", "port": port})
