@@ -495,7 +495,8 @@ class Engine:
                              backend.name, shaper.max_chars)
                     break
         except BackendError as exc:
-            log.warning("chat %s: %s: %s", turn.chat.chat_id, backend.name, exc.log_text())
+            log.warning("chat %s: %s: %s", turn.chat.chat_id, backend.name, exc.log_text(),
+                        extra={"request_id": exc.request_id} if exc.request_id else {})
             failure, notice = exc, exc.user_message
         except TimeoutError as exc:
             log.warning("chat %s: %s: no complete answer in %.0fs", turn.chat.chat_id,

@@ -91,6 +91,11 @@ def request_id_from(headers: Mapping[str, str]) -> str | None:
     return None
 
 
+def _ids(error: BackendError) -> dict[str, Any]:
+    """A log record's ``request_id`` field (JSON logs), when the provider gave one."""
+    return {"request_id": error.request_id} if error.request_id else {}
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date)."""
     if not value:
@@ -384,7 +389,7 @@ class HttpClient:
                 request_id=request_id_from(response.headers),
             )
             log.warning("%s: %s %s failed: %s", self.name, method, response.request.url.path,
-                        error.log_text())
+                        error.log_text(), extra=_ids(error))
             raise error from exc
 
     @contextlib.asynccontextmanager
@@ -471,7 +476,7 @@ class HttpClient:
             user_message=refusal.user_message or retry_later_message(
                 refusal.error_class.kind, left),
         )
-        log.info("%s: %s", self.name, error.log_text())
+        log.info("%s: %s", self.name, error.log_text(), extra=_ids(error))
         raise error
 
     # -- one attempt -------------------------------------------------------------------------
@@ -543,14 +548,16 @@ class HttpClient:
                     provider_message=str(exc) or type(exc).__name__)
                 cause = exc
             except BackendError as exc:  # a body over the cap: answered, so not repeated
-                log.warning("%s: %s failed: %s", self.name, where, exc.log_text())
+                log.warning("%s: %s failed: %s", self.name, where, exc.log_text(),
+                            extra=_ids(exc))
                 raise
             if cause is not None:
                 if retry and attempt < self.retries:
                     await self._wait(self._backoff(attempt), f"{where}: {type(cause).__name__}")
                     attempt += 1
                     continue
-                log.warning("%s: %s failed: %s", self.name, where, error.log_text())
+                log.warning("%s: %s failed: %s", self.name, where, error.log_text(),
+                            extra=_ids(error))
                 raise error from cause
 
             log.debug(
@@ -596,5 +603,6 @@ class HttpClient:
                 if not error.has_own_user_message:
                     error.user_message = retry_later_message(error.kind, retry_after)
                 self._refuse(retry_after, error, response.status_code)
-            log.warning("%s: %s failed: %s", self.name, where, error.log_text())
+            log.warning("%s: %s failed: %s", self.name, where, error.log_text(),
+                        extra=_ids(error))
             raise error

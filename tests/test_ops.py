@@ -150,3 +150,30 @@ def test_setup_logging_keeps_one_handler(restore_logging: None) -> None:
     setup_logging("WARNING", "text")
     ours = [h for h in logging.getLogger().handlers if getattr(h, "tgmux", False)]
     assert len(ours) == 1
+
+
+async def test_a_provider_failure_logs_its_request_id_as_a_json_field(caplog) -> None:
+    from aiohttp import web
+
+    from tgmux.http import HttpClient
+
+    async def fail(request):
+        return web.Response(status=503, text="<html>down</html>",
+                            headers={"X-Request-Id": "req-123"})
+
+    app = web.Application()
+    app.router.add_get("/x", fail)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with HttpClient(f"http://127.0.0.1:{port}", retries=0, name="p") as client:
+            with caplog.at_level(logging.WARNING, logger="tgmux.http"):
+                with pytest.raises(Exception):  # noqa: B017 - the kind is tested elsewhere
+                    await client.request("GET", "/x")
+    finally:
+        await runner.cleanup()
+    [record] = [r for r in caplog.records if r.name == "tgmux.http"]
+    assert json.loads(JsonFormatter().format(record))["request_id"] == "req-123"
