@@ -262,7 +262,7 @@ class Engine:
         """
         if not self._accepting:
             raise RuntimeError("engine is not accepting messages (not started or stopping)")
-        self.metrics.messages_received.labels(message.chat.account).inc()
+        self.metrics.of(self.metrics.messages_received, message.chat.account).inc()
         slot = self._reserve(message)
         try:
             if message.chat.message_id is None:
@@ -480,7 +480,7 @@ class Engine:
                     break
                 if first is None and not isinstance(part, Metadata):
                     first = loop.time() - started
-                    self.metrics.first_token.labels(backend.name).observe(first)
+                    self.metrics.of(self.metrics.first_token, backend.name).observe(first)
                 if isinstance(part, TextDelta):
                     for out in shaper.delta(part):
                         yield out
@@ -508,13 +508,14 @@ class Engine:
         finally:
             if (aclose := getattr(source, "aclose", None)) is not None:
                 await aclose()
-        self.metrics.backend_latency.labels(backend.name).observe(loop.time() - started)
-        self.metrics.replies.labels(turn.chat.account, backend.name,
-                                    "ok" if failure is None else "error").inc()
+        self.metrics.of(self.metrics.backend_latency, backend.name).observe(
+            loop.time() - started)
+        self.metrics.of(self.metrics.replies, turn.chat.account, backend.name,
+                        "ok" if failure is None else "error").inc()
         if failure is not None:
             kind = (failure.kind.value if isinstance(failure, BackendError)
                     else "timeout" if isinstance(failure, TimeoutError) else "internal")
-            self.metrics.provider_errors.labels(backend.name, kind).inc()
+            self.metrics.of(self.metrics.provider_errors, backend.name, kind).inc()
         for out in shaper.end():
             yield out
         if failure is not None:

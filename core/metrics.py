@@ -7,6 +7,7 @@ process — tests, or several apps — count apart.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -43,6 +44,16 @@ class Metrics:
             "tgmux_inbox_pending", "Messages taken but not answered yet", ["account"],
             registry=r)
         self._before_scrape: list[Callable[[], Awaitable[None]]] = []
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def of(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered: prometheus-client looks labels up under a
+        lock on every call, which is measurable per message."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def before_scrape(self, refresh: Callable[[], Awaitable[None]]) -> None:
         """Run ``refresh`` (e.g. read a gauge's value from the store) before each scrape."""
