@@ -109,8 +109,8 @@ def read_lines(stream: TextIO, *, end_on_sigterm: bool = False) -> asyncio.Queue
     """Lines of ``stream`` read in a daemon thread (the loop never blocks on input, and an
     unfinished read never keeps the process alive, so Ctrl-C exits at once); None marks the
     end. At most :data:`MAX_PENDING_LINES` wait in the queue. With ``end_on_sigterm``, SIGTERM
-    ends the input as end-of-file does, so what was read is answered before the process exits
-    (a container's or systemd's stop)."""
+    ends the input at once (lines read ahead are dropped: nothing took them yet), so the reply
+    under way is finished before the process exits (a container's or systemd's stop)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[str | None] = asyncio.Queue(MAX_PENDING_LINES)
 
@@ -138,9 +138,13 @@ def read_lines(stream: TextIO, *, end_on_sigterm: bool = False) -> asyncio.Queue
 
     if end_on_sigterm:
         def on_sigterm() -> None:
-            log.warning("stop requested; answering what was read, then stopping")
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(None)
+            # Once: a second SIGTERM ends the process as usual.
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signal.SIGTERM)
+            log.warning("stop requested; finishing the reply under way, reading no more input")
+            while not queue.empty():  # lines read ahead are not taken yet: not read at all
+                queue.get_nowait()
+            queue.put_nowait(None)
 
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGTERM, on_sigterm)

@@ -471,12 +471,14 @@ class Engine:
         failure: Exception | None = None
         notice: str | None = None
         shaper = ReplyShaper(self.config.data.engine.max_reply_chars)
+        finished = False
         try:
             while True:
                 try:
                     async with asyncio.timeout_at(deadline):
                         part = await anext(source)
                 except StopAsyncIteration:
+                    finished = True
                     break
                 if first is None and not isinstance(part, Metadata):
                     first = loop.time() - started
@@ -491,6 +493,7 @@ class Engine:
                         for shaped in shaper.complete(out):
                             yield shaped
                 if shaper.cut:  # no need to read the rest (a provider may send megabytes)
+                    finished = True
                     log.info("chat %s: %s: reply cut at %d characters", turn.chat.chat_id,
                              backend.name, shaper.max_chars)
                     break
@@ -508,20 +511,26 @@ class Engine:
         finally:
             if (aclose := getattr(source, "aclose", None)) is not None:
                 await aclose()
-        self.metrics.of(self.metrics.backend_latency, backend.name).observe(
-            loop.time() - started)
-        self.metrics.of(self.metrics.replies, turn.chat.account, backend.name,
-                        "ok" if failure is None else "error").inc()
-        if failure is not None:
-            kind = (failure.kind.value if isinstance(failure, BackendError)
-                    else "timeout" if isinstance(failure, TimeoutError) else "internal")
-            self.metrics.of(self.metrics.provider_errors, backend.name, kind).inc()
+            # counted however the stream ended: also when the frontend stopped reading
+            # (a send failed) or the worker was cancelled at shutdown
+            self._count_reply(turn, backend, loop.time() - started, failure, finished)
         for out in shaper.end():
             yield out
         if failure is not None:
             text = await call_first(self.pm, "tgmux_error", turn=turn, error=failure,
                                     message=message)
             yield Notice(text or notice or INTERNAL_ERROR)
+
+    def _count_reply(self, turn: Turn, backend: Backend, seconds: float,
+                     failure: Exception | None, finished: bool) -> None:
+        metrics = self.metrics
+        metrics.of(metrics.backend_latency, backend.name).observe(seconds)
+        outcome = "error" if failure is not None else "ok" if finished else "cancelled"
+        metrics.of(metrics.replies, turn.chat.account, backend.name, outcome).inc()
+        if failure is not None:
+            kind = (failure.kind.value if isinstance(failure, BackendError)
+                    else "timeout" if isinstance(failure, TimeoutError) else "internal")
+            metrics.of(metrics.provider_errors, backend.name, kind).inc()
 
     async def _send(self, chat: ChatIdentity, parts: list[ReplyPart],
                     reply_to: int | None) -> list[ReplyPart]:

@@ -59,7 +59,9 @@ class Metrics:
         """Run ``refresh`` (e.g. read a gauge's value from the store) before each scrape."""
         self._before_scrape.append(refresh)
 
-    async def render(self) -> bytes:
-        for refresh in self._before_scrape:
-            await refresh()
+    async def render(self, *, refresh: bool = True) -> bytes:
+        """The text format; ``refresh``: update the gauges first (see :meth:`before_scrape`)."""
+        if refresh:
+            for update in self._before_scrape:
+                await update()
         return generate_latest(self.registry)

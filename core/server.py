@@ -48,7 +48,8 @@ class OpsServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # shutdown_timeout: a stop waits at most a second for a scrape under way
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         try:
             await web.TCPSite(runner, self.host, self.port).start()
@@ -92,5 +93,9 @@ class OpsServer:
                                  status=200 if ready else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = await self.metrics.render()
+        try:  # the gauges read from the store: a store that hangs must not hang a scrape
+            async with asyncio.timeout(CHECK_TIMEOUT):
+                body = await self.metrics.render()
+        except TimeoutError:
+            body = await self.metrics.render(refresh=False)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -22,6 +22,7 @@ Order of things:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -36,6 +37,7 @@ from pyrogram.types import Message
 from tgmux.config import Config, TelegramConfig
 from tgmux.engine import Engine
 from tgmux.hooks import PluginManager
+from tgmux.logs import log_fields
 from tgmux.store import Store, open_store
 from tgmux.telegram.client import abandon
 from tgmux.telegram.frontend import TelegramFrontend
@@ -50,6 +52,8 @@ log = logging.getLogger("tgmux.telegram")
 #: Largest media tgmux downloads for a backend (the Bot API's own download limit).
 MAX_MEDIA_BYTES = 20 * 1024 * 1024
 MEDIA_TIMEOUT = 60.0
+#: Seconds a stop gives the last messages to reach the store once media is given up.
+FLUSH_WITHOUT_MEDIA = 5.0
 
 
 @dataclasses.dataclass
@@ -64,9 +68,10 @@ SubmitListener = Callable[[IncomingMessage, "asyncio.Future[None]"], None]
 class Intake:
     """Per-chat queues between Pyrogram's handler and ``engine.submit``."""
 
-    def __init__(self, engine: Engine, client: Client) -> None:
+    def __init__(self, engine: Engine, client: Client, account: str = "main") -> None:
         self.engine = engine
         self.client = client
+        self.account = account
         self.listeners: list[SubmitListener] = []
         self.download_media = True
         self._queues: dict[int, deque[_Pending]] = {}
@@ -91,18 +96,39 @@ class Intake:
         return any(not t.done() for t in self._tasks.values())
 
     async def flush(self, timeout: float | None = None) -> None:
-        """Wait until every queued message was submitted. After ``timeout`` the rest is
-        submitted without fetching media (a store insert each: nothing is lost)."""
+        """Hand every queued message to the engine (opening the intake if it never was).
+        After ``timeout`` the media downloads under way are abandoned and the rest is
+        submitted without media: a store insert each, bounded too, so nothing taken from
+        Telegram is dropped unless the store itself does not answer."""
+        self._open.set()
         tasks = [t for t in self._tasks.values() if not t.done()]
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=timeout)
-        if pending:
-            self.download_media = False
-            await asyncio.gather(*pending, return_exceptions=True)
+        if not pending:
+            return
+        self.download_media = False
+        for task in pending:  # a download may take a minute: the message goes without it
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for chat_id, queue in list(self._queues.items()):
+            if queue:
+                self._tasks[chat_id] = asyncio.create_task(self._drain(chat_id),
+                                                           name=f"tgmux-intake-{chat_id}")
+        tasks = list(self._tasks.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=FLUSH_WITHOUT_MEDIA)
+            for task in pending:
+                task.cancel()
+            left = sum(len(q) for q in self._queues.values())
+            if left:
+                log.error("%d message(s) could not be handed to the engine in %.0f s (the "
+                          "store does not answer); Telegram will not send them again",
+                          left, FLUSH_WITHOUT_MEDIA)
 
     async def _drain(self, chat_id: int) -> None:
         queue = self._queues[chat_id]
+        log_fields.set({"account": self.account, "chat_id": chat_id})
         try:
             await self._open.wait()
             while queue:
@@ -113,7 +139,7 @@ class Intake:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # engine stopped, store failing: logged, not retried
-                    log.error("chat %s message %s not taken: %s", chat_id,
+                    log.error("%s: chat %s message %s not taken: %s", self.account, chat_id,
                               item.message.chat.message_id, exc)
                     queue.popleft()
                     continue
@@ -199,7 +225,7 @@ class TelegramAccount:
 
     def attach(self, engine: Engine) -> None:
         self.engine = engine
-        self.intake = Intake(engine, self.client)
+        self.intake = Intake(engine, self.client, self.name)
         self.frontend.flood.on_wait = (
             lambda seconds: engine.metrics.flood_wait.labels(self.name).inc(seconds))
         handle_updates = self.client.handle_updates
@@ -386,14 +412,29 @@ class TelegramApp:
         for account in serving:
             account.open()
 
-    async def start_account(self, name: str) -> None:
-        """Connect one more account in a running app and answer for it (a standby's turn)."""
+    async def connect_account(self, name: str) -> None:
+        """Connect one more account of a running app (its messages wait in its intake)."""
+        await self.accounts[name].connect()
+
+    async def serve_account(self, name: str) -> None:
+        """Answer for a connected account: its messages from before first, then its intake.
+        If that fails (the store), the account is disconnected again and the error raised."""
         account = self.accounts[name]
-        await account.connect()
-        await self.engine.serve_account(name)
+        try:
+            await self.engine.serve_account(name)
+        except BaseException:
+            await account.quiesce()
+            await account.intake.flush(0)  # what Telegram sent meanwhile goes to the store
+            await account.disconnect()
+            raise
         if name not in self.serve:
             self.serve.append(name)
         account.open()
+
+    async def start_account(self, name: str) -> None:
+        """Connect one more account in a running app and answer for it (a standby's turn)."""
+        await self.connect_account(name)
+        await self.serve_account(name)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop taking updates, answer what was taken (``timeout``: bounded; None: all of
@@ -403,11 +444,17 @@ class TelegramApp:
         self._started = False
         started = time.monotonic()
         active = [a for a in self.accounts.values() if a.taking_updates or a.running]
-        await asyncio.gather(*(a.quiesce() for a in active))
-        for account in active:
-            remaining = (None if timeout is None
-                         else max(0.0, timeout - (time.monotonic() - started)))
-            await account.intake.flush(remaining)
+        try:
+            await asyncio.gather(*(a.quiesce() for a in active))
+            for account in active:
+                remaining = (None if timeout is None
+                             else max(0.0, timeout - (time.monotonic() - started)))
+                await account.intake.flush(remaining)
+        except BaseException:
+            for account in self.accounts.values():
+                with contextlib.suppress(Exception):
+                    await account.disconnect()
+            raise
         try:
             if timeout is None:
                 await self.engine.drain()
@@ -416,8 +463,9 @@ class TelegramApp:
                 remaining = max(0.0, timeout - (time.monotonic() - started))
                 await self.engine.stop(timeout=remaining)
         finally:
-            for account in active:
-                await account.disconnect()
+            for account in self.accounts.values():
+                with contextlib.suppress(Exception):
+                    await account.disconnect()
 
     async def __aenter__(self) -> TelegramApp:
         await self.start()

@@ -196,7 +196,7 @@ async def run_telegram(config: Config, plugin_manager: PluginManager,
     Each account is run under its lease in the store (:meth:`tgmux.store.Store.hold_account`):
     with PostgreSQL, an account held by another process is waited for (a hot standby) and
     taken over when that process is gone."""
-    names = list(config.accounts) if not accounts else accounts
+    names = list(config.accounts) if not accounts else list(dict.fromkeys(accounts))
     unknown = [n for n in names if n not in config.accounts]
     if unknown:
         raise ConfigError(f"--account: no account {', '.join(map(repr, unknown))} (the config "
@@ -218,7 +218,7 @@ async def run_telegram(config: Config, plugin_manager: PluginManager,
     stopping = asyncio.Event()
 
     def on_signal() -> None:
-        if app.running:
+        if any(account.running for account in app.accounts.values()):
             log.info("stop requested; finishing replies (up to %.0f s). Press Ctrl-C again "
                      "to quit at once.", tg.shutdown_timeout)
         else:
@@ -266,8 +266,11 @@ async def _run_accounts(app: TelegramApp, names: list[str], stopping: asyncio.Ev
                 elif task.result() not in (None, 0):
                     outcome = task.result()
                 elif task.get_name().startswith("lost-"):
+                    name = task.get_name()[5:]
+                    # another process may run it now: take no more of its updates at once
+                    await app.accounts[name].quiesce()
                     log.error("%s: another process may run it now; stopping (a supervisor "
-                              "restarts tgmux as a standby)", task.get_name()[5:])
+                              "restarts tgmux as a standby)", name)
                     outcome = 1
         waiting.cancel()
         return outcome
@@ -295,6 +298,7 @@ async def _standby(app: TelegramApp, name: str, lease: Any, stopping: asyncio.Ev
     if problem is not None:
         return problem
     await lease.wait_lost()
+    await app.accounts[name].quiesce()  # another process may run it now
     log.error("account %s: the lease was lost", name)
     return 1
 
@@ -311,7 +315,7 @@ async def _connect(app: TelegramApp, name: str, stopping: asyncio.Event) -> int 
     storage = client.storage
     for attempt in (1, 2):
         try:
-            if not await start_bounded(app.start_account(name), reach, stopping):
+            if not await start_bounded(app.connect_account(name), reach, stopping):
                 log.info("stopped before tgmux was running on Telegram")
                 return 0
             break
@@ -332,6 +336,12 @@ async def _connect(app: TelegramApp, name: str, stopping: asyncio.Event) -> int 
             log.error("%sTelegram stopped answering while tgmux started (%s): %s", prefix,
                       exc or type(exc).__name__, _CHECK_NETWORK)
             return 1
+    try:  # the account's messages from before, then the new ones: the store's part
+        await app.serve_account(name)
+    except Exception as exc:
+        log.error("%scannot answer: the store failed (%s): %s", prefix, type(exc).__name__,
+                  exc)
+        return 1
     me = client.me
     who = f"@{me.username}" if me and me.username else f"id {me.id if me else '?'}"
     kind = "bot" if me and me.is_bot else "user account"
