@@ -60,7 +60,7 @@ from tgmux.errors import (
     format_duration,
     retry_later_message,
 )
-from tgmux.ratelimit import SlidingWindowLimiter
+from tgmux.ratelimit import Limiter
 from tgmux.types import delay_notifier
 
 log = logging.getLogger("tgmux.http")
@@ -123,7 +123,7 @@ def default_error_parser(response: httpx.Response) -> BackendError:
     )
 
 
-async def acquire_slot(limiter: SlidingWindowLimiter | None, notify_after: float) -> None:
+async def acquire_slot(limiter: Limiter | None, notify_after: float) -> None:
     """Wait for the limiter; when the wait is ``notify_after`` seconds or more, tell the user
     first (through :data:`delay_notifier`). For any provider transport, HTTP or not."""
     if limiter is None:
@@ -280,7 +280,7 @@ class HttpClient:
         max_backoff: float = 8.0,
         max_retry_after: float = 60.0,
         notify_after: float = 5.0,
-        limiter: SlidingWindowLimiter | None = None,
+        limiter: Limiter | None = None,
         error_parser: ErrorParser = default_error_parser,
         name: str = "backend",
         transport: httpx.AsyncBaseTransport | None = None,

@@ -4,6 +4,10 @@ Used by backends for provider quotas (shared per credentials) and by the Telegra
 flood control (global, per chat). A leaky bucket such as ``aiolimiter`` admits up to 2N events
 in some window of T seconds (a full burst plus the drained rate), which a provider counting per
 minute answers with 429; a sliding log never does.
+
+:class:`StoreLimiter` is the same budget kept in the store (:meth:`tgmux.store.Store.rate_take`),
+so that it holds across every process sharing the store; it falls back to a local
+:class:`SlidingWindowLimiter` while the store fails.
 """
 
 from __future__ import annotations
@@ -14,8 +18,22 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from tgmux.store.base import Store
 
 log = logging.getLogger("tgmux.ratelimit")
+
+
+class Limiter(Protocol):
+    """What a provider transport needs of a limiter (:func:`tgmux.http.acquire_slot`)."""
+
+    def delay(self) -> float: ...
+
+    async def acquire(self) -> float: ...
+
+    def penalize(self, seconds: float) -> None: ...
 
 
 class SlidingWindowLimiter:
@@ -64,6 +82,14 @@ class SlidingWindowLimiter:
         until = self._clock() + seconds - self.period
         self._stamps.clear()
         self._stamps.extend([until] * self.limit)
+
+    def note(self) -> None:
+        """Record an acquisition made elsewhere (e.g. granted by the store) now, without
+        waiting."""
+        self._prune(self._clock())
+        self._stamps.append(self._clock())
+        while len(self._stamps) > self.limit:
+            self._stamps.popleft()
 
     async def __aenter__(self) -> SlidingWindowLimiter:
         await self.acquire()
@@ -129,4 +155,120 @@ def shared_limiter(key: Hashable, limit: int, period: float) -> SlidingWindowLim
         log.warning("rate limit for %s already set to %d per %gs; ignoring %d per %gs",
                     key[0] if isinstance(key, tuple) and key else "a shared key",
                     limiter.limit, limiter.period, limit, period)
+    return limiter
+
+
+class StoreLimiter:
+    """"At most ``limit`` in any ``period`` seconds" for ``key``, counted in the store: every
+    process sharing the store shares the budget (:meth:`~tgmux.store.Store.rate_take`).
+
+    Same interface as :class:`SlidingWindowLimiter` (``delay``, ``acquire``, ``penalize``).
+    When the store fails (or takes longer than :attr:`store_timeout`), a warning is logged once
+    per outage and a local :class:`SlidingWindowLimiter` with the same limits admits instead
+    (it knows this process's own recent acquisitions); the store is tried again after
+    :attr:`retry_store` seconds. Acquiring never hangs on the store."""
+
+    #: Seconds one store call may take before it counts as a failure.
+    store_timeout = 2.0
+    #: Seconds the local limiter is used after a store failure before the store is tried again.
+    retry_store = 10.0
+
+    def __init__(self, store: Store, key: str, limit: int, period: float, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if limit < 1 or period <= 0:
+            raise ValueError("limit must be >= 1 and period > 0")
+        self.store = store
+        self.key = key
+        self.limit = limit
+        self.period = period
+        self._clock = clock
+        self.local = SlidingWindowLimiter(limit, period, clock=clock)
+        self._lock = asyncio.Lock()  # FIFO within this process
+        self._free_at = 0.0  # (clock) when the store's last answered wait ends
+        self._failing_until: float | None = None  # (clock) use the local limiter until then
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def failing(self) -> bool:
+        return self._failing_until is not None
+
+    def delay(self) -> float:
+        """A local estimate of the wait: the rest of the store's last answered wait, or what
+        this process alone has used of the budget, whichever is longer."""
+        return max(0.0, self._free_at - self._clock(), self.local.delay())
+
+    async def acquire(self) -> float:
+        """Wait for a slot in the store's budget; returns how long it waited."""
+        start = self._clock()
+        async with self._lock:
+            while True:
+                if self._failing_until is not None and self._clock() < self._failing_until:
+                    await self.local.acquire()
+                    break
+                try:
+                    async with asyncio.timeout(self.store_timeout):
+                        wait = await self.store.rate_take(self.key, self.limit, self.period)
+                except Exception as exc:
+                    self._failed(exc)
+                    continue
+                if self._failing_until is not None:
+                    log.warning("rate limit %s: the store answers again", self.key)
+                    self._failing_until = None
+                if wait <= 0:
+                    self.local.note()
+                    break
+                self._free_at = self._clock() + wait
+                await asyncio.sleep(wait)
+        return self._clock() - start
+
+    def _failed(self, exc: BaseException) -> None:
+        if self._failing_until is None:  # once per outage
+            log.warning("rate limit %s: the store fails (%s); limiting in this process alone "
+                        "meanwhile", self.key, str(exc) or type(exc).__name__)
+        self._failing_until = self._clock() + self.retry_store
+
+    def penalize(self, seconds: float) -> None:
+        """The provider said "wait ``seconds``": locally at once, and in the store for the
+        other processes (in the background)."""
+        self.local.penalize(seconds)
+        self._free_at = max(self._free_at, self._clock() + seconds)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(self._block(time.time() + seconds))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _block(self, until: float) -> None:
+        try:
+            async with asyncio.timeout(self.store_timeout):
+                await self.store.rate_block(self.key, until)
+        except Exception as exc:
+            self._failed(exc)
+
+    async def __aenter__(self) -> StoreLimiter:
+        await self.acquire()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_shared_store: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                         dict[tuple[int, str], StoreLimiter]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def shared_store_limiter(store: Store, key: str, limit: int, period: float) -> StoreLimiter:
+    """A :class:`StoreLimiter` shared by everything in this event loop that uses ``key`` on
+    ``store`` (as :func:`shared_limiter`: the first setting wins)."""
+    per_loop = _shared_store.setdefault(asyncio.get_running_loop(), {})
+    limiter = per_loop.get((id(store), key))
+    if limiter is None or limiter.store is not store:
+        limiter = per_loop[(id(store), key)] = StoreLimiter(store, key, limit, period)
+    elif (limiter.limit, limiter.period) != (limit, period):
+        log.warning("rate limit %s already set to %d per %gs; ignoring %d per %gs",
+                    key, limiter.limit, limiter.period, limit, period)
     return limiter

@@ -3,7 +3,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tgmux.ratelimit import KeyedLimiter, SlidingWindowLimiter
+import pytest
+
+from tgmux.ratelimit import KeyedLimiter, SlidingWindowLimiter, StoreLimiter
+from tgmux.store import MemoryStore
 
 
 async def test_never_more_than_limit_in_any_window() -> None:
@@ -56,3 +59,93 @@ async def test_keyed_limiters_of_idle_keys_are_forgotten() -> None:
     await keyed.acquire("busy")
     assert keyed.sweep() == 100
     assert len(keyed) == 1  # the one still inside its window stays
+
+
+class FailingStore(MemoryStore):
+    """A store whose rate calls fail (or, with ``hang``, never answer)."""
+
+    def __init__(self, *, hang: bool = False) -> None:
+        super().__init__()
+        self.hang = hang
+        self.broken = True
+        self.calls = 0
+
+    async def rate_take(self, key: str, limit: int, window: float, *,
+                        now: float | None = None) -> float:
+        self.calls += 1
+        if not self.broken:
+            return await super().rate_take(key, limit, window, now=now)
+        if self.hang:
+            await asyncio.Event().wait()
+        raise ConnectionError("database is gone")
+
+    async def rate_block(self, key: str, until: float) -> None:
+        if not self.broken:
+            return await super().rate_block(key, until)
+        raise ConnectionError("database is gone")
+
+
+async def test_a_store_limiter_shares_the_budget_through_the_store() -> None:
+    store = MemoryStore()
+    one = StoreLimiter(store, "k", 3, 0.3)
+    two = StoreLimiter(store, "k", 3, 0.3)  # another process's, on the same data
+    stamps: list[float] = []
+
+    async def take(limiter: StoreLimiter) -> None:
+        await limiter.acquire()
+        stamps.append(time.monotonic())
+
+    started = time.monotonic()
+    await asyncio.gather(*(take((one, two)[n % 2]) for n in range(6)))
+    stamps.sort()
+    assert stamps[2] - started < 0.1 and stamps[3] - started >= 0.29  # 3, then the next 3
+
+
+async def test_a_penalty_reaches_the_store_for_everyone() -> None:
+    store = MemoryStore()
+    one, two = StoreLimiter(store, "k", 10, 1.0), StoreLimiter(store, "k", 10, 1.0)
+    one.penalize(0.2)
+    assert one.delay() >= 0.19
+    await asyncio.sleep(0)  # the block is written in the background
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    await two.acquire()
+    assert time.monotonic() - started >= 0.15
+
+
+async def test_a_failing_store_falls_back_to_a_local_limit_with_one_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    store = FailingStore()
+    limiter = StoreLimiter(store, "k", 2, 0.3)
+    started = time.monotonic()
+    async with asyncio.timeout(5):
+        for _ in range(4):
+            await limiter.acquire()
+        limiter.penalize(0.01)
+        await asyncio.sleep(0.05)
+    elapsed = time.monotonic() - started
+    assert 0.29 <= elapsed < 1.5  # limited locally: 2, then 2 more a window later
+    assert store.calls == 1  # not asked again until retry_store passed
+    warnings = [r for r in caplog.records if "store fails" in r.getMessage()]
+    assert len(warnings) == 1 and "database is gone" in warnings[0].getMessage()
+
+
+async def test_a_store_that_never_answers_does_not_hang_acquire() -> None:
+    limiter = StoreLimiter(FailingStore(hang=True), "k", 5, 1.0)
+    limiter.store_timeout = 0.1
+    started = time.monotonic()
+    async with asyncio.timeout(3):
+        await limiter.acquire()
+    assert time.monotonic() - started < 1
+
+
+async def test_the_store_is_tried_again_after_a_failure() -> None:
+    store = FailingStore()
+    limiter = StoreLimiter(store, "k", 5, 1.0)
+    limiter.retry_store = 0.05
+    await limiter.acquire()
+    await asyncio.sleep(0.06)
+    store.broken = False  # the database is back
+    await limiter.acquire()
+    assert not limiter.failing
+    assert len(store.rate_events["k"]) == 1

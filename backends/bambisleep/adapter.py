@@ -14,6 +14,7 @@ them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -21,7 +22,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tgmux.backend import Audio, CommandSpec, HttpBackend, Notice, ReplyPart, Text, Turn
-from tgmux.ratelimit import SlidingWindowLimiter, shared_limiter
+from tgmux.ratelimit import Limiter, SlidingWindowLimiter, shared_limiter, shared_store_limiter
+from tgmux.store.base import Namespace
 
 from .client import BambiSleepClient, default_ws_url
 from .commands import COMMANDS, AccountCommands
@@ -62,14 +64,28 @@ def _padded(period: float) -> float:
     return period + max(0.05, period * 0.01)
 
 
-def provider_limiters(settings: BambiSleepSettings) -> tuple[SlidingWindowLimiter,
-                                                              SlidingWindowLimiter]:
-    """(the credentials' limiter, the unauthenticated limiter), shared process-wide."""
+def limit_key(settings: BambiSleepSettings) -> str:
+    """The store's name for the credentials' budget: stable, without the secret in it."""
+    digest = hashlib.sha256(settings.identity.encode()).hexdigest()[:12]
+    return f"bambisleep:{settings.base_url}:{digest}"
+
+
+def provider_limiters(settings: BambiSleepSettings, kv: Any = None) -> tuple[
+        Limiter, SlidingWindowLimiter]:
+    """(the credentials' limiter, the unauthenticated limiter), shared process-wide. With
+    ``kv`` a store's :class:`~tgmux.store.Namespace`, the credentials' limiter is counted in
+    that store: it holds across every process sharing it."""
     identity = settings.identity
     rl = settings.rate_limit
     period = _padded(rl.period)
+    limiter: Limiter
+    if isinstance(kv, Namespace):
+        limiter = shared_store_limiter(kv.store, limit_key(settings), rl.requests, period)
+    else:
+        limiter = shared_limiter(("bambisleep", settings.base_url, identity), rl.requests,
+                                 period)
     return (
-        shared_limiter(("bambisleep", settings.base_url, identity), rl.requests, period),
+        limiter,
         shared_limiter(("bambisleep-unauthenticated", settings.base_url), rl.unauthenticated,
                        period),
     )
@@ -104,7 +120,7 @@ class BambiSleepBackend(HttpBackend[BambiSleepClient]):
 
     def make_client(self) -> BambiSleepClient:
         s = self.settings
-        limiter, login_limiter = provider_limiters(s)
+        limiter, login_limiter = provider_limiters(s, self.kv)
         return BambiSleepClient(
             api_key=s.api_key.get_secret_value() if s.api_key else None,
             username=s.username,
@@ -121,7 +137,7 @@ class BambiSleepBackend(HttpBackend[BambiSleepClient]):
         await super().start()
         s = self.settings
         if s.transport == "websocket":
-            limiter, _ = provider_limiters(s)  # shared: the client's own limiter
+            limiter, _ = provider_limiters(s, self.kv)  # shared: the client's own limiter
             self.ws = WsTransport(
                 s.ws_url or default_ws_url(s.base_url),
                 self.client,

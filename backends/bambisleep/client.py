@@ -42,7 +42,7 @@ from tgmux.errors import (
     error_for_status,
 )
 from tgmux.http import HttpClient, default_error_parser, never_reached
-from tgmux.ratelimit import SlidingWindowLimiter
+from tgmux.ratelimit import Limiter, SlidingWindowLimiter
 
 DEFAULT_BASE_URL = "https://api.bambisleep.chat/v1"
 WEBHOOK_EVENTS = ("message.new", "profile.update", "trigger.shared")
@@ -218,7 +218,7 @@ class BambiSleepClient:
         password: str | None = None,
         base_url: str = DEFAULT_BASE_URL,
         timeout: float = 30.0,
-        limiter: SlidingWindowLimiter | None = None,
+        limiter: Limiter | None = None,
         login_limiter: SlidingWindowLimiter | None = None,
         max_retry_after: float = 60.0,
         notify_after: float = 5.0,

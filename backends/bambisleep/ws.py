@@ -60,7 +60,7 @@ from tgmux.errors import (
     UnavailableError,
 )
 from tgmux.http import acquire_slot
-from tgmux.ratelimit import SlidingWindowLimiter
+from tgmux.ratelimit import Limiter
 from tgmux.text import str_or_none
 
 from .client import BambiSleepClient
@@ -127,7 +127,7 @@ class ChatSocket:
         url: str,
         client: BambiSleepClient,
         *,
-        limiter: SlidingWindowLimiter | None = None,
+        limiter: Limiter | None = None,
         timeout: float = 30.0,
         idle_timeout: float = 300.0,
         reconnect_delay: float = 0.5,

@@ -5,7 +5,9 @@
 * the inbox, per account: dedup of processed messages, and messages accepted but not yet
   answered, which are answered after a restart;
 * account leases (:meth:`Store.hold_account`): one process at a time runs an account, a standby
-  waits for the lease.
+  waits for the lease;
+* rate limits shared by every process on the store (:meth:`Store.rate_take`): a provider's
+  quota per credential holds however many processes use the credential.
 
 Implementations: :mod:`~tgmux.store.memory`, :mod:`~tgmux.store.sqlite`,
 :mod:`~tgmux.store.postgres`. Every method that takes ``account`` defaults it to ``"main"``.
@@ -217,6 +219,27 @@ class Store(ABC):
     @abstractmethod
     async def hold_account(self, account: str) -> AccountLease:
         """A lease on ``account`` (not acquired yet: call :meth:`AccountLease.acquire`)."""
+
+    # shared rate limits
+    @abstractmethod
+    async def rate_take(self, key: str, limit: int, window: float, *,
+                        now: float | None = None) -> float:
+        """Take one event of ``key`` from a budget of ``limit`` per ``window`` seconds, atomically
+        across every process sharing the store (a sliding log: never more than ``limit`` events in
+        any ``window`` seconds).
+
+        When fewer than ``limit`` events of ``key`` lie in the last ``window`` seconds (and no
+        :meth:`rate_block` is in force), one is recorded at ``now`` and 0.0 is returned; else
+        nothing is recorded and the result is the seconds until a take could succeed: the rest
+        of the block, else until the oldest event that matters leaves the window.
+
+        ``now`` is a wall-clock timestamp (default :func:`time.time`: processes compare their
+        clocks). Old events are deleted as it goes: what is kept stays bounded."""
+
+    @abstractmethod
+    async def rate_block(self, key: str, until: float) -> None:
+        """Nobody takes from ``key`` before the timestamp ``until`` (a provider's Retry-After);
+        a block ending later is kept. :meth:`rate_take` returns the rest of it first."""
 
     def namespace(self, name: str) -> Namespace:
         return Namespace(self, name)

@@ -29,6 +29,9 @@ class MemoryStore(Store):
         self._seq = 0
         self._order: dict[_Key, int] = {}
         self.leases: dict[str, MemoryLease] = {}
+        self.rate_events: dict[str, deque[float]] = {}
+        self.rate_blocks: dict[str, float] = {}
+        self._rate_windows: dict[str, float] = {}
 
     async def open(self) -> None:
         return None
@@ -110,6 +113,42 @@ class MemoryStore(Store):
 
     async def hold_account(self, account: str) -> MemoryLease:
         return MemoryLease(self, account)
+
+    #: Keys kept before the rate events of every key are swept (idle keys forgotten).
+    RATE_SWEEP_KEYS = 1024
+
+    async def rate_take(self, key: str, limit: int, window: float, *,
+                        now: float | None = None) -> float:
+        now = time.time() if now is None else now
+        until = self.rate_blocks.get(key)
+        if until is not None:
+            if until > now:
+                return until - now
+            del self.rate_blocks[key]
+        events = self.rate_events.get(key)
+        if events is None:
+            if len(self.rate_events) >= self.RATE_SWEEP_KEYS:
+                self._rate_sweep(now)
+            events = self.rate_events[key] = deque()
+        self._rate_windows[key] = window
+        while events and events[0] <= now - window:
+            events.popleft()
+        if len(events) < limit:
+            events.append(now)
+            return 0.0
+        return max(0.0, events[len(events) - limit] + window - now)
+
+    def _rate_sweep(self, now: float) -> None:
+        windows = self._rate_windows
+        for key in [k for k, ev in self.rate_events.items()
+                    if not ev or ev[-1] <= now - windows.get(k, 0.0)]:
+            del self.rate_events[key]
+            windows.pop(key, None)
+        for key in [k for k, until in self.rate_blocks.items() if until <= now]:
+            del self.rate_blocks[key]
+
+    async def rate_block(self, key: str, until: float) -> None:
+        self.rate_blocks[key] = max(until, self.rate_blocks.get(key, until))
 
 
 class MemoryLease(AccountLease):

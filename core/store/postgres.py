@@ -37,7 +37,7 @@ from tgmux.store.base import DEFAULT_ACCOUNT, AccountHolder, AccountLease, Store
 
 log = logging.getLogger("tgmux.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Seconds to wait for a connection (DNS, TCP, TLS, authentication) unless ?connect_timeout=.
 CONNECT_TIMEOUT = 5.0
@@ -82,6 +82,19 @@ CREATE TABLE tgmux_accounts (
     backend_pid INTEGER NOT NULL    -- the server process of the lock's connection
 );
 """,
+    2: """
+CREATE TABLE tgmux_rate_event (
+    key TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL,       -- when it was taken (a timestamp)
+    expires DOUBLE PRECISION NOT NULL   -- at + its window: deleted after, whatever the key
+);
+CREATE INDEX tgmux_rate_event_key ON tgmux_rate_event (key, at);
+CREATE INDEX tgmux_rate_event_expires ON tgmux_rate_event (expires);
+CREATE TABLE tgmux_rate_block (
+    key TEXT PRIMARY KEY,
+    blocked_until DOUBLE PRECISION NOT NULL
+);
+""",
 }
 
 
@@ -93,6 +106,10 @@ def lock_key(name: str) -> int:
 
 def account_key(account: str) -> int:
     return lock_key(f"tgmux:account:{account}")
+
+
+def rate_key(key: str) -> int:
+    return lock_key(f"tgmux:rate:{key}")
 
 
 SCHEMA_LOCK = lock_key("tgmux:schema")
@@ -349,6 +366,43 @@ class PostgresStore(Store):
             "DELETE FROM tgmux_inbox WHERE state='done' AND received_at < $1 "
             "AND ($2::text IS NULL OR account=$2)", older_than, account)
         return int(status.rsplit(" ", 1)[-1])
+
+    # -- shared rate limits ------------------------------------------------------------------
+
+    async def rate_take(self, key: str, limit: int, window: float, *,
+                        now: float | None = None) -> float:
+        now = time.time() if now is None else now
+        async with self.pool.acquire() as conn, conn.transaction():
+            # One taker per key at a time, across processes: count and insert cannot interleave.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", rate_key(key))
+            until = await conn.fetchval(
+                "SELECT blocked_until FROM tgmux_rate_block WHERE key=$1", key)
+            if until is not None and until > now:
+                return until - now
+            await conn.execute("DELETE FROM tgmux_rate_block WHERE key=$1 AND blocked_until <= $2",
+                               key, now)
+            await conn.execute("DELETE FROM tgmux_rate_event WHERE key=$1 AND at <= $2",
+                               key, now - window)
+            # Other keys' expired events, a few at a time: SKIP LOCKED, so two takers of
+            # different keys never wait for (nor deadlock on) each other's rows.
+            await conn.execute(
+                "DELETE FROM tgmux_rate_event WHERE ctid IN (SELECT ctid FROM tgmux_rate_event "
+                "WHERE expires <= $1 AND key <> $2 LIMIT 100 FOR UPDATE SKIP LOCKED)", now, key)
+            count = await conn.fetchval("SELECT count(*) FROM tgmux_rate_event WHERE key=$1", key)
+            if count < limit:
+                await conn.execute("INSERT INTO tgmux_rate_event (key, at, expires) "
+                                   "VALUES ($1, $2, $3)", key, now, now + window)
+                return 0.0
+            oldest = await conn.fetchval("SELECT at FROM tgmux_rate_event WHERE key=$1 "
+                                         "ORDER BY at LIMIT 1 OFFSET $2", key, count - limit)
+            return max(0.0, oldest + window - now)
+
+    async def rate_block(self, key: str, until: float) -> None:
+        await self.pool.execute(
+            "INSERT INTO tgmux_rate_block (key, blocked_until) VALUES ($1, $2) "
+            "ON CONFLICT (key) DO UPDATE SET "
+            "blocked_until=greatest(tgmux_rate_block.blocked_until, excluded.blocked_until)",
+            key, until)
 
     # -- account leases ----------------------------------------------------------------------
 

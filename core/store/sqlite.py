@@ -33,7 +33,7 @@ from tgmux.store.base import (
 
 log = logging.getLogger("tgmux.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Version 1 (before accounts); kept to test the migration from it.
 SCHEMA_V1 = """
@@ -89,8 +89,22 @@ CREATE TABLE inbox (
 CREATE INDEX inbox_pending ON inbox (account, state, received_at);
 """
 
+_RATE_V3 = """
+CREATE TABLE rate_event (
+    key TEXT NOT NULL,
+    at REAL NOT NULL,               -- when it was taken (a timestamp)
+    expires REAL NOT NULL           -- at + its window: deleted after, whatever the key
+);
+CREATE INDEX rate_event_key ON rate_event (key, at);
+CREATE INDEX rate_event_expires ON rate_event (expires);
+CREATE TABLE rate_block (
+    key TEXT PRIMARY KEY,
+    blocked_until REAL NOT NULL
+);
+"""
+
 #: The current schema, for a new file.
-SCHEMA = _OVERRIDE_V2 + _KV + _INBOX_V2
+SCHEMA = _OVERRIDE_V2 + _KV + _INBOX_V2 + _RATE_V3
 
 #: version -> the script taking the schema from version - 1 to it (run in one transaction).
 MIGRATIONS = {
@@ -105,6 +119,7 @@ MIGRATIONS = {
         "ORDER BY rowid;\n"
         "DROP TABLE chat_override_v1;\n"
         "DROP TABLE inbox_v1;\n"),
+    3: _RATE_V3,
 }
 
 
@@ -114,6 +129,7 @@ class SQLiteStore(Store):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._db: aiosqlite.Connection | None = None
+        self._tx = asyncio.Lock()  # one explicit transaction at a time on the one connection
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -279,6 +295,42 @@ class SQLiteStore(Store):
             "AND (? IS NULL OR account=?)", (older_than, account, account)
         )
         return cursor.rowcount
+
+    async def rate_take(self, key: str, limit: int, window: float, *,
+                        now: float | None = None) -> float:
+        now = time.time() if now is None else now
+        async with self._tx:
+            # IMMEDIATE: the write lock first, so two processes never both count then insert.
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                wait = await self._rate_take(key, limit, window, now)
+                await self.db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self.db.execute("ROLLBACK")
+                raise
+        return wait
+
+    async def _rate_take(self, key: str, limit: int, window: float, now: float) -> float:
+        until = await self._one("SELECT blocked_until FROM rate_block WHERE key=?", (key,))
+        if until is not None and until > now:
+            return until - now
+        await self.db.execute("DELETE FROM rate_block WHERE blocked_until <= ?", (now,))
+        await self.db.execute("DELETE FROM rate_event WHERE expires <= ? OR (key=? AND at <= ?)",
+                              (now, key, now - window))
+        count = await self._one("SELECT count(*) FROM rate_event WHERE key=?", (key,))
+        if count < limit:
+            await self.db.execute("INSERT INTO rate_event (key, at, expires) VALUES (?, ?, ?)",
+                                  (key, now, now + window))
+            return 0.0
+        oldest = await self._one("SELECT at FROM rate_event WHERE key=? ORDER BY at "
+                                 "LIMIT 1 OFFSET ?", (key, count - limit))
+        return max(0.0, oldest + window - now)
+
+    async def rate_block(self, key: str, until: float) -> None:
+        await self.db.execute(
+            "INSERT INTO rate_block (key, blocked_until) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+            "SET blocked_until=max(blocked_until, excluded.blocked_until)", (key, until))
 
     async def hold_account(self, account: str) -> FileLease:
         return FileLease(self.path.with_name(

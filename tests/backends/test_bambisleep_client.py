@@ -260,3 +260,32 @@ async def test_relative_audio_url_is_resolved_against_the_api_host():
     async with BambiSleepClient(api_key="k", base_url="https://api.example.org/v1") as c:
         assert c.absolute_url("/audio/r.mp3") == "https://api.example.org/audio/r.mp3"
         assert c.absolute_url("https://cdn.example.org/a.mp3") == "https://cdn.example.org/a.mp3"
+
+
+async def test_the_credentials_limit_is_kept_in_the_store_when_there_is_one(sim, tmp_path):
+    from tgmux.backends.bambisleep.adapter import BambiSleepBackend, provider_limiters
+    from tgmux.ratelimit import SlidingWindowLimiter, StoreLimiter
+    from tgmux.store import SQLiteStore
+
+    settings = BambiSleepBackend.Settings.model_validate(
+        {"base_url": sim.base_url, "api_key": KEY, "rate_limit": {"requests": 2, "period": 1}})
+    local, _ = provider_limiters(settings)
+    assert isinstance(local, SlidingWindowLimiter)  # no store: this process alone
+    stores = [SQLiteStore(tmp_path / "tgmux.db"), SQLiteStore(tmp_path / "tgmux.db")]
+    for store in stores:
+        await store.open()
+    try:
+        # two processes' backends on one store (here: two store objects on one file)
+        one, _ = provider_limiters(settings, stores[0].namespace("backend:b"))
+        two, _ = provider_limiters(settings, stores[1].namespace("backend:b"))
+        assert isinstance(one, StoreLimiter) and isinstance(two, StoreLimiter)
+        assert one is not two and one.key == two.key
+        assert KEY not in one.key and one.key.startswith(f"bambisleep:{sim.base_url}:")
+        assert one is provider_limiters(settings, stores[0].namespace("other"))[0]  # per store
+        started = time.monotonic()
+        for limiter in (one, two, one):
+            await limiter.acquire()
+        assert time.monotonic() - started >= 0.95  # the third waited for the shared window
+    finally:
+        for store in stores:
+            await store.close()

@@ -20,7 +20,13 @@ from conftest import Postgres, need_postgres, start_private_server, with_query
 
 from tgmux.redact import redact_urls
 from tgmux.store import PostgresStore
-from tgmux.store.postgres import CONNECT_TIMEOUT, SCHEMA_VERSION, StoreOpenError, Target
+from tgmux.store.postgres import (
+    CONNECT_TIMEOUT,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    StoreOpenError,
+    Target,
+)
 
 WRONG_PASSWORD = "wrong'\"@pw"
 #: The test server's password (ours, or the one in $TGMUX_TEST_POSTGRES_URL) and the wrong one.
@@ -66,9 +72,9 @@ def test_store_migrate_and_check(tmp_path: Path, pg_url: str) -> None:
     assert check.returncode == 0, check.stderr
     assert f"store: {shown}" in check.stdout
     first = tgmux("store", "migrate", "-c", str(path))
-    assert (first.returncode, first.stdout) == (0, f"store: {shown}: schema version 1 (created)\n")
+    assert (first.returncode, first.stdout) == (0, f"store: {shown}: schema version 2 (created)\n")
     second = tgmux("store", "migrate", "-c", str(path))
-    assert (second.returncode, second.stdout) == (0, f"store: {shown}: schema version 1\n")
+    assert (second.returncode, second.stdout) == (0, f"store: {shown}: schema version 2\n")
     for result in (check, first, second):
         assert_no_password(result.stdout + result.stderr)
 
@@ -234,3 +240,23 @@ def test_ci_has_postgres(postgres: Postgres) -> None:
     assert postgres.url.startswith(("postgresql://", "postgres://"))
     if postgres.server is None and not pg_server.bindir():
         need_postgres("own_server tests need initdb too")
+
+
+async def test_a_version_1_schema_gains_the_rate_tables(pg_url: str) -> None:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(MIGRATIONS[1])
+        await conn.execute("CREATE TABLE tgmux_schema (version INTEGER NOT NULL)")
+        await conn.execute("INSERT INTO tgmux_schema VALUES (1)")
+        await conn.execute("INSERT INTO tgmux_kv VALUES ('backend:a', 'k', 'v')")
+    finally:
+        await conn.close()
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        assert store.migrated == (1, SCHEMA_VERSION)
+        assert await store.kv_get("backend:a", "k") == "v"
+        assert await store.rate_take("k", 1, 1.0) == 0.0
+        assert await store.rate_take("k", 1, 1.0) > 0
+    finally:
+        await store.close()

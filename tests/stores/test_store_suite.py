@@ -124,3 +124,46 @@ async def test_stores_on_the_same_data_accept_each_message_once(open_stores: Ope
     claims = [sum(results[3 * i:3 * i + 3]) for i in ids]
     assert claims == [1] * len(ids)
     assert await first.inbox_backlog() == await second.inbox_backlog() == len(ids)
+
+
+async def test_two_stores_on_the_same_data_share_one_rate_budget(open_stores: OpenStore) -> None:
+    first, second = await open_stores(), await open_stores()
+    now = time.time()
+    waits = await asyncio.gather(*(
+        (first if n % 2 else second).rate_take("provider:key", 5, 1.0, now=now)
+        for n in range(10)))
+    assert waits.count(0.0) == 5
+    assert [round(w, 6) for w in waits if w] == [1.0] * 5
+    assert await first.rate_take("provider:key", 5, 1.0, now=now + 0.5) == 0.5
+    assert await first.rate_take("provider:other", 5, 1.0, now=now) == 0.0  # keys are apart
+    # once those events leave the window, as many may go again, and no more
+    later = [await (first, second)[n % 2].rate_take("provider:key", 5, 1.0, now=now + 1.001)
+             for n in range(6)]
+    assert later[:5] == [0.0] * 5 and later[5] > 0.99
+
+
+async def test_a_rate_block_holds_on_every_store(open_stores: OpenStore) -> None:
+    first, second = await open_stores(), await open_stores()
+    now = time.time()
+    await first.rate_block("provider:key", now + 30)
+    await first.rate_block("provider:key", now + 10)  # an earlier end does not shorten it
+    assert abs(await second.rate_take("provider:key", 5, 1.0, now=now) - 30) < 0.01
+    assert await second.rate_take("provider:key", 5, 1.0, now=now + 30.5) == 0.0
+
+
+async def test_rate_events_are_deleted_as_they_age(store: Store) -> None:
+    now = time.time()
+    for n in range(50):
+        await store.rate_take(f"key-{n}", 3, 1.0, now=now)
+    for _ in range(3):
+        await store.rate_take("busy", 3, 1.0, now=now + 5)
+    assert await store.rate_take("busy", 3, 1.0, now=now + 5) > 0
+    assert await rate_rows(store) <= 3 + 100  # the busy key's, plus at most one sweep left
+
+
+async def rate_rows(store: Store) -> int:
+    if hasattr(store, "rate_events"):
+        return sum(len(v) for v in store.rate_events.values())  # type: ignore[attr-defined]
+    if hasattr(store, "db"):
+        return await store._one("SELECT count(*) FROM rate_event", ())  # type: ignore[attr-defined]
+    return await store.pool.fetchval("SELECT count(*) FROM tgmux_rate_event")  # type: ignore[attr-defined]
