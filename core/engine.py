@@ -12,6 +12,12 @@ dispatched when a backend gets it, and done after its reply. On start, a message
 reached a backend is answered; one a backend already had (the process died mid-reply) is not
 replayed, since the provider may have it already (a duplicated, perhaps charged, chat turn):
 the user is told and asked to send it again.
+
+Why one module of about 600 lines: intake, ordering, the inbox states and the turn's stream
+share the slot and worker state and must change together (a message's inbox state follows
+where it is in its chat's queue). What stands apart lives apart: routing (``tgmux.router``),
+the built-in commands (``tgmux.chat_commands``), reply shaping (``tgmux.reply``), metrics
+(``tgmux.metrics``), the message types (``tgmux.types``).
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ Retry policy (why: a retried chat turn is a duplicated chat turn):
 
 Provider SDK retries do not exist here: this is the only place that retries.
 
+One module of about 600 lines on purpose: the retry policy, the bounds, the refusal memory and
+the stream guard decide together what one request may do (whether it may be repeated depends
+on how it failed, which the bounds decide), and no backend should need to read more than this
+file to know what its requests do.
+
 Bounds (nothing is read or awaited without one):
 
 * ``timeout`` bounds each attempt of :meth:`HttpClient.request` / ``request_json`` whole, from
