@@ -371,10 +371,11 @@ class PostgresStore(Store):
 
     async def rate_take(self, key: str, limit: int, window: float, *,
                         now: float | None = None) -> float:
-        now = time.time() if now is None else now
         async with self.pool.acquire() as conn, conn.transaction():
             # One taker per key at a time, across processes: count and insert cannot interleave.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", rate_key(key))
+            # the time once the lock is held: waiting for it must not count as elapsed
+            now = time.time() if now is None else now
             until = await conn.fetchval(
                 "SELECT blocked_until FROM tgmux_rate_block WHERE key=$1", key)
             if until is not None and until > now:

@@ -298,12 +298,13 @@ class SQLiteStore(Store):
 
     async def rate_take(self, key: str, limit: int, window: float, *,
                         now: float | None = None) -> float:
-        now = time.time() if now is None else now
         async with self._tx:
             # IMMEDIATE: the write lock first, so two processes never both count then insert.
             await self.db.execute("BEGIN IMMEDIATE")
             try:
-                wait = await self._rate_take(key, limit, window, now)
+                # the time once the lock is held: waiting for it must not count as elapsed
+                wait = await self._rate_take(key, limit, window,
+                                             time.time() if now is None else now)
                 await self.db.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(Exception):
