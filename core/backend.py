@@ -90,6 +90,9 @@ class Turn:
     args: str = ""
     media: Media | None = None
     notify: Callable[[str], Awaitable[None]] = field(default=_no_notice, repr=False, compare=False)
+    #: Set when this backend answers in place of another one that failed (its name): the
+    #: conversation so far lives at that provider, not at this one.
+    fallback_from: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -39,8 +40,16 @@ from tgmux.chat_commands import (
     interrupted_notice,
     run_builtin,
 )
+from tgmux.circuit import STATE_VALUES, Circuit
 from tgmux.config import Config
-from tgmux.errors import USER_MESSAGES, BackendError, ConfigError, ErrorKind
+from tgmux.config.schema import FALLBACK_KINDS, CircuitConfig
+from tgmux.errors import (
+    USER_MESSAGES,
+    BackendError,
+    CircuitOpenError,
+    ConfigError,
+    ErrorKind,
+)
 from tgmux.hooks import (
     PluginManager,
     await_me_maybe,
@@ -119,6 +128,7 @@ class Engine:
         self.served: list[str] = list(config.accounts if accounts is None else accounts)
         self.metrics.before_scrape(self._count_backlog)
         self.backends: dict[str, Backend] = {}
+        self.circuits: dict[str, Circuit] = {}
         self.plugin_commands: dict[str, PluginCommand] = {}
         # Keyed by (account, chat id): one user talking to two accounts is two chats.
         self._queues: dict[tuple[str, int], deque[_Slot]] = {}
@@ -142,6 +152,12 @@ class Engine:
                                                         self.store.namespace(f"backend:{name}"))
             backend._event_sink = self.emit_event
             self.backends[name] = backend  # closed with the others if its start fails
+            core = self.config.backend_core.get(name)
+            breaker = core.circuit if core is not None else CircuitConfig()
+            self.circuits[name] = Circuit(
+                name, breaker.failures, breaker.cooldown,
+                on_change=lambda state, name=name: self.metrics.of(
+                    self.metrics.circuit_state, name).set(STATE_VALUES[state]))
             try:
                 await backend.start()
             except Exception as exc:
@@ -426,11 +442,13 @@ class Engine:
         if chat.message_id is not None:
             await self.store.inbox_dispatched(chat.chat_id, chat.message_id,
                                               account=chat.account)
+        answered = [turn]  # the turn of the backend that answered (a fallback's, maybe)
         # aclosing: the stream is finished in this task even if the frontend stops early.
-        async with contextlib.aclosing(self._backend_stream(turn, backend, message)) as parts:
+        async with contextlib.aclosing(self._reply_stream(turn, backend, decision, message,
+                                                          answered)) as parts:
             sent = await self.frontend.deliver(chat, parts, reply_to_message_id=chat.message_id)
         try:
-            await call_all(self.pm.hook.tgmux_reply_sent, turn=turn, parts=sent)
+            await call_all(self.pm.hook.tgmux_reply_sent, turn=answered[-1], parts=sent)
         except Exception:  # the user has the answer: a broken observer must not say otherwise
             log.exception("chat %s: a tgmux_reply_sent hook failed", chat.chat_id)
 
@@ -453,13 +471,49 @@ class Engine:
             notify=notify,
         )
 
-    async def _backend_stream(self, turn: Turn, backend: Backend,
-                              message: IncomingMessage) -> AsyncIterator[ReplyPart]:
-        """The backend's parts through ``tgmux_after_backend``; errors become a Notice.
+    async def _reply_stream(self, turn: Turn, backend: Backend, decision: RouteDecision,
+                            message: IncomingMessage,
+                            answered: list[Turn]) -> AsyncIterator[ReplyPart]:
+        """The chosen backend's reply, or — when it fails before showing anything, with a kind
+        its ``fallback_on`` lists, or its circuit is open — the next one's in the chain (flat:
+        the fallbacks' own chains are not followed). A backend's own commands never fall
+        back. ``answered`` gets the turn of each backend asked; the last one answered."""
+        chain = [] if turn.command else [n for n in decision.fallback
+                                         if n in self.backends and n != backend.name]
+        deadline = asyncio.get_running_loop().time() + self.config.data.engine.turn_timeout
+        current, current_turn = backend, turn
+        for position in range(len(chain) + 1):
+            fell_back: list[BaseException] = []
+            async for part in self._backend_stream(current_turn, current, message, deadline,
+                                                   may_fall_back=position < len(chain),
+                                                   fell_back=fell_back):
+                yield part
+            if not fell_back:
+                if position:
+                    log.info("chat %s: answered by %s in place of %s", turn.chat.chat_id,
+                             current.name, backend.name)
+                return
+            following = self.backends[chain[position]]
+            log.warning("chat %s: %s failed before answering (%s); trying %s",
+                        turn.chat.chat_id, current.name, _kind_of(fell_back[0]), following.name)
+            current = following
+            current_turn = dataclasses.replace(
+                turn, options=following.settings, kv=following.kv, backend_name=following.name,
+                fallback_from=backend.name)
+            answered.append(current_turn)
 
-        ``turn_timeout`` bounds the time spent in the backend only: the deadline is checked
-        around each step of the backend, never around a ``yield``, so time the frontend takes
-        to deliver (flood waits, edit pacing) neither counts nor cancels the chat's worker."""
+    async def _backend_stream(self, turn: Turn, backend: Backend, message: IncomingMessage,
+                              deadline: float, *, may_fall_back: bool = False,
+                              fell_back: list[BaseException] | None = None,
+                              ) -> AsyncIterator[ReplyPart]:
+        """The backend's parts through ``tgmux_after_backend``; errors become a Notice — or,
+        with ``may_fall_back``, a failure before anything visible whose kind falls back is put
+        in ``fell_back`` instead, and nothing is yielded for it.
+
+        ``deadline`` (``turn_timeout``, one for the whole chain) bounds the time spent in the
+        backend only: it is checked around each step of the backend, never around a
+        ``yield``, so time the frontend takes to deliver (flood waits, edit pacing) neither
+        counts nor cancels the chat's worker."""
 
         async def tell_delay(seconds: float) -> None:
             await turn.notify(f"Your reply is delayed by about {round(seconds)} s "
@@ -469,16 +523,20 @@ class Engine:
         # reset token would not belong; the next turn sets its own.
         delay_notifier.set(_once(tell_delay))
         log_fields.set({**(log_fields.get() or {}), "backend": backend.name})
-        source = backend.run_command(turn) if turn.command else backend.reply(turn)
+        circuit = self.circuits[backend.name]
         loop = asyncio.get_running_loop()
         started = loop.time()
         first: float | None = None
-        deadline = started + self.config.data.engine.turn_timeout
         failure: Exception | None = None
         notice: str | None = None
         shaper = ReplyShaper(self.config.data.engine.max_reply_chars)
         finished = False
+        source: Any = None
         try:
+            if not circuit.allow():
+                raise CircuitOpenError(f"{backend.name}: circuit open (retry in "
+                                       f"{circuit.retry_in():.0f} s)")
+            source = backend.run_command(turn) if turn.command else backend.reply(turn)
             while True:
                 try:
                     async with asyncio.timeout_at(deadline):
@@ -517,9 +575,20 @@ class Engine:
         finally:
             if (aclose := getattr(source, "aclose", None)) is not None:
                 await aclose()
+            moves_on = (failure is not None and may_fall_back and first is None
+                        and _kind_of(failure) in self._falls_back_on(backend.name))
             # counted however the stream ended: also when the frontend stopped reading
             # (a send failed) or the worker was cancelled at shutdown
-            self._count_reply(turn, backend, loop.time() - started, failure, finished)
+            self._count_reply(turn, backend, loop.time() - started, failure, finished,
+                              moves_on)
+            if isinstance(failure, BackendError | TimeoutError) and \
+                    not isinstance(failure, CircuitOpenError):
+                circuit.failed(_kind_of(failure))
+            elif failure is None and finished:
+                circuit.succeeded()
+        if moves_on and fell_back is not None and failure is not None:
+            fell_back.append(failure)
+            return
         for out in shaper.end():
             yield out
         if failure is not None:
@@ -527,16 +596,19 @@ class Engine:
                                     message=message)
             yield Notice(text or notice or INTERNAL_ERROR)
 
+    def _falls_back_on(self, backend: str) -> list[str]:
+        core = self.config.backend_core.get(backend)
+        return core.fallback_on if core is not None else list(FALLBACK_KINDS)
+
     def _count_reply(self, turn: Turn, backend: Backend, seconds: float,
-                     failure: Exception | None, finished: bool) -> None:
+                     failure: Exception | None, finished: bool, moved_on: bool) -> None:
         metrics = self.metrics
         metrics.of(metrics.backend_latency, backend.name).observe(seconds)
-        outcome = "error" if failure is not None else "ok" if finished else "cancelled"
+        outcome = ("fell_back" if moved_on else "error" if failure is not None
+                   else "ok" if finished else "cancelled")
         metrics.of(metrics.replies, turn.chat.account, backend.name, outcome).inc()
         if failure is not None:
-            kind = (failure.kind.value if isinstance(failure, BackendError)
-                    else "timeout" if isinstance(failure, TimeoutError) else "internal")
-            metrics.of(metrics.provider_errors, backend.name, kind).inc()
+            metrics.of(metrics.provider_errors, backend.name, _kind_of(failure)).inc()
 
     async def _send(self, chat: ChatIdentity, parts: list[ReplyPart],
                     reply_to: int | None) -> list[ReplyPart]:
@@ -583,6 +655,13 @@ class Engine:
         chat_type = chat_type or ("private" if chat_id > 0 else "supergroup")
         chat = ChatIdentity(chat_type=chat_type, chat_id=chat_id)
         return await self._send(chat, parts, None)
+
+
+def _kind_of(failure: BaseException) -> str:
+    """An error kind's name (``timeout`` for the turn's own deadline, ``internal`` for a bug)."""
+    if isinstance(failure, BackendError):
+        return failure.kind.value
+    return "timeout" if isinstance(failure, TimeoutError) else "internal"
 
 
 def _as_parts(value: Any) -> list[ReplyPart]:

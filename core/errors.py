@@ -20,6 +20,7 @@ class ErrorKind(StrEnum):
     TIMEOUT = "timeout"
     PROTOCOL = "protocol"
     QUOTA = "quota"
+    CIRCUIT_OPEN = "circuit_open"
 
 
 USER_MESSAGES: dict[ErrorKind, str] = {
@@ -31,6 +32,7 @@ USER_MESSAGES: dict[ErrorKind, str] = {
     ErrorKind.TIMEOUT: "The AI provider took too long to answer. Please try again.",
     ErrorKind.PROTOCOL: "The AI provider sent an answer we could not read.",
     ErrorKind.QUOTA: "The AI provider's credits for this bot are used up.",
+    ErrorKind.CIRCUIT_OPEN: "The AI provider is unavailable right now. Please try again later.",
 }
 
 
@@ -156,6 +158,13 @@ class ProtocolError(BackendError):
 
 class QuotaExceededError(BackendError):
     kind = ErrorKind.QUOTA
+
+
+class CircuitOpenError(BackendError):
+    """The backend's circuit is open (it failed ``circuit.failures`` turns in a row): it is
+    not asked until the cooldown ends."""
+
+    kind = ErrorKind.CIRCUIT_OPEN
 
 
 ERRORS_BY_KIND: dict[ErrorKind, type[BackendError]] = {

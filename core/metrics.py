@@ -40,6 +40,9 @@ class Metrics:
         self.flood_wait = Counter(
             "tgmux_flood_wait_seconds", "Seconds Telegram told us to wait (FLOOD_WAIT)",
             ["account"], registry=r)
+        self.circuit_state = Gauge(
+            "tgmux_circuit_state", "A backend's circuit: 0 closed, 1 half open, 2 open",
+            ["backend"], registry=r)
         self.inbox_pending = Gauge(
             "tgmux_inbox_pending", "Messages taken but not answered yet", ["account"],
             registry=r)

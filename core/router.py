@@ -18,6 +18,9 @@ class RouteDecision:
     route_index: int | None  # None: override or default
     group_trigger: GroupTrigger
     reason: str  # "override", "route 2", "default", "plugin"
+    #: the backends to try, in order, when this one fails (the route's chain, else the
+    #: backend's own); flat: their own chains are not followed
+    fallback: tuple[str, ...] = ()
 
 
 class Router:
@@ -60,16 +63,22 @@ class Router:
         for name, reason in ((chosen, "plugin"), (override, "override")):
             if name is not None and name in self.config.backend_settings:
                 return RouteDecision(name, self.config.backend_settings[name], index, trigger,
-                                     reason)
+                                     reason, self._chain(name))
         if index is not None:
             route = self.routes[index]
+            chain = (tuple(route.fallback) if route.fallback is not None
+                     else self._chain(route.backend))
             return RouteDecision(route.backend, self.account.route_options[index], index, trigger,
-                                 f"route {index}")
+                                 f"route {index}", chain)
         default = self.account.default
         if default is None:
             return None
         return RouteDecision(default, self.config.backend_settings[default], None, trigger,
-                             "default")
+                             "default", self._chain(default))
+
+    def _chain(self, backend: str) -> tuple[str, ...]:
+        core = self.config.backend_core.get(backend)
+        return tuple(core.fallback) if core is not None else ()
 
     def table(self) -> list[tuple[str, str, str, GroupTrigger]]:
         """(match, backend, options, group trigger) rows for ``tgmux check``."""

@@ -47,6 +47,64 @@ def _check_session_string(value: str) -> str:
     return value
 
 
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*\Z")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a duration (seconds, or 10s, 1m, 2h, 1d)")
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m is None:
+            raise ValueError(f"expected a duration such as 30, 10s, 1m, 2h or 1d, not {value!r}")
+        return float(m[1]) * _UNIT_SECONDS[m[2] or "s"]
+    return value
+
+
+#: Seconds: a number, or a string with a unit (``10s``, ``1m``, ``2h``, ``1d``).
+Duration = Annotated[float, BeforeValidator(_duration)]
+
+#: Error kinds a turn falls back on by default (``bad_request``, ``not_found`` only when
+#: listed in ``fallback_on``: another provider would refuse them too, or it is our mistake).
+FALLBACK_KINDS = ("unavailable", "timeout", "rate_limited", "protocol", "auth", "quota",
+                  "circuit_open")
+ErrorKindName = Literal["unavailable", "timeout", "rate_limited", "protocol", "auth", "quota",
+                        "circuit_open", "bad_request", "not_found"]
+
+
+class CircuitConfig(Strict):
+    """After ``failures`` failed turns in a row the backend is skipped for ``cooldown``."""
+
+    failures: Int = Field(5, ge=1, description="failed turns in a row that open the circuit")
+    cooldown: Duration = Field(30.0, gt=0, description="how long an open circuit stays open")
+
+
+class BackendCore(Strict):
+    """The keys every backend instance accepts besides its own settings."""
+
+    fallback: list[str] = Field(default_factory=list,
+                                description="backends to try, in order, when this one fails")
+    fallback_on: list[ErrorKindName] = Field(
+        default_factory=lambda: list(FALLBACK_KINDS),
+        description="error kinds that move a turn down the chain")
+    circuit: CircuitConfig = Field(default_factory=CircuitConfig)
+
+    @field_validator("fallback", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("fallback_on")
+    @classmethod
+    def _always_the_defaults(cls, value: list[str]) -> list[str]:
+        # fallback_on adds to the kinds that always move on (a circuit open, unavailable...)
+        return list(dict.fromkeys([*FALLBACK_KINDS, *value]))
+
+
+CORE_BACKEND_KEYS = frozenset(BackendCore.model_fields)
+
+
 class FloodLimits(Strict):
     """Telegram's sending limits, shared by every send and edit."""
 
@@ -128,6 +186,13 @@ class RouteConfig(Strict):
     backend: str
     options: dict[str, Any] = Field(default_factory=dict)
     group_trigger: GroupTrigger = "mention"
+    fallback: list[str] | None = Field(
+        None, description="this route's chain, instead of the backend's own")
+
+    @field_validator("fallback", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
 
 def parse_listen(value: str) -> tuple[str, int]:

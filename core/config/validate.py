@@ -17,7 +17,13 @@ from pydantic import ValidationError
 
 from tgmux.backend import Backend, BackendSettings
 from tgmux.config.parse import KeyPath, ParsedConfig, where
-from tgmux.config.schema import RouteConfig, TelegramConfig, TgmuxConfig
+from tgmux.config.schema import (
+    CORE_BACKEND_KEYS,
+    BackendCore,
+    RouteConfig,
+    TelegramConfig,
+    TgmuxConfig,
+)
 from tgmux.errors import ConfigError
 from tgmux.redact import redact_urls
 
@@ -60,6 +66,8 @@ class Config:
     lines: dict[KeyPath, int] = field(default_factory=dict)
     missing_env: dict[KeyPath, str] = field(default_factory=dict)
     accounts: dict[str, Account] = field(default_factory=dict)
+    #: per backend: its fallback chain and circuit settings
+    backend_core: dict[str, BackendCore] = field(default_factory=dict)
 
     def where(self, path: KeyPath) -> str:
         return where(self.source, self.lines, path)
@@ -94,8 +102,16 @@ class Config:
 def validate_config(parsed: ParsedConfig, backend_types: dict[str, type[Backend]]) -> Config:
     """The :class:`Config`, or a ConfigError listing every problem found."""
     schema, problems = check_schema(parsed)
-    settings, classes, backend_problems = _check_backends(parsed, backend_types)
+    cores: dict[str, BackendCore] = {}
+    settings, classes, backend_problems = _check_backends(parsed, backend_types, cores)
     problems += backend_problems
+    for name, core in cores.items():
+        problems += _check_chain(parsed, ("backends", name, "fallback"), name, core.fallback)
+    for account_prefix, routes in _all_routes(parsed, schema):
+        for i, route in enumerate(routes):
+            if route.fallback:
+                problems += _check_chain(parsed, (*account_prefix, i, "fallback"),
+                                         route.backend, route.fallback)
     route_options, route_problems = _check_routes(
         parsed, ("routes",), schema.routes if schema else None, settings, classes)
     problems += route_problems + _check_default(parsed)
@@ -126,7 +142,18 @@ def validate_config(parsed: ParsedConfig, backend_types: dict[str, type[Backend]
                                  default=schema.default, admins=schema.admins)
     return Config(data=schema, backend_settings=settings, backend_classes=classes,
                   route_options=route_options, source=parsed.source, lines=parsed.lines,
-                  missing_env=parsed.missing_env, accounts=accounts)
+                  missing_env=parsed.missing_env, accounts=accounts, backend_core=cores)
+
+
+def _all_routes(parsed: ParsedConfig,
+                schema: TgmuxConfig | None) -> list[tuple[KeyPath, list[RouteConfig]]]:
+    if schema is None:
+        return []
+    found: list[tuple[KeyPath, list[RouteConfig]]] = [(("routes",), schema.routes)]
+    for name, account in (schema.accounts or {}).items():
+        if account.routes is not None:
+            found.append((("accounts", name, "routes"), account.routes))
+    return found
 
 
 def check_schema(parsed: ParsedConfig) -> tuple[TgmuxConfig | None, list[str]]:
@@ -150,8 +177,9 @@ def _raw_backends(parsed: ParsedConfig) -> dict[str, Any]:
 
 
 def _check_backends(
-    parsed: ParsedConfig, types: dict[str, type[Backend]]
+    parsed: ParsedConfig, types: dict[str, type[Backend]], cores: dict[str, BackendCore]
 ) -> tuple[dict[str, BackendSettings], dict[str, type[Backend]], list[str]]:
+    """Each backend's own settings (by its type's model) and its core keys (into ``cores``)."""
     settings: dict[str, BackendSettings] = {}
     classes: dict[str, type[Backend]] = {}
     problems: list[str] = []
@@ -168,12 +196,33 @@ def _check_backends(
             problems.append(f"{parsed.where((*path, 'type'))}: unknown backend type "
                             f"{body['type']!r} (installed: {installed})")
             continue
+        own = {k: v for k, v in body.items() if k not in CORE_BACKEND_KEYS}
         try:
-            settings[name] = cls.Settings.model_validate(body)
+            cores[name] = BackendCore.model_validate(
+                {k: v for k, v in body.items() if k in CORE_BACKEND_KEYS})
+        except ValidationError as exc:
+            problems += pydantic_problems(exc, parsed, path)
+        try:
+            settings[name] = cls.Settings.model_validate(own)
             classes[name] = cls
         except ValidationError as exc:
             problems += pydantic_problems(exc, parsed, path)
     return settings, classes, problems
+
+
+def _check_chain(parsed: ParsedConfig, path: KeyPath, owner: str | None,
+                 chain: list[str]) -> list[str]:
+    """A fallback chain names defined backends, and not its own backend."""
+    defined = _raw_backends(parsed)
+    problems = []
+    for i, name in enumerate(chain):
+        where = parsed.where((*path, i))
+        if name not in defined:
+            problems.append(f"{where}: unknown backend {name!r} (defined: "
+                            f"{', '.join(sorted(defined))})")
+        elif name == owner:
+            problems.append(f"{where}: {name!r} cannot be its own fallback")
+    return problems
 
 
 def _check_routes(
