@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tgmux.access import Gate
 from tgmux.backend import Backend, Turn
 from tgmux.chat_commands import (
     BUILTIN_COMMANDS,
@@ -129,6 +130,7 @@ class Engine:
         self.metrics.before_scrape(self._count_backlog)
         self.backends: dict[str, Backend] = {}
         self.circuits: dict[str, Circuit] = {}
+        self.gate = Gate(store)
         self.plugin_commands: dict[str, PluginCommand] = {}
         # Keyed by (account, chat id): one user talking to two accounts is two chats.
         self._queues: dict[tuple[str, int], deque[_Slot]] = {}
@@ -402,7 +404,20 @@ class Engine:
             return
         if not triggered:
             return
+        account = self.router_for(chat.account).account
+        refused = self.gate.denied(account, message)
         command = message.command
+        if refused is None and command not in {c.name for c in BUILTIN_COMMANDS}:
+            try:
+                refused = await self.gate.limited(account, message)
+            except Exception as exc:  # the limits' counters are down: answer all the same
+                log.warning("chat %s: limits not checked, the store failed: %s", chat.chat_id,
+                            exc)
+        if refused is not None:  # marked processed; no backend ever sees it
+            log.info("chat %s: user %s %s", chat.chat_id, chat.user_id, refused.reason)
+            if refused.reply:
+                await self._send(chat, [Notice(refused.reply)], chat.message_id)
+            return
         if command in {c.name for c in BUILTIN_COMMANDS}:
             await self._send(chat, await run_builtin(self, command, message, decision),
                              chat.message_id)

@@ -219,6 +219,32 @@ class ServerConfig(Strict):
 ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 
 
+class AccessConfig(Strict):
+    """Who is answered. Admins always are."""
+
+    allow_users: list[Int] | None = Field(None, description="if set, only these users")
+    allow_chats: list[Int] | None = Field(None, description="if set, only these chats")
+    deny_users: list[Int] = Field(default_factory=list)
+    denied_reply: str | None = Field("This bot is private.",
+                                     description="what a refused user reads; null: nothing")
+
+
+class WindowLimit(Strict):
+    messages: Int = Field(ge=1)
+    per: Duration = Field(gt=0)
+
+
+class LimitsConfig(Strict):
+    """How much one user (or chat) may ask. Admins are never limited; built-in commands are
+    never counted."""
+
+    per_user: WindowLimit | None = None
+    per_chat: WindowLimit | None = None
+    daily_per_user: Int | None = Field(None, ge=1, description="messages per UTC day")
+    reply: str = "You are sending messages too fast; try again in {retry_after}."
+    quota_reply: str = ("You have used your {limit} messages for today; more in {reset_in}.")
+
+
 class AccountConfig(Strict):
     """One Telegram account of ``accounts:``; what it leaves out comes from the top level."""
 
@@ -226,6 +252,8 @@ class AccountConfig(Strict):
     routes: list[RouteConfig] | None = None
     default: str | None = None
     admins: list[Int] | None = None
+    access: AccessConfig | None = None
+    limits: LimitsConfig | None = None
 
 
 class TgmuxConfig(Strict):
@@ -234,6 +262,8 @@ class TgmuxConfig(Strict):
         None, description="several Telegram accounts, by name, instead of telegram:")
     store: str = "sqlite:///tgmux.db"
     admins: list[Int] = Field(default_factory=list)
+    access: AccessConfig = Field(default_factory=AccessConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     backends: dict[str, dict[str, Any]]
     routes: list[RouteConfig] = Field(default_factory=list)
     default: str | None = None

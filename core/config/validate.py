@@ -19,7 +19,9 @@ from tgmux.backend import Backend, BackendSettings
 from tgmux.config.parse import KeyPath, ParsedConfig, where
 from tgmux.config.schema import (
     CORE_BACKEND_KEYS,
+    AccessConfig,
     BackendCore,
+    LimitsConfig,
     RouteConfig,
     TelegramConfig,
     TgmuxConfig,
@@ -47,6 +49,8 @@ class Account:
     route_options: list[BackendSettings]  # per route: the backend's settings with overrides
     default: str | None
     admins: list[int]
+    access: AccessConfig = field(default_factory=AccessConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     @property
     def telegram_path(self) -> KeyPath:
@@ -133,13 +137,16 @@ def validate_config(parsed: ParsedConfig, backend_types: dict[str, type[Backend]
                 routes=schema.routes if own_routes is None else own_routes,
                 route_options=options,
                 default=account.default if account.default is not None else schema.default,
-                admins=schema.admins if account.admins is None else account.admins)
+                admins=schema.admins if account.admins is None else account.admins,
+                access=schema.access if account.access is None else account.access,
+                limits=schema.limits if account.limits is None else account.limits)
     if problems or schema is None:
         raise ConfigError(problems)
     if not accounts:  # the single `telegram:` form: one account, `main`
         accounts[MAIN] = Account(name=MAIN, path=("telegram",), telegram=schema.telegram,
                                  routes=schema.routes, route_options=route_options,
-                                 default=schema.default, admins=schema.admins)
+                                 default=schema.default, admins=schema.admins,
+                                 access=schema.access, limits=schema.limits)
     return Config(data=schema, backend_settings=settings, backend_classes=classes,
                   route_options=route_options, source=parsed.source, lines=parsed.lines,
                   missing_env=parsed.missing_env, accounts=accounts, backend_core=cores)

@@ -1,0 +1,97 @@
+"""Access lists and per-user limits (``access:``, ``limits:``), checked by the engine before
+any backend is called.
+
+- Admins listed in ``admins`` are never denied nor limited (an empty list exempts nobody).
+- ``access`` applies to every message, built-in commands included: a refused user reads
+  ``denied_reply`` (or nothing, when it is null).
+- ``limits`` count every message that would reach a backend (backend commands too); built-in
+  commands are never counted. The counters live in the store (``Store.rate_take``), so they
+  hold across restarts and across processes sharing PostgreSQL. The limit reply itself is sent
+  at most once per user per window, so a flood does not become a flood of replies.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from tgmux.config.validate import Account
+from tgmux.store import Store
+from tgmux.types import IncomingMessage
+
+__all__ = ["Gate", "Verdict", "format_wait"]
+
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Not let through: ``reply`` is what the user reads (None: nothing)."""
+
+    reason: str  # "denied", "limited", "quota"
+    reply: str | None
+
+
+def format_wait(seconds: float) -> str:
+    seconds = max(1, round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{round(seconds / 3600)} h"
+
+
+class Gate:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @staticmethod
+    def exempt(account: Account, user_id: int | None) -> bool:
+        return user_id is not None and user_id in account.admins
+
+    def denied(self, account: Account, message: IncomingMessage) -> Verdict | None:
+        chat = message.chat
+        if self.exempt(account, chat.user_id):
+            return None
+        rules = account.access
+        refused = (chat.user_id in rules.deny_users
+                   or (rules.allow_users is not None and chat.user_id not in rules.allow_users)
+                   or (rules.allow_chats is not None and chat.chat_id not in rules.allow_chats))
+        return Verdict("denied", rules.denied_reply) if refused else None
+
+    async def limited(self, account: Account, message: IncomingMessage) -> Verdict | None:
+        """Counts the message when it may go on; else what to tell the user (once per
+        window)."""
+        chat = message.chat
+        limits = account.limits
+        if self.exempt(account, chat.user_id):
+            return None
+        scope = f"{account.name}"
+        checks = []
+        if limits.per_chat is not None:
+            checks.append((f"limit:{scope}:chat:{chat.chat_id}", limits.per_chat.messages,
+                           limits.per_chat.per))
+        if limits.per_user is not None and chat.user_id is not None:
+            checks.append((f"limit:{scope}:user:{chat.user_id}", limits.per_user.messages,
+                           limits.per_user.per))
+        for key, count, window in checks:
+            wait = await self.store.rate_take(key, count, window)
+            if wait > 0:
+                return await self._told_once(
+                    f"{key}:told", window, Verdict(
+                        "limited", limits.reply.format(retry_after=format_wait(wait))))
+        if limits.daily_per_user is not None and chat.user_id is not None:
+            now = time.time()
+            day = time.strftime("%Y-%m-%d", time.gmtime(now))
+            reset_in = DAY - now % DAY
+            key = f"quota:{scope}:user:{chat.user_id}:{day}"
+            if await self.store.rate_take(key, limits.daily_per_user, reset_in + 60) > 0:
+                return await self._told_once(
+                    f"{key}:told", reset_in, Verdict("quota", limits.quota_reply.format(
+                        limit=limits.daily_per_user, reset_in=format_wait(reset_in))))
+        return None
+
+    async def _told_once(self, key: str, window: float, verdict: Verdict) -> Verdict:
+        if await self.store.rate_take(key, 1, window) > 0:
+            return Verdict(verdict.reason, None)  # told already in this window
+        return verdict
