@@ -60,6 +60,11 @@ class Circuit:
         """Seconds until an open circuit lets a probe through."""
         return max(0.0, self.cooldown - (self._clock() - self._opened_at))
 
+    def abandoned(self) -> None:
+        """A turn let through ended without telling whether the backend works (the delivery
+        stopped, or a stop cancelled it): a half-open circuit lets the next turn probe."""
+        self._probing = False
+
     def succeeded(self) -> None:
         self._probing = False
         self.failed_in_a_row = 0

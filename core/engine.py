@@ -189,7 +189,7 @@ class Engine:
             except Exception:  # a scrape must not fail because the store does
                 log.warning("inbox backlog of %s unknown: the store did not answer", account)
                 continue
-            self.metrics.inbox_pending.labels(account).set(backlog)
+            self.metrics.of(self.metrics.inbox_pending, account).set(backlog)
 
     async def serve_account(self, account: str) -> None:
         """Start answering for ``account`` in a running engine (a standby that took it over):
@@ -577,8 +577,10 @@ class Engine:
                              backend.name, shaper.max_chars)
                     break
         except BackendError as exc:
-            log.warning("chat %s: %s: %s", turn.chat.chat_id, backend.name, exc.log_text(),
-                        extra={"request_id": exc.request_id} if exc.request_id else {})
+            # an open circuit was said once when it opened: not again for every message
+            log.log(logging.INFO if isinstance(exc, CircuitOpenError) else logging.WARNING,
+                    "chat %s: %s: %s", turn.chat.chat_id, backend.name, exc.log_text(),
+                    extra={"request_id": exc.request_id} if exc.request_id else {})
             failure, notice = exc, exc.user_message
         except TimeoutError as exc:
             log.warning("chat %s: %s: no complete answer in %.0fs", turn.chat.chat_id,
@@ -601,6 +603,8 @@ class Engine:
                 circuit.failed(_kind_of(failure))
             elif failure is None and finished:
                 circuit.succeeded()
+            elif failure is None:  # delivery stopped or cancelled: says nothing of the provider
+                circuit.abandoned()
         if moves_on and fell_back is not None and failure is not None:
             fell_back.append(failure)
             return

@@ -172,3 +172,19 @@ def test_two_backends_may_back_each_other_up_but_not_themselves() -> None:
     durations = load_config_text('backends:\n  a: {type: echo, circuit: {cooldown: 2m}}\n'
                                  'default: a\n', env={})
     assert durations.backend_core["a"].circuit.cooldown == 120.0
+
+
+def test_a_probe_that_ends_without_a_verdict_lets_the_next_turn_probe() -> None:
+    from tgmux.circuit import Circuit
+
+    now = [0.0]
+    circuit = Circuit("b", failures=1, cooldown=10, clock=lambda: now[0])
+    circuit.failed("unavailable")
+    assert circuit.state == "open" and not circuit.allow()
+    now[0] = 11
+    assert circuit.allow() and circuit.state == "half_open"
+    assert not circuit.allow()  # one probe at a time
+    circuit.abandoned()  # e.g. the user blocked the bot while the probe was answering
+    assert circuit.allow()
+    circuit.failed("timeout")
+    assert circuit.state == "open"
