@@ -59,6 +59,26 @@ class Gate:
                    or (rules.allow_chats is not None and chat.chat_id not in rules.allow_chats))
         return Verdict("denied", rules.denied_reply) if refused else None
 
+    def _windows(self, account: Account, message: IncomingMessage) -> list[tuple[str, str, int,
+                                                                               float]]:
+        """The sliding windows a message counts in: (what, key, messages, seconds)."""
+        chat, limits = message.chat, account.limits
+        found = []
+        if limits.per_chat is not None:
+            found.append(("this chat", f"limit:{account.name}:chat:{chat.chat_id}",
+                          limits.per_chat.messages, limits.per_chat.per))
+        if limits.per_user is not None and chat.user_id is not None:
+            found.append(("you", f"limit:{account.name}:user:{chat.user_id}",
+                          limits.per_user.messages, limits.per_user.per))
+        return found
+
+    @staticmethod
+    def _day(account: Account, user_id: int) -> tuple[str, float]:
+        """The daily quota's key for today (UTC) and the seconds until it resets."""
+        now = time.time()
+        day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        return f"quota:{account.name}:user:{user_id}:{day}", DAY - now % DAY
+
     async def limited(self, account: Account, message: IncomingMessage) -> Verdict | None:
         """Counts the message when it may go on; else what to tell the user (once per
         window)."""
@@ -66,30 +86,38 @@ class Gate:
         limits = account.limits
         if self.exempt(account, chat.user_id):
             return None
-        scope = f"{account.name}"
-        checks = []
-        if limits.per_chat is not None:
-            checks.append((f"limit:{scope}:chat:{chat.chat_id}", limits.per_chat.messages,
-                           limits.per_chat.per))
-        if limits.per_user is not None and chat.user_id is not None:
-            checks.append((f"limit:{scope}:user:{chat.user_id}", limits.per_user.messages,
-                           limits.per_user.per))
-        for key, count, window in checks:
+        for _, key, count, window in self._windows(account, message):
             wait = await self.store.rate_take(key, count, window)
             if wait > 0:
                 return await self._told_once(
                     f"{key}:told", window, Verdict(
                         "limited", limits.reply.format(retry_after=format_wait(wait))))
         if limits.daily_per_user is not None and chat.user_id is not None:
-            now = time.time()
-            day = time.strftime("%Y-%m-%d", time.gmtime(now))
-            reset_in = DAY - now % DAY
-            key = f"quota:{scope}:user:{chat.user_id}:{day}"
+            key, reset_in = self._day(account, chat.user_id)
             if await self.store.rate_take(key, limits.daily_per_user, reset_in + 60) > 0:
                 return await self._told_once(
                     f"{key}:told", reset_in, Verdict("quota", limits.quota_reply.format(
                         limit=limits.daily_per_user, reset_in=format_wait(reset_in))))
         return None
+
+    async def usage(self, account: Account, message: IncomingMessage) -> str:
+        """What ``/usage`` tells a user: their counts against each limit, counting nothing."""
+        chat, limits = message.chat, account.limits
+        if self.exempt(account, chat.user_id):
+            return "You are an admin here: no limits apply to you."
+        lines = []
+        for what, key, count, window in self._windows(account, message):
+            used = await self.store.rate_count(key, window)
+            lines.append(f"{'You' if what == 'you' else 'This chat'}: {used} of {count} "
+                         f"messages per {format_wait(window)}")
+        if limits.daily_per_user is not None and chat.user_id is not None:
+            key, reset_in = self._day(account, chat.user_id)
+            used = await self.store.rate_count(key, DAY)
+            lines.append(f"Today: {used} of {limits.daily_per_user} messages (resets in "
+                         f"{format_wait(reset_in)})")
+        if not lines:
+            return "There are no message limits here."
+        return "Your usage:\n" + "\n".join(lines)
 
     async def _told_once(self, key: str, window: float, verdict: Verdict) -> Verdict:
         if await self.store.rate_take(key, 1, window) > 0:

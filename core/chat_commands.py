@@ -1,8 +1,9 @@
 """The built-in chat commands every chat has: ``/start``, ``/help``, ``/reset``, ``/backend``,
-and the texts the engine answers commands with."""
+``/usage``, ``/status`` (admins), and the texts the engine answers commands with."""
 
 from __future__ import annotations
 
+import statistics
 from typing import TYPE_CHECKING
 
 from tgmux.errors import BackendError
@@ -18,7 +19,11 @@ BUILTIN_COMMANDS = (
     CommandSpec("help", "What this bot can do"),
     CommandSpec("reset", "Forget this conversation"),
     CommandSpec("backend", "Show or switch the AI behind this chat", usage="[name]"),
+    CommandSpec("usage", "Your messages and their limits"),
+    CommandSpec("status", "Each AI's health in this process", admin_only=True),
 )
+#: Their names (never counted nor limited).
+BUILTIN_NAMES = frozenset(c.name for c in BUILTIN_COMMANDS)
 
 
 async def run_builtin(engine: Engine, command: str, message: IncomingMessage,
@@ -28,10 +33,17 @@ async def run_builtin(engine: Engine, command: str, message: IncomingMessage,
         return [Text("Hi! Send me a message and I will answer. /help lists what I can do.")]
     if command == "help":
         return [Text(help_text(engine, decision, message.chat.account))]
+    if command == "usage":
+        return [Text(await engine.gate.usage(engine.router_for(message.chat.account).account,
+                                             message))]
+    if command == "status":
+        if not engine.is_admin(message.chat.user_id, message.chat.account):
+            return [Notice(admin_only_notice(command))]
+        return [Text(status_text(engine))]
     if command == "reset":
-        if decision is None:
+        backend = engine.backends.get(decision.backend) if decision is not None else None
+        if decision is None or backend is None:
             return [Text("Nothing to reset.")]
-        backend = engine.backends[decision.backend]
         try:
             said = await backend.reset(engine.turn_for(message, decision, backend))
         except BackendError as exc:
@@ -72,6 +84,38 @@ def help_text(engine: Engine, decision: RouteDecision | None, account: str = "ma
         admins = " (admins only)" if spec.admin_only and restricted else ""
         lines.append(f"/{spec.name}{usage} — {spec.description}{admins}")
     return "\n".join(lines)
+
+
+def status_text(engine: Engine) -> str:
+    """``/status``: each backend's circuit, last error and the median time of its last
+    replies, as this process saw them."""
+    lines = ["AI backends (this process):"]
+    for name, backend in engine.backends.items():
+        circuit = engine.circuits.get(name)
+        parts = [f"{name} ({backend.type_name})"]
+        if circuit is not None:
+            state = circuit.state.replace("_", " ")
+            if circuit.state == "open":
+                state += f", retried in {circuit.retry_in():.0f} s"
+            parts.append(f"circuit {state}")
+            if (ago := circuit.since_last_error()) is not None:
+                parts.append(f"last error {circuit.last_error} {_ago(ago)}")
+        recent = engine.recent_latency.get(name)
+        if recent:
+            parts.append(f"p50 {statistics.median(recent):.2f} s over {len(recent)} "
+                         "replies")
+        else:
+            parts.append("no replies yet")
+        lines.append(" · ".join(parts))
+    return "\n".join(lines)
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(0, round(seconds))} s ago"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min ago"
+    return f"{round(seconds / 3600)} h ago"
 
 
 def admin_only_notice(command: str) -> str:

@@ -30,6 +30,7 @@ class Circuit:
         self.state = "closed"
         self.failed_in_a_row = 0
         self.last_error: str | None = None
+        self.last_error_at = 0.0  # on the clock
         self._clock = clock
         self._opened_at = 0.0
         self._probing = False
@@ -60,6 +61,10 @@ class Circuit:
         """Seconds until an open circuit lets a probe through."""
         return max(0.0, self.cooldown - (self._clock() - self._opened_at))
 
+    def since_last_error(self) -> float | None:
+        """Seconds since the last failed turn (None: none yet)."""
+        return None if self.last_error is None else self._clock() - self.last_error_at
+
     def abandoned(self) -> None:
         """A turn let through ended without telling whether the backend works (the delivery
         stopped, or a stop cancelled it): a half-open circuit lets the next turn probe."""
@@ -72,7 +77,7 @@ class Circuit:
 
     def failed(self, kind: str) -> None:
         self._probing = False
-        self.last_error = kind
+        self.last_error, self.last_error_at = kind, self._clock()
         self.failed_in_a_row += 1
         if self.state == "half_open" or self.failed_in_a_row >= self.failures:
             self._opened_at = self._clock()

@@ -31,6 +31,7 @@ from tgmux.config import Config
 from tgmux.engine import Engine
 from tgmux.hooks import PluginManager
 from tgmux.ops import start_ops_server
+from tgmux.reload import reloading
 from tgmux.store import open_store
 from tgmux.types import IncomingMessage
 
@@ -192,7 +193,7 @@ async def run_console(config: Config, pm: PluginManager, *, chat_id: int, user_i
                       chat_type: ChatType, stdin: TextIO, stdout: TextIO,
                       banner: str | None = None) -> int:
     """``tgmux chat`` (and ``tgmux demo``): the engine on the config's store with this console
-    as its frontend, until the input ends."""
+    as its frontend, until the input ends. SIGHUP reloads the config file."""
     interactive = stdin.isatty()
     engine = Engine(config, pm, open_store(config.data.store),
                     ConsoleFrontend(stdout, interactive=interactive))
@@ -202,9 +203,10 @@ async def run_console(config: Config, pm: PluginManager, *, chat_id: int, user_i
         server = await start_ops_server(config, engine)
         if banner and interactive:
             stdout.write(banner + "\n")
-        await chat_loop(engine, stdin=stdin, out=stdout, interactive=interactive,
-                        chat_id=chat_id, user_id=user_id, chat_type=chat_type,
-                        end_on_sigterm=True)
+        with reloading(engine, pm):
+            await chat_loop(engine, stdin=stdin, out=stdout, interactive=interactive,
+                            chat_id=chat_id, user_id=user_id, chat_type=chat_type,
+                            end_on_sigterm=True)
     finally:
         if server is not None:
             await server.stop()

@@ -28,7 +28,7 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ from tgmux.access import Gate
 from tgmux.backend import Backend, Turn
 from tgmux.chat_commands import (
     BUILTIN_COMMANDS,
+    BUILTIN_NAMES,
     admin_only_notice,
     help_text,
     interrupted_notice,
@@ -43,7 +44,7 @@ from tgmux.chat_commands import (
 )
 from tgmux.circuit import STATE_VALUES, Circuit
 from tgmux.config import Config
-from tgmux.config.schema import FALLBACK_KINDS, CircuitConfig
+from tgmux.config.schema import BackendCore
 from tgmux.errors import (
     USER_MESSAGES,
     BackendError,
@@ -97,6 +98,8 @@ __all__ = [  # the message types are re-exported: plugins have imported them fro
 log = logging.getLogger("tgmux.engine")
 
 NOT_UNDERSTOOD_MEDIA = "I can only read text messages here. Please write your message as text."
+#: Replies per backend whose time ``/status`` reports the median of.
+RECENT_REPLIES = 100
 INTERNAL_ERROR = "Something went wrong on our side while answering. Please try again."
 
 
@@ -108,6 +111,43 @@ class _Slot:
     interrupted: bool = False  # a backend had it when the process stopped
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop()
                                         .create_future())
+
+
+class _InUse:
+    """How many turns use each backend instance, so that one a reload removed is closed only
+    once its turns are over."""
+
+    def __init__(self) -> None:
+        self._counts: dict[int, int] = {}  # by id(): a backend need not be hashable
+        self._idle: dict[int, asyncio.Event] = {}
+
+    @contextlib.contextmanager
+    def hold(self, backends: list[Backend]) -> Iterator[None]:
+        keys = [id(b) for b in backends]
+        for key in keys:
+            self._counts[key] = self._counts.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            for key in keys:
+                self._counts[key] -= 1
+                if not self._counts[key]:
+                    del self._counts[key]
+                    if (idle := self._idle.pop(key, None)) is not None:
+                        idle.set()
+
+    async def idle(self, backend: Backend, timeout: float) -> bool:
+        """Wait until no turn uses ``backend``; False when ``timeout`` passed first."""
+        key = id(backend)
+        if key not in self._counts:
+            return True
+        idle = self._idle.setdefault(key, asyncio.Event())
+        try:
+            async with asyncio.timeout(timeout):
+                await idle.wait()
+        except TimeoutError:
+            return False
+        return True
 
 
 class Engine:
@@ -130,6 +170,10 @@ class Engine:
         self.metrics.before_scrape(self._count_backlog)
         self.backends: dict[str, Backend] = {}
         self.circuits: dict[str, Circuit] = {}
+        #: per backend name: the last replies' seconds (for ``/status``'s p50)
+        self.recent_latency: dict[str, deque[float]] = {}
+        self._in_use = _InUse()
+        self._retiring: set[asyncio.Task[None]] = set()
         self.gate = Gate(store)
         self.plugin_commands: dict[str, PluginCommand] = {}
         # Keyed by (account, chat id): one user talking to two accounts is two chats.
@@ -149,25 +193,14 @@ class Engine:
         except Exception as exc:
             raise ConfigError(redact_urls(f"{self.config.where(('store',))}: cannot open "
                                           f"{self.config.data.store}: {exc}")) from exc
-        for name, settings in self.config.backend_settings.items():
-            backend = self.config.backend_classes[name](name, settings,
-                                                        self.store.namespace(f"backend:{name}"))
-            backend._event_sink = self.emit_event
-            self.backends[name] = backend  # closed with the others if its start fails
-            core = self.config.backend_core.get(name)
-            breaker = core.circuit if core is not None else CircuitConfig()
-            self.circuits[name] = Circuit(
-                name, breaker.failures, breaker.cooldown,
-                on_change=lambda state, name=name: self.metrics.of(
-                    self.metrics.circuit_state, name).set(STATE_VALUES[state]))
+        for name in self.config.backend_settings:
             try:
-                await backend.start()
-            except Exception as exc:
+                self.backends[name] = await self._start_backend(name, self.config)
+            except ConfigError:
                 await self._close_backends()
                 await self.store.close()
-                log.debug("backend %s failed to start", name, exc_info=True)
-                raise ConfigError(f"{self.config.where(('backends', name))}: could not start: "
-                                  f"{exc}") from exc
+                raise
+            self.circuits[name] = self._circuit(name, self.config)
         for command in flatten(await call_all(self.pm.hook.tgmux_commands)):
             name = command.spec.name
             if name in {c.name for c in BUILTIN_COMMANDS}:
@@ -181,6 +214,116 @@ class Engine:
         await call_all(self.pm.hook.tgmux_startup, engine=self)
         for account in self.served:
             await self._resume(account)
+
+    async def _start_backend(self, name: str, config: Config) -> Backend:
+        """A started instance of backend ``name`` as ``config`` sets it up (ConfigError: it
+        could not start; it is closed again)."""
+        backend = config.backend_classes[name](name, config.backend_settings[name],
+                                               self.store.namespace(f"backend:{name}"))
+        backend._event_sink = self.emit_event
+        try:
+            await backend.start()
+        except Exception as exc:
+            log.debug("backend %s failed to start", name, exc_info=True)
+            with contextlib.suppress(Exception):
+                await backend.close()
+            raise ConfigError(f"{config.where(('backends', name))}: could not start: "
+                              f"{exc}") from exc
+        return backend
+
+    def _circuit(self, name: str, config: Config) -> Circuit:
+        breaker = _core_of(config, name).circuit
+        return Circuit(name, breaker.failures, breaker.cooldown,
+                       on_change=lambda state: self.metrics.of(
+                           self.metrics.circuit_state, name).set(STATE_VALUES[state]))
+
+    async def reload(self, config: Config) -> list[str]:
+        """Run on ``config`` from the next message on (a reload: ``tgmux.reload`` decides
+        what of a new file applies). Backends whose type and settings did not change keep
+        their instance (connections, limiter and circuit state, sub-user maps); changed ones
+        are rebuilt, removed ones close once their turns in flight are over. Either all of it
+        applies or, when a new or rebuilt backend cannot start (ConfigError), none of it.
+        Returns what changed among the backends ("backend lucy: rebuilt", …)."""
+        if not self._accepting:
+            raise ConfigError("not reloaded: tgmux is not running (starting or stopping)")
+        changes: list[str] = []
+        kept: dict[str, Backend] = {}
+        started: dict[str, Backend] = {}
+        closed: list[Backend] = []  # old instances closed already, to free what they held
+        try:
+            for name in config.backend_settings:
+                current = self.backends.get(name)
+                if (current is not None and type(current) is config.backend_classes[name]
+                        and current.settings == config.backend_settings[name]):
+                    kept[name] = current
+                    continue
+                started[name] = await self._start_again(name, config, current, closed)
+                changes.append(f"backend {name}: {'rebuilt' if current else 'added'}")
+        except BaseException:
+            for backend in started.values():
+                with contextlib.suppress(Exception):
+                    await backend.close()
+            raise
+        changes += [f"backend {n}: removed" for n in self.backends
+                    if n not in config.backend_settings]
+        for name in kept:
+            before, after = _core_of(self.config, name), _core_of(config, name)
+            circuit = self.circuits[name]
+            if before.circuit != after.circuit:  # the state is kept, the thresholds change
+                circuit.failures, circuit.cooldown = after.circuit.failures, after.circuit.cooldown
+                changes.append(f"backend {name}: circuit changed")
+            if (before.fallback, before.fallback_on) != (after.fallback, after.fallback_on):
+                changes.append(f"backend {name}: fallback changed")
+        retired = [b for n, b in self.backends.items() if n not in kept and b not in closed]
+        self.config = config
+        self.routers = {name: Router(config, name) for name in config.accounts}
+        self.backends = {n: kept.get(n) or started[n] for n in config.backend_settings}
+        self.circuits = {n: self.circuits[n] if n in kept else self._circuit(n, config)
+                         for n in config.backend_settings}
+        for backend in retired:
+            self._retire(backend)
+        return changes
+
+    async def _start_again(self, name: str, config: Config, current: Backend | None,
+                           closed: list[Backend]) -> Backend:
+        """A new instance of ``name`` for ``config``. When it cannot start while the current
+        one runs (that one may hold what the new one needs: a webhook's port), the current one
+        finishes its turns and is closed (added to ``closed``), and the new one is tried once
+        more; if that fails too, an instance on the old settings takes the current one's
+        place, and the error is raised."""
+        try:
+            return await self._start_backend(name, config)
+        except ConfigError:
+            if current is None:
+                raise
+            log.info("backend %s: the new instance could not start next to the old one; "
+                     "trying again once the old one is closed", name)
+            await self._close_when_idle(current)
+            closed.append(current)
+        try:
+            return await self._start_backend(name, config)
+        except ConfigError:
+            self.backends[name] = await self._start_backend(name, self.config)
+            closed.remove(current)  # replaced: the one in place now is not closed
+            raise
+
+    def _retire(self, backend: Backend) -> None:
+        task = asyncio.create_task(self._close_when_idle(backend),
+                                   name=f"tgmux-retire-{backend.name}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _close_when_idle(self, backend: Backend) -> None:
+        """Close ``backend`` once no turn uses it (bounded: a turn's timeout and a minute
+        more for its delivery)."""
+        limit = self.config.data.engine.turn_timeout + 60
+        if not await self._in_use.idle(backend, limit):
+            log.warning("backend %s: still in use after %.0f s; closing it anyway",
+                        backend.name, limit)
+        try:
+            await backend.close()
+        except Exception:
+            log.exception("closing backend %s failed", backend.name)
 
     async def _count_backlog(self) -> None:
         for account in self.served:
@@ -230,6 +373,8 @@ class Engine:
             await asyncio.gather(self._pruner, return_exceptions=True)
             self._pruner = None
         await call_all(self.pm.hook.tgmux_shutdown, engine=self)
+        if self._retiring:  # no turn is left: they close at once
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         await self._close_backends()
         await self.store.close()
         self._started = False
@@ -407,7 +552,7 @@ class Engine:
         account = self.router_for(chat.account).account
         refused = self.gate.denied(account, message)
         command = message.command
-        if refused is None and command not in {c.name for c in BUILTIN_COMMANDS}:
+        if refused is None and command not in BUILTIN_NAMES:
             try:
                 refused = await self.gate.limited(account, message)
             except Exception as exc:  # the limits' counters are down: answer all the same
@@ -418,7 +563,7 @@ class Engine:
             if refused.reply:
                 await self._send(chat, [Notice(refused.reply)], chat.message_id)
             return
-        if command in {c.name for c in BUILTIN_COMMANDS}:
+        if command in BUILTIN_NAMES:
             await self._send(chat, await run_builtin(self, command, message, decision),
                              chat.message_id)
             return
@@ -433,10 +578,21 @@ class Engine:
             else:
                 await self._send(chat, _as_parts(result), chat.message_id)
             return
-        if decision is None:
+        if decision is not None and decision.backend not in self.backends:
+            decision = await self.decide(message)  # a reload since: decide on the new config
+        if decision is None or decision.backend not in self.backends:
             await self._send(chat, [Notice("No AI is configured for this chat.")], chat.message_id)
             return
         backend = self.backends[decision.backend]
+        # the turn's backends (its fallbacks too) stay open while it runs, reload or not
+        chain = [] if command else [self.backends[n] for n in decision.fallback
+                                    if n in self.backends and n != backend.name]
+        with self._in_use.hold([backend, *chain]):
+            await self._answer_with(message, decision, backend, chain)
+
+    async def _answer_with(self, message: IncomingMessage, decision: RouteDecision,
+                           backend: Backend, chain: list[Backend]) -> None:
+        chat, command = message.chat, message.command
         backend_commands = {c.name: c for c in backend.commands()}
         if command is not None and command not in backend_commands:
             await self._send(chat, [Notice(f"Unknown command /{shorten(command, 40)}. /help "
@@ -459,7 +615,7 @@ class Engine:
                                               account=chat.account)
         answered = [turn]  # the turn of the backend that answered (a fallback's, maybe)
         # aclosing: the stream is finished in this task even if the frontend stops early.
-        async with contextlib.aclosing(self._reply_stream(turn, backend, decision, message,
+        async with contextlib.aclosing(self._reply_stream(turn, backend, chain, message,
                                                           answered)) as parts:
             sent = await self.frontend.deliver(chat, parts, reply_to_message_id=chat.message_id)
         try:
@@ -486,15 +642,13 @@ class Engine:
             notify=notify,
         )
 
-    async def _reply_stream(self, turn: Turn, backend: Backend, decision: RouteDecision,
+    async def _reply_stream(self, turn: Turn, backend: Backend, chain: list[Backend],
                             message: IncomingMessage,
                             answered: list[Turn]) -> AsyncIterator[ReplyPart]:
         """The chosen backend's reply, or — when it fails before showing anything, with a kind
         its ``fallback_on`` lists, or its circuit is open — the next one's in the chain (flat:
         the fallbacks' own chains are not followed). A backend's own commands never fall
         back. ``answered`` gets the turn of each backend asked; the last one answered."""
-        chain = [] if turn.command else [n for n in decision.fallback
-                                         if n in self.backends and n != backend.name]
         deadline = asyncio.get_running_loop().time() + self.config.data.engine.turn_timeout
         current, current_turn = backend, turn
         for position in range(len(chain) + 1):
@@ -508,7 +662,7 @@ class Engine:
                     log.info("chat %s: answered by %s in place of %s", turn.chat.chat_id,
                              current.name, backend.name)
                 return
-            following = self.backends[chain[position]]
+            following = chain[position]
             log.warning("chat %s: %s failed before answering (%s); trying %s",
                         turn.chat.chat_id, current.name, _kind_of(fell_back[0]), following.name)
             current = following
@@ -538,7 +692,8 @@ class Engine:
         # reset token would not belong; the next turn sets its own.
         delay_notifier.set(_once(tell_delay))
         log_fields.set({**(log_fields.get() or {}), "backend": backend.name})
-        circuit = self.circuits[backend.name]
+        # an instance a reload removed meanwhile has a circuit no longer kept: a throwaway one
+        circuit = self.circuits.get(backend.name) or self._circuit(backend.name, self.config)
         loop = asyncio.get_running_loop()
         started = loop.time()
         first: float | None = None
@@ -616,13 +771,17 @@ class Engine:
             yield Notice(text or notice or INTERNAL_ERROR)
 
     def _falls_back_on(self, backend: str) -> list[str]:
-        core = self.config.backend_core.get(backend)
-        return core.fallback_on if core is not None else list(FALLBACK_KINDS)
+        return _core_of(self.config, backend).fallback_on
 
     def _count_reply(self, turn: Turn, backend: Backend, seconds: float,
                      failure: Exception | None, finished: bool, moved_on: bool) -> None:
         metrics = self.metrics
         metrics.of(metrics.backend_latency, backend.name).observe(seconds)
+        if failure is None and finished:
+            recent = self.recent_latency.get(backend.name)
+            if recent is None:
+                recent = self.recent_latency[backend.name] = deque(maxlen=RECENT_REPLIES)
+            recent.append(seconds)
         outcome = ("fell_back" if moved_on else "error" if failure is not None
                    else "ok" if finished else "cancelled")
         metrics.of(metrics.replies, turn.chat.account, backend.name, outcome).inc()
@@ -674,6 +833,10 @@ class Engine:
         chat_type = chat_type or ("private" if chat_id > 0 else "supergroup")
         chat = ChatIdentity(chat_type=chat_type, chat_id=chat_id)
         return await self._send(chat, parts, None)
+
+
+def _core_of(config: Config, backend: str) -> BackendCore:
+    return config.backend_core.get(backend) or BackendCore()
 
 
 def _kind_of(failure: BaseException) -> str:

@@ -179,6 +179,8 @@ async def test_help_lists_builtin_and_backend_commands() -> None:
             "/help — What this bot can do",
             "/reset — Forget this conversation",
             "/backend [name] — Show or switch the AI behind this chat",
+            "/usage — Your messages and their limits",
+            "/status — Each AI's health in this process",
             "/shout <text> — Echo in capitals",
         ]
         assert await h.say("/shout louder", user_id=5) == [Text("echo: LOUDER")]

@@ -237,6 +237,11 @@ class Store(ABC):
         clocks). Old events are deleted as it goes: what is kept stays bounded."""
 
     @abstractmethod
+    async def rate_count(self, key: str, window: float, *, now: float | None = None) -> int:
+        """How many events of ``key`` lie in the last ``window`` seconds (taking none: for
+        ``/usage``)."""
+
+    @abstractmethod
     async def rate_block(self, key: str, until: float) -> None:
         """Nobody takes from ``key`` before the timestamp ``until`` (a provider's Retry-After);
         a block ending later is kept. :meth:`rate_take` returns the rest of it first."""

@@ -138,6 +138,10 @@ class MemoryStore(Store):
             return 0.0
         return max(0.0, events[len(events) - limit] + window - now)
 
+    async def rate_count(self, key: str, window: float, *, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        return sum(1 for at in self.rate_events.get(key, ()) if at > now - window)
+
     def _rate_sweep(self, now: float) -> None:
         windows = self._rate_windows
         for key in [k for k, ev in self.rate_events.items()

@@ -398,6 +398,11 @@ class PostgresStore(Store):
                                          "ORDER BY at LIMIT 1 OFFSET $2", key, count - limit)
             return max(0.0, oldest + window - now)
 
+    async def rate_count(self, key: str, window: float, *, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        return await self.pool.fetchval(
+            "SELECT count(*) FROM tgmux_rate_event WHERE key=$1 AND at > $2", key, now - window)
+
     async def rate_block(self, key: str, until: float) -> None:
         await self.pool.execute(
             "INSERT INTO tgmux_rate_block (key, blocked_until) VALUES ($1, $2) "

@@ -328,6 +328,11 @@ class SQLiteStore(Store):
                                  "LIMIT 1 OFFSET ?", (key, count - limit))
         return max(0.0, oldest + window - now)
 
+    async def rate_count(self, key: str, window: float, *, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        return await self._one("SELECT count(*) FROM rate_event WHERE key=? AND at > ?",
+                               (key, now - window))
+
     async def rate_block(self, key: str, until: float) -> None:
         await self.db.execute(
             "INSERT INTO rate_block (key, blocked_until) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "

@@ -20,6 +20,7 @@ from tgmux.config import Config, TelegramConfig
 from tgmux.errors import ConfigError, TgmuxError
 from tgmux.hooks import PluginManager
 from tgmux.ops import start_ops_server
+from tgmux.reload import reloading
 from tgmux.store import open_store
 from tgmux.telegram.app import TelegramApp
 from tgmux.telegram.client import (
@@ -195,7 +196,7 @@ async def run_telegram(config: Config, plugin_manager: PluginManager,
 
     Each account is run under its lease in the store (:meth:`tgmux.store.Store.hold_account`):
     with PostgreSQL, an account held by another process is waited for (a hot standby) and
-    taken over when that process is gone."""
+    taken over when that process is gone. SIGHUP reloads the config file (:mod:`tgmux.reload`)."""
     names = list(config.accounts) if not accounts else list(dict.fromkeys(accounts))
     unknown = [n for n in names if n not in config.accounts]
     if unknown:
@@ -235,8 +236,10 @@ async def _run_accounts(app: TelegramApp, names: list[str], stopping: asyncio.Ev
     server = None
     tasks: list[asyncio.Task[Any]] = []
     outcome = 0
+    reload = contextlib.ExitStack()
     try:
         await app.start()  # the store and the backends; accounts join as they are held
+        reload.enter_context(reloading(app.engine, app.engine.pm))  # SIGHUP
         server = await start_ops_server(app.config, app.engine)
         if server is not None:
             for name in names:
@@ -275,6 +278,7 @@ async def _run_accounts(app: TelegramApp, names: list[str], stopping: asyncio.Ev
         waiting.cancel()
         return outcome
     finally:
+        reload.close()  # no reload while stopping
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

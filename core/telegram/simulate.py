@@ -19,6 +19,7 @@ from tgmux.config import Config
 from tgmux.console import read_lines
 from tgmux.hooks import PluginManager
 from tgmux.ops import start_ops_server
+from tgmux.reload import reloading
 from tgmux.store import open_store
 from tgmux.telegram.app import TelegramApp
 from tgmux.telegram.fake import FakeTelegram, check_chat, infer_chat_type, offline_client
@@ -111,7 +112,7 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
 
     On SIGINT/SIGTERM it stops reading input, finishes the replies in flight (up to
     ``telegram.shutdown_timeout``) and exits as it would at the end of the input; a second
-    signal acts as usual."""
+    signal acts as usual. SIGHUP reloads the config file (:mod:`tgmux.reload`)."""
     several = len(config.accounts) > 1
     fakes = {name: FakeTelegram(bot_username=f"{name}_bot" if several
                                 else bot_username.lstrip("@"))
@@ -146,8 +147,9 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
         fake.listeners.append(functools.partial(write, account=name) if several else write)
     bad = 0
     await _remember_chats(fakes, config)
-    with stop_signals(stop, on_signal):
+    with stop_signals(stop, on_signal), contextlib.ExitStack() as reload:
         await app.start()
+        reload.enter_context(reloading(app.engine, plugin_manager))
         server = None
         stopped = asyncio.ensure_future(stop.wait())
         try:
@@ -180,6 +182,7 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
                     bad += 1
                     print(f"input line {number}: {exc}", file=sys.stderr)
         finally:
+            reload.close()  # no reload while stopping
             stopped.cancel()
             if server is not None:
                 await server.stop()

@@ -151,6 +151,18 @@ async def test_a_rate_block_holds_on_every_store(open_stores: OpenStore) -> None
     assert await second.rate_take("provider:key", 5, 1.0, now=now + 30.5) == 0.0
 
 
+async def test_rate_count_reads_a_budget_without_taking_from_it(
+        open_stores: OpenStore) -> None:
+    first, second = await open_stores(), await open_stores()
+    now = time.time()
+    for at in (now - 20, now - 5, now - 1):
+        await first.rate_take("limit:main:user:42", 10, 60.0, now=at)
+    assert await second.rate_count("limit:main:user:42", 10.0, now=now) == 2
+    assert await second.rate_count("limit:main:user:42", 60.0, now=now) == 3
+    assert await second.rate_count("limit:main:user:42", 60.0, now=now) == 3  # took nothing
+    assert await second.rate_count("limit:main:user:43", 60.0, now=now) == 0
+
+
 async def test_rate_events_are_deleted_as_they_age(store: Store) -> None:
     now = time.time()
     for n in range(50):

@@ -55,7 +55,7 @@ def test_readme_example_and_restart_behaviour(config: Path):
     out = actions(first)
     assert out[0]["action"] == "set_commands"
     assert [c["command"] for c in out[0]["commands"]] == ["start", "help", "reset", "backend",
-                                                          "shout"]
+                                                          "usage", "status", "shout"]
     sent = sorted((a for a in out if a["action"] == "send_message"), key=lambda a: a["chat_id"])
     assert sent == [
         {"action": "send_message", "chat_id": -1001234567890, "message_id": 1001,
