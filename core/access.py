@@ -86,19 +86,29 @@ class Gate:
         limits = account.limits
         if self.exempt(account, chat.user_id):
             return None
-        for _, key, count, window in self._windows(account, message):
+        windows = self._windows(account, message)
+        daily = limits.daily_per_user if chat.user_id is not None else None
+        if daily is not None and windows:
+            # a message the quota refuses must not use a window's slot: look before taking
+            # (two processes racing past this look can still both use one)
+            key, reset_in = self._day(account, chat.user_id)  # type: ignore[arg-type]
+            if await self.store.rate_count(key, DAY) >= daily:
+                return await self._quota(key, reset_in, daily, limits.quota_reply)
+        for _, key, count, window in windows:
             wait = await self.store.rate_take(key, count, window)
             if wait > 0:
                 return await self._told_once(
                     f"{key}:told", window, Verdict(
                         "limited", limits.reply.format(retry_after=format_wait(wait))))
-        if limits.daily_per_user is not None and chat.user_id is not None:
-            key, reset_in = self._day(account, chat.user_id)
-            if await self.store.rate_take(key, limits.daily_per_user, reset_in + 60) > 0:
-                return await self._told_once(
-                    f"{key}:told", reset_in, Verdict("quota", limits.quota_reply.format(
-                        limit=limits.daily_per_user, reset_in=format_wait(reset_in))))
+        if daily is not None:
+            key, reset_in = self._day(account, chat.user_id)  # type: ignore[arg-type]
+            if await self.store.rate_take(key, daily, reset_in + 60) > 0:
+                return await self._quota(key, reset_in, daily, limits.quota_reply)
         return None
+
+    async def _quota(self, key: str, reset_in: float, daily: int, reply: str) -> Verdict:
+        return await self._told_once(f"{key}:told", reset_in, Verdict("quota", reply.format(
+            limit=daily, reset_in=format_wait(reset_in))))
 
     async def usage(self, account: Account, message: IncomingMessage) -> str:
         """What ``/usage`` tells a user: their counts against each limit, counting nothing."""

@@ -78,3 +78,17 @@ async def test_a_daily_quota_survives_a_restart(tmp_path: Path) -> None:
     assert isinstance(quota, Notice)
     assert quota.text.startswith("You have used your 2 messages for today; more in ")
     assert Counting.asked == ["two"]
+
+
+async def test_a_message_the_daily_quota_refuses_uses_no_window_slot() -> None:
+    limits = "limits:\n  per_user: {messages: 3, per: 10s}\n  daily_per_user: 2\n"
+    async with harness(limits) as h:
+        assert await h.say("one", user_id=42) == [Text("ok")]
+        assert await h.say("two", user_id=42) == [Text("ok")]
+        [quota] = await h.say("three", user_id=42)
+        assert isinstance(quota, Notice) and quota.text.startswith("You have used your 2")
+        assert await h.say("four", user_id=42) == []  # the quota reply once a day
+        [usage] = await h.say("/usage", user_id=42)
+    assert usage.text.splitlines()[:2] == ["Your usage:", "You: 2 of 3 messages per 10 s"]
+    assert usage.text.splitlines()[2].startswith("Today: 2 of 2 messages (resets in ")
+    assert Counting.asked == ["one", "two"]
