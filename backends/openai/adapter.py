@@ -81,14 +81,18 @@ class OpenAISettings(HttpBackendSettings):
                                       "message of every request (per route too)")
     stream: bool = Field(True, description="stream replies (server-sent events) instead of "
                          "waiting for the whole answer")
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
+    temperature: float | None = Field(None, ge=0, le=2, description="sampling temperature "
+                                      "(passed through when set)")
+    top_p: float | None = Field(None, ge=0, le=1, description="nucleus sampling (passed "
+                                "through when set)")
     max_tokens: int | None = Field(None, ge=1, description="tokens one reply may have")
     max_completion_tokens: int | None = Field(None, ge=1, description="the same, for "
                                               "models that want this name (OpenAI o-series)")
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    seed: int | None = None
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, description="passed through "
+                                            "when set")
+    presence_penalty: float | None = Field(None, ge=-2, le=2, description="passed through "
+                                           "when set")
+    seed: int | None = Field(None, description="for repeatable sampling, where supported")
     stop: str | list[str] | None = Field(None, description="up to 4 stop sequences")
     history: HistorySettings = Field(default_factory=HistorySettings, description="what tgmux "
                                      "remembers of each conversation")
