@@ -136,6 +136,8 @@ class Completion:
     finish_reason: str
     request_id: str
     body: dict[str, Any] = field(default_factory=dict)
+    #: loop time at which the request was taken (its body read)
+    received_at: float | None = None
     #: loop times at which the first and the last text piece were written (streams only)
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -225,6 +227,7 @@ class OpenAISimulator(SimulatorServer):
                 "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": f"{wait}s"})
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        received = asyncio.get_running_loop().time()
         if self.api_keys is not None:
             auth = request.headers.get("Authorization", "")
             key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
@@ -264,7 +267,7 @@ class OpenAISimulator(SimulatorServer):
         if limit is not None and count_tokens(reply) > limit:
             reply, finish = reply[: 4 * limit], "length"
         completion = Completion(model.name, messages, bool(body.get("stream")), reply, finish,
-                                self._request_id(), body)
+                                self._request_id(), body, received)
         self.completions.append(completion)
         usage = {"prompt_tokens": prompt, "completion_tokens": count_tokens(reply),
                  "total_tokens": prompt + count_tokens(reply)}

@@ -6,6 +6,8 @@ them, and config errors."""
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -352,3 +354,18 @@ async def test_demo_backend_remembers_the_conversation() -> None:
         await stop()
     assert parts[-1] == Text("You said: what is my name? (I remember 1 earlier message; the "
                              "first was: my name is Ann)")
+
+
+def test_tgmux_demo_shows_a_remembered_conversation() -> None:
+    lines = "/backend openai\nmy name is Ann\nwhat is my name?\n/reset\nhi\n"
+    result = subprocess.run([sys.executable, "-m", "tgmux", "demo"], input=lines,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "This chat now talks to: openai",
+        "You said: my name is Ann",
+        "You said: what is my name? (I remember 1 earlier message; the first was: my name "
+        "is Ann)",
+        "Done: I have forgotten our conversation.",
+        "You said: hi",
+    ]
