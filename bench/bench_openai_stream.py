@@ -20,11 +20,11 @@ import argparse
 import asyncio
 import os
 import platform
-import statistics
 import tempfile
-from collections.abc import AsyncIterator
 
-from tgmux.backend import ChatIdentity, ReplyPart, Text, TextDelta
+from bench_sensay_stream import TimingFrontend, describe  # a sibling script: same figures
+
+from tgmux.backend import ChatIdentity
 from tgmux.backends.openai.simulator import Model, OpenAISimulator
 from tgmux.bootstrap import load_config_text
 from tgmux.engine import Engine, IncomingMessage
@@ -33,29 +33,6 @@ from tgmux.store import open_store
 
 KEY = "sk-bench"
 REMEMBERED = 20
-
-
-class TimingFrontend:
-    """Records, per chat, when the first delta and the final text arrived."""
-
-    def __init__(self) -> None:
-        self.submitted: dict[int, float] = {}
-        self.first_delta: dict[int, float] = {}
-        self.final: dict[int, float] = {}
-        self.texts: dict[int, str] = {}
-
-    async def deliver(self, chat: ChatIdentity, parts: AsyncIterator[ReplyPart], *,
-                      reply_to_message_id: int | None) -> list[ReplyPart]:
-        loop = asyncio.get_running_loop()
-        sent: list[ReplyPart] = []
-        async for part in parts:
-            if isinstance(part, TextDelta) and chat.chat_id not in self.first_delta:
-                self.first_delta[chat.chat_id] = loop.time()
-            if isinstance(part, Text):
-                self.final[chat.chat_id] = loop.time()
-                self.texts[chat.chat_id] = part.text
-            sent.append(part)
-        return sent
 
 
 async def run(reasoning: bool, replies: int, concurrent: int, chunk_delay: float,
@@ -78,6 +55,7 @@ default: gpt
         first: list[float] = []
         tail: list[float] = []
         to_request: list[float] = []
+        submitted: dict[int, float] = {}
         loop = asyncio.get_running_loop()
         try:
             if store_url != "memory://":
@@ -93,7 +71,7 @@ default: gpt
                 futures = []
                 for i in batch:
                     chat = 1000 + i
-                    frontend.submitted[chat] = loop.time()
+                    submitted[chat] = loop.time()
                     futures.append(await engine.submit(IncomingMessage(
                         chat=ChatIdentity("private", chat, chat, None, 1),
                         text=f"message {i} " + "x" * 40)))
@@ -107,19 +85,12 @@ default: gpt
                     first.append(frontend.first_delta[chat] - completion.first_token_at)
                     tail.append(frontend.final[chat] - completion.last_token_at)
                     assert completion.received_at is not None
-                    to_request.append(completion.received_at - frontend.submitted[chat])
+                    to_request.append(completion.received_at - submitted[chat])
                     if store_url != "memory://":
                         assert len(completion.messages) == 2 * REMEMBERED + 1
         finally:
             await engine.stop()
     return first, tail, to_request
-
-
-def describe(values: list[float]) -> str:
-    ms = sorted(v * 1000 for v in values)
-    p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
-    return (f"median {statistics.median(ms):6.2f} ms  p95 {p95:6.2f} ms  "
-            f"max {ms[-1]:6.2f} ms")
 
 
 def main() -> None:

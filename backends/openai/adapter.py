@@ -20,6 +20,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from tgmux.backend import (
     CommandSpec,
+    Exchange,
     HistorySettings,
     HttpBackend,
     HttpBackendSettings,
@@ -215,7 +216,7 @@ class OpenAIBackend(HttpBackend[OpenAIClient]):
         if not turn.text.strip() and photo is None:
             yield Notice(EMPTY_MESSAGE)
             return
-        user = user_message(turn.text, photo)
+        user = new_message(turn.text, photo)
         remembered = await turn.history.read() if turn.history is not None else []
         kept = len(remembered)
         for attempt in range(CONTEXT_RETRIES + 1):
@@ -319,7 +320,7 @@ def image_url(media: Media) -> str:
     return f"data:{mime};base64,{base64.b64encode(media.data).decode('ascii')}"
 
 
-def user_message(text: str, photo: Media | None = None) -> dict[str, Any]:
+def new_message(text: str, photo: Media | None = None) -> dict[str, Any]:
     """The new message: its text, or (a photo) text and image parts."""
     if photo is None:
         return {"role": "user", "content": text}
@@ -330,7 +331,7 @@ def user_message(text: str, photo: Media | None = None) -> dict[str, Any]:
     return {"role": "user", "content": content}
 
 
-def build_messages(system_prompt: str | None, remembered: list[Any],
+def build_messages(system_prompt: str | None, remembered: list[Exchange],
                    user: dict[str, Any]) -> list[dict[str, Any]]:
     """The system prompt, the remembered exchanges (oldest first), the new message."""
     messages: list[dict[str, Any]] = []
@@ -343,4 +344,4 @@ def build_messages(system_prompt: str | None, remembered: list[Any],
     return messages
 
 
-__all__ = ["ChatChunk", "OpenAIBackend", "OpenAISettings", "build_messages", "user_message"]
+__all__ = ["ChatChunk", "OpenAIBackend", "OpenAISettings", "build_messages", "new_message"]

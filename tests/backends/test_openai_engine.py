@@ -6,6 +6,7 @@ them, and config errors."""
 from __future__ import annotations
 
 import base64
+import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -369,3 +370,18 @@ def test_tgmux_demo_shows_a_remembered_conversation() -> None:
         "Done: I have forgotten our conversation.",
         "You said: hi",
     ]
+
+
+async def test_the_key_and_extra_headers_never_reach_the_logs(
+        sim: OpenAISimulator, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    extra = '    extra_headers: {X-Proxy-Token: "proxy-token-0123456789"}'
+    async with harness(sim, extra) as h:
+        assert texts(await h.say("hello", user_id=20)) == ["You said: hello"]
+        sim.api_keys = {"another"}
+        assert texts(await h.say("hello", user_id=20)) == [USER_MESSAGES[ErrorKind.AUTH]]
+    assert sim.requests[0].header("X-Proxy-Token") == "proxy-token-0123456789"
+    logged = "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert "kind=auth" in logged and "Incorrect API key provided" in logged  # the reason, for ops
+    assert "request_id=req_" in logged
+    assert KEY not in logged and "proxy-token-0123456789" not in logged
