@@ -11,7 +11,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,7 @@ from tgmux.types import (
     ChatIdentity,
     ChatType,
     CommandSpec,
+    Exchange,
     Image,
     Media,
     Metadata,
@@ -39,6 +40,9 @@ __all__ = [
     "ChatIdentity",
     "ChatType",
     "CommandSpec",
+    "Exchange",
+    "History",
+    "HistorySettings",
     "HttpBackend",
     "HttpBackendSettings",
     "Image",
@@ -68,6 +72,31 @@ class KeyValue(Protocol):
     async def items(self, prefix: str = "") -> list[tuple[str, str]]: ...
 
 
+class History(Protocol):
+    """This turn's conversation as tgmux remembers it (``turn.history``; see
+    :meth:`Backend.memory`). The engine appends each exchange once its reply was delivered."""
+
+    max_turns: int
+    max_chars: int
+
+    async def read(self) -> list[Exchange]:
+        """The remembered exchanges within the limits, oldest first."""
+        ...
+
+    async def append(self, user: str, reply: str) -> None:
+        """Remember one exchange (the engine does, after delivery; backends need not)."""
+        ...
+
+    async def keep_newest(self, count: int) -> int:
+        """Forget all but the newest ``count`` exchanges (e.g. what no longer fits the
+        model's context); how many were forgotten."""
+        ...
+
+    async def clear(self) -> int:
+        """Forget the conversation; how many exchanges it had."""
+        ...
+
+
 async def _no_notice(text: str) -> None:
     return None
 
@@ -94,6 +123,9 @@ class Turn:
     #: conversation so far lives at that provider, not at this one.
     fallback_from: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: The conversation tgmux remembers for this chat, when the backend asks for one
+    #: (:meth:`Backend.memory`); None otherwise.
+    history: History | None = field(default=None, repr=False, compare=False)
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -127,6 +159,21 @@ class HttpBackendSettings(BackendSettings):
         """What :class:`tgmux.http.HttpClient` takes from these settings (besides the URL)."""
         return {"timeout": self.timeout, "stream_idle_timeout": self.stream_idle_timeout,
                 "max_response_bytes": self.max_response_bytes}
+
+
+FORGOTTEN = "Done: I have forgotten our conversation."
+
+
+class HistorySettings(Strict):
+    """``history:`` of a backend whose conversation tgmux remembers."""
+
+    max_turns: int = Field(20, ge=0, le=1000, description="exchanges (a message and its "
+                           "reply) remembered at most; 0: none")
+    max_chars: int = Field(24000, ge=1, le=10_000_000, description="characters of the "
+                           "remembered exchanges at most (not the system prompt, not the new "
+                           "message); the oldest go first")
+    scope: Literal["chat", "user"] = Field("chat", description="one conversation per chat, "
+                                           "or per user inside groups")
 
 
 # -- the backend -------------------------------------------------------------------------------
@@ -184,10 +231,26 @@ class Backend(ABC):
         """Answer one of :meth:`commands` (``turn.command``, ``turn.args``)."""
         raise NotImplementedError(f"{self.type_name} has no command {turn.command}")
 
+    def memory(self, options: Any) -> HistorySettings | None:
+        """Whether tgmux should remember this backend's conversations (for providers that keep
+        none), with what limits, for a turn with these ``options``: None (the default) keeps
+        nothing. When given, each turn carries :attr:`Turn.history`, every delivered reply is
+        remembered with its message, and ``/reset`` forgets (see :meth:`reset`)."""
+        return None
+
+    def remembered_text(self, turn: Turn) -> str:
+        """What the conversation memory keeps of the user's side of ``turn`` (default: its
+        text; a backend that sent more, e.g. a photo, may say so)."""
+        return turn.text
+
     async def reset(self, turn: Turn) -> str | None:
         """Forget this chat's conversation (``/reset``); return what to tell the user, or
-        None when the backend keeps no state it can reset."""
-        return None
+        None when the backend keeps no state it can reset. The default forgets the
+        conversation tgmux remembers, if any (:attr:`Turn.history`)."""
+        if turn.history is None:
+            return None
+        await turn.history.clear()
+        return FORGOTTEN
 
 
 # -- a backend in front of one API client ------------------------------------------------------

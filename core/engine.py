@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tgmux.access import Gate
-from tgmux.backend import Backend, Turn
+from tgmux.backend import Backend, History, Turn
 from tgmux.chat_commands import (
     BUILTIN_COMMANDS,
     BUILTIN_NAMES,
@@ -614,14 +614,38 @@ class Engine:
             await self.store.inbox_dispatched(chat.chat_id, chat.message_id,
                                               account=chat.account)
         answered = [turn]  # the turn of the backend that answered (a fallback's, maybe)
+        completed: list[Turn] = []  # the answering turn, once its reply came whole
         # aclosing: the stream is finished in this task even if the frontend stops early.
         async with contextlib.aclosing(self._reply_stream(turn, backend, chain, message,
-                                                          answered)) as parts:
+                                                          answered, completed)) as parts:
             sent = await self.frontend.deliver(chat, parts, reply_to_message_id=chat.message_id)
+        if completed:
+            await self._remember(completed[-1], sent)
         try:
             await call_all(self.pm.hook.tgmux_reply_sent, turn=answered[-1], parts=sent)
         except Exception:  # the user has the answer: a broken observer must not say otherwise
             log.exception("chat %s: a tgmux_reply_sent hook failed", chat.chat_id)
+
+    async def _remember(self, turn: Turn, sent: list[ReplyPart]) -> None:
+        """Add the exchange to the conversation memory of a backend that asked for one: the
+        reply as the chat received it (after the hooks), never a command's."""
+        reply = "\n\n".join(p.text for p in sent if isinstance(p, Text))
+        if turn.history is None or turn.command or not reply.strip():
+            return
+        backend = self.backends.get(turn.backend_name)
+        if backend is None:  # a reload removed it meanwhile: its memory is not used any more
+            return
+        try:
+            await turn.history.append(backend.remembered_text(turn), reply)
+        except Exception:  # the user has the answer; the next turn has less context
+            log.exception("chat %s: the reply could not be remembered", turn.chat.chat_id)
+
+    def _history(self, backend: Backend, chat: ChatIdentity, options: Any) -> History | None:
+        memory = backend.memory(options)
+        if memory is None:
+            return None
+        return self.store.conversation(backend.name, chat, max_turns=memory.max_turns,
+                                       max_chars=memory.max_chars, scope=memory.scope)
 
     def turn_for(self, message: IncomingMessage, decision: RouteDecision, backend: Backend) -> Turn:
         chat = message.chat
@@ -640,22 +664,24 @@ class Engine:
             args=message.args,
             media=message.media,
             notify=notify,
+            history=self._history(backend, chat, decision.options),
         )
 
     async def _reply_stream(self, turn: Turn, backend: Backend, chain: list[Backend],
-                            message: IncomingMessage,
-                            answered: list[Turn]) -> AsyncIterator[ReplyPart]:
+                            message: IncomingMessage, answered: list[Turn],
+                            completed: list[Turn] | None = None) -> AsyncIterator[ReplyPart]:
         """The chosen backend's reply, or — when it fails before showing anything, with a kind
         its ``fallback_on`` lists, or its circuit is open — the next one's in the chain (flat:
         the fallbacks' own chains are not followed). A backend's own commands never fall
-        back. ``answered`` gets the turn of each backend asked; the last one answered."""
+        back. ``answered`` gets the turn of each backend asked; the last one answered.
+        ``completed`` gets the answering turn when its reply came whole (no error, not cut)."""
         deadline = asyncio.get_running_loop().time() + self.config.data.engine.turn_timeout
         current, current_turn = backend, turn
         for position in range(len(chain) + 1):
             fell_back: list[BaseException] = []
             async for part in self._backend_stream(current_turn, current, message, deadline,
                                                    may_fall_back=position < len(chain),
-                                                   fell_back=fell_back):
+                                                   fell_back=fell_back, completed=completed):
                 yield part
             if not fell_back:
                 if position:
@@ -668,16 +694,20 @@ class Engine:
             current = following
             current_turn = dataclasses.replace(
                 turn, options=following.settings, kv=following.kv, backend_name=following.name,
-                fallback_from=backend.name)
+                fallback_from=backend.name,
+                history=self._history(following, turn.chat, following.settings))
             answered.append(current_turn)
 
     async def _backend_stream(self, turn: Turn, backend: Backend, message: IncomingMessage,
                               deadline: float, *, may_fall_back: bool = False,
                               fell_back: list[BaseException] | None = None,
+                              completed: list[Turn] | None = None,
                               ) -> AsyncIterator[ReplyPart]:
         """The backend's parts through ``tgmux_after_backend``; errors become a Notice — or,
         with ``may_fall_back``, a failure before anything visible whose kind falls back is put
         in ``fell_back`` instead, and nothing is yielded for it.
+
+        ``completed`` gets ``turn`` when the backend's reply ended normally and whole.
 
         ``deadline`` (``turn_timeout``, one for the whole chain) bounds the time spent in the
         backend only: it is checked around each step of the backend, never around a
@@ -763,6 +793,8 @@ class Engine:
         if moves_on and fell_back is not None and failure is not None:
             fell_back.append(failure)
             return
+        if completed is not None and failure is None and finished and not shaper.cut:
+            completed.append(turn)
         for out in shaper.end():
             yield out
         if failure is not None:

@@ -196,6 +196,24 @@ def split_text(text: str, limit: int) -> list[str]:
     return [chunk for chunk, _ in split_pieces(text, limit)]
 
 
+def join_blocks(blocks: list[str], limit: int) -> list[str]:
+    """Join blocks with newlines into parts of at most ``limit`` UTF-16 code units, never
+    splitting a block unless it alone is too long (then at a newline or space if possible)."""
+    parts: list[str] = []
+    current = ""
+    for block in blocks:
+        for piece in split_text(block, limit):
+            candidate = f"{current}\n{piece}" if current else piece
+            if utf16_len(candidate) <= limit:
+                current = candidate
+            else:
+                parts.append(current)
+                current = piece
+    if current:
+        parts.append(current)
+    return parts
+
+
 # -- text from providers -------------------------------------------------------------------------
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -29,6 +29,7 @@ __all__ = [
     "CommandSpec",
     "DelayNotifier",
     "DemoBackend",
+    "Exchange",
     "Frontend",
     "Image",
     "IncomingMessage",
@@ -197,6 +198,20 @@ class ProviderEvent:
     data: dict[str, Any]
     chat_id: int | None = None
     text: str | None = None
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One remembered exchange of a conversation (tgmux's conversation memory): the user's
+    message as the backend got it, and the reply as the chat received it."""
+
+    user: str
+    reply: str
+
+    @property
+    def chars(self) -> int:
+        """What it counts against a ``max_chars`` budget."""
+        return len(self.user) + len(self.reply)
 
 
 # -- commands ----------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def test_example_config_is_valid() -> None:
         "TG_API_ID": "1", "TG_API_HASH": "h", "TG_BOT_TOKEN": "1:t",
         "LUCYDREAM_API_KEY": "k", "SENSAY_ORG_SECRET": "s", "SENSAY_USER_ID": "u",
         "SENSAY_REPLICA_UUID":
-        "03db5651-cb61-4bdf-9ef0-89561f7c9c53", "BAMBI_API_KEY": "b",
+        "03db5651-cb61-4bdf-9ef0-89561f7c9c53", "BAMBI_API_KEY": "b", "OPENAI_API_KEY": "o",
     }
     config = load_config(root / "config.example.yaml", env=env)
     assert config.data.default

@@ -32,7 +32,7 @@ from tgmux.backend import (
     Turn,
 )
 from tgmux.errors import BadRequestError, NotFoundError, ProtocolError
-from tgmux.text import split_text, utf16_len
+from tgmux.text import join_blocks as split_text_parts
 
 from .client import (
     DEFAULT_BASE_URL,
@@ -395,21 +395,3 @@ def format_history(entries: list[HistoryEntry], limit: int,
     if not lines:
         return [NO_HISTORY]
     return split_text_parts(lines, part_limit)
-
-
-def split_text_parts(blocks: list[str], limit: int) -> list[str]:
-    """Join blocks with newlines into parts of at most ``limit`` UTF-16 code units, never
-    splitting a block unless it alone is too long (then at a newline or space if possible)."""
-    parts: list[str] = []
-    current = ""
-    for block in blocks:
-        for piece in split_text(block, limit):
-            candidate = f"{current}\n{piece}" if current else piece
-            if utf16_len(candidate) <= limit:
-                current = candidate
-            else:
-                parts.append(current)
-                current = piece
-    if current:
-        parts.append(current)
-    return parts

@@ -7,7 +7,10 @@
 * account leases (:meth:`Store.hold_account`): one process at a time runs an account, a standby
   waits for the lease;
 * rate limits shared by every process on the store (:meth:`Store.rate_take`): a provider's
-  quota per credential holds however many processes use the credential.
+  quota per credential holds however many processes use the credential;
+* conversation memory (:meth:`Store.history_append`, :class:`Conversation`): the last
+  exchanges of a chat, for backends whose providers remember nothing (bounded: the oldest are
+  forgotten as new ones come).
 
 Implementations: :mod:`~tgmux.store.memory`, :mod:`~tgmux.store.sqlite`,
 :mod:`~tgmux.store.postgres`. Every method that takes ``account`` defaults it to ``"main"``.
@@ -22,7 +25,9 @@ import socket
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from tgmux.types import ChatIdentity, Exchange
 
 log = logging.getLogger("tgmux.store")
 
@@ -246,8 +251,49 @@ class Store(ABC):
         """Nobody takes from ``key`` before the timestamp ``until`` (a provider's Retry-After);
         a block ending later is kept. :meth:`rate_take` returns the rest of it first."""
 
+    # conversation memory
+    @abstractmethod
+    async def history_append(self, conversation: str, exchange: Exchange, *, max_turns: int,
+                             max_chars: int) -> None:
+        """Remember ``exchange`` as the newest of ``conversation``, then forget what
+        :meth:`history_read` with these limits would no longer return (the store stays
+        bounded)."""
+
+    @abstractmethod
+    async def history_read(self, conversation: str, *, max_turns: int,
+                           max_chars: int) -> list[Exchange]:
+        """The newest exchanges of ``conversation``, oldest first: at most ``max_turns``, and
+        only as many as fit in ``max_chars`` characters together, counted from the newest (the
+        first that does not fit ends the list: no gaps)."""
+
+    @abstractmethod
+    async def history_trim(self, conversation: str, *, max_turns: int, max_chars: int) -> int:
+        """Forget every exchange of ``conversation`` that :meth:`history_read` with these
+        limits would not return; how many were forgotten."""
+
+    @abstractmethod
+    async def history_clear(self, conversation: str) -> int:
+        """Forget the whole conversation; how many exchanges it had."""
+
     def namespace(self, name: str) -> Namespace:
         return Namespace(self, name)
+
+    def conversation(self, backend: str, chat: ChatIdentity, *, max_turns: int, max_chars: int,
+                     scope: Literal["chat", "user"] = "chat") -> Conversation:
+        """The memory of ``chat``'s conversation with ``backend`` (``scope="user"``: of its
+        sender's, in a group)."""
+        return Conversation(self, conversation_key(backend, chat, scope),
+                            max_turns=max_turns, max_chars=max_chars)
+
+
+def conversation_key(backend: str, chat: ChatIdentity,
+                     scope: Literal["chat", "user"] = "chat") -> str:
+    """``BACKEND/ACCOUNT/CHAT`` (``…/CHAT/USER`` for one user in a group with ``scope="user"``):
+    each backend remembers its own conversations; the same chat with two accounts is two."""
+    key = f"{backend}/{chat.account}/{chat.chat_id}"
+    if scope == "user" and chat.chat_type in ("group", "supergroup") and chat.user_id is not None:
+        key += f"/{chat.user_id}"
+    return key
 
 
 class Namespace:
@@ -268,3 +314,37 @@ class Namespace:
 
     async def items(self, prefix: str = "") -> list[tuple[str, str]]:
         return await self.store.kv_items(self.name, prefix)
+
+
+class Conversation:
+    """One conversation's memory with its limits (``tgmux.backend.History``): what a backend
+    reads, what the engine appends once a reply was delivered."""
+
+    def __init__(self, store: Store, key: str, *, max_turns: int, max_chars: int) -> None:
+        self.store = store
+        self.key = key
+        self.max_turns = max_turns
+        self.max_chars = max_chars
+
+    async def read(self) -> list[Exchange]:
+        """The remembered exchanges within the limits, oldest first."""
+        if self.max_turns <= 0:
+            return []
+        return await self.store.history_read(self.key, max_turns=self.max_turns,
+                                             max_chars=self.max_chars)
+
+    async def append(self, user: str, reply: str) -> None:
+        """Remember one exchange (the oldest beyond the limits are forgotten)."""
+        if self.max_turns <= 0:
+            return
+        await self.store.history_append(self.key, Exchange(user, reply),
+                                        max_turns=self.max_turns, max_chars=self.max_chars)
+
+    async def keep_newest(self, count: int) -> int:
+        """Forget all but the newest ``count`` exchanges; how many were forgotten."""
+        return await self.store.history_trim(self.key, max_turns=max(0, count),
+                                             max_chars=self.max_chars)
+
+    async def clear(self) -> int:
+        """Forget everything; how many exchanges there were."""
+        return await self.store.history_clear(self.key)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 from tgmux.store.base import DEFAULT_ACCOUNT, AccountHolder, AccountLease, Store, Unanswered
+from tgmux.types import Exchange
 
 _Key = tuple[str, int, int]  # (account, chat_id, message_id)
 
@@ -18,6 +19,8 @@ class MemoryStore(Store):
     #: Answered messages remembered for dedup, at most (oldest forgotten first): memory is
     #: not a place to keep a week of a busy bot's messages.
     MAX_DONE = 100_000
+    #: Conversations remembered at most (the least recently written forgotten first).
+    MAX_CONVERSATIONS = 10_000
 
     schema_version = None
 
@@ -32,6 +35,7 @@ class MemoryStore(Store):
         self.rate_events: dict[str, deque[float]] = {}
         self.rate_blocks: dict[str, float] = {}
         self._rate_windows: dict[str, float] = {}
+        self.histories: OrderedDict[str, list[Exchange]] = OrderedDict()
 
     async def open(self) -> None:
         return None
@@ -110,6 +114,41 @@ class MemoryStore(Store):
         if old:
             self._done = deque(k for k in self._done if k in self.inbox)
         return len(old)
+
+    async def history_append(self, conversation: str, exchange: Exchange, *, max_turns: int,
+                             max_chars: int) -> None:
+        self.histories.setdefault(conversation, []).append(exchange)
+        self.histories.move_to_end(conversation)
+        while len(self.histories) > self.MAX_CONVERSATIONS:
+            self.histories.popitem(last=False)
+        await self.history_trim(conversation, max_turns=max_turns, max_chars=max_chars)
+
+    async def history_read(self, conversation: str, *, max_turns: int,
+                           max_chars: int) -> list[Exchange]:
+        kept: list[Exchange] = []
+        total = 0
+        for exchange in reversed(self.histories.get(conversation, [])[-max_turns:]
+                                 if max_turns > 0 else []):
+            total += exchange.chars
+            if total > max_chars:
+                break
+            kept.append(exchange)
+        return kept[::-1]
+
+    async def history_trim(self, conversation: str, *, max_turns: int, max_chars: int) -> int:
+        exchanges = self.histories.get(conversation)
+        if exchanges is None:
+            return 0
+        kept = await self.history_read(conversation, max_turns=max_turns, max_chars=max_chars)
+        forgotten = len(exchanges) - len(kept)
+        if kept:
+            self.histories[conversation] = kept
+        else:
+            del self.histories[conversation]
+        return forgotten
+
+    async def history_clear(self, conversation: str) -> int:
+        return len(self.histories.pop(conversation, []))
 
     async def hold_account(self, account: str) -> MemoryLease:
         return MemoryLease(self, account)

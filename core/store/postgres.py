@@ -34,10 +34,11 @@ import asyncpg
 
 from tgmux.redact import redact_urls
 from tgmux.store.base import DEFAULT_ACCOUNT, AccountHolder, AccountLease, Store, Unanswered
+from tgmux.types import Exchange
 
 log = logging.getLogger("tgmux.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Seconds to wait for a connection (DNS, TCP, TLS, authentication) unless ?connect_timeout=.
 CONNECT_TIMEOUT = 5.0
@@ -95,7 +96,25 @@ CREATE TABLE tgmux_rate_block (
     blocked_until DOUBLE PRECISION NOT NULL
 );
 """,
+    3: """
+CREATE TABLE tgmux_history (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,   -- a conversation's order
+    conversation TEXT COLLATE "C" NOT NULL,               -- BACKEND/ACCOUNT/CHAT[/USER]
+    user_text TEXT NOT NULL,
+    reply_text TEXT NOT NULL,
+    chars INTEGER NOT NULL,         -- of both texts: what counts against max_chars
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX tgmux_history_conversation ON tgmux_history (conversation, id);
+""",
 }
+
+#: The ids of the exchanges history_read returns: the newest, within both limits.
+_HISTORY_KEPT = (
+    "SELECT id FROM (SELECT id, row_number() OVER newest AS n, sum(chars) OVER newest AS total "
+    "FROM tgmux_history WHERE conversation=$1 WINDOW newest AS (ORDER BY id DESC)) AS recent "
+    "WHERE n <= $2 AND total <= $3"
+)
 
 
 def lock_key(name: str) -> int:
@@ -410,10 +429,44 @@ class PostgresStore(Store):
             "blocked_until=greatest(tgmux_rate_block.blocked_until, excluded.blocked_until)",
             key, until)
 
+    # -- conversation memory -----------------------------------------------------------------
+
+    async def history_append(self, conversation: str, exchange: Exchange, *, max_turns: int,
+                             max_chars: int) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO tgmux_history (conversation, user_text, reply_text, chars, "
+                "created_at) VALUES ($1, $2, $3, $4, $5)",
+                conversation, exchange.user, exchange.reply, exchange.chars, time.time())
+            await _history_trim(conn, conversation, max_turns, max_chars)
+
+    async def history_read(self, conversation: str, *, max_turns: int,
+                           max_chars: int) -> list[Exchange]:
+        rows = await self.pool.fetch(
+            f"SELECT user_text, reply_text FROM tgmux_history WHERE id IN ({_HISTORY_KEPT}) "
+            "ORDER BY id", conversation, max_turns, max_chars)
+        return [Exchange(r["user_text"], r["reply_text"]) for r in rows]
+
+    async def history_trim(self, conversation: str, *, max_turns: int, max_chars: int) -> int:
+        return await _history_trim(self.pool, conversation, max_turns, max_chars)
+
+    async def history_clear(self, conversation: str) -> int:
+        status = await self.pool.execute("DELETE FROM tgmux_history WHERE conversation=$1",
+                                         conversation)
+        return int(status.rsplit(" ", 1)[-1])
+
     # -- account leases ----------------------------------------------------------------------
 
     async def hold_account(self, account: str) -> PostgresLease:
         return PostgresLease(self, account)
+
+
+async def _history_trim(db: asyncpg.Pool | asyncpg.Connection, conversation: str,
+                        max_turns: int, max_chars: int) -> int:
+    status = await db.execute(
+        f"DELETE FROM tgmux_history WHERE conversation=$1 AND id NOT IN ({_HISTORY_KEPT})",
+        conversation, max_turns, max_chars)
+    return int(status.rsplit(" ", 1)[-1])
 
 
 async def _close(conn: asyncpg.Connection) -> None:

@@ -30,10 +30,11 @@ from tgmux.store.base import (
     Store,
     Unanswered,
 )
+from tgmux.types import Exchange
 
 log = logging.getLogger("tgmux.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Version 1 (before accounts); kept to test the migration from it.
 SCHEMA_V1 = """
@@ -103,8 +104,20 @@ CREATE TABLE rate_block (
 );
 """
 
+_HISTORY_V4 = """
+CREATE TABLE history (
+    id INTEGER PRIMARY KEY,         -- the order of a conversation's exchanges
+    conversation TEXT NOT NULL,     -- BACKEND/ACCOUNT/CHAT[/USER]
+    user_text TEXT NOT NULL,
+    reply_text TEXT NOT NULL,
+    chars INTEGER NOT NULL,         -- of both texts: what counts against max_chars
+    created_at REAL NOT NULL
+);
+CREATE INDEX history_conversation ON history (conversation, id);
+"""
+
 #: The current schema, for a new file.
-SCHEMA = _OVERRIDE_V2 + _KV + _INBOX_V2 + _RATE_V3
+SCHEMA = _OVERRIDE_V2 + _KV + _INBOX_V2 + _RATE_V3 + _HISTORY_V4
 
 #: version -> the script taking the schema from version - 1 to it (run in one transaction).
 MIGRATIONS = {
@@ -120,7 +133,15 @@ MIGRATIONS = {
         "DROP TABLE chat_override_v1;\n"
         "DROP TABLE inbox_v1;\n"),
     3: _RATE_V3,
+    4: _HISTORY_V4,
 }
+
+#: The ids of the exchanges history_read returns: the newest, within both limits.
+_HISTORY_KEPT = (
+    "SELECT id FROM (SELECT id, row_number() OVER newest AS n, sum(chars) OVER newest AS total "
+    "FROM history WHERE conversation=? WINDOW newest AS (ORDER BY id DESC)) "
+    "WHERE n <= ? AND total <= ?"
+)
 
 
 class SQLiteStore(Store):
@@ -337,6 +358,35 @@ class SQLiteStore(Store):
         await self.db.execute(
             "INSERT INTO rate_block (key, blocked_until) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
             "SET blocked_until=max(blocked_until, excluded.blocked_until)", (key, until))
+
+    async def history_append(self, conversation: str, exchange: Exchange, *, max_turns: int,
+                             max_chars: int) -> None:
+        # Two statements, no transaction: a crash between them leaves one exchange too many,
+        # forgotten by the next append (and never read beyond the limits meanwhile).
+        await self.db.execute(
+            "INSERT INTO history (conversation, user_text, reply_text, chars, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (conversation, exchange.user, exchange.reply, exchange.chars, time.time()))
+        await self.history_trim(conversation, max_turns=max_turns, max_chars=max_chars)
+
+    async def history_read(self, conversation: str, *, max_turns: int,
+                           max_chars: int) -> list[Exchange]:
+        async with self.db.execute(
+            f"SELECT user_text, reply_text FROM history WHERE id IN ({_HISTORY_KEPT}) "
+            "ORDER BY id", (conversation, max_turns, max_chars),
+        ) as cursor:
+            return [Exchange(u, r) for u, r in await cursor.fetchall()]
+
+    async def history_trim(self, conversation: str, *, max_turns: int, max_chars: int) -> int:
+        cursor = await self.db.execute(
+            f"DELETE FROM history WHERE conversation=? AND id NOT IN ({_HISTORY_KEPT})",
+            (conversation, conversation, max_turns, max_chars))
+        return cursor.rowcount
+
+    async def history_clear(self, conversation: str) -> int:
+        cursor = await self.db.execute("DELETE FROM history WHERE conversation=?",
+                                       (conversation,))
+        return cursor.rowcount
 
     async def hold_account(self, account: str) -> FileLease:
         return FileLease(self.path.with_name(

@@ -27,6 +27,7 @@ from tgmux.store.postgres import (
     StoreOpenError,
     Target,
 )
+from tgmux.types import Exchange
 
 WRONG_PASSWORD = "wrong'\"@pw"
 #: The test server's password (ours, or the one in $TGMUX_TEST_POSTGRES_URL) and the wrong one.
@@ -72,9 +73,9 @@ def test_store_migrate_and_check(tmp_path: Path, pg_url: str) -> None:
     assert check.returncode == 0, check.stderr
     assert f"store: {shown}" in check.stdout
     first = tgmux("store", "migrate", "-c", str(path))
-    assert (first.returncode, first.stdout) == (0, f"store: {shown}: schema version 2 (created)\n")
+    assert (first.returncode, first.stdout) == (0, f"store: {shown}: schema version 3 (created)\n")
     second = tgmux("store", "migrate", "-c", str(path))
-    assert (second.returncode, second.stdout) == (0, f"store: {shown}: schema version 2\n")
+    assert (second.returncode, second.stdout) == (0, f"store: {shown}: schema version 3\n")
     for result in (check, first, second):
         assert_no_password(result.stdout + result.stderr)
 
@@ -258,5 +259,9 @@ async def test_a_version_1_schema_gains_the_rate_tables(pg_url: str) -> None:
         assert await store.kv_get("backend:a", "k") == "v"
         assert await store.rate_take("k", 1, 1.0) == 0.0
         assert await store.rate_take("k", 1, 1.0) > 0
+        # version 3: the conversation memory
+        await store.history_append("gpt/main/1", Exchange("q", "a"), max_turns=2, max_chars=99)
+        assert await store.history_read("gpt/main/1", max_turns=2, max_chars=99) == \
+            [Exchange("q", "a")]
     finally:
         await store.close()

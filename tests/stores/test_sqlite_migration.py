@@ -1,5 +1,5 @@
 """SQLite schema v1 (before accounts) is migrated to the current one at open: the rows are kept,
-as account "main"; v2 gains the rate-limit tables (v3)."""
+as account "main"; v2 gains the rate-limit tables (v3), v3 the conversation memory (v4)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tgmux.store import SCHEMA, SCHEMA_V1, SCHEMA_VERSION, SQLiteStore, Unanswered
-from tgmux.store.sqlite import _RATE_V3
+from tgmux.store.sqlite import _HISTORY_V4, _RATE_V3
+from tgmux.types import Exchange
 
 
 def make_v1(path: Path) -> None:
@@ -36,7 +37,7 @@ async def test_a_v1_file_is_migrated_keeping_everything_as_account_main(tmp_path
     store = SQLiteStore(path)
     await store.open()
     try:
-        assert (store.schema_version, store.migrated) == (SCHEMA_VERSION, (1, 3))
+        assert (store.schema_version, store.migrated) == (SCHEMA_VERSION, (1, 4))
         assert await store.get_override(5) == "lucy"
         assert await store.get_override(6) == "sensay"
         assert await store.get_override(5, account="other") is None
@@ -50,9 +51,9 @@ async def test_a_v1_file_is_migrated_keeping_everything_as_account_main(tmp_path
     finally:
         await store.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone() == (3,)
+    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {"chat_override", "kv", "inbox", "rate_event", "rate_block"}
+    assert tables == {"chat_override", "kv", "inbox", "rate_event", "rate_block", "history"}
     assert db.execute("PRAGMA index_list(inbox)").fetchall()  # the index is back
     db.close()
     again = SQLiteStore(path)
@@ -78,15 +79,15 @@ def test_store_migrate_migrates_a_v1_file_and_says_so(tmp_path: Path) -> None:
     run = [sys.executable, "-m", "tgmux", "store", "migrate", "-c", str(config)]
     first = subprocess.run(run, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
-    assert first.stdout == f"store: sqlite:///{path}: schema version 3 (migrated from 1)\n"
+    assert first.stdout == f"store: sqlite:///{path}: schema version 4 (migrated from 1)\n"
     second = subprocess.run(run, capture_output=True, text=True, timeout=60)
-    assert second.stdout == f"store: sqlite:///{path}: schema version 3\n"
+    assert second.stdout == f"store: sqlite:///{path}: schema version 4\n"
 
 
 async def test_a_v2_file_gains_the_rate_tables(tmp_path: Path) -> None:
     path = tmp_path / "v2.db"
     db = sqlite3.connect(path)
-    db.executescript(SCHEMA.replace(_RATE_V3, ""))
+    db.executescript(SCHEMA.replace(_RATE_V3, "").replace(_HISTORY_V4, ""))
     db.execute("INSERT INTO kv VALUES ('backend:a', 'k', 'v')")
     db.execute("PRAGMA user_version=2")
     db.commit()
@@ -94,9 +95,28 @@ async def test_a_v2_file_gains_the_rate_tables(tmp_path: Path) -> None:
     store = SQLiteStore(path)
     await store.open()
     try:
-        assert store.migrated == (2, 3)
+        assert store.migrated == (2, 4)
         assert await store.kv_get("backend:a", "k") == "v"
         assert await store.rate_take("k", 1, 1.0) == 0.0
         assert await store.rate_take("k", 1, 1.0) > 0
+    finally:
+        await store.close()
+
+
+async def test_a_v3_file_gains_the_conversation_memory(tmp_path: Path) -> None:
+    path = tmp_path / "v3.db"
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA.replace(_HISTORY_V4, ""))
+    db.execute("INSERT INTO rate_block VALUES ('k', 1.0)")
+    db.execute("PRAGMA user_version=3")
+    db.commit()
+    db.close()
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert store.migrated == (3, 4)
+        await store.history_append("gpt/main/1", Exchange("q", "a"), max_turns=2, max_chars=99)
+        assert await store.history_read("gpt/main/1", max_turns=2, max_chars=99) == \
+            [Exchange("q", "a")]
     finally:
         await store.close()
