@@ -724,6 +724,9 @@ class Engine:
         log_fields.set({**(log_fields.get() or {}), "backend": backend.name})
         # an instance a reload removed meanwhile has a circuit no longer kept: a throwaway one
         circuit = self.circuits.get(backend.name) or self._circuit(backend.name, self.config)
+        if turn.command and not next((c.calls_provider for c in backend.commands()
+                                      if c.name == turn.command), True):
+            circuit = None  # it reads what tgmux keeps: answered even with the provider down
         loop = asyncio.get_running_loop()
         started = loop.time()
         first: float | None = None
@@ -733,7 +736,7 @@ class Engine:
         finished = False
         source: Any = None
         try:
-            if not circuit.allow():
+            if circuit is not None and not circuit.allow():
                 raise CircuitOpenError(f"{backend.name}: circuit open (retry in "
                                        f"{circuit.retry_in():.0f} s)")
             source = backend.run_command(turn) if turn.command else backend.reply(turn)
@@ -783,7 +786,9 @@ class Engine:
             # (a send failed) or the worker was cancelled at shutdown
             self._count_reply(turn, backend, loop.time() - started, failure, finished,
                               moves_on)
-            if isinstance(failure, BackendError | TimeoutError) and \
+            if circuit is None:
+                pass
+            elif isinstance(failure, BackendError | TimeoutError) and \
                     not isinstance(failure, CircuitOpenError):
                 circuit.failed(_kind_of(failure))
             elif failure is None and finished:

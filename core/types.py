@@ -219,12 +219,15 @@ class Exchange:
 
 @dataclass(frozen=True)
 class CommandSpec:
-    """A chat command: ``/name args``. ``usage`` shows in /help after the name."""
+    """A chat command: ``/name args``. ``usage`` shows in /help after the name. A backend's
+    command with ``calls_provider=False`` (it reads what tgmux keeps) is answered whatever the
+    backend's circuit says, and says nothing to the circuit."""
 
     name: str
     description: str
     usage: str = ""
     admin_only: bool = False
+    calls_provider: bool = True
 
 
 @dataclass(frozen=True)

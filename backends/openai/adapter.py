@@ -181,7 +181,8 @@ class OpenAIBackend(HttpBackend[OpenAIClient]):
         return turn.text
 
     def commands(self) -> list[CommandSpec]:
-        return [CommandSpec("history", "Show what I remember of our conversation")]
+        return [CommandSpec("history", "Show what I remember of our conversation",
+                            calls_provider=False)]
 
     def run_command(self, turn: Turn) -> AsyncIterator[ReplyPart]:
         if turn.command == "history":

@@ -385,3 +385,20 @@ async def test_the_key_and_extra_headers_never_reach_the_logs(
     assert "kind=auth" in logged and "Incorrect API key provided" in logged  # the reason, for ops
     assert "request_id=req_" in logged
     assert KEY not in logged and "proxy-token-0123456789" not in logged
+
+
+async def test_history_is_shown_while_the_circuit_is_open(sim: OpenAISimulator) -> None:
+    # /history reads what tgmux keeps: an open circuit (the provider down) does not refuse
+    # it, and its success does not close the circuit
+    async with harness(sim, "    circuit: {failures: 1, cooldown: 1m}") as h:
+        await h.say("Hi, I am Ann.", user_id=8)
+        sim.fail(503, times=10)
+        [failed] = await h.say("Still there?", user_id=8)
+        assert failed == Notice(USER_MESSAGES[ErrorKind.UNAVAILABLE])
+        assert h.engine.circuits["gpt"].state == "open"
+        shown = texts(await h.say("/history", user_id=8))
+        assert "Hi, I am Ann." in "\n".join(shown)
+        assert h.engine.circuits["gpt"].state == "open"
+        asked = len(sim.completions)
+        [refused] = await h.say("Hello?", user_id=8)
+    assert isinstance(refused, Notice) and len(sim.completions) == asked
