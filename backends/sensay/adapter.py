@@ -18,6 +18,7 @@ messages the bot is not asked to answer (:meth:`SensayBackend.observe`).
 
 from __future__ import annotations
 
+import datetime
 import logging
 import string
 from collections.abc import AsyncIterator
@@ -125,6 +126,12 @@ class SensaySettings(HttpBackendSettings):
         if self.api_version is not None:
             return self.api_version
         return DEFAULT_API_VERSION if self.user_id is None else None
+
+    @field_validator("api_version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: Any) -> Any:
+        # YAML reads an unquoted 2025-04-01 as a date: the header wants that text.
+        return value.isoformat() if isinstance(value, datetime.date) else value
 
     @field_validator("user_id")
     @classmethod
