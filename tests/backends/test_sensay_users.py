@@ -4,10 +4,12 @@ engine against the simulator; the seed-contract config (``user_id``) sends what 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 import tgmux.backends.sensay as sensay_plugin
 from tgmux.backend import Media, Notice, Text
@@ -270,3 +272,28 @@ async def test_photos_caption_and_image_url(sim) -> None:
         await h.say("and this?", user_id=42, media=hosted)
     assert sim.requests[-1].json["imageURL"] == "https://files.example.com/p/abc.jpg"
     assert sim.turns[-1].image_url == "https://files.example.com/p/abc.jpg"
+
+
+# -- the documented example ----------------------------------------------------------------------
+
+
+async def test_the_documented_default_config_works_as_printed() -> None:
+    page = (Path(__file__).parents[2] / "docs/backends/sensay.md").read_text()
+    example = yaml.safe_load(re.search(r"```yaml\n(.*?)```", page, re.S).group(1))
+    abe = example["backends"]["abe"]
+    assert "user_id" not in abe and "api_version" not in abe  # the default mode, as printed
+    async with SensaySimulator(organization_secret=SECRET,
+                               replicas=[Replica(abe["replica_uuid"], "Abe")],
+                               chunk_size=50) as server:
+        abe["base_url"] = server.base_url
+        text = yaml.safe_dump(example).replace("${SENSAY_ORGANIZATION_SECRET}", SECRET)
+        h = EngineHarness.from_yaml(text, plugins=[sensay_plugin])
+        async with h:
+            await h.say("chatter", user_id=7, chat_id=-4001, chat_type="group",
+                        addressed=False, chat_title="Club")
+            parts = await h.say("hi", user_id=42, chat_id=-4001, chat_type="group")
+        assert parts[-1] == Text("[Abe] hi (history: 1)")
+        assert [r.path for r in server.requests][2] == (
+            f"/v1/replicas/{abe['replica_uuid']}/chat/history/telegram")
+        assert {r.header("X-USER-ID-TYPE") for r in server.requests if r.header("X-USER-ID")} \
+            == {"telegram"}
