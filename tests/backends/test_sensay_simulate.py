@@ -87,11 +87,15 @@ async def test_two_telegram_users_two_sensay_users_once_each_across_a_restart(
     assert sorted(calls(sim)) == [("POST", COMPLETION, "42"), ("POST", COMPLETION, "43")]
 
 
-async def test_two_simulate_processes_racing_create_one_user(sim, config) -> None:
+async def test_two_simulate_processes_racing_create_one_user(sim, config, tmp_path) -> None:
+    # Two deployments (each its own store: one store is one process's, as `tgmux run`'s
+    # leases make it) meet one user at once: Sensay's 409 keeps it one user.
+    other = tmp_path / "other.yaml"
+    other.write_text(config.read_text().replace("tgmux.db", "other.db"))
     sim.latency = 0.3  # each request takes a while: the two first contacts overlap
     one, two = await asyncio.gather(
         simulate(config, [{"user_id": 44, "text": "from one", "message_id": 1}]),
-        simulate(config, [{"user_id": 44, "text": "from two", "message_id": 2}]))
+        simulate(other, [{"user_id": 44, "text": "from two", "message_id": 2}]))
     assert [a["text"].split(" (")[0] for a in one + two] == ["[Abe] from one",
                                                             "[Abe] from two"]
     assert len(sim.created_users) == 1
