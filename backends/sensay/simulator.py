@@ -329,6 +329,16 @@ class SensaySimulator(SimulatorServer):
         except ValueError:
             return self._error(400, "Bad Request: the body is not valid JSON")
 
+    async def _user_and_body(self, request: web.Request) -> tuple[str, Any] | web.Response:
+        """The user and the JSON body of a request, or the error answer."""
+        user = self._user(request)
+        if isinstance(user, web.Response):
+            return user
+        body = await self._json_body(request)
+        if isinstance(body, web.Response):
+            return body
+        return user, body
+
     async def users_me(self, request: web.Request) -> web.Response:
         user = self._user(request)
         if isinstance(user, web.Response):
@@ -377,12 +387,10 @@ class SensaySimulator(SimulatorServer):
         return None
 
     async def record(self, request: web.Request) -> web.Response:
-        user = self._user(request)
-        if isinstance(user, web.Response):
-            return user
-        body = await self._json_body(request)
-        if isinstance(body, web.Response):
-            return body
+        checked = await self._user_and_body(request)
+        if isinstance(checked, web.Response):
+            return checked
+        user, body = checked
         versioned = request.headers.get("X-API-Version") is not None
         problem = self.validate(body, versioned=versioned, history=True)
         if problem:
@@ -408,12 +416,10 @@ class SensaySimulator(SimulatorServer):
         return web.json_response({"success": True, "type": "telegram", "items": items})
 
     async def completion(self, request: web.Request) -> web.StreamResponse:
-        user = self._user(request)
-        if isinstance(user, web.Response):
-            return user
-        body = await self._json_body(request)
-        if isinstance(body, web.Response):
-            return body
+        checked = await self._user_and_body(request)
+        if isinstance(checked, web.Response):
+            return checked
+        user, body = checked
         version = request.headers.get("X-API-Version")
         problem = self.validate(body, versioned=version is not None)
         if problem:
