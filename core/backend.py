@@ -252,6 +252,19 @@ class Backend(ABC):
         await turn.history.clear()
         return FORGOTTEN
 
+    async def observe(self, turn: Turn) -> None:
+        """See a group message the bot is not asked to answer (e.g. to give the provider the
+        chat's context). The engine calls it, in the chat's order, before the next message of
+        that chat is handled, only for backends that override it, only for a group or
+        supergroup message whose route picks this backend and whose sender ``access`` lets
+        through; limits never count it. Nothing it does reaches the chat: a failure is
+        logged."""
+
+    @classmethod
+    def observes(cls) -> bool:
+        """Whether this backend overrides :meth:`observe`."""
+        return cls.observe is not Backend.observe
+
 
 # -- a backend in front of one API client ------------------------------------------------------
 

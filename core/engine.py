@@ -548,6 +548,7 @@ class Engine:
             await self._send(chat, _as_parts(verdict), chat.message_id)
             return
         if not triggered:
+            await self._observe(message, decision)
             return
         account = self.router_for(chat.account).account
         refused = self.gate.denied(account, message)
@@ -589,6 +590,26 @@ class Engine:
                                     if n in self.backends and n != backend.name]
         with self._in_use.hold([backend, *chain]):
             await self._answer_with(message, decision, backend, chain)
+
+    async def _observe(self, message: IncomingMessage, decision: RouteDecision | None) -> None:
+        """Show an untriggered group message to its route's backend (:meth:`Backend.observe`).
+        Awaited in the chat's worker, so it is done before the chat's next message is."""
+        chat = message.chat
+        if decision is None or chat.chat_type not in ("group", "supergroup"):
+            return
+        backend = self.backends.get(decision.backend)
+        if backend is None or not backend.observes() or not message.text.strip():
+            return
+        if self.gate.denied(self.router_for(chat.account).account, message) is not None:
+            return
+        turn = self.turn_for(message, decision, backend)
+        try:
+            with self._in_use.hold([backend]):
+                async with asyncio.timeout(self.config.data.engine.turn_timeout):
+                    await backend.observe(turn)
+        except Exception as exc:  # never shown: the chat did not ask for anything
+            log.warning("chat %s message %s: %s could not observe it: %s", chat.chat_id,
+                        chat.message_id, backend.name, exc)
 
     async def _answer_with(self, message: IncomingMessage, decision: RouteDecision,
                            backend: Backend, chain: list[Backend]) -> None:

@@ -74,7 +74,7 @@ class EngineHarness:
                 chat_type: ChatType = "private", username: str | None = None,
                 message_id: int | None = None, thread_id: int | None = None,
                 addressed: bool = True, media: Media | None = None,
-                account: str = "main") -> IncomingMessage:
+                account: str = "main", chat_title: str | None = None) -> IncomingMessage:
         chat_id = user_id if chat_id is None else chat_id
         if message_id is None:
             # one count per chat id across accounts: `by_message` keys stay unique
@@ -82,7 +82,8 @@ class EngineHarness:
         return IncomingMessage(
             chat=ChatIdentity(chat_type=chat_type, chat_id=chat_id, user_id=user_id,
                               username=username, message_id=message_id,
-                              message_thread_id=thread_id, account=account),
+                              message_thread_id=thread_id, account=account,
+                              chat_title=chat_title),
             text=text, media=media, addressed=addressed,
         )
 

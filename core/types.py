@@ -65,6 +65,8 @@ class ChatIdentity:
     #: The tgmux account (the Telegram bot or user) the chat is with: ``main`` for the single
     #: ``telegram:`` form. The same user talking to two accounts is two chats.
     account: str = "main"
+    #: The chat's title (groups, supergroups, channels); None in private chats.
+    chat_title: str | None = None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ repeats the call once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,6 +31,7 @@ from tgmux.backend import (
     Turn,
 )
 from tgmux.errors import BadRequestError, NotFoundError, ProtocolError
+from tgmux.singleflight import SingleFlight
 from tgmux.text import join_blocks as split_text_parts
 
 from .client import (
@@ -164,8 +164,8 @@ class LucyDreamBackend(HttpBackend[LucyDreamClient]):
 
     def __init__(self, name: str, settings: LucyDreamSettings, kv: KeyValue) -> None:
         super().__init__(name, settings, kv)
-        #: Sub-user creations under way, by mapping key (single-flight).
-        self._creating: dict[str, asyncio.Task[str]] = {}
+        #: Sub-user creations under way, by mapping key.
+        self._creating: SingleFlight[str] = SingleFlight()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -273,19 +273,7 @@ class LucyDreamBackend(HttpBackend[LucyDreamClient]):
         stored = await kv.get(key)
         if stored:
             return stored
-        task = self._creating.get(key)
-        if task is None:
-            task = asyncio.create_task(self._create(kv, key, username))
-            self._creating[key] = task
-            task.add_done_callback(lambda done: self._created(key, done))
-        # shield: a cancelled turn must not cancel a creation other turns are waiting for
-        return await asyncio.shield(task)
-
-    def _created(self, key: str, task: asyncio.Task[str]) -> None:
-        if self._creating.get(key) is task:
-            del self._creating[key]
-        if not task.cancelled():
-            task.exception()  # retrieved: waiters get it; no "never retrieved" warning
+        return await self._creating.run(key, lambda: self._create(kv, key, username))
 
     async def _create(self, kv: KeyValue, key: str, username: str) -> str:
         api = self.client

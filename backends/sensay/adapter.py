@@ -1,7 +1,24 @@
-"""The ``sensay`` backend: a Sensay replica answers each chat, streamed or as JSON."""
+"""The ``sensay`` backend: a Sensay replica answers each chat, streamed or as JSON.
+
+Two ways to say who is talking:
+
+* no ``user_id`` (the default, as Sensay's own Telegram bot does it): ``X-USER-ID`` is the
+  Telegram user id with ``X-USER-ID-TYPE: telegram``; before a user's first message tgmux asks
+  ``GET /v1/users/me`` and, on 401, creates the user (``POST /v1/users`` with the linked
+  Telegram account; a 409 means another process did). Known users are kept in the backend's
+  key-value store, so this happens once per user, across restarts and processes; creation is
+  single-flight per user. ``X-API-Version`` defaults to the version Sensay's bot pins.
+* ``user_id`` (a fixed Sensay user id or a template): exactly the seed contract, no user
+  calls, no ``X-API-Version`` unless ``api_version`` is set.
+
+With an API version in effect, group requests carry ``telegram_data.chat_name`` and
+``/history`` reads ``GET …/chat/history/telegram``. ``record_group_context`` records the group
+messages the bot is not asked to answer (:meth:`SensayBackend.observe`).
+"""
 
 from __future__ import annotations
 
+import datetime
 import logging
 import string
 from collections.abc import AsyncIterator
@@ -14,6 +31,7 @@ from tgmux.backend import (
     CommandSpec,
     HttpBackend,
     HttpBackendSettings,
+    KeyValue,
     Notice,
     ReplyPart,
     Text,
@@ -21,11 +39,13 @@ from tgmux.backend import (
     Turn,
 )
 from tgmux.errors import BackendError, ProtocolError
-from tgmux.text import valid_unicode
+from tgmux.singleflight import SingleFlight
+from tgmux.text import split_text, valid_unicode
 
 from .client import (
     DEFAULT_BASE_URL,
     MAX_CONTENT,
+    HistoryItem,
     SensayClient,
     content_length,
     split_content,
@@ -44,6 +64,18 @@ NO_RESET = (
     "This AI keeps the conversation on its side and cannot forget it from here. "
     "To ask something without it, use /fresh <text>."
 )
+#: What Sensay's own bot answers to a photo without a caption.
+EMPTY_CAPTION = "Caption is empty, please provide a message."
+NO_IMAGE_URL = ("This AI cannot see pictures sent here yet; it got only your caption.")
+NO_HISTORY = "No history yet."
+#: The X-API-Version Sensay's own Telegram bot pins (the default without ``user_id``).
+DEFAULT_API_VERSION = "2025-04-01"
+#: X-USER-ID-TYPE (and the linked account's type) of a Telegram user id.
+TELEGRAM = "telegram"
+#: /history shows this many of the newest messages, in Telegram messages of at most this many
+#: UTF-16 code units.
+HISTORY_SHOWN = 20
+HISTORY_PART_LIMIT = 4000
 
 
 class SensaySettings(HttpBackendSettings):
@@ -52,13 +84,27 @@ class SensaySettings(HttpBackendSettings):
     organization_secret: SecretStr = Field(
         description="the organization's API key, sent as X-ORGANIZATION-SECRET"
     )
-    user_id: str = Field(
+    user_id: str | None = Field(
+        None,
         description=(
-            "the X-USER-ID sent with each request: a fixed Sensay user id, or a template with "
-            "{user_id}, {chat_id}, {username}, {chat_type} of the Telegram message "
-            "(e.g. 'tg_{user_id}': one Sensay user per Telegram user)"
+            "unset (default): one Sensay user per Telegram user, created on first contact "
+            "(X-USER-ID-TYPE: telegram). Set: the X-USER-ID sent with each request, a fixed "
+            "existing Sensay user id or a template with {user_id}, {chat_id}, {username}, "
+            "{chat_type} of the Telegram message (those users must exist)"
         ),
         min_length=1,
+    )
+    api_version: str | None = Field(
+        None,
+        description=f"X-API-Version sent with every request (default: {DEFAULT_API_VERSION} "
+        "without user_id, none with it); also enables chat_name and /history",
+        min_length=1,
+    )
+    record_group_context: bool = Field(
+        False,
+        description="record group messages the bot is not asked to answer in the replica's "
+        "chat history, so that it knows the conversation when mentioned (overridable per "
+        "route)",
     )
     replica_uuid: str = Field(description="the replica that answers (overridable per route)",
                               min_length=1)
@@ -74,9 +120,24 @@ class SensaySettings(HttpBackendSettings):
         "completions, truncate it, or reject it with a reply saying so",
     )
 
+    @property
+    def effective_api_version(self) -> str | None:
+        """The X-API-Version in effect (None: the header is not sent)."""
+        if self.api_version is not None:
+            return self.api_version
+        return DEFAULT_API_VERSION if self.user_id is None else None
+
+    @field_validator("api_version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: Any) -> Any:
+        # YAML reads an unquoted 2025-04-01 as a date: the header wants that text.
+        return value.isoformat() if isinstance(value, datetime.date) else value
+
     @field_validator("user_id")
     @classmethod
-    def _template(cls, value: str) -> str:
+    def _template(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         try:
             names = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
         except ValueError as exc:
@@ -102,8 +163,9 @@ def sensay_user_id(template: str, chat: ChatIdentity) -> str:
     )
 
 
-def telegram_data_for(chat: ChatIdentity) -> dict[str, Any]:
-    """``telegram_data`` for the message being answered."""
+def telegram_data_for(chat: ChatIdentity, *, chat_name: bool = False) -> dict[str, Any]:
+    """``telegram_data`` for the message being answered; with ``chat_name`` (an API version
+    that knows the key) a group's title too."""
     if chat.message_id is None:  # required by the API; frontends always have one
         log.debug("chat %s: message without id; sending message_id 0", chat.chat_id)
     return telegram_data(
@@ -113,41 +175,142 @@ def telegram_data_for(chat: ChatIdentity) -> dict[str, Any]:
         user_id=chat.user_id,
         username=chat.username,
         message_thread_id=chat.message_thread_id,
+        chat_name=chat.chat_title if chat_name and chat.chat_type != "private" else None,
     )
+
+
+def format_history(items: list[HistoryItem], shown: int = HISTORY_SHOWN,
+                   part_limit: int = HISTORY_PART_LIMIT) -> list[str]:
+    """``role: content`` lines, the newest ``shown`` (newest last), in messages of at most
+    ``part_limit`` UTF-16 code units; ``["No history yet."]`` when empty."""
+    lines = [f"{item.role}: {item.content.strip()}" for item in items[-shown:]
+             if item.content.strip()]
+    return split_text("\n".join(lines), part_limit) or [NO_HISTORY]
 
 
 class SensayBackend(HttpBackend[SensayClient]):
     type_name = "sensay"
     Settings = SensaySettings
     description = "A Sensay replica (Telegram completions, streamed or JSON)."
-    route_options = frozenset({"replica_uuid", "skip_chat_history"})
+    route_options = frozenset({"replica_uuid", "skip_chat_history", "record_group_context"})
+    accepts_media = frozenset({"photo"})
 
     settings: SensaySettings
+
+    def __init__(self, name: str, settings: SensaySettings, kv: KeyValue) -> None:
+        super().__init__(name, settings, kv)
+        #: Sensay users being looked up or created, by store key.
+        self._creating: SingleFlight[str] = SingleFlight()
 
     def make_client(self) -> SensayClient:
         return SensayClient(
             self.settings.organization_secret.get_secret_value(),
+            api_version=self.settings.effective_api_version,
             base_url=self.settings.base_url,
             http_options=self.settings.http_options(),
             name=f"sensay:{self.name}",
         )
 
     def commands(self) -> list[CommandSpec]:
-        return [CommandSpec("fresh", "Ask without the chat history (not remembered)",
-                            usage="<text>")]
+        specs = [CommandSpec("fresh", "Ask without the chat history (not remembered)",
+                             usage="<text>")]
+        if self.settings.effective_api_version is not None:  # the seed contract has no GET
+            specs.append(CommandSpec("history", "Show your recent conversation with the AI"))
+        return specs
+
+    # -- who is talking --------------------------------------------------------------------------
+
+    def _options(self, turn: Turn) -> SensaySettings:
+        options = turn.options
+        return options if isinstance(options, SensaySettings) else self.settings
+
+    def _telegram_data(self, chat: ChatIdentity) -> dict[str, Any]:
+        return telegram_data_for(chat, chat_name=self.settings.effective_api_version is not None)
+
+    def _telegram_user(self, chat: ChatIdentity) -> str:
+        # A channel post (or an anonymous admin) has no sender: the chat stands in.
+        return str(chat.user_id if chat.user_id is not None else chat.chat_id)
+
+    async def _user(self, turn: Turn) -> tuple[str, str | None]:
+        """(X-USER-ID, X-USER-ID-TYPE) for this turn; in the per-Telegram-user mode the Sensay
+        user exists when this returns."""
+        options = self._options(turn)
+        if options.user_id is not None:
+            return sensay_user_id(options.user_id, turn.chat), None
+        user = self._telegram_user(turn.chat)
+        key = f"user:{user}"
+        if await turn.kv.get(key) is None:
+            await self._creating.run(key, lambda: self._ensure_user(turn, key, user))
+        return user, TELEGRAM
+
+    async def _ensure_user(self, turn: Turn, key: str, user: str) -> None:
+        if await self.client.current_user(user, TELEGRAM) is not None:
+            log.info("%s: Sensay user for Telegram user %s exists", self.name, user)
+        elif await self.client.create_user([{"accountID": user, "accountType": TELEGRAM}]):
+            log.info("%s: created the Sensay user of Telegram user %s", self.name, user)
+        else:
+            log.info("%s: the Sensay user of Telegram user %s was created meanwhile (409)",
+                     self.name, user)
+        await turn.kv.set(key, "1")
+
+    # -- turns -----------------------------------------------------------------------------------
 
     async def reset(self, turn: Turn) -> str | None:
         # The contract has no call that clears a history: say what can be done instead.
         return NO_RESET
 
     def reply(self, turn: Turn) -> AsyncIterator[ReplyPart]:
-        options = turn.options or self.settings
+        options = self._options(turn)
+        if turn.media is not None:
+            return self._photo(turn, skip_chat_history=options.skip_chat_history)
         return self._ask(turn, turn.text, skip_chat_history=options.skip_chat_history)
 
     def run_command(self, turn: Turn) -> AsyncIterator[ReplyPart]:
         if turn.command == "fresh":
             return self._fresh(turn)
+        if turn.command == "history" and self.settings.effective_api_version is not None:
+            return self._history(turn)
         return super().run_command(turn)
+
+    async def observe(self, turn: Turn) -> None:
+        """Record a group message the bot was not asked to answer (``record_group_context``),
+        so that the replica knows it when it is mentioned next."""
+        options = self._options(turn)
+        if not options.record_group_context or options.skip_chat_history:
+            return
+        user, kind = await self._user(turn)
+        await self.client.record_history(options.replica_uuid, turn.text,
+                                         self._telegram_data(turn.chat), user_id=user,
+                                         user_id_type=kind)
+
+    async def _photo(self, turn: Turn, *, skip_chat_history: bool) -> AsyncIterator[ReplyPart]:
+        if not turn.text.strip():
+            yield Notice(EMPTY_CAPTION)
+            return
+        url = turn.media.url if turn.media is not None else None
+        if url is None or not url.startswith(("https://", "http://")):
+            # Sensay takes an image by http(s) URL only; Telegram (MTProto) gives none.
+            yield Notice(NO_IMAGE_URL)
+            url = None
+        async for part in self._ask(turn, turn.text, skip_chat_history=skip_chat_history,
+                                    image_url=url):
+            yield part
+
+    async def _history(self, turn: Turn) -> AsyncIterator[ReplyPart]:
+        options = self._options(turn)
+        if options.user_id is None:
+            user, kind = self._telegram_user(turn.chat), TELEGRAM
+            # Never create a Sensay user just to show that it has no history.
+            if await turn.kv.get(f"user:{user}") is None and \
+                    await self.client.current_user(user, kind) is None:
+                yield Text(NO_HISTORY)
+                return
+        else:
+            user, kind = sensay_user_id(options.user_id, turn.chat), None
+        items = await self.client.telegram_history(options.replica_uuid, user_id=user,
+                                                   user_id_type=kind)
+        for part in format_history(items):
+            yield Text(part)
 
     async def _fresh(self, turn: Turn) -> AsyncIterator[ReplyPart]:
         if not turn.args.strip():
@@ -156,9 +319,9 @@ class SensayBackend(HttpBackend[SensayClient]):
         async for part in self._ask(turn, turn.args, skip_chat_history=True):
             yield part
 
-    async def _ask(self, turn: Turn, text: str, *,
-                   skip_chat_history: bool) -> AsyncIterator[ReplyPart]:
-        options: SensaySettings = turn.options or self.settings
+    async def _ask(self, turn: Turn, text: str, *, skip_chat_history: bool,
+                   image_url: str | None = None) -> AsyncIterator[ReplyPart]:
+        options = self._options(turn)
         if not text.strip():  # never sent: the API wants 1..10000 characters
             yield Notice("Send me a message and I will answer.")
             return
@@ -182,17 +345,19 @@ class SensayBackend(HttpBackend[SensayClient]):
                 log.info("chat %s: a message of %d characters goes in %d parts",
                          turn.chat.chat_id, length, len(pieces))
 
-        user = sensay_user_id(options.user_id, turn.chat)
-        data = telegram_data_for(turn.chat)
+        user, kind = await self._user(turn)
+        data = self._telegram_data(turn.chat)
         for i, piece in enumerate(pieces):
             last = i == len(pieces) - 1
+            image = image_url if i == 0 else None  # the picture goes with the first part
             if options.stream and last:
                 async for part in self._streamed(options.replica_uuid, piece, data, user,
-                                                 skip_chat_history):
+                                                 kind, skip_chat_history, image):
                     yield part
                 continue
             reply = await self.client.complete(options.replica_uuid, piece, data,
-                                               skip_chat_history, user_id=user)
+                                               skip_chat_history, user_id=user,
+                                               user_id_type=kind, image_url=image)
             if not reply.strip():
                 if last:
                     raise ProtocolError("sensay: empty completion", user_message=EMPTY_REPLY)
@@ -200,10 +365,12 @@ class SensayBackend(HttpBackend[SensayClient]):
             yield Text(reply)
 
     async def _streamed(self, replica: str, content: str, data: dict[str, Any], user: str,
-                        skip: bool) -> AsyncIterator[ReplyPart]:
+                        kind: str | None, skip: bool,
+                        image_url: str | None) -> AsyncIterator[ReplyPart]:
         parts: list[str] = []
         try:
-            async for delta in self.client.stream(replica, content, data, skip, user_id=user):
+            async for delta in self.client.stream(replica, content, data, skip, user_id=user,
+                                                  user_id_type=kind, image_url=image_url):
                 parts.append(delta)
                 yield TextDelta(delta)
         except BackendError as exc:

@@ -14,6 +14,14 @@ and :mod:`tgmux.text`::
 telegram_data}``. ``Accept: application/json`` answers ``{"success": true, "content": "…"}``;
 ``Accept: text/event-stream`` answers a Vercel AI SDK stream (see :mod:`.streams`).
 
+Also, as Sensay's own Telegram bot uses them: ``GET /v1/users/me`` (:meth:`SensayClient.
+current_user`), ``POST /v1/users`` (:meth:`SensayClient.create_user`), and
+``POST``/``GET /v1/replicas/{replica_uuid}/chat/history/telegram``
+(:meth:`SensayClient.record_history`, :meth:`SensayClient.telegram_history`). With
+``api_version`` every request carries ``X-API-Version``; each call may name its user
+(``X-USER-ID``) and that id's type (``X-USER-ID-TYPE``, e.g. ``telegram``: the id is a linked
+Telegram account, not a Sensay user id).
+
 Quirks handled here:
 
 * Error bodies carry ``"success": true`` (as documented): the HTTP status decides, never the
@@ -35,12 +43,14 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from tgmux.errors import (
+    AuthError,
     BackendError,
     BackendTimeoutError,
     BadRequestError,
@@ -108,12 +118,16 @@ def telegram_data(
     user_id: int | None = None,
     username: str | None = None,
     message_thread_id: int | None = None,
+    chat_name: str | None = None,
 ) -> dict[str, Any]:
     """The ``telegram_data`` object: only the documented keys, absent optional ones omitted
-    (never null); ``message_thread_id`` only for a message in a topic/thread."""
+    (never null); ``message_thread_id`` only for a message in a topic/thread; ``chat_name``
+    only when given (API versions that know it)."""
     if chat_type not in CHAT_TYPES:
         raise ValueError(f"chat_type must be one of {', '.join(CHAT_TYPES)}, not {chat_type!r}")
     data: dict[str, Any] = {"chat_type": chat_type, "chat_id": chat_id}
+    if chat_name:
+        data["chat_name"] = chat_name
     if user_id is not None:
         data["user_id"] = user_id
     if username:
@@ -234,15 +248,42 @@ def _is_stream_answer(response: httpx.Response) -> bool:
     return False  # JSON, labeled text/plain: read as the JSON answer
 
 
+@dataclass(frozen=True)
+class HistoryItem:
+    """One message of ``GET …/chat/history/telegram``."""
+
+    role: str
+    content: str
+    created_at: str | None = None
+
+
+def parse_history(body: Any) -> list[HistoryItem]:
+    """The items of a history answer (``{"items": [{role, content, created_at}, …]}``);
+    items without a role or content are skipped."""
+    items = body.get("items") if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        raise ProtocolError("sensay: the chat history has no items",
+                            provider_message=str(body)[:200])
+    found = []
+    for item in items:
+        if isinstance(item, dict) and isinstance(item.get("content"), str) \
+                and isinstance(item.get("role"), str):
+            found.append(HistoryItem(item["role"], item["content"],
+                                     str_or_none(item.get("created_at"))))
+    return found
+
+
 # -- the client --------------------------------------------------------------------------------
 
 
 class SensayClient:
     """One organization's access to Sensay replicas.
 
-    ``user_id`` is the default ``X-USER-ID``; each call may name another. ``http`` lets a
-    caller pass a ready :class:`HttpClient` (its base URL, limiter, retries); otherwise one is
-    made from ``base_url`` and ``timeout``.
+    ``user_id`` is the default ``X-USER-ID``; each call may name another (and its
+    ``user_id_type``). ``api_version`` is sent as ``X-API-Version`` with every request (none:
+    the header is left out, and the server takes its default). ``http`` lets a caller pass a
+    ready :class:`HttpClient` (its base URL, limiter, retries); otherwise one is made from
+    ``base_url`` and ``timeout``.
     """
 
     def __init__(
@@ -250,6 +291,7 @@ class SensayClient:
         organization_secret: str,
         *,
         user_id: str | None = None,
+        api_version: str | None = None,
         base_url: str = DEFAULT_BASE_URL,
         timeout: float = 30.0,
         http: HttpClient | None = None,
@@ -257,6 +299,7 @@ class SensayClient:
         http_options: dict[str, Any] | None = None,
     ) -> None:
         self.user_id = user_id
+        self.api_version = api_version
         self.name = name
         self._secret = organization_secret
         self.http = http or HttpClient(
@@ -279,22 +322,80 @@ class SensayClient:
     def path(replica_uuid: str) -> str:
         return f"v1/replicas/{quote(replica_uuid, safe='')}/chat/completions/telegram"
 
-    def _headers(self, accept: str, user_id: str | None) -> dict[str, str]:
+    @staticmethod
+    def history_path(replica_uuid: str) -> str:
+        return f"v1/replicas/{quote(replica_uuid, safe='')}/chat/history/telegram"
+
+    def _headers(self, accept: str, user_id: str | None,
+                 user_id_type: str | None = None) -> dict[str, str]:
         headers = {"X-ORGANIZATION-SECRET": self._secret, "Accept": accept}
         user = user_id if user_id is not None else self.user_id
         if user:
             headers["X-USER-ID"] = user
+            if user_id_type:
+                headers["X-USER-ID-TYPE"] = user_id_type
+        if self.api_version:
+            headers["X-API-Version"] = self.api_version
         return headers
 
     @staticmethod
-    def body(content: str, telegram_data: dict[str, Any],
-             skip_chat_history: bool = False) -> dict[str, Any]:
+    def body(content: str, telegram_data: dict[str, Any], skip_chat_history: bool = False,
+             image_url: str | None = None) -> dict[str, Any]:
         check_content(content)
-        return {
-            "content": content,
-            "skip_chat_history": skip_chat_history,
-            "telegram_data": telegram_data,
-        }
+        body: dict[str, Any] = {"content": content}
+        if image_url is not None:
+            body["imageURL"] = image_url
+        body["skip_chat_history"] = skip_chat_history
+        body["telegram_data"] = telegram_data
+        return body
+
+    async def current_user(self, user_id: str, user_id_type: str | None = None,
+                           ) -> dict[str, Any] | None:
+        """``GET /v1/users/me`` as that user: the user, or None when Sensay does not know it
+        (401, as Sensay's own bot reads it)."""
+        try:
+            body = await self.http.request_json(
+                "GET", "v1/users/me",
+                headers=self._headers("application/json", user_id, user_id_type))
+        except AuthError:
+            return None
+        return body if isinstance(body, dict) else {}
+
+    async def create_user(self, linked_accounts: list[dict[str, str]]) -> bool:
+        """``POST /v1/users`` with these linked accounts (``accountID``, ``accountType``):
+        True when created, False when it exists already (409: e.g. another process created it
+        first). Safe to repeat, so the HTTP layer may retry it."""
+        headers = {"X-ORGANIZATION-SECRET": self._secret, "Accept": "application/json"}
+        if self.api_version:
+            headers["X-API-Version"] = self.api_version
+        try:
+            await self.http.request("POST", "v1/users", json={"linkedAccounts": linked_accounts},
+                                    headers=headers, idempotent=True)
+        except BadRequestError as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    async def record_history(self, replica_uuid: str, content: str,
+                             telegram_data: dict[str, Any], *, user_id: str | None = None,
+                             user_id_type: str | None = None) -> None:
+        """``POST …/chat/history/telegram``: a message the replica did not answer, kept in its
+        history (``content`` is cut to 10,000 characters)."""
+        if not content.strip():
+            raise BadRequestError("sensay: empty content is never recorded")
+        await self.http.request(
+            "POST", self.history_path(replica_uuid),
+            json={"content": truncate_content(content), "telegram_data": telegram_data},
+            headers=self._headers("application/json", user_id, user_id_type))
+
+    async def telegram_history(self, replica_uuid: str, *, user_id: str | None = None,
+                               user_id_type: str | None = None) -> list[HistoryItem]:
+        """``GET …/chat/history/telegram``: the user's Telegram history with the replica."""
+        body = await self.http.request_json(
+            "GET", self.history_path(replica_uuid),
+            headers=self._headers("application/json", user_id, user_id_type))
+        return parse_history(body)
 
     async def complete(
         self,
@@ -304,12 +405,14 @@ class SensayClient:
         skip_chat_history: bool = False,
         *,
         user_id: str | None = None,
+        user_id_type: str | None = None,
+        image_url: str | None = None,
     ) -> str:
         """Ask for a completion as JSON; return the reply text."""
-        body = self.body(content, telegram_data, skip_chat_history)
+        body = self.body(content, telegram_data, skip_chat_history, image_url)
         response = await self.http.request(
             "POST", self.path(replica_uuid), json=body,
-            headers=self._headers("application/json", user_id),
+            headers=self._headers("application/json", user_id, user_id_type),
         )
         if _is_stream_answer(response):  # asked for JSON, got a stream anyway: read it whole
             parser = StreamParser(_stream_flavor(response), name=self.name)
@@ -324,6 +427,8 @@ class SensayClient:
         skip_chat_history: bool = False,
         *,
         user_id: str | None = None,
+        user_id_type: str | None = None,
+        image_url: str | None = None,
     ) -> AsyncIterator[str]:
         """Ask for a streamed completion; yield text deltas as they arrive.
 
@@ -331,10 +436,10 @@ class SensayClient:
         stream carries an error part, after the text before it was yielded; a connection lost
         mid-stream is an :class:`UnavailableError`, a stall a :class:`BackendTimeoutError`.
         """
-        body = self.body(content, telegram_data, skip_chat_history)
+        body = self.body(content, telegram_data, skip_chat_history, image_url)
         async with self.http.stream(
             "POST", self.path(replica_uuid), json=body,
-            headers=self._headers("text/event-stream", user_id),
+            headers=self._headers("text/event-stream", user_id, user_id_type),
         ) as response:
             request_id = response.headers.get("x-request-id")
             try:

@@ -34,6 +34,26 @@ example. :meth:`SensaySimulator.fail_stream`
 injects an error part (or a dropped connection) mid-stream; :meth:`SensaySimulator.fail`
 answers the next request with a documented error body. Anything else asks for JSON.
 
+Users, as Sensay's own Telegram bot meets them:
+
+* ``POST /v1/users`` (secret only) creates a user with ``linkedAccounts`` (``accountID``,
+  ``accountType`` discord|telegram|embed; optional ``id``, ``name``, ``email``): 409 when one of
+  its linked accounts (or its id) exists already;
+* ``X-USER-ID-TYPE: telegram`` (or discord, embed) says ``X-USER-ID`` is a linked account: it
+  must belong to a created user, else 401 (every endpoint); ``GET /v1/users/me`` answers that
+  user (401 for an unknown one). Without the header ``X-USER-ID`` is taken as is (as above).
+
+Chat history for Telegram: ``POST /v1/replicas/{uuid}/chat/history/telegram`` (body
+``{content, telegram_data}``, the same rules as a completion's) records a message the replica
+did not answer; a later completion in that chat sees the chat's recorded messages, then the
+user's own history (so N counts both). ``GET`` on the same path lists the user's Telegram
+history (``{"success": true, "type": "telegram", "items": [{id, role, content, created_at,
+source, is_private, sources}]}``), oldest first.
+
+``X-API-Version`` is recorded with each completion (:attr:`Turn.api_version`); with one,
+``telegram_data.chat_name`` (a string) and ``imageURL`` (an http(s) URL, the documented
+pattern) are accepted; without, they are additional properties (400), as in the seed contract.
+
 Run it alone: ``python -m tgmux.backends.sensay.simulator --port 8093``.
 """
 
@@ -42,7 +62,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +87,10 @@ TELEGRAM_KEYS = {
     "message_thread_id": (int, float),
 }
 TELEGRAM_REQUIRED = ("chat_type", "chat_id", "message_id")
+ACCOUNT_TYPES = ("discord", "telegram", "embed")
+#: imageURL's documented pattern
+IMAGE_URL = re.compile(r"https?:\/\/[-a-zA-Z0-9@:%._+~#=]{1,256}\.[a-zA-Z0-9()]+\b"
+                       r"([-a-zA-Z0-9()@:%_+.~#?&\/=]*)")
 
 #: ``reply(content, history) -> text``; ``history`` is the list of messages the replica saw.
 ReplyFn = Callable[[str, list[dict[str, str]]], str]
@@ -126,6 +152,19 @@ class Turn:
     #: loop times at which the first and the last text part were written (streams only)
     first_token_at: float | None = None
     last_token_at: float | None = None
+    api_version: str | None = None
+    user_id_type: str | None = None
+    image_url: str | None = None
+
+
+@dataclass
+class Recorded:
+    """One message recorded through ``POST …/chat/history/telegram``."""
+
+    replica: str
+    user: str
+    content: str
+    telegram_data: dict[str, Any]
 
 
 def utf16_len(text: str) -> int:
@@ -162,6 +201,12 @@ class SensaySimulator(SimulatorServer):
         self.write_size = write_size
         self.split_characters = split_characters
         self._histories: dict[tuple[str, str], list[dict[str, str]]] = {}
+        #: every Telegram history message, for GET …/chat/history/telegram
+        self._log: list[dict[str, Any]] = []
+        #: created users by id, and their linked accounts: (type, account id) -> user id
+        self.created_users: dict[str, dict[str, Any]] = {}
+        self._linked: dict[tuple[str, str], str] = {}
+        self.recorded: list[Recorded] = []
         self.turns: list[Turn] = []
         self.stream_faults: list[StreamFault] = []
         self._ids = itertools.count(1)
@@ -177,6 +222,29 @@ class SensaySimulator(SimulatorServer):
     def history(self, replica_uuid: str, user: str) -> list[dict[str, str]]:
         """The stored chat history of (replica, user): ``{"role", "content"}`` dicts."""
         return list(self._histories.get((replica_uuid, user), []))
+
+    def user_for(self, account_type: str, account_id: str) -> str | None:
+        """The id of the created user linked to that account, or None."""
+        return self._linked.get((account_type, account_id))
+
+    def add_user(self, user_id: str, linked_accounts: list[dict[str, str]]) -> None:
+        """A user that exists before the test (as if created earlier)."""
+        self.created_users[user_id] = {"id": user_id, "linkedAccounts": linked_accounts}
+        for account in linked_accounts:
+            self._linked[(account["accountType"], account["accountID"])] = user_id
+
+    def _context(self, replica: str, chat_id: Any) -> list[dict[str, str]]:
+        return [{"role": "user", "content": r.content} for r in self.recorded
+                if r.replica == replica and r.telegram_data.get("chat_id") == chat_id]
+
+    def _logged(self, replica: str, user: str, role: str, content: str,
+                data: dict[str, Any]) -> None:
+        self._log.append({
+            "replica": replica, "user": user, "id": len(self._log) + 1, "role": role,
+            "content": content, "source": "telegram", "is_private": False, "sources": [],
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+            "chat_id": data.get("chat_id"),
+        })
 
     def fail(self, status: int, error: str = "string", *, inner_exception: bool = False,
              times: int = 1) -> Fault:
@@ -222,23 +290,138 @@ class SensaySimulator(SimulatorServer):
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/replicas/{replica}/chat/completions/telegram", self.completion)
+        app.router.add_post("/v1/replicas/{replica}/chat/history/telegram", self.record)
+        app.router.add_get("/v1/replicas/{replica}/chat/history/telegram", self.list_history)
+        app.router.add_get("/v1/users/me", self.users_me)
+        app.router.add_post("/v1/users", self.create_user)
 
-    async def completion(self, request: web.Request) -> web.StreamResponse:
+    def _secret_ok(self, request: web.Request) -> bool:
         secret = request.headers.get("X-ORGANIZATION-SECRET")
-        if not secret or secret != self.organization_secret:
+        return bool(secret) and secret == self.organization_secret
+
+    def _user(self, request: web.Request) -> str | web.Response:
+        """The user a request acts as (a created user's id for a linked account), or the
+        error answer."""
+        if not self._secret_ok(request):
             return self._error(401, "Unauthorized: invalid or missing X-ORGANIZATION-SECRET")
         user = request.headers.get("X-USER-ID", "")
         if not user:
             return self._error(401, "Unauthorized: missing X-USER-ID")
+        kind = request.headers.get("X-USER-ID-TYPE")
+        if kind is not None:
+            if kind not in ACCOUNT_TYPES:
+                return self._error(400, f"Bad Request: X-USER-ID-TYPE must be one of "
+                                        f"{', '.join(ACCOUNT_TYPES)}")
+            linked = self._linked.get((kind, user))
+            if linked is None:
+                return self._error(401, f"Unauthorized: no user with {kind} account {user!r}")
+            return linked
         if self.users is not None and user not in self.users:
             return self._error(401, f"Unauthorized: unknown user {user!r}")
+        return user
+
+    async def _json_body(self, request: web.Request) -> Any:
+        """The JSON body, or the error answer (415, 400)."""
         if request.content_type != "application/json":
             return self._error(415, f"Unsupported Media Type: {request.content_type}")
         try:
-            body = json.loads(await request.read())
+            return json.loads(await request.read())
         except ValueError:
             return self._error(400, "Bad Request: the body is not valid JSON")
-        problem = self.validate(body)
+
+    async def _user_and_body(self, request: web.Request) -> tuple[str, Any] | web.Response:
+        """The user and the JSON body of a request, or the error answer."""
+        user = self._user(request)
+        if isinstance(user, web.Response):
+            return user
+        body = await self._json_body(request)
+        if isinstance(body, web.Response):
+            return body
+        return user, body
+
+    async def users_me(self, request: web.Request) -> web.Response:
+        user = self._user(request)
+        if isinstance(user, web.Response):
+            return user
+        found = self.created_users.get(user, {"id": user, "linkedAccounts": []})
+        return web.json_response({**found, "success": True})
+
+    async def create_user(self, request: web.Request) -> web.Response:
+        if not self._secret_ok(request):
+            return self._error(401, "Unauthorized: invalid or missing X-ORGANIZATION-SECRET")
+        body = await self._json_body(request)
+        if isinstance(body, web.Response):
+            return body
+        problem = self.validate_user(body)
+        if problem:
+            return self._error(400, f"Bad Request: {problem}")
+        accounts = body.get("linkedAccounts", [])
+        user_id = body.get("id") or f"sim-user-{len(self.created_users) + 1}"
+        if user_id in self.created_users or any(
+                (a["accountType"], a["accountID"]) in self._linked for a in accounts):
+            error = self.error_body(409, "User, email, or linked account already exists")
+            error["error_code"] = "USER_ALREADY_EXISTS"
+            return json_error(409, error)
+        self.add_user(user_id, accounts)
+        return web.json_response({**self.created_users[user_id], "success": True})
+
+    @staticmethod
+    def validate_user(body: Any) -> str | None:
+        if not isinstance(body, dict):
+            return "the body must be an object"
+        extra = sorted(set(body) - {"id", "email", "name", "linkedAccounts"})
+        if extra:
+            return f"additional properties are not allowed ({', '.join(extra)})"
+        accounts = body.get("linkedAccounts", [])
+        if not isinstance(accounts, list):
+            return "linkedAccounts must be an array"
+        for account in accounts:
+            if not isinstance(account, dict) or set(account) != {"accountID", "accountType"}:
+                return "a linked account has exactly accountID and accountType"
+            if not isinstance(account["accountID"], str) or not account["accountID"]:
+                return "accountID must be a non-empty string"
+            if account["accountType"] not in ACCOUNT_TYPES:
+                return f"accountType must be one of {', '.join(ACCOUNT_TYPES)}"
+        if "id" in body and (not isinstance(body["id"], str) or not body["id"]):
+            return "id must be a non-empty string"
+        return None
+
+    async def record(self, request: web.Request) -> web.Response:
+        checked = await self._user_and_body(request)
+        if isinstance(checked, web.Response):
+            return checked
+        user, body = checked
+        versioned = request.headers.get("X-API-Version") is not None
+        problem = self.validate(body, versioned=versioned, history=True)
+        if problem:
+            return self._error(400, f"Bad Request: {problem}")
+        replica = self.replicas.get(request.match_info["replica"])
+        if replica is None:
+            return self._error(404, "Replica not found")
+        self.recorded.append(Recorded(replica.uuid, user, body["content"],
+                                      body["telegram_data"]))
+        self._logged(replica.uuid, user, "user", body["content"], body["telegram_data"])
+        return web.json_response({"success": True})
+
+    async def list_history(self, request: web.Request) -> web.Response:
+        user = self._user(request)
+        if isinstance(user, web.Response):
+            return user
+        replica = self.replicas.get(request.match_info["replica"])
+        if replica is None:
+            return self._error(404, "Replica not found")
+        hidden = ("replica", "user", "chat_id")
+        items = [{k: v for k, v in entry.items() if k not in hidden} for entry in self._log
+                 if entry["replica"] == replica.uuid and entry["user"] == user]
+        return web.json_response({"success": True, "type": "telegram", "items": items})
+
+    async def completion(self, request: web.Request) -> web.StreamResponse:
+        checked = await self._user_and_body(request)
+        if isinstance(checked, web.Response):
+            return checked
+        user, body = checked
+        version = request.headers.get("X-API-Version")
+        problem = self.validate(body, versioned=version is not None)
         if problem:
             return self._error(400, f"Bad Request: {problem}")
         replica = self.replicas.get(request.match_info["replica"])
@@ -247,14 +430,18 @@ class SensaySimulator(SimulatorServer):
 
         skip = bool(body.get("skip_chat_history", False))
         key = (replica.uuid, user)
-        seen = [] if skip else list(self._histories.get(key, []))
+        data = body["telegram_data"]
+        seen = [] if skip else [*self._context(replica.uuid, data["chat_id"]),
+                                *self._histories.get(key, [])]
         content = body["content"]
         reply = replica.answer(content, seen)
         streamed = "text/event-stream" in request.headers.get("Accept", "")
         if replica.answer_as is not None:
             streamed = replica.answer_as == "stream"
         turn = Turn(replica.uuid, user, content, skip, len(seen), reply, streamed,
-                    replica.flavor if streamed else None, telegram_data=body["telegram_data"])
+                    replica.flavor if streamed else None, telegram_data=data,
+                    api_version=version, user_id_type=request.headers.get("X-USER-ID-TYPE"),
+                    image_url=body.get("imageURL"))
         self.turns.append(turn)
 
         def store() -> None:
@@ -262,6 +449,8 @@ class SensaySimulator(SimulatorServer):
                 history = self._histories.setdefault(key, [])
                 history.append({"role": "user", "content": content})
                 history.append({"role": "assistant", "content": reply})
+                self._logged(replica.uuid, user, "user", content, data)
+                self._logged(replica.uuid, user, "assistant", reply, data)
                 turn.stored = True
 
         if not streamed:
@@ -276,10 +465,20 @@ class SensaySimulator(SimulatorServer):
         return response
 
     @staticmethod
-    def validate(body: Any) -> str | None:
-        """What is wrong with a request body, or None."""
+    def validate(body: Any, *, versioned: bool = False, history: bool = False) -> str | None:
+        """What is wrong with a completion body (``history``: a history entry's), or None.
+        ``versioned``: the request named an X-API-Version (chat_name and imageURL exist)."""
         if not isinstance(body, dict):
             return "the body must be an object"
+        allowed = {"content", "telegram_data"} | (set() if history else {"skip_chat_history"})
+        if versioned and not history:
+            allowed.add("imageURL")
+        extra = sorted(set(body) - allowed)
+        if extra:
+            return f"additional properties are not allowed ({', '.join(extra)})"
+        if "imageURL" in body and (not isinstance(body["imageURL"], str)
+                                   or not IMAGE_URL.fullmatch(body["imageURL"])):
+            return "imageURL must match the URL pattern https?://…"
         content = body.get("content")
         if "content" not in body:
             return "content is required"
@@ -294,7 +493,8 @@ class SensaySimulator(SimulatorServer):
             return "telegram_data is required"
         if not isinstance(data, dict):
             return "telegram_data must be an object"
-        extra = sorted(set(data) - set(TELEGRAM_KEYS))
+        keys = set(TELEGRAM_KEYS) | ({"chat_name"} if versioned else set())
+        extra = sorted(set(data) - keys)
         if extra:
             return f"telegram_data: additional properties are not allowed ({', '.join(extra)})"
         for key in TELEGRAM_REQUIRED:
@@ -306,6 +506,8 @@ class SensaySimulator(SimulatorServer):
                 if isinstance(value, bool) or not isinstance(value, kind):
                     want = "a string" if kind is str else "a number"
                     return f"telegram_data.{key} must be {want}"
+        if "chat_name" in data and not isinstance(data["chat_name"], str):
+            return "telegram_data.chat_name must be a string"
         if data["chat_type"] not in CHAT_TYPES:
             return f"telegram_data.chat_type must be one of {', '.join(CHAT_TYPES)}"
         return None

@@ -33,7 +33,7 @@ __all__ = ["parse_input_line", "simulate"]
 _INPUT_FIELDS: dict[str, type] = {
     "chat_id": int, "chat_type": str, "user_id": int, "username": str, "first_name": str,
     "text": str, "message_id": int, "thread_id": int, "reply_to_bot": bool, "photo": str,
-    "voice": str, "sticker": str, "document": str, "account": str,
+    "voice": str, "sticker": str, "document": str, "account": str, "chat_title": str,
 }
 _MEDIA_FIELDS = ("photo", "voice", "sticker", "document")
 #: Telegram's longest message text (UTF-16 code units), and the longest of the other strings
@@ -91,6 +91,8 @@ def parse_input_line(line: str) -> dict[str, Any]:
     check_chat(chat_id, chat_type, fields["user_id"])
     if "thread_id" in fields and chat_type != "supergroup":
         raise ValueError("thread_id: forum topics exist in supergroups only")
+    if "chat_title" in fields and chat_type == "private":
+        raise ValueError("chat_title: a private chat has no title")
     for key in ("photo", "voice", "document"):
         source = fields.get(key)
         if source is None:

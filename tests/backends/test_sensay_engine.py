@@ -299,8 +299,9 @@ default: r
     assert "unknown key 'streaming'" in message
 
 
-def test_route_may_override_only_replica_and_history() -> None:
-    assert SensayBackend.route_options == {"replica_uuid", "skip_chat_history"}
+def test_route_may_override_only_replica_history_and_group_context() -> None:
+    assert SensayBackend.route_options == {"replica_uuid", "skip_chat_history",
+                                           "record_group_context"}
     text = """
 backends:
   r: {type: sensay, organization_secret: s, user_id: u, replica_uuid: x}

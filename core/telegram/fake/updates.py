@@ -93,6 +93,7 @@ class ChatState:
     next_outgoing: int = FIRST_OUTGOING_ID
     bot_messages: list[int] = field(default_factory=list)
     topics: set[int] = field(default_factory=set)
+    title: str | None = None  # set by an input's chat_title; else a made-up one
 
 
 class World:
@@ -112,18 +113,22 @@ class World:
 
     # -- incoming messages ---------------------------------------------------------------------
 
-    def _chat(self, chat_id: int, chat_type: str, *, forum: bool = False) -> ChatState:
+    def _chat(self, chat_id: int, chat_type: str, *, forum: bool = False,
+              title: str | None = None) -> ChatState:
         state = self._chats.get(chat_id)
         if state is None:
             state = self._chats[chat_id] = ChatState(chat_id, chat_type)
+        if title is not None:  # a group keeps its title until another one is given
+            state.title = title
         if chat_type == "group":
             state.raw_chat = raw.types.Chat(
-                id=-chat_id, title=f"Group {-chat_id}", photo=raw.types.ChatPhotoEmpty(),
+                id=-chat_id, title=state.title or f"Group {-chat_id}",
+                photo=raw.types.ChatPhotoEmpty(),
                 participants_count=3, date=0, version=1)
         elif chat_type in ("supergroup", "channel"):
             was_forum = bool(getattr(state.raw_chat, "forum", False))
             state.raw_chat = raw.types.Channel(
-                id=CHANNEL_ID_BASE - chat_id, title=f"Chat {chat_id}",
+                id=CHANNEL_ID_BASE - chat_id, title=state.title or f"Chat {chat_id}",
                 photo=raw.types.ChatPhotoEmpty(), date=0, access_hash=chat_id & 0xFFFF,
                 megagroup=chat_type == "supergroup" or None,
                 broadcast=chat_type == "channel" or None, forum=(forum or was_forum) or None)
@@ -139,11 +144,12 @@ class World:
     def remember_chat(self, *, chat_type: str, chat_id: int, user_id: int | None = None,
                       username: str | None = None, first_name: str | None = None,
                       message_id: int | None = None, message_thread_id: int | None = None,
-                      **_: Any) -> None:
+                      chat_title: str | None = None, **_: Any) -> None:
         """Know a chat (and its user) from before this fake existed: e.g. a chat of an
         earlier run on the same store, which Telegram would still know. Takes the fields of a
         ``ChatIdentity`` (as the engine stores them)."""
-        state = self._chat(chat_id, chat_type, forum=message_thread_id is not None)
+        state = self._chat(chat_id, chat_type, forum=message_thread_id is not None,
+                           title=chat_title)
         if user_id is not None and (user_id not in self._users or username or first_name):
             self._user(user_id, username, first_name)
         if message_id is not None:
@@ -235,12 +241,12 @@ class World:
                        thread_id: int | None = None, reply_to_bot: bool = False,
                        photo: str | bytes | None = None, voice: str | bytes | None = None,
                        sticker: str | None = None, document: str | bytes | None = None,
-                       ) -> tuple[TLObject, int, int]:
+                       chat_title: str | None = None) -> tuple[TLObject, int, int]:
         """The raw ``Updates`` for one incoming message, its chat id and message id."""
         chat_type = chat_type or infer_chat_type(user_id if chat_id is None else chat_id)
         chat_id = user_id if chat_id is None else chat_id
         check_chat(chat_id, chat_type, user_id)
-        state = self._chat(chat_id, chat_type, forum=thread_id is not None)
+        state = self._chat(chat_id, chat_type, forum=thread_id is not None, title=chat_title)
         if message_id is None:
             message_id = state.last_incoming + 1
         state.last_incoming = max(state.last_incoming, message_id)
