@@ -67,6 +67,14 @@ class SlidingWindowLimiter:
             return 0.0
         return max(0.0, self._stamps[len(self._stamps) - self.limit] + self.period - now)
 
+    def free(self) -> bool:
+        """A slot is free right now and nobody waits for one (:meth:`take` it at once)."""
+        return not self._lock.locked() and self.delay() <= 0
+
+    def take(self) -> None:
+        """Take the slot :meth:`free` said is free (synchronously: nobody came between)."""
+        self._stamps.append(self._clock())
+
     async def acquire(self, then: Callable[[], Awaitable[object]] | None = None) -> float:
         """Wait for a slot; returns how long it waited. ``then``: awaited once the slot is
         free, still holding the place in the queue; the slot is stamped after it (e.g. a

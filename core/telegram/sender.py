@@ -121,10 +121,15 @@ class FloodControl:
         a message that waited for the overall budget must not eat into the chat's window."""
         if chat_id is None:
             return
+        chat, overall = self.for_chat(chat_id), self.overall
+        if chat.free() and overall.free():  # the common case: no waiting, no lock
+            chat.take()
+            overall.take()
+            return
         queued = self.queued
         queued[chat_id] = queued.get(chat_id, 0) + 1
         try:
-            await self.for_chat(chat_id).acquire(then=self.overall.acquire)
+            await chat.acquire(then=overall.acquire)
         finally:
             left = queued.pop(chat_id) - 1
             if left:
