@@ -20,10 +20,11 @@ the flood out, give up, or take it as done. In words:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -126,10 +127,19 @@ class FloodControl:
             chat.take()
             overall.take()
             return
+        with self.waiting(chat_id):
+            await chat.acquire(then=overall.acquire)
+
+    @contextlib.contextmanager
+    def waiting(self, chat_id: int | None) -> Iterator[None]:
+        """A request to ``chat_id`` waits for its turn meanwhile (see :attr:`queued`)."""
+        if chat_id is None:
+            yield
+            return
         queued = self.queued
         queued[chat_id] = queued.get(chat_id, 0) + 1
         try:
-            await chat.acquire(then=overall.acquire)
+            yield
         finally:
             left = queued.pop(chat_id) - 1
             if left:
@@ -319,8 +329,10 @@ class Sender:
                     return None
                 if decision.verdict is Verdict.WAIT:
                     attempt = dataclasses.replace(attempt, floods=attempt.floods + 1)
-                else:
-                    attempt = dataclasses.replace(attempt, retries=attempt.retries + 1)
+                    with self.flood.waiting(None if draft or chat_action else chat_id):
+                        await self._sleep(decision.delay)  # a flood wait: a send slot too
+                    continue
+                attempt = dataclasses.replace(attempt, retries=attempt.retries + 1)
                 await self._sleep(decision.delay)
 
 
