@@ -54,7 +54,7 @@ def test_twenty_messages_a_minute_in_a_group():
     clock = Clock()
     model = FloodModel(clock=clock)
     group = -1001234567890
-    for i in range(20):
+    for _ in range(20):
         assert model.admit(group) == 0
         clock.now += 1.0
     wait = model.admit(group)
