@@ -341,7 +341,9 @@ async def _status(config: Config) -> int:
 @CONFIG_OPTION
 @click.option("--bot-username", default="tgmux_bot", show_default=True,
               help="The simulated bot's username (for mentions and /cmd@bot).")
-def simulate(config_path: str, bot_username: str) -> None:
+@click.option("--strict-flood", is_flag=True,
+              help="Telegram's flood limits enforced: over them, FLOOD_WAIT_X.")
+def simulate(config_path: str, bot_username: str, strict_flood: bool) -> None:
     """Offline Telegram: JSON lines in (messages), JSON lines out (what tgmux sends).
 
     Drives the real Pyrogram client with only its network layer replaced.
@@ -351,7 +353,7 @@ def simulate(config_path: str, bot_username: str) -> None:
     from tgmux.telegram.simulate import simulate as simulate_telegram
 
     sys.exit(_run(simulate_telegram(config, pm, stdin=sys.stdin, stdout=sys.stdout,
-                                    bot_username=bot_username)))
+                                    bot_username=bot_username, strict_flood=strict_flood)))
 
 
 @cli.command()

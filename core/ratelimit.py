@@ -17,7 +17,7 @@ import logging
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -67,13 +67,28 @@ class SlidingWindowLimiter:
             return 0.0
         return max(0.0, self._stamps[len(self._stamps) - self.limit] + self.period - now)
 
-    async def acquire(self) -> float:
-        """Wait for a slot; returns how long it waited."""
+    def free(self) -> bool:
+        """A slot is free right now and nobody waits for one (:meth:`take` it at once)."""
+        return not self._lock.locked() and self.delay() <= 0
+
+    def take(self) -> None:
+        """Take the slot :meth:`free` said is free (synchronously: nobody came between)."""
+        self._stamps.append(self._clock())
+
+    async def acquire(self, then: Callable[[], Awaitable[object]] | None = None) -> float:
+        """Wait for a slot; returns how long it waited. ``then``: awaited once the slot is
+        free, still holding the place in the queue; the slot is stamped after it (e.g. a
+        second limiter's slot: this one counts the event when it really happens)."""
         waited = 0.0
         async with self._lock:
             while (pause := self.delay()) > 0:
                 await asyncio.sleep(pause)
                 waited += pause
+            if then is not None:
+                await then()
+                while (pause := self.delay()) > 0:  # a penalty came meanwhile
+                    await asyncio.sleep(pause)
+                    waited += pause
             self._stamps.append(self._clock())
         return waited
 

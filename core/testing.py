@@ -204,18 +204,21 @@ class TgmuxBot:
     ``memory://``; give ``sqlite:///PATH`` to keep state across :meth:`restart`). ``plugins``
     are extra plugin objects (modules or instances with hook implementations).
     ``edit_interval``/``typing_interval`` override the config's timing (tests may go below the
-    config's 1 s minimum). The Pyrogram session is a real session file in a temporary
-    directory, so a restart catches up on messages sent while the bot was stopped.
+    config's 1 s minimum). ``strict_flood`` (default on): the fake Telegram answers
+    ``FLOOD_WAIT_X`` when tgmux goes over Telegram's flood limits (raised to the config's
+    ``telegram.flood`` where those are higher). The Pyrogram session is a real session file
+    in a temporary directory, so a restart catches up on messages sent while the bot was
+    stopped.
     """
 
     def __init__(self, config: str, *, plugins: list[Any] | tuple[Any, ...] = (),
                  store: str | None = None, env: dict[str, str] | None = None,
                  bot_username: str = "tgmux_bot", is_bot: bool = True,
                  edit_interval: float | None = None, typing_interval: float | None = None,
-                 ) -> None:
+                 strict_flood: bool = True) -> None:
         from tgmux.bootstrap import load_config_text
         from tgmux.hooks import build_plugin_manager
-        from tgmux.telegram.fake import FakeTelegram
+        from tgmux.telegram.fake import FakeTelegram, FloodModel
 
         pm = build_plugin_manager()
         for i, plugin in enumerate(plugins):
@@ -224,7 +227,12 @@ class TgmuxBot:
         self.config: Config = load_config_text(config, source="<test config>", env=env,
                                                plugin_manager=pm)
         self.store_url = store or "memory://"
-        self.telegram: FakeTelegram = FakeTelegram(bot_username=bot_username, is_bot=is_bot)
+        # Telegram's flood limits, raised where the config raises telegram.flood (a test that
+        # does says Telegram allows that much): a FLOOD_WAIT here is tgmux sending too fast.
+        flood = (FloodModel.at_least(self.config.data.telegram.flood) if strict_flood
+                 else None)
+        self.telegram: FakeTelegram = FakeTelegram(bot_username=bot_username, is_bot=is_bot,
+                                                   flood=flood)
         self.frontend_options: dict[str, Any] = {}
         if edit_interval is not None:
             self.frontend_options["edit_interval"] = edit_interval

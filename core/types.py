@@ -8,7 +8,6 @@ and :data:`DROP`).
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -110,11 +109,12 @@ class IncomingMessage:
 
     def to_payload(self) -> dict[str, Any]:
         media = self.media
+        # Flat dataclasses of plain values: a dict copy, not asdict()'s deep copy (per message).
         return {
-            "chat": dataclasses.asdict(self.chat),
+            "chat": dict(vars(self.chat)),
             "text": self.text,
             "media": None if media is None else {
-                k: v for k, v in dataclasses.asdict(media).items() if k != "data"
+                k: v for k, v in vars(media).items() if k != "data"
             },
             "addressed": self.addressed,
             "received_at": self.received_at,

@@ -151,6 +151,11 @@ class SQLiteStore(Store):
         self.path = Path(path)
         self._db: aiosqlite.Connection | None = None
         self._tx = asyncio.Lock()  # one explicit transaction at a time on the one connection
+        #: writes with no answer, gathered while the loop runs and made in one trip to the
+        #: database thread (statement -> rows); the future is the batch's
+        self._batch: dict[str, list[tuple[Any, ...]]] = {}
+        self._batch_written: asyncio.Future[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -226,6 +231,8 @@ class SQLiteStore(Store):
         return row[0] if row else 0
 
     async def close(self) -> None:
+        if self._flusher is not None:  # writes asked for are made before closing
+            await asyncio.gather(asyncio.shield(self._flusher), return_exceptions=True)
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -284,7 +291,7 @@ class SQLiteStore(Store):
 
     async def inbox_dispatched(self, chat_id: int, message_id: int, *,
                                account: str = DEFAULT_ACCOUNT) -> None:
-        await self.db.execute(
+        await self._write_batched(
             "UPDATE inbox SET state='dispatched' WHERE account=? AND chat_id=? AND message_id=? "
             "AND state='pending'",
             (account, chat_id, message_id),
@@ -292,11 +299,42 @@ class SQLiteStore(Store):
 
     async def inbox_done(self, chat_id: int, message_id: int, *,
                          account: str = DEFAULT_ACCOUNT) -> None:
-        await self.db.execute(
+        await self._write_batched(
             "UPDATE inbox SET state='done', payload=NULL WHERE account=? AND chat_id=? "
             "AND message_id=?",
             (account, chat_id, message_id),
         )
+
+    async def _write_batched(self, sql: str, args: tuple[Any, ...]) -> None:
+        """One write, made together with the others asked for in the same turn of the event
+        loop (one ``executemany`` per statement, one trip to the database thread); returns
+        once it is written. Only for writes of one row each whose order among themselves does
+        not matter (each message's states follow one another, awaited)."""
+        db = self.db
+        written = self._batch_written
+        if written is None:
+            loop = asyncio.get_running_loop()
+            written = self._batch_written = loop.create_future()
+            self._flusher = loop.create_task(self._flush_batch(db, written, self._flusher),
+                                             name="tgmux-sqlite-batch")
+        self._batch.setdefault(sql, []).append(args)
+        await asyncio.shield(written)  # a cancelled caller leaves the batch alone
+
+    async def _flush_batch(self, db: aiosqlite.Connection, written: asyncio.Future[None],
+                           previous: asyncio.Task[None] | None) -> None:
+        await asyncio.sleep(0)  # the rest of this turn joins the batch
+        if previous is not None:  # batches one after the other: close() waits for the last
+            await asyncio.gather(previous, return_exceptions=True)
+        batch, self._batch, self._batch_written = self._batch, {}, None
+        try:
+            for sql, rows in batch.items():
+                await db.executemany(sql, rows)
+        except BaseException as exc:
+            written.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            written.set_result(None)
 
     async def inbox_unanswered(self, *, account: str = DEFAULT_ACCOUNT) -> list[Unanswered]:
         async with self.db.execute(

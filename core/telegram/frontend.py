@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from io import BytesIO
 from typing import Any
@@ -68,32 +69,55 @@ _RAW_ACTIONS: dict[enums.ChatAction, Callable[[], Any]] = {
 
 class _ChatActions:
     """"typing…" (or "sending a photo…") shown while a reply is on its way, repeated every
-    ``interval`` seconds (Telegram shows one for about 5 s) until the reply is sent."""
+    ``interval`` seconds (Telegram shows one for about 5 s) until the reply is sent. Not
+    shown while the reply only waits for its send slot (it is ready: nothing is being
+    typed), and at most once per ``typing_interval`` per chat across replies. Nothing runs
+    for a reply sent within the grace period (a timer, no task)."""
 
     def __init__(self, frontend: TelegramFrontend, chat: ChatIdentity) -> None:
         self.frontend = frontend
         self.chat = chat
         self.action = enums.ChatAction.TYPING
         self.showing = False
+        self._wake: asyncio.Event | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(TYPING_GRACE, self._begin)
+
+    def _begin(self) -> None:
         self._wake = asyncio.Event()
-        self.task = asyncio.create_task(self._run(), name=f"tgmux-typing-{chat.chat_id}")
+        self.task = asyncio.create_task(self._run(), name=f"tgmux-typing-{self.chat.chat_id}")
 
     def set(self, action: enums.ChatAction) -> None:
         if action != self.action:
             self.action = action
-            if self.showing:  # before the grace period ends nothing is shown yet
+            if self.showing and self._wake is not None:  # nothing is shown before the grace
                 self._wake.set()
+
+    def cancel(self) -> asyncio.Task[None] | None:
+        """Stop (the task to wait for, if one started)."""
+        self._timer.cancel()
+        if self.task is not None:
+            self.task.cancel()
+        return self.task
 
     async def _run(self) -> None:
         frontend = self.frontend
-        await asyncio.sleep(TYPING_GRACE)
+        chat_id = self.chat.chat_id
+        wake = self._wake
+        assert wake is not None
         self.showing = True
         while True:
-            self._wake.clear()
-            await frontend.chat_action(self.chat, self.action)
+            wake.clear()
+            wait = frontend.typing_interval
+            if not frontend.flood.queued.get(chat_id):
+                due = frontend.action_due(chat_id, self.action)
+                if due <= 0:
+                    await frontend.chat_action(self.chat, self.action)
+                else:
+                    wait = due
             with contextlib.suppress(asyncio.TimeoutError):
-                async with asyncio.timeout(frontend.typing_interval):
-                    await self._wake.wait()
+                async with asyncio.timeout(wait):
+                    await wake.wait()
 
 
 class TelegramFrontend:
@@ -111,6 +135,8 @@ class TelegramFrontend:
         self.typing_interval = tg.typing_interval if typing_interval is None else typing_interval
         self.drafts_supported = tg.drafts
         self.sent_ids = RecentIds()
+        #: chat id -> (when, which) of its last chat action
+        self._last_action: dict[int, tuple[float, enums.ChatAction]] = {}
 
     @property
     def edit_interval(self) -> float:
@@ -119,7 +145,22 @@ class TelegramFrontend:
 
     # -- small requests ----------------------------------------------------------------------------
 
+    def action_due(self, chat_id: int, action: enums.ChatAction) -> float:
+        """Seconds until the chat may be shown ``action`` again (at most once per
+        ``typing_interval``; another action at once)."""
+        last = self._last_action.get(chat_id)
+        if last is None or last[1] != action:
+            return 0.0
+        return last[0] + self.typing_interval - time.monotonic()
+
     async def chat_action(self, chat: ChatIdentity, action: enums.ChatAction) -> None:
+        now = time.monotonic()
+        last_action = self._last_action
+        last_action[chat.chat_id] = (now, action)
+        if len(last_action) > 10_000:  # memory follows the chats typing now
+            cutoff = now - self.typing_interval
+            for key in [k for k, (t, _) in last_action.items() if t < cutoff]:
+                del last_action[key]
         client = self.client
         thread = chat.message_thread_id if chat.chat_type == "supergroup" else None
 
@@ -197,10 +238,12 @@ class TelegramFrontend:
             out.dead = True
         finally:
             # cancel first (nothing more is shown from here on), then wait for both
-            helpers = [actions.task] + ([stream.task] if stream is not None else [])
+            helpers = [t for t in (actions.cancel(), stream.task if stream is not None
+                                   else None) if t is not None]
             for task in helpers:
                 task.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            if helpers:
+                await asyncio.gather(*helpers, return_exceptions=True)
         return delivered
 
     def _drafts_refused(self) -> None:

@@ -20,10 +20,11 @@ the flood out, give up, or take it as done. In words:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -89,9 +90,10 @@ class ReplyGone(Exception):
 
 class FloodControl:
     """The one outgoing limiter: overall per second, per private chat per second, per group
-    per minute (``telegram.flood``), for every message, edit and draft. Chat actions have a
-    budget of their own (``global_per_second``) and are skipped, never queued, when it is
-    spent: "typing…" must never delay a reply."""
+    per minute (``telegram.flood``), for every message and edit. Drafts (an ephemeral preview,
+    not a message) take only an overall slot: they are paced by the stream, not charged to the
+    chat's message limit. Chat actions have a budget of their own (``global_per_second``) and
+    are skipped, never queued, when it is spent: "typing…" must never delay a reply."""
 
     def __init__(self, limits: FloodLimits) -> None:
         self.overall = SlidingWindowLimiter(limits.global_per_second, 1.0)
@@ -101,6 +103,8 @@ class FloodControl:
         self.limits = limits
         #: told the seconds of every FLOOD_WAIT (the metric tgmux_flood_wait_seconds_total)
         self.on_wait: Callable[[float], None] | None = None
+        #: chat id -> requests waiting for a slot (a reply that only waits shows no "typing…")
+        self.queued: dict[int, int] = {}
 
     def for_chat(self, chat_id: int) -> SlidingWindowLimiter:
         return self.private.get(chat_id) if chat_id > 0 else self.group.get(chat_id)
@@ -112,11 +116,37 @@ class FloodControl:
         return 60.0 / self.limits.group_per_minute
 
     async def acquire(self, chat_id: int | None) -> None:
-        """A slot for a message (or edit, draft) to ``chat_id``. A request to no chat (the
-        command menu...) is not a message: it takes nothing from the messages' budget."""
+        """A slot for a message (or edit) to ``chat_id``. A request to no chat (the command
+        menu...) is not a message: it takes nothing from the messages' budget. The chat's
+        slot is stamped only once the overall one is granted, when the request really goes:
+        a message that waited for the overall budget must not eat into the chat's window."""
         if chat_id is None:
             return
-        await self.for_chat(chat_id).acquire()
+        chat, overall = self.for_chat(chat_id), self.overall
+        if chat.free() and overall.free():  # the common case: no waiting, no lock
+            chat.take()
+            overall.take()
+            return
+        with self.waiting(chat_id):
+            await chat.acquire(then=overall.acquire)
+
+    @contextlib.contextmanager
+    def waiting(self, chat_id: int | None) -> Iterator[None]:
+        """A request to ``chat_id`` waits for its turn meanwhile (see :attr:`queued`)."""
+        if chat_id is None:
+            yield
+            return
+        queued = self.queued
+        queued[chat_id] = queued.get(chat_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = queued.pop(chat_id) - 1
+            if left:
+                queued[chat_id] = left
+
+    async def acquire_draft(self) -> None:
+        """A slot for a draft: overall only (the bot's request rate stays bounded)."""
         await self.overall.acquire()
 
     async def acquire_action(self) -> bool:
@@ -126,15 +156,17 @@ class FloodControl:
         await self.actions.acquire()
         return True
 
-    def penalize(self, chat_id: int | None, seconds: float, *, action: bool = False) -> None:
+    def penalize(self, chat_id: int | None, seconds: float, *, action: bool = False,
+                 draft: bool = False) -> None:
         """Telegram said FLOOD_WAIT for a request. Its waits are per method (and chat): a
-        chat's wait slows that chat; a request to no chat (``set_bot_commands``...) slows
-        nothing shared, its caller waits (or gives up) by itself."""
+        chat's wait slows that chat; a draft's slows that chat's drafts (the stream's job); a
+        request to no chat (``set_bot_commands``...) slows nothing shared, its caller waits (or
+        gives up) by itself."""
         if self.on_wait is not None:
             self.on_wait(seconds)
         if action:
             self.actions.penalize(seconds)
-        elif chat_id is not None:
+        elif chat_id is not None and not draft:
             self.for_chat(chat_id).penalize(seconds)
 
 
@@ -258,11 +290,11 @@ class Sender:
 
     async def call(self, chat_id: int | None, what: str, make: Callable[[], Awaitable[T]], *,
                    chat_action: bool = False, replying: bool = False, idempotent: bool = False,
-                   wait_floods: bool = True) -> T | None:
+                   wait_floods: bool = True, draft: bool = False) -> T | None:
         """Run ``make()``; returns its result, or None for MESSAGE_NOT_MODIFIED. Raises
         ChatUnavailable, DeliveryFailed, and ReplyGone when ``replying`` and the message
         replied to is gone. A ``chat_action`` never raises and is skipped (None) when its
-        budget is spent.
+        budget is spent. A ``draft`` takes an overall slot only (see :class:`FloodControl`).
 
         ``FloodWait``: Telegram refused the request, nothing was done; it is waited out and the
         same call made again (``wait_floods=False``: FloodWaitRequired is raised instead).
@@ -276,6 +308,8 @@ class Sender:
             if chat_action:
                 if not await self.flood.acquire_action():
                     return None
+            elif draft:
+                await self.flood.acquire_draft()
             else:
                 await self.flood.acquire(chat_id)
             try:
@@ -285,7 +319,8 @@ class Sender:
             except Exception as exc:
                 decision = retry_policy(exc, attempt)
                 if decision.flood is not None:
-                    self.flood.penalize(chat_id, decision.flood, action=chat_action)
+                    self.flood.penalize(chat_id, decision.flood, action=chat_action,
+                                        draft=draft)
                 _log(decision, chat_id, what, exc, idempotent)
                 if decision.verdict is Verdict.GIVE_UP:
                     assert decision.error is not None
@@ -294,8 +329,10 @@ class Sender:
                     return None
                 if decision.verdict is Verdict.WAIT:
                     attempt = dataclasses.replace(attempt, floods=attempt.floods + 1)
-                else:
-                    attempt = dataclasses.replace(attempt, retries=attempt.retries + 1)
+                    with self.flood.waiting(None if draft or chat_action else chat_id):
+                        await self._sleep(decision.delay)  # a flood wait: a send slot too
+                    continue
+                attempt = dataclasses.replace(attempt, retries=attempt.retries + 1)
                 await self._sleep(decision.delay)
 
 

@@ -22,7 +22,13 @@ from tgmux.ops import start_ops_server
 from tgmux.reload import reloading
 from tgmux.store import open_store
 from tgmux.telegram.app import TelegramApp
-from tgmux.telegram.fake import FakeTelegram, check_chat, infer_chat_type, offline_client
+from tgmux.telegram.fake import (
+    FakeTelegram,
+    FloodModel,
+    check_chat,
+    infer_chat_type,
+    offline_client,
+)
 from tgmux.telegram.fake.updates import MAX_INPUT_MESSAGE_ID, is_url
 from tgmux.telegram.run import stop_signals
 from tgmux.telegram.textsplit import utf16_len
@@ -105,7 +111,8 @@ def parse_input_line(line: str) -> dict[str, Any]:
 
 
 async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: TextIO,
-                   stdout: TextIO, bot_username: str = "tgmux_bot") -> int:
+                   stdout: TextIO, bot_username: str = "tgmux_bot",
+                   strict_flood: bool = False) -> int:
     """``tgmux simulate``: JSON lines in (incoming messages), JSON lines out (what tgmux
     sends), through the real Pyrogram client with a fake network. Exits 0 when the input
     ended and every reply was sent; 1 when some input line was invalid (reported on stderr
@@ -114,10 +121,13 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
 
     On SIGINT/SIGTERM it stops reading input, finishes the replies in flight (up to
     ``telegram.shutdown_timeout``) and exits as it would at the end of the input; a second
-    signal acts as usual. SIGHUP reloads the config file (:mod:`tgmux.reload`)."""
+    signal acts as usual. SIGHUP reloads the config file (:mod:`tgmux.reload`).
+    ``strict_flood``: each account's fake Telegram enforces Telegram's flood limits
+    (:class:`~tgmux.telegram.fake.FloodModel`)."""
     several = len(config.accounts) > 1
     fakes = {name: FakeTelegram(bot_username=f"{name}_bot" if several
-                                else bot_username.lstrip("@"))
+                                else bot_username.lstrip("@"),
+                                flood=FloodModel() if strict_flood else None)
              for name in config.accounts}
     clients = {name: offline_client(fake, skip_updates=config.accounts[name].telegram
                                     .skip_updates)

@@ -13,7 +13,13 @@ from collections.abc import Callable
 from pyrogram import enums
 
 from tgmux.telegram.outbox import Outbox
-from tgmux.telegram.sender import ChatUnavailable, DeliveryFailed, FloodControl, OutcomeUnknown
+from tgmux.telegram.sender import (
+    ChatUnavailable,
+    DeliveryFailed,
+    FloodControl,
+    FloodWaitRequired,
+    OutcomeUnknown,
+)
 from tgmux.telegram.textsplit import split_text
 
 __all__ = ["Pacing", "Stream"]
@@ -28,23 +34,27 @@ EDIT_GONE = frozenset({"MESSAGE_ID_INVALID", "MESSAGE_EDIT_TIME_EXPIRED",
 
 class Pacing:
     """The throttle of streamed updates: a chat's next update waits until its last one is
-    ``interval`` seconds old (``edit_interval``, or slower when the chat's flood budget says
-    so)."""
+    ``interval`` seconds old: ``edit_interval``, or for edits of sent messages slower when the
+    chat's flood budget says so. Drafts are not messages: they are paced by ``edit_interval``
+    alone and take nothing from the chat's message budget, so the final message goes at once."""
 
     def __init__(self, flood: FloodControl, edit_interval: float) -> None:
         self.flood = flood
         self.edit_interval = edit_interval
         self._last_update: dict[int, float] = {}
 
-    def interval(self, chat_id: int) -> float:
+    def interval(self, chat_id: int, *, drafting: bool = False) -> float:
+        if drafting:
+            return self.edit_interval
         return max(self.edit_interval, self.flood.min_interval(chat_id))
 
-    async def pace(self, chat_id: int, *, final: bool = False) -> None:
+    async def pace(self, chat_id: int, *, final: bool = False, drafting: bool = False) -> None:
         """Wait until the chat's last streamed update is ``interval`` seconds old (for the
         final update ``edit_interval``: the limiter sees to the chat's budget)."""
         last = self._last_update.get(chat_id)
         if last is not None:
-            interval = self.edit_interval if final else self.interval(chat_id)
+            interval = self.edit_interval if final else self.interval(chat_id,
+                                                                     drafting=drafting)
             wait = last + interval - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -55,6 +65,10 @@ class Pacing:
             cutoff = time.monotonic() - 60
             for key in [k for k, v in self._last_update.items() if v < cutoff]:
                 del self._last_update[key]
+
+    def hold(self, chat_id: int, seconds: float) -> None:
+        """Telegram asked to wait ``seconds`` before the chat's next draft."""
+        self._last_update[chat_id] = time.monotonic() + seconds - self.edit_interval
 
 
 class Stream:
@@ -89,10 +103,14 @@ class Stream:
         await asyncio.sleep(STREAM_COALESCE)
         while not self.out.dead:
             self._wake.clear()
-            await self.pacing.pace(self.out.chat.chat_id)
+            await self.pacing.pace(self.out.chat.chat_id, drafting=self._drafts_only())
             async with self._lock:
                 await self._show(self.text, final=False)
             await self._wake.wait()
+
+    def _drafts_only(self) -> bool:
+        """The next update is a draft and nothing else (no message of this reply to edit)."""
+        return self.drafts and not self.messages
 
     async def _show(self, text: str, *, final: bool) -> bool:
         """Make the chat show ``text``; False when some of it could not be sent (logged)."""
@@ -153,9 +171,13 @@ class Stream:
                 lambda: out.client.send_message_draft(
                     chat.chat_id, self.draft_id, text, message_thread_id=out.thread,
                     parse_mode=enums.ParseMode.DISABLED),
-                idempotent=True)  # same draft id: shown once
+                idempotent=True,  # same draft id: shown once
+                draft=True, wait_floods=False)  # a later draft replaces this one anyway
         except OutcomeUnknown:
             return True  # the network, not a refusal (logged): the next update drafts again
+        except FloodWaitRequired as exc:  # Telegram's wait holds the drafts, not the reply
+            self.pacing.hold(chat.chat_id, exc.seconds)
+            return True
         except DeliveryFailed:
             self.on_drafts_refused()
             log.warning("message drafts are not available; streaming by editing messages")
@@ -170,7 +192,9 @@ class Stream:
             await self.abort()
         text = self.text if final is None else final
         async with self._lock:
-            if self.messages or self.draft_shown:
+            # After drafts alone the final message goes at once: drafts are not messages (the
+            # limiter still sees to the chat's budget). Edits of sent messages stay paced.
+            if self.messages:
                 await self.pacing.pace(self.out.chat.chat_id, final=True)
             ok = await self._show(text, final=True)
         return text, ok

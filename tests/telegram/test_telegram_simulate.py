@@ -288,3 +288,16 @@ def test_a_run_killed_mid_reply_is_told_to_its_user_by_the_next_run(tmp_path: Pa
     assert sent[0]["text"].startswith("I was restarted while answering your message")
     if "thread_id" in line:
         assert sent[0]["message_thread_id"] == 5
+
+
+def test_strict_flood_enforces_telegrams_limits(config: Path):
+    """The config allows 100 messages/s per private chat, Telegram 1/s (bursts of 3): with
+    --strict-flood the fourth reply is refused with FLOOD_WAIT, waited out, and every reply
+    still arrives, in order; without it nothing is refused."""
+    for user, flag, refused in ((42, "--strict-flood", True), (43, None, False)):
+        lines = [json.dumps({"user_id": user, "text": f"m{i}"}) for i in range(5)]
+        result = simulate(config, lines, *([flag] if flag else []))
+        assert result.returncode == 0, result.stderr
+        texts = [a["text"] for a in actions(result) if a["action"] == "send_message"]
+        assert texts == [f"echo: m{i}" for i in range(5)]
+        assert ("Telegram asks to wait 1 s" in result.stderr) is refused

@@ -38,6 +38,7 @@ The modules, each one purpose:
 """
 
 from tgmux.telegram.fake.faults import HANG, TIMEOUT, Fault, UnknownRequest
+from tgmux.telegram.fake.flood import FloodModel
 from tgmux.telegram.fake.handlers import chat_action_name
 from tgmux.telegram.fake.server import FakeTelegram, Request, replying_to
 from tgmux.telegram.fake.session import FakeSession, offline_client
@@ -50,6 +51,7 @@ __all__ = [
     "FakeSession",
     "FakeTelegram",
     "Fault",
+    "FloodModel",
     "Request",
     "UnknownRequest",
     "chat_action_name",

@@ -17,6 +17,7 @@ from pyrogram.errors import RPCError
 from pyrogram.raw.core import TLObject
 
 from tgmux.telegram.fake.faults import HANG, TIMEOUT, Fault, UnknownRequest, error_code, refuse
+from tgmux.telegram.fake.flood import FloodModel
 from tgmux.telegram.fake.handlers import Handlers
 from tgmux.telegram.fake.session import attach
 
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
     from tgmux.telegram.frontend import TelegramFrontend
 
 __all__ = ["FakeTelegram", "Request", "replying_to"]
+
+#: Requests that show up in a chat, and so count against Telegram's flood limits.
+_FLOOD_COUNTED = frozenset({"send_message", "edit_message", "send_photo", "send_voice",
+                            "send_audio", "send_document"})
 
 #: Keys of an action, in the order they are written (absent when not set).
 _KEY_ORDER = ("action", "chat_id", "message_id", "draft_id", "chat_action", "text", "media",
@@ -52,7 +57,8 @@ class FakeTelegram(Handlers):
     """Telegram's servers, in memory, for one bot (or user account)."""
 
     def __init__(self, *, bot_username: str = "tgmux_bot", is_bot: bool = True,
-                 user_id: int = 5_000_000_001, first_name: str = "tgmux") -> None:
+                 user_id: int = 5_000_000_001, first_name: str = "tgmux",
+                 flood: FloodModel | None = None) -> None:
         super().__init__(raw.types.User(
             id=user_id, is_self=True, bot=is_bot or None, access_hash=0x5EED,
             first_name=first_name, username=bot_username or None,
@@ -70,6 +76,8 @@ class FakeTelegram(Handlers):
         #: seconds the client's session waits before it sends a request again after a
         #: timeout or server error (Pyrogram: 1 s; here 0 so that tests stay fast)
         self.retry_delay = 0.0
+        #: Telegram's flood limits, enforced (FLOOD_WAIT_X) when set; None: never refused
+        self.flood = flood
         self._faults: list[Fault] = []
         self._changed = asyncio.Event()
 
@@ -175,6 +183,12 @@ class FakeTelegram(Handlers):
                 await asyncio.Event().wait()
             if not fault.delivered:
                 self._raise(fault, request)
+        if self.flood is not None and action in _FLOOD_COUNTED and chat_id is not None \
+                and not self._repeated(query, chat_id):
+            wait = self.flood.admit(chat_id)
+            if wait:
+                request.error = f"FLOOD_WAIT_{wait}"
+                refuse(request.error, type(query), 420)
         handler = getattr(self, "_on_" + name.replace(".", "_"), None)
         if handler is None:
             self.unknown.append(name)
@@ -190,6 +204,11 @@ class FakeTelegram(Handlers):
         if fault is not None:  # done, but the client never hears so
             self._raise(fault, request)
         return result
+
+    def _repeated(self, query: TLObject, chat_id: int) -> bool:
+        """The session sending a request again (same ``random_id``): answered, not counted."""
+        random_id = getattr(query, "random_id", None)
+        return random_id is not None and (chat_id, random_id) in self._sent
 
     @staticmethod
     def _raise(fault: Fault, request: Request) -> None:

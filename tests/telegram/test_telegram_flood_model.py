@@ -1,0 +1,219 @@
+"""Issue 14, Telegram path: the fake Telegram's flood model (FLOOD_WAIT_X when a limit is
+exceeded), tgmux staying under it in a burst, streamed finals at once in private chats, and
+typing actions only while something is being typed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from tgmux.backend import Backend, BackendSettings, ReplyPart, Text, TextDelta, Turn
+from tgmux.hooks import hookimpl
+from tgmux.telegram.fake import FloodModel
+from tgmux.testing import TgmuxBot
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- the model ---------------------------------------------------------------------------------
+
+
+def test_over_thirty_messages_a_second_overall_is_refused_and_not_counted():
+    clock = Clock()
+    model = FloodModel(clock=clock)
+    assert [model.admit(1000 + i) for i in range(30)] == [0] * 30
+    assert model.admit(2000) == 1  # the 31st in the same second: FLOOD_WAIT_1
+    clock.now += 0.5
+    assert model.admit(2001) == 1  # still inside that second (refusals did not count)
+    clock.now += 0.5
+    assert model.admit(2002) == 0
+    assert model.refused == 2
+
+
+def test_a_private_chat_allows_a_short_burst_then_one_a_second():
+    clock = Clock()
+    model = FloodModel(clock=clock)
+    assert [model.admit(42) for _ in range(4)] == [0, 0, 0, 1]  # bursts of 3
+    assert model.admit(43) == 0  # another chat is not slowed
+    clock.now += 1.0
+    assert model.admit(42) == 0
+    assert model.admit(42) == 1
+    clock.now += 10.0  # quiet for long: the burst is back, no more
+    assert [model.admit(42) for _ in range(4)] == [0, 0, 0, 1]
+
+
+def test_twenty_messages_a_minute_in_a_group():
+    clock = Clock()
+    model = FloodModel(clock=clock)
+    group = -1001234567890
+    for _ in range(20):
+        assert model.admit(group) == 0
+        clock.now += 1.0
+    wait = model.admit(group)
+    assert 30 <= wait <= 41  # the minute since the first one
+    clock.now += wait
+    assert model.admit(group) == 0
+
+
+# -- through tgmux ---------------------------------------------------------------------------------
+
+ECHO = """
+telegram:
+  flood: {private_per_second: 100}
+backends:
+  echo: {type: echo}
+default: echo
+"""
+
+
+async def test_the_fake_answers_flood_wait_and_tgmux_waits_it_out():
+    """tgmux set to 100 messages/s per private chat, Telegram's 1/s (bursts of 3) enforced: a
+    four-message reply gets FLOOD_WAIT on its fourth message; tgmux waits it out and the
+    reply arrives whole, in order."""
+    bot = TgmuxBot(ECHO, strict_flood=False)
+    bot.telegram.flood = FloodModel()
+    async with bot:
+        text = " ".join(f"w{i}" for i in range(2500))  # ~14 000 characters: 4 messages
+        reply = await bot.send(text, user_id=42, timeout=20)
+        assert len(reply.messages) == 4
+        assert " ".join(reply.texts) == text
+        refused = [r for r in bot.telegram.requests if r.error == "FLOOD_WAIT_1"]
+        assert refused and all(r.name == "messages.SendMessage" for r in refused)
+        times = [t for a, t in zip(bot.actions, bot.telegram.action_times, strict=True)
+                 if a["action"] == "send_message"]
+        assert times[3] - refused[0].at >= 0.99  # nothing went before the wait was over
+
+
+BURST = """
+backends:
+  echo: {type: echo}
+default: echo
+"""
+
+
+async def test_a_burst_over_many_chats_gets_no_flood_wait_and_uses_the_budget():
+    """120 replies over 40 private chats at once, Telegram's limits (30/s) enforced: none
+    refused, about the whole overall budget used, and no "typing…" for replies that only
+    wait for their send slot (the full 10 000 over 500 chats: bench/bench_telegram.py)."""
+    bot = TgmuxBot(BURST)
+    async with bot:
+        assert bot.telegram.flood is not None  # on by default in tgmux.testing
+        sent = [await bot.send_nowait(f"m{n}", user_id=7000 + n % 40) for n in range(120)]
+        replies = await asyncio.gather(*(s.reply(timeout=30) for s in sent))
+        assert [r.text for r in replies] == [f"m{n}" for n in range(120)]
+        floods = [r for r in bot.telegram.requests if (r.error or "").startswith("FLOOD")]
+        assert floods == []
+        times = sorted(t for a, t in zip(bot.actions, bot.telegram.action_times, strict=True)
+                       if a["action"] == "send_message")
+        budget = 30 * (times[-1] - times[0]) + 30
+        assert len(times) / budget >= 0.9
+        assert not [a for a in bot.actions if a["action"] == "chat_action"]
+
+
+# -- streamed finals -------------------------------------------------------------------------------
+
+
+class TokensSettings(BackendSettings):
+    type: Literal["tokens"] = "tokens"
+
+
+class TokensBackend(Backend):
+    """Streams ten tokens 60 ms apart, then the final text at once; notes the last token."""
+
+    type_name = "tokens"
+    Settings = TokensSettings
+    last_token_at: float = 0.0
+
+    async def reply(self, turn: Turn) -> AsyncIterator[ReplyPart]:
+        for i in range(10):
+            await asyncio.sleep(0.06)
+            yield TextDelta(f"t{i} ")
+        TokensBackend.last_token_at = time.monotonic()
+        yield Text("the final text")
+
+
+class TokensPlugin:
+    @hookimpl
+    def tgmux_backend_types(self) -> list[type[Backend]]:
+        return [TokensBackend]
+
+
+STREAM = """
+backends:
+  tokens: {type: tokens}
+default: tokens
+"""
+
+
+async def test_a_private_chat_final_arrives_at_once_after_the_last_token(tgmux_bot):
+    """Drafts are not messages: the final message goes within 50 ms of the last token (it
+    used to wait for the draft interval and the chat's 1/s slot: ~0.5-1 s), and the drafts
+    keep to stream_edit_interval (1 s): over 0.6 s of tokens, one draft, then the message."""
+    bot = await tgmux_bot(STREAM, plugins=[TokensPlugin()])
+    for user in (42, 43):
+        reply = await bot.send("hi", user_id=user)
+        assert reply.texts == ["the final text"]
+        sent = reply.of("send_message")
+        assert len(sent) == 1 and sent[0]["text"] == "the final text"
+        assert len(reply.of("send_draft")) == 1  # 0.6 s of tokens: the first draft only
+        assert [a["action"] for a in reply.actions if a["action"] != "chat_action"] == [
+            "send_draft", "send_message"]
+        sent_at = bot.telegram.action_times[bot.actions.index(sent[0])]
+        assert sent_at - TokensBackend.last_token_at < 0.05
+
+
+# -- typing actions --------------------------------------------------------------------------------
+
+SLOW = """
+telegram:
+  flood: {private_per_second: 100}
+backends:
+  slow: {type: slow, delay: 0.6}
+default: slow
+"""
+
+
+async def test_at_most_one_typing_action_per_chat_per_interval(tgmux_bot):
+    import tg_test_backends
+
+    bot = await tgmux_bot(SLOW, plugins=[tg_test_backends], typing_interval=3.0)
+    sent = [await bot.send_nowait(f"m{i}", user_id=42) for i in range(3)]
+    for s in sent:
+        await s.reply()
+    typing = [t for a, t in zip(bot.actions, bot.telegram.action_times, strict=True)
+              if a["action"] == "chat_action"]
+    # three replies of 0.6 s each (past the 0.4 s grace), one after the other within ~2 s:
+    # one "typing…" (it used to be one per reply)
+    assert len(typing) == 1
+    other = await bot.send("x", user_id=43)  # another chat has its own
+    assert [a["chat_action"] for a in other.of("chat_action")] == ["typing"]
+
+
+QUEUED = """
+telegram:
+  flood: {global_per_second: 1}
+backends:
+  echo: {type: echo}
+default: echo
+"""
+
+
+async def test_no_typing_action_for_a_reply_only_waiting_for_its_send_slot(tgmux_bot):
+    """One message a second overall: four instant replies to four chats, the last ones wait
+    up to 3 s for their slot; nothing is being typed, so no "typing…" (it used to be sent
+    for each after 0.4 s)."""
+    bot = await tgmux_bot(QUEUED)
+    started = time.monotonic()
+    sent = [await bot.send_nowait(f"m{i}", user_id=100 + i) for i in range(4)]
+    replies = await asyncio.gather(*(s.reply() for s in sent))
+    assert [r.text for r in replies] == ["m0", "m1", "m2", "m3"]
+    assert time.monotonic() - started >= 2.9  # they did wait for their slots
+    assert not [a for a in bot.actions if a["action"] == "chat_action"]
