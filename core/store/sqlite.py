@@ -14,6 +14,7 @@ import fcntl
 import json
 import logging
 import os
+import sqlite3
 import stat
 import time
 from pathlib import Path
@@ -189,7 +190,16 @@ class SQLiteStore(Store):
 
     async def _prepare(self, db: aiosqlite.Connection) -> None:
         await db.execute(f"PRAGMA busy_timeout={int(OPEN_TIMEOUT * 1000) // 2}")
-        await db.execute("PRAGMA journal_mode=WAL")
+        while True:
+            try:
+                await db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                # Switching to WAL while another process creates the file answers "locked" at
+                # once, without the busy timeout: try again (open() bounds the whole of it).
+                if "locked" not in str(exc):
+                    raise
+                await asyncio.sleep(0.02)
         await db.execute("PRAGMA synchronous=NORMAL")
         version = await self._version(db)
         if version > SCHEMA_VERSION:
