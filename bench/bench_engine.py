@@ -92,8 +92,8 @@ class HttpBench(Backend):
     Settings = HttpSettings
 
     async def start(self) -> None:
-        self.http = HttpClient(self.settings.base_url, timeout=self.settings.timeout,
-                               max_connections=2000, name=self.name)
+        self.http = HttpClient(self.settings.base_url, name=self.name,
+                               **self.settings.http_options())
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -125,7 +125,7 @@ async def s1(chats: int) -> tuple[float, float]:
 store: "memory://"
 engine: {{concurrency: {chats}}}
 backends:
-  slow: {{type: bench-http, base_url: "{base_url}"}}
+  slow: {{type: bench-http, base_url: "{base_url}", max_connections: {chats}}}
 default: slow
 """)
         await engine.start()
