@@ -309,6 +309,17 @@ async def _read_body(response: httpx.Response, limit: int,
 _AIOHTTP_OWN_HEADERS = frozenset({b"accept-encoding", b"connection"})
 
 
+def _as_the_transport_maps(exc: aiohttp.ClientError) -> Exception:
+    """``exc`` as the httpx transport raises it (an httpx error caused by ``exc``, or ``exc``
+    itself), so that the direct path's failures are judged as the httpx path's are."""
+    try:
+        with map_aiohttp_exceptions():
+            raise exc
+    except Exception as mapped:
+        return mapped
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 async def _read_aiohttp(response: aiohttp.ClientResponse, limit: int,
                         too_big: Callable[[], BackendError] | None) -> bytes:
     """:func:`_read_body` for an aiohttp response (decoded by aiohttp)."""
@@ -393,9 +404,10 @@ class HttpClient:
         connect = min(CONNECT_SHARE * timeout, MAX_CONNECT_TIMEOUT)
         # Per read, a backstop only: the bounds that count are ours (see the module doc).
         read_backstop = max(timeout, self.stream_idle_timeout) + 1.0
-        # What the httpx transport derives from httpx.Timeout below, for the direct path.
+        # What the httpx transport derives from httpx.Timeout below; no read backstop, as
+        # the whole attempt is bounded by ``timeout`` (one timer fewer per request).
         self._aiohttp_timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect, sock_connect=connect, sock_read=read_backstop)
+            total=None, connect=connect, sock_connect=connect)
         self._client = httpx.AsyncClient(
             base_url=base_url,
             timeout=httpx.Timeout(read_backstop, connect=connect, pool=connect),
@@ -668,18 +680,21 @@ class HttpClient:
         response: aiohttp.ClientResponse | None = None
         try:
             async with asyncio.timeout(self.timeout):
-                with map_aiohttp_exceptions():
-                    response = await self._shared_session().request(
-                        method, url, headers=headers, data=body, allow_redirects=False,
-                        timeout=self._aiohttp_timeout)
-                    status = response.status
-                    if status >= 400:
-                        content = await _read_aiohttp(response, self.max_error_bytes, None)
-                    else:
-                        content = await _read_aiohttp(
-                            response, self.max_response_bytes,
-                            lambda: self._too_big(where, self.max_response_bytes,
-                                                  request_id_from(response.headers)))
+                response = await self._shared_session().request(
+                    method, url, headers=headers, data=body, allow_redirects=False,
+                    timeout=self._aiohttp_timeout)
+                status = response.status
+                if status >= 400:
+                    content = await _read_aiohttp(response, self.max_error_bytes, None)
+                else:
+                    content = await _read_aiohttp(
+                        response, self.max_response_bytes,
+                        lambda: self._too_big(where, self.max_response_bytes,
+                                              request_id_from(response.headers)))
+        except aiohttp.ClientError as exc:
+            if response is not None:
+                response.close()
+            raise _as_the_transport_maps(exc)  # noqa: B904 (its cause is exc already)
         except BaseException:
             if response is not None:
                 response.close()
