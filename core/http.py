@@ -143,13 +143,37 @@ async def acquire_slot(limiter: Limiter | None, notify_after: float) -> None:
     await limiter.acquire()
 
 
+#: New connections being opened at once, per client: beyond the listen backlogs of providers,
+#: and on the client's own core, a storm of thousands of concurrent connects makes each one
+#: wait for all the others; a bounded storm opens them in order, each in milliseconds.
+CONNECTS_IN_FLIGHT = 128
+
+
+class _PacedConnector(aiohttp.TCPConnector):
+    """aiohttp's pool, opening at most ``connects_in_flight`` new connections at once (the
+    wait for a turn counts against the connect timeout, as the wait for a pooled connection
+    does: a request that timed out there was never sent)."""
+
+    def __init__(self, *, connects_in_flight: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._connecting = asyncio.Semaphore(connects_in_flight)
+
+    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:
+        # aiohttp's own hook for how a connection is made (its Unix and pipe connectors
+        # override it too); pooled connections never get here.
+        async with self._connecting:
+            return await super()._create_connection(req, traces, timeout)
+
+
 def _session(max_connections: int) -> aiohttp.ClientSession:
     """The one aiohttp pool of a client, for both of its paths (see :class:`HttpClient`):
     httpcore's pool slows to seconds per request with a thousand concurrent connections (see
     docs/benchmarks.md); aiohttp's does not. Cookies stay with httpx (a dummy jar here), so
     they are sent once."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections),
+        connector=_PacedConnector(
+            limit=max_connections, limit_per_host=max_connections,
+            connects_in_flight=CONNECTS_IN_FLIGHT),
         cookie_jar=aiohttp.DummyCookieJar(),
     )
 
