@@ -9,7 +9,9 @@ Retry policy (why: a retried chat turn is a duplicated chat turn):
 * anything else (5xx, read timeout, dropped connection) is retried only for idempotent methods
   (GET, HEAD, PUT, DELETE, OPTIONS) or when the caller says ``idempotent=True``.
 
-Provider SDK retries do not exist here: this is the only place that retries.
+Provider SDK retries do not exist here: this is the only place that retries (but for aiohttp
+resending an idempotent request once when the kept-alive connection it took turns out closed;
+never a POST).
 
 One module of about 600 lines on purpose: the retry policy, the bounds, the refusal memory and
 the stream guard decide together what one request may do (whether it may be repeated depends
