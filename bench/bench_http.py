@@ -36,11 +36,11 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import engine_for, slow_provider  # noqa: E402
+from bench_engine import http_engine, slow_provider
 
-from tgmux.backend import ChatIdentity  # noqa: E402
-from tgmux.engine import IncomingMessage  # noqa: E402
-from tgmux.http import HttpClient  # noqa: E402
+from tgmux.backend import ChatIdentity
+from tgmux.engine import IncomingMessage
+from tgmux.http import HttpClient
 
 VARIANTS = ("aiohttp", "HttpClient", "engine")
 DEFAULT_NS = (100, 1000, 3000, 10_000)
@@ -129,13 +129,7 @@ async def run_http_client(base_url: str, n: int) -> Run:
 
 
 async def run_engine(base_url: str, n: int) -> Run:
-    engine = engine_for(f"""
-store: "memory://"
-engine: {{concurrency: {n}}}
-backends:
-  slow: {{type: bench-http, base_url: "{base_url}", max_connections: {n}}}
-default: slow
-""")
+    engine = http_engine(base_url, n)
     await engine.start()
     out = engine.frontend.out  # type: ignore[attr-defined]
     wave_number = 0

@@ -311,23 +311,29 @@ class _GuardedStream(httpx.AsyncByteStream):
         await self._inner.aclose()
 
 
-async def _read_body(response: httpx.Response, limit: int,
-                     too_big: Callable[[], BackendError] | None = None) -> None:
-    """Read the (decoded) body into ``response.content``, at most ``limit`` bytes; the rest is
-    left unread, and is a ``too_big()`` error if given (else dropped)."""
+async def _join_bounded(chunks: AsyncIterator[bytes], limit: int,
+                        too_big: Callable[[], BackendError] | None) -> bytes:
+    """The chunks joined, at most ``limit`` bytes; the rest is left unread, and is a
+    ``too_big()`` error if given (else dropped)."""
     parts: list[bytes] = []
     total = 0
+    async for part in chunks:
+        if total + len(part) > limit:
+            if too_big is not None:
+                raise too_big()
+            parts.append(part[: limit - total])
+            break
+        parts.append(part)
+        total += len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def _read_body(response: httpx.Response, limit: int,
+                     too_big: Callable[[], BackendError] | None = None) -> None:
+    """Read the (decoded) body into ``response.content`` (see :func:`_join_bounded`)."""
     async with contextlib.aclosing(response.aiter_bytes()) as body:
-        async for part in body:
-            if total + len(part) > limit:
-                if too_big is not None:
-                    raise too_big()
-                parts.append(part[: limit - total])
-                break
-            parts.append(part)
-            total += len(part)
-    # httpx keeps a read body here (``Response.aread`` does the same).
-    response._content = b"".join(parts)
+        # httpx keeps a read body here (``Response.aread`` does the same).
+        response._content = await _join_bounded(body, limit, too_big)
 
 
 #: Headers httpx's client sets that the direct path leaves to aiohttp, which only asks for the
@@ -344,23 +350,6 @@ def _as_the_transport_maps(exc: aiohttp.ClientError) -> Exception:
     except Exception as mapped:
         return mapped
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def _read_aiohttp(response: aiohttp.ClientResponse, limit: int,
-                        too_big: Callable[[], BackendError] | None) -> bytes:
-    """:func:`_read_body` for an aiohttp response (decoded by aiohttp)."""
-    parts: list[bytes] = []
-    total = 0
-    content = response.content
-    while part := await content.readany():
-        if total + len(part) > limit:
-            if too_big is not None:
-                raise too_big()
-            parts.append(part[: limit - total])
-            break
-        parts.append(part)
-        total += len(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class HttpClient:
@@ -711,10 +700,11 @@ class HttpClient:
                     timeout=self._aiohttp_timeout)
                 status = response.status
                 if status >= 400:
-                    content = await _read_aiohttp(response, self.max_error_bytes, None)
+                    content = await _join_bounded(
+                        response.content.iter_any(), self.max_error_bytes, None)
                 else:
-                    content = await _read_aiohttp(
-                        response, self.max_response_bytes,
+                    content = await _join_bounded(
+                        response.content.iter_any(), self.max_response_bytes,
                         lambda: self._too_big(where, self.max_response_bytes,
                                               request_id_from(response.headers)))
         except aiohttp.ClientError as exc:
