@@ -8,7 +8,7 @@ the whole heap, in-flight turns included: with N turns in flight there are more 
 collections, each longer, so the collector's share grows with N. At 10 000 concurrent requests
 it was 2.2 s of bare aiohttp's 3.3 s, and 4.7 s of the engine's 6.8 s. Rarer young collections
 (:data:`SERVING_THRESHOLDS`) let most turns finish before their objects are looked at: the
-collector's share at 10 000 falls to about a third of that.
+engine's collector time at 10 000 fell from 4.97 s to 1.27 s, at 3 000 from 1.19 s to 0.3 s.
 
 Only Python's defaults are replaced (an application embedding tgmux with its own thresholds
 keeps them), and they come back when the last engine stops.
