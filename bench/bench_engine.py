@@ -92,8 +92,8 @@ class HttpBench(Backend):
     Settings = HttpSettings
 
     async def start(self) -> None:
-        self.http = HttpClient(self.settings.base_url, timeout=self.settings.timeout,
-                               max_connections=2000, name=self.name)
+        self.http = HttpClient(self.settings.base_url, name=self.name,
+                               **self.settings.http_options())
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -117,17 +117,22 @@ def engine_for(config_text: str) -> Engine:
     return Engine(config, pm, open_store(config.data.store), frontend)
 
 
+def http_engine(base_url: str, chats: int) -> Engine:
+    """An engine answering ``chats`` at once through ``bench-http``, one connection each."""
+    return engine_for(f"""
+store: "memory://"
+engine: {{concurrency: {chats}}}
+backends:
+  slow: {{type: bench-http, base_url: "{base_url}", max_connections: {chats}}}
+default: slow
+""")
+
+
 async def s1(chats: int) -> tuple[float, float]:
     """Two waves on one engine: the first opens every connection (cold), the second reuses
     the pool (warm, as a running bot would)."""
     with slow_provider() as base_url:
-        engine = engine_for(f"""
-store: "memory://"
-engine: {{concurrency: {chats}}}
-backends:
-  slow: {{type: bench-http, base_url: "{base_url}"}}
-default: slow
-""")
+        engine = http_engine(base_url, chats)
         await engine.start()
         times = []
         for _wave in range(2):  # cold, then warm

@@ -11,9 +11,9 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 # Re-exported: backends have always imported these from here.
 from tgmux.types import (
@@ -46,6 +46,7 @@ __all__ = [
     "HttpBackend",
     "HttpBackendSettings",
     "Image",
+    "Int",
     "KeyValue",
     "Media",
     "Metadata",
@@ -131,6 +132,17 @@ class Turn:
 # -- settings ----------------------------------------------------------------------------------
 
 
+def _not_a_bool(value: Any) -> Any:
+    # YAML reads `yes`/`no`/`on`/`off` as booleans, and pydantic would take True as 1.
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not yes/no/true/false")
+    return value
+
+
+#: An integer that refuses booleans (ids, counts).
+Int = Annotated[int, BeforeValidator(_not_a_bool)]
+
+
 class Strict(BaseModel):
     """A settings model in which unknown keys are errors (nested sections too)."""
 
@@ -154,11 +166,19 @@ class HttpBackendSettings(BackendSettings):
         "reply (default: timeout)")
     max_response_bytes: int = Field(
         4 * 1024 * 1024, gt=0, description="bytes read of one provider answer at most")
+    #: None until the config is validated, which sets it to ``engine.concurrency``.
+    max_connections: Int | None = Field(
+        None, ge=1, description="connections to the provider open at most, requests in flight "
+        "included (default: engine.concurrency)")
 
     def http_options(self) -> dict[str, Any]:
         """What :class:`tgmux.http.HttpClient` takes from these settings (besides the URL)."""
-        return {"timeout": self.timeout, "stream_idle_timeout": self.stream_idle_timeout,
-                "max_response_bytes": self.max_response_bytes}
+        options: dict[str, Any] = {
+            "timeout": self.timeout, "stream_idle_timeout": self.stream_idle_timeout,
+            "max_response_bytes": self.max_response_bytes}
+        if self.max_connections is not None:
+            options["max_connections"] = self.max_connections
+        return options
 
 
 FORGOTTEN = "Done: I have forgotten our conversation."

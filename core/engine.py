@@ -52,6 +52,7 @@ from tgmux.errors import (
     ConfigError,
     ErrorKind,
 )
+from tgmux.gctuning import serving_started, serving_stopped
 from tgmux.hooks import (
     PluginManager,
     await_me_maybe,
@@ -211,6 +212,7 @@ class Engine:
         self._pruner = asyncio.create_task(self._prune_periodically(), name="tgmux-inbox-prune")
         self._started = True
         self._accepting = True
+        serving_started()  # GC thresholds for many turns in flight (tgmux.gctuning)
         await call_all(self.pm.hook.tgmux_startup, engine=self)
         for account in self.served:
             await self._resume(account)
@@ -378,6 +380,7 @@ class Engine:
         await self._close_backends()
         await self.store.close()
         self._started = False
+        serving_stopped()
 
     async def _close_backends(self) -> None:
         for backend in self.backends.values():

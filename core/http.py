@@ -9,7 +9,9 @@ Retry policy (why: a retried chat turn is a duplicated chat turn):
 * anything else (5xx, read timeout, dropped connection) is retried only for idempotent methods
   (GET, HEAD, PUT, DELETE, OPTIONS) or when the caller says ``idempotent=True``.
 
-Provider SDK retries do not exist here: this is the only place that retries.
+Provider SDK retries do not exist here: this is the only place that retries (but for aiohttp
+resending an idempotent request once when the kept-alive connection it took turns out closed;
+never a POST).
 
 One module of about 600 lines on purpose: the retry policy, the bounds, the refusal memory and
 the stream guard decide together what one request may do (whether it may be repeated depends
@@ -42,17 +44,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import json as jsonlib
 import logging
 import random
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import httpx
+import yarl
 from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp.transport import map_aiohttp_exceptions
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from tgmux import __version__
 from tgmux.errors import (
@@ -139,19 +145,72 @@ async def acquire_slot(limiter: Limiter | None, notify_after: float) -> None:
     await limiter.acquire()
 
 
-def _transport(max_connections: int) -> AiohttpTransport:
-    """httpx's API over aiohttp's connection pool: httpcore's pool slows to seconds per request
-    with a thousand concurrent connections (see docs/benchmarks.md); aiohttp's does not.
-    Cookies stay with httpx (a dummy jar here), so they are sent once."""
+#: New connections being opened at once, per client: beyond the listen backlogs of providers,
+#: and on the client's own core, a storm of thousands of concurrent connects makes each one
+#: wait for all the others; a bounded storm opens them in order, each in milliseconds.
+CONNECTS_IN_FLIGHT = 128
 
-    def session() -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
 
-    return AiohttpTransport(client=session)
+class _PacedConnector(aiohttp.TCPConnector):
+    """aiohttp's pool, opening at most ``connects_in_flight`` new connections at once (the
+    wait for a turn counts against the connect timeout, as the wait for a pooled connection
+    does: a request that timed out there was never sent)."""
 
+    def __init__(self, *, connects_in_flight: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._connecting = asyncio.Semaphore(connects_in_flight)
+
+    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:
+        # aiohttp's own hook for how a connection is made (its Unix and pipe connectors
+        # override it too); pooled connections never get here.
+        async with self._connecting:
+            return await super()._create_connection(req, traces, timeout)
+
+
+def _session(max_connections: int) -> aiohttp.ClientSession:
+    """The one aiohttp pool of a client, for both of its paths (see :class:`HttpClient`):
+    httpcore's pool slows to seconds per request with a thousand concurrent connections (see
+    docs/benchmarks.md); aiohttp's does not. Cookies stay with httpx (a dummy jar here), so
+    they are sent once."""
+    return aiohttp.ClientSession(
+        connector=_PacedConnector(
+            limit=max_connections, limit_per_host=max_connections,
+            connects_in_flight=CONNECTS_IN_FLIGHT),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+
+
+def encode_json(value: Any) -> bytes:
+    """A JSON body as httpx encodes it (compact, UTF-8, no NaN): the same bytes either path."""
+    return jsonlib.dumps(
+        value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+class _Answer:
+    """A whole answer read on the direct path (status < 400): what ``request_json`` needs,
+    without building httpx objects."""
+
+    __slots__ = ("content", "headers", "raw_headers", "reason", "status_code", "url")
+
+    def __init__(self, status_code: int, headers: CIMultiDictProxy[str],
+                 raw_headers: tuple[tuple[bytes, bytes], ...], content: bytes,
+                 reason: str | None, url: yarl.URL) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self.raw_headers = raw_headers
+        self.content = content
+        self.reason = reason
+        self.url = url
+
+
+class _ErrorAnswer(Exception):
+    """An attempt's answer of 400 or more (its body read, bounded), for the retry policy."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+
+
+Answered = TypeVar("Answered", httpx.Response, _Answer)
 
 def never_reached(exc: httpx.TransportError) -> bool:
     """Did the request certainly not reach the provider? (Only then is a POST repeated.)
@@ -252,27 +311,57 @@ class _GuardedStream(httpx.AsyncByteStream):
         await self._inner.aclose()
 
 
-async def _read_body(response: httpx.Response, limit: int,
-                     too_big: Callable[[], BackendError] | None = None) -> None:
-    """Read the (decoded) body into ``response.content``, at most ``limit`` bytes; the rest is
-    left unread, and is a ``too_big()`` error if given (else dropped)."""
+async def _join_bounded(chunks: AsyncIterator[bytes], limit: int,
+                        too_big: Callable[[], BackendError] | None) -> bytes:
+    """The chunks joined, at most ``limit`` bytes; the rest is left unread, and is a
+    ``too_big()`` error if given (else dropped)."""
     parts: list[bytes] = []
     total = 0
+    async for part in chunks:
+        if total + len(part) > limit:
+            if too_big is not None:
+                raise too_big()
+            parts.append(part[: limit - total])
+            break
+        parts.append(part)
+        total += len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def _read_body(response: httpx.Response, limit: int,
+                     too_big: Callable[[], BackendError] | None = None) -> None:
+    """Read the (decoded) body into ``response.content`` (see :func:`_join_bounded`)."""
     async with contextlib.aclosing(response.aiter_bytes()) as body:
-        async for part in body:
-            if total + len(part) > limit:
-                if too_big is not None:
-                    raise too_big()
-                parts.append(part[: limit - total])
-                break
-            parts.append(part)
-            total += len(part)
-    # httpx keeps a read body here (``Response.aread`` does the same).
-    response._content = b"".join(parts)
+        # httpx keeps a read body here (``Response.aread`` does the same).
+        response._content = await _join_bounded(body, limit, too_big)
+
+
+#: Headers httpx's client sets that the direct path leaves to aiohttp, which only asks for the
+#: encodings it can decode and manages keep-alive itself.
+_AIOHTTP_OWN_HEADERS = frozenset({b"accept-encoding", b"connection"})
+
+
+def _as_the_transport_maps(exc: aiohttp.ClientError) -> Exception:
+    """``exc`` as the httpx transport raises it (an httpx error caused by ``exc``, or ``exc``
+    itself), so that the direct path's failures are judged as the httpx path's are."""
+    try:
+        with map_aiohttp_exceptions():
+            raise exc
+    except Exception as mapped:
+        return mapped
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class HttpClient:
-    """A backend's HTTP client. Every backend instance owns one; close it with :meth:`aclose`."""
+    """A backend's HTTP client. Every backend instance owns one; close it with :meth:`aclose`.
+
+    Two paths share one aiohttp pool of at most ``max_connections`` connections (requests in
+    flight included), with the same policy, bounds and errors: :meth:`request` and
+    :meth:`request_json` go straight to aiohttp (the hot path: no httpx objects are built
+    unless the answer is an error or the caller wants an ``httpx.Response``); :meth:`stream`,
+    a client given its own ``transport``, and a client holding cookies go through httpx, whose
+    request and response objects cost about 0.3 ms of CPU per request (docs/benchmarks.md).
+    """
 
     def __init__(
         self,
@@ -296,6 +385,10 @@ class HttpClient:
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be > 0")
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) \
+                or max_connections < 1:
+            raise ValueError(f"max_connections must be a positive integer, not "
+                             f"{max_connections!r}")
         self.name = name
         self.timeout = timeout
         #: The longest gap between two chunks of a streamed body (default: ``timeout``).
@@ -304,6 +397,7 @@ class HttpClient:
             raise ValueError("stream_idle_timeout must be > 0")
         self.max_response_bytes = max_response_bytes
         self.max_error_bytes = MAX_ERROR_BODY_BYTES
+        self.max_connections = max_connections
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -316,18 +410,33 @@ class HttpClient:
         self.max_refusal = 86400.0
         self._refusal_key: object = limiter if limiter is not None else self
         self._urls: dict[str, httpx.URL] = {}
+        self._targets: dict[str, tuple[yarl.URL, str]] = {}
+        self._direct = transport is None
+        self._session: aiohttp.ClientSession | None = None
+        self._header_source: list[tuple[bytes, bytes]] | None = None
+        self._plain_headers: CIMultiDict[str] = CIMultiDict()
+        self._json_headers: CIMultiDict[str] = CIMultiDict()
         connect = min(CONNECT_SHARE * timeout, MAX_CONNECT_TIMEOUT)
+        # Per read, a backstop only: the bounds that count are ours (see the module doc).
+        read_backstop = max(timeout, self.stream_idle_timeout) + 1.0
+        # What the httpx transport derives from httpx.Timeout below; no read backstop, as
+        # the whole attempt is bounded by ``timeout`` (one timer fewer per request).
+        self._aiohttp_timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect, sock_connect=connect)
         self._client = httpx.AsyncClient(
             base_url=base_url,
-            # Per read, a backstop only: the bounds that count are ours (see the module doc).
-            timeout=httpx.Timeout(
-                max(timeout, self.stream_idle_timeout) + 1.0, connect=connect, pool=connect
-            ),
+            timeout=httpx.Timeout(read_backstop, connect=connect, pool=connect),
             headers={"User-Agent": f"tgmux/{__version__}", **(headers or {})},
-            transport=transport or _transport(max_connections),
+            transport=transport or AiohttpTransport(client=self._shared_session),
             cookies=cookies,
             follow_redirects=False,
         )
+
+    def _shared_session(self) -> aiohttp.ClientSession:
+        """The aiohttp pool, made on first use (inside the event loop, as aiohttp wants)."""
+        if self._session is None:
+            self._session = _session(self.max_connections)
+        return self._session
 
     def _absolute(self, url: str) -> httpx.URL:
         """The absolute URL for a path, cached: httpx re-parses and merges the base URL on every
@@ -343,6 +452,45 @@ class HttpClient:
                 self._urls[url] = found
         return found
 
+    def _target(self, url: str, params: dict[str, Any] | None) -> tuple[yarl.URL, str]:
+        """The direct path's URL (as httpx would send it) and its path (for messages)."""
+        if params:  # merged as httpx merges them; not cached (the values vary)
+            merged = self._absolute(url).copy_merge_params(params)
+            return yarl.URL(str(merged), encoded=True), merged.path
+        found = self._targets.get(url)
+        if found is None:
+            absolute = self._absolute(url)
+            found = yarl.URL(str(absolute), encoded=True), absolute.path
+            if len(self._targets) < 1024:
+                self._targets[url] = found
+        return found
+
+    def _direct_headers(self, extra: dict[str, str] | None,
+                        json_body: bool) -> CIMultiDict[str]:
+        """The client's headers (as :attr:`headers` holds them now) with ``extra`` on top, for
+        the direct path; rebuilt only when :attr:`headers` changed."""
+        raw = self._client.headers.raw
+        if raw != self._header_source:
+            base: CIMultiDict[str] = CIMultiDict(
+                (k.decode("latin-1"), v.decode("latin-1"))
+                for k, v in raw if k.lower() not in _AIOHTTP_OWN_HEADERS)
+            self._plain_headers = base
+            self._json_headers = CIMultiDict(base)
+            self._json_headers["Content-Type"] = "application/json"
+            self._header_source = raw
+        chosen = self._json_headers if json_body else self._plain_headers
+        if not extra:
+            return chosen  # aiohttp copies what it is given: never changed in place
+        merged = CIMultiDict(chosen)
+        merged.update(extra)
+        return merged
+
+    def _goes_direct(self, content: bytes | None) -> bool:
+        # Cookies need httpx's jar (set and sent per RFC 6265); a raw body keeps httpx's
+        # headers for it; a closed client gets httpx's error.
+        return (self._direct and content is None and not self._client.is_closed
+                and not self._client.cookies)
+
     @property
     def cookies(self) -> httpx.Cookies:
         return self._client.cookies
@@ -353,6 +501,8 @@ class HttpClient:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        if self._session is not None and not self._session.closed:
+            await self._session.close()  # made by the direct path, never by the transport
 
     async def __aenter__(self) -> HttpClient:
         return self
@@ -374,6 +524,10 @@ class HttpClient:
         idempotent: bool | None = None,
     ) -> httpx.Response:
         """Send a request; return the 2xx/3xx response or raise a :class:`BackendError`."""
+        if self._goes_direct(content):
+            answer = await self._request_direct(method, url, json, params, headers, idempotent)
+            return self._httpx_response(method.upper(), answer.url, answer.status_code,
+                                        answer.raw_headers, answer.content, answer.reason)
         request = self._client.build_request(
             method, self._absolute(url), json=json, params=params, headers=headers,
             content=content,
@@ -383,18 +537,28 @@ class HttpClient:
 
     async def request_json(self, method: str, url: str, **kwargs: Any) -> Any:
         """:meth:`request`, then the body as JSON (a :class:`ProtocolError` if it is not)."""
-        response = await self.request(method, url, **kwargs)
+        if self._goes_direct(kwargs.get("content")):
+            answer = await self._request_direct(
+                method, url, kwargs.get("json"), kwargs.get("params"), kwargs.get("headers"),
+                kwargs.get("idempotent"))
+            content, status, path = answer.content, answer.status_code, answer.url.path
+            response_headers: Mapping[str, str] = answer.headers
+        else:
+            response = await self.request(method, url, **kwargs)
+            content, status, path = response.content, response.status_code, \
+                response.request.url.path
+            response_headers = response.headers
         try:
-            return response.json()
+            return jsonlib.loads(content)
         except ValueError as exc:
             error = ProtocolError(
-                f"{self.name}: {method} {response.request.url.path} answered non-JSON",
-                status=response.status_code,
-                provider_message=response.text[:200],
-                request_id=request_id_from(response.headers),
+                f"{self.name}: {method} {path} answered non-JSON",
+                status=status,
+                provider_message=content.decode("utf-8", "replace")[:200],
+                request_id=request_id_from(response_headers),
             )
-            log.warning("%s: %s %s failed: %s", self.name, method, response.request.url.path,
-                        error.log_text(), extra=_ids(error))
+            log.warning("%s: %s %s failed: %s", self.name, method, path, error.log_text(),
+                        extra=_ids(error))
             raise error from exc
 
     @contextlib.asynccontextmanager
@@ -426,9 +590,6 @@ class HttpClient:
             await notify(seconds)
         log.info("%s: waiting %.1fs (%s)", self.name, seconds, why)
         await asyncio.sleep(seconds)
-
-    async def _acquire_slot(self) -> None:
-        await acquire_slot(self.limiter, self.notify_after)
 
     def _backoff(self, attempt: int) -> float:
         base = min(self.max_backoff, self.backoff * (2**attempt))
@@ -489,8 +650,9 @@ class HttpClient:
     async def _attempt(
         self, request: httpx.Request, *, stream: bool, where: str
     ) -> httpx.Response:
-        """Send once: the response with its body read (and bounded) unless ``stream`` and 2xx/3xx;
-        bounded whole by ``timeout`` (a ``TimeoutError`` when it runs out)."""
+        """Send once through httpx: the response with its body read (and bounded) unless
+        ``stream``; an answer of 400 or more is raised as :class:`_ErrorAnswer`. Bounded whole
+        by ``timeout`` (a ``TimeoutError`` when it runs out)."""
         response: httpx.Response | None = None
         try:
             async with asyncio.timeout(self.timeout):
@@ -520,7 +682,79 @@ class HttpClient:
                 with contextlib.suppress(Exception):
                     await response.aclose()
             raise
+        if response.status_code >= 400:
+            raise _ErrorAnswer(response)
         return response
+
+    async def _attempt_direct(
+        self, method: str, url: yarl.URL, headers: CIMultiDict[str], body: bytes | None,
+        where: str,
+    ) -> _Answer:
+        """:meth:`_attempt` (not streamed) straight on aiohttp. aiohttp's errors are mapped as
+        the httpx transport maps them, so that one policy judges both paths."""
+        response: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                response = await self._shared_session().request(
+                    method, url, headers=headers, data=body, allow_redirects=False,
+                    timeout=self._aiohttp_timeout)
+                status = response.status
+                if status >= 400:
+                    content = await _join_bounded(
+                        response.content.iter_any(), self.max_error_bytes, None)
+                else:
+                    content = await _join_bounded(
+                        response.content.iter_any(), self.max_response_bytes,
+                        lambda: self._too_big(where, self.max_response_bytes,
+                                              request_id_from(response.headers)))
+        except aiohttp.ClientError as exc:
+            if response is not None:
+                response.close()
+            raise _as_the_transport_maps(exc)  # noqa: B904 (its cause is exc already)
+        except BaseException:
+            if response is not None:
+                response.close()
+            raise
+        response.release()  # back to the pool (closed instead if a body was left unread)
+        if status >= 400 or "Set-Cookie" in response.headers:
+            as_httpx = self._httpx_response(method, url, status, response.raw_headers, content,
+                                            response.reason)
+            self._client.cookies.extract_cookies(as_httpx)  # as httpx's client does
+            if status >= 400:
+                raise _ErrorAnswer(as_httpx)
+        return _Answer(status, response.headers, response.raw_headers, content,
+                       response.reason, url)
+
+    def _httpx_response(
+        self, method: str, url: yarl.URL, status: int,
+        raw_headers: tuple[tuple[bytes, bytes], ...], content: bytes, reason: str | None,
+    ) -> httpx.Response:
+        """An already read (and decoded) answer as a closed ``httpx.Response``."""
+        response = httpx.Response(
+            status, headers=raw_headers, stream=httpx.ByteStream(content),
+            request=httpx.Request(method, str(url)),
+            extensions={"http_version": b"HTTP/1.1",
+                        **({"reason_phrase": reason.encode()} if reason else {})},
+        )
+        response._content = content  # decoded already: httpx must not decode it again
+        response.close()
+        return response
+
+    async def _request_direct(
+        self, method: str, url: str, json: Any, params: dict[str, Any] | None,
+        headers: dict[str, str] | None, idempotent: bool | None,
+    ) -> _Answer:
+        method = method.upper()
+        target, path = self._target(url, params)
+        where = f"{method} {path}"
+        body = None if json is None else encode_json(json)
+        merged = self._direct_headers(headers, body is not None)
+        safe_to_repeat = idempotent if idempotent is not None else method in IDEMPOTENT_METHODS
+        return await self._retrying(
+            where, safe_to_repeat,
+            lambda: self._attempt_direct(method, target, merged, body, where))
+
+    # -- the policy around attempts ----------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def _send(
@@ -530,19 +764,32 @@ class HttpClient:
             idempotent if idempotent is not None else request.method in IDEMPOTENT_METHODS
         )
         where = f"{request.method} {request.url.path}"
-        attempt = 0
+        response = await self._retrying(
+            where, safe_to_repeat, lambda: self._attempt(request, stream=stream, where=where))
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def _retrying(self, where: str, safe_to_repeat: bool,
+                        attempt: Callable[[], Awaitable[Answered]]) -> Answered:
+        """Attempts until one is answered below 400, or the policy (module doc) says stop."""
+        tries = 0
         while True:
             self._check_refusal(where)
-            await self._acquire_slot()
-            self._check_refusal(where)
+            if self.limiter is not None:
+                await acquire_slot(self.limiter, self.notify_after)
+                self._check_refusal(where)
             started = time.monotonic()
             error: BackendError
-            cause: BaseException | None = None
+            answered: httpx.Response | None = None
             try:
-                response = await self._attempt(request, stream=stream, where=where)
+                answer = await attempt()
+            except _ErrorAnswer as refused:
+                answered = refused.response
             except httpx.TransportError as exc:
                 retry, error = self._transport_failure(exc, where, safe_to_repeat)
-                cause = exc
+                cause: BaseException = exc
             except TimeoutError as exc:  # our bound on the whole attempt
                 retry, error = safe_to_repeat, BackendTimeoutError(
                     f"{self.name}: {where}: no complete answer within {self.timeout:g} s")
@@ -556,58 +803,56 @@ class HttpClient:
                 log.warning("%s: %s failed: %s", self.name, where, exc.log_text(),
                             extra=_ids(exc))
                 raise
-            if cause is not None:
-                if retry and attempt < self.retries:
-                    await self._wait(self._backoff(attempt), f"{where}: {type(cause).__name__}")
-                    attempt += 1
-                    continue
-                log.warning("%s: %s failed: %s", self.name, where, error.log_text(),
-                            extra=_ids(error))
-                raise error from cause
-
-            log.debug(
-                "%s: %s -> %s in %.0f ms",
-                self.name, where, response.status_code, (time.monotonic() - started) * 1000,
-            )
-            if response.status_code < 400:
-                try:
-                    yield response
-                finally:
-                    await response.aclose()
-                return
-
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            refused = response.status_code == 429 or (
-                response.status_code == 503 and retry_after is not None
-            )
-            too_long = retry_after is not None and retry_after > self.max_retry_after
-            if refused and self.limiter is not None and retry_after and not too_long:
-                # Everyone on these credentials waits; never longer than max_retry_after.
-                self.limiter.penalize(retry_after)
-            retryable = refused or (safe_to_repeat and response.status_code >= 500)
-            pause = retry_after if retry_after is not None else self._backoff(attempt)
-            if retryable and attempt < self.retries and pause <= self.max_retry_after:
-                await self._wait(pause, f"{where}: HTTP {response.status_code}")
-                attempt += 1
+            else:
+                log.debug("%s: %s -> %s in %.0f ms", self.name, where, answer.status_code,
+                          (time.monotonic() - started) * 1000)
+                return answer
+            if answered is not None:  # out of the except block: its error stands alone
+                pause = self._judge_answer(answered, where, safe_to_repeat, tries)
+                await self._wait(pause, f"{where}: HTTP {answered.status_code}")
+                tries += 1
                 continue
-            error = self.error_parser(response)
-            if error.status is None:
-                error.status = response.status_code
-            if retry_after is not None and error.retry_after is None:
-                error.retry_after = retry_after
-            if response.status_code == 429 and not isinstance(error, RateLimitedError):
-                error = RateLimitedError(
-                    str(error), status=429, provider_message=error.provider_message,
-                    request_id=error.request_id, retry_after=retry_after,
-                    user_message=error.user_message if error.has_own_user_message else None,
-                    details=error.details,
-                )
-            if not error.request_id:
-                error.request_id = request_id_from(response.headers)
-            if refused and too_long and retry_after is not None:
-                if not error.has_own_user_message:
-                    error.user_message = retry_later_message(error.kind, retry_after)
-                self._refuse(retry_after, error, response.status_code)
+            if retry and tries < self.retries:
+                await self._wait(self._backoff(tries), f"{where}: {type(cause).__name__}")
+                tries += 1
+                continue
             log.warning("%s: %s failed: %s", self.name, where, error.log_text(),
                         extra=_ids(error))
-            raise error
+            raise error from cause
+
+    def _judge_answer(self, response: httpx.Response, where: str, safe_to_repeat: bool,
+                      tries: int) -> float:
+        """An answer of 400 or more: how long to wait before repeating it, or its error."""
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        refused = response.status_code == 429 or (
+            response.status_code == 503 and retry_after is not None
+        )
+        too_long = retry_after is not None and retry_after > self.max_retry_after
+        if refused and self.limiter is not None and retry_after and not too_long:
+            # Everyone on these credentials waits; never longer than max_retry_after.
+            self.limiter.penalize(retry_after)
+        retryable = refused or (safe_to_repeat and response.status_code >= 500)
+        pause = retry_after if retry_after is not None else self._backoff(tries)
+        if retryable and tries < self.retries and pause <= self.max_retry_after:
+            return pause
+        error = self.error_parser(response)
+        if error.status is None:
+            error.status = response.status_code
+        if retry_after is not None and error.retry_after is None:
+            error.retry_after = retry_after
+        if response.status_code == 429 and not isinstance(error, RateLimitedError):
+            error = RateLimitedError(
+                str(error), status=429, provider_message=error.provider_message,
+                request_id=error.request_id, retry_after=retry_after,
+                user_message=error.user_message if error.has_own_user_message else None,
+                details=error.details,
+            )
+        if not error.request_id:
+            error.request_id = request_id_from(response.headers)
+        if refused and too_long and retry_after is not None:
+            if not error.has_own_user_message:
+                error.user_message = retry_later_message(error.kind, retry_after)
+            self._refuse(retry_after, error, response.status_code)
+        log.warning("%s: %s failed: %s", self.name, where, error.log_text(),
+                    extra=_ids(error))
+        raise error

@@ -34,15 +34,17 @@ __all__ = ["Reloader", "applicable", "describe_changes", "reloading"]
 log = logging.getLogger("tgmux.reload")
 
 
-def applicable(old: Config, new: Config) -> tuple[Config, list[str]]:
+def applicable(old: Config, new: Config, *,
+               written: Config | None = None) -> tuple[Config, list[str]]:
     """``new`` with what a running process cannot change kept from ``old``, and the names of
-    those parts that differ (they need a restart)."""
+    those parts that differ (they need a restart). ``written``: the file's config as written,
+    when ``new`` was validated with the running ``engine.concurrency``."""
     restart: list[str] = []
     before, after = old.data, new.data
     for key in ("store", "plugins", "server", "log_format"):
         if getattr(before, key) != getattr(after, key):
             restart.append(key)
-    if before.engine.concurrency != after.engine.concurrency:
+    if before.engine.concurrency != (written or new).data.engine.concurrency:
         restart.append("engine.concurrency")
     accounts = {}
     for name, account in old.accounts.items():
@@ -109,9 +111,19 @@ class Reloader:
         if logging.getLogger().level == logging.WARNING:  # the quiet commands' default
             log.setLevel(logging.INFO)  # a reload's outcome is what the operator waits for
 
-    def _load(self) -> Config:
+    def _load(self, concurrency: int) -> tuple[Config, Config]:
+        """The file's config as written, and as this process would run it: with the running
+        ``engine.concurrency``, which HTTP backends' pools follow when they set no
+        ``max_connections`` (a changed concurrency must not rebuild them for nothing)."""
         parsed = read_config_file(self.path, env=self.env)
-        return validate_config(parsed, self.pm.backend_types())
+        written = validate_config(parsed, self.pm.backend_types())
+        if written.data.engine.concurrency == concurrency:
+            return written, written
+        engine = parsed.data.get("engine")
+        data = {**parsed.data, "engine": {**(engine if isinstance(engine, dict) else {}),
+                                          "concurrency": concurrency}}
+        return written, validate_config(dataclasses.replace(parsed, data=data),
+                                        self.pm.backend_types())
 
     async def reload(self) -> bool:
         """Read the file, validate it, apply it; False (and the problems logged) when it is
@@ -120,7 +132,9 @@ class Reloader:
             old = self.engine.config
             try:
                 # off the loop: reading and validating take milliseconds a chat should not wait
-                new, restart = applicable(old, await asyncio.to_thread(self._load))
+                written, running = await asyncio.to_thread(
+                    self._load, old.data.engine.concurrency)
+                new, restart = applicable(old, running, written=written)
                 changes = describe_changes(old, new)
                 changes += await self.engine.reload(new)
             except ConfigError as exc:

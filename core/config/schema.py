@@ -15,22 +15,12 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from tgmux.backend import Strict
+from tgmux.backend import Int, Strict
 from tgmux.types import ChatType
 
 GroupTrigger = Literal["mention", "always", "command"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
-
-def _not_a_bool(value: Any) -> Any:
-    # YAML reads `yes`/`no`/`on`/`off` as booleans, and pydantic would take True as 1.
-    if isinstance(value, bool):
-        raise ValueError("expected a number, not yes/no/true/false")
-    return value
-
-
-#: An integer that refuses booleans (ids, counts).
-Int = Annotated[int, BeforeValidator(_not_a_bool)]
 
 #: What Pyrogram's session strings unpack to (current, and the two older layouts it reads).
 _SESSION_LAYOUTS = {struct.calcsize(f) for f in (">BI?256sQ?", ">B?256sI?", ">B?256sQ?")}

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tgmux.backend import Backend, BackendSettings
+from tgmux.backend import Backend, BackendSettings, HttpBackendSettings
 from tgmux.config.parse import KeyPath, ParsedConfig, where
 from tgmux.config.schema import (
     CORE_BACKEND_KEYS,
@@ -109,6 +109,8 @@ def validate_config(parsed: ParsedConfig, backend_types: dict[str, type[Backend]
     cores: dict[str, BackendCore] = {}
     settings, classes, backend_problems = _check_backends(parsed, backend_types, cores)
     problems += backend_problems
+    if schema is not None:
+        _pools_follow_concurrency(settings, schema.engine.concurrency)
     for name, core in cores.items():
         problems += _check_chain(parsed, ("backends", name, "fallback"), name, core.fallback)
     for account_prefix, routes in _all_routes(parsed, schema):
@@ -150,6 +152,14 @@ def validate_config(parsed: ParsedConfig, backend_types: dict[str, type[Backend]
     return Config(data=schema, backend_settings=settings, backend_classes=classes,
                   route_options=route_options, source=parsed.source, lines=parsed.lines,
                   missing_env=parsed.missing_env, accounts=accounts, backend_core=cores)
+
+
+def _pools_follow_concurrency(settings: dict[str, BackendSettings], concurrency: int) -> None:
+    """An HTTP backend without ``max_connections`` gets ``engine.concurrency``: as many
+    connections as chats answered at once, so the pool never queues a turn the engine let in."""
+    for name, backend in settings.items():
+        if isinstance(backend, HttpBackendSettings) and backend.max_connections is None:
+            settings[name] = backend.model_copy(update={"max_connections": concurrency})
 
 
 def _all_routes(parsed: ParsedConfig,
