@@ -64,12 +64,12 @@ async def _backend_command(engine: Engine, message: IncomingMessage,
     if not engine.is_admin(message.chat.user_id, message.chat.account):
         return [Notice("Only the bot's admins can switch the AI for a chat.")]
     if wanted == "default":
-        await engine.store.set_override(chat_id, None, account=message.chat.account)
+        await engine.set_override(message.chat.account, chat_id, None)
         after = await engine.decide(message)
         return [Text(f"This chat follows the config again: {after.backend if after else '-'}")]
     if wanted not in engine.backends:
         return [Notice(f"There is no backend {shorten(wanted, 40)!r}. Available: {listing}")]
-    await engine.store.set_override(chat_id, wanted, account=message.chat.account)
+    await engine.set_override(message.chat.account, chat_id, wanted)
     return [Text(f"This chat now talks to: {wanted}")]
 
 

@@ -156,6 +156,8 @@ class Engine:
     INBOX_RETENTION = 7 * 86400
     #: How often (seconds) the inbox forgets what is older than that.
     PRUNE_INTERVAL = 600.0
+    #: Chats whose ``/backend`` choice is kept in memory at most.
+    OVERRIDES_KEPT = 100_000
 
     def __init__(self, config: Config, plugin_manager: PluginManager, store: Store,
                  frontend: Frontend, *, accounts: list[str] | None = None) -> None:
@@ -177,6 +179,7 @@ class Engine:
         self._retiring: set[asyncio.Task[None]] = set()
         self.gate = Gate(store)
         self.plugin_commands: dict[str, PluginCommand] = {}
+        self._overrides: dict[tuple[str, int], str | None] = {}
         # Keyed by (account, chat id): one user talking to two accounts is two chats.
         self._queues: dict[tuple[str, int], deque[_Slot]] = {}
         self._workers: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -340,6 +343,8 @@ class Engine:
         """Start answering for ``account`` in a running engine (a standby that took it over):
         its messages from before are answered first, as at start."""
         if account not in self.served:
+            for key in [k for k in self._overrides if k[0] == account]:
+                del self._overrides[key]  # another process ran it meanwhile
             self.served.append(account)
             await self._resume(account)
 
@@ -507,10 +512,28 @@ class Engine:
 
     async def decide(self, message: IncomingMessage) -> RouteDecision | None:
         chosen = await call_first(self.pm, "tgmux_route", message=message, engine=self)
-        override = await self.store.get_override(message.chat.chat_id,
-                                                 account=message.chat.account)
+        override = await self.override(message.chat.account, message.chat.chat_id)
         return self.router_for(message.chat.account).decide(message, override=override,
                                                             chosen=chosen)
+
+    async def override(self, account: str, chat_id: int) -> str | None:
+        """The chat's ``/backend`` choice. Kept in memory once read (bounded): only the process
+        running an account answers its chats, so only it changes their choices
+        (:meth:`set_override`) — a store round trip per message saved."""
+        key = (account, chat_id)
+        try:
+            backend = self._overrides[key]
+        except KeyError:
+            backend = await self.store.get_override(chat_id, account=account)
+            if len(self._overrides) >= self.OVERRIDES_KEPT:
+                self._overrides.pop(next(iter(self._overrides)))  # the oldest read
+            self._overrides[key] = backend
+        return backend
+
+    async def set_override(self, account: str, chat_id: int, backend: str | None) -> None:
+        """Set (None: clear) the chat's ``/backend`` choice, in the store and here."""
+        self._overrides.pop((account, chat_id), None)
+        await self.store.set_override(chat_id, backend, account=account)
 
     def router_for(self, account: str) -> Router:
         """The account's routing (an unknown account: the first one's)."""

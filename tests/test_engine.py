@@ -120,6 +120,23 @@ async def test_override_beats_routes_and_persists_across_restart(tmp_path) -> No
         assert await h.say("hi", user_id=7, message_id=102) == [Text("hi-route: hi")]
 
 
+async def test_a_chats_override_is_read_from_the_store_once(monkeypatch) -> None:
+    async with EngineHarness.from_yaml(ECHO) as h:
+        reads: list[int] = []
+        real = h.store.get_override
+
+        async def counted(chat_id: int, **kwargs):
+            reads.append(chat_id)
+            return await real(chat_id, **kwargs)
+
+        monkeypatch.setattr(h.store, "get_override", counted)
+        for n in range(3):
+            await h.say(f"m{n}", user_id=5, message_id=n + 1)
+        await h.say("/backend other", user_id=5, message_id=9)
+        assert await h.say("after", user_id=5, message_id=10) == [Text("other: after")]
+    assert reads == [5]
+
+
 async def test_backend_command_lists_and_rejects_unknown_names() -> None:
     async with EngineHarness.from_yaml(ECHO) as h:
         (shown,) = await h.say("/backend", user_id=5)
