@@ -532,8 +532,9 @@ class Engine:
 
     async def set_override(self, account: str, chat_id: int, backend: str | None) -> None:
         """Set (None: clear) the chat's ``/backend`` choice, in the store and here."""
-        self._overrides.pop((account, chat_id), None)
+        self._overrides.pop((account, chat_id), None)  # unknown if the write fails
         await self.store.set_override(chat_id, backend, account=account)
+        self._overrides[(account, chat_id)] = backend
 
     def router_for(self, account: str) -> Router:
         """The account's routing (an unknown account: the first one's)."""
