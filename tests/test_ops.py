@@ -177,3 +177,20 @@ async def test_a_provider_failure_logs_its_request_id_as_a_json_field(caplog) ->
         await runner.cleanup()
     [record] = [r for r in caplog.records if r.name == "tgmux.http"]
     assert json.loads(JsonFormatter().format(record))["request_id"] == "req-123"
+
+
+async def test_histograms_count_each_value_in_every_bucket_it_fits() -> None:
+    from tgmux.metrics import Metrics
+
+    m = Metrics()
+    for seconds in (0.05, 0.3, 7, 1000):  # on a bound, between bounds, above all of them
+        m.of(m.backend_latency, "e").observe(seconds)
+    m.of(m.flood_wait, "main").inc(2.5)
+    text = (await m.render()).decode()
+    le = 'tgmux_backend_latency_seconds_bucket{backend="e",le="%s"} %s'
+    for bound, count in (("0.05", "1.0"), ("0.25", "1.0"), ("0.5", "2.0"), ("10.0", "3.0"),
+                         ("300.0", "3.0"), ("+Inf", "4.0")):
+        assert le % (bound, count) in text
+    assert 'tgmux_backend_latency_seconds_count{backend="e"} 4.0' in text
+    assert 'tgmux_backend_latency_seconds_sum{backend="e"} 1007.35' in text
+    assert 'tgmux_flood_wait_seconds_total{account="main"} 2.5' in text
