@@ -145,6 +145,12 @@ _HISTORY_KEPT = (
 )
 
 
+#: ``INSERT ... RETURNING`` exists from SQLite 3.35 (older ones: one statement a message).
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
+#: Rows one batched insert carries at most (5 values each; SQLite allows 32 766 values).
+_ACCEPTS_PER_STATEMENT = 500
+
+
 class SQLiteStore(Store):
     """``store: sqlite:///path/to/tgmux.db`` (WAL; one connection, its own thread)."""
 
@@ -156,6 +162,8 @@ class SQLiteStore(Store):
         #: database thread (statement -> rows); the future is the batch's
         self._batch: dict[str, list[tuple[Any, ...]]] = {}
         self._batch_written: asyncio.Future[None] | None = None
+        self._accepts: list[tuple[tuple[Any, ...], asyncio.Future[bool]]] | None = None
+        self._accepting: asyncio.Task[None] | None = None  # the last batch of accepts
         self._flusher: asyncio.Task[None] | None = None
 
     @property
@@ -241,8 +249,9 @@ class SQLiteStore(Store):
         return row[0] if row else 0
 
     async def close(self) -> None:
-        if self._flusher is not None:  # writes asked for are made before closing
-            await asyncio.gather(asyncio.shield(self._flusher), return_exceptions=True)
+        for task in (self._accepting, self._flusher):  # what was asked for is made first
+            if task is not None:
+                await asyncio.gather(asyncio.shield(task), return_exceptions=True)
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -292,12 +301,51 @@ class SQLiteStore(Store):
 
     async def inbox_accept(self, chat_id: int, message_id: int, payload: dict[str, Any], *,
                            account: str = DEFAULT_ACCOUNT) -> bool:
-        cursor = await self.db.execute(
-            "INSERT OR IGNORE INTO inbox (account, chat_id, message_id, state, payload, "
-            "received_at) VALUES (?, ?, ?, 'pending', ?, ?)",
-            (account, chat_id, message_id, json.dumps(payload), time.time()),
-        )
-        return cursor.rowcount == 1
+        row = (account, chat_id, message_id, json.dumps(payload), time.time())
+        if not _RETURNING:
+            cursor = await self.db.execute(
+                "INSERT OR IGNORE INTO inbox (account, chat_id, message_id, state, payload, "
+                "received_at) VALUES (?, ?, ?, 'pending', ?, ?)", row)
+            return cursor.rowcount == 1
+        # Accepts asked for in the same turn of the loop go in one statement: one trip to the
+        # database thread and one commit for all of them (a commit per message was the
+        # store's main cost per message); RETURNING says which rows are new.
+        db = self.db
+        if self._accepts is None:
+            self._accepts = []
+            self._accepting = asyncio.get_running_loop().create_task(
+                self._flush_accepts(db, self._accepts), name="tgmux-sqlite-accepts")
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._accepts.append((row, future))
+        return await asyncio.shield(future)  # a cancelled caller leaves the batch alone
+
+    async def _flush_accepts(self, db: aiosqlite.Connection,
+                             accepts: list[tuple[tuple[Any, ...], asyncio.Future[bool]]]) -> None:
+        await asyncio.sleep(0)  # the rest of this turn joins the batch
+        self._accepts = None
+        try:
+            inserted: set[tuple[str, int, int]] = set()
+            for start in range(0, len(accepts), _ACCEPTS_PER_STATEMENT):
+                chunk = accepts[start:start + _ACCEPTS_PER_STATEMENT]
+                rows = await db.execute_fetchall(
+                    "INSERT OR IGNORE INTO inbox (account, chat_id, message_id, state, payload, "
+                    "received_at) VALUES " + ", ".join(["(?, ?, ?, 'pending', ?, ?)"] * len(chunk))
+                    + " RETURNING account, chat_id, message_id",
+                    [value for row, _ in chunk for value in row])
+                inserted.update((a, c, m) for a, c, m in rows)
+        except BaseException as exc:
+            for _, future in accepts:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        seen: set[tuple[str, int, int]] = set()
+        for row, future in accepts:
+            key = (row[0], row[1], row[2])
+            # the same message twice in one batch: the first is new, the second a duplicate
+            future.set_result(key in inserted and key not in seen)
+            seen.add(key)
 
     async def inbox_dispatched(self, chat_id: int, message_id: int, *,
                                account: str = DEFAULT_ACCOUNT) -> None:

@@ -179,3 +179,15 @@ async def rate_rows(store: Store) -> int:
     if hasattr(store, "db"):
         return await store._one("SELECT count(*) FROM rate_event", ())  # type: ignore[attr-defined]
     return await store.pool.fetchval("SELECT count(*) FROM tgmux_rate_event")  # type: ignore[attr-defined]
+
+
+async def test_accepts_at_once_each_say_whether_the_message_is_new(store: Store) -> None:
+    # SQLite takes accepts made at the same moment in one statement: each still learns
+    # whether its message is new, a message twice in one batch is new once
+    await store.inbox_accept(1, 1, {"n": 0})
+    keys = [(1, 1), (1, 2), (2, 2), (1, 2), (3, 7)] + [(9, n) for n in range(600)]
+    fresh = await asyncio.gather(*(store.inbox_accept(chat, message, {"n": i})
+                                   for i, (chat, message) in enumerate(keys)))
+    assert fresh[:5] == [False, True, True, False, True]
+    assert all(fresh[5:])
+    assert await store.inbox_backlog() == 1 + 3 + 600
