@@ -11,7 +11,8 @@ COPY pyproject.toml README.md ./
 COPY core core
 COPY backends backends
 COPY plugins plugins
-RUN pip install .
+# [voice]: PyAV, for voice notes (BambiSleep audio, tgmux.plugins.speak); see docs/telegram.md.
+RUN pip install ".[voice]"
 
 # The session files and a SQLite store live here (mode 0600, owned by tgmux).
 RUN mkdir -p /data /config && chown tgmux:tgmux /data

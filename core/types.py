@@ -163,7 +163,8 @@ class Image:
 
 @dataclass(frozen=True)
 class Audio:
-    """Audio by URL or bytes; ``voice=True`` asks to show it as a voice message."""
+    """Audio by URL or bytes; ``voice=True`` asks to show it as a voice message (the Telegram
+    frontend makes bytes in any format a voice note: OGG/Opus, see :mod:`tgmux.audio`)."""
 
     url: str | None = None
     data: bytes | None = None

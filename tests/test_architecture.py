@@ -145,6 +145,7 @@ def test_version_and_help_import_no_backend_nor_network_stack() -> None:
     for args in (("--version",), ("--help",)):
         loaded = loaded_modules(*args)
         heavy = sorted(m for m in loaded if m.split(".")[0] in {"pyrogram", "aiohttp", "httpx",
-                                                               "pydantic", "yaml", "aiosqlite"}
+                                                               "pydantic", "yaml", "aiosqlite",
+                                                               "av"}
                        or m.startswith("tgmux.backends"))
         assert heavy == [], f"tgmux {' '.join(args)} imported {heavy[:10]}"

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tgmux.backend import Audio, CommandSpec, HttpBackend, Notice, ReplyPart, Text, Turn
+from tgmux.errors import BackendError
 from tgmux.ratelimit import Limiter, SlidingWindowLimiter, shared_limiter, shared_store_limiter
 from tgmux.store.base import Namespace
 
@@ -95,8 +96,8 @@ class BambiSleepBackend(HttpBackend[BambiSleepClient]):
     type_name = "bambisleep"
     Settings = BambiSleepSettings
     description = "BambiSleep.Chat: AI replies with audio and triggers; profile and sessions."
-    route_options = frozenset({"model", "include_audio", "include_triggers", "triggers_format",
-                               "triggers_message"})
+    route_options = frozenset({"model", "include_audio", "audio_as", "include_triggers",
+                               "triggers_format", "triggers_message"})
 
     settings: BambiSleepSettings
 
@@ -214,10 +215,24 @@ class BambiSleepBackend(HttpBackend[BambiSleepClient]):
         if shown:
             yield Text(shown)
         if result.audio_url:
-            yield Audio(url=result.audio_url, voice=True, mime_type="audio/mpeg",
-                        filename=urlsplit(result.audio_url).path.rsplit("/", 1)[-1] or None)
+            yield await self._audio(result.audio_url, opts)
         if not text and not shown and not result.audio_url:
             yield Notice(EMPTY_REPLY)
+
+    async def _audio(self, url: str, opts: BambiSleepSettings) -> Audio:
+        """The reply's audio: as a voice note, its bytes (the Telegram frontend transcodes the
+        MP3 to OGG/Opus, as it does for every backend's voice); as an audio file, or when the
+        bytes cannot be fetched, its URL (Telegram fetches it and shows an audio player)."""
+        filename = urlsplit(url).path.rsplit("/", 1)[-1] or None
+        if opts.audio_as == "voice":
+            try:
+                data = await self.client.fetch_audio(url)
+            except BackendError as exc:
+                log.warning("%s: could not fetch the reply's audio (%s); sent by URL as an "
+                            "audio file", self.name, exc)
+            else:
+                return Audio(data=data, voice=True, mime_type="audio/mpeg", filename=filename)
+        return Audio(url=url, mime_type="audio/mpeg", filename=filename)
 
     async def reset(self, turn: Turn) -> str | None:
         if self.ws is not None:

@@ -33,6 +33,7 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import httpx
 
+from tgmux.audio import DEFAULT_MAX_BYTES
 from tgmux.errors import (
     AuthError,
     BackendError,
@@ -45,6 +46,9 @@ from tgmux.http import HttpClient, default_error_parser, never_reached
 from tgmux.ratelimit import Limiter, SlidingWindowLimiter
 
 DEFAULT_BASE_URL = "https://api.bambisleep.chat/v1"
+#: An audio file fetched at most (what tgmux.audio transcodes at most, 20 MiB).
+MAX_AUDIO_BYTES = DEFAULT_MAX_BYTES
+AUDIO_CONNECTIONS = 4  # audio fetches at once per client (a reply's audio is one file)
 WEBHOOK_EVENTS = ("message.new", "profile.update", "trigger.shared")
 
 #: Provider error codes that mean a used-up account rather than a bad request.
@@ -248,6 +252,11 @@ class BambiSleepClient:
             max_retry_after=max_retry_after,
             notify_after=notify_after,
         )
+        #: audio files, fetched without the account's credentials (see :meth:`fetch_audio`)
+        self.audio_http = HttpClient(
+            self.base_url, timeout=self.http.timeout, name=f"{name} audio",
+            max_connections=AUDIO_CONNECTIONS, max_response_bytes=MAX_AUDIO_BYTES,
+        )
         self.session_token: str | None = None  # session mode: the cookie's value (ws auth)
         self._session_generation = 0  # bumped by every successful login
         self._login_lock = asyncio.Lock()
@@ -263,6 +272,7 @@ class BambiSleepClient:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        await self.audio_http.aclose()
 
     async def __aenter__(self) -> BambiSleepClient:
         return self
@@ -368,6 +378,15 @@ class BambiSleepClient:
             audio_url=self.absolute_url(audio) if isinstance(audio, str) and audio else None,
             triggers=[str(t) for t in triggers] if isinstance(triggers, list) else [],
         )
+
+    async def fetch_audio(self, url: str) -> bytes:
+        """The bytes of an ``audioUrl`` (at most :data:`MAX_AUDIO_BYTES`; more is a
+        :class:`~tgmux.errors.BackendError`). Asked without the account's key or session: the
+        document shows the audio as a plain link on another host than the API
+        (``bambisleep.chat/audio/…`` beside ``api.bambisleep.chat``), and a key is sent only
+        where it is asked for. Not counted against the API's rate limit, for the same reason."""
+        response = await self.audio_http.request("GET", self.absolute_url(url))
+        return response.content
 
     async def get_profile(self, username: str) -> Profile:
         """``GET /profile/{username}``."""

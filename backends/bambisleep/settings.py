@@ -121,6 +121,10 @@ class BambiSleepSettings(HttpBackendSettings):
     model: str | None = Field(None, description="settings.model for /ai/generate "
                               "(e.g. MODEL_1; unset: the provider's default)")
     include_audio: bool = Field(True, description="ask for an audio version of each reply")
+    audio_as: Literal["voice", "audio"] = Field(
+        "voice", description="how the audio is shown: voice (a voice note: the MP3 is fetched "
+        "and transcoded to OGG/Opus) or audio (the MP3 by its URL, as an audio file)"
+    )
     include_triggers: bool = Field(True, description="ask for the triggers of each reply")
     triggers_format: str = Field(
         "Triggers: {triggers}",

@@ -12,7 +12,9 @@ documented in ``docs/backends/bambisleep.md``):
 * Rate limits: ``rate_limit`` (60) requests per ``rate_period`` (60 s) per account,
   ``unauth_rate_limit`` (10) per client address for unauthenticated requests; beyond that
   429 with ``Retry-After`` (whole seconds). :attr:`rate_limited` counts the 429s.
-* ``audioUrl`` points at ``/audio/response-N.mp3``, which it serves (``audio/mpeg`` bytes).
+* ``audioUrl`` points at ``/audio/response-N.mp3``, which it serves (``audio/mpeg``): a real
+  MP3, a one-second tone made with PyAV (:func:`sample_mp3`); :attr:`audio_data` replaces it
+  (e.g. a broken MP3).
 * ``/ws/chat``: ``{"type":"auth","token":…}`` (a session token or an API key) is answered
   ``{"type":"auth","success":true,"username":…}``; each ``{"type":"message","content":…}``
   gets one ``message`` frame back from ``bambi-ai`` (``ws_reply_username``). It is a chat room
@@ -38,6 +40,7 @@ and controls, then the REST handlers, then the websocket.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import itertools
 import json
@@ -54,6 +57,7 @@ from typing import Any
 import httpx
 from aiohttp import WSMsgType, web
 
+from tgmux.audio import pyav_available, tone_mp3
 from tgmux.simulator import SimulatorServer, json_error, run_cli
 
 log = logging.getLogger("tgmux.simulator.bambisleep")
@@ -67,8 +71,18 @@ DEMO_PASSWORD = "good-girl"
 AI_USERNAME = "bambi-ai"
 OTHER_USER = "other_user"
 
-#: A tiny MPEG audio frame sequence (silence), enough for players and for byte comparisons.
+#: An MPEG frame header and zeros: what ``/audio/`` serves without PyAV; no decoder makes audio
+#: of it (a broken MP3, for the tests of what is sent when transcoding fails).
 AUDIO_BYTES = b"ID3\x03\x00\x00\x00\x00\x00\x00" + b"\xff\xfb\x90\x64" + bytes(413)
+
+
+@functools.cache
+def sample_mp3() -> bytes:
+    """What ``/audio/`` serves: a real MP3 of a one-second tone (made with PyAV, once, rather
+    than kept as a binary file), or :data:`AUDIO_BYTES` when PyAV is not installed."""
+    if not pyav_available():
+        return AUDIO_BYTES
+    return tone_mp3(1.0)
 
 
 def _now_iso() -> str:
@@ -195,6 +209,8 @@ class BambiSleepSimulator(SimulatorServer):
         self._event_ids = itertools.count(1)
         self._audio_ids = itertools.count(123)
         self.audio: dict[str, bytes] = {}
+        #: the bytes of every new ``audioUrl`` (None: :func:`sample_mp3`)
+        self.audio_data: bytes | None = None
         self.ws_echo_own = ws_echo_own
         self.ws_room_chatter = ws_room_chatter
         self.ws_reply_username = ws_reply_username
@@ -464,7 +480,8 @@ class BambiSleepSimulator(SimulatorServer):
         result: dict[str, Any] = {"response": text}
         if settings.get("includeAudio", True):
             name = f"response-{next(self._audio_ids)}.mp3"
-            self.audio[name] = AUDIO_BYTES
+            self.audio[name] = self.audio_data if self.audio_data is not None \
+                else await asyncio.to_thread(sample_mp3)  # made once, off the loop
             result["audioUrl"] = f"{self.root_url}/audio/{name}"
         else:
             result["audioUrl"] = None

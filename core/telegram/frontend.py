@@ -19,6 +19,7 @@ from typing import Any
 
 from pyrogram import Client, enums, raw, types
 
+from tgmux.audio import DEFAULT_MAX_BYTES, DEFAULT_MAX_SECONDS, to_voice_note
 from tgmux.backend import (
     Audio,
     ChatIdentity,
@@ -134,6 +135,9 @@ class TelegramFrontend:
                              else edit_interval)
         self.typing_interval = tg.typing_interval if typing_interval is None else typing_interval
         self.drafts_supported = tg.drafts
+        #: what is transcoded into a voice note at most (more is sent as an audio file)
+        self.voice_max_bytes = DEFAULT_MAX_BYTES
+        self.voice_max_seconds = DEFAULT_MAX_SECONDS
         self.sent_ids = RecentIds()
         #: chat id -> (when, which) of its last chat action
         self._last_action: dict[int, tuple[float, enums.ChatAction]] = {}
@@ -268,13 +272,7 @@ class TelegramFrontend:
                 return await self._send_media(out, "photo", part.url, part.data, part.caption,
                                               part.filename or _image_name(part.data))
             if isinstance(part, Audio):
-                if part.voice:
-                    actions.set(enums.ChatAction.RECORD_AUDIO)
-                    return await self._send_media(out, "voice", part.url, part.data,
-                                                  part.caption, part.filename or "voice.ogg")
-                actions.set(enums.ChatAction.UPLOAD_AUDIO)
-                return await self._send_media(out, "audio", part.url, part.data, part.caption,
-                                              part.filename or _audio_name(part.mime_type))
+                return await self._send_audio(out, actions, part)
             if isinstance(part, Metadata):
                 return False
             log.warning("chat %s: cannot show a %s", out.chat.chat_id, type(part).__name__)
@@ -284,8 +282,30 @@ class TelegramFrontend:
         finally:
             actions.set(enums.ChatAction.TYPING)
 
+    async def _send_audio(self, out: Outbox, actions: _ChatActions, part: Audio) -> bool:
+        """A voice note when asked for and possible, else an audio file. Telegram shows a
+        voice note only for OGG/Opus sent with its duration, so bytes in any other format are
+        transcoded here (:mod:`tgmux.audio`): once for every backend and plugin. Audio that
+        cannot be made a voice note (too big, too long, broken, no PyAV) goes out as it is,
+        as an audio file. A voice part by URL only is sent as a voice by URL: there are no
+        bytes to transcode (a backend that can fetch them hands over bytes)."""
+        if part.voice:
+            actions.set(enums.ChatAction.RECORD_AUDIO)
+            if part.data is None:
+                return await self._send_media(out, "voice", part.url, None, part.caption,
+                                              part.filename or "voice.ogg")
+            note = await to_voice_note(part.data, max_bytes=self.voice_max_bytes,
+                                       max_seconds=self.voice_max_seconds,
+                                       name=f"chat {out.chat.chat_id}")
+            if note is not None:
+                return await self._send_media(out, "voice", None, note.data, part.caption,
+                                              "voice.ogg", duration=note.whole_seconds)
+        actions.set(enums.ChatAction.UPLOAD_AUDIO)
+        return await self._send_media(out, "audio", part.url, part.data, part.caption,
+                                      part.filename or _audio_name(part.mime_type))
+
     async def _send_media(self, out: Outbox, kind: str, url: str | None, data: bytes | None,
-                          caption: str | None, filename: str) -> bool:
+                          caption: str | None, filename: str, **extra: Any) -> bool:
         caption_text, rest = split_caption(caption or "")
         client = self.client
         method = {"photo": client.send_photo, "voice": client.send_voice,
@@ -304,7 +324,7 @@ class TelegramFrontend:
 
         async def call(kwargs: dict[str, Any]) -> Any:
             return await method(out.chat.chat_id, source(), caption=caption_text or None,
-                                parse_mode=enums.ParseMode.DISABLED, **kwargs)
+                                parse_mode=enums.ParseMode.DISABLED, **extra, **kwargs)
 
         try:
             await out.send(f"send_{kind}", call)

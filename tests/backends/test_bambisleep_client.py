@@ -16,7 +16,7 @@ from tgmux.backends.bambisleep.client import (
     Trigger,
     default_ws_url,
 )
-from tgmux.backends.bambisleep.simulator import AUDIO_BYTES, SESSION_COOKIE, BambiSleepSimulator
+from tgmux.backends.bambisleep.simulator import SESSION_COOKIE, BambiSleepSimulator, sample_mp3
 from tgmux.errors import (
     AuthError,
     BadRequestError,
@@ -235,7 +235,8 @@ async def test_audio_url_is_served(sim):
     async with httpx.AsyncClient() as raw:  # a public URL: no credentials needed
         response = await raw.get(result.audio_url)
         missing = await raw.get(f"{sim.root_url}/audio/nope.mp3")
-    assert response.content == AUDIO_BYTES
+    assert response.content == sample_mp3()
+    assert response.content.startswith(b"ID3")  # a real MP3, made by PyAV's libmp3lame
     assert response.headers["Content-Type"] == "audio/mpeg"
     assert missing.status_code == 404
 

@@ -58,7 +58,9 @@ def load(text: str):
 
 
 def audio(sim: BambiSleepSimulator, n: int) -> Audio:
-    return Audio(url=f"{sim.root_url}/audio/response-{n}.mp3", voice=True,
+    """The reply's audio as the backend hands it on by default (``audio_as: voice``): the
+    MP3's bytes, fetched, as a voice part (the Telegram frontend makes it a voice note)."""
+    return Audio(data=sim.audio[f"response-{n}.mp3"], voice=True,
                  mime_type="audio/mpeg", filename=f"response-{n}.mp3")
 
 
@@ -72,9 +74,12 @@ async def test_reply_text_triggers_then_voice(sim):
         Text("Bambi hears you: Hello Bambi\n\nTriggers: Good Girl, Bambi Sleep"),
         audio(sim, 123),
     ]
-    [req] = sim.requests
+    [req, fetch] = sim.requests
     assert (req.method, req.path) == ("POST", "/v1/ai/generate")
     assert req.header("Authorization") == f"Bearer {KEY}"
+    # then the audio file, by its public link: without the key
+    assert (fetch.method, fetch.path) == ("GET", "/audio/response-123.mp3")
+    assert fetch.header("Authorization") is None
     assert req.json == {"prompt": "Hello Bambi",
                         "settings": {"includeAudio": True, "includeTriggers": True}}
 
@@ -117,13 +122,17 @@ async def test_session_auth_and_relogin_through_engine(sim):
         sim.expire_sessions()
         parts = await h.say("two", user_id=1)
     assert parts[0].text.startswith("Bambi hears you: two")
-    assert [(r.method, r.path) for r in sim.requests] == [
+    api = [r for r in sim.requests if r.path.startswith("/v1/")]
+    assert [(r.method, r.path) for r in api] == [
         ("POST", "/v1/auth/login"), ("POST", "/v1/ai/generate"),
         ("POST", "/v1/ai/generate"), ("POST", "/v1/auth/login"), ("POST", "/v1/ai/generate"),
     ]
     assert [s for (_, p, s) in sim.statuses if p == "/v1/ai/generate"] == [200, 401, 200]
     token = next(iter(sim.sessions))
-    assert sim.requests[-1].header("Cookie") == f"{SESSION_COOKIE}={token}"
+    assert api[-1].header("Cookie") == f"{SESSION_COOKIE}={token}"
+    # each reply's audio was fetched by its public link, without the session
+    fetches = [r for r in sim.requests if r.path.startswith("/audio/")]
+    assert len(fetches) == 2 and all(r.header("Cookie") is None for r in fetches)
     assert sim.logins == 2
 
 

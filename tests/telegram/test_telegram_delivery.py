@@ -66,7 +66,9 @@ async def test_photos_voice_and_audio(tgmux_bot):
     voice = await bot.send("voice", user_id=77)
     ogg = tg_test_backends.OGG
     assert voice.messages == [{"action": "send_voice", "chat_id": 77, "message_id": 1003,
-                               "media": f"bytes:{hashlib.sha256(ogg).hexdigest()}:{len(ogg)}"}]
+                               "media": f"bytes:{hashlib.sha256(ogg).hexdigest()}:{len(ogg)}",
+                               "mime_type": "audio/ogg", "duration": 1}]
+    assert bot.telegram.uploaded(voice.messages[0]) == ogg  # OGG/Opus already: not transcoded
     voice_url = await bot.send("voice url", user_id=77)
     assert voice_url.messages[0]["action"] == "send_voice"
     assert voice_url.messages[0]["media"] == "https://example.com/hello.ogg"

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from tgmux.audio import tone_mp3, transcode_to_voice_note
 from tgmux.backend import (
     Audio,
     Backend,
@@ -22,7 +23,8 @@ from tgmux.backend import (
 from tgmux.hooks import hookimpl
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
-OGG = b"OggS" + b"\x01" * 60
+#: a real voice note (OGG/Opus, 0.5 s): the frontend sends it as it is
+OGG = transcode_to_voice_note(tone_mp3(0.5)).data
 
 #: (backend name, chat id, text) of every turn, in the order turns started / finished
 STARTED: list[tuple[str, int, str]] = []

@@ -53,6 +53,13 @@ class Handlers(World):
         self.is_bot = is_bot
         self._sent: dict[tuple[int, int], TLObject] = {}  # (chat, random_id) → the answer
         self._uploads: dict[int, dict[int, bytes]] = defaultdict(dict)
+        #: what was uploaded and sent, by the action's ``media`` ("bytes:<sha256>:<size>"),
+        #: for tests that look inside (a voice note's codec); see :meth:`uploaded`
+        self.uploaded_media: dict[str, bytes] = {}
+
+    def uploaded(self, action: dict[str, Any]) -> bytes:
+        """The bytes a media action uploaded (KeyError for media sent by URL)."""
+        return self.uploaded_media[action["media"]]
 
     def _record(self, action: dict[str, Any]) -> dict[str, Any]:
         """File one action (what a chat would show); :class:`FakeTelegram` keeps them."""
@@ -201,6 +208,7 @@ class Handlers(World):
                 refuse("FILE_PARTS_INVALID", type(query))
             data = b"".join(parts[i] for i in range(media.file.parts))
             shown = f"bytes:{hashlib.sha256(data).hexdigest()}:{len(data)}"
+            self.uploaded_media[shown] = data
         else:
             raise UnknownRequest(f"the fake Telegram cannot send media {type(media).__name__}")
         action = self._media_action(media)
@@ -219,7 +227,11 @@ class Handlers(World):
                     size=1, dc_id=2, attributes=attributes))
         message, info = self._new_outgoing(chat_id, query.message or "", query.reply_to,
                                            media=stored)
-        self._record({"action": action, **info, "media": shown, "text": query.message or None})
+        audio = next((a for a in getattr(media, "attributes", None) or []
+                      if isinstance(a, raw.types.DocumentAttributeAudio)), None)
+        self._record({"action": action, **info, "media": shown, "text": query.message or None,
+                      "mime_type": getattr(media, "mime_type", None),
+                      "duration": audio.duration if audio is not None else None})
         answer = self._updates(chat_id, message, random_id=query.random_id)
         self._sent[(chat_id, query.random_id)] = answer
         return answer
