@@ -353,7 +353,11 @@ class PluginCommand:
 
 
 class Frontend(Protocol):
-    """What the engine needs from a frontend (Telegram, the console, a test kit)."""
+    """What the engine needs from a frontend (Telegram, the console, a test kit).
+
+    A frontend whose media can be fetched again later also has ``async fetch_media(ref)`` (a
+    :data:`MediaFetcher`): the engine gives it to the media of messages it replays from the
+    inbox after a restart (its messages' media it attaches itself, as ``Media.fetch``)."""
 
     async def deliver(
         self,
