@@ -24,6 +24,8 @@ from tgmux.types import (
     Exchange,
     Image,
     Media,
+    MediaRef,
+    MediaUnavailable,
     Metadata,
     Notice,
     ProviderEvent,
@@ -49,6 +51,8 @@ __all__ = [
     "Int",
     "KeyValue",
     "Media",
+    "MediaRef",
+    "MediaUnavailable",
     "Metadata",
     "Notice",
     "ProviderEvent",
@@ -109,6 +113,8 @@ class Turn:
     ``options`` is the backend's settings model with the route's overrides applied.
     ``command``/``args`` are set when the message is one of the backend's commands.
     ``notify`` sends a short notice to the chat right away (e.g. "your reply is delayed").
+    ``media`` is a non-text message's media, of a kind in the backend's ``accepts_media``; its
+    bytes come with ``await turn.media.read()`` (fetched then, not before).
     """
 
     text: str

@@ -76,6 +76,7 @@ from tgmux.types import (
     CommandSpec,
     Frontend,
     IncomingMessage,
+    MediaUnavailable,
     Metadata,
     Notice,
     PluginCommand,
@@ -354,7 +355,9 @@ class Engine:
             log.info("%s: %d message(s) from before the last stop are unanswered", account,
                      len(unanswered))
         for entry in unanswered:
-            slot = self._reserve(IncomingMessage.from_payload(entry.payload))
+            # its media (no bytes are kept) is fetched again if its backend reads it
+            slot = self._reserve(IncomingMessage.from_payload(
+                entry.payload, getattr(self.frontend, "fetch_media", None)))
             slot.fresh = True
             # Replaying a turn a provider may already have had would duplicate it there
             # (and charge it twice): the user is asked to resend instead.
@@ -539,15 +542,6 @@ class Engine:
     def router_for(self, account: str) -> Router:
         """The account's routing (an unknown account: the first one's)."""
         return self.routers.get(account) or next(iter(self.routers.values()))
-
-    async def backend_for(self, message: IncomingMessage) -> Backend | None:
-        """The backend that will answer ``message``, or None when nothing will (no route, or
-        a group message that does not trigger the bot). Frontends use it to fetch media only
-        when its backend takes that kind."""
-        decision = await self.decide(message)
-        if decision is None or not self._triggered(message, decision):
-            return None
-        return self.backends.get(decision.backend)
 
     def _triggered(self, message: IncomingMessage, decision: RouteDecision | None) -> bool:
         chat_type = message.chat.chat_type
@@ -818,6 +812,10 @@ class Engine:
                     "chat %s: %s: %s", turn.chat.chat_id, backend.name, exc.log_text(),
                     extra={"request_id": exc.request_id} if exc.request_id else {})
             failure, notice = exc, exc.user_message
+        except MediaUnavailable as exc:  # the frontend could not fetch it: not the backend's
+            log.warning("chat %s: %s: the %s was not fetched: %s", turn.chat.chat_id,
+                        backend.name, turn.media.kind if turn.media else "media", exc)
+            failure, notice = exc, exc.user_message
         except TimeoutError as exc:
             log.warning("chat %s: %s: no complete answer in %.0fs", turn.chat.chat_id,
                         backend.name, self.config.data.engine.turn_timeout)
@@ -842,8 +840,8 @@ class Engine:
                 circuit.failed(_kind_of(failure))
             elif failure is None and finished:
                 circuit.succeeded()
-            elif failure is None:  # delivery stopped or cancelled: says nothing of the provider
-                circuit.abandoned()
+            elif failure is None or isinstance(failure, MediaUnavailable):
+                circuit.abandoned()  # delivery stopped, cancelled, no media: not the provider
         if moves_on and fell_back is not None and failure is not None:
             fell_back.append(failure)
             return
@@ -973,9 +971,12 @@ def _core_of(config: Config, backend: str) -> BackendCore:
 
 
 def _kind_of(failure: BaseException) -> str:
-    """An error kind's name (``timeout`` for the turn's own deadline, ``internal`` for a bug)."""
+    """An error kind's name (``timeout`` for the turn's own deadline, ``media_unavailable``
+    for a media that could not be fetched, ``internal`` for a bug)."""
     if isinstance(failure, BackendError):
         return failure.kind.value
+    if isinstance(failure, MediaUnavailable):
+        return "media_unavailable"
     return "timeout" if isinstance(failure, TimeoutError) else "internal"
 
 

@@ -8,11 +8,12 @@ and :data:`DROP`).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
@@ -33,6 +34,9 @@ __all__ = [
     "Image",
     "IncomingMessage",
     "Media",
+    "MediaFetcher",
+    "MediaRef",
+    "MediaUnavailable",
     "Metadata",
     "Notice",
     "PluginCommand",
@@ -69,14 +73,106 @@ class ChatIdentity:
 
 
 @dataclass(frozen=True)
+class MediaRef:
+    """Where a frontend fetches a media's bytes again, later or after a restart: kept in the
+    inbox with its message (the bytes are not). For Telegram: the file id Pyrogram downloads
+    and the message that carries it (to renew a file reference Telegram let expire)."""
+
+    file_id: str
+    #: The tgmux account whose client can fetch it.
+    account: str = "main"
+    chat_id: int | None = None
+    message_id: int | None = None
+    #: Bytes, as the frontend was told (None: unknown); checked against its cap before fetching.
+    size: int | None = None
+
+
+#: A frontend's way to fetch a media by its :class:`MediaRef`: the bytes, or MediaUnavailable.
+MediaFetcher = Callable[[MediaRef], Awaitable[bytes]]
+
+#: What the chat reads when a media's bytes cannot be had.
+MEDIA_UNAVAILABLE = "I could not get your file from Telegram. Please send it again."
+
+
+class MediaUnavailable(Exception):
+    """A media's bytes cannot be had (expired at Telegram, too large, no way to fetch them).
+    Raised by :meth:`Media.read`; the engine shows ``user_message`` to the chat, and it says
+    nothing of the backend (its circuit does not count it)."""
+
+    def __init__(self, message: str, *, user_message: str = MEDIA_UNAVAILABLE) -> None:
+        super().__init__(message)
+        self.user_message = user_message
+
+
+@dataclass(frozen=True)
 class Media:
-    """A non-text message: ``kind`` is photo, voice, audio, sticker, document or video."""
+    """A non-text message: ``kind`` is photo, voice, audio, sticker, document or video.
+
+    Backends get its bytes with ``await media.read()``: ``data`` when they are in hand (a
+    test, the console), else fetched through ``fetch`` by ``ref`` — once, when a backend
+    first asks, bounded by the frontend's size cap and timeout.
+    """
 
     kind: str
     url: str | None = None
     data: bytes | None = None
     mime_type: str | None = None
     emoji: str | None = None  # stickers
+    ref: MediaRef | None = None
+    #: Set by the frontend (and by the engine for a message replayed from the inbox).
+    fetch: MediaFetcher | None = field(default=None, repr=False, compare=False)
+    # the fetched bytes or the failure, and the lock that fetches them once (per copy)
+    _fetched: dict[str, Any] = field(default_factory=dict, init=False, repr=False,
+                                     compare=False)
+
+    @property
+    def readable(self) -> bool:
+        """Whether :meth:`read` can give bytes (in hand, or by a fetch that may still fail)."""
+        return self.data is not None or (self.ref is not None and self.fetch is not None)
+
+    async def read(self) -> bytes:
+        """The media's bytes; :class:`MediaUnavailable` (with a line for the chat) when they
+        cannot be had. Fetched at most once; later calls return the same bytes (or error)."""
+        if self.data is not None:
+            return self.data
+        fetched = self._fetched
+        if "data" not in fetched:
+            lock = fetched.setdefault("lock", asyncio.Lock())
+            async with lock:
+                if "data" not in fetched:
+                    fetched["data"] = await self._fetch()
+        data = fetched["data"]
+        if isinstance(data, MediaUnavailable):
+            raise data
+        return data
+
+    async def _fetch(self) -> bytes | MediaUnavailable:
+        if self.ref is None or self.fetch is None:
+            return MediaUnavailable(f"the {self.kind} has no bytes and no way to fetch them")
+        try:
+            return await self.fetch(self.ref)
+        except MediaUnavailable as exc:
+            return exc
+
+    def with_fetch(self, fetch: MediaFetcher | None) -> Media:
+        """This media, fetched through ``fetch`` (itself when it needs none or has one)."""
+        if fetch is None or self.ref is None or self.fetch is not None or self.data is not None:
+            return self
+        return replace(self, fetch=fetch)
+
+    def to_payload(self) -> dict[str, Any]:
+        """What the inbox keeps: everything but the bytes (the ref fetches them again)."""
+        ref = self.ref
+        return {"kind": self.kind, "url": self.url, "mime_type": self.mime_type,
+                "emoji": self.emoji, "ref": None if ref is None else dict(vars(ref))}
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], fetch: MediaFetcher | None = None) -> Media:
+        """A stored media (an old payload has no ``ref``: it has no bytes either)."""
+        ref = payload.get("ref")
+        return cls(kind=payload["kind"], url=payload.get("url"),
+                   mime_type=payload.get("mime_type"), emoji=payload.get("emoji"),
+                   ref=MediaRef(**ref) if ref else None, fetch=fetch if ref else None)
 
 
 COMMAND_PATTERN = re.compile(r"/([A-Za-z0-9_]+)(?:\s+(.*))?\Z", re.DOTALL)
@@ -113,20 +209,20 @@ class IncomingMessage:
         return {
             "chat": dict(vars(self.chat)),
             "text": self.text,
-            "media": None if media is None else {
-                k: v for k, v in vars(media).items() if k != "data"
-            },
+            "media": None if media is None else media.to_payload(),
             "addressed": self.addressed,
             "received_at": self.received_at,
         }
 
     @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> IncomingMessage:
+    def from_payload(cls, payload: dict[str, Any],
+                     fetch_media: MediaFetcher | None = None) -> IncomingMessage:
+        """A message from the inbox; its media fetched through ``fetch_media`` (a frontend's)."""
         media = payload.get("media")
         return cls(
             chat=ChatIdentity(**payload["chat"]),
             text=payload.get("text", ""),
-            media=Media(**media) if media else None,
+            media=Media.from_payload(media, fetch_media) if media else None,
             addressed=payload.get("addressed", True),
             received_at=payload.get("received_at", time.time()),
         )
@@ -258,7 +354,11 @@ class PluginCommand:
 
 
 class Frontend(Protocol):
-    """What the engine needs from a frontend (Telegram, the console, a test kit)."""
+    """What the engine needs from a frontend (Telegram, the console, a test kit).
+
+    A frontend whose media can be fetched again later also has ``async fetch_media(ref)`` (a
+    :data:`MediaFetcher`): the engine gives it to the media of messages it replays from the
+    inbox after a restart (its messages' media it attaches itself, as ``Media.fetch``)."""
 
     async def deliver(
         self,

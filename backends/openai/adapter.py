@@ -11,6 +11,7 @@ delivered (see :meth:`tgmux.backend.Backend.memory`).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -217,6 +218,9 @@ class OpenAIBackend(HttpBackend[OpenAIClient]):
         if not turn.text.strip() and photo is None:
             yield Notice(EMPTY_MESSAGE)
             return
+        if photo is not None and photo.data is None and photo.readable:
+            # fetched now, not when the message came (MediaUnavailable tells the user)
+            photo = dataclasses.replace(photo, data=await photo.read())
         user = new_message(turn.text, photo)
         remembered = await turn.history.read() if turn.history is not None else []
         kept = len(remembered)
@@ -297,7 +301,7 @@ class OpenAIBackend(HttpBackend[OpenAIClient]):
 
 
 def _is_photo(media: Media | None) -> bool:
-    return media is not None and media.kind == "photo" and bool(media.data or media.url)
+    return media is not None and media.kind == "photo" and (media.readable or bool(media.url))
 
 
 def _request_id(exc: BackendError) -> dict[str, Any]:

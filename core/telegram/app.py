@@ -6,8 +6,9 @@ Order of things:
   which normalizes the message and puts it in its chat's intake queue *without awaiting
   anything*, so each chat's messages keep Telegram's order; replies run in the engine,
   concurrently across chats;
-- the intake (one small task per busy chat) fetches media bytes when the chat's backend takes
-  that kind, then calls ``engine.submit`` (one store insert), in order;
+- the intake (one small task per busy chat) calls ``engine.submit`` (one store insert), in
+  order; media bytes are not fetched here but when a backend reads them
+  (:mod:`tgmux.telegram.media`), so the intake never decides a route;
 - on start, Pyrogram catches up on what arrived while tgmux was down (``skip_updates: false``
   and a persistent session) before the engine opens: caught-up messages wait in the intake;
 - bots publish their command menu in the background: start-up and replies never wait for it
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections import deque
@@ -41,25 +41,17 @@ from tgmux.logs import log_fields
 from tgmux.store import Store, open_store
 from tgmux.telegram.client import abandon
 from tgmux.telegram.frontend import TelegramFrontend
+from tgmux.telegram.media import TelegramMedia
 from tgmux.telegram.normalize import normalize
 from tgmux.telegram.sender import MAX_FLOOD_RETRIES, MAX_FLOOD_WAIT, FloodWaitRequired
-from tgmux.types import ChatIdentity, IncomingMessage, ReplyPart
+from tgmux.types import ChatIdentity, IncomingMessage, MediaRef, MediaUnavailable, ReplyPart
 
 __all__ = ["AccountFrontends", "Intake", "TelegramAccount", "TelegramApp"]
 
 log = logging.getLogger("tgmux.telegram")
 
-#: Largest media tgmux downloads for a backend (the Bot API's own download limit).
-MAX_MEDIA_BYTES = 20 * 1024 * 1024
-MEDIA_TIMEOUT = 60.0
-#: Seconds a stop gives the last messages to reach the store once media is given up.
-FLUSH_WITHOUT_MEDIA = 5.0
-
-
-@dataclasses.dataclass
-class _Pending:
-    message: IncomingMessage
-    source: Message | None
+#: Seconds a stop gives the last messages to reach the store after its timeout ran out.
+FLUSH_GRACE = 5.0
 
 
 SubmitListener = Callable[[IncomingMessage, "asyncio.Future[None]"], None]
@@ -68,20 +60,18 @@ SubmitListener = Callable[[IncomingMessage, "asyncio.Future[None]"], None]
 class Intake:
     """Per-chat queues between Pyrogram's handler and ``engine.submit``."""
 
-    def __init__(self, engine: Engine, client: Client, account: str = "main") -> None:
+    def __init__(self, engine: Engine, account: str = "main") -> None:
         self.engine = engine
-        self.client = client
         self.account = account
         self.listeners: list[SubmitListener] = []
-        self.download_media = True
-        self._queues: dict[int, deque[_Pending]] = {}
+        self._queues: dict[int, deque[IncomingMessage]] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._open = asyncio.Event()
 
-    def put(self, message: IncomingMessage, source: Message | None = None) -> None:
+    def put(self, message: IncomingMessage) -> None:
         """Queue a message (synchronous: call order is submit order within a chat)."""
         chat_id = message.chat.chat_id
-        self._queues.setdefault(chat_id, deque()).append(_Pending(message, source))
+        self._queues.setdefault(chat_id, deque()).append(message)
         task = self._tasks.get(chat_id)
         if task is None or task.done():
             self._tasks[chat_id] = asyncio.create_task(self._drain(chat_id),
@@ -96,35 +86,24 @@ class Intake:
         return any(not t.done() for t in self._tasks.values())
 
     async def flush(self, timeout: float | None = None) -> None:
-        """Hand every queued message to the engine (opening the intake if it never was).
-        After ``timeout`` the media downloads under way are abandoned and the rest is
-        submitted without media: a store insert each, bounded too, so nothing taken from
-        Telegram is dropped unless the store itself does not answer."""
+        """Hand every queued message to the engine (opening the intake if it never was): a
+        store insert each. After ``timeout`` they get :data:`FLUSH_GRACE` more seconds, then
+        what is left is given up (logged): the store itself does not answer."""
         self._open.set()
         tasks = [t for t in self._tasks.values() if not t.done()]
         if not tasks:
             return
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        _, pending = await asyncio.wait(
+            tasks, timeout=None if timeout is None else timeout + FLUSH_GRACE)
         if not pending:
             return
-        self.download_media = False
-        for task in pending:  # a download may take a minute: the message goes without it
+        for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        for chat_id, queue in list(self._queues.items()):
-            if queue:
-                self._tasks[chat_id] = asyncio.create_task(self._drain(chat_id),
-                                                           name=f"tgmux-intake-{chat_id}")
-        tasks = list(self._tasks.values())
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=FLUSH_WITHOUT_MEDIA)
-            for task in pending:
-                task.cancel()
-            left = sum(len(q) for q in self._queues.values())
-            if left:
-                log.error("%d message(s) could not be handed to the engine in %.0f s (the "
-                          "store does not answer); Telegram will not send them again",
-                          left, FLUSH_WITHOUT_MEDIA)
+        left = sum(len(q) for q in self._queues.values())
+        if left:
+            log.error("%d message(s) could not be handed to the engine in time (the store "
+                      "does not answer); Telegram will not send them again", left)
 
     async def _drain(self, chat_id: int) -> None:
         queue = self._queues[chat_id]
@@ -132,15 +111,14 @@ class Intake:
         try:
             await self._open.wait()
             while queue:
-                item = queue[0]
+                message = queue[0]
                 try:
-                    message = await self._with_media(item)
                     done = await self.engine.submit(message)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # engine stopped, store failing: logged, not retried
                     log.error("%s: chat %s message %s not taken: %s", self.account, chat_id,
-                              item.message.chat.message_id, exc)
+                              message.chat.message_id, exc)
                     queue.popleft()
                     continue
                 queue.popleft()
@@ -151,54 +129,28 @@ class Intake:
                 self._queues.pop(chat_id, None)
                 self._tasks.pop(chat_id, None)
 
-    async def _with_media(self, item: _Pending) -> IncomingMessage:
-        message, source = item.message, item.source
-        media = message.media
-        if media is None or source is None or not self.download_media:
-            return message
-        if not await self._wanted(message):
-            return message
-        size = getattr(getattr(source, str(getattr(source.media, "name", "")).lower(), None),
-                       "file_size", 0) or 0
-        if size > MAX_MEDIA_BYTES:
-            log.info("chat %s: %s of %d bytes is too large to pass on", message.chat.chat_id,
-                     media.kind, size)
-            return message
-        try:
-            async with asyncio.timeout(MEDIA_TIMEOUT):
-                buffer = await self.client.download_media(source, in_memory=True)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("chat %s: could not download the %s: %s", message.chat.chat_id,
-                        media.kind, exc)
-            return message
-        data = bytes(buffer.getbuffer()) if buffer is not None else None
-        return dataclasses.replace(message, media=dataclasses.replace(media, data=data))
-
-    async def _wanted(self, message: IncomingMessage) -> bool:
-        """Whether the chat's backend takes this kind of media and will see the message."""
-        assert message.media is not None
-        try:
-            backend = await self.engine.backend_for(message)
-        except Exception:
-            log.exception("chat %s: routing failed", message.chat.chat_id)
-            return False
-        return backend is not None and message.media.kind in backend.accepts_media
-
 
 class AccountFrontends:
     """The engine's one frontend over several accounts: each reply goes out through the
-    frontend of the account its chat is with."""
+    frontend of the account its chat is with, each media is fetched by its account's client."""
 
-    def __init__(self, frontends: dict[str, TelegramFrontend]) -> None:
+    def __init__(self, frontends: dict[str, TelegramFrontend],
+                 media: dict[str, TelegramMedia] | None = None) -> None:
         self.frontends = frontends
+        self.media = media or {}
         self._first = next(iter(frontends.values()))
 
     async def deliver(self, chat: ChatIdentity, parts: AsyncIterator[ReplyPart], *,
                       reply_to_message_id: int | None) -> list[ReplyPart]:
         frontend = self.frontends.get(chat.account, self._first)
         return await frontend.deliver(chat, parts, reply_to_message_id=reply_to_message_id)
+
+    async def fetch_media(self, ref: MediaRef) -> bytes:
+        """The engine's fetcher for media replayed from the inbox (a ``MediaFetcher``)."""
+        media = self.media.get(ref.account)
+        if media is None:  # the account left the config since
+            raise MediaUnavailable(f"no account {ref.account!r} to fetch it")
+        return await media.fetch(ref)
 
 
 class TelegramAccount:
@@ -210,6 +162,8 @@ class TelegramAccount:
         self.client = client
         self.tg = tg
         self.frontend = TelegramFrontend(client, tg, **frontend_options)
+        #: fetches a message's media when a backend reads it
+        self.media = TelegramMedia(client)
         self.intake: Intake  # set by attach()
         #: None until the first attempt to publish the command menu ended; then whether
         #: Telegram has it (False while a flood wait holds it back)
@@ -225,7 +179,7 @@ class TelegramAccount:
 
     def attach(self, engine: Engine) -> None:
         self.engine = engine
-        self.intake = Intake(engine, self.client, self.name)
+        self.intake = Intake(engine, self.name)
         self.frontend.flood.on_wait = (
             lambda seconds: engine.metrics.flood_wait.labels(self.name).inc(seconds))
         handle_updates = self.client.handle_updates
@@ -242,12 +196,12 @@ class TelegramAccount:
         me = client.me
         if me is None:
             return
-        incoming = normalize(message, me, self.frontend.sent_ids, self.name)
+        incoming = normalize(message, me, self.frontend.sent_ids, self.name, self.media.fetch)
         for listener in list(self.seen_listeners):
             listener(message, incoming)
         if incoming is None:
             return
-        self.intake.put(incoming, message)
+        self.intake.put(incoming)
 
     async def connect(self) -> None:
         """Start the client (catching up on what arrived while down; it waits in the intake)."""
@@ -345,7 +299,8 @@ class TelegramApp:
         }
         self.serve = list(self.accounts) if serve is None else serve
         self.engine = Engine(config, plugin_manager, store or open_store(config.data.store),
-                             AccountFrontends({n: a.frontend for n, a in self.accounts.items()}),
+                             AccountFrontends({n: a.frontend for n, a in self.accounts.items()},
+                                              {n: a.media for n, a in self.accounts.items()}),
                              accounts=self.serve)
         for account in self.accounts.values():
             account.attach(self.engine)

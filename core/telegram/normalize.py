@@ -7,8 +7,9 @@ The frontend's job, not the engine's:
   messages (Telegram's ``mentioned`` flag covers both) — private chats are always addressed;
 - ``/cmd@ourname args`` becomes ``/cmd args``; ``/cmd@otherbot`` is not ours: ignored;
 - ``message_thread_id`` is set for messages in forum topics;
-- non-text messages carry a :class:`~tgmux.backend.Media` (bytes are fetched later, only when
-  the chat's backend takes that kind).
+- non-text messages carry a :class:`~tgmux.backend.Media` with a :class:`~tgmux.types.MediaRef`
+  (the file id, the message): no bytes; a backend that reads them has them fetched then
+  (:mod:`tgmux.telegram.media`), also after a restart.
 
 Ignored outright: our own messages, service messages, messages from other bots (no bot loops),
 chat types tgmux does not serve (channel direct-message topics).
@@ -25,9 +26,9 @@ from pyrogram.types import Message, User
 
 from tgmux.backend import ChatIdentity, ChatType, Media
 from tgmux.telegram.textsplit import utf16_len
-from tgmux.types import IncomingMessage
+from tgmux.types import IncomingMessage, MediaFetcher, MediaRef
 
-__all__ = ["RecentIds", "normalize"]
+__all__ = ["RecentIds", "media_object", "normalize"]
 
 _CHAT_TYPES: dict[Any, ChatType] = {
     enums.ChatType.PRIVATE: "private",
@@ -110,22 +111,37 @@ def _strip_text_mentions(text: str, message: Message, me: User) -> tuple[str, bo
     return re.sub(r"[ \t]{2,}", " ", text).strip(" \t,:"), True
 
 
-def _media(message: Message) -> Media | None:
+def media_object(message: Message) -> Any:
+    """The message's Pyrogram media object (``message.photo``, ``.voice``...), or None."""
+    kind_enum = message.media
+    if kind_enum is None or not hasattr(kind_enum, "name"):
+        return None
+    return getattr(message, kind_enum.name.lower(), None)
+
+
+def _media(message: Message, account: str, fetch: MediaFetcher | None) -> Media | None:
     kind_enum = message.media
     if kind_enum is None or kind_enum == enums.MessageMediaType.WEB_PAGE:
         return None
     kind = _MEDIA_KINDS.get(kind_enum, getattr(kind_enum, "name", "other").lower())
-    obj = getattr(message, kind_enum.name.lower(), None) if hasattr(kind_enum, "name") else None
+    obj = media_object(message)
     mime = getattr(obj, "mime_type", None)
     if kind == "photo":
         mime = "image/jpeg"
     emoji = getattr(obj, "emoji", None) if kind == "sticker" else None
-    return Media(kind=kind, mime_type=mime, emoji=emoji)
+    file_id = getattr(obj, "file_id", None)
+    ref = None if not isinstance(file_id, str) else MediaRef(
+        file_id=file_id, account=account, chat_id=message.chat.id, message_id=message.id,
+        size=getattr(obj, "file_size", None) or None)
+    return Media(kind=kind, mime_type=mime, emoji=emoji, ref=ref,
+                 fetch=fetch if ref is not None else None)
 
 
 def normalize(message: Message, me: User, sent: RecentIds | None = None,
-              account: str = "main") -> IncomingMessage | None:
-    """The engine's view of a Telegram message to ``account``, or None when tgmux ignores it."""
+              account: str = "main", fetch_media: MediaFetcher | None = None
+              ) -> IncomingMessage | None:
+    """The engine's view of a Telegram message to ``account``, or None when tgmux ignores it;
+    its media is fetched, when a backend reads it, through ``fetch_media``."""
     if message.outgoing or message.service or message.empty:
         return None
     chat = message.chat
@@ -160,7 +176,7 @@ def normalize(message: Message, me: User, sent: RecentIds | None = None,
           and (chat.id, message.reply_to_message_id) in sent):
         addressed = True
     thread = message.message_thread_id if message.topic_message else None
-    media = _media(message)
+    media = _media(message, account, fetch_media)
     if not text.strip() and media is None:
         return None  # nothing we can show a backend (e.g. an empty caption-less poll)
     return IncomingMessage(

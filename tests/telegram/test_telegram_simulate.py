@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import io
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -258,6 +262,32 @@ def test_sigterm_stops_reading_input_and_finishes_replies(tmp_path: Path):
     assert "stop requested" in err
 
 
+def killed_and_run_again(config: Path, lines: list[str],
+                         before_kill: Callable[[], None] = lambda: None
+                         ) -> subprocess.CompletedProcess[str]:
+    """A simulate run given ``lines``, killed with SIGKILL (nothing finished, nothing closed)
+    once a backend has the first (its typing shows) and ``before_kill`` returned; then the
+    next run over the same store, with no input (it answers what the first left)."""
+    command = [sys.executable, "-m", "tgmux", "simulate", "-c", str(config)]
+    env = {"PYTHONPATH": str(Path(__file__).parent), "PATH": "/usr/bin:/bin"}
+    first = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first.stdin.write("".join(line + "\n" for line in lines))
+        first.stdin.flush()
+        while "chat_action" not in first.stdout.readline():
+            assert first.poll() is None, first.stderr.read()
+        before_kill()
+    finally:
+        first.kill()
+        first.communicate(timeout=10)
+    assert first.returncode == -signal.SIGKILL
+    second = subprocess.run(command, input="", capture_output=True, text=True, timeout=30,
+                            env=env)
+    assert second.returncode == 0, second.stderr
+    return second
+
+
 @pytest.mark.parametrize("line", [
     '{"user_id": 7, "username": "alice", "text": "wait 30"}',
     '{"chat_id": -1001234567890, "user_id": 8, "text": "@tgmux_bot wait 30", "thread_id": 5}',
@@ -267,27 +297,56 @@ def test_a_run_killed_mid_reply_is_told_to_its_user_by_the_next_run(tmp_path: Pa
     config = tmp_path / "config.yaml"
     config.write_text(f"store: sqlite:///{tmp_path / 'sim.db'}\nplugins: [tg_test_backends]\n"
                       "backends:\n  slow: {type: slow}\ndefault: slow\n")
-    command = [sys.executable, "-m", "tgmux", "simulate", "-c", str(config)]
-    env = {"PYTHONPATH": str(Path(__file__).parent), "PATH": "/usr/bin:/bin"}
-    first = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        first.stdin.write(line + "\n")
-        first.stdin.flush()
-        while "chat_action" not in first.stdout.readline():  # the backend has it
-            assert first.poll() is None, first.stderr.read()
-    finally:
-        first.kill()
-        first.communicate(timeout=10)
-    second = subprocess.run(command, input="", capture_output=True, text=True, timeout=30,
-                            env=env)
-    assert second.returncode == 0, second.stderr
+    second = killed_and_run_again(config, [line])
     sent = [a for a in actions(second) if a["action"] == "send_message"]
     chat_id = json.loads(line).get("chat_id", 7)
     assert len(sent) == 1 and sent[0]["chat_id"] == chat_id, second.stdout + second.stderr
     assert sent[0]["text"].startswith("I was restarted while answering your message")
     if "thread_id" in line:
         assert sent[0]["message_thread_id"] == 5
+
+
+def test_a_photo_replayed_after_a_kill_reaches_its_backend_with_its_bytes(tmp_path: Path):
+    """The photo waits in its chat behind a slow reply (accepted, not dispatched) when the run
+    is killed; the next run, a new process with a new fake Telegram, replays it and the
+    backend reads the exact bytes, fetched by the file id the inbox kept."""
+    photo = tmp_path / "cat.png"
+    data = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64
+    photo.write_bytes(data)
+    db = tmp_path / "sim.db"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"store: sqlite:///{db}\nplugins: [tg_test_backends]\n"
+                      "backends:\n  media: {type: media}\ndefault: media\n")
+
+    def photo_waits_in_the_inbox() -> None:
+        deadline = time.monotonic() + 10
+        while inbox_state(db, 9, 2) != "pending":  # accepted, behind the first
+            assert time.monotonic() < deadline, inbox_state(db, 9, 2)
+            time.sleep(0.05)
+        assert inbox_state(db, 9, 1) == "dispatched"
+
+    second = killed_and_run_again(
+        config, [json.dumps({"user_id": 9, "text": "wait 30"}),
+                 json.dumps({"user_id": 9, "text": "sha256", "photo": str(photo)})],
+        before_kill=photo_waits_in_the_inbox)
+    sent = [a["text"] for a in actions(second) if a["action"] == "send_message"]
+    assert len(sent) == 2, second.stdout + second.stderr
+    assert sent[0].startswith("I was restarted while answering your message")  # the first
+    assert sent[1] == f"got photo sha256 {hashlib.sha256(data).hexdigest()}", second.stderr
+    assert inbox_state(db, 9, 2) == "done"
+
+
+def inbox_state(db: Path, chat_id: int, message_id: int) -> str | None:
+    """A message's inbox state, read beside the running process (SQLite in WAL mode)."""
+    if not db.exists():
+        return None
+    with contextlib.closing(sqlite3.connect(db, timeout=5)) as conn:
+        try:
+            row = conn.execute("SELECT state FROM inbox WHERE chat_id = ? AND message_id = ?",
+                               (chat_id, message_id)).fetchone()
+        except sqlite3.OperationalError:  # the table is not there yet
+            return None
+    return row[0] if row else None
 
 
 def test_strict_flood_enforces_telegrams_limits(config: Path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -86,18 +87,24 @@ class MediaSettings(BackendSettings):
 
 
 class MediaBackend(Backend):
-    """Takes photos and voice; answers commands in the text with media parts."""
+    """Takes photos and voice (says how many bytes it read; with the caption "sha256", their
+    digest); answers commands in the text with media parts; "wait N" waits N seconds first."""
 
     type_name = "media"
     Settings = MediaSettings
     accepts_media = frozenset({"photo", "voice"})
 
     async def reply(self, turn: Turn) -> AsyncIterator[ReplyPart]:
-        if turn.media is not None:
-            size = len(turn.media.data) if turn.media.data is not None else None
-            yield Text(f"got {turn.media.kind} ({size} bytes) {turn.text}".strip())
-            return
         what = turn.text
+        if what.startswith("wait "):
+            await asyncio.sleep(float(what.split()[1]))
+        if turn.media is not None:
+            data = await turn.media.read()
+            if what == "sha256":
+                yield Text(f"got {turn.media.kind} sha256 {hashlib.sha256(data).hexdigest()}")
+                return
+            yield Text(f"got {turn.media.kind} ({len(data)} bytes) {turn.text}".strip())
+            return
         if what == "photo url":
             yield Image(url="https://example.com/cat.jpg", caption="a cat")
         elif what == "photo bytes":

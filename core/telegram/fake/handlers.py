@@ -15,7 +15,14 @@ from pyrogram import raw
 from pyrogram.raw.core import TLObject
 
 from tgmux.telegram.fake.faults import UnknownRequest, refuse
-from tgmux.telegram.fake.updates import CHANNEL_ID_BASE, World, wire
+from tgmux.telegram.fake.updates import (
+    CHANNEL_ID_BASE,
+    World,
+    is_referenced,
+    names_a_file,
+    referenced_file,
+    wire,
+)
 from tgmux.telegram.textsplit import utf16_len
 
 __all__ = ["Handlers", "chat_action_name"]
@@ -56,6 +63,8 @@ class Handlers(World):
         #: what was uploaded and sent, by the action's ``media`` ("bytes:<sha256>:<size>"),
         #: for tests that look inside (a voice note's codec); see :meth:`uploaded`
         self.uploaded_media: dict[str, bytes] = {}
+        #: files given by their path, as read for a download (by file reference)
+        self._referenced: dict[bytes, bytes] = {}
 
     def uploaded(self, action: dict[str, Any]) -> bytes:
         """The bytes a media action uploaded (KeyError for media sent by URL)."""
@@ -245,7 +254,16 @@ class Handlers(World):
         return True
 
     async def _on_upload_GetFile(self, query: TLObject) -> TLObject:
-        content = self._files.get(query.location.id)
+        location = query.location
+        reference = location.file_reference
+        content = self._files.get(location.id)
+        if names_a_file(reference) and (content is None or not is_referenced(reference, content)):
+            # not a file of this fake (an earlier process's): one given by its path is read
+            # again, as Telegram keeps it; any other this fake does not have
+            content = self._referenced.get(reference) or referenced_file(reference)
+            if content is None:
+                refuse("FILE_REFERENCE_EXPIRED", type(query))
+            self._referenced[reference] = content
         if content is None:
             refuse("FILE_REFERENCE_INVALID", type(query))
         chunk = content[query.offset: query.offset + query.limit]

@@ -4,7 +4,9 @@ MTProto objects it builds from that: incoming messages (peers, entities, media),
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import os
 import re
 import time
 from collections import defaultdict
@@ -41,6 +43,9 @@ MAX_CHANNEL_ID = utils.MAX_CHANNEL_ID
 #: messages, numbered after them, fit too.
 MAX_INPUT_MESSAGE_ID = 2_000_000_000
 
+#: Starts the file reference of a file given by its path (:func:`file_reference`).
+_FILE_REFERENCE = b"tgmux-fake-file:"
+
 MENTION = re.compile(r"(?<![\w@])@([A-Za-z][A-Za-z0-9_]{3,31})\b")
 _COMMAND = re.compile(r"^/[A-Za-z0-9_]{1,32}(@[A-Za-z][A-Za-z0-9_]{3,31})?")
 
@@ -54,6 +59,42 @@ def is_url(source: str) -> bool:
     """Whether a media source is a URL (anything with a scheme, ``file:`` too: the fake takes
     local paths only)."""
     return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source) is not None
+
+
+def file_reference(data: bytes, path: Path | None = None) -> bytes:
+    """The file reference of an incoming file: the content's digest and, for a file the input
+    gave by its path, that path. So a fake in another process (a restart) serves the same bytes
+    for the same file id, as Telegram keeps a file sent to it, and a fake that does not have
+    the file says so instead of serving another one under the same id."""
+    return _FILE_REFERENCE + _digest(data) + (os.fsencode(path) if path is not None else b"")
+
+
+def names_a_file(reference: bytes) -> bool:
+    """Whether a file reference is one of :func:`file_reference`."""
+    return reference.startswith(_FILE_REFERENCE)
+
+
+def is_referenced(reference: bytes, data: bytes) -> bool:
+    """Whether ``data`` is the file :func:`file_reference` made ``reference`` for."""
+    start = len(_FILE_REFERENCE)
+    return reference[start:start + len(_digest(b""))] == _digest(data)
+
+
+def referenced_file(reference: bytes) -> bytes | None:
+    """The bytes of the file whose path a :func:`file_reference` names; None when it names no
+    path, or the file is gone or changed since (the reference expired)."""
+    path = reference[len(_FILE_REFERENCE) + len(_digest(b"")):]
+    if not names_a_file(reference) or not path:
+        return None
+    try:
+        data = Path(os.fsdecode(path)).read_bytes()
+    except OSError:
+        return None
+    return data if is_referenced(reference, data) else None
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()[:8]
 
 
 def infer_chat_type(chat_id: int) -> str:
@@ -189,27 +230,28 @@ class World:
 
     def _media(self, photo: str | bytes | None, voice: str | bytes | None,
                sticker: str | None, document: str | bytes | None) -> TLObject | None:
-        def content(source: str | bytes) -> tuple[bytes, int]:
+        def content(source: str | bytes) -> tuple[bytes, int, bytes]:
             if isinstance(source, bytes):
-                return source, len(source)
+                return source, len(source), file_reference(source)
             if is_url(source):
                 raise ValueError(f"the fake Telegram is offline: give a local file path (or "
                                  f"bytes), not a URL ({source})")
-            data = Path(source).expanduser().read_bytes()
-            return data, len(data)
+            path = Path(source).expanduser().resolve()
+            data = path.read_bytes()
+            return data, len(data), file_reference(data, path)
 
         now = int(time.time())
         if photo is not None:
-            data, size = content(photo)
+            data, size, reference = content(photo)
             media_id = next(self._ids)
             self._files[media_id] = data
             return raw.types.MessageMediaPhoto(photo=raw.types.Photo(
-                id=media_id, access_hash=1, file_reference=b"", date=now, dc_id=2,
+                id=media_id, access_hash=1, file_reference=reference, date=now, dc_id=2,
                 sizes=[raw.types.PhotoSize(type="y", w=800, h=600, size=size or 1)]))
         if voice is not None or document is not None:
             source = voice if voice is not None else document
             assert source is not None
-            data, size = content(source)
+            data, size, reference = content(source)
             media_id = next(self._ids)
             self._files[media_id] = data
             if voice is not None:
@@ -222,7 +264,7 @@ class World:
                 attributes = [raw.types.DocumentAttributeFilename(file_name=name)]
             return raw.types.MessageMediaDocument(voice=voice is not None or None,
                                                   document=raw.types.Document(
-                id=media_id, access_hash=1, file_reference=b"", date=now, mime_type=mime,
+                id=media_id, access_hash=1, file_reference=reference, date=now, mime_type=mime,
                 size=size or 1, dc_id=2, attributes=attributes))
         if sticker is not None:
             media_id = next(self._ids)
