@@ -177,14 +177,12 @@ class Intake:
         return dataclasses.replace(message, media=dataclasses.replace(media, data=data))
 
     async def _wanted(self, message: IncomingMessage) -> bool:
-        """Whether the chat's backend takes this kind of media and will see the message."""
-        assert message.media is not None
+        """Whether the chat's backend (or a plugin) reads this media and will see the message."""
         try:
-            backend = await self.engine.backend_for(message)
+            return await self.engine.wants_media(message)
         except Exception:
             log.exception("chat %s: routing failed", message.chat.chat_id)
             return False
-        return backend is not None and message.media.kind in backend.accepts_media
 
 
 class AccountFrontends:
