@@ -10,12 +10,13 @@ import struct
 import sys
 import textwrap
 import types
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tgmux.backend import Strict
+from tgmux.backend import Backend, BackendSettings, ReplyPart, Strict, Text, Turn
 from tgmux.backends.lucydream.simulator import LucyDreamSimulator
 from tgmux.bootstrap import load, load_text
 from tgmux.errors import ConfigError
@@ -276,7 +277,7 @@ def test_a_section_named_like_a_core_key_is_refused_when_the_plugin_loads() -> N
 def test_a_core_key_section_named_in_plugins_is_an_error_at_its_line(tmp_path, monkeypatch,
                                                                      lucy_free_config) -> None:
     (tmp_path / "greedy_plugin.py").write_text(textwrap.dedent("""\
-        from tgmux.backend import Strict
+        from tgmux.backend import Backend, BackendSettings, ReplyPart, Strict, Text, Turn
         from tgmux.hooks import hookimpl
 
         class Settings(Strict):
@@ -379,3 +380,35 @@ async def test_tgmux_simulate_transcribes_a_voice_input_line(lucy, audio, voice_
          "text": f"You said: {SPOKEN}"}]
     assert lucy.requests_to("send-message")[0].json["message"] == SPOKEN
     assert audio.requests_to("/audio/transcriptions")[0].form()["file"].value == SPOKEN.encode()
+
+
+class HearsSettings(BackendSettings):
+    type: str = "hears"
+
+
+class HearsBackend(Backend):
+    """A backend that takes voice itself."""
+
+    type_name = "hears"
+    Settings = HearsSettings
+    accepts_media = frozenset({"voice"})
+
+    async def reply(self, turn: Turn) -> AsyncIterator[ReplyPart]:
+        assert turn.media is not None and turn.media.data is not None
+        yield Text(f"heard {len(turn.media.data)} bytes of {turn.media.kind}")
+
+
+class HearsPlugin:
+    @hookimpl
+    def tgmux_backend_types(self) -> list[type[Backend]]:
+        return [HearsBackend]
+
+
+async def test_a_backend_that_takes_voice_keeps_the_audio(tgmux_bot, audio, voice_file) -> None:
+    bot = await tgmux_bot(FAST + "plugins: [tgmux.plugins.transcribe]\n"
+                          "backends:\n  ears: {type: hears}\ndefault: ears\n"
+                          + textwrap.dedent(TRANSCRIBE).replace("BASE_URL", audio.base_url),
+                          plugins=[HearsPlugin()])
+    reply = await bot.send(user_id=42, voice=str(voice_file))
+    assert reply.texts == [f"heard {len(SPOKEN.encode())} bytes of voice"]
+    assert audio.requests == []
