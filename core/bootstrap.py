@@ -5,7 +5,8 @@ that goes with it: the one way the CLI, the harness and ``tgmux.testing`` start.
    extra plugin objects the caller registers (tests, one-run CLI plugins);
 2. parse the YAML (:func:`tgmux.config.parse_config_text`);
 3. import the config's ``plugins:`` into that manager (a missing one is an error at its line);
-4. validate against the backend types the plugins registered.
+4. validate against the backend types and settings sections the plugins registered (so a
+   section such as ``transcribe:`` is known once its plugin is imported).
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ def load_parsed(parsed: ParsedConfig, *, plugins: Iterable[Any] = (),
         except ConfigError as exc:
             broken.append(f"{parsed.where(('plugins', i))}: {exc.problems[0]}")
     if broken:  # a missing plugin would make its backend types look unknown: stop here
-        raise ConfigError(check_schema(parsed)[1] + broken)
-    return validate_config(parsed, pm.backend_types()), pm
+        raise ConfigError(check_schema(parsed, pm.plugin_settings_models())[1] + broken)
+    return validate_config(parsed, pm.backend_types(), pm.plugin_settings_models()), pm
 
 
 def load_config(path: str | os.PathLike[str], *, env: dict[str, str] | None = None,

@@ -543,6 +543,22 @@ class Engine:
         """The account's routing (an unknown account: the first one's)."""
         return self.routers.get(account) or next(iter(self.routers.values()))
 
+    async def backend_for(self, message: IncomingMessage) -> Backend | None:
+        """The backend that will answer ``message``, or None when nothing will (no route, a
+        group message that does not trigger the bot, a sender ``access`` refuses). For plugins
+        (a voice transcriber: does the answering backend hear voice itself?)."""
+        decision = await self.decide(message)
+        if decision is None or not self._triggered(message, decision):
+            return None
+        if self.gate.denied(self.router_for(message.chat.account).account, message):
+            return None
+        return self.backends.get(decision.backend)
+
+    async def reply_to(self, message: IncomingMessage, parts: list[ReplyPart]) -> list[ReplyPart]:
+        """Send parts to the chat ``message`` came from, as a reply to it, at once (a plugin's
+        word before the answer: what a voice message said). The parts that were sent."""
+        return await self._send(message.chat, parts, message.chat.message_id)
+
     def _triggered(self, message: IncomingMessage, decision: RouteDecision | None) -> bool:
         chat_type = message.chat.chat_type
         if chat_type == "private":
@@ -558,6 +574,16 @@ class Engine:
 
     async def _answer(self, message: IncomingMessage) -> None:
         chat = message.chat
+        try:  # plugins rewrite the message first (a voice message into its text)
+            message = await call_chained(self.pm, "tgmux_incoming", "message", message,
+                                         engine=self)
+        except BackendError as exc:
+            log.warning("chat %s message %s: not rewritten: %s", chat.chat_id,
+                        chat.message_id, exc.log_text())
+            text = await call_first(self.pm, "tgmux_error", turn=None, error=exc,
+                                    message=message)
+            await self._send(chat, [Notice(text or exc.user_message)], chat.message_id)
+            return
         decision = await self.decide(message)
         triggered = self._triggered(message, decision)
         # Every message, triggered or not: moderation and logging plugins must see them all.
@@ -797,7 +823,7 @@ class Engine:
                         yield out
                 else:
                     result = await call_chained(self.pm, "tgmux_after_backend", "part",
-                                                clean_part(part), turn=turn)
+                                                clean_part(part), turn=turn, engine=self)
                     for out in result if isinstance(result, list) else [result]:
                         for shaped in shaper.complete(out):
                             yield shaped

@@ -25,6 +25,8 @@ from tgmux import hookspecs
 from tgmux.errors import ConfigError
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from tgmux.backend import Backend
 
 log = logging.getLogger("tgmux.plugins")
@@ -71,6 +73,8 @@ class PluginManager(pluggy.PluginManager):
         super().__init__("tgmux")
         self.add_hookspecs(hookspecs)
         self.sources: dict[str, PluginInfo] = {}
+        #: section name → (settings model, the plugin that registered it)
+        self._settings: dict[str, tuple[type[BaseModel], object]] = {}
         if os.environ.get("TGMUX_TRACE_HOOKS"):  # as datasette's DATASETTE_TRACE_PLUGINS
             self.trace.root.setwriter(lambda line: sys.stderr.write(f"tgmux hooks: {line}"))
             self.enable_tracing()
@@ -86,7 +90,55 @@ class PluginManager(pluggy.PluginManager):
             raise ConfigError(f"plugin {name or plugin!r}: {hooks}: hook wrappers are not "
                               "supported (tgmux hooks may be async, so a wrapper would see a "
                               "coroutine, not the result); use tryfirst/trylast instead")
+        try:
+            self._register_settings(plugin, name)
+        except ConfigError:
+            self.unregister(plugin)
+            raise
         return registered
+
+    def unregister(self, plugin: Any = None, name: str | None = None) -> Any:
+        removed = super().unregister(plugin, name)
+        self._settings = {section: (model, owner) for section, (model, owner)
+                          in self._settings.items() if owner is not removed}
+        return removed
+
+    def _register_settings(self, plugin: Any, name: str | None) -> None:
+        """The plugin's ``tgmux_plugin_settings`` sections, checked: a Strict model each,
+        named like no core key and no other plugin's section."""
+        # here, not at the top: `tgmux --version` imports this module, and pydantic is heavy
+        from tgmux.backend import Strict
+        from tgmux.config.schema import TgmuxConfig
+
+        hook = self.hook.tgmux_plugin_settings
+        who = f"plugin {name or getattr(plugin, '__name__', repr(plugin))}"
+        for impl in hook.get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+            sections = self.call_one(hook, impl, {})
+            if sections is None:
+                continue
+            if not isinstance(sections, dict):
+                raise ConfigError(f"{who}: tgmux_plugin_settings must return a dict of section "
+                                  f"name → settings model, not {type(sections).__name__}")
+            for section, model in sections.items():
+                if not (isinstance(model, type) and issubclass(model, Strict)):
+                    raise ConfigError(f"{who}: settings section {section!r}: the model must be "
+                                      "a tgmux.backend.Strict subclass (unknown keys are errors)")
+                if section in TgmuxConfig.model_fields:
+                    raise ConfigError(f"{who}: cannot register a settings section named "
+                                      f"{section!r}: that is a core config key; choose another "
+                                      "name")
+                if section in self._settings:
+                    owner = self.get_name(self._settings[section][1])
+                    raise ConfigError(f"{who}: settings section {section!r} is already "
+                                      f"registered by plugin {owner}")
+            for section, model in sections.items():
+                self._settings[section] = (model, plugin)
+
+    def plugin_settings_models(self) -> dict[str, type[BaseModel]]:
+        """Section name → settings model, from every plugin's ``tgmux_plugin_settings``."""
+        return {section: model for section, (model, _) in self._settings.items()}
 
     def register_from(self, plugin: Any, name: str, source: str) -> None:
         if self.has_plugin(name) or self.is_registered(plugin):

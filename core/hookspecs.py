@@ -35,6 +35,7 @@ import pluggy
 
 if TYPE_CHECKING:
     import click
+    from pydantic import BaseModel
 
     from tgmux.backend import Backend, Turn
     from tgmux.engine import Engine
@@ -56,6 +57,48 @@ def tgmux_backend_types() -> list[type[Backend]] | type[Backend]:
         @hookimpl
         def tgmux_backend_types():
             return [MyBackend]
+    """
+
+
+@hookspec
+def tgmux_plugin_settings() -> dict[str, type[BaseModel]] | None:
+    """Register a plugin's settings: a section at the top level of the config, by name.
+
+    Called once, when the plugin registers (before the config is validated). Return
+    ``{name: Model}``, where ``Model`` is a :class:`tgmux.backend.Strict` subclass (a pydantic
+    model in which unknown keys are errors), or None. The section ``name:`` of the config is
+    validated by ``Model`` with every other key, problems reported as ``file:line: key.path:
+    what``; a config that leaves the section out is validated as ``{}`` (so a plugin installed
+    through an entry point, loaded for every config, should give each field a default). A
+    name that is a core config key (``store``, ``backends``, …) or another plugin's section is
+    refused when the plugin registers. Return the dict directly: this hook is not awaited.
+
+    The validated section is ``engine.config.plugin_settings[name]``, or typed,
+    ``engine.config.plugin_section(name, Model)`` (from :func:`tgmux_startup` on). A changed
+    section takes effect at the next restart, as ``plugins:`` does.
+
+    Example::
+
+        class ParrotSettings(Strict):
+            greeting: str = "hello"
+
+        @hookimpl
+        def tgmux_plugin_settings():
+            return {"parrot": ParrotSettings}
+    """
+
+
+@hookspec
+def tgmux_incoming(message: IncomingMessage, engine: Engine) -> IncomingMessage | None:
+    """Rewrite an incoming message before anything else sees it (routing, commands,
+    :func:`tgmux_pre_route`, the backend): e.g. turn a voice message into its text.
+
+    Called for every message, in arrival order per chat. Return a new message
+    (``dataclasses.replace(message, text=..., media=None)``) or ``None`` to keep it.
+    Implementations run in plugin order, each seeing the previous one's message. Raise a
+    :class:`tgmux.errors.BackendError` to answer the user with its ``user_message`` (through
+    :func:`tgmux_error`) instead: nothing else happens with the message. The message kept in
+    the store is the original, so a message answered again after a restart is rewritten again.
     """
 
 
@@ -109,9 +152,11 @@ def tgmux_before_backend(turn: Turn, backend: Backend) -> Turn | None:
 
 
 @hookspec
-def tgmux_after_backend(turn: Turn, part: ReplyPart) -> ReplyPart | list[ReplyPart] | None:
+def tgmux_after_backend(turn: Turn, part: ReplyPart,
+                        engine: Engine) -> ReplyPart | list[ReplyPart] | None:
     """Change the reply: called for each complete part a backend yields (final text, image,
-    audio, notice), not for streaming deltas.
+    audio, notice), not for streaming deltas. ``engine`` gives the config
+    (``engine.config.plugin_settings``).
 
     Return a replacement part, a list of parts (empty to drop it), or ``None`` to keep it.
     When the final text of a streamed reply changes, frontends correct what they showed.
@@ -157,7 +202,6 @@ def tgmux_shutdown(engine: Engine) -> None:
 def tgmux_cli_commands(cli: click.Group) -> None:
     """Add commands to the ``tgmux`` command line (``cli.add_command(...)``), as datasette's
     ``register_commands`` does."""
-
 
 
 @hookspec

@@ -180,6 +180,19 @@ def _session(max_connections: int) -> aiohttp.ClientSession:
     )
 
 
+#: A multipart file field: (file name, bytes, content type).
+MultipartFile = tuple[str, bytes, str]
+
+
+def multipart_body(files: Mapping[str, MultipartFile], form: Mapping[str, str],
+                   headers: dict[str, str] | None) -> tuple[bytes, dict[str, str]]:
+    """A ``multipart/form-data`` body as bytes (httpx encodes it; bytes can be sent again
+    when a retry is allowed) and the headers with its ``Content-Type``."""
+    encoded = httpx.Request("POST", "http://multipart.invalid/", data=dict(form),
+                            files=dict(files))
+    return encoded.read(), {**(headers or {}), "Content-Type": encoded.headers["Content-Type"]}
+
+
 def encode_json(value: Any) -> bytes:
     """A JSON body as httpx encodes it (compact, UTF-8, no NaN): the same bytes either path."""
     return jsonlib.dumps(
@@ -521,9 +534,16 @@ class HttpClient:
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         content: bytes | None = None,
+        files: Mapping[str, MultipartFile] | None = None,
+        form: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
     ) -> httpx.Response:
-        """Send a request; return the 2xx/3xx response or raise a :class:`BackendError`."""
+        """Send a request; return the 2xx/3xx response or raise a :class:`BackendError`.
+
+        ``files`` (and ``form`` fields beside them) send a ``multipart/form-data`` body:
+        ``files={"file": ("voice.ogg", data, "audio/ogg")}, form={"model": "whisper-1"}``."""
+        if files is not None or form is not None:
+            content, headers = multipart_body(files or {}, form or {}, headers)
         if self._goes_direct(content):
             answer = await self._request_direct(method, url, json, params, headers, idempotent)
             return self._httpx_response(method.upper(), answer.url, answer.status_code,
@@ -537,7 +557,8 @@ class HttpClient:
 
     async def request_json(self, method: str, url: str, **kwargs: Any) -> Any:
         """:meth:`request`, then the body as JSON (a :class:`ProtocolError` if it is not)."""
-        if self._goes_direct(kwargs.get("content")):
+        multipart = kwargs.get("files") is not None or kwargs.get("form") is not None
+        if not multipart and self._goes_direct(kwargs.get("content")):
             answer = await self._request_direct(
                 method, url, kwargs.get("json"), kwargs.get("params"), kwargs.get("headers"),
                 kwargs.get("idempotent"))

@@ -1,14 +1,15 @@
 """Hot reload: on SIGHUP, ``tgmux run``, ``tgmux chat`` and ``tgmux simulate`` read their config
 file again and run on it from the next message on.
 
-The new file is validated in full first (against the backend types the running process has):
-when it is invalid, each problem is logged with its file:line and the old config keeps running.
+The new file is validated in full first (against the backend types and plugin settings sections
+the running process has): when it is invalid, each problem is logged with its file:line and the
+old config keeps running.
 Routes, defaults, admins, access, limits, fallback chains, ``engine.turn_timeout``,
 ``engine.max_reply_chars`` and ``log_level`` apply at once; backends follow
 :meth:`tgmux.engine.Engine.reload` (unchanged ones keep their instance). What a running process
-cannot change — the store, the Telegram accounts and their settings, ``plugins``, ``server``,
-``engine.concurrency``, ``log_format`` — keeps its old value, and the log line says it needs a
-restart. One line says what changed::
+cannot change — the store, the Telegram accounts and their settings, ``plugins`` and the
+plugins' settings sections, ``server``, ``engine.concurrency``, ``log_format`` — keeps its old
+value, and the log line says it needs a restart. One line says what changed::
 
     config reloaded from config.yaml: routes: 3 → 4; default: lucy → echo; backend bambi: removed
 """
@@ -46,6 +47,9 @@ def applicable(old: Config, new: Config, *,
             restart.append(key)
     if before.engine.concurrency != (written or new).data.engine.concurrency:
         restart.append("engine.concurrency")
+    # Plugins read their sections from startup on (clients made with them): a restart.
+    restart += [name for name in sorted({*old.plugin_settings, *new.plugin_settings})
+                if old.plugin_settings.get(name) != new.plugin_settings.get(name)]
     accounts = {}
     for name, account in old.accounts.items():
         changed = new.accounts.get(name)
@@ -63,7 +67,8 @@ def applicable(old: Config, new: Config, *,
         "accounts": before.accounts,
         "engine": after.engine.model_copy(update={"concurrency": before.engine.concurrency}),
     })
-    return dataclasses.replace(new, data=data, accounts=accounts), restart
+    return dataclasses.replace(new, data=data, accounts=accounts,
+                               plugin_settings=old.plugin_settings), restart
 
 
 def describe_changes(old: Config, new: Config) -> list[str]:
@@ -116,14 +121,15 @@ class Reloader:
         ``engine.concurrency``, which HTTP backends' pools follow when they set no
         ``max_connections`` (a changed concurrency must not rebuild them for nothing)."""
         parsed = read_config_file(self.path, env=self.env)
-        written = validate_config(parsed, self.pm.backend_types())
+        types, sections = self.pm.backend_types(), self.pm.plugin_settings_models()
+        written = validate_config(parsed, types, sections)
         if written.data.engine.concurrency == concurrency:
             return written, written
         engine = parsed.data.get("engine")
         data = {**parsed.data, "engine": {**(engine if isinstance(engine, dict) else {}),
                                           "concurrency": concurrency}}
-        return written, validate_config(dataclasses.replace(parsed, data=data),
-                                        self.pm.backend_types())
+        return written, validate_config(dataclasses.replace(parsed, data=data), types,
+                                        sections)
 
     async def reload(self) -> bool:
         """Read the file, validate it, apply it; False (and the problems logged) when it is

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import email.parser
+import email.policy
 import json
 import logging
 from collections import deque
@@ -37,6 +39,35 @@ class RecordedRequest:
             if key.lower() == name.lower():
                 return value
         return None
+
+    def form(self) -> dict[str, FormField]:
+        """A ``multipart/form-data`` body's fields by name (empty for any other body)."""
+        content_type = self.header("Content-Type") or ""
+        if not content_type.startswith("multipart/form-data"):
+            return {}
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            f"Content-Type: {content_type}\r\n\r\n".encode("latin-1") + self.body)
+        fields: dict[str, FormField] = {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            if isinstance(name, str):
+                fields[name] = FormField(
+                    value=part.get_payload(decode=True) or b"", filename=part.get_filename(),
+                    content_type=part.get_content_type() if part.get_filename() else None)
+        return fields
+
+
+@dataclass(frozen=True)
+class FormField:
+    """One field of a multipart form: its bytes, and for a file its name and type."""
+
+    value: bytes
+    filename: str | None = None
+    content_type: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.value.decode("utf-8")
 
 
 @dataclass

@@ -13,6 +13,7 @@ import yaml
 
 from tgmux.bootstrap import load_text
 from tgmux.config import TgmuxConfig
+from tgmux.hooks import build_plugin_manager
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -56,11 +57,16 @@ def test_yaml_example(where: str, text: str) -> None:
         pytest.fail(f"{where}: does not parse as printed: {str(exc).splitlines()[0]}")
     if not isinstance(data, dict) or not set(data) & set(TgmuxConfig.model_fields):
         return  # not a tgmux config (a compose file, a Kubernetes manifest)
-    unknown = set(data) - set(TgmuxConfig.model_fields)
+    # The bundled plugins an example names are loaded: their sections are known keys.
+    bundled = [p for p in data.get("plugins") or []
+               if isinstance(p, str) and p.startswith("tgmux.plugins.")]
+    sections = build_plugin_manager(bundled).plugin_settings_models()
+    unknown = set(data) - set(TgmuxConfig.model_fields) - set(sections)
     assert not unknown, f"{where}: keys tgmux does not know: {sorted(unknown)}"
     if "backends" not in data:
         return
-    data.pop("plugins", None)  # examples name plugins the reader would write
+    if "plugins" in data:  # others are plugins the reader would write
+        data["plugins"] = bundled
     if "default" not in data and "routes" not in data:
         data["default"] = next(iter(data["backends"]))
     load_text(yaml.safe_dump(data, sort_keys=False), source=where, env=PlausibleEnv())

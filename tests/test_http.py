@@ -30,7 +30,15 @@ class Echo(SimulatorServer):
             await asyncio.sleep(1)
             return web.json_response({"ok": True})
 
+        async def form(request: web.Request) -> web.Response:
+            fields = self.requests[-1].form()
+            upload = fields["file"]
+            return web.json_response({
+                "model": fields["model"].text, "filename": upload.filename,
+                "content_type": upload.content_type, "bytes": upload.text})
+
         app.router.add_route("*", "/ok", ok)
+        app.router.add_route("POST", "/form", form)
         app.router.add_route("*", "/slow", slow)
 
 
@@ -125,3 +133,16 @@ def test_retry_after_formats() -> None:
     assert parse_retry_after(None) is None
     assert parse_retry_after("soon") is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0
+
+
+async def test_multipart_form_is_sent_whole_and_again_when_refused(server: Echo) -> None:
+    server.inject(Fault(status=429, headers={"Retry-After": "0"}, path="/form"))
+    async with client(server) as http:
+        answer = await http.request_json(
+            "POST", "/form", files={"file": ("voice.ogg", b"OggS-ish", "audio/ogg")},
+            form={"model": "whisper-1"})
+    assert answer == {"model": "whisper-1", "filename": "voice.ogg",
+                      "content_type": "audio/ogg", "bytes": "OggS-ish"}
+    first, second = server.requests
+    assert first.body == second.body  # the same bytes, sent again after the 429
+    assert first.header("Content-Type").startswith("multipart/form-data; boundary=")

@@ -10,10 +10,11 @@ Secret values (keys that look like tokens, keys, hashes, passwords) are never ec
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from tgmux.backend import Backend, BackendSettings, HttpBackendSettings
 from tgmux.config.parse import KeyPath, ParsedConfig, where
@@ -32,6 +33,8 @@ from tgmux.redact import redact_urls
 #: Keys whose values must never be echoed in an error message.
 SECRET_KEY = re.compile(r"secret|token|key|hash|password|session", re.IGNORECASE)
 
+
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
 
 #: The account of the single ``telegram:`` form.
 MAIN = "main"
@@ -72,6 +75,17 @@ class Config:
     accounts: dict[str, Account] = field(default_factory=dict)
     #: per backend: its fallback chain and circuit settings
     backend_core: dict[str, BackendCore] = field(default_factory=dict)
+    #: per plugin settings section (hook ``tgmux_plugin_settings``): its validated model
+    plugin_settings: dict[str, BaseModel] = field(default_factory=dict)
+
+    def plugin_section(self, name: str, model: type[SettingsT]) -> SettingsT:
+        """The validated section ``name``, typed as its ``model`` (a KeyError when no plugin
+        registered it, a TypeError when another model did)."""
+        section = self.plugin_settings[name]
+        if not isinstance(section, model):
+            raise TypeError(f"settings section {name!r} is a {type(section).__name__}, not a "
+                            f"{model.__name__}")
+        return section
 
     def where(self, path: KeyPath) -> str:
         return where(self.source, self.lines, path)
@@ -103,9 +117,15 @@ class Config:
         return tg
 
 
-def validate_config(parsed: ParsedConfig, backend_types: dict[str, type[Backend]]) -> Config:
-    """The :class:`Config`, or a ConfigError listing every problem found."""
-    schema, problems = check_schema(parsed)
+def validate_config(parsed: ParsedConfig, backend_types: dict[str, type[Backend]],
+                    plugin_sections: Mapping[str, type[BaseModel]] | None = None) -> Config:
+    """The :class:`Config`, or a ConfigError listing every problem found. ``plugin_sections``:
+    the plugins' top-level sections and their settings models (any other unknown top-level key
+    is an error)."""
+    sections = dict(plugin_sections or {})
+    schema, problems = check_schema(parsed, sections)
+    plugin_settings, section_problems = _check_plugin_sections(parsed, sections)
+    problems += section_problems
     cores: dict[str, BackendCore] = {}
     settings, classes, backend_problems = _check_backends(parsed, backend_types, cores)
     problems += backend_problems
@@ -151,7 +171,29 @@ def validate_config(parsed: ParsedConfig, backend_types: dict[str, type[Backend]
                                  access=schema.access, limits=schema.limits)
     return Config(data=schema, backend_settings=settings, backend_classes=classes,
                   route_options=route_options, source=parsed.source, lines=parsed.lines,
-                  missing_env=parsed.missing_env, accounts=accounts, backend_core=cores)
+                  missing_env=parsed.missing_env, accounts=accounts, backend_core=cores,
+                  plugin_settings=plugin_settings)
+
+
+def _check_plugin_sections(parsed: ParsedConfig, sections: Mapping[str, type[BaseModel]]
+                           ) -> tuple[dict[str, BaseModel], list[str]]:
+    """Each plugin section by its model; a section the config leaves out is ``{}``."""
+    found: dict[str, BaseModel] = {}
+    problems: list[str] = []
+    for name, model in sections.items():
+        body = parsed.data.get(name)
+        if any(p[:1] == (name,) for p in parsed.missing_env):
+            continue  # already reported: validating would only add "required" noise
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            problems.append(f"{parsed.where((name,))}: expected a mapping of settings")
+            continue
+        try:
+            found[name] = model.model_validate(body)
+        except ValidationError as exc:
+            problems += pydantic_problems(exc, parsed, (name,))
+    return found, problems
 
 
 def _pools_follow_concurrency(settings: dict[str, BackendSettings], concurrency: int) -> None:
@@ -173,16 +215,20 @@ def _all_routes(parsed: ParsedConfig,
     return found
 
 
-def check_schema(parsed: ParsedConfig) -> tuple[TgmuxConfig | None, list[str]]:
-    """The top-level schema (backends' own sections aside) and unset variables."""
+def check_schema(parsed: ParsedConfig, plugin_sections: Mapping[str, Any] | None = None
+                 ) -> tuple[TgmuxConfig | None, list[str]]:
+    """The top-level schema (backends' own sections and ``plugin_sections`` aside) and unset
+    variables."""
     problems = [
         f"{parsed.where(path)}: environment variable {name} is not set"
         for path, name in parsed.missing_env.items()
         # only `tgmux run` needs Telegram credentials
         if path[0] != "telegram" and not (path[0] == "accounts" and path[2:3] == ("telegram",))
     ] + parsed.problems
+    sections = plugin_sections or {}
+    core = {k: v for k, v in parsed.data.items() if k not in sections}
     try:
-        return TgmuxConfig.model_validate(parsed.data), problems
+        return TgmuxConfig.model_validate(core), problems
     except ValidationError as exc:
         # Keep going on the raw data: report every problem at once, not one per run.
         return None, problems + pydantic_problems(exc, parsed, ())

@@ -188,6 +188,7 @@ async def test_accepts_at_once_each_say_whether_the_message_is_new(store: Store)
     keys = [(1, 1), (1, 2), (2, 2), (1, 2), (3, 7)] + [(9, n) for n in range(600)]
     fresh = await asyncio.gather(*(store.inbox_accept(chat, message, {"n": i})
                                    for i, (chat, message) in enumerate(keys)))
-    assert fresh[:5] == [False, True, True, False, True]
+    assert (fresh[0], fresh[2], fresh[4]) == (False, True, True)
+    assert sorted([fresh[1], fresh[3]]) == [False, True]  # new once, either one
     assert all(fresh[5:])
     assert await store.inbox_backlog() == 1 + 3 + 600
