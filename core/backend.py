@@ -8,12 +8,13 @@ parts that any frontend (Telegram, the console, the test kit) knows how to deliv
 from __future__ import annotations
 
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
 # Re-exported: backends have always imported these from here.
 from tgmux.types import (
@@ -200,6 +201,25 @@ class HistorySettings(Strict):
                            "message); the oldest go first")
     scope: Literal["chat", "user"] = Field("chat", description="one conversation per chat, "
                                            "or per user inside groups")
+
+
+def api_root(value: str, endpoints: tuple[str, ...]) -> str:
+    """An OpenAI-style ``base_url`` (``…/v1``) checked: http(s), no trailing slash, not one of
+    the ``endpoints`` tgmux adds itself (a validator's body for settings that take one)."""
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("expected an http(s) URL such as https://api.openai.com/v1")
+    value = value.rstrip("/")
+    for endpoint in endpoints:
+        if value.endswith(endpoint):
+            raise ValueError(f"give the API root (…/v1): tgmux adds {endpoint}")
+    return value
+
+
+def optional_secret(value: SecretStr | None) -> SecretStr | None:
+    """An API key that may be left empty (``"${KEY:-}"`` for a local server): None then."""
+    if value is not None and not value.get_secret_value().strip():
+        return None
+    return value
 
 
 # -- the backend -------------------------------------------------------------------------------

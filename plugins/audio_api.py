@@ -6,13 +6,12 @@ through the one HTTP layer (:mod:`tgmux.http`).
 
 from __future__ import annotations
 
-import re
 import weakref
 from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr, field_validator
 
-from tgmux.backend import Strict
+from tgmux.backend import Strict, api_root, optional_secret
 from tgmux.http import HttpClient
 
 if TYPE_CHECKING:
@@ -35,20 +34,12 @@ class AudioApiSettings(Strict):
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("expected an http(s) URL such as https://api.openai.com/v1")
-        value = value.rstrip("/")
-        for endpoint in ENDPOINTS:
-            if value.endswith(endpoint):
-                raise ValueError(f"give the API root (…/v1): tgmux adds {endpoint}")
-        return value
+        return api_root(value, ENDPOINTS)
 
     @field_validator("api_key")
     @classmethod
     def _key(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().strip():
-            return None  # "${OPENAI_API_KEY:-}" left empty: a local server
-        return value
+        return optional_secret(value)
 
 
 def make_client(settings: AudioApiSettings, *, name: str, timeout: float,

@@ -32,6 +32,8 @@ from tgmux.backend import (
     Text,
     TextDelta,
     Turn,
+    api_root,
+    optional_secret,
 )
 from tgmux.errors import BackendError, BadRequestError, NotFoundError, ProtocolError
 from tgmux.text import join_blocks, shorten, valid_unicode
@@ -108,12 +110,7 @@ class OpenAISettings(HttpBackendSettings):
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("expected an http(s) URL such as https://api.openai.com/v1")
-        value = value.rstrip("/")
-        if value.endswith("/chat/completions"):
-            raise ValueError("give the API root (…/v1): tgmux adds /chat/completions")
-        return value
+        return api_root(value, ("/chat/completions",))
 
     @field_validator("stop")
     @classmethod
@@ -137,9 +134,7 @@ class OpenAISettings(HttpBackendSettings):
     @field_validator("api_key")
     @classmethod
     def _key(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().strip():
-            return None  # "${OPENAI_API_KEY:-}" left empty: a local server
-        return value
+        return optional_secret(value)
 
     def sampling(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in SAMPLING_KEYS}
