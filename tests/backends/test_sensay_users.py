@@ -15,11 +15,12 @@ import pytest
 import yaml
 
 import tgmux.backends.sensay as sensay_plugin
-from tgmux.backend import Media, Notice, Text
+from tgmux.backend import Media, MediaRef, MediaUnavailable, Notice, Text
 from tgmux.backends.sensay.adapter import EMPTY_CAPTION, NO_HISTORY, NO_IMAGE_URL
 from tgmux.backends.sensay.simulator import Replica, SensaySimulator
 from tgmux.harness import EngineHarness
 from tgmux.ops import start_ops_server
+from tgmux.types import MEDIA_UNAVAILABLE
 
 SECRET = "org-secret-7"
 REPLICA = "55555555-5555-4555-8555-555555555555"
@@ -315,6 +316,17 @@ async def test_with_public_url_a_captioned_photo_goes_as_a_fetchable_image_url(s
             assert len(links) == 0
         finally:
             await server.stop()
+
+
+async def test_a_photo_that_cannot_be_fetched_sends_nothing(sim) -> None:
+    async def expired(ref: MediaRef) -> bytes:
+        raise MediaUnavailable("file reference expired")
+
+    photo = Media("photo", ref=MediaRef("file-1"), fetch=expired)
+    async with harness(sim, served(PER_USER)) as h:
+        assert await h.say("what is this?", user_id=42, media=photo) == [
+            Notice(MEDIA_UNAVAILABLE)]
+    assert sim.requests == []
 
 
 async def test_the_seed_contract_sends_no_image_url_even_with_public_url(sim) -> None:
