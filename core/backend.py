@@ -58,6 +58,7 @@ __all__ = [
     "Notice",
     "ProviderEvent",
     "ReplyPart",
+    "ShareMedia",
     "Strict",
     "Text",
     "TextDelta",
@@ -103,6 +104,11 @@ class History(Protocol):
         ...
 
 
+#: Publishes bytes (and their media type) at a short-lived public URL and gives it back
+#: (``Turn.share``); None when they cannot be published (too large).
+ShareMedia = Callable[[bytes, str], Awaitable[str | None]]
+
+
 async def _no_notice(text: str) -> None:
     return None
 
@@ -116,6 +122,9 @@ class Turn:
     ``notify`` sends a short notice to the chat right away (e.g. "your reply is delayed").
     ``media`` is a non-text message's media, of a kind in the backend's ``accepts_media``; its
     bytes come with ``await turn.media.read()`` (fetched then, not before).
+    ``share`` publishes bytes for a provider that takes media only by URL: ``await
+    turn.share(data, "image/jpeg")`` is an unguessable URL served by this process for a few
+    minutes (None: too large). It is None when ``server.public_url`` is not configured.
     """
 
     text: str
@@ -134,6 +143,7 @@ class Turn:
     #: The conversation tgmux remembers for this chat, when the backend asks for one
     #: (:meth:`Backend.memory`); None otherwise.
     history: History | None = field(default=None, repr=False, compare=False)
+    share: ShareMedia | None = field(default=None, repr=False, compare=False)
 
 
 # -- settings ----------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ from tgmux.hooks import (
     flatten,
 )
 from tgmux.logs import log_fields
+from tgmux.media_links import MediaLinks
 from tgmux.metrics import Metrics
 from tgmux.redact import redact_urls
 from tgmux.reply import ReplyShaper, clean_part
@@ -168,6 +169,10 @@ class Engine:
         self.frontend = frontend
         self.routers = {name: Router(config, name) for name in config.accounts}
         self.metrics = Metrics()
+        #: Public links to bytes backends publish (``Turn.share``), served by the ops server at
+        #: ``/media/{token}``; only with ``server.public_url`` (else nothing could fetch them).
+        public_url = config.data.server.public_url
+        self.media_links = MediaLinks(public_url) if public_url is not None else None
         #: The accounts whose old messages this engine answers at start (``tgmux run
         #: --account``; a standby adds the ones it takes over with :meth:`serve_account`).
         self.served: list[str] = list(config.accounts if accounts is None else accounts)
@@ -733,6 +738,7 @@ class Engine:
             media=message.media,
             notify=notify,
             history=self._history(backend, chat, decision.options),
+            share=self.media_links.share if self.media_links is not None else None,
         )
 
     async def _reply_stream(self, turn: Turn, backend: Backend, chain: list[Backend],

@@ -15,7 +15,8 @@ async def start_ops_server(config: Config, engine: Engine) -> OpsServer | None:
     listen = config.data.server.listen
     if listen is None:
         return None
-    server = OpsServer(listen, engine.metrics)
+    # the engine's media links exactly when server.public_url is set
+    server = OpsServer(listen, engine.metrics, media_links=engine.media_links)
 
     async def store_answers() -> str | None:
         await engine.store.inbox_backlog(account=engine.served[0] if engine.served else "main")

@@ -7,7 +7,9 @@ config sets ``server.listen``:
 * ``GET /readyz`` — 200 when every readiness check passes (each account it runs is connected,
   the store answers), else 503; a JSON body either way: ``{"ready": …, "checks": {name:
   {"ok": …, "detail": …}}}``;
-* ``GET /metrics`` — Prometheus' text format (:mod:`tgmux.metrics`).
+* ``GET /metrics`` — Prometheus' text format (:mod:`tgmux.metrics`);
+* ``GET /media/{token}`` — with ``server.public_url`` only: bytes a backend published for its
+  provider to fetch (:mod:`tgmux.media_links`), while the link lasts; 404 otherwise.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from aiohttp import web
 
 from tgmux.config.schema import parse_listen
 from tgmux.errors import ConfigError
+from tgmux.media_links import MediaLinks
 from tgmux.metrics import CONTENT_TYPE, Metrics
 
 __all__ = ["OpsServer", "ReadinessCheck"]
@@ -34,9 +37,11 @@ CHECK_TIMEOUT = 2.0
 
 
 class OpsServer:
-    def __init__(self, listen: str, metrics: Metrics) -> None:
+    def __init__(self, listen: str, metrics: Metrics, *,
+                 media_links: MediaLinks | None = None) -> None:
         self.host, self.port = parse_listen(listen)
         self.metrics = metrics
+        self.media_links = media_links
         self.checks: dict[str, ReadinessCheck] = {}
         self._runner: web.AppRunner | None = None
 
@@ -48,6 +53,8 @@ class OpsServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
+        if self.media_links is not None:
+            app.router.add_get("/media/{token}", self._media)
         # shutdown_timeout: a stop waits at most a second for a scrape under way
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
@@ -99,3 +106,12 @@ class OpsServer:
         except TimeoutError:
             body = await self.metrics.render(refresh=False)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def _media(self, request: web.Request) -> web.Response:
+        # no-store: a proxy or the provider must not keep a copy past the link's life
+        headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+        shared = self.media_links.get(request.match_info["token"]) if self.media_links else None
+        if shared is None:  # unknown and expired look the same
+            return web.Response(status=404, text="not found", headers=headers)
+        return web.Response(body=shared.data,
+                            headers={**headers, "Content-Type": shared.mime_type})

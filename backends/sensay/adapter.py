@@ -11,9 +11,11 @@ Two ways to say who is talking:
 * ``user_id`` (a fixed Sensay user id or a template): exactly the seed contract, no user
   calls, no ``X-API-Version`` unless ``api_version`` is set.
 
-With an API version in effect, group requests carry ``telegram_data.chat_name`` and
-``/history`` reads ``GET …/chat/history/telegram``. ``record_group_context`` records the group
-messages the bot is not asked to answer (:meth:`SensayBackend.observe`).
+With an API version in effect, group requests carry ``telegram_data.chat_name``, a captioned
+photo goes as ``imageURL`` (its own URL, or its bytes published at ``server.public_url`` via
+``Turn.share``) and ``/history`` reads ``GET …/chat/history/telegram``.
+``record_group_context`` records the group messages the bot is not asked to answer
+(:meth:`SensayBackend.observe`).
 """
 
 from __future__ import annotations
@@ -287,14 +289,25 @@ class SensayBackend(HttpBackend[SensayClient]):
         if not turn.text.strip():
             yield Notice(EMPTY_CAPTION)
             return
-        url = turn.media.url if turn.media is not None else None
-        if url is None or not url.startswith(("https://", "http://")):
-            # Sensay takes an image by http(s) URL only; Telegram (MTProto) gives none.
+        url = await self._image_url(turn)
+        if url is None:
             yield Notice(NO_IMAGE_URL)
-            url = None
         async for part in self._ask(turn, turn.text, skip_chat_history=skip_chat_history,
                                     image_url=url):
             yield part
+
+    async def _image_url(self, turn: Turn) -> str | None:
+        """The photo's http(s) URL for ``imageURL``, or None: the frontend's own URL, else the
+        bytes published at ``server.public_url`` (``turn.share``). Only with an API version
+        in effect: the seed contract has no ``imageURL`` (400)."""
+        media = turn.media
+        if media is None or self.settings.effective_api_version is None:
+            return None
+        if media.url is not None and media.url.startswith(("https://", "http://")):
+            return media.url
+        if turn.share is None:  # Sensay takes an image by http(s) URL only; MTProto has none
+            return None
+        return await turn.share(await media.read(), media.mime_type or "image/jpeg")
 
     async def _history(self, turn: Turn) -> AsyncIterator[ReplyPart]:
         options = self._options(turn)

@@ -53,6 +53,9 @@ source, is_private, sources}]}``), oldest first.
 ``X-API-Version`` is recorded with each completion (:attr:`Turn.api_version`); with one,
 ``telegram_data.chat_name`` (a string) and ``imageURL`` (an http(s) URL, the documented
 pattern) are accepted; without, they are additional properties (400), as in the seed contract.
+An ``imageURL`` on this machine (127.0.0.1, localhost) is fetched as Sensay would, while the
+completion is answered: :attr:`Turn.image_status` and :attr:`Turn.image_bytes` say what it got
+(other hosts are not fetched: tests reach only 127.0.0.1).
 
 Run it alone: ``python -m tgmux.backends.sensay.simulator --port 8093``.
 """
@@ -68,7 +71,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
+import aiohttp
 from aiohttp import web
 
 from tgmux.simulator import Fault, SimulatorServer, json_error, run_cli
@@ -155,6 +160,32 @@ class Turn:
     api_version: str | None = None
     user_id_type: str | None = None
     image_url: str | None = None
+    #: what fetching a local ``imageURL`` gave: the HTTP status and body (None: not fetched)
+    image_status: int | None = None
+    image_bytes: bytes | None = None
+
+
+#: imageURL hosts the simulator fetches (it never leaves this machine)
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: bytes of a fetched image kept at most
+IMAGE_LIMIT = 16 * 1024 * 1024
+
+
+async def fetch_local_image(url: str) -> tuple[int | None, bytes | None]:
+    """(status, body) of a local URL; (None, None) for another host or when nothing answers."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return None, None
+    if host not in LOCAL_HOSTS:
+        return None, None
+    try:
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout) as session, \
+                session.get(url) as response:
+            return response.status, await response.content.read(IMAGE_LIMIT)
+    except (aiohttp.ClientError, TimeoutError):
+        return None, None
 
 
 @dataclass
@@ -438,10 +469,13 @@ class SensaySimulator(SimulatorServer):
         streamed = "text/event-stream" in request.headers.get("Accept", "")
         if replica.answer_as is not None:
             streamed = replica.answer_as == "stream"
+        image_url = body.get("imageURL")
+        image_status, image_bytes = (await fetch_local_image(image_url) if image_url
+                                     else (None, None))
         turn = Turn(replica.uuid, user, content, skip, len(seen), reply, streamed,
                     replica.flavor if streamed else None, telegram_data=data,
                     api_version=version, user_id_type=request.headers.get("X-USER-ID-TYPE"),
-                    image_url=body.get("imageURL"))
+                    image_url=image_url, image_status=image_status, image_bytes=image_bytes)
         self.turns.append(turn)
 
         def store() -> None:

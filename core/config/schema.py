@@ -194,9 +194,15 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 class ServerConfig(Strict):
-    """The operator's endpoints: /healthz, /readyz, /metrics."""
+    """The operator's endpoints: /healthz, /readyz, /metrics (and /media with public_url)."""
 
     listen: str | None = Field(None, description="HOST:PORT to serve on; off unless set")
+    public_url: str | None = Field(
+        None,
+        description="the http(s) address at which providers reach this server (e.g. behind "
+        "a TLS reverse proxy); set, backends may publish media at {public_url}/media/{token} "
+        "for a few minutes (Sensay's imageURL). Needs listen",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -204,6 +210,19 @@ class ServerConfig(Strict):
         if value is not None:
             parse_listen(value)
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme, sep, rest = value.partition("://")
+        host = rest.split("/", 1)[0]
+        if scheme not in ("http", "https") or not sep or not host or any(
+                c in value for c in "?# "):
+            raise ValueError("expected an http(s) URL without query, e.g. "
+                             "https://bot.example.com or https://example.com/tgmux")
+        return value.rstrip("/")
 
 
 ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")

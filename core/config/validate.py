@@ -140,7 +140,7 @@ def validate_config(parsed: ParsedConfig, backend_types: dict[str, type[Backend]
                                          route.backend, route.fallback)
     route_options, route_problems = _check_routes(
         parsed, ("routes",), schema.routes if schema else None, settings, classes)
-    problems += route_problems + _check_default(parsed)
+    problems += route_problems + _check_default(parsed) + _check_server(parsed, schema)
     accounts: dict[str, Account] = {}
     raw_accounts = parsed.data.get("accounts")
     for name in raw_accounts if isinstance(raw_accounts, dict) else {}:
@@ -202,6 +202,15 @@ def _pools_follow_concurrency(settings: dict[str, BackendSettings], concurrency:
     for name, backend in settings.items():
         if isinstance(backend, HttpBackendSettings) and backend.max_connections is None:
             settings[name] = backend.model_copy(update={"max_connections": concurrency})
+
+
+def _check_server(parsed: ParsedConfig, schema: TgmuxConfig | None) -> list[str]:
+    """``server.public_url`` names the ops server's public address: without ``listen`` there
+    is no server, and every published link would be dead."""
+    if schema is None or schema.server.public_url is None or schema.server.listen is not None:
+        return []
+    return [f"{parsed.where(('server', 'public_url'))}: needs server.listen "
+            "(the HTTP server that serves /media)"]
 
 
 def _all_routes(parsed: ParsedConfig,

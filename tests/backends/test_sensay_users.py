@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import yaml
 
 import tgmux.backends.sensay as sensay_plugin
-from tgmux.backend import Media, Notice, Text
+from tgmux.backend import Media, MediaRef, MediaUnavailable, Notice, Text
 from tgmux.backends.sensay.adapter import EMPTY_CAPTION, NO_HISTORY, NO_IMAGE_URL
 from tgmux.backends.sensay.simulator import Replica, SensaySimulator
 from tgmux.harness import EngineHarness
+from tgmux.ops import start_ops_server
+from tgmux.types import MEDIA_UNAVAILABLE
 
 SECRET = "org-secret-7"
 REPLICA = "55555555-5555-4555-8555-555555555555"
@@ -272,6 +277,67 @@ async def test_photos_caption_and_image_url(sim) -> None:
         await h.say("and this?", user_id=42, media=hosted)
     assert sim.requests[-1].json["imageURL"] == "https://files.example.com/p/abc.jpg"
     assert sim.turns[-1].image_url == "https://files.example.com/p/abc.jpg"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def served(config: str) -> str:
+    """``config`` with the ops server on a free port and its public address."""
+    port = free_port()
+    return config + (f"server:\n  listen: 127.0.0.1:{port}\n"
+                     f"  public_url: http://127.0.0.1:{port}\n")
+
+
+async def test_with_public_url_a_captioned_photo_goes_as_a_fetchable_image_url(sim) -> None:
+    jpeg = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4
+    photo = Media("photo", data=jpeg)  # as from Telegram: no URL, no mime type
+    async with harness(sim, served(PER_USER)) as h:
+        server = await start_ops_server(h.config, h.engine)
+        try:
+            assert await h.say("what is this?", user_id=42, media=photo) == [
+                Text("[Abe] what is this? (history: 0)")]
+            url = sim.requests[-1].json["imageURL"]
+            assert url.startswith(f"http://127.0.0.1:{server.port}/media/")
+            turn = sim.turns[-1]
+            assert (turn.image_url, turn.image_status, turn.image_bytes) == (url, 200, jpeg)
+            async with aiohttp.ClientSession() as session, session.get(url) as response:
+                assert response.headers["Content-Type"] == "image/jpeg"
+            # past its ttl the link is dead
+            links = h.engine.media_links
+            links.clock = lambda: time.monotonic() + links.ttl
+            async with aiohttp.ClientSession() as session, session.get(url) as response:
+                assert response.status == 404
+            # a photo alone is still answered as Sensay's bot does, nothing shared
+            assert await h.say("", user_id=42, media=photo) == [Notice(EMPTY_CAPTION)]
+            assert len(links) == 0
+        finally:
+            await server.stop()
+
+
+async def test_a_photo_that_cannot_be_fetched_sends_nothing(sim) -> None:
+    async def expired(ref: MediaRef) -> bytes:
+        raise MediaUnavailable("file reference expired")
+
+    photo = Media("photo", ref=MediaRef("file-1"), fetch=expired)
+    async with harness(sim, served(PER_USER)) as h:
+        assert await h.say("what is this?", user_id=42, media=photo) == [
+            Notice(MEDIA_UNAVAILABLE)]
+    assert sim.requests == []
+
+
+async def test_the_seed_contract_sends_no_image_url_even_with_public_url(sim) -> None:
+    photo = Media("photo", data=b"\xff\xd8jpeg")
+    hosted = Media("photo", url="https://files.example.com/p/abc.jpg")
+    async with harness(sim, served(SEED)) as h:
+        assert await h.say("what is this?", user_id=42, media=photo) == [
+            Notice(NO_IMAGE_URL), Text("[Abe] what is this? (history: 0)")]
+        await h.say("and this?", user_id=42, media=hosted)
+        assert h.engine.media_links is not None and len(h.engine.media_links) == 0
+    assert all("imageURL" not in r.json for r in sim.requests)
 
 
 # -- the documented example ----------------------------------------------------------------------
