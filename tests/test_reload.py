@@ -62,81 +62,77 @@ async def started(path: Path) -> tuple[EngineHarness, Reloader]:
     return harness, Reloader(harness.engine, pm, path)
 
 
+@pytest.fixture
+async def running(sim, tmp_path: Path):
+    """An engine started on a config file naming lucy and echo (lucy the default), its
+    reloader, and the file."""
+    path = tmp_path / "config.yaml"
+    path.write_text(lucy_config(sim))
+    h, reloader = await started(path)
+    try:
+        yield path, h, reloader
+    finally:
+        await h.engine.stop()
+
+
 async def test_a_changed_default_routes_the_next_message_and_kept_backends_keep_state(
-        sim, tmp_path: Path, caplog) -> None:
-    path = tmp_path / "config.yaml"
-    path.write_text(lucy_config(sim))
-    h, reloader = await started(path)
-    try:
-        assert await h.say("hello", user_id=42) == [Text("You said: hello")]
-        lucy = h.engine.backends["lucy"]
-        path.write_text(lucy_config(sim, default="echo"))
-        with caplog.at_level(logging.INFO, "tgmux.reload"):
-            assert await reloader.reload()
-        assert f"config reloaded from {path}: default: lucy → echo" in caplog.text
-        assert await h.say("next", user_id=42, message_id=2) == [Text("echo: next")]
-        # back to lucy, and echo's prefix changed: lucy is the same instance (its sub-user is
-        # not created again), echo is rebuilt
-        echo = h.engine.backends["echo"]
-        path.write_text(lucy_config(sim).replace('"echo: "', '"ECHO: "'))
-        caplog.clear()
-        with caplog.at_level(logging.INFO, "tgmux.reload"):
-            assert await reloader.reload()
-        assert "default: echo → lucy; backend echo: rebuilt" in caplog.text
-        assert h.engine.backends["lucy"] is lucy
-        assert h.engine.backends["echo"] is not echo
-        assert await h.say("third", user_id=42, message_id=3) == [Text("You said: third")]
-        assert creates(sim) == 1
-        await asyncio.sleep(0)  # the old echo closes once idle (it is)
-    finally:
-        await h.engine.stop()
+        running, sim, caplog) -> None:
+    path, h, reloader = running
+    assert await h.say("hello", user_id=42) == [Text("You said: hello")]
+    lucy = h.engine.backends["lucy"]
+    path.write_text(lucy_config(sim, default="echo"))
+    with caplog.at_level(logging.INFO, "tgmux.reload"):
+        assert await reloader.reload()
+    assert f"config reloaded from {path}: default: lucy → echo" in caplog.text
+    assert await h.say("next", user_id=42, message_id=2) == [Text("echo: next")]
+    # back to lucy, and echo's prefix changed: lucy is the same instance (its sub-user is
+    # not created again), echo is rebuilt
+    echo = h.engine.backends["echo"]
+    path.write_text(lucy_config(sim).replace('"echo: "', '"ECHO: "'))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, "tgmux.reload"):
+        assert await reloader.reload()
+    assert "default: echo → lucy; backend echo: rebuilt" in caplog.text
+    assert h.engine.backends["lucy"] is lucy
+    assert h.engine.backends["echo"] is not echo
+    assert await h.say("third", user_id=42, message_id=3) == [Text("You said: third")]
+    assert creates(sim) == 1
 
 
-async def test_a_broken_file_keeps_the_old_config_and_says_where(sim, tmp_path: Path,
-                                                                  caplog) -> None:
-    path = tmp_path / "config.yaml"
-    path.write_text(lucy_config(sim))
-    h, reloader = await started(path)
-    try:
-        path.write_text(lucy_config(sim, default="nosuch"))
-        with caplog.at_level(logging.INFO, "tgmux.reload"):
-            assert not await reloader.reload()
-        line = lucy_config(sim).splitlines().index("default: lucy") + 1
-        assert f"{path}:{line}: default: unknown backend 'nosuch'" in caplog.text
-        assert "config not reloaded (1 problem(s) above); the old config keeps running" \
-            in caplog.text
-        path.write_text("backends: [")  # not YAML at all
+async def test_a_broken_file_keeps_the_old_config_and_says_where(running, sim, caplog) -> None:
+    path, h, reloader = running
+    path.write_text(lucy_config(sim, default="nosuch"))
+    with caplog.at_level(logging.INFO, "tgmux.reload"):
         assert not await reloader.reload()
-        assert f"{path}:1: not valid YAML" in caplog.text
-        path.unlink()
-        assert not await reloader.reload()
-        assert f"{path}: cannot read: No such file or directory" in caplog.text
-        assert await h.say("still there?", user_id=42) == [Text("You said: still there?")]
-    finally:
-        await h.engine.stop()
+    line = lucy_config(sim).splitlines().index("default: lucy") + 1
+    assert f"{path}:{line}: default: unknown backend 'nosuch'" in caplog.text
+    assert "config not reloaded (1 problem(s) above); the old config keeps running" \
+        in caplog.text
+    path.write_text("backends: [")  # not YAML at all
+    assert not await reloader.reload()
+    assert f"{path}:1: not valid YAML" in caplog.text
+    path.unlink()
+    assert not await reloader.reload()
+    assert f"{path}: cannot read: No such file or directory" in caplog.text
+    assert await h.say("still there?", user_id=42) == [Text("You said: still there?")]
 
 
-async def test_what_needs_a_restart_is_said_and_not_applied(sim, tmp_path: Path,
+async def test_what_needs_a_restart_is_said_and_not_applied(running, sim, tmp_path: Path,
                                                             caplog) -> None:
-    path = tmp_path / "config.yaml"
-    path.write_text(lucy_config(sim))
-    h, reloader = await started(path)
-    try:
-        store = h.engine.store
-        path.write_text(lucy_config(sim, default="echo", store=f"sqlite:///{tmp_path}/x.db",
-                                    extra="engine: {concurrency: 3}\n"
-                                          "telegram: {api_id: 1, api_hash: abc}"))
-        with caplog.at_level(logging.INFO, "tgmux.reload"):
-            assert await reloader.reload()
-        assert ("default: lucy → echo; not applied, needs a restart: store, "
-                "engine.concurrency, telegram") in caplog.text
-        assert h.engine.store is store
-        assert h.engine.config.data.store == "memory://"
-        assert h.engine.config.account().telegram.api_id is None
-        assert not (tmp_path / "x.db").exists()
-        assert await h.say("hi", user_id=42) == [Text("echo: hi")]
-    finally:
-        await h.engine.stop()
+    path, h, reloader = running
+    store = h.engine.store
+    path.write_text(lucy_config(sim, default="echo", store=f"sqlite:///{tmp_path}/x.db",
+                                extra="engine: {concurrency: 3}\n"
+                                      "telegram: {api_id: 1, api_hash: abc}"))
+    with caplog.at_level(logging.INFO, "tgmux.reload"):
+        assert await reloader.reload()
+    assert ("default: lucy → echo; not applied, needs a restart: store, "
+            "engine.concurrency, telegram") in caplog.text
+    assert h.engine.store is store
+    assert h.engine.config.data.store == "memory://"
+    assert h.engine.config.account().telegram.api_id is None
+    assert not (tmp_path / "x.db").exists()
+    assert await h.say("hi", user_id=42) == [Text("echo: hi")]
 
 
 async def test_a_removed_backend_finishes_its_turn_then_closes(tmp_path: Path) -> None:
