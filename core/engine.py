@@ -13,11 +13,13 @@ reached a backend is answered; one a backend already had (the process died mid-r
 replayed, since the provider may have it already (a duplicated, perhaps charged, chat turn):
 the user is told and asked to send it again.
 
-Why one module of about 600 lines: intake, ordering, the inbox states and the turn's stream
-share the slot and worker state and must change together (a message's inbox state follows
-where it is in its chat's queue). What stands apart lives apart: routing (``tgmux.router``),
-the built-in commands (``tgmux.chat_commands``), reply shaping (``tgmux.reply``), metrics
-(``tgmux.metrics``), the message types (``tgmux.types``).
+Why one module of about 950 lines: intake, ordering, the inbox states, the turn's stream and
+a reload's swap of backends share the slot, worker and backend state and must change together
+(a message's inbox state follows where it is in its chat's queue; a removed backend closes when
+its turns are over). What stands apart lives apart: routing (``tgmux.router``), the built-in
+commands (``tgmux.chat_commands``), reply shaping (``tgmux.reply``), metrics
+(``tgmux.metrics``), the backends in use and the step deadline (``tgmux.backend_use``), the
+message types (``tgmux.types``), reading a new config file (``tgmux.reload``).
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from tgmux.access import Gate
 from tgmux.backend import Backend, History, Turn
+from tgmux.backend_use import BackendsInUse, StepDeadline
 from tgmux.chat_commands import (
     BUILTIN_COMMANDS,
     BUILTIN_NAMES,
@@ -116,43 +119,6 @@ class _Slot:
                                         .create_future())
 
 
-class _InUse:
-    """How many turns use each backend instance, so that one a reload removed is closed only
-    once its turns are over."""
-
-    def __init__(self) -> None:
-        self._counts: dict[int, int] = {}  # by id(): a backend need not be hashable
-        self._idle: dict[int, asyncio.Event] = {}
-
-    @contextlib.contextmanager
-    def hold(self, backends: list[Backend]) -> Iterator[None]:
-        keys = [id(b) for b in backends]
-        for key in keys:
-            self._counts[key] = self._counts.get(key, 0) + 1
-        try:
-            yield
-        finally:
-            for key in keys:
-                self._counts[key] -= 1
-                if not self._counts[key]:
-                    del self._counts[key]
-                    if (idle := self._idle.pop(key, None)) is not None:
-                        idle.set()
-
-    async def idle(self, backend: Backend, timeout: float) -> bool:
-        """Wait until no turn uses ``backend``; False when ``timeout`` passed first."""
-        key = id(backend)
-        if key not in self._counts:
-            return True
-        idle = self._idle.setdefault(key, asyncio.Event())
-        try:
-            async with asyncio.timeout(timeout):
-                await idle.wait()
-        except TimeoutError:
-            return False
-        return True
-
-
 class Engine:
     #: Answered messages are remembered this long (seconds), to skip duplicates.
     INBOX_RETENTION = 7 * 86400
@@ -181,7 +147,7 @@ class Engine:
         self.circuits: dict[str, Circuit] = {}
         #: per backend name: the last replies' seconds (for ``/status``'s p50)
         self.recent_latency: dict[str, deque[float]] = {}
-        self._in_use = _InUse()
+        self._in_use = BackendsInUse()
         self._retiring: set[asyncio.Task[None]] = set()
         self.gate = Gate(store)
         self.plugin_commands: dict[str, PluginCommand] = {}
@@ -809,7 +775,7 @@ class Engine:
         shaper = ReplyShaper(self.config.data.engine.max_reply_chars)
         finished = False
         source: Any = None
-        steps = _Steps(loop, deadline)
+        steps = StepDeadline(loop, deadline)
         try:
             if circuit is not None and not circuit.allow():
                 raise CircuitOpenError(f"{backend.name}: circuit open (retry in "
@@ -949,53 +915,6 @@ class Engine:
         chat_type = chat_type or ("private" if chat_id > 0 else "supergroup")
         chat = ChatIdentity(chat_type=chat_type, chat_id=chat_id)
         return await self._send(chat, parts, None)
-
-
-class _Steps:
-    """``asyncio.timeout_at(deadline)`` around each step of a backend's stream, with one timer
-    for the whole stream instead of one per step (a step is most of a reply's parts: the
-    per-step timer was a measurable share of the engine's time per message). As with a timeout
-    per step, only a step that waits is cut: past the deadline, the next step that has to wait
-    raises TimeoutError; time the frontend takes between steps cuts nothing."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
-        self._loop = loop
-        self._deadline = deadline
-        self._timer: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[Any] | None = None  # the one in a step now
-        self._fired = False  # the deadline passed
-        self._expired = False  # a step was cut for it
-
-    async def next(self, source: AsyncIterator[ReplyPart]) -> ReplyPart:
-        late: asyncio.Handle | None = None
-        if self._timer is None:
-            self._timer = self._loop.call_at(self._deadline, self._expire)
-        elif self._fired:  # past the deadline: a step that has to wait is cut, as a timeout's
-            late = self._loop.call_soon(self._expire)
-        # the frontend may drive the stream from another task than the last step's
-        task = self._task = asyncio.current_task()
-        assert task is not None
-        cancelling = task.cancelling()
-        try:
-            return await anext(source)
-        except asyncio.CancelledError:
-            if self._expired and task.uncancel() <= cancelling:
-                raise TimeoutError from None
-            raise
-        finally:
-            self._task = None
-            if late is not None:
-                late.cancel()
-
-    def _expire(self) -> None:
-        self._fired = True
-        if self._task is not None and not self._expired:
-            self._expired = True
-            self._task.cancel()
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
 
 
 def _core_of(config: Config, backend: str) -> BackendCore:
