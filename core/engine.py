@@ -545,16 +545,6 @@ class Engine:
 
     async def _answer(self, message: IncomingMessage) -> None:
         chat = message.chat
-        try:  # plugins rewrite the message first (a voice message into its text)
-            message = await call_chained(self.pm, "tgmux_incoming", "message", message,
-                                         engine=self)
-        except BackendError as exc:
-            log.warning("chat %s message %s: not rewritten: %s", chat.chat_id,
-                        chat.message_id, exc.log_text())
-            text = await call_first(self.pm, "tgmux_error", turn=None, error=exc,
-                                    message=message)
-            await self._send(chat, [Notice(text or exc.user_message)], chat.message_id)
-            return
         decision = await self.decide(message)
         triggered = self._triggered(message, decision)
         # Every message, triggered or not: moderation and logging plugins must see them all.
@@ -582,6 +572,21 @@ class Engine:
             if refused.reply:
                 await self._send(chat, [Notice(refused.reply)], chat.message_id)
             return
+        # Plugins rewrite it (a voice message into its text) once it may go on: a refused
+        # message costs no provider anything, a transcription service included.
+        try:
+            rewritten = await call_chained(self.pm, "tgmux_incoming", "message", message,
+                                           engine=self)
+        except BackendError as exc:
+            log.warning("chat %s message %s: not rewritten: %s", chat.chat_id,
+                        chat.message_id, exc.log_text())
+            text = await call_first(self.pm, "tgmux_error", turn=None, error=exc,
+                                    message=message)
+            await self._send(chat, [Notice(text or exc.user_message)], chat.message_id)
+            return
+        if rewritten is not message:  # its text may match another route now
+            message, decision = rewritten, await self.decide(rewritten)
+            command = message.command
         if command in BUILTIN_NAMES:
             await self._send(chat, await run_builtin(self, command, message, decision),
                              chat.message_id)

@@ -90,10 +90,14 @@ def tgmux_plugin_settings() -> dict[str, type[BaseModel]] | None:
 
 @hookspec
 def tgmux_incoming(message: IncomingMessage, engine: Engine) -> IncomingMessage | None:
-    """Rewrite an incoming message before anything else sees it (routing, commands,
-    :func:`tgmux_pre_route`, the backend): e.g. turn a voice message into its text.
+    """Rewrite an incoming message before it is answered (its final routing, commands, the
+    backend): e.g. turn a voice message into its text.
 
-    Called for every message, in arrival order per chat. Return a new message
+    Called for every message that will be answered, in arrival order per chat: after
+    :func:`tgmux_pre_route` (which sees the message as it came) and after ``access`` and
+    ``limits``, so a refused message is never rewritten and a rewrite that calls a provider
+    (a transcription service) costs nothing for it. The rewritten message is routed again.
+    Return a new message
     (``dataclasses.replace(message, text=..., media=None)``) or ``None`` to keep it.
     Implementations run in plugin order, each seeing the previous one's message. Raise a
     :class:`tgmux.errors.BackendError` to answer the user with its ``user_message`` (through

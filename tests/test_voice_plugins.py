@@ -138,6 +138,19 @@ async def test_voice_nobody_will_answer_is_not_transcribed(tgmux_bot, lucy, audi
     assert audio.requests == []
 
 
+async def test_a_limited_users_voice_is_not_transcribed(tgmux_bot, lucy, audio,
+                                                        voice_file) -> None:
+    # limits hold before any provider is asked, the transcription service included
+    bot = await tgmux_bot(config(lucy, audio, plugins="tgmux.plugins.transcribe",
+                                 sections=TRANSCRIBE.replace("true", "false"))
+                          + "limits: {per_user: {messages: 1, per: 1m}}\n")
+    first = await bot.send(user_id=42, voice=str(voice_file))
+    assert first.texts == [f"You said: {SPOKEN}"]
+    limited = await bot.send(user_id=42, voice=str(voice_file))
+    assert limited.texts[0].startswith("You are sending messages too fast")
+    assert len(audio.requests_to("/v1/audio/transcriptions", "POST")) == 1
+
+
 # -- speak -----------------------------------------------------------------------------------
 
 
