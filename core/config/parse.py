@@ -17,9 +17,12 @@ import yaml
 
 from tgmux.errors import ConfigError
 
-ENV_PATTERN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-#: What is left of a ``${`` that :data:`ENV_PATTERN` could not read (unclosed, bad name).
+#: A variable's name, after ``${``.
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: What a ``${`` that cannot be read looks like in an error (unclosed, bad name).
 BROKEN_ENV = re.compile(r"\$\{[^}]*\}?")
+#: ``${A:-${B:-${C}}}``: defaults nest this deep at most.
+MAX_ENV_NESTING = 8
 
 #: A config is a page of YAML: anything larger is a mistake (a log, a binary), not a config.
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -251,24 +254,85 @@ def _expand_env(value: Any, path: KeyPath, env: dict[str, str], missing: dict[Ke
     if not isinstance(value, str) or "$" not in value:
         return value
 
-    def substitute(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        name, default = m.group(1), m.group(2)
-        found = env.get(name)
-        if found is None or (found == "" and default is not None):
-            if default is not None:
-                return default
-            missing.setdefault(path, name)
-            return ""
-        return found
-
-    # What the pattern cannot read is an error, not a literal: `${UNCLOSED` is a typo.
-    leftover = ENV_PATTERN.sub("", value)
-    if (broken := BROKEN_ENV.search(leftover)) is not None:
-        problems.append(f"{where(source, lines, path)}: cannot read {broken.group(0)!r}: write "
-                        "${NAME} or ${NAME:-default} (and $$ for a literal $)")
-    expanded = ENV_PATTERN.sub(substitute, value)
+    try:
+        parts, _ = _parse_env(value, 0, 0)
+    except _EnvUnreadable as exc:
+        problems.append(f"{where(source, lines, path)}: {exc}")
+        return value
+    expanded = _expand(parts, env, missing, path)
     if path in missing and expanded == "":
         return None
     return expanded
+
+
+class _EnvUnreadable(Exception):
+    pass
+
+
+#: A string as text and variables: ``(name, default)``, the default None or parsed the same.
+_EnvParts = list["str | tuple[str, _EnvParts | None]"]
+
+
+def _parse_env(value: str, start: int, depth: int) -> tuple[_EnvParts, int]:
+    """``value`` from ``start`` up to its end (``depth`` 0) or to the ``}`` that ends the
+    default being read (``depth`` > 0; the index returned is that ``}``'s). One pass: linear."""
+    parts: _EnvParts = []
+    text_from = i = start
+    while i < len(value):
+        char = value[i]
+        if char == "}" and depth:
+            break
+        if char != "$" or i + 1 == len(value) or value[i + 1] not in "${":
+            i += 1  # a lone $ is itself
+            continue
+        parts.append(value[text_from:i])
+        if value[i + 1] == "$":
+            parts.append("$")
+            i += 2
+        else:
+            name = ENV_NAME.match(value, i + 2)
+            after = name.end() if name else i + 2
+            if name and value.startswith("}", after):
+                parts.append((name.group(), None))
+                i = after + 1
+            elif name and value.startswith(":-", after):
+                if depth == MAX_ENV_NESTING:
+                    raise _EnvUnreadable(f"variables nested more than {MAX_ENV_NESTING} deep in "
+                                         "defaults (${A:-${B:-...}})")
+                default, end = _parse_env(value, after + 2, depth + 1)
+                if end == len(value):  # no } closes it
+                    raise _EnvUnreadable(_broken(value, i))
+                parts.append((name.group(), default))
+                i = end + 1
+            else:  # what cannot be read is an error, not a literal: `${UNCLOSED` is a typo
+                raise _EnvUnreadable(_broken(value, i))
+        text_from = i
+    parts.append(value[text_from:i])
+    return parts, i
+
+
+def _broken(value: str, start: int) -> str:
+    shown = BROKEN_ENV.match(value, start)
+    return (f"cannot read {shown.group(0) if shown else value[start:]!r}: write ${{NAME}} or "
+            "${NAME:-default} (and $$ for a literal $)")
+
+
+def _expand(parts: _EnvParts, env: dict[str, str], missing: dict[KeyPath, str],
+            path: KeyPath) -> str:
+    """The text, variables replaced; a default is expanded only when used (its unset variables
+    are then missing, not otherwise)."""
+    out = []
+    for part in parts:
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        name, default = part
+        found = env.get(name)
+        if found is None or (found == "" and default is not None):
+            if default is not None:
+                out.append(_expand(default, env, missing, path))
+            else:
+                missing.setdefault(path, name)
+        else:
+            out.append(found)
+    return "".join(out)
