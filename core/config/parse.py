@@ -109,6 +109,11 @@ def parse_config_text(text: str, *, source: str = "<config>",
         raw = _Constructor("").construct_document(node) if node is not None else None
     except _ValueNotRead as exc:
         raise ConfigError(indexer.at(exc.node, exc.reason)) from None
+    except yaml.MarkedYAMLError as exc:  # a collection's own shape: `!!map [1]`, a bad `<<`
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}{line}: cannot read this YAML: "
+                          f"{_one_line(exc.problem or str(exc))}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top (backends:, routes:, ...)")
     missing: dict[KeyPath, str] = {}
@@ -237,8 +242,8 @@ def _not_read(node: yaml.Node, exc: Exception) -> str:
         problem = exc.problem if isinstance(exc, yaml.MarkedYAMLError) else str(exc)
         return f"cannot read this as {_short_tag(node.tag)}: {_one_line(problem or '')}"
     if tag == "timestamp":  # an unquoted value that looks like a date
-        return (f"{node.value!r} is not a date ({_one_line(str(exc))}); quote it to keep it "
-                "as text")
+        detail = f" ({_one_line(str(exc))})" if isinstance(exc, ValueError) else ""
+        return f"{node.value!r} is not a date{detail}; quote it to keep it as text"
     return f"{node.value!r} is not {_TAG_WANTS[tag]} (tag !!{tag}); remove the tag to keep it " \
         "as text"
 

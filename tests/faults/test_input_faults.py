@@ -19,6 +19,7 @@ from pyrogram.types import Chat, Message, MessageEntity, User
 
 from tgmux.backend import Text
 from tgmux.bootstrap import load, load_config_text
+from tgmux.config import parse_config_text
 from tgmux.errors import ConfigError
 from tgmux.harness import EngineHarness
 from tgmux.reload import Reloader
@@ -208,6 +209,24 @@ async def test_yaml_that_is_not_data_is_one_line_on_reload(tmp_path: Path, conte
         assert await harness.say("still there?", user_id=42) == [Text("echo: still there?")]
     finally:
         await harness.engine.stop()
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("a: !!map [1]\n", "config.yaml:1: cannot read this YAML: expected a mapping node, but "
+                       "found sequence"),
+    ("a: [1]\nc:\n  <<: 3\n", "config.yaml:3: cannot read this YAML: expected a mapping or "
+                             "list of mappings for merging, but found scalar"),
+    ("a: !!timestamp x\n", "config.yaml:1: a: 'x' is not a date; quote it to keep it as text"),
+    ("a: !!bool maybe\n", "config.yaml:1: a: 'maybe' is not true or false (tag !!bool); remove "
+                          "the tag to keep it as text"),
+    ("!foo k: v\n", "config.yaml:1: YAML tag '!foo' is not supported"),
+    ("k: v\n" * 300 + "bad: \x00\n", "config.yaml:301: control character U+0000 is not "
+                                     "allowed in YAML; remove it"),
+])
+def test_more_yaml_that_is_not_data(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config_text(text, source="config.yaml")
+    assert info.value.problems == [expected]
 
 
 # -- variables in defaults ---------------------------------------------------------------------
