@@ -14,7 +14,9 @@ from typing import Any
 
 import re2
 
-__all__ = ["compile_route_pattern"]
+from tgmux.text import valid_unicode
+
+__all__ = ["RoutePattern", "compile_route_pattern"]
 
 # log_errors off: RE2 would print its own line on stderr beside the config error
 _OPTIONS = re2.Options()
@@ -25,12 +27,27 @@ _LOOKAROUND = re.compile(r"invalid perl operator: \(\?<?[=!]")
 _BACKREFERENCE = re.compile(r"invalid escape sequence: \\[0-9]")
 
 
-def compile_route_pattern(pattern: str) -> Any:
-    """The compiled pattern (``search(text)`` as ``re``'s); ValueError says why it cannot be."""
+class RoutePattern:
+    """A compiled route pattern."""
+
+    def __init__(self, compiled: Any) -> None:
+        self._compiled = compiled
+
+    def found_in(self, text: str) -> bool:
+        try:
+            return self._compiled.search(text) is not None
+        except UnicodeEncodeError:  # RE2 reads UTF-8: a lone surrogate half becomes U+FFFD
+            return self._compiled.search(valid_unicode(text)) is not None
+
+
+def compile_route_pattern(pattern: str) -> RoutePattern:
+    """The compiled pattern; ValueError says why it cannot be."""
     try:
-        return re2.compile(pattern, _OPTIONS)
+        return RoutePattern(re2.compile(pattern, _OPTIONS))
     except re2.error as exc:
         raise ValueError(_reason(exc)) from None
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode (a lone surrogate half)") from None
 
 
 def _reason(exc: Exception) -> str:

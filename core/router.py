@@ -48,7 +48,7 @@ class Router:
         if m.command is not None and message.command not in m.command:
             return False
         regex = self._regex[index]
-        return regex is None or bool(regex.search(message.text))
+        return regex is None or regex.found_in(message.text)
 
     def first_match(self, message: IncomingMessage) -> int | None:
         for i in range(len(self.routes)):

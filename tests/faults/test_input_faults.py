@@ -114,6 +114,15 @@ def test_route_patterns_keep_their_meaning() -> None:
     assert routed("say привет") is None
 
 
+async def test_a_lone_surrogate_in_a_message_is_still_routed() -> None:
+    # RE2 reads UTF-8: a lone UTF-16 half (which Python text may hold) cannot be encoded
+    config = ('backends:\n  e: {type: echo, prefix: "e: "}\n  f: {type: echo, prefix: "f: "}\n'
+              'routes:\n  - {match: {text: "^hi"}, backend: f}\ndefault: e\n')
+    async with EngineHarness.from_yaml(config) as h:
+        assert await h.say("hi \ud800", user_id=42) == [Text("f: hi \ufffd")]
+        assert await h.say("ho \udfff", user_id=42, message_id=2) == [Text("e: ho \ufffd")]
+
+
 # -- mention stripping -------------------------------------------------------------------------
 
 ME = User(id=1, is_self=True, username="tgmux_bot")
