@@ -53,7 +53,7 @@ default: e
 """
 
 
-def test_a_backtracking_route_pattern_takes_linear_time(tmp_path: Path) -> None:
+def test_a_backtracking_route_pattern_takes_linear_time() -> None:
     # ^(a+)+$ backtracks exponentially in Python's re: 28 characters took 10 s, 5 000 would
     # never end. A linear-time engine answers at once. A subprocess, so a hang is a timeout.
     script = textwrap.dedent(f"""
