@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from tgmux.backend import BackendSettings
 from tgmux.config import Config, GroupTrigger, RouteConfig
+from tgmux.route_patterns import compile_route_pattern
 from tgmux.types import IncomingMessage
 
 
@@ -30,7 +30,8 @@ class Router:
         self.config = config
         self.account = config.account(account)
         self.routes = self.account.routes
-        self._regex = [re.compile(r.match.text) if r.match.text else None for r in self.routes]
+        self._regex = [compile_route_pattern(r.match.text) if r.match.text else None
+                       for r in self.routes]
 
     def matches(self, index: int, message: IncomingMessage) -> bool:
         route: RouteConfig = self.routes[index]
@@ -47,7 +48,7 @@ class Router:
         if m.command is not None and message.command not in m.command:
             return False
         regex = self._regex[index]
-        return regex is None or bool(regex.search(message.text))
+        return regex is None or regex.found_in(message.text)
 
     def first_match(self, message: IncomingMessage) -> int | None:
         for i in range(len(self.routes)):

@@ -55,8 +55,8 @@ def test_every_problem_is_reported_at_once() -> None:
     assert [p for p in found if "nosuch" not in p] == [
         "config.yaml:6: routes[0].match.chat_type[0]: Input should be 'private', 'group', "
         "'supergroup' or 'channel' (got 'grop')",
-        "config.yaml:6: routes[0].match.text: not a valid regular expression: missing ), "
-        "unterminated subpattern at position 0 (got '(unclosed')",
+        "config.yaml:6: routes[0].match.text: not a valid regular expression (RE2 syntax): "
+        "missing ): (unclosed (got '(unclosed')",
         "config.yaml:11: surprise: unknown key 'surprise'",
         "config.yaml:3: backends.echo.colour: unknown key 'colour'",
         "config.yaml:9: routes[1].backend: unknown backend 'ghost' (defined: echo, x)",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,12 @@ import yaml
 
 from tgmux.errors import ConfigError
 
-ENV_PATTERN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-#: What is left of a ``${`` that :data:`ENV_PATTERN` could not read (unclosed, bad name).
+#: A variable's name, after ``${``.
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: What a ``${`` that cannot be read looks like in an error (unclosed, bad name).
 BROKEN_ENV = re.compile(r"\$\{[^}]*\}?")
+#: ``${A:-${B:-${C}}}``: defaults nest this deep at most.
+MAX_ENV_NESTING = 8
 
 #: A config is a page of YAML: anything larger is a mistake (a log, a binary), not a config.
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -82,18 +86,34 @@ def parse_config_text(text: str, *, source: str = "<config>",
                           "config file?")
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.reader.ReaderError as exc:  # a character YAML refuses (NUL, an ANSI escape)
+        line = text[:exc.position].count("\n") + 1
+        raise ConfigError(f"{source}:{line}: {_character(exc.character)} is not allowed in "
+                          "YAML; remove it") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{source}{line}: not valid YAML: {exc.problem or exc}") from None
+        raise ConfigError(f"{source}{line}: not valid YAML: "
+                          f"{_one_line(exc.problem or str(exc))}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {_one_line(str(exc))}") from None
     except RecursionError:
         raise ConfigError(f"{source}: nested too deeply (at most {MAX_DEPTH} levels)") from None
     problems: list[str] = []
     lines: dict[KeyPath, int] = {}
+    indexer = _Indexer(source, lines, problems)
     if node is not None:
-        _Indexer(source, lines, problems).visit(node, ())
+        indexer.visit(node, ())
     # Constructed from the node already checked: no second parse, no alias bomb.
-    raw = yaml.SafeLoader("").construct_document(node) if node is not None else None
+    try:
+        raw = _Constructor("").construct_document(node) if node is not None else None
+    except _ValueNotRead as exc:
+        raise ConfigError(indexer.at(exc.node, exc.reason)) from None
+    except yaml.MarkedYAMLError as exc:  # a collection's own shape: `!!map [1]`, a bad `<<`
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}{line}: cannot read this YAML: "
+                          f"{_one_line(exc.problem or str(exc))}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top (backends:, routes:, ...)")
     missing: dict[KeyPath, str] = {}
@@ -127,6 +147,13 @@ class _Indexer:
     def __init__(self, source: str, lines: dict[KeyPath, int], problems: list[str]) -> None:
         self.source, self.lines, self.problems = source, lines, problems
         self.nodes = 0
+        self.paths: dict[int, KeyPath] = {}  # id(node) → its key path (the first, if aliased)
+
+    def at(self, node: yaml.Node, problem: str) -> str:
+        """``file:line: key.path: problem`` for a node visited (the line is the node's own)."""
+        dotted = _dotted(self.paths.get(id(node), ()))
+        return f"{self.source}:{node.start_mark.line + 1}: {dotted + ': ' if dotted else ''}" \
+            + problem
 
     def visit(self, node: yaml.Node, path: KeyPath) -> None:
         self.nodes += 1
@@ -138,9 +165,20 @@ class _Indexer:
             raise ConfigError(f"{self.source}:{line}: nested too deeply (at most {MAX_DEPTH} "
                               "levels)")
         self.lines.setdefault(path, line)
+        self.paths.setdefault(id(node), path)
+        if node.tag not in _TAGS:  # !!python/object, !secret...: not data we can read
+            raise ConfigError(self.at(node, f"YAML tag {_short_tag(node.tag)!r} is not "
+                                            "supported (plain strings, numbers, lists and "
+                                            "mappings only)"))
         if isinstance(node, yaml.MappingNode):
             seen: dict[Any, int] = {}
             for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):  # `? [1, 2]`: unhashable
+                    raise ConfigError(self.at(key_node, "a key must be a name or a number, "
+                                                        "not a list or a mapping"))
+                if key_node.tag not in _TAGS:
+                    raise ConfigError(self.at(key_node, f"YAML tag {_short_tag(key_node.tag)!r}"
+                                                        " is not supported"))
                 key = key_node.value
                 key_line = key_node.start_mark.line + 1
                 if isinstance(key, str) and key in seen:
@@ -157,6 +195,59 @@ class _Indexer:
                 self.visit(item, (*path, i))
 
 
+_YAML_TAG = "tag:yaml.org,2002:"
+#: The tags a safe loader constructs, and ``<<`` (merge) keys.
+_TAGS = frozenset(t for t in yaml.SafeLoader.yaml_constructors if t) | {_YAML_TAG + "merge"}
+#: What a value with a standard tag must look like, for the message when it does not.
+_TAG_WANTS = {"int": "an integer", "float": "a number", "bool": "true or false",
+              "timestamp": "a date", "binary": "base64", "null": "null"}
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag.removeprefix(_YAML_TAG) if tag.startswith(_YAML_TAG) else tag
+
+
+def _character(code: int | str) -> str:
+    code = ord(code) if isinstance(code, str) else code
+    kind = "control character" if unicodedata.category(chr(code)) == "Cc" else "character"
+    return f"{kind} U+{code:04X}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class _ValueNotRead(Exception):
+    def __init__(self, node: yaml.Node, reason: str) -> None:
+        super().__init__(reason)
+        self.node, self.reason = node, reason
+
+
+class _Constructor(yaml.SafeLoader):
+    """The safe loader, saying which node it could not construct (``2024-02-30``,
+    ``!!int 'abc'``) instead of raising the converter's bare ValueError."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except _ValueNotRead:
+            raise
+        except Exception as exc:  # whatever a converter raises on a value it cannot read
+            raise _ValueNotRead(node, _not_read(node, exc)) from None
+
+
+def _not_read(node: yaml.Node, exc: Exception) -> str:
+    tag = node.tag.removeprefix(_YAML_TAG)
+    if not isinstance(node, yaml.ScalarNode) or tag not in _TAG_WANTS:
+        problem = exc.problem if isinstance(exc, yaml.MarkedYAMLError) else str(exc)
+        return f"cannot read this as {_short_tag(node.tag)}: {_one_line(problem or '')}"
+    if tag == "timestamp":  # an unquoted value that looks like a date
+        detail = f" ({_one_line(str(exc))})" if isinstance(exc, ValueError) else ""
+        return f"{node.value!r} is not a date{detail}; quote it to keep it as text"
+    return f"{node.value!r} is not {_TAG_WANTS[tag]} (tag !!{tag}); remove the tag to keep it " \
+        "as text"
+
+
 def _expand_env(value: Any, path: KeyPath, env: dict[str, str], missing: dict[KeyPath, str],
                 problems: list[str], source: str, lines: dict[KeyPath, int]) -> Any:
     if isinstance(value, dict):
@@ -168,24 +259,85 @@ def _expand_env(value: Any, path: KeyPath, env: dict[str, str], missing: dict[Ke
     if not isinstance(value, str) or "$" not in value:
         return value
 
-    def substitute(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        name, default = m.group(1), m.group(2)
-        found = env.get(name)
-        if found is None or (found == "" and default is not None):
-            if default is not None:
-                return default
-            missing.setdefault(path, name)
-            return ""
-        return found
-
-    # What the pattern cannot read is an error, not a literal: `${UNCLOSED` is a typo.
-    leftover = ENV_PATTERN.sub("", value)
-    if (broken := BROKEN_ENV.search(leftover)) is not None:
-        problems.append(f"{where(source, lines, path)}: cannot read {broken.group(0)!r}: write "
-                        "${NAME} or ${NAME:-default} (and $$ for a literal $)")
-    expanded = ENV_PATTERN.sub(substitute, value)
+    try:
+        parts, _ = _parse_env(value, 0, 0)
+    except _EnvUnreadable as exc:
+        problems.append(f"{where(source, lines, path)}: {exc}")
+        return value
+    expanded = _expand(parts, env, missing, path)
     if path in missing and expanded == "":
         return None
     return expanded
+
+
+class _EnvUnreadable(Exception):
+    pass
+
+
+#: A string as text and variables: ``(name, default)``, the default None or parsed the same.
+_EnvParts = list["str | tuple[str, _EnvParts | None]"]
+
+
+def _parse_env(value: str, start: int, depth: int) -> tuple[_EnvParts, int]:
+    """``value`` from ``start`` up to its end (``depth`` 0) or to the ``}`` that ends the
+    default being read (``depth`` > 0; the index returned is that ``}``'s). One pass: linear."""
+    parts: _EnvParts = []
+    text_from = i = start
+    while i < len(value):
+        char = value[i]
+        if char == "}" and depth:
+            break
+        if char != "$" or i + 1 == len(value) or value[i + 1] not in "${":
+            i += 1  # a lone $ is itself
+            continue
+        parts.append(value[text_from:i])
+        if value[i + 1] == "$":
+            parts.append("$")
+            i += 2
+        else:
+            name = ENV_NAME.match(value, i + 2)
+            after = name.end() if name else i + 2
+            if name and value.startswith("}", after):
+                parts.append((name.group(), None))
+                i = after + 1
+            elif name and value.startswith(":-", after):
+                if depth == MAX_ENV_NESTING:
+                    raise _EnvUnreadable(f"variables nested more than {MAX_ENV_NESTING} deep in "
+                                         "defaults (${A:-${B:-...}})")
+                default, end = _parse_env(value, after + 2, depth + 1)
+                if end == len(value):  # no } closes it
+                    raise _EnvUnreadable(_broken(value, i))
+                parts.append((name.group(), default))
+                i = end + 1
+            else:  # what cannot be read is an error, not a literal: `${UNCLOSED` is a typo
+                raise _EnvUnreadable(_broken(value, i))
+        text_from = i
+    parts.append(value[text_from:i])
+    return parts, i
+
+
+def _broken(value: str, start: int) -> str:
+    shown = BROKEN_ENV.match(value, start)
+    return (f"cannot read {shown.group(0) if shown else value[start:]!r}: write ${{NAME}} or "
+            "${NAME:-default} (and $$ for a literal $)")
+
+
+def _expand(parts: _EnvParts, env: dict[str, str], missing: dict[KeyPath, str],
+            path: KeyPath) -> str:
+    """The text, variables replaced; a default is expanded only when used (its unset variables
+    are then missing, not otherwise)."""
+    out = []
+    for part in parts:
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        name, default = part
+        found = env.get(name)
+        if found is None or (found == "" and default is not None):
+            if default is not None:
+                out.append(_expand(default, env, missing, path))
+            else:
+                missing.setdefault(path, name)
+        else:
+            out.append(found)
+    return "".join(out)

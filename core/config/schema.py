@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from tgmux.backend import Int, Strict
+from tgmux.route_patterns import compile_route_pattern
 from tgmux.types import ChatType
 
 GroupTrigger = Literal["mention", "always", "command"]
@@ -145,7 +146,7 @@ class RouteMatch(Strict):
     chat_id: list[Int] | None = None
     user_id: list[Int] | None = None
     username: list[str] | None = None
-    text: str | None = Field(None, description="regular expression searched in the text")
+    text: str | None = Field(None, description="RE2 regular expression searched in the text")
     command: list[str] | None = None
 
     @field_validator("chat_type", "chat_id", "user_id", "username", "command", mode="before")
@@ -164,10 +165,7 @@ class RouteMatch(Strict):
     @classmethod
     def _regex(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
+            compile_route_pattern(value)  # ValueError: why not
         return value
 
 

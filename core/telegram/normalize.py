@@ -78,15 +78,27 @@ class RecentIds:
 
 
 def _strip_mentions(text: str, username: str) -> tuple[str, bool]:
-    """"@bot, hi" → "hi"; "hey @bot, hi" → "hey, hi"."""
+    """"@bot, hi" → "hi"; "hey @bot, hi" → "hey, hi".
+
+    Linear in the text: it runs on every group message before access is decided. A pattern
+    starting with ``[ \t]*`` would be tried at every blank of a run and rescan the run each time
+    (quadratic: 4 096 spaces took 0.4 s), so the search starts at the ``@`` and the blanks
+    before a mention are cut from the kept text instead."""
     name = re.escape(username)
     leading = re.compile(rf"^\s*@{name}\b[,:]?", re.IGNORECASE)
-    inner = re.compile(rf"[ \t]*(?<![\w@])@{name}\b", re.IGNORECASE)
-    stripped, first = leading.subn("", text)
-    stripped, more = inner.subn("", stripped)
-    if not first and not more:
+    # "@" first (not the look-behind): the search then skips to each "@" at C speed
+    inner = re.compile(rf"@(?<![\w@]@){name}\b", re.IGNORECASE)
+    first = leading.match(text)
+    stripped = text[first.end():] if first else text
+    kept: list[str] = []
+    end = 0
+    for mention in inner.finditer(stripped):
+        kept.append(stripped[end:mention.start()].rstrip(" \t"))
+        end = mention.end()
+    if not first and not kept:
         return text, False
-    return stripped.strip(), True
+    kept.append(stripped[end:])
+    return "".join(kept).strip(), True
 
 
 def _strip_text_mentions(text: str, message: Message, me: User) -> tuple[str, bool]:
