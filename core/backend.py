@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+
+from tgmux.proxy import BACKEND_SCHEMES, ProxyRoute, backend_route, check_proxy
 
 # Re-exported: backends have always imported these from here.
 from tgmux.types import (
@@ -187,12 +189,24 @@ class HttpBackendSettings(BackendSettings):
     max_connections: Int | None = Field(
         None, ge=1, description="connections to the provider open at most, requests in flight "
         "included (default: engine.concurrency)")
+    proxy: str | None = Field(
+        None, description="http(s)://[USER:PASSWORD@]HOST:PORT: every request (and websocket) "
+        "to the provider goes through this proxy")
+    trust_env: bool = Field(
+        True, description="without proxy: use HTTPS_PROXY / HTTP_PROXY unless NO_PROXY names "
+        "the base_url's host")
+
+    _proxy = field_validator("proxy")(check_proxy(BACKEND_SCHEMES))
+
+    def proxy_route(self) -> ProxyRoute | None:
+        """The proxy this backend's provider is reached through (None: direct)."""
+        return backend_route(self.proxy, self.trust_env, self.base_url)
 
     def http_options(self) -> dict[str, Any]:
         """What :class:`tgmux.http.HttpClient` takes from these settings (besides the URL)."""
         options: dict[str, Any] = {
             "timeout": self.timeout, "stream_idle_timeout": self.stream_idle_timeout,
-            "max_response_bytes": self.max_response_bytes}
+            "max_response_bytes": self.max_response_bytes, "proxy": self.proxy_route()}
         if self.max_connections is not None:
             options["max_connections"] = self.max_connections
         return options

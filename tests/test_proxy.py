@@ -1,0 +1,242 @@
+"""Proxies: a backend's ``proxy`` and ``trust_env`` (HTTPS_PROXY / NO_PROXY), through the one
+HTTP layer and BambiSleep's websocket; ``telegram.proxy`` (SOCKS5, SOCKS4, HTTP) through
+kurigram; what the user reads when a proxy refuses; no proxy password in any log line.
+
+Every proxy here is a small one written for the test (tests/proxies.py), on 127.0.0.1, in
+front of a backend simulator or a local server: the assertions are what the proxy saw and what
+the provider got."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+from proxies import HttpProxy, closed_port
+
+import tgmux.backends.bambisleep as bambisleep_plugin
+from tgmux.backend import Text
+from tgmux.backends.bambisleep.simulator import BambiSleepSimulator
+from tgmux.backends.openai.simulator import Model, OpenAISimulator
+from tgmux.bootstrap import load_text
+from tgmux.errors import USER_MESSAGES, ConfigError, ErrorKind
+from tgmux.harness import EngineHarness
+
+KEY = "sk-proxy-test"
+PROXY_USER, PROXY_PASSWORD = "relay", "p@ss:w/rd"  # needs percent-encoding in a URL
+ENCODED_PASSWORD = "p%40ss%3Aw%2Frd"
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[OpenAISimulator]:
+    async with OpenAISimulator(api_keys={KEY}, models=[Model("gpt-test")]) as server:
+        yield server  # type: ignore[misc]
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts from an environment without proxy variables (it sets its own)."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+def openai_config(sim: OpenAISimulator, extra: str = "", *, stream: bool = True) -> str:
+    return f"""
+backends:
+  gpt:
+    type: openai
+    base_url: {sim.base_url}
+    api_key: {KEY}
+    model: gpt-test
+    stream: {str(stream).lower()}
+{extra}
+default: gpt
+"""
+
+
+def proxy_line(indent: str = "    ", value: str = "") -> str:
+    return f"{indent}proxy: {value}"
+
+
+def texts(reply: list[object]) -> list[str]:
+    return [p.text for p in reply if isinstance(p, Text)]
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+# -- a backend's proxy -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+async def test_backend_requests_go_through_its_http_proxy_with_credentials(
+        sim: OpenAISimulator, stream: bool) -> None:
+    async with HttpProxy(credentials=(PROXY_USER, PROXY_PASSWORD)) as proxy:
+        url = f"http://{PROXY_USER}:{ENCODED_PASSWORD}@127.0.0.1:{proxy.port}"
+        text = openai_config(sim, proxy_line(value=url), stream=stream)
+        async with EngineHarness.from_yaml(text) as h:
+            reply = await h.say("hello there", user_id=42)
+    assert [p.text for p in reply if isinstance(p, Text)] == ["You said: hello there"]
+    # the proxy was asked for the provider's URL, with the configured credentials
+    assert [r.line for r in proxy.requests] == [
+        f"POST {sim.base_url}/chat/completions HTTP/1.1"]
+    assert proxy.requests[0].proxy_authorization == basic(PROXY_USER, PROXY_PASSWORD)
+    # and the provider got exactly the request it gets without a proxy
+    assert [c.messages for c in sim.completions] == [[{"role": "user", "content": "hello there"}]]
+
+
+async def test_a_refusing_proxy_is_one_line_naming_the_proxy_not_the_provider(
+        sim: OpenAISimulator, caplog: pytest.LogCaptureFixture) -> None:
+    port = closed_port()
+    text = openai_config(sim, proxy_line(value=f"http://{PROXY_USER}:{ENCODED_PASSWORD}@"
+                                                f"127.0.0.1:{port}"))
+    caplog.set_level(logging.WARNING, logger="tgmux.http")
+    async with EngineHarness.from_yaml(text) as h:
+        reply = await h.say("hello", user_id=42)
+    assert [p.text for p in reply] == [USER_MESSAGES[ErrorKind.UNAVAILABLE]]
+    assert not sim.completions
+    lines = [r.getMessage() for r in caplog.records if r.name == "tgmux.http"]
+    assert len(lines) == 1, lines  # retried (never sent), then said once
+    assert lines[0] == (
+        f"openai:gpt: POST /v1/chat/completions failed: kind=unavailable message='openai:gpt: "
+        f"POST /v1/chat/completions: cannot connect to the proxy http://{PROXY_USER}:***@"
+        f"127.0.0.1:{port} (connection refused)'")
+    assert str(sim.port) not in lines[0] and "p@ss" not in lines[0]
+
+
+async def test_a_proxy_refusing_the_tunnel_is_named(caplog: pytest.LogCaptureFixture) -> None:
+    from tgmux.http import HttpClient
+    from tgmux.proxy import backend_route
+
+    async with HttpProxy(credentials=(PROXY_USER, PROXY_PASSWORD)) as proxy:
+        route = backend_route(f"http://{PROXY_USER}:wrong@127.0.0.1:{proxy.port}", True,
+                              "https://provider.invalid")
+        async with HttpClient("https://provider.invalid", proxy=route, retries=0,
+                              name="p") as http:
+            with pytest.raises(Exception) as caught:
+                await http.request("GET", "/v1/models")
+    assert proxy.lines() == ["CONNECT provider.invalid:443 HTTP/1.1"]
+    assert str(caught.value) == (f"p: GET /v1/models: the proxy http://{PROXY_USER}:***@"
+                                 f"127.0.0.1:{proxy.port} refused: HTTP 407 Proxy "
+                                 "Authentication Required")
+
+
+# -- trust_env: the environment's proxy ----------------------------------------------------------
+
+
+async def test_trust_env_takes_the_environment_proxy_unless_no_proxy_names_the_host(
+        sim: OpenAISimulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with HttpProxy() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        async with EngineHarness.from_yaml(openai_config(sim)) as h:
+            assert texts(await h.say("one", user_id=1)) == ["You said: one"]
+        assert proxy.lines() == [f"POST {sim.base_url}/chat/completions HTTP/1.1"]
+
+        monkeypatch.setenv("NO_PROXY", "example.com,127.0.0.1")
+        async with EngineHarness.from_yaml(openai_config(sim)) as h:
+            assert texts(await h.say("two", user_id=1)) == ["You said: two"]
+        monkeypatch.delenv("NO_PROXY")
+        async with EngineHarness.from_yaml(openai_config(sim, "    trust_env: false")) as h:
+            assert texts(await h.say("three", user_id=1)) == ["You said: three"]
+        assert len(proxy.requests) == 1  # the last two went direct
+    assert len(sim.completions) == 3
+
+
+def test_https_proxy_for_https_providers_and_no_proxy_by_domain(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tgmux.proxy import backend_route
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://u:s3cret@proxy.internal:3128")
+    monkeypatch.setenv("HTTP_PROXY", "http://plain.internal:8080")
+    route = backend_route(None, True, "https://api.openai.com/v1")
+    assert str(route) == "http://u:***@proxy.internal:3128 (from HTTPS_PROXY)"
+    assert str(backend_route(None, True, "http://ollama:11434")) == \
+        "http://plain.internal:8080 (from HTTP_PROXY)"
+    assert backend_route(None, False, "https://api.openai.com/v1") is None
+    # a backend's own proxy wins over the environment
+    assert str(backend_route("https://mine:8443", True, "https://api.openai.com")) == \
+        "https://mine:8443"
+    monkeypatch.setenv("NO_PROXY", ".openai.com")
+    assert backend_route(None, True, "https://api.openai.com/v1") is None
+    assert backend_route(None, True, "https://api.groq.com/openai/v1") is not None
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("socks5://127.0.0.1:1080", "socks5 scheme is not one of these"),
+    ("proxy.internal:3128", "expected a proxy URL http|https://[USER:PASSWORD@]HOST:PORT"),
+    ("http://proxy.internal:70000", "the port is not a number from 1 to 65535"),
+    ("http://:3128", "HOST is missing"),
+])
+def test_a_bad_backend_proxy_is_a_config_error_with_its_line(
+        sim_url: str, value: str, problem: str) -> None:
+    text = f"backends:\n  gpt:\n    type: openai\n    base_url: {sim_url}\n    model: m\n" \
+           f"    proxy: \"{value}\"\ndefault: gpt\n"
+    with pytest.raises(ConfigError) as caught:
+        load_text(text, source="cfg.yaml")
+    assert str(caught.value).startswith("cfg.yaml:6: backends.gpt.proxy: expected a proxy URL")
+    assert problem in str(caught.value)
+
+
+@pytest.fixture
+def sim_url() -> str:
+    return "http://127.0.0.1:9"
+
+
+# -- a backend's websocket -----------------------------------------------------------------------
+
+
+async def test_bambisleep_websocket_goes_through_the_backend_proxy() -> None:
+    async with BambiSleepSimulator(api_keys={"k": "bambi"}) as bsim, \
+            HttpProxy(credentials=(PROXY_USER, PROXY_PASSWORD)) as proxy:
+        text = f"""
+backends:
+  bambi:
+    type: bambisleep
+    base_url: {bsim.base_url}
+    transport: websocket
+    ws_url: {bsim.ws_url}
+    api_key: k
+    proxy: http://{PROXY_USER}:{ENCODED_PASSWORD}@127.0.0.1:{proxy.port}
+default: bambi
+"""
+        async with EngineHarness.from_yaml(text, plugins=[bambisleep_plugin]) as h:
+            assert await h.say("one", user_id=1) == [Text("Bambi hears you: one")]
+    host = bsim.base_url.split("://", 1)[1].split("/", 1)[0]
+    assert f"CONNECT {host} HTTP/1.1" in proxy.lines()
+    assert all(r.proxy_authorization == basic(PROXY_USER, PROXY_PASSWORD)
+               for r in proxy.requests)
+    assert bsim.ws_messages == [("bambi", "one")]
+
+
+async def test_a_refusing_proxy_in_front_of_a_websocket_is_named(
+        caplog: pytest.LogCaptureFixture) -> None:
+    port = closed_port()
+    async with BambiSleepSimulator(api_keys={"k": "bambi"}) as bsim:
+        text = f"""
+backends:
+  bambi:
+    type: bambisleep
+    base_url: {bsim.base_url}
+    transport: websocket
+    ws_url: {bsim.ws_url}
+    ws_max_attempts: 2
+    ws_reconnect_delay: 0.01
+    api_key: k
+    proxy: http://{PROXY_USER}:{ENCODED_PASSWORD}@127.0.0.1:{port}
+default: bambi
+"""
+        caplog.set_level(logging.WARNING)
+        async with EngineHarness.from_yaml(text, plugins=[bambisleep_plugin]) as h:
+            reply = await h.say("one", user_id=1)
+    assert [p.text for p in reply] == [USER_MESSAGES[ErrorKind.UNAVAILABLE]]
+    assert not bsim.ws_messages
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert lines == [
+        "chat 1: bambi: kind=unavailable message='cannot connect to the proxy "
+        f"http://{PROXY_USER}:***@127.0.0.1:{port} (connection refused)'"]
