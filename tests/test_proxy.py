@@ -9,11 +9,13 @@ the provider got."""
 from __future__ import annotations
 
 import base64
+import io
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
-from proxies import HttpProxy, closed_port
+from proxies import HttpProxy, Socks5Proxy, closed_port
 
 import tgmux.backends.bambisleep as bambisleep_plugin
 from tgmux.backend import Text
@@ -22,6 +24,7 @@ from tgmux.backends.openai.simulator import Model, OpenAISimulator
 from tgmux.bootstrap import load_text
 from tgmux.errors import USER_MESSAGES, ConfigError, ErrorKind
 from tgmux.harness import EngineHarness
+from tgmux.logs import setup_logging
 
 KEY = "sk-proxy-test"
 PROXY_USER, PROXY_PASSWORD = "relay", "p@ss:w/rd"  # needs percent-encoding in a URL
@@ -240,3 +243,109 @@ default: bambi
     assert lines == [
         "chat 1: bambi: kind=unavailable message='cannot connect to the proxy "
         f"http://{PROXY_USER}:***@127.0.0.1:{port} (connection refused)'"]
+
+
+# -- telegram.proxy -------------------------------------------------------------------------------
+
+TOKEN = "123456:ABCdefGhIJKlmnoPQRstuVWXyz012345678"
+TELEGRAM_CONFIG = """
+telegram:
+  api_id: 12345
+  api_hash: 0123456789abcdef0123456789abcdef
+  bot_token: "{token}"
+  data_dir: {data}
+  shutdown_timeout: 1
+  proxy: "{proxy}"
+store: memory://
+backends:
+  echo: {{type: echo}}
+default: echo
+"""
+
+
+def telegram_config(tmp_path: Path, proxy: str) -> str:
+    return TELEGRAM_CONFIG.format(token=TOKEN, data=tmp_path / "data", proxy=proxy)
+
+
+@pytest.mark.parametrize(("scheme", "kind"), [
+    ("socks5", "SOCKS5Proxy"), ("socks4", "SOCKS4Proxy"), ("http", "HTTPProxy")])
+def test_telegram_proxy_reaches_kurigram_with_its_credentials(tmp_path: Path, scheme: str,
+                                                              kind: str) -> None:
+    from pyrogram.connection import proxy as kurigram_proxy
+
+    from tgmux.telegram.client import build_client
+
+    url = f"{scheme}://{PROXY_USER}:{ENCODED_PASSWORD}@127.0.0.1:1080"
+    config, _ = load_text(telegram_config(tmp_path, url))
+    client = build_client(config)
+    assert isinstance(client.proxy, getattr(kurigram_proxy, kind))
+    assert (client.proxy.hostname, client.proxy.port, client.proxy.username,
+            client.proxy.password) == ("127.0.0.1", 1080, PROXY_USER, PROXY_PASSWORD)
+    assert repr(client.proxy) == f"{scheme}://{PROXY_USER}:***@127.0.0.1:1080"  # kurigram logs it
+
+
+def test_a_bad_telegram_proxy_is_a_config_error_with_its_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_text(telegram_config(tmp_path, "https://127.0.0.1:8443"), source="cfg.yaml")
+    assert str(caught.value) == (
+        "cfg.yaml:8: telegram.proxy: expected a proxy URL socks5|socks4|http://[USER:PASSWORD@]"
+        "HOST:PORT (percent-encode @ : / % in USER and PASSWORD): https scheme is not one of "
+        "these (got 'https://127.0.0.1:8443')")
+
+
+async def run_telegram_logged(config_text: str) -> tuple[int, str]:
+    """``tgmux run``'s coroutine on this config, and what it logged (as the operator reads it,
+    through tgmux's logging at INFO: Pyrogram's own lines included)."""
+    from tgmux.hooks import build_plugin_manager
+    from tgmux.telegram import run_telegram
+
+    config, _ = load_text(config_text)
+    stream = io.StringIO()
+    root = logging.getLogger()
+    level = root.level
+    before = list(root.handlers)
+    setup_logging("INFO")
+    handler = next(h for h in root.handlers if h not in before)
+    handler.setStream(stream)  # type: ignore[attr-defined]
+    try:
+        result = await run_telegram(config, build_plugin_manager())
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    return result, stream.getvalue()
+
+
+@pytest.mark.timeout(60)
+async def test_telegram_connects_through_its_socks5_proxy(tmp_path: Path) -> None:
+    async with Socks5Proxy(credentials=(PROXY_USER, PROXY_PASSWORD)) as proxy:
+        url = f"socks5://{PROXY_USER}:{ENCODED_PASSWORD}@127.0.0.1:{proxy.port}"
+        result, logged = await run_telegram_logged(telegram_config(tmp_path, url))
+    # the proxy was asked, with the credentials, for a Telegram data centre (and, being a test
+    # proxy, refused to go beyond 127.0.0.1)
+    assert proxy.requests
+    assert {(r.username, r.password, r.port) for r in proxy.requests} == {
+        (PROXY_USER, PROXY_PASSWORD, 443)}
+    assert all(r.host.startswith("149.154.") for r in proxy.requests), proxy.requests
+    assert result == 1
+    errors = [line for line in logged.splitlines() if " ERROR tgmux.telegram:" in line]
+    assert len(errors) == 1, logged
+    assert errors[0].endswith(
+        f"cannot reach Telegram through the proxy socks5://{PROXY_USER}:***@127.0.0.1:"
+        f"{proxy.port} (the proxy refused: Connection refused by destination host): check "
+        "telegram.proxy and the proxy's own network")
+    assert "via proxy socks5://relay:***@127.0.0.1" in logged  # kurigram's own line
+    assert PROXY_PASSWORD not in logged and ENCODED_PASSWORD not in logged
+
+
+@pytest.mark.timeout(60)
+async def test_a_telegram_proxy_that_is_down_is_named(tmp_path: Path) -> None:
+    port = closed_port()
+    url = f"socks5://{PROXY_USER}:{ENCODED_PASSWORD}@127.0.0.1:{port}"
+    result, logged = await run_telegram_logged(telegram_config(tmp_path, url))
+    assert result == 1
+    errors = [line for line in logged.splitlines() if " ERROR tgmux.telegram:" in line]
+    assert len(errors) == 1, logged
+    assert errors[0].endswith(
+        f"cannot reach the Telegram proxy socks5://{PROXY_USER}:***@127.0.0.1:{port} "
+        "(connection refused): check telegram.proxy and that the proxy is running")
+    assert PROXY_PASSWORD not in logged and ENCODED_PASSWORD not in logged

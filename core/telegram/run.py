@@ -54,6 +54,12 @@ class TelegramUnreachable(TgmuxError):
 def unreachable_message(reach: Reach, exc: BaseException | None = None) -> str:
     problem = reach.problem or (str(exc) if exc is not None and str(exc) else None) or \
         f"no answer within {CONNECT_TIMEOUT:.0f} s"
+    if reach.proxy_down:
+        return (f"cannot reach the Telegram proxy {reach.proxy} ({problem}): check "
+                "telegram.proxy and that the proxy is running")
+    if reach.proxy:
+        return (f"cannot reach Telegram through the proxy {reach.proxy} ({problem}): check "
+                "telegram.proxy and the proxy's own network")
     return f"cannot reach Telegram ({problem}): {_CHECK_NETWORK}"
 
 
