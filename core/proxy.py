@@ -37,6 +37,7 @@ __all__ = [
     "backend_route",
     "check_proxy",
     "parse_proxy",
+    "proxy_note",
     "telegram_proxy",
     "websocket_failure",
     "websocket_proxy",
@@ -199,6 +200,17 @@ def backend_route(proxy: str | None, trust_env: bool, base_url: str) -> ProxyRou
     if proxy is not None:
         return ProxyRoute(parse_proxy(proxy, BACKEND_SCHEMES))
     return _environment_route(base_url) if trust_env else None
+
+
+def proxy_note(settings: Any) -> str:
+    """``tgmux check``'s note on the proxy of ``telegram`` or a backend's settings (the
+    environment's included), empty when there is none."""
+    if getattr(settings, "type", None) is None:  # telegram:
+        value = getattr(settings, "proxy", None)
+        return f", through the proxy {parse_proxy(value, TELEGRAM_SCHEMES).shown}" if value \
+            else ""
+    route = settings.proxy_route(settings.base_url) if hasattr(settings, "proxy_route") else None
+    return f" through the proxy {route}" if route is not None else ""
 
 
 def websocket_proxy(route: ProxyRoute | None) -> str | None:

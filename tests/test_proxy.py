@@ -349,3 +349,102 @@ async def test_a_telegram_proxy_that_is_down_is_named(tmp_path: Path) -> None:
         f"cannot reach the Telegram proxy socks5://{PROXY_USER}:***@127.0.0.1:{port} "
         "(connection refused): check telegram.proxy and that the proxy is running")
     assert PROXY_PASSWORD not in logged and ENCODED_PASSWORD not in logged
+
+
+async def test_bambisleep_audio_is_fetched_through_the_backend_proxy() -> None:
+    from tgmux.backends.bambisleep.client import BambiSleepClient
+    from tgmux.proxy import backend_route
+
+    async with BambiSleepSimulator(api_keys={"k": "bambi"}) as bsim, HttpProxy() as proxy:
+        route = backend_route(proxy.url, True, bsim.base_url)
+        async with BambiSleepClient(api_key="k", base_url=bsim.base_url,
+                                    http_options={"proxy": route}) as client:
+            result = await client.generate("hi")
+            assert result.audio_url is not None
+            audio = await client.fetch_audio(result.audio_url)
+    assert audio  # the simulator's MP3
+    assert proxy.lines() == [f"POST {bsim.base_url}/ai/generate HTTP/1.1",
+                             f"GET {result.audio_url} HTTP/1.1"]
+
+
+async def test_the_voice_plugins_audio_api_goes_through_its_proxy(
+        sim: OpenAISimulator) -> None:
+    from tgmux.plugins.audio_api import AudioApiSettings, make_client
+
+    async with HttpProxy() as proxy:
+        settings = AudioApiSettings(base_url=sim.base_url, model="whisper-1", proxy=proxy.url)
+        async with make_client(settings, name="transcribe", timeout=5,
+                               max_response_bytes=1000) as http:
+            await http.request_json("GET", "/models")
+    assert proxy.lines() == [f"GET {sim.base_url}/models HTTP/1.1"]
+
+
+def test_check_prints_the_proxy_of_each_account_and_backend(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "config.yaml").write_text(f"""
+store: memory://
+telegram:
+  proxy: "socks5://{PROXY_USER}:{ENCODED_PASSWORD}@127.0.0.1:1080"
+backends:
+  echo: {{type: echo}}
+  own: {{type: openai, base_url: "https://api.example.com/v1", model: m, api_key: k,
+        proxy: "https://{PROXY_USER}:{ENCODED_PASSWORD}@127.0.0.1:3128"}}
+  env: {{type: openai, base_url: "https://api.example.com/v1", model: m, api_key: k}}
+  local: {{type: openai, base_url: "http://127.0.0.1:11434/v1", model: m}}
+  direct: {{type: openai, base_url: "https://api.example.com/v1", model: m, api_key: k,
+           trust_env: false}}
+default: echo
+""")
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env.update(HTTPS_PROXY="http://proxy.internal:8080", NO_PROXY="127.0.0.1")
+    done = subprocess.run([sys.executable, "-m", "tgmux", "check", "config.yaml"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[2:9] == [
+        "backends:",
+        "  echo: echo",
+        f"  own: openai through the proxy https://{PROXY_USER}:***@127.0.0.1:3128",
+        "  env: openai through the proxy http://proxy.internal:8080 (from HTTPS_PROXY)",
+        "  local: openai",
+        "  direct: openai",
+        "",
+    ]
+    assert (f"account main (telegram: not configured, through the proxy socks5://{PROXY_USER}:"
+            "***@127.0.0.1:1080), routes (first match wins):") in done.stdout
+    assert PROXY_PASSWORD not in done.stdout and ENCODED_PASSWORD not in done.stdout
+
+
+async def test_healthcheck_asks_its_own_server_directly_whatever_http_proxy_says(
+        tmp_path: Path) -> None:
+    import asyncio
+    import os
+    import sys
+
+    from aiohttp import web
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        (tmp_path / "config.yaml").write_text(
+            f"server: {{listen: '127.0.0.1:{port}'}}\nbackends: {{echo: {{type: echo}}}}\n"
+            "default: echo\n")
+        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        env["HTTP_PROXY"] = f"http://127.0.0.1:{closed_port()}"
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tgmux", "healthcheck", "-c", "config.yaml", cwd=tmp_path,
+            env=env, stderr=asyncio.subprocess.PIPE)
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        await runner.cleanup()
+    assert process.returncode == 0, stderr.decode()
