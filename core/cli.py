@@ -365,12 +365,22 @@ def simulate(config_path: str, bot_username: str, strict_flood: bool) -> None:
 @click.option("--api-hash", envvar="TG_API_HASH", prompt=True, hide_input=True,
               help="From my.telegram.org.")
 @click.option("--phone", default=None, help="The account's phone number (asked if omitted).")
-def login(api_id: int, api_hash: str, phone: str | None) -> None:
+@click.option("--proxy", envvar="TG_PROXY", default=None, metavar="URL",
+              help="Reach Telegram through this proxy, as telegram.proxy: "
+                   "socks5|socks4|http://[USER:PASSWORD@]HOST:PORT.")
+def login(api_id: int, api_hash: str, phone: str | None, proxy: str | None) -> None:
     """Log in a user account and print its session string once (for session_string:)."""
+    from tgmux.proxy import TELEGRAM_SCHEMES, parse_proxy
+
+    if proxy is not None:
+        try:
+            parse_proxy(proxy, TELEGRAM_SCHEMES)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--proxy") from None
     _setup_logging("WARNING")
     from tgmux.telegram import login as telegram_login
 
-    session = _run(telegram_login(api_id, api_hash, phone=phone))
+    session = _run(telegram_login(api_id, api_hash, phone=phone, proxy=proxy))
     if isinstance(session, str):
         click.echo("\nYour session string (keep it secret; put it in TG_SESSION):\n")
         click.echo(session)

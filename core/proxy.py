@@ -4,16 +4,15 @@ A proxy is written as one URL, ``scheme://[user:password@]host:port`` (a user or
 holding ``@ : / %`` percent-encoded, e.g. ``p%40ss`` for ``p@ss``):
 
 * ``telegram.proxy``: ``socks5``, ``socks4`` or ``http`` (``CONNECT``), for the MTProto
-  connections; kurigram dials it (with python-socks). :func:`telegram_proxy` is what its
-  ``Client(proxy=...)`` gets.
+  connections; kurigram dials it (with python-socks): see
+  :func:`tgmux.telegram.client.telegram_proxy`.
 * a backend's ``proxy``: ``http`` or ``https`` (TLS to the proxy), for every request of the
   one HTTP layer (:mod:`tgmux.http`, aiohttp's pool) and for a backend's websocket. Without
   it, ``trust_env`` (default on) takes the proxy from ``HTTPS_PROXY`` / ``HTTP_PROXY`` (by
   the scheme of the backend's ``base_url``) unless ``NO_PROXY`` names its host. The decision
   is made once per HTTP client, for its ``base_url`` (:func:`backend_route`), and logged.
 
-A proxy's password is never shown: messages and logs say ``scheme://user:***@host:port``; the
-objects handed to kurigram do not show it in their ``repr`` (kurigram logs its proxy).
+A proxy's password is never shown: messages and logs say ``scheme://user:***@host:port``.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 import yarl
+from websockets.exceptions import InvalidProxyStatus, ProxyError
 
 __all__ = [
     "BACKEND_SCHEMES",
@@ -38,7 +38,6 @@ __all__ = [
     "check_proxy",
     "parse_proxy",
     "proxy_note",
-    "telegram_proxy",
     "websocket_failure",
     "websocket_proxy",
 ]
@@ -116,24 +115,6 @@ def check_proxy(schemes: tuple[str, ...]) -> Any:
             parse_proxy(value, schemes)
         return value
     return check
-
-
-# -- Telegram (kurigram) -------------------------------------------------------------------------
-
-
-def telegram_proxy(value: str | None) -> Any:
-    """What kurigram's ``Client(proxy=...)`` takes for ``telegram.proxy`` (None: direct): its
-    own proxy object, so that a password holding ``@ :`` survives (its URL parser does not
-    decode them), with a ``repr`` that hides the password (kurigram logs the proxy)."""
-    if value is None:
-        return None
-    from pyrogram.connection.proxy import HTTPProxy, SOCKS4Proxy, SOCKS5Proxy
-
-    proxy = parse_proxy(value, TELEGRAM_SCHEMES)
-    kind = {"socks5": SOCKS5Proxy, "socks4": SOCKS4Proxy, "http": HTTPProxy}[proxy.scheme]
-    quiet = type(kind.__name__, (kind,), {"__repr__": lambda self: proxy.shown})
-    return quiet(hostname=proxy.host, port=proxy.port, username=proxy.username,
-                 password=proxy.password)
 
 
 # -- backends (aiohttp, websockets) ---------------------------------------------------------------
@@ -223,8 +204,6 @@ def websocket_proxy(route: ProxyRoute | None) -> str | None:
 def websocket_failure(route: ProxyRoute | None, exc: BaseException) -> str | None:
     """What went wrong with the proxy when ``websockets.connect`` failed with ``exc``
     through ``route`` (it connects only to the proxy, which answers the ``CONNECT``)."""
-    from websockets.exceptions import InvalidProxyStatus, ProxyError
-
     if route is None:
         return None
     if isinstance(exc, InvalidProxyStatus):

@@ -27,11 +27,12 @@ from typing import Any
 
 from pyrogram import Client, enums
 from pyrogram.connection import Connection
+from pyrogram.connection.proxy import HTTPProxy, SOCKS4Proxy, SOCKS5Proxy
 from pyrogram.storage import SQLiteStorage
 from python_socks import ProxyConnectionError, ProxyError
 
 from tgmux.config import Config, TelegramConfig
-from tgmux.proxy import TELEGRAM_SCHEMES, parse_proxy, telegram_proxy
+from tgmux.proxy import TELEGRAM_SCHEMES, parse_proxy
 
 log = logging.getLogger("tgmux.telegram")
 
@@ -201,13 +202,14 @@ class Reach:
     #: connections closed by the server before any answer that make it hopeless
     CLOSED_LIMIT = 2
 
-    def __init__(self, proxy: str | None = None) -> None:
+    def __init__(self, proxy: str | None = None, proxy_key: str = "telegram.proxy") -> None:
         self.answered = False
         self.problem: str | None = None
         self.hopeless = asyncio.Event()
         self._closed = 0
         #: ``telegram.proxy`` as messages show it (no password), when one is set
         self.proxy = proxy
+        self.proxy_key = proxy_key  # where the operator set it (for "check ...")
         #: the proxy itself could not be reached (rather than Telegram through it)
         self.proxy_down = False
 
@@ -301,6 +303,19 @@ async def abandon(client: Client) -> None:
             await client.session.stop()
     with contextlib.suppress(Exception):
         await client.storage.close()
+
+
+def telegram_proxy(value: str | None) -> Any:
+    """What kurigram's ``Client(proxy=...)`` takes for ``telegram.proxy`` (None: direct): its
+    own proxy object, so that a password holding ``@ :`` survives (its URL parser does not
+    decode them), with a ``repr`` that hides the password (kurigram logs the proxy at INFO)."""
+    if value is None:
+        return None
+    proxy = parse_proxy(value, TELEGRAM_SCHEMES)
+    kind = {"socks5": SOCKS5Proxy, "socks4": SOCKS4Proxy, "http": HTTPProxy}[proxy.scheme]
+    quiet = type(kind.__name__, (kind,), {"__repr__": lambda self: proxy.shown})
+    return quiet(hostname=proxy.host, port=proxy.port, username=proxy.username,
+                 password=proxy.password)
 
 
 def session_mode(tg: TelegramConfig) -> str:
