@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import ssl
 import urllib.request
 from dataclasses import dataclass, field
@@ -143,12 +144,9 @@ class ProxyRoute:
         cause = exc if isinstance(exc, aiohttp.ClientError) else exc.__cause__
         if isinstance(cause, aiohttp.ClientHttpProxyError):
             return f"the proxy {self} refused: HTTP {cause.status} {cause.message}".rstrip()
-        if isinstance(cause, aiohttp.ClientConnectorError) and not isinstance(
-                cause, aiohttp.ClientSSLError) and (cause.host, cause.port) == (
-                self.proxy.host, self.proxy.port):
-            error = cause.os_error
-            reason = (os.strerror(error.errno) if error.errno else str(error) or "failed")
-            return f"cannot connect to the proxy {self} ({reason.lower()})"
+        if isinstance(cause, aiohttp.ClientConnectorError) and (cause.host, cause.port) == (
+                self.proxy.host, self.proxy.port):  # (a TLS error with the provider: not ours)
+            return f"cannot connect to the proxy {self} ({_reason(cause.os_error)})"
         if isinstance(cause, aiohttp.ConnectionTimeoutError):
             return f"cannot connect through the proxy {self} (timed out)"
         return None
@@ -213,7 +211,13 @@ def websocket_failure(route: ProxyRoute | None, exc: BaseException) -> str | Non
         return f"the proxy {route} failed: {exc}"
     if isinstance(exc, TimeoutError):
         return f"cannot connect through the proxy {route} (timed out)"
-    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError):
-        reason = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
-        return f"cannot connect to the proxy {route} ({reason.lower()})"
+    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError):  # (SSL: the provider's)
+        return f"cannot connect to the proxy {route} ({_reason(exc)})"
     return None
+
+
+def _reason(error: OSError) -> str:
+    """An OS error in a few words: ``connection refused``, ``name or service not known``..."""
+    if isinstance(error, ssl.SSLError | socket.gaierror) or not error.errno or error.errno < 0:
+        return error.strerror or str(error) or type(error).__name__
+    return os.strerror(error.errno).lower()  # asyncio's own text names only the address

@@ -477,3 +477,27 @@ def test_login_through_a_proxy_that_is_down_is_one_line(tmp_path: Path) -> None:
     assert done.stderr.splitlines() == [
         f"error: cannot reach the Telegram proxy socks5://{PROXY_USER}:***@127.0.0.1:{port} "
         "(connection refused): check --proxy and that the proxy is running"]
+
+
+def test_an_unusable_environment_proxy_is_said_once_and_not_used(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from tgmux.proxy import backend_route
+
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://u:s3cret@127.0.0.1:1080")
+    caplog.set_level(logging.WARNING, logger="tgmux.proxy")
+    assert backend_route(None, True, "https://api.openai.com/v1") is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "HTTPS_PROXY is not used: expected a proxy URL http|https://[USER:PASSWORD@]HOST:PORT "
+        "(percent-encode @ : / % in USER and PASSWORD): socks5 scheme is not one of these"]
+
+
+async def test_a_proxy_name_that_does_not_resolve_is_named(monkeypatch) -> None:
+    from tgmux.http import HttpClient
+    from tgmux.proxy import backend_route
+
+    route = backend_route("http://proxy.invalid:3128", True, "https://provider.invalid")
+    async with HttpClient("https://provider.invalid", proxy=route, retries=0, name="p") as http:
+        with pytest.raises(Exception) as caught:
+            await http.request("GET", "/v1/models")
+    assert str(caught.value).startswith(
+        "p: GET /v1/models: cannot connect to the proxy http://proxy.invalid:3128 (")
