@@ -501,3 +501,20 @@ async def test_a_proxy_name_that_does_not_resolve_is_named(monkeypatch) -> None:
             await http.request("GET", "/v1/models")
     assert str(caught.value).startswith(
         "p: GET /v1/models: cannot connect to the proxy http://proxy.invalid:3128 (")
+
+
+@pytest.mark.timeout(60)
+async def test_telegram_connects_through_its_http_proxy(tmp_path: Path) -> None:
+    async with HttpProxy(credentials=(PROXY_USER, PROXY_PASSWORD)) as proxy:
+        url = f"http://{PROXY_USER}:{ENCODED_PASSWORD}@127.0.0.1:{proxy.port}"
+        result, logged = await run_telegram_logged(telegram_config(tmp_path, url))
+    assert proxy.requests
+    assert all(r.line.startswith("CONNECT 149.154.") and r.line.endswith(":443 HTTP/1.1")
+               and r.proxy_authorization == basic(PROXY_USER, PROXY_PASSWORD)
+               for r in proxy.requests), proxy.requests
+    assert result == 1
+    errors = [line for line in logged.splitlines() if " ERROR tgmux.telegram:" in line]
+    assert len(errors) == 1, logged
+    assert f"cannot reach Telegram through the proxy http://{PROXY_USER}:***@127.0.0.1:" \
+           f"{proxy.port} (the proxy refused: " in errors[0]
+    assert PROXY_PASSWORD not in logged and ENCODED_PASSWORD not in logged
