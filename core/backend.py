@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+
+from tgmux.proxy import BACKEND_SCHEMES, ProxyRoute, backend_route, check_proxy
 
 # Re-exported: backends have always imported these from here.
 from tgmux.types import (
@@ -57,6 +59,7 @@ __all__ = [
     "Metadata",
     "Notice",
     "ProviderEvent",
+    "ProxySettings",
     "ReplyPart",
     "ShareMedia",
     "Strict",
@@ -172,7 +175,24 @@ class BackendSettings(Strict):
     type: str
 
 
-class HttpBackendSettings(BackendSettings):
+class ProxySettings(Strict):
+    """``proxy`` and ``trust_env``: how a provider is reached (see :mod:`tgmux.proxy`)."""
+
+    proxy: str | None = Field(
+        None, description="http(s)://[USER:PASSWORD@]HOST:PORT: every request (and websocket) "
+        "to the provider goes through this proxy")
+    trust_env: bool = Field(
+        True, description="without proxy: use HTTPS_PROXY / HTTP_PROXY unless NO_PROXY names "
+        "the base_url's host")
+
+    _proxy = field_validator("proxy")(check_proxy(BACKEND_SCHEMES))
+
+    def proxy_route(self, base_url: str) -> ProxyRoute | None:
+        """The proxy the provider at ``base_url`` is reached through (None: direct)."""
+        return backend_route(self.proxy, self.trust_env, base_url)
+
+
+class HttpBackendSettings(BackendSettings, ProxySettings):
     """Settings every HTTP backend accepts."""
 
     base_url: str
@@ -192,7 +212,8 @@ class HttpBackendSettings(BackendSettings):
         """What :class:`tgmux.http.HttpClient` takes from these settings (besides the URL)."""
         options: dict[str, Any] = {
             "timeout": self.timeout, "stream_idle_timeout": self.stream_idle_timeout,
-            "max_response_bytes": self.max_response_bytes}
+            "max_response_bytes": self.max_response_bytes,
+            "proxy": self.proxy_route(self.base_url)}
         if self.max_connections is not None:
             options["max_connections"] = self.max_connections
         return options

@@ -160,6 +160,7 @@ def demo(backend: str | None) -> None:
 @CONFIG_OPTION
 def check(config_file: str | None, config_path: str) -> None:
     """Validate a config, print its routing table, and check that the store opens."""
+    from tgmux.proxy import proxy_note
     from tgmux.redact import redact_urls
     from tgmux.router import Router
     from tgmux.store import check_store
@@ -168,12 +169,13 @@ def check(config_file: str | None, config_path: str) -> None:
     click.echo(f"{config.source}: OK")
     click.echo("\nbackends:")
     for name, settings in config.backend_settings.items():
-        click.echo(f"  {name}: {settings.type}")
+        click.echo(f"  {name}: {settings.type}{proxy_note(settings)}")
     for name, account in config.accounts.items():
         tg = account.telegram
         mode = ("bot" if tg.bot_token else "user account" if tg.session_string
                 else "not configured")
-        click.echo(f"\naccount {name} (telegram: {mode}), routes (first match wins):")
+        click.echo(f"\naccount {name} (telegram: {mode}{proxy_note(tg)}), routes (first match "
+                   "wins):")
         for i, (match, backend, options, trigger) in enumerate(Router(config, name).table()):
             extra = f"  options: {options}" if options else ""
             click.echo(f"  {i + 1}. {match} -> {backend}  (groups: {trigger}){extra}")
@@ -276,7 +278,9 @@ def healthcheck(config_path: str) -> None:
     host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/healthz"
     try:
-        with urllib.request.urlopen(url, timeout=4) as response:
+        # its own server, on this machine: never through HTTP_PROXY
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with direct.open(url, timeout=4) as response:
             sys.exit(0 if response.status == 200 else 1)
     except OSError as exc:
         click.echo(f"healthcheck: {url}: {exc}", err=True)
@@ -361,12 +365,22 @@ def simulate(config_path: str, bot_username: str, strict_flood: bool) -> None:
 @click.option("--api-hash", envvar="TG_API_HASH", prompt=True, hide_input=True,
               help="From my.telegram.org.")
 @click.option("--phone", default=None, help="The account's phone number (asked if omitted).")
-def login(api_id: int, api_hash: str, phone: str | None) -> None:
+@click.option("--proxy", envvar="TG_PROXY", default=None, metavar="URL",
+              help="Reach Telegram through this proxy, as telegram.proxy: "
+                   "socks5|socks4|http://[USER:PASSWORD@]HOST:PORT.")
+def login(api_id: int, api_hash: str, phone: str | None, proxy: str | None) -> None:
     """Log in a user account and print its session string once (for session_string:)."""
+    from tgmux.proxy import TELEGRAM_SCHEMES, parse_proxy
+
+    if proxy is not None:
+        try:
+            parse_proxy(proxy, TELEGRAM_SCHEMES)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--proxy") from None
     _setup_logging("WARNING")
     from tgmux.telegram import login as telegram_login
 
-    session = _run(telegram_login(api_id, api_hash, phone=phone))
+    session = _run(telegram_login(api_id, api_hash, phone=phone, proxy=proxy))
     if isinstance(session, str):
         click.echo("\nYour session string (keep it secret; put it in TG_SESSION):\n")
         click.echo(session)

@@ -13,11 +13,6 @@ Provider SDK retries do not exist here: this is the only place that retries (but
 resending an idempotent request once when the kept-alive connection it took turns out closed;
 never a POST).
 
-One module of about 600 lines on purpose: the retry policy, the bounds, the refusal memory and
-the stream guard decide together what one request may do (whether it may be repeated depends
-on how it failed, which the bounds decide), and no backend should need to read more than this
-file to know what its requests do.
-
 Bounds (nothing is read or awaited without one):
 
 * ``timeout`` bounds each attempt of :meth:`HttpClient.request` / ``request_json`` whole, from
@@ -71,6 +66,7 @@ from tgmux.errors import (
     format_duration,
     retry_later_message,
 )
+from tgmux.proxy import ProxyRoute
 from tgmux.ratelimit import Limiter
 from tgmux.types import delay_notifier
 
@@ -167,7 +163,7 @@ class _PacedConnector(aiohttp.TCPConnector):
             return await super()._create_connection(req, traces, timeout)
 
 
-def _session(max_connections: int) -> aiohttp.ClientSession:
+def _session(max_connections: int, proxy: ProxyRoute | None) -> aiohttp.ClientSession:
     """The one aiohttp pool of a client, for both of its paths (see :class:`HttpClient`):
     httpcore's pool slows to seconds per request with a thousand concurrent connections (see
     docs/benchmarks.md); aiohttp's does not. Cookies stay with httpx (a dummy jar here), so
@@ -176,8 +172,7 @@ def _session(max_connections: int) -> aiohttp.ClientSession:
         connector=_PacedConnector(
             limit=max_connections, limit_per_host=max_connections,
             connects_in_flight=CONNECTS_IN_FLIGHT),
-        cookie_jar=aiohttp.DummyCookieJar(),
-    )
+        cookie_jar=aiohttp.DummyCookieJar(), **(proxy.session_options() if proxy else {}))
 
 
 #: A multipart file field: (file name, bytes, content type).
@@ -395,6 +390,7 @@ class HttpClient:
         max_connections: int = 256,
         stream_idle_timeout: float | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        proxy: ProxyRoute | None = None,  # tgmux.proxy: set up there, only used here
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be > 0")
@@ -417,6 +413,7 @@ class HttpClient:
         self.max_retry_after = max_retry_after
         self.notify_after = notify_after
         self.limiter = limiter
+        self.proxy = proxy
         self.error_parser = error_parser
         #: How long a refusal beyond ``max_retry_after`` is remembered at most: then the
         #: provider is asked again (and may refuse again).
@@ -448,7 +445,7 @@ class HttpClient:
     def _shared_session(self) -> aiohttp.ClientSession:
         """The aiohttp pool, made on first use (inside the event loop, as aiohttp wants)."""
         if self._session is None:
-            self._session = _session(self.max_connections)
+            self._session = _session(self.max_connections, self.proxy)
         return self._session
 
     def _absolute(self, url: str) -> httpx.URL:
@@ -620,6 +617,8 @@ class HttpClient:
         self, exc: httpx.TransportError, where: str, safe_to_repeat: bool
     ) -> tuple[bool, BackendError]:
         """(repeat it?, the error) for a transport error."""
+        if self.proxy is not None and (problem := self.proxy.failure(exc)) is not None:
+            return True, UnavailableError(f"{self.name}: {where}: {problem}")  # never sent
         detail = str(exc) or type(exc).__name__
         if never_reached(exc):  # repeating cannot duplicate anything, whatever the method
             return True, UnavailableError(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr, field_validator
 
-from tgmux.backend import Strict, api_root, optional_secret
+from tgmux.backend import ProxySettings, api_root, optional_secret
 from tgmux.http import HttpClient
 
 if TYPE_CHECKING:
@@ -22,8 +22,9 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 ENDPOINTS = ("/audio/transcriptions", "/audio/speech")
 
 
-class AudioApiSettings(Strict):
-    """``base_url``, ``api_key``, ``model``: as for an ``openai`` backend."""
+class AudioApiSettings(ProxySettings):
+    """``base_url``, ``api_key``, ``model``, ``proxy``, ``trust_env``: as for an ``openai``
+    backend."""
 
     base_url: str = Field(DEFAULT_BASE_URL, description="the API root (…/v1): tgmux adds "
                           "/audio/transcriptions or /audio/speech")
@@ -48,6 +49,7 @@ def make_client(settings: AudioApiSettings, *, name: str, timeout: float,
     return HttpClient(settings.base_url, timeout=timeout, name=name,
                       headers={"Authorization": f"Bearer {key}"} if key else None,
                       max_response_bytes=max_response_bytes,
+                      proxy=settings.proxy_route(settings.base_url),
                       # a handful of voice messages at once; more wait for a connection
                       max_connections=16)
 

@@ -256,6 +256,7 @@ class BambiSleepClient:
         self.audio_http = HttpClient(
             self.base_url, timeout=self.http.timeout, name=f"{name} audio",
             max_connections=AUDIO_CONNECTIONS, max_response_bytes=MAX_AUDIO_BYTES,
+            proxy=self.http.proxy,  # the backend's proxy, as for its API
         )
         self.session_token: str | None = None  # session mode: the cookie's value (ws auth)
         self._session_generation = 0  # bumped by every successful login

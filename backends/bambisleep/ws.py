@@ -60,6 +60,7 @@ from tgmux.errors import (
     UnavailableError,
 )
 from tgmux.http import acquire_slot
+from tgmux.proxy import websocket_failure, websocket_proxy
 from tgmux.ratelimit import Limiter
 from tgmux.text import str_or_none
 
@@ -264,13 +265,15 @@ class ChatSocket:
                 additional_headers=headers,
                 user_agent_header="tgmux (websockets)",
                 logger=_protocol_logger(),
+                proxy=websocket_proxy(self.client.http.proxy),  # the backend's proxy
             )
         except InvalidStatus as exc:
             if exc.response.status_code in (401, 403):
                 raise _AuthRefused(f"handshake HTTP {exc.response.status_code}") from exc
             raise _Lost(f"handshake HTTP {exc.response.status_code}") from exc
         except (OSError, TimeoutError, InvalidHandshake) as exc:
-            raise _Lost(f"cannot connect: {exc!r}") from exc
+            problem = websocket_failure(self.client.http.proxy, exc)
+            raise _Lost(problem or f"cannot connect: {exc!r}") from exc
         self._frames = asyncio.Queue()
         self._ws = ws
         self.connects += 1

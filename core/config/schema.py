@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from tgmux.backend import Int, Strict
+from tgmux.proxy import TELEGRAM_SCHEMES, check_proxy
 from tgmux.route_patterns import compile_route_pattern
 from tgmux.types import ChatType
 
@@ -119,6 +120,11 @@ class TelegramConfig(Strict):
     typing_interval: float = Field(4.0, gt=0, description="seconds between typing actions")
     shutdown_timeout: float = Field(20.0, ge=0, description="seconds to finish replies on stop")
     skip_updates: bool = Field(False, description="drop messages that arrived while down")
+    proxy: str | None = Field(
+        None, description="socks5|socks4|http://[USER:PASSWORD@]HOST:PORT: Telegram is reached "
+        "through this proxy")
+
+    _proxy = field_validator("proxy")(check_proxy(TELEGRAM_SCHEMES))
 
     @field_validator("session_string")
     @classmethod

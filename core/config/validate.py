@@ -386,7 +386,8 @@ def pydantic_problems(exc: ValidationError, parsed: ParsedConfig, prefix: KeyPat
             got = err.get("input")
             if isinstance(got, dict | list):
                 shown = ""
-            elif SECRET_KEY.search(str(path[-1] if path else "")):
+            elif SECRET_KEY.search(str(path[-1] if path else "")) or path[-1:] == ("proxy",):
+                # (a proxy URL that does not parse may hide its password from redact_urls)
                 shown = f" (got a {type(got).__name__}; value not shown)"
             else:
                 shown = f" (got {redact_urls(repr(got))})"

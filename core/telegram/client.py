@@ -27,9 +27,12 @@ from typing import Any
 
 from pyrogram import Client, enums
 from pyrogram.connection import Connection
+from pyrogram.connection.proxy import HTTPProxy, SOCKS4Proxy, SOCKS5Proxy
 from pyrogram.storage import SQLiteStorage
+from python_socks import ProxyConnectionError, ProxyError
 
 from tgmux.config import Config, TelegramConfig
+from tgmux.proxy import TELEGRAM_SCHEMES, parse_proxy
 
 log = logging.getLogger("tgmux.telegram")
 
@@ -199,17 +202,24 @@ class Reach:
     #: connections closed by the server before any answer that make it hopeless
     CLOSED_LIMIT = 2
 
-    def __init__(self) -> None:
+    def __init__(self, proxy: str | None = None, proxy_key: str = "telegram.proxy") -> None:
         self.answered = False
         self.problem: str | None = None
         self.hopeless = asyncio.Event()
         self._closed = 0
+        #: ``telegram.proxy`` as messages show it (no password), when one is set
+        self.proxy = proxy
+        self.proxy_key = proxy_key  # where the operator set it (for "check ...")
+        #: the proxy itself could not be reached (rather than Telegram through it)
+        self.proxy_down = False
 
     def connection(self, **kwargs: Any) -> Connection:
         return WatchedConnection(self, **kwargs)
 
     def _failed(self, exc: BaseException) -> None:
-        self.problem = connect_problem(exc)
+        self.proxy_down = isinstance(exc, ProxyConnectionError)
+        self.problem = (f"the proxy refused: {exc}" if isinstance(exc, ProxyError)
+                        else connect_problem(exc))
 
     def _gave_up(self) -> None:
         if not self.answered:
@@ -246,6 +256,9 @@ class WatchedConnection(Connection):
                 except OSError as exc:
                     reach._failed(exc)
                     raise
+                except ProxyError as exc:  # the proxy answered "no": a failed connect too
+                    reach._failed(exc)
+                    raise OSError(str(exc)) from exc
 
             protocol.connect = watched_connect
             return protocol
@@ -292,6 +305,19 @@ async def abandon(client: Client) -> None:
         await client.storage.close()
 
 
+def telegram_proxy(value: str | None) -> Any:
+    """What kurigram's ``Client(proxy=...)`` takes for ``telegram.proxy`` (None: direct): its
+    own proxy object, so that a password holding ``@ :`` survives (its URL parser does not
+    decode them), with a ``repr`` that hides the password (kurigram logs the proxy at INFO)."""
+    if value is None:
+        return None
+    proxy = parse_proxy(value, TELEGRAM_SCHEMES)
+    kind = {"socks5": SOCKS5Proxy, "socks4": SOCKS4Proxy, "http": HTTPProxy}[proxy.scheme]
+    quiet = type(kind.__name__, (kind,), {"__repr__": lambda self: proxy.shown})
+    return quiet(hostname=proxy.host, port=proxy.port, username=proxy.username,
+                 password=proxy.password)
+
+
 def session_mode(tg: TelegramConfig) -> str:
     if tg.bot_token:
         return "bot"
@@ -315,7 +341,7 @@ def build_client(config: Config, account: str | None = None, **overrides: Any) -
     expected = None
     if tg.bot_token and ":" in tg.bot_token and tg.bot_token.split(":", 1)[0].isdigit():
         expected = int(tg.bot_token.split(":", 1)[0])
-    reach = Reach()
+    reach = Reach(parse_proxy(tg.proxy, TELEGRAM_SCHEMES).shown if tg.proxy else None)
     storage = SessionFileStorage(tg.session_name, workdir, session_string=tg.session_string,
                                  expected_user_id=expected, bot_token=tg.bot_token)
     options: dict[str, Any] = {
@@ -327,6 +353,7 @@ def build_client(config: Config, account: str | None = None, **overrides: Any) -
         "storage_engine": storage,
         "skip_updates": tg.skip_updates,
         "connection_factory": reach.connection,
+        "proxy": telegram_proxy(tg.proxy),
         **overrides,
     }
     client = Client(tg.session_name, **options)

@@ -20,6 +20,7 @@ from tgmux.config import Config, TelegramConfig
 from tgmux.errors import ConfigError, TgmuxError
 from tgmux.hooks import PluginManager
 from tgmux.ops import start_ops_server
+from tgmux.proxy import TELEGRAM_SCHEMES, parse_proxy
 from tgmux.reload import reloading
 from tgmux.store import open_store
 from tgmux.telegram.app import TelegramApp
@@ -30,6 +31,7 @@ from tgmux.telegram.client import (
     build_client,
     reach_of,
     session_mode,
+    telegram_proxy,
 )
 
 __all__ = ["CONNECT_TIMEOUT", "TelegramUnreachable", "login", "run_telegram", "start_bounded",
@@ -54,6 +56,12 @@ class TelegramUnreachable(TgmuxError):
 def unreachable_message(reach: Reach, exc: BaseException | None = None) -> str:
     problem = reach.problem or (str(exc) if exc is not None and str(exc) else None) or \
         f"no answer within {CONNECT_TIMEOUT:.0f} s"
+    if reach.proxy_down:
+        return (f"cannot reach the Telegram proxy {reach.proxy} ({problem}): check "
+                f"{reach.proxy_key} and that the proxy is running")
+    if reach.proxy:
+        return (f"cannot reach Telegram through the proxy {reach.proxy} ({problem}): check "
+                f"{reach.proxy_key} and the proxy's own network")
     return f"cannot reach Telegram ({problem}): {_CHECK_NETWORK}"
 
 
@@ -353,12 +361,15 @@ async def _connect(app: TelegramApp, name: str, stopping: asyncio.Event) -> int 
     return None
 
 
-async def login(api_id: int, api_hash: str, *, phone: str | None = None) -> str:
+async def login(api_id: int, api_hash: str, *, phone: str | None = None,
+                proxy: str | None = None) -> str:
     """``tgmux login``: log a user account in interactively (phone, code, 2FA password, as
-    Pyrogram asks for them) and return its session string. Keeps nothing on disk."""
-    reach = Reach()
+    Pyrogram asks for them) and return its session string. Keeps nothing on disk. ``proxy``:
+    as ``telegram.proxy``."""
+    reach = Reach(parse_proxy(proxy, TELEGRAM_SCHEMES).shown if proxy else None, "--proxy")
     client = Client("tgmux-login", api_id=api_id, api_hash=api_hash, in_memory=True,
-                    phone_number=phone, no_updates=True, connection_factory=reach.connection)
+                    phone_number=phone, no_updates=True, connection_factory=reach.connection,
+                    proxy=telegram_proxy(proxy))
     with _quiet(_CONNECTION_LOGGERS):  # each attempt's errors; tgmux says it once
         await start_bounded(_start_client(client), reach)
     try:
