@@ -235,6 +235,15 @@ class _Constructor(yaml.SafeLoader):
         except Exception as exc:  # whatever a converter raises on a value it cannot read
             raise _ValueNotRead(node, _not_read(node, exc)) from None
 
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # A plain key that YAML 1.1 reads as a boolean or null (a backend named `off`, `yes`,
+        # `on`, `null`) is the name the user wrote: no config key is a boolean.
+        for key_node, _ in node.value:
+            if (isinstance(key_node, yaml.ScalarNode) and key_node.style is None
+                    and key_node.tag in (f"{_YAML_TAG}bool", f"{_YAML_TAG}null")):
+                key_node.tag = f"{_YAML_TAG}str"
+        return super().construct_mapping(node, deep=deep)
+
 
 def _not_read(node: yaml.Node, exc: Exception) -> str:
     tag = node.tag.removeprefix(_YAML_TAG)

@@ -277,3 +277,23 @@ def test_a_broken_nested_variable_is_refused(value: str) -> None:
     found = problems(NESTED % value)
     assert len(found) == 1 and found[0].startswith("config.yaml:2: backends.e.prefix: cannot "
                                                    "read '${")
+
+
+@pytest.mark.parametrize("name", ["off", "yes", "On", "null"])
+def test_a_backend_named_like_a_yaml_boolean_keeps_its_name(tmp_path: Path, name: str) -> None:
+    # YAML 1.1 reads `off:` as the key False: `tgmux check` died sorting names (a traceback).
+    config = tmp_path / "config.yaml"
+    config.write_text(f"backends:\n  {name}:\n    type: echo\ndefault: '{name}'\n")
+    result = tgmux("check", str(config))
+    assert result.returncode == 0, result.stderr
+    assert f"{name}: echo" in result.stdout
+
+
+def test_an_unquoted_boolean_where_a_backend_name_is_wanted_is_a_line_not_a_traceback(
+        tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("backends:\n  off:\n    type: echo\ndefault: off\n")
+    result = tgmux("check", str(config))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"error: {config}:4: default: " in result.stderr.splitlines()[0]
