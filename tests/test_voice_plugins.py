@@ -205,6 +205,38 @@ async def test_mp3_goes_as_audio_and_a_failure_as_text(tgmux_bot, lucy, audio) -
     assert failed.texts == ["You said: two"]
 
 
+def with_last_granule(ogg: bytes, granule: int) -> bytes:
+    """``ogg`` whose last page claims ``granule`` samples (its CRC made to match)."""
+    last = ogg.rfind(b"OggS")
+    page = bytearray(ogg[last:])
+    struct.pack_into("<q", page, 6, granule)
+    struct.pack_into("<I", page, 22, 0)
+    struct.pack_into("<I", page, 22, _ogg_crc(bytes(page)))
+    return ogg[:last] + bytes(page)
+
+
+async def test_a_spoken_reply_whose_ogg_claims_2_62_samples_still_reaches_the_user(
+        tgmux_bot, lucy, audio) -> None:
+    pytest.importorskip("av")  # the voice extra: the lying file is transcoded
+    audio.speech_bytes = with_last_granule(ogg_opus(0.2), 2**62)
+    bot = await tgmux_bot(config(lucy, audio, plugins="tgmux.plugins.speak",
+                                 sections=SPEAK + "  mode: only\n"))
+    reply = await bot.send("Hello Lucy", user_id=42)
+    (voice,) = reply.messages
+    assert (voice["action"], voice["mime_type"], voice["duration"]) == \
+        ("send_voice", "audio/ogg", 1)  # the 0.2 s it holds, not the 3 million years it claims
+
+
+async def test_only_mode_sends_the_text_when_the_voice_note_is_refused(
+        tgmux_bot, lucy, audio) -> None:
+    bot = await tgmux_bot(config(lucy, audio, plugins="tgmux.plugins.speak",
+                                 sections=SPEAK + "  mode: only\n"))
+    bot.telegram.fail("send_voice", "CHAT_SEND_VOICES_FORBIDDEN")
+    reply = await bot.send("Hello Lucy", user_id=42)
+    assert [(m["action"], m.get("text")) for m in reply.messages] == [
+        ("send_message", "You said: Hello Lucy")]
+
+
 def test_speak_names_an_unknown_backend_at_startup(lucy_free_config) -> None:
     cfg, _ = load_text(lucy_free_config + "plugins: [tgmux.plugins.speak]\n"
                        "speak: {backends: [lucy, nobody]}\n", source="c.yaml")
