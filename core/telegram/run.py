@@ -51,6 +51,11 @@ class TelegramUnreachable(TgmuxError):
     exits 1 (the config is fine: the network is not)."""
 
 
+class LoginRefused(TgmuxError):
+    """Telegram refused ``tgmux login`` (a wrong api_id/api_hash...): one ``error:`` line,
+    exit 1, as for ``tgmux run``."""
+
+
 def unreachable_message(reach: Reach, exc: BaseException | None = None) -> str:
     problem = reach.problem or (str(exc) if exc is not None and str(exc) else None) or \
         f"no answer within {CONNECT_TIMEOUT:.0f} s"
@@ -360,7 +365,12 @@ async def login(api_id: int, api_hash: str, *, phone: str | None = None) -> str:
     client = Client("tgmux-login", api_id=api_id, api_hash=api_hash, in_memory=True,
                     phone_number=phone, no_updates=True, connection_factory=reach.connection)
     with _quiet(_CONNECTION_LOGGERS):  # each attempt's errors; tgmux says it once
-        await start_bounded(_start_client(client), reach)
+        try:
+            await start_bounded(_start_client(client), reach)
+        except RPCError as exc:  # api_id/api_hash refused...: one line, exit 1 (as `run`)
+            code = str(exc.ID or exc.NAME)
+            raise LoginRefused(f"Telegram refused the login: "
+                               f"{_AUTH_PROBLEMS.get(code, str(exc))}") from None
     try:
         return await client.export_session_string()
     finally:
