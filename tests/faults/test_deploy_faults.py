@@ -1,6 +1,7 @@
-"""The deployment files a user copies: the Kubernetes example (docs/deploy.md) rolls out with a
-standby and reports health right, compose.yaml passes what the example configs name, and both
-agree with the Dockerfile (its user, its data and config directories, the ops port)."""
+"""Faults in the deployment files a user copies: the Kubernetes example (docs/deploy.md) must
+roll out with a standby and report health right, compose.yaml must pass what the example
+configs name (and a password that would break a URL), and both must agree with the Dockerfile
+(its user, its data and config directories, the ops port). docs/reliability.md lists them."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import yaml
 from tgmux.harness import EngineHarness
 from tgmux.ops import start_ops_server
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "docs" / "deploy.md"
 BLOCK = re.compile(r"^```ya?ml\n(.*?)^```", re.M | re.S)
 #: What TelegramAccount.ready says on a standby (tgmux.telegram.app)
@@ -151,7 +152,7 @@ def test_compose_passes_every_variable_the_example_configs_name() -> None:
 
 def test_compose_keeps_the_database_password_out_of_the_url() -> None:
     """The password is passed as PGPASSWORD: in the URL an "@", ":" or "/" in it would break
-    it (tests/stores/test_postgres.py opens the store the way compose sets it up)."""
+    it (tests/stores/test_postgres.py opens a store the way compose sets it up)."""
     environment = compose_tgmux()["environment"]
     assert "POSTGRES_PASSWORD" not in environment["TGMUX_STORE"]
     assert environment["PGPASSWORD"] == "${POSTGRES_PASSWORD}"
