@@ -5,7 +5,9 @@ configs name (and a password that would break a URL), and both must agree with t
 
 from __future__ import annotations
 
+import asyncio
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +75,19 @@ async def get(url: str) -> int:
         return response.status
 
 
-async def test_the_kubernetes_example_is_ready_on_a_standby_and_rolls_out() -> None:
+async def healthcheck(tmp_path: Path, listen: str) -> int:
+    """``tgmux healthcheck`` for a config whose server listens on ``listen`` (in a child
+    process: the server it asks runs on this event loop)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"server: {{listen: '{listen}'}}\n")
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tgmux", "healthcheck", "-c", str(config),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    async with asyncio.timeout(60):
+        return await child.wait()
+
+
+async def test_the_kubernetes_example_is_ready_on_a_standby_and_rolls_out(tmp_path: Path) -> None:
     deployment = kubernetes_deployment()
     spec = deployment["spec"]
     assert spec["replicas"] == 2  # one runs the accounts, one stands by
@@ -103,6 +117,9 @@ async def test_the_kubernetes_example_is_ready_on_a_standby_and_rolls_out() -> N
             assert await get(base + liveness["httpGet"]["path"]) == 200
             if "startupProbe" in container:
                 assert await get(base + container["startupProbe"]["httpGet"]["path"]) == 200
+            # compose and `docker run`: the image's HEALTHCHECK passes on a standby too
+            assert '["tgmux", "healthcheck"]' in Dockerfile().one(r"^[ \t]+CMD (.*)$")
+            assert await healthcheck(tmp_path, f"127.0.0.1:{server.port}") == 0
         finally:
             await server.stop()
     # the rollout: a new pod (a standby) comes up before an old one goes, or all are replaced
