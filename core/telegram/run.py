@@ -32,8 +32,8 @@ from tgmux.telegram.client import (
     session_mode,
 )
 
-__all__ = ["CONNECT_TIMEOUT", "TelegramUnreachable", "login", "run_telegram", "start_bounded",
-           "stop_signals"]
+__all__ = ["CONNECT_TIMEOUT", "LoginRefused", "TelegramUnreachable", "login", "run_telegram",
+           "start_bounded", "stop_signals"]
 
 log = logging.getLogger("tgmux.telegram")
 
