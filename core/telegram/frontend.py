@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -225,6 +226,8 @@ class TelegramFrontend:
                         stream = None
                         if ok and text.strip():
                             delivered.append(Text(text))
+                            if isinstance(part, Audio):  # its text is shown: not again
+                                part = dataclasses.replace(part, text=None)
                         if isinstance(part, Text):
                             continue
                     if await self._deliver_part(out, actions, part):
