@@ -5,7 +5,8 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     TGMUX_CONFIG=/config/config.yaml
 
-RUN useradd --create-home --uid 10001 tgmux
+# uid and gid 10001: the Kubernetes example's runAsUser and fsGroup (docs/deploy.md)
+RUN groupadd --gid 10001 tgmux && useradd --create-home --uid 10001 --gid 10001 tgmux
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY core core
@@ -18,7 +19,8 @@ RUN pip install ".[voice]"
 RUN mkdir -p /data /config && chown tgmux:tgmux /data
 VOLUME ["/data"]
 WORKDIR /data
-USER tgmux
+# numeric, so that Kubernetes' runAsNonRoot can tell it is not root
+USER 10001:10001
 
 # Healthy while /healthz answers; with no server.listen in the config there is nothing to ask,
 # and the check passes.

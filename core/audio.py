@@ -5,7 +5,8 @@ only when the file is OGG/Opus and is sent as a voice message with its duration.
 answer with other formats (BambiSleep with MP3), so :func:`to_voice_note` transcodes: decode
 whatever FFmpeg reads, resample to 48 kHz mono (what Opus runs at; mono is what a voice note
 is), encode with ``libopus`` into an ``ogg`` container. Audio that already is OGG/Opus is kept
-as it is; only its duration is read (from the last Ogg page, without PyAV).
+as it is; only its duration is read (from the last Ogg page, without PyAV) — when that page
+says a believable one within the caps; else it is transcoded like any other audio.
 
 Transcoding uses PyAV (``pip install 'tgmux[voice]'``: its wheels carry FFmpeg's libraries, no
 system ffmpeg is needed). It is imported only when a transcode runs (``tgmux --version`` never
@@ -56,6 +57,11 @@ DEFAULT_MAX_SECONDS = 15 * 60.0
 OPUS_RATE = 48_000  # Opus always runs at 48 kHz; Ogg/Opus granule positions count at 48 kHz
 OPUS_FRAME = 960  # 20 ms at 48 kHz: the frame size libopus encodes by default
 VOICE_BIT_RATE = 32_000  # plenty for speech in mono (Telegram's own voice notes are ~32 kbit/s)
+_OGG_PAGE = "<4sBBqIIIB"  # an Ogg page's fixed header: "OggS", version, flags, granule, ...
+_OGG_HEADER = struct.calcsize(_OGG_PAGE)  # 27 bytes, then the segment table
+#: An Opus packet lasts at most 120 ms (5760 samples) and takes at least two bytes (a TOC byte
+#: and a lacing byte): no more samples than this per byte of the file are believable.
+_MAX_SAMPLES_PER_BYTE = 5760 // 2
 
 _MAX_WORKERS = 2  # the machines tgmux runs on are small; a transcode is CPU work
 _executor: ThreadPoolExecutor | None = None
@@ -86,18 +92,27 @@ def is_ogg_opus(data: bytes) -> bool:
     return data[:4] == b"OggS" and b"OpusHead" in data[26:64]
 
 
-def ogg_opus_seconds(data: bytes) -> float | None:
+def ogg_opus_seconds(data: bytes, max_seconds: float = DEFAULT_MAX_SECONDS) -> float | None:
     """The duration of OGG/Opus bytes from the last page's granule position, less the
-    pre-skip (RFC 7845); None when the bytes do not say."""
+    pre-skip (RFC 7845); None when the bytes do not say it believably: the last page is not a
+    whole page ending the data, its granule is below the pre-skip, over ``max_seconds``, or more
+    than the bytes can hold (an Opus packet is at least a byte and its lacing byte, and at most
+    120 ms) — a header is the sender's claim, and Telegram takes a duration of 31 bits only."""
     head = data.find(b"OpusHead", 0, 64)
     last = data.rfind(b"OggS")
-    if head < 0 or last < 0 or len(data) < last + 14 or len(data) < head + 12:
+    if head < 0 or last < 0 or len(data) < last + _OGG_HEADER or len(data) < head + 12:
         return None
-    (granule,) = struct.unpack_from("<q", data, last + 6)
+    _, version, _, granule, _, _, _, segments = struct.unpack_from(_OGG_PAGE, data, last)
+    lacing = data[last + _OGG_HEADER:last + _OGG_HEADER + segments]
+    if version != 0 or len(lacing) != segments or \
+            last + _OGG_HEADER + segments + sum(lacing) != len(data):
+        return None  # "OggS" inside a packet, or bytes after the last page: not a page
     (pre_skip,) = struct.unpack_from("<H", data, head + 10)
-    if granule <= pre_skip:
+    samples = granule - pre_skip
+    if samples <= 0 or samples > len(data) * _MAX_SAMPLES_PER_BYTE:
         return None
-    return (granule - pre_skip) / OPUS_RATE
+    seconds = samples / OPUS_RATE
+    return seconds if seconds <= max_seconds else None
 
 
 def pyav_available() -> bool:
@@ -116,7 +131,9 @@ async def to_voice_note(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES,
     made: more than ``max_bytes``, more than ``max_seconds`` of audio, not decodable, or
     PyAV not installed. ``name`` says in the log whose audio it was."""
     if is_ogg_opus(data):
-        seconds = ogg_opus_seconds(data)
+        # kept as it is when its header says a believable duration within the cap; else it is
+        # transcoded like any other audio, which counts the samples it decodes
+        seconds = ogg_opus_seconds(data, max_seconds)
         if seconds is not None:
             return VoiceNote(data, seconds)
     if len(data) > max_bytes:

@@ -166,8 +166,7 @@ def check(config_file: str | None, config_path: str) -> None:
     from tgmux.store import check_store
 
     config, _ = _load(config_file or config_path)
-    click.echo(f"{config.source}: OK")
-    click.echo("\nbackends:")
+    click.echo("backends:")
     for name, settings in config.backend_settings.items():
         click.echo(f"  {name}: {settings.type}{proxy_note(settings)}")
     for name, account in config.accounts.items():
@@ -184,6 +183,7 @@ def check(config_file: str | None, config_path: str) -> None:
     if problem:
         click.echo(f"error: {config.where(('store',))}: {problem}", err=True)
         sys.exit(2)
+    click.echo(f"\n{config.source}: OK")  # last: only when everything above passed
 
 
 @cli.group()

@@ -260,7 +260,9 @@ class Image:
 @dataclass(frozen=True)
 class Audio:
     """Audio by URL or bytes; ``voice=True`` asks to show it as a voice message (the Telegram
-    frontend makes bytes in any format a voice note: OGG/Opus, see :mod:`tgmux.audio`)."""
+    frontend makes bytes in any format a voice note: OGG/Opus, see :mod:`tgmux.audio`).
+    ``text``: the words the audio says, sent as a message instead when the audio cannot be
+    sent (a spoken reply still reaches the user)."""
 
     url: str | None = None
     data: bytes | None = None
@@ -268,6 +270,7 @@ class Audio:
     voice: bool = False
     filename: str | None = None
     mime_type: str | None = None
+    text: str | None = None
 
 
 @dataclass(frozen=True)

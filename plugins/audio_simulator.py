@@ -6,7 +6,8 @@ when they are UTF-8 text — a test uploads a "voice message" that says what it 
 else ``(N bytes of audio)``). ``POST /v1/audio/speech`` (JSON ``{model, input, voice,
 response_format}``): for ``opus`` a small valid OGG/Opus file (:func:`ogg_opus`: silence,
 built by hand, so no FFmpeg is needed), for ``mp3`` a few MPEG frames; ``answer_mp3=True``
-answers MP3 whatever was asked (as some servers do). Errors have OpenAI's body
+answers MP3 whatever was asked (as some servers do); ``speech=BYTES`` answers those OGG bytes
+instead (a test's own file, a hostile one). Errors have OpenAI's body
 ``{"error": {"message", "type", "param", "code"}}``: 401 for a wrong key (when ``api_keys`` is
 given), 404 ``model_not_found``, 400 for a missing or wrong field. Every request is in
 :attr:`requests` (``request.form()`` reads a multipart one).
@@ -93,11 +94,13 @@ class AudioSimulator(SimulatorServer):
     name = "openai-audio"
 
     def __init__(self, *, api_keys: set[str] | None = None, hear: HearFn = default_hear,
-                 answer_mp3: bool = False, **kwargs: Any) -> None:
+                 answer_mp3: bool = False, speech: bytes | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.api_keys = api_keys
         self.hear = hear
         self.answer_mp3 = answer_mp3
+        self.speech_bytes = speech  # answered for opus in place of ogg_opus()
 
     @property
     def base_url(self) -> str:
@@ -160,7 +163,8 @@ class AudioSimulator(SimulatorServer):
                                param="response_format")
         if wanted == "mp3" or self.answer_mp3:
             return web.Response(body=MP3_FRAMES, content_type="audio/mpeg")
-        return web.Response(body=ogg_opus(), content_type="audio/ogg")
+        speech = ogg_opus() if self.speech_bytes is None else self.speech_bytes
+        return web.Response(body=speech, content_type="audio/ogg")
 
 
 def _factory(args: Any) -> AudioSimulator:

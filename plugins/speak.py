@@ -19,7 +19,8 @@ second backend of the same type for it when the other routes should not speak).
 Each final text of a listed backend's reply becomes ``{model, input, voice,
 response_format: "opus"}``; OpenAI answers OGG/Opus, which Telegram shows as a voice note
 (``Audio(voice=True)``). A server that answers another format anyway (MP3) is sent as an
-audio file. When speaking fails, the reply goes out as text and the failure is logged.
+audio file. When speaking fails, the reply goes out as text and the failure is logged; with
+``mode: only``, so does a voice note Telegram would not take.
 
 Hooks: ``tgmux_plugin_settings``, ``tgmux_startup``/``tgmux_shutdown`` (the client; the
 backend names are checked at startup), ``tgmux_after_backend`` (the voice part).
@@ -27,6 +28,7 @@ backend names are checked at startup), ``tgmux_after_backend`` (the voice part).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Literal
 
@@ -111,7 +113,10 @@ async def tgmux_after_backend(turn: Turn, part: ReplyPart,
         log.warning("chat %s: the reply could not be spoken: %s", turn.chat.chat_id,
                     exc.log_text())
         return None
-    return [part, audio] if settings.mode == "also" else [audio]
+    if settings.mode == "also":
+        return [part, audio]
+    # the voice note alone; should it not get through, the user reads the text after all
+    return [dataclasses.replace(audio, text=part.text)]
 
 
 async def speak(client: HttpClient, settings: SpeakSettings, text: str) -> Audio:

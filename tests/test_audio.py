@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ from tgmux.audio import (
     tone_mp3,
     transcode_to_voice_note,
 )
+from tgmux.plugins.audio_simulator import _ogg_crc
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +92,52 @@ async def test_the_duration_cap_counts_decoded_audio(mp3, caplog) -> None:
     assert caplog.messages == ["chat 42: audio is longer than the voice note cap of 1.5 s; "
                                "sent as an audio file"]
     assert await to_voice_note(mp3, max_seconds=2.5) is not None
+
+
+def with_last_granule(ogg: bytes, granule: int) -> bytes:
+    """``ogg`` whose last page claims ``granule`` samples, with a CRC to match (so that FFmpeg
+    still reads that page): what a hostile TTS or provider could send."""
+    last = ogg.rfind(b"OggS")
+    page = bytearray(ogg[last:])
+    struct.pack_into("<q", page, 6, granule)
+    struct.pack_into("<I", page, 22, 0)
+    struct.pack_into("<I", page, 22, _ogg_crc(bytes(page)))
+    return ogg[:last] + bytes(page)
+
+
+@pytest.mark.parametrize("granule", [2**62, 0, 100], ids=["2^62", "zero", "below-pre-skip"])
+async def test_an_ogg_whose_last_page_lies_about_its_length_is_transcoded(
+        mp3, granule) -> None:
+    ogg = transcode_to_voice_note(mp3).data
+    hostile = with_last_granule(ogg, granule)
+    assert is_ogg_opus(hostile) and ogg_opus_seconds(hostile) is None
+    note = await to_voice_note(hostile)  # what it holds is counted, not what it claims
+    assert note is not None and is_ogg_opus(note.data)
+    assert note.seconds == pytest.approx(ogg_opus_seconds(ogg), abs=0.05)
+    assert note.whole_seconds in (2, 3)  # about 2 s (FFmpeg trims the end by the granule)
+
+
+@pytest.mark.parametrize("granule", [2**63 - 1, -1], ids=["int64-max", "minus-one"])
+async def test_an_ogg_ffmpeg_refuses_is_sent_as_an_audio_file(mp3, granule, caplog) -> None:
+    hostile = with_last_granule(transcode_to_voice_note(mp3).data, granule)
+    assert ogg_opus_seconds(hostile) is None
+    with caplog.at_level(logging.WARNING, logger="tgmux.audio"):
+        assert await to_voice_note(hostile, name="chat 7") is None  # no absurd duration
+    (message,) = caplog.messages
+    assert message.startswith("chat 7: could not transcode audio to a voice note (")
+
+
+async def test_an_ogg_over_the_cap_is_not_believed_past_it(mp3, caplog) -> None:
+    ogg = transcode_to_voice_note(mp3).data  # 2 s
+    assert ogg_opus_seconds(ogg, max_seconds=1.5) is None
+    with caplog.at_level(logging.WARNING, logger="tgmux.audio"):
+        assert await to_voice_note(ogg, max_seconds=1.5, name="chat 42") is None
+    assert caplog.messages == ["chat 42: audio is longer than the voice note cap of 1.5 s; "
+                               "sent as an audio file"]
+    # a claim the bytes cannot hold (more than 120 ms per two bytes) is not believed either
+    assert ogg_opus_seconds(with_last_granule(ogg, 312 + len(ogg) * 2880 + 1)) is None
+    # nor a last "page" that is not one: cut short, or bytes after it
+    assert ogg_opus_seconds(ogg[:-1]) is None and ogg_opus_seconds(ogg + b"\0") is None
 
 
 @pytest.mark.parametrize("data", [b"", b"not audio at all" * 50,

@@ -67,3 +67,21 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     missing = tmp_path / "nope.yaml"
     assert result.stderr == f"error: {missing}: cannot read: No such file or directory\n"
+
+
+def test_check_says_ok_only_when_everything_it_checks_passed(tmp_path: Path) -> None:
+    broken = tmp_path / "tgmux.db"
+    broken.write_bytes(b"not a database" * 1024)
+    broken.chmod(0o600)
+    config = tmp_path / "config.yaml"
+    config.write_text(ECHO_CONFIG.replace('"memory://"', f'"sqlite:///{broken}"'))
+    failed = tgmux("check", str(config))
+    assert failed.returncode == 2
+    assert "OK" not in failed.stdout  # the config is fine, the store is not: no "OK" first
+    (error,) = failed.stderr.splitlines()
+    assert error.startswith(f"error: {config}:1: store: cannot open sqlite:///")
+    broken.unlink()
+    passed = tgmux("check", str(config))
+    assert passed.returncode == 0, passed.stderr
+    assert passed.stdout.splitlines()[-1] == f"{config}: OK"
+    assert passed.stdout.count("OK") == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+import tgmux.hookspecs
+import tgmux.testing
 from tgmux.harness import EngineHarness
 from tgmux.logs import JsonFormatter, log_fields, setup_logging
 from tgmux.ops import start_ops_server
@@ -67,6 +70,56 @@ async def test_metrics_move_and_probes_answer() -> None:
                 "account main": {"ok": False, "detail": "not connected"}}}
         finally:
             await server.stop()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def not_metric_names() -> set[str]:
+    """The other ``tgmux_…`` names the docs use: hooks, store tables, the pytest fixture (and
+    the simulated bot's default username)."""
+    hooks = {name for name in dir(tgmux.hookspecs) if name.startswith("tgmux_")}
+    tables = {name for path in (ROOT / "core" / "store").rglob("*.py")
+              for name in re.findall(r"CREATE (?:UNLOGGED )?TABLE (?:IF NOT EXISTS )?(tgmux_\w+)",
+                                     path.read_text(), re.I)}
+    return hooks | tables | {n for n in tgmux.testing.__all__ if n.startswith("tgmux_")}
+
+
+def documented_metrics() -> dict[str, str]:
+    """Every metric name the docs mention → where (page:line)."""
+    others = not_metric_names()
+    found: dict[str, str] = {}
+    for page in DOC_PAGES:
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            for name in re.findall(r"\btgmux_\w+", line):
+                if name not in others:
+                    found.setdefault(name, f"{page.relative_to(ROOT)}:{number}")
+    return found
+
+
+async def test_every_metric_the_docs_name_is_what_metrics_serves() -> None:
+    config = ECHO + "server: {listen: 127.0.0.1:0}\n"
+    async with EngineHarness.from_yaml(config) as h:
+        server = await start_ops_server(h.config, h.engine)
+        assert server is not None
+        try:
+            await h.say("one", user_id=4)
+            status, text = await get(f"http://127.0.0.1:{server.port}/metrics")
+        finally:
+            await server.stop()
+    assert status == 200
+    families = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
+    samples = {line.split("{")[0].split(" ")[0] for line in text.splitlines()
+               if line and not line.startswith("#")}
+    served = set(families) | samples
+    documented = documented_metrics()
+    wrong = {f"{where}: {name}" for name, where in documented.items() if name not in served}
+    assert not wrong, f"the docs name metrics /metrics does not serve: {sorted(wrong)}"
+    # and the table in docs/operations.md lists every one that is served
+    table = set(re.findall(r"^\| `(tgmux_\w+)` \|", (ROOT / "docs" / "operations.md").read_text(),
+                           re.M))
+    assert table == set(families)
 
 
 async def test_a_taken_port_is_a_clear_error() -> None:

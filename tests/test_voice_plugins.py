@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tgmux.backend import Backend, BackendSettings, ReplyPart, Strict, Text, Turn
+from tgmux.backend import Backend, BackendSettings, ReplyPart, Strict, Text, TextDelta, Turn
 from tgmux.backends.lucydream.simulator import LucyDreamSimulator
 from tgmux.bootstrap import load, load_text
 from tgmux.errors import ConfigError
@@ -205,6 +205,72 @@ async def test_mp3_goes_as_audio_and_a_failure_as_text(tgmux_bot, lucy, audio) -
     assert failed.texts == ["You said: two"]
 
 
+def with_last_granule(ogg: bytes, granule: int) -> bytes:
+    """``ogg`` whose last page claims ``granule`` samples (its CRC made to match)."""
+    last = ogg.rfind(b"OggS")
+    page = bytearray(ogg[last:])
+    struct.pack_into("<q", page, 6, granule)
+    struct.pack_into("<I", page, 22, 0)
+    struct.pack_into("<I", page, 22, _ogg_crc(bytes(page)))
+    return ogg[:last] + bytes(page)
+
+
+async def test_a_spoken_reply_whose_ogg_claims_2_62_samples_still_reaches_the_user(
+        tgmux_bot, lucy, audio) -> None:
+    pytest.importorskip("av")  # the voice extra: the lying file is transcoded
+    audio.speech_bytes = with_last_granule(ogg_opus(0.2), 2**62)
+    bot = await tgmux_bot(config(lucy, audio, plugins="tgmux.plugins.speak",
+                                 sections=SPEAK + "  mode: only\n"))
+    reply = await bot.send("Hello Lucy", user_id=42)
+    (voice,) = reply.messages
+    assert (voice["action"], voice["mime_type"], voice["duration"]) == \
+        ("send_voice", "audio/ogg", 1)  # the 0.2 s it holds, not the 3 million years it claims
+
+
+async def test_only_mode_sends_the_text_when_the_voice_note_is_refused(
+        tgmux_bot, lucy, audio) -> None:
+    bot = await tgmux_bot(config(lucy, audio, plugins="tgmux.plugins.speak",
+                                 sections=SPEAK + "  mode: only\n"))
+    bot.telegram.fail("send_voice", "CHAT_SEND_VOICES_FORBIDDEN")
+    reply = await bot.send("Hello Lucy", user_id=42)
+    assert [(m["action"], m.get("text")) for m in reply.messages] == [
+        ("send_message", "You said: Hello Lucy")]
+
+
+class StreamsSettings(BackendSettings):
+    type: str = "streams"
+
+
+class StreamsBackend(Backend):
+    """A backend that streams its reply, then says it whole."""
+
+    type_name = "streams"
+    Settings = StreamsSettings
+
+    async def reply(self, turn: Turn) -> AsyncIterator[ReplyPart]:
+        yield TextDelta("You said: ")
+        yield TextDelta(turn.text)
+        yield Text(f"You said: {turn.text}")
+
+
+class StreamsPlugin:
+    @hookimpl
+    def tgmux_backend_types(self) -> list[type[Backend]]:
+        return [StreamsBackend]
+
+
+async def test_a_streamed_reply_is_not_shown_twice_when_its_voice_note_is_refused(
+        tgmux_bot, audio) -> None:
+    bot = await tgmux_bot(FAST + "plugins: [tgmux.plugins.speak]\n"
+                          "backends:\n  lucy: {type: streams}\ndefault: lucy\n"
+                          + textwrap.dedent(SPEAK + "  mode: only\n").replace(
+                              "BASE_URL", audio.base_url), plugins=[StreamsPlugin()])
+    bot.telegram.fail("send_voice", "CHAT_SEND_VOICES_FORBIDDEN")
+    reply = await bot.send("Hello", user_id=42)
+    assert reply.texts == ["You said: Hello"]  # streamed; not sent again for the voice note
+    assert len(audio.requests_to("/v1/audio/speech", "POST")) == 1
+
+
 def test_speak_names_an_unknown_backend_at_startup(lucy_free_config) -> None:
     cfg, _ = load_text(lucy_free_config + "plugins: [tgmux.plugins.speak]\n"
                        "speak: {backends: [lucy, nobody]}\n", source="c.yaml")
@@ -291,7 +357,7 @@ def test_a_section_named_like_a_core_key_is_refused_when_the_plugin_loads() -> N
 def test_a_core_key_section_named_in_plugins_is_an_error_at_its_line(tmp_path, monkeypatch,
                                                                      lucy_free_config) -> None:
     (tmp_path / "greedy_plugin.py").write_text(textwrap.dedent("""\
-        from tgmux.backend import Backend, BackendSettings, ReplyPart, Strict, Text, Turn
+        from tgmux.backend import Backend, BackendSettings, ReplyPart, Strict, Text, TextDelta, Turn
         from tgmux.hooks import hookimpl
 
         class Settings(Strict):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -225,6 +226,8 @@ class TelegramFrontend:
                         stream = None
                         if ok and text.strip():
                             delivered.append(Text(text))
+                            if isinstance(part, Audio):  # its text is shown: not again
+                                part = dataclasses.replace(part, text=None)
                         if isinstance(part, Text):
                             continue
                     if await self._deliver_part(out, actions, part):
@@ -272,7 +275,7 @@ class TelegramFrontend:
                 return await self._send_media(out, "photo", part.url, part.data, part.caption,
                                               part.filename or _image_name(part.data))
             if isinstance(part, Audio):
-                return await self._send_audio(out, actions, part)
+                return await self._send_audio_or_text(out, actions, part)
             if isinstance(part, Metadata):
                 return False
             log.warning("chat %s: cannot show a %s", out.chat.chat_id, type(part).__name__)
@@ -281,6 +284,21 @@ class TelegramFrontend:
             return False
         finally:
             actions.set(enums.ChatAction.TYPING)
+
+    async def _send_audio_or_text(self, out: Outbox, actions: _ChatActions,
+                                  part: Audio) -> bool:
+        """The audio; when it cannot be sent and it says what it says (``Audio.text``), that
+        text instead: a reply spoken in place of its text still reaches the user."""
+        try:
+            if await self._send_audio(out, actions, part):
+                return True
+        except DeliveryFailed:
+            if not part.text:
+                raise
+        if not part.text:
+            return False
+        log.warning("chat %s: the audio could not be sent; sending its text", out.chat.chat_id)
+        return await self._deliver_part(out, actions, Text(part.text))
 
     async def _send_audio(self, out: Outbox, actions: _ChatActions, part: Audio) -> bool:
         """A voice note when asked for and possible, else an audio file. Telegram shows a

@@ -34,8 +34,8 @@ from tgmux.telegram.client import (
     telegram_proxy,
 )
 
-__all__ = ["CONNECT_TIMEOUT", "TelegramUnreachable", "login", "run_telegram", "start_bounded",
-           "stop_signals"]
+__all__ = ["CONNECT_TIMEOUT", "LoginRefused", "TelegramUnreachable", "login", "run_telegram",
+           "start_bounded", "stop_signals"]
 
 log = logging.getLogger("tgmux.telegram")
 
@@ -51,6 +51,11 @@ _CHECK_NETWORK = "check the machine's network / proxy / firewall"
 class TelegramUnreachable(TgmuxError):
     """Telegram could not be reached; the command line prints it as one ``error:`` line and
     exits 1 (the config is fine: the network is not)."""
+
+
+class LoginRefused(TgmuxError):
+    """Telegram refused ``tgmux login`` (a wrong api_id/api_hash...): one ``error:`` line,
+    exit 1, as for ``tgmux run``."""
 
 
 def unreachable_message(reach: Reach, exc: BaseException | None = None) -> str:
@@ -371,7 +376,12 @@ async def login(api_id: int, api_hash: str, *, phone: str | None = None,
                     phone_number=phone, no_updates=True, connection_factory=reach.connection,
                     proxy=telegram_proxy(proxy))
     with _quiet(_CONNECTION_LOGGERS):  # each attempt's errors; tgmux says it once
-        await start_bounded(_start_client(client), reach)
+        try:
+            await start_bounded(_start_client(client), reach)
+        except RPCError as exc:  # api_id/api_hash refused...: one line, exit 1 (as `run`)
+            code = str(exc.ID or exc.NAME)
+            raise LoginRefused(f"Telegram refused the login: "
+                               f"{_AUTH_PROBLEMS.get(code, str(exc))}") from None
     try:
         return await client.export_session_string()
     finally:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -230,6 +231,14 @@ def run_offline(prefix: list[str], *args: str, cwd: Path) -> tuple[subprocess.Co
     return done, time.monotonic() - started
 
 
+def documented_exit_codes() -> dict[str, int]:
+    """What docs/telegram.md says `run` and `login` exit with when Telegram cannot be reached."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "telegram.md").read_text()
+    (said,) = re.findall(r"cannot be reached, `tgmux run` and `tgmux login` say so in one line "
+                         r"and exit non-zero\s+\(([^)]*)\)", text)
+    return {command: int(code) for command, code in re.findall(r"`(\w+)` (\d)", said)}
+
+
 def assert_one_clear_error(done: subprocess.CompletedProcess, elapsed: float) -> None:
     assert done.returncode != 0, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
@@ -249,6 +258,7 @@ def test_run_without_network_is_one_clear_error_in_bounded_time(tmp_path: Path, 
     (tmp_path / "cfg.yaml").write_text(config_text(tmp_path, identity=identity))
     done, elapsed = run_offline(no_network, "run", "-c", "cfg.yaml", cwd=tmp_path)
     assert_one_clear_error(done, elapsed)
+    assert done.returncode == documented_exit_codes()["run"] == 1
 
 
 @pytest.mark.timeout(120)
@@ -256,7 +266,8 @@ def test_login_without_network_is_one_clear_error_in_bounded_time(tmp_path: Path
     done, elapsed = run_offline(no_network, "login", "--api-id", "1", "--api-hash", "x",
                                 "--phone", "+10000000000", cwd=tmp_path)
     assert_one_clear_error(done, elapsed)
-    assert done.returncode == 1  # the network's fault, not the config's (that is 2)
+    # the network's fault, not the config's (that is 2); as the docs say
+    assert done.returncode == documented_exit_codes()["login"] == 1
     assert done.stderr.strip().splitlines() == [  # nothing else: Pyrogram's attempts are quiet
         "error: cannot reach Telegram (network unreachable): check the machine's network / "
         "proxy / firewall"]

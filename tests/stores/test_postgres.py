@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlsplit
 
 import asyncpg
 import pg_server
 import pytest
+import yaml
 from conftest import Postgres, need_postgres, start_private_server, with_query
 
 from tgmux.redact import redact_urls
@@ -64,6 +66,37 @@ async def test_open_creates_the_schema_once_even_when_processes_start_together(
         assert await stores[0].check() == SCHEMA_VERSION
     finally:
         await asyncio.gather(*(s.close() for s in stores))
+
+
+def compose_environment(variables: dict[str, str]) -> dict[str, str]:
+    """compose.yaml's environment for tgmux as compose interpolates it from ``variables``
+    (``${NAME}``, ``${NAME:-default}``, ``${NAME:?message}``)."""
+    root = Path(__file__).resolve().parents[2]
+    service = yaml.safe_load((root / "compose.yaml").read_text())["services"]["tgmux"]
+
+    def value(m: re.Match[str]) -> str:
+        return variables.get(m.group(1)) or (m.group(3) if m.group(2) == ":-" else "")
+
+    return {key: re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", value, str(raw))
+            for key, raw in service["environment"].items()}
+
+
+async def test_the_store_opens_as_compose_sets_it_up(pg_url: str, monkeypatch) -> None:
+    """A password with "@", ":", "/" and quotes (the test server's): in the URL it would break
+    it; compose passes it as PGPASSWORD, which the driver uses when the URL names none."""
+    target = Target.parse(pg_url)
+    assert set("@:/'") <= set(target.password)
+    environment = compose_environment({"POSTGRES_PASSWORD": target.password})
+    # compose's service name "postgres" is this test server; its tables go to the test's schema
+    url = environment["TGMUX_STORE"].replace("@postgres:5432/", f"@{target.host}:{target.port}/")
+    url += "?" + urlsplit(pg_url).query
+    monkeypatch.setenv("PGPASSWORD", environment.get("PGPASSWORD", ""))
+    store = PostgresStore(url)
+    await store.open()
+    try:
+        assert await store.inbox_backlog(account="main") == 0
+    finally:
+        await store.close()
 
 
 def test_store_migrate_and_check(tmp_path: Path, pg_url: str) -> None:

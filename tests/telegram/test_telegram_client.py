@@ -16,6 +16,7 @@ from pyrogram.storage import SQLiteStorage
 from pyrogram.storage.storage import UpdateState
 
 import tgmux.telegram.run as telegram_run
+from tgmux import cli
 from tgmux.bootstrap import load_config_text
 from tgmux.errors import ConfigError
 from tgmux.hooks import build_plugin_manager
@@ -162,6 +163,23 @@ async def test_login_returns_the_session_string(monkeypatch):
     await probe.open()
     assert await probe.user_id() == 777 and not await probe.is_bot()
     await probe.close()
+
+
+def test_a_refused_login_is_one_clear_line_and_exit_1(monkeypatch, capsys):
+    fake = FakeTelegram(is_bot=False, user_id=777, bot_username="someone")
+    fake.fail("*", "API_ID_INVALID", times=None)
+
+    def client(*args, **kwargs):
+        return fake.attach(Client(*args, **kwargs))
+
+    monkeypatch.setattr(telegram_run, "Client", client)
+    with pytest.raises(SystemExit) as exited:
+        cli.cli.main(["login", "--api-id", "12345", "--api-hash", "0" * 32, "--phone",
+                       "+10000000000"], standalone_mode=False)
+    assert exited.value.code == 1  # as `run`: Telegram refused; 2 is for a config error
+    assert capsys.readouterr().err.splitlines() == [
+        "error: Telegram refused the login: Telegram rejected api_id/api_hash (check them at "
+        "my.telegram.org)"]
 
 
 async def authorized_bot_session(path: Path, token: str | None, *, user_id: int = 123456,
