@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import json as jsonlib
 import logging
 import random
@@ -72,6 +71,7 @@ from tgmux.errors import (
     retry_later_message,
 )
 from tgmux.ratelimit import Limiter
+from tgmux.retry_after import parse_retry_after
 from tgmux.types import delay_notifier
 
 log = logging.getLogger("tgmux.http")
@@ -105,22 +105,6 @@ def request_id_from(headers: Mapping[str, str]) -> str | None:
 def _ids(error: BackendError) -> dict[str, Any]:
     """A log record's ``request_id`` field (JSON logs), when the provider gave one."""
     return {"request_id": error.request_id} if error.request_id else {}
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def default_error_parser(response: httpx.Response) -> BackendError:

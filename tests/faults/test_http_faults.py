@@ -265,6 +265,59 @@ def test_durations_read_well() -> None:
     assert format_duration(5 * 86400) == "5 days"
 
 
+def test_absurd_durations_are_clamped_and_said_as_a_date() -> None:
+    from datetime import UTC, datetime
+
+    from tgmux.errors import ErrorKind, format_duration, retry_later_message
+
+    morning = datetime(2026, 12, 7, 9, 0, tzinfo=UTC).timestamp()
+    for absurd in (float("inf"), 1e308, 10**400):
+        assert format_duration(absurd) == "31 days"
+        assert retry_later_message(ErrorKind.RATE_LIMITED, absurd, now=morning) == (
+            "The AI provider is busy; please try again after 7 January 2027.")
+    assert format_duration(float("nan")) == "1 s"
+    assert format_duration(-3) == "1 s"
+    said = retry_later_message(ErrorKind.UNAVAILABLE, 5 * 3600, now=morning)
+    assert said == "The AI provider is unavailable right now; please try again later today."
+    assert retry_later_message(ErrorKind.RATE_LIMITED, 1800, now=morning) == (
+        "The AI provider is busy; please try again in about 30 min.")
+    late = datetime(2026, 12, 7, 23, 0, tzinfo=UTC).timestamp()
+    assert retry_later_message(ErrorKind.RATE_LIMITED, 5 * 3600, now=late) == (
+        "The AI provider is busy; please try again in about 5 h.")
+    assert retry_later_message(ErrorKind.RATE_LIMITED, 3 * 86400, now=late) == (
+        "The AI provider is busy; please try again after 10 December 2026.")
+
+
+@pytest.mark.parametrize(("header", "seconds"), [
+    ("inf", 31 * 86400), ("Infinity", 31 * 86400), ("1e308", 31 * 86400),
+    ("Fri, 31 Dec 9999 23:59:59 GMT", 31 * 86400),
+])
+async def test_an_absurd_retry_after_is_clamped_not_a_crash(
+    server: Hostile, header: str, seconds: float,
+) -> None:
+    server.inject(Fault(status=429, body={}, headers={"Retry-After": header}))
+    async with client(server, max_retry_after=30) as http:
+        async with asyncio.timeout(5):
+            with pytest.raises(RateLimitedError) as info:
+                await http.request("POST", "/ok", json={})
+            assert info.value.retry_after == seconds
+            assert info.value.user_message.startswith(
+                "The AI provider is busy; please try again after ")
+            with pytest.raises(RateLimitedError) as again:  # remembered: answered at once
+                await http.request("POST", "/ok", json={})
+            assert "not sent" in str(again.value) and "31 days" not in again.value.user_message
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("header", ["nan", "-5", "-inf"])
+async def test_a_meaningless_retry_after_is_a_plain_retry(server: Hostile, header: str) -> None:
+    server.inject(Fault(status=429, body={}, headers={"Retry-After": header}))
+    async with client(server, max_retry_after=30) as http:
+        async with asyncio.timeout(5):
+            assert (await http.request_json("POST", "/ok", json={}))["ok"]
+    assert len(server.requests) == 2
+
+
 async def test_a_day_long_retry_after_answers_at_once_and_does_not_stall_others(
     server: Hostile,
 ) -> None:
