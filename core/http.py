@@ -48,7 +48,7 @@ import logging
 import random
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -521,22 +521,27 @@ class HttpClient:
         files: Mapping[str, MultipartFile] | None = None,
         form: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
+        expected_statuses: Collection[int] = (),
     ) -> httpx.Response:
         """Send a request; return the 2xx/3xx response or raise a :class:`BackendError`.
 
         ``files`` (and ``form`` fields beside them) send a ``multipart/form-data`` body:
-        ``files={"file": ("voice.ogg", data, "audio/ogg")}, form={"model": "whisper-1"}``."""
+        ``files={"file": ("voice.ogg", data, "audio/ogg")}, form={"model": "whisper-1"}``.
+        ``expected_statuses`` are answers the caller handles (Sensay's 401 for a user it does
+        not know yet): raised all the same, logged at DEBUG instead of as a warning."""
         if files is not None or form is not None:
             content, headers = multipart_body(files or {}, form or {}, headers)
         if self._goes_direct(content):
-            answer = await self._request_direct(method, url, json, params, headers, idempotent)
+            answer = await self._request_direct(method, url, json, params, headers, idempotent,
+                                                expected_statuses)
             return self._httpx_response(method.upper(), answer.url, answer.status_code,
                                         answer.raw_headers, answer.content, answer.reason)
         request = self._client.build_request(
             method, self._absolute(url), json=json, params=params, headers=headers,
             content=content,
         )
-        async with self._send(request, stream=False, idempotent=idempotent) as response:
+        async with self._send(request, stream=False, idempotent=idempotent,
+                              expected=expected_statuses) as response:
             return response
 
     async def request_json(self, method: str, url: str, **kwargs: Any) -> Any:
@@ -545,7 +550,7 @@ class HttpClient:
         if not multipart and self._goes_direct(kwargs.get("content")):
             answer = await self._request_direct(
                 method, url, kwargs.get("json"), kwargs.get("params"), kwargs.get("headers"),
-                kwargs.get("idempotent"))
+                kwargs.get("idempotent"), kwargs.get("expected_statuses", ()))
             content, status, path = answer.content, answer.status_code, answer.url.path
             response_headers: Mapping[str, str] = answer.headers
         else:
@@ -576,6 +581,7 @@ class HttpClient:
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         idempotent: bool | None = None,
+        expected_statuses: Collection[int] = (),
     ) -> AsyncIterator[httpx.Response]:
         """A streamed response (body not read yet); errors before the body are raised here.
 
@@ -585,7 +591,8 @@ class HttpClient:
         request = self._client.build_request(
             method, self._absolute(url), json=json, params=params, headers=headers
         )
-        async with self._send(request, stream=True, idempotent=idempotent) as response:
+        async with self._send(request, stream=True, idempotent=idempotent,
+                              expected=expected_statuses) as response:
             yield response
 
     # -- machinery ---------------------------------------------------------------------------
@@ -747,7 +754,7 @@ class HttpClient:
 
     async def _request_direct(
         self, method: str, url: str, json: Any, params: dict[str, Any] | None,
-        headers: dict[str, str] | None, idempotent: bool | None,
+        headers: dict[str, str] | None, idempotent: bool | None, expected: Collection[int],
     ) -> _Answer:
         method = method.upper()
         target, path = self._target(url, params)
@@ -757,27 +764,30 @@ class HttpClient:
         safe_to_repeat = idempotent if idempotent is not None else method in IDEMPOTENT_METHODS
         return await self._retrying(
             where, safe_to_repeat,
-            lambda: self._attempt_direct(method, target, merged, body, where))
+            lambda: self._attempt_direct(method, target, merged, body, where), expected)
 
     # -- the policy around attempts ----------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def _send(
-        self, request: httpx.Request, *, stream: bool, idempotent: bool | None
+        self, request: httpx.Request, *, stream: bool, idempotent: bool | None,
+        expected: Collection[int],
     ) -> AsyncIterator[httpx.Response]:
         safe_to_repeat = (
             idempotent if idempotent is not None else request.method in IDEMPOTENT_METHODS
         )
         where = f"{request.method} {request.url.path}"
         response = await self._retrying(
-            where, safe_to_repeat, lambda: self._attempt(request, stream=stream, where=where))
+            where, safe_to_repeat, lambda: self._attempt(request, stream=stream, where=where),
+            expected)
         try:
             yield response
         finally:
             await response.aclose()
 
     async def _retrying(self, where: str, safe_to_repeat: bool,
-                        attempt: Callable[[], Awaitable[Answered]]) -> Answered:
+                        attempt: Callable[[], Awaitable[Answered]],
+                        expected: Collection[int] = ()) -> Answered:
         """Attempts until one is answered below 400, or the policy (module doc) says stop."""
         tries = 0
         while True:
@@ -813,7 +823,7 @@ class HttpClient:
                           (time.monotonic() - started) * 1000)
                 return answer
             if answered is not None:  # out of the except block: its error stands alone
-                pause = self._judge_answer(answered, where, safe_to_repeat, tries)
+                pause = self._judge_answer(answered, where, safe_to_repeat, tries, expected)
                 await self._wait(pause, f"{where}: HTTP {answered.status_code}")
                 tries += 1
                 continue
@@ -826,7 +836,7 @@ class HttpClient:
             raise error from cause
 
     def _judge_answer(self, response: httpx.Response, where: str, safe_to_repeat: bool,
-                      tries: int) -> float:
+                      tries: int, expected: Collection[int]) -> float:
         """An answer of 400 or more: how long to wait before repeating it, or its error."""
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         refused = response.status_code == 429 or (
@@ -858,6 +868,6 @@ class HttpClient:
             if not error.has_own_user_message:
                 error.user_message = retry_later_message(error.kind, retry_after)
             self._refuse(retry_after, error, response.status_code)
-        log.warning("%s: %s failed: %s", self.name, where, error.log_text(),
-                    extra=_ids(error))
+        log.log(logging.DEBUG if response.status_code in expected else logging.WARNING,
+                "%s: %s failed: %s", self.name, where, error.log_text(), extra=_ids(error))
         raise error
