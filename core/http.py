@@ -26,9 +26,10 @@ Bounds (nothing is read or awaited without one):
   and retried. For :meth:`HttpClient.stream` it bounds the time to the response headers; the
   body is bounded by ``stream_idle_timeout`` for each gap between chunks instead, whatever the
   consumer calls (``aiter_bytes``, ``aiter_lines``, ``aiter_text``, ``aiter_raw``, ``aread``).
-* ``max_response_bytes`` bounds what is read of a body (decoded, and raw for streams): more is a
-  :class:`ProtocolError` ("answered more than N bytes"), found without reading the rest. An
-  error answer's body is read up to :data:`MAX_ERROR_BODY_BYTES`, the rest dropped.
+* ``max_response_bytes`` bounds what is read of a body, decompressed (and on the wire), on
+  every path: more is a :class:`ProtocolError` ("answered more than N bytes"), found without
+  reading or inflating the rest (:mod:`tgmux.http_body`). An error answer's body is read up
+  to :data:`MAX_ERROR_BODY_BYTES`, the rest dropped.
 * a ``Retry-After`` longer than ``max_retry_after`` is not waited for: the request fails at once
   (:class:`RateLimitedError` for a 429, with a user message saying when to try again), and every
   request on the same credentials (the same limiter, or else the same client) is answered the
@@ -70,6 +71,7 @@ from tgmux.errors import (
     format_duration,
     retry_later_message,
 )
+from tgmux.http_body import ACCEPT_ENCODING, guard_body, join_bounded, read_body
 from tgmux.ratelimit import Limiter
 from tgmux.retry_after import parse_retry_after
 from tgmux.types import delay_notifier
@@ -245,92 +247,6 @@ class _Refusal:
 
 # Refusals per limiter (shared by everything on the same credentials) or per client.
 _refusals: weakref.WeakKeyDictionary[object, _Refusal] = weakref.WeakKeyDictionary()
-
-
-class _GuardedStream(httpx.AsyncByteStream):
-    """A response body with bounds: at most ``limit`` raw bytes, at most ``idle`` seconds between
-    chunks; with ``convert``, transport errors become :class:`BackendError` kinds (for the
-    consumers of a streamed body, who should see nothing else)."""
-
-    def __init__(
-        self, inner: httpx.AsyncByteStream, client: HttpClient, where: str,
-        request_id: str | None, *, limit: int | None, idle: float | None, convert: bool,
-    ) -> None:
-        self._inner = inner
-        self._client = client
-        self._where = where
-        self._request_id = request_id
-        self.limit = limit
-        self.idle = idle
-        self.convert = convert
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        total = 0
-        chunks = self._inner.__aiter__()
-        try:
-            while True:
-                chunk = await self._next(chunks)
-                if chunk is None:
-                    return
-                total += len(chunk)
-                if self.limit is not None and total > self.limit:
-                    raise self._client._too_big(self._where, self.limit, self._request_id)
-                yield chunk
-        finally:  # a consumer that stops early must not leave the inner iterator open
-            if (close := getattr(chunks, "aclose", None)) is not None:
-                with contextlib.suppress(Exception):
-                    await close()
-
-    async def _next(self, chunks: AsyncIterator[bytes]) -> bytes | None:
-        """The next chunk (None at the end), within ``idle`` seconds."""
-        try:
-            if self.idle is None:
-                return await anext(chunks)
-            async with asyncio.timeout(self.idle):
-                return await anext(chunks)
-        except StopAsyncIteration:
-            return None
-        except TimeoutError as exc:
-            if self.idle is None:
-                raise
-            raise BackendTimeoutError(
-                f"{self._client.name}: {self._where}: no data for {self.idle:g} s mid-response",
-                request_id=self._request_id,
-            ) from exc
-        except httpx.TransportError as exc:
-            if not self.convert:
-                raise
-            _, error = self._client._transport_failure(exc, self._where, False)
-            error.request_id = self._request_id
-            raise error from exc
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-async def _join_bounded(chunks: AsyncIterator[bytes], limit: int,
-                        too_big: Callable[[], BackendError] | None) -> bytes:
-    """The chunks joined, at most ``limit`` bytes; the rest is left unread, and is a
-    ``too_big()`` error if given (else dropped)."""
-    parts: list[bytes] = []
-    total = 0
-    async for part in chunks:
-        if total + len(part) > limit:
-            if too_big is not None:
-                raise too_big()
-            parts.append(part[: limit - total])
-            break
-        parts.append(part)
-        total += len(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-async def _read_body(response: httpx.Response, limit: int,
-                     too_big: Callable[[], BackendError] | None = None) -> None:
-    """Read the (decoded) body into ``response.content`` (see :func:`_join_bounded`)."""
-    async with contextlib.aclosing(response.aiter_bytes()) as body:
-        # httpx keeps a read body here (``Response.aread`` does the same).
-        response._content = await _join_bounded(body, limit, too_big)
 
 
 #: Headers httpx's client sets that the direct path leaves to aiohttp, which only asks for the
@@ -627,6 +543,26 @@ class HttpClient:
         return ProtocolError(
             f"{self.name}: {where} answered more than {limit} bytes", request_id=request_id)
 
+    def _guard(self, response: httpx.Response, where: str, request_id: str | None, *,
+               limit: int | None, idle: float | None, convert: bool) -> None:
+        """Bound ``response``'s body (:mod:`tgmux.http_body`); with ``convert``, transport
+        errors while it is read become :class:`BackendError` kinds too."""
+
+        def lost(exc: httpx.TransportError) -> BackendError:
+            error = self._transport_failure(exc, where, False)[1]
+            error.request_id = request_id
+            return error
+
+        guard_body(
+            response, limit=limit, idle=idle, lost=lost if convert else None,
+            too_big=lambda: self._too_big(where, limit or 0, request_id),
+            stalled=lambda: BackendTimeoutError(
+                f"{self.name}: {where}: no data for {idle:g} s mid-response",
+                request_id=request_id),
+            unreadable=lambda why: ProtocolError(
+                f"{self.name}: {where}: unreadable answer", provider_message=why,
+                request_id=request_id))
+
     # -- refusals beyond max_retry_after ----------------------------------------------------
 
     def _refuse(self, retry_after: float, error: BackendError, status: int) -> None:
@@ -668,26 +604,19 @@ class HttpClient:
         response: httpx.Response | None = None
         try:
             async with asyncio.timeout(self.timeout):
+                request.headers["Accept-Encoding"] = ACCEPT_ENCODING  # what the guard reads
                 response = await self._client.send(request, stream=True)
                 request_id = request_id_from(response.headers)
-                if response.status_code >= 400:
-                    response.stream = _GuardedStream(
-                        response.stream, self, where, request_id,
-                        limit=None, idle=None, convert=False)
-                    await _read_body(response, self.max_error_bytes)
-                    await response.aclose()
-                elif stream:
-                    response.stream = _GuardedStream(
-                        response.stream, self, where, request_id,
-                        limit=self.max_response_bytes, idle=self.stream_idle_timeout,
-                        convert=True)
-                else:
-                    response.stream = _GuardedStream(
-                        response.stream, self, where, request_id,
-                        limit=self.max_response_bytes, idle=None, convert=False)
-                    await _read_body(
-                        response, self.max_response_bytes,
-                        lambda: self._too_big(where, self.max_response_bytes, request_id))
+                failed = response.status_code >= 400
+                limit = None if failed else self.max_response_bytes
+                self._guard(response, where, request_id, limit=limit,
+                            idle=self.stream_idle_timeout if stream and not failed else None,
+                            convert=stream and not failed)
+                if failed or not stream:
+                    await read_body(response, self.max_error_bytes if failed else
+                                    self.max_response_bytes,
+                                    None if failed else lambda: self._too_big(
+                                        where, self.max_response_bytes, request_id))
                     await response.aclose()
         except BaseException:
             if response is not None:
@@ -712,10 +641,10 @@ class HttpClient:
                     timeout=self._aiohttp_timeout)
                 status = response.status
                 if status >= 400:
-                    content = await _join_bounded(
+                    content = await join_bounded(
                         response.content.iter_any(), self.max_error_bytes, None)
                 else:
-                    content = await _join_bounded(
+                    content = await join_bounded(
                         response.content.iter_any(), self.max_response_bytes,
                         lambda: self._too_big(where, self.max_response_bytes,
                                               request_id_from(response.headers)))

@@ -9,6 +9,7 @@ import gzip
 import logging
 import socket
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import httpx
@@ -90,6 +91,21 @@ class Hostile(SimulatorServer):
                                     "Content-Encoding": "gzip"},
             )
 
+        async def bomb_stream(request: web.Request) -> web.StreamResponse:
+            """An event stream gzipped from 32 MiB to about 32 kB, sent in 4 kB pieces."""
+            status = int(request.query.get("status", "200"))
+            squeeze = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+            line = b"data: " + b"0" * 1017 + b"\n\n"  # 1 KiB
+            body = b"".join(squeeze.compress(line * 1024) for _ in range(32)) + squeeze.flush()
+            response = web.StreamResponse(status=status, headers={
+                "Content-Type": "text/event-stream", "Content-Encoding": "gzip"})
+            await response.prepare(request)
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                for start in range(0, len(body), 4096):
+                    await response.write(body[start:start + 4096])
+                    self.written += len(body[start:start + 4096])
+            return response
+
         async def html(request: web.Request) -> web.Response:
             status = int(request.query.get("status", "200"))
             header = request.query.get("header", "X-Request-Id")
@@ -103,6 +119,7 @@ class Hostile(SimulatorServer):
         app.router.add_route("*", "/chunks", chunks)
         app.router.add_route("*", "/huge", huge)
         app.router.add_route("*", "/bomb", bomb)
+        app.router.add_route("*", "/bomb-stream", bomb_stream)
         app.router.add_route("*", "/html", html)
 
 
@@ -248,6 +265,59 @@ async def test_a_streamed_reply_is_capped(server: Hostile) -> None:
             async with http.stream("GET", "/huge") as response:
                 async for _ in response.aiter_bytes():
                     pass
+
+
+async def test_a_compressed_stream_is_capped_by_its_decompressed_size(server: Hostile) -> None:
+    """32 kB on the wire, 32 MiB inflated: the cap counts what the consumer would get, and no
+    piece handed over is larger than the cap (memory stays bounded)."""
+    pieces: list[int] = []
+    async with client(server, max_response_bytes=1024 * 1024) as http:
+        with pytest.raises(ProtocolError) as info:
+            async with http.stream("GET", "/bomb-stream") as response:
+                async for piece in response.aiter_bytes():
+                    pieces.append(len(piece))
+    assert "answered more than 1048576 bytes" in str(info.value)
+    assert sum(pieces) <= 1024 * 1024 and max(pieces) <= 64 * 1024
+    assert server.written < 256 * 1024  # the rest was never read
+
+
+@pytest.mark.parametrize("reader", ["aiter_lines", "aread"])
+async def test_every_reader_of_a_compressed_stream_is_capped(server: Hostile, reader) -> None:
+    async with client(server, max_response_bytes=1024 * 1024) as http:
+        with pytest.raises(ProtocolError):
+            async with http.stream("GET", "/bomb-stream") as response:
+                if reader == "aread":
+                    await response.aread()
+                else:
+                    async for _ in response.aiter_lines():
+                        pass
+
+
+async def test_a_compressed_error_body_is_read_only_in_part(server: Hostile) -> None:
+    async with client(server) as http:
+        for call in (lambda: http.request("POST", "/bomb-stream?status=500", content=b"x"),
+                     lambda: http.request("POST", "/bomb-stream?status=500")):
+            with pytest.raises(UnavailableError) as info:
+                await call()
+            assert len(info.value.provider_message or "") <= 300
+
+
+async def test_a_compressed_answer_on_the_httpx_path_is_capped(server: Hostile) -> None:
+    async with client(server, max_response_bytes=1024 * 1024) as http:
+        with pytest.raises(ProtocolError):  # a raw body goes through httpx
+            await http.request("POST", "/bomb-stream", content=b"x")
+
+
+async def test_a_corrupt_compressed_body_is_a_protocol_error(server: Hostile) -> None:
+    server.inject(Fault(status=200, body="not gzip at all",
+                        headers={"Content-Encoding": "gzip"}, times=2))
+    async with client(server) as http:
+        with pytest.raises(ProtocolError):
+            async with http.stream("GET", "/ok") as response:
+                await response.aread()
+        with pytest.raises(ProtocolError):  # a raw body: the httpx path, not repeated
+            await http.request("POST", "/ok", content=b"x")
+    assert len(server.requests) == 2
 
 
 # -- 3. a Retry-After beyond max_retry_after ----------------------------------------------------
