@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from tgmux.redact import redact
+
 
 class ErrorKind(StrEnum):
     AUTH = "auth"
@@ -149,7 +151,8 @@ class BackendError(TgmuxError):
 
     @property
     def user_message(self) -> str:
-        return self._user_message or USER_MESSAGES[self.kind]
+        # A parser may have put a provider's text here: never a configured secret to a chat.
+        return redact(self._user_message) if self._user_message else USER_MESSAGES[self.kind]
 
     @user_message.setter
     def user_message(self, value: str | None) -> None:
