@@ -544,9 +544,10 @@ class HttpClient:
             f"{self.name}: {where} answered more than {limit} bytes", request_id=request_id)
 
     def _guard(self, response: httpx.Response, where: str, request_id: str | None, *,
-               limit: int | None, idle: float | None, convert: bool) -> None:
+               limit: int | None, idle: float | None, convert: bool, lenient: bool) -> None:
         """Bound ``response``'s body (:mod:`tgmux.http_body`); with ``convert``, transport
-        errors while it is read become :class:`BackendError` kinds too."""
+        errors while it is read become :class:`BackendError` kinds too; ``lenient``: an error
+        answer, whose status decides even when its body cannot be decoded."""
 
         def lost(exc: httpx.TransportError) -> BackendError:
             error = self._transport_failure(exc, where, False)[1]
@@ -554,7 +555,7 @@ class HttpClient:
             return error
 
         guard_body(
-            response, limit=limit, idle=idle, lost=lost if convert else None,
+            response, limit=limit, idle=idle, lost=lost if convert else None, lenient=lenient,
             too_big=lambda: self._too_big(where, limit or 0, request_id),
             stalled=lambda: BackendTimeoutError(
                 f"{self.name}: {where}: no data for {idle:g} s mid-response",
@@ -611,7 +612,7 @@ class HttpClient:
                 limit = None if failed else self.max_response_bytes
                 self._guard(response, where, request_id, limit=limit,
                             idle=self.stream_idle_timeout if stream and not failed else None,
-                            convert=stream and not failed)
+                            convert=stream and not failed, lenient=failed)
                 if failed or not stream:
                     await read_body(response, self.max_error_bytes if failed else
                                     self.max_response_bytes,

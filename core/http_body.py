@@ -115,15 +115,19 @@ class GuardedStream(httpx.AsyncByteStream):
     """A response body with bounds: at most ``limit`` bytes, on the wire and decoded; at most
     ``idle`` seconds between chunks. What goes wrong is raised as the callbacks' errors:
     ``too_big()``, ``stalled()``, ``unreadable(why)``, and with ``lost``, a transport error
-    ``lost(exc)`` (for the consumers of a streamed body, who should see nothing else)."""
+    ``lost(exc)`` (for the consumers of a streamed body, who should see nothing else).
+    ``lenient`` (an error answer's body, an excerpt for the logs): a body that cannot be
+    decoded ends there instead, so that the answer's status decides its error."""
 
     def __init__(
         self, inner: httpx.AsyncByteStream, *, decoder: BoundedDecoder | None,
         limit: int | None, idle: float | None, too_big: Callable[[], BackendError],
         stalled: Callable[[], BackendError], unreadable: Callable[[str], BackendError],
-        lost: Callable[[httpx.TransportError], BackendError] | None,
+        lost: Callable[[httpx.TransportError], BackendError] | None, lenient: bool = False,
     ) -> None:
         self._inner = inner
+        self.lenient = lenient
+        self.discard = False
         self.decoder = decoder
         self.limit = limit
         self.idle = idle
@@ -155,6 +159,8 @@ class GuardedStream(httpx.AsyncByteStream):
 
     def _decoded(self, chunk: bytes | None) -> Iterator[bytes]:
         """A chunk's plain pieces (None: the end of the body)."""
+        if self.discard:
+            return
         if self.decoder is None:
             if chunk:
                 yield chunk
@@ -162,6 +168,9 @@ class GuardedStream(httpx.AsyncByteStream):
         try:
             yield from (self.decoder.flush() if chunk is None else self.decoder.decode(chunk))
         except UnreadableEncoding as exc:
+            if self.lenient:
+                self.discard = True  # nothing more is decoded, nor passed on
+                return
             raise self._unreadable(str(exc)) from exc
 
     async def _next(self, chunks: AsyncIterator[bytes]) -> bytes | None:
@@ -189,20 +198,24 @@ class GuardedStream(httpx.AsyncByteStream):
 def guard_body(response: httpx.Response, *, limit: int | None, idle: float | None,
                too_big: Callable[[], BackendError], stalled: Callable[[], BackendError],
                unreadable: Callable[[str], BackendError],
-               lost: Callable[[httpx.TransportError], BackendError] | None) -> None:
+               lost: Callable[[httpx.TransportError], BackendError] | None,
+               lenient: bool = False) -> None:
     """Put ``response``'s body under a :class:`GuardedStream`, which decodes it; httpx then
     reads it as plain (its ``Content-Encoding`` header is removed)."""
     encodings = response.headers.get_list("content-encoding", split_commas=True)
-    decoder = None
+    decoder, discard = None, False
     if encodings:
         try:
             decoder = BoundedDecoder(encodings)
         except UnreadableEncoding as exc:
-            raise unreadable(str(exc)) from None
+            if not lenient:
+                raise unreadable(str(exc)) from None
+            discard = True  # an error answer: no excerpt of it, its status decides
         del response.headers["content-encoding"]
-    response.stream = GuardedStream(
+    response.stream = guarded = GuardedStream(
         response.stream, decoder=decoder, limit=limit, idle=idle, too_big=too_big,
-        stalled=stalled, unreadable=unreadable, lost=lost)
+        stalled=stalled, unreadable=unreadable, lost=lost, lenient=lenient)
+    guarded.discard = discard
 
 
 async def join_bounded(chunks: AsyncIterator[bytes], limit: int,

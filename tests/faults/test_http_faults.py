@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from tgmux.errors import (
+    AuthError,
     BackendError,
     BackendTimeoutError,
     ProtocolError,
@@ -556,3 +557,19 @@ async def test_a_non_json_success_keeps_the_request_id(server: Hostile) -> None:
 def test_the_default_parser_reads_the_request_id() -> None:
     response = httpx.Response(503, headers={"x-amzn-requestid": "amz-1"}, text="<html/>")
     assert default_error_parser(response).request_id == "amz-1"
+
+
+async def test_an_error_answer_in_an_unreadable_encoding_keeps_its_status(server: Hostile) -> None:
+    server.inject(Fault(status=401, body="not gzip", headers={"Content-Encoding": "gzip"}))
+    server.inject(Fault(status=401, body="brotli?", headers={"Content-Encoding": "br"}))
+    async with client(server) as http:
+        for _ in range(2):
+            with pytest.raises(AuthError):
+                async with http.stream("GET", "/ok"):
+                    pass
+    server.inject(Fault(status=200, body="brotli?", headers={"Content-Encoding": "br"}))
+    async with client(server) as http:
+        with pytest.raises(ProtocolError) as info:
+            async with http.stream("GET", "/ok"):
+                pass
+    assert "Content-Encoding br" in (info.value.provider_message or "")
