@@ -130,3 +130,22 @@ default: lucy
     # a reload: the new config's secrets are masked, the old ones still (they may be in use)
     load_config_text(config.replace(LUCY_KEY, "a-new-lucy-key-42"), env={})
     assert redact(f"{LUCY_KEY} a-new-lucy-key-42") == "*** ***"
+
+
+def test_cli_errors_mask_configured_secrets(capsys: pytest.CaptureFixture[str]) -> None:
+    from tgmux.cli import _fail, _run
+    from tgmux.errors import ConfigError, TgmuxError
+    from tgmux.redact import remember_secrets
+
+    remember_secrets(["cli-secret-0123456789"])
+
+    async def fails() -> None:
+        raise TgmuxError("the store refused cli-secret-0123456789")
+
+    with pytest.raises(SystemExit):
+        _fail(ConfigError("c.yaml:1: x: cli-secret-0123456789 is wrong"))
+    with pytest.raises(SystemExit):
+        _run(fails())
+    err = capsys.readouterr().err
+    assert "c.yaml:1: x: *** is wrong" in err and "the store refused ***" in err
+    assert "cli-secret-0123456789" not in err
