@@ -16,6 +16,7 @@ import click
 
 from tgmux import __version__, hookimpl
 from tgmux.errors import ConfigError, TgmuxError
+from tgmux.redact import redact
 
 if TYPE_CHECKING:
     from tgmux.config import Config
@@ -30,7 +31,7 @@ CONFIG_OPTION = click.option(
 
 def _fail(error: ConfigError) -> NoReturn:
     for problem in error.problems:
-        click.echo(f"error: {problem}", err=True)
+        click.echo(f"error: {redact(problem)}", err=True)
     sys.exit(2)
 
 
@@ -63,7 +64,7 @@ def _run(coro: Awaitable[Any]) -> Any:
     except ConfigError as exc:
         _fail(exc)
     except TgmuxError as exc:  # not the config's fault (no network...): say it, exit 1
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {redact(str(exc))}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         return 130

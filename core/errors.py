@@ -7,8 +7,11 @@ message and request ids (never secrets, never stack traces from the provider).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
+
+from tgmux.redact import redact
 
 
 class ErrorKind(StrEnum):
@@ -36,17 +39,35 @@ USER_MESSAGES: dict[ErrorKind, str] = {
 }
 
 
-#: "Please try again in about N": for a refusal whose end the provider told us (``Retry-After``).
+#: "Please try again {when}": for a refusal whose end the provider told us (``Retry-After``).
 RETRY_LATER_MESSAGES: dict[ErrorKind, str] = {
-    ErrorKind.RATE_LIMITED: "The AI provider is busy; please try again in about {when}.",
-    ErrorKind.UNAVAILABLE: "The AI provider is unavailable right now; please try again in about "
-                           "{when}.",
+    ErrorKind.RATE_LIMITED: "The AI provider is busy; please try again {when}.",
+    ErrorKind.UNAVAILABLE: "The AI provider is unavailable right now; please try again {when}.",
 }
+
+#: The longest wait a provider is believed (``Retry-After: inf``, ``1e308``, a date in the
+#: year 9999 are absurd): a month, as a monthly quota may say.
+MAX_WAIT = 31 * 86400.0
+
+
+def clamp_wait(seconds: float | None) -> float | None:
+    """A provider's wait made sane: None when it is not a number (NaN too), at least 0, at
+    most :data:`MAX_WAIT`."""
+    if seconds is None:
+        return None
+    try:
+        seconds = float(seconds)
+    except (TypeError, ValueError, OverflowError):
+        return MAX_WAIT if isinstance(seconds, int) and seconds > 0 else None
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(0.0, seconds), MAX_WAIT)
 
 
 def format_duration(seconds: float) -> str:
-    """A duration for people, rounded: ``45 s``, ``10 min``, ``24 h``, ``5 days``."""
-    seconds = max(1.0, float(seconds))
+    """A duration for people, rounded: ``45 s``, ``10 min``, ``24 h``, ``5 days`` (at most
+    :data:`MAX_WAIT`; never an error, whatever number it is given)."""
+    seconds = max(1.0, clamp_wait(seconds) or 0.0)
     if seconds < 60:
         return f"{max(1, round(seconds))} s"
     if seconds < 90 * 60 - 30:
@@ -56,11 +77,28 @@ def format_duration(seconds: float) -> str:
     return f"{round(seconds / 86400)} days"
 
 
-def retry_later_message(kind: ErrorKind, seconds: float) -> str | None:
+def retry_when(seconds: float, now: float | None = None) -> str:
+    """When to try again, for people: ``in about 10 min``; ``later today`` for hours that end
+    today (UTC); ``in about 30 h``; beyond two days a date (``after 7 January 2027``, UTC),
+    the wait clamped to :data:`MAX_WAIT`."""
+    wait = clamp_wait(seconds) or 0.0
+    start = datetime.now(UTC) if now is None else datetime.fromtimestamp(now, UTC)
+    end = start + timedelta(seconds=wait)
+    if wait < 90 * 60 - 30:
+        return f"in about {format_duration(wait)}"
+    if end.date() == start.date():
+        return "later today"
+    if wait < 48 * 3600:
+        return f"in about {format_duration(wait)}"
+    return f"after {end.day} {end:%B %Y}"
+
+
+def retry_later_message(kind: ErrorKind, seconds: float, *, now: float | None = None
+                        ) -> str | None:
     """The user message for a refusal of ``kind`` that ends in ``seconds`` (None: no such
     message for the kind; the kind's usual text stands)."""
     template = RETRY_LATER_MESSAGES.get(kind)
-    return template.format(when=format_duration(seconds)) if template else None
+    return template.format(when=retry_when(seconds, now)) if template else None
 
 
 class TgmuxError(Exception):
@@ -104,8 +142,17 @@ class BackendError(TgmuxError):
         super().__init__(message or provider_message or self.kind.value)
 
     @property
+    def retry_after(self) -> float | None:
+        return self._retry_after
+
+    @retry_after.setter
+    def retry_after(self, value: float | None) -> None:
+        self._retry_after = clamp_wait(value)  # whoever parsed it, it is sane here
+
+    @property
     def user_message(self) -> str:
-        return self._user_message or USER_MESSAGES[self.kind]
+        # A parser may have put a provider's text here: never a configured secret to a chat.
+        return redact(self._user_message) if self._user_message else USER_MESSAGES[self.kind]
 
     @user_message.setter
     def user_message(self, value: str | None) -> None:

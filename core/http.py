@@ -21,9 +21,10 @@ Bounds (nothing is read or awaited without one):
   and retried. For :meth:`HttpClient.stream` it bounds the time to the response headers; the
   body is bounded by ``stream_idle_timeout`` for each gap between chunks instead, whatever the
   consumer calls (``aiter_bytes``, ``aiter_lines``, ``aiter_text``, ``aiter_raw``, ``aread``).
-* ``max_response_bytes`` bounds what is read of a body (decoded, and raw for streams): more is a
-  :class:`ProtocolError` ("answered more than N bytes"), found without reading the rest. An
-  error answer's body is read up to :data:`MAX_ERROR_BODY_BYTES`, the rest dropped.
+* ``max_response_bytes`` bounds what is read of a body, decompressed (and on the wire), on
+  every path: more is a :class:`ProtocolError` ("answered more than N bytes"), found without
+  reading or inflating the rest (:mod:`tgmux.http_body`). An error answer's body is read up
+  to :data:`MAX_ERROR_BODY_BYTES`, the rest dropped.
 * a ``Retry-After`` longer than ``max_retry_after`` is not waited for: the request fails at once
   (:class:`RateLimitedError` for a 429, with a user message saying when to try again), and every
   request on the same credentials (the same limiter, or else the same client) is answered the
@@ -38,13 +39,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import json as jsonlib
 import logging
 import random
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -66,8 +66,10 @@ from tgmux.errors import (
     format_duration,
     retry_later_message,
 )
+from tgmux.http_body import ACCEPT_ENCODING, guard_body, join_bounded, read_body
 from tgmux.proxy import ProxyRoute
 from tgmux.ratelimit import Limiter
+from tgmux.retry_after import parse_retry_after
 from tgmux.types import delay_notifier
 
 log = logging.getLogger("tgmux.http")
@@ -101,22 +103,6 @@ def request_id_from(headers: Mapping[str, str]) -> str | None:
 def _ids(error: BackendError) -> dict[str, Any]:
     """A log record's ``request_id`` field (JSON logs), when the provider gave one."""
     return {"request_id": error.request_id} if error.request_id else {}
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def default_error_parser(response: httpx.Response) -> BackendError:
@@ -256,92 +242,6 @@ class _Refusal:
 
 # Refusals per limiter (shared by everything on the same credentials) or per client.
 _refusals: weakref.WeakKeyDictionary[object, _Refusal] = weakref.WeakKeyDictionary()
-
-
-class _GuardedStream(httpx.AsyncByteStream):
-    """A response body with bounds: at most ``limit`` raw bytes, at most ``idle`` seconds between
-    chunks; with ``convert``, transport errors become :class:`BackendError` kinds (for the
-    consumers of a streamed body, who should see nothing else)."""
-
-    def __init__(
-        self, inner: httpx.AsyncByteStream, client: HttpClient, where: str,
-        request_id: str | None, *, limit: int | None, idle: float | None, convert: bool,
-    ) -> None:
-        self._inner = inner
-        self._client = client
-        self._where = where
-        self._request_id = request_id
-        self.limit = limit
-        self.idle = idle
-        self.convert = convert
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        total = 0
-        chunks = self._inner.__aiter__()
-        try:
-            while True:
-                chunk = await self._next(chunks)
-                if chunk is None:
-                    return
-                total += len(chunk)
-                if self.limit is not None and total > self.limit:
-                    raise self._client._too_big(self._where, self.limit, self._request_id)
-                yield chunk
-        finally:  # a consumer that stops early must not leave the inner iterator open
-            if (close := getattr(chunks, "aclose", None)) is not None:
-                with contextlib.suppress(Exception):
-                    await close()
-
-    async def _next(self, chunks: AsyncIterator[bytes]) -> bytes | None:
-        """The next chunk (None at the end), within ``idle`` seconds."""
-        try:
-            if self.idle is None:
-                return await anext(chunks)
-            async with asyncio.timeout(self.idle):
-                return await anext(chunks)
-        except StopAsyncIteration:
-            return None
-        except TimeoutError as exc:
-            if self.idle is None:
-                raise
-            raise BackendTimeoutError(
-                f"{self._client.name}: {self._where}: no data for {self.idle:g} s mid-response",
-                request_id=self._request_id,
-            ) from exc
-        except httpx.TransportError as exc:
-            if not self.convert:
-                raise
-            _, error = self._client._transport_failure(exc, self._where, False)
-            error.request_id = self._request_id
-            raise error from exc
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-async def _join_bounded(chunks: AsyncIterator[bytes], limit: int,
-                        too_big: Callable[[], BackendError] | None) -> bytes:
-    """The chunks joined, at most ``limit`` bytes; the rest is left unread, and is a
-    ``too_big()`` error if given (else dropped)."""
-    parts: list[bytes] = []
-    total = 0
-    async for part in chunks:
-        if total + len(part) > limit:
-            if too_big is not None:
-                raise too_big()
-            parts.append(part[: limit - total])
-            break
-        parts.append(part)
-        total += len(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-async def _read_body(response: httpx.Response, limit: int,
-                     too_big: Callable[[], BackendError] | None = None) -> None:
-    """Read the (decoded) body into ``response.content`` (see :func:`_join_bounded`)."""
-    async with contextlib.aclosing(response.aiter_bytes()) as body:
-        # httpx keeps a read body here (``Response.aread`` does the same).
-        response._content = await _join_bounded(body, limit, too_big)
 
 
 #: Headers httpx's client sets that the direct path leaves to aiohttp, which only asks for the
@@ -534,22 +434,27 @@ class HttpClient:
         files: Mapping[str, MultipartFile] | None = None,
         form: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
+        expected_statuses: Collection[int] = (),
     ) -> httpx.Response:
         """Send a request; return the 2xx/3xx response or raise a :class:`BackendError`.
 
         ``files`` (and ``form`` fields beside them) send a ``multipart/form-data`` body:
-        ``files={"file": ("voice.ogg", data, "audio/ogg")}, form={"model": "whisper-1"}``."""
+        ``files={"file": ("voice.ogg", data, "audio/ogg")}, form={"model": "whisper-1"}``.
+        ``expected_statuses`` are answers the caller handles (Sensay's 401 for a user it does
+        not know yet): raised all the same, logged at DEBUG instead of as a warning."""
         if files is not None or form is not None:
             content, headers = multipart_body(files or {}, form or {}, headers)
         if self._goes_direct(content):
-            answer = await self._request_direct(method, url, json, params, headers, idempotent)
+            answer = await self._request_direct(method, url, json, params, headers, idempotent,
+                                                expected_statuses)
             return self._httpx_response(method.upper(), answer.url, answer.status_code,
                                         answer.raw_headers, answer.content, answer.reason)
         request = self._client.build_request(
             method, self._absolute(url), json=json, params=params, headers=headers,
             content=content,
         )
-        async with self._send(request, stream=False, idempotent=idempotent) as response:
+        async with self._send(request, stream=False, idempotent=idempotent,
+                              expected=expected_statuses) as response:
             return response
 
     async def request_json(self, method: str, url: str, **kwargs: Any) -> Any:
@@ -558,7 +463,7 @@ class HttpClient:
         if not multipart and self._goes_direct(kwargs.get("content")):
             answer = await self._request_direct(
                 method, url, kwargs.get("json"), kwargs.get("params"), kwargs.get("headers"),
-                kwargs.get("idempotent"))
+                kwargs.get("idempotent"), kwargs.get("expected_statuses", ()))
             content, status, path = answer.content, answer.status_code, answer.url.path
             response_headers: Mapping[str, str] = answer.headers
         else:
@@ -589,6 +494,7 @@ class HttpClient:
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         idempotent: bool | None = None,
+        expected_statuses: Collection[int] = (),
     ) -> AsyncIterator[httpx.Response]:
         """A streamed response (body not read yet); errors before the body are raised here.
 
@@ -598,7 +504,8 @@ class HttpClient:
         request = self._client.build_request(
             method, self._absolute(url), json=json, params=params, headers=headers
         )
-        async with self._send(request, stream=True, idempotent=idempotent) as response:
+        async with self._send(request, stream=True, idempotent=idempotent,
+                              expected=expected_statuses) as response:
             yield response
 
     # -- machinery ---------------------------------------------------------------------------
@@ -634,6 +541,27 @@ class HttpClient:
     def _too_big(self, where: str, limit: int, request_id: str | None) -> BackendError:
         return ProtocolError(
             f"{self.name}: {where} answered more than {limit} bytes", request_id=request_id)
+
+    def _guard(self, response: httpx.Response, where: str, request_id: str | None, *,
+               limit: int | None, idle: float | None, convert: bool, lenient: bool) -> None:
+        """Bound ``response``'s body (:mod:`tgmux.http_body`); with ``convert``, transport
+        errors while it is read become :class:`BackendError` kinds too; ``lenient``: an error
+        answer, whose status decides even when its body cannot be decoded."""
+
+        def lost(exc: httpx.TransportError) -> BackendError:
+            error = self._transport_failure(exc, where, False)[1]
+            error.request_id = request_id
+            return error
+
+        guard_body(
+            response, limit=limit, idle=idle, lost=lost if convert else None, lenient=lenient,
+            too_big=lambda: self._too_big(where, limit or 0, request_id),
+            stalled=lambda: BackendTimeoutError(
+                f"{self.name}: {where}: no data for {idle:g} s mid-response",
+                request_id=request_id),
+            unreadable=lambda why: ProtocolError(
+                f"{self.name}: {where}: unreadable answer", provider_message=why,
+                request_id=request_id))
 
     # -- refusals beyond max_retry_after ----------------------------------------------------
 
@@ -676,26 +604,19 @@ class HttpClient:
         response: httpx.Response | None = None
         try:
             async with asyncio.timeout(self.timeout):
+                request.headers["Accept-Encoding"] = ACCEPT_ENCODING  # what the guard reads
                 response = await self._client.send(request, stream=True)
                 request_id = request_id_from(response.headers)
-                if response.status_code >= 400:
-                    response.stream = _GuardedStream(
-                        response.stream, self, where, request_id,
-                        limit=None, idle=None, convert=False)
-                    await _read_body(response, self.max_error_bytes)
-                    await response.aclose()
-                elif stream:
-                    response.stream = _GuardedStream(
-                        response.stream, self, where, request_id,
-                        limit=self.max_response_bytes, idle=self.stream_idle_timeout,
-                        convert=True)
-                else:
-                    response.stream = _GuardedStream(
-                        response.stream, self, where, request_id,
-                        limit=self.max_response_bytes, idle=None, convert=False)
-                    await _read_body(
-                        response, self.max_response_bytes,
-                        lambda: self._too_big(where, self.max_response_bytes, request_id))
+                failed = response.status_code >= 400
+                limit = None if failed else self.max_response_bytes
+                self._guard(response, where, request_id, limit=limit,
+                            idle=self.stream_idle_timeout if stream and not failed else None,
+                            convert=stream and not failed, lenient=failed)
+                if failed or not stream:
+                    await read_body(response, self.max_error_bytes if failed else
+                                    self.max_response_bytes,
+                                    None if failed else lambda: self._too_big(
+                                        where, self.max_response_bytes, request_id))
                     await response.aclose()
         except BaseException:
             if response is not None:
@@ -720,10 +641,10 @@ class HttpClient:
                     timeout=self._aiohttp_timeout)
                 status = response.status
                 if status >= 400:
-                    content = await _join_bounded(
+                    content = await join_bounded(
                         response.content.iter_any(), self.max_error_bytes, None)
                 else:
-                    content = await _join_bounded(
+                    content = await join_bounded(
                         response.content.iter_any(), self.max_response_bytes,
                         lambda: self._too_big(where, self.max_response_bytes,
                                               request_id_from(response.headers)))
@@ -762,7 +683,7 @@ class HttpClient:
 
     async def _request_direct(
         self, method: str, url: str, json: Any, params: dict[str, Any] | None,
-        headers: dict[str, str] | None, idempotent: bool | None,
+        headers: dict[str, str] | None, idempotent: bool | None, expected: Collection[int],
     ) -> _Answer:
         method = method.upper()
         target, path = self._target(url, params)
@@ -772,27 +693,30 @@ class HttpClient:
         safe_to_repeat = idempotent if idempotent is not None else method in IDEMPOTENT_METHODS
         return await self._retrying(
             where, safe_to_repeat,
-            lambda: self._attempt_direct(method, target, merged, body, where))
+            lambda: self._attempt_direct(method, target, merged, body, where), expected)
 
     # -- the policy around attempts ----------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def _send(
-        self, request: httpx.Request, *, stream: bool, idempotent: bool | None
+        self, request: httpx.Request, *, stream: bool, idempotent: bool | None,
+        expected: Collection[int],
     ) -> AsyncIterator[httpx.Response]:
         safe_to_repeat = (
             idempotent if idempotent is not None else request.method in IDEMPOTENT_METHODS
         )
         where = f"{request.method} {request.url.path}"
         response = await self._retrying(
-            where, safe_to_repeat, lambda: self._attempt(request, stream=stream, where=where))
+            where, safe_to_repeat, lambda: self._attempt(request, stream=stream, where=where),
+            expected)
         try:
             yield response
         finally:
             await response.aclose()
 
     async def _retrying(self, where: str, safe_to_repeat: bool,
-                        attempt: Callable[[], Awaitable[Answered]]) -> Answered:
+                        attempt: Callable[[], Awaitable[Answered]],
+                        expected: Collection[int] = ()) -> Answered:
         """Attempts until one is answered below 400, or the policy (module doc) says stop."""
         tries = 0
         while True:
@@ -828,7 +752,7 @@ class HttpClient:
                           (time.monotonic() - started) * 1000)
                 return answer
             if answered is not None:  # out of the except block: its error stands alone
-                pause = self._judge_answer(answered, where, safe_to_repeat, tries)
+                pause = self._judge_answer(answered, where, safe_to_repeat, tries, expected)
                 await self._wait(pause, f"{where}: HTTP {answered.status_code}")
                 tries += 1
                 continue
@@ -841,7 +765,7 @@ class HttpClient:
             raise error from cause
 
     def _judge_answer(self, response: httpx.Response, where: str, safe_to_repeat: bool,
-                      tries: int) -> float:
+                      tries: int, expected: Collection[int]) -> float:
         """An answer of 400 or more: how long to wait before repeating it, or its error."""
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         refused = response.status_code == 429 or (
@@ -873,6 +797,6 @@ class HttpClient:
             if not error.has_own_user_message:
                 error.user_message = retry_later_message(error.kind, retry_after)
             self._refuse(retry_after, error, response.status_code)
-        log.warning("%s: %s failed: %s", self.name, where, error.log_text(),
-                    extra=_ids(error))
+        log.log(logging.DEBUG if response.status_code in expected else logging.WARNING,
+                "%s: %s failed: %s", self.name, where, error.log_text(), extra=_ids(error))
         raise error

@@ -3,7 +3,9 @@
 JSON is one object a line with ``ts``, ``level``, ``logger``, ``msg``; a line logged while a
 message is handled also has ``account`` and ``chat_id``, one about a provider request
 ``backend`` and, when the provider gave one, ``request_id``. Both formats go through the same
-redaction (credentials in URLs), and the chatty libraries are kept quiet whatever the level.
+redaction (:func:`tgmux.redact.redact`: credentials in URLs and every secret value of the
+config, in the message, exception and stack text), and the chatty libraries are kept quiet
+whatever the level.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import time
 from contextvars import ContextVar
 from typing import Any
 
-from tgmux.redact import redact_urls
+from tgmux.redact import redact
 
-__all__ = ["CONTEXT_FIELDS", "JsonFormatter", "log_fields", "setup_logging"]
+__all__ = ["CONTEXT_FIELDS", "JsonFormatter", "TextFormatter", "log_fields", "setup_logging"]
 
 #: Fields a line gets from where it was logged (set by the engine per message and backend).
 log_fields: ContextVar[dict[str, Any] | None] = ContextVar("tgmux_log_fields", default=None)
@@ -34,9 +36,19 @@ class _Context(logging.Filter):
         for key, value in (log_fields.get() or {}).items():
             if getattr(record, key, None) is None:
                 setattr(record, key, value)
-        message = redact_urls(record.getMessage())
+        message = redact(record.getMessage())
         record.msg, record.args = message, None
         return True
+
+
+class TextFormatter(logging.Formatter):
+    """:data:`TEXT_FORMAT`, the whole line redacted (the exception's text too)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -46,21 +58,23 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
         for key in CONTEXT_FIELDS:
             value = getattr(record, key, None)
             if value is not None:
-                line[key] = value
+                line[key] = redact(value) if isinstance(value, str) else value
         if record.exc_info:
-            line["exc"] = redact_urls(self.formatException(record.exc_info))
+            line["exc"] = redact(self.formatException(record.exc_info))
+        if record.stack_info:
+            line["stack"] = redact(self.formatStack(record.stack_info))
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Log to stderr at ``level`` in ``fmt`` (replacing what was set up before)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(_Context())
     root = logging.getLogger()
     for old in list(root.handlers):

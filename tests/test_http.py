@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -146,3 +147,25 @@ async def test_multipart_form_is_sent_whole_and_again_when_refused(server: Echo)
     first, second = server.requests
     assert first.body == second.body  # the same bytes, sent again after the 429
     assert first.header("Content-Type").startswith("multipart/form-data; boundary=")
+
+
+async def test_a_status_the_caller_expects_is_raised_but_not_logged_as_a_warning(
+    server: Echo, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="tgmux.http")
+    server.inject(Fault(status=401, body={"error": "who?"}, times=4))
+    async with client(server) as http:
+        with pytest.raises(AuthError):
+            await http.request_json("GET", "/ok", expected_statuses={401})
+        with pytest.raises(AuthError):
+            await http.request("GET", "/ok", expected_statuses={401})
+        with pytest.raises(AuthError):
+            async with http.stream("GET", "/ok", expected_statuses={401}):
+                pass
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert sum("GET /ok failed: kind=auth status=401" in r.getMessage()
+                   for r in caplog.records if r.levelno == logging.DEBUG) == 3
+        with pytest.raises(AuthError):  # not expected: a warning, as always
+            await http.request_json("GET", "/ok", expected_statuses={404})
+    [warning] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "GET /ok failed: kind=auth status=401" in warning.getMessage()

@@ -102,6 +102,15 @@ class WebhookSettings(Strict):
             raise ValueError(f"unknown hash algorithm {value!r}") from None
         return value
 
+    @field_validator("secret")
+    @classmethod
+    def _secret_not_empty(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("is empty (is its environment variable set to nothing?): anyone "
+                             "could sign deliveries with the empty key; set the secret the "
+                             "provider signs with")
+        return value
+
     @property
     def receive_path(self) -> str:
         return self.path or urlsplit(self.public_url).path or "/"

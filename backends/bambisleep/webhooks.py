@@ -8,8 +8,12 @@ after a prefix such as ``sha256=``; compared in constant time. Unsigned or misma
 get 401 and a log line; nothing reaches the chat.
 
 The body is taken to be JSON ``{"id", "event", "timestamp", "data": {...}}``; ``type`` is
-accepted for ``event``, and an ``X-Event``/``X-Webhook-Event`` header when neither is in the
-body. A delivery seen recently is answered 200 again but not delivered twice (providers retry,
+accepted for ``event``. Only the signed body decides what a delivery is: an event type in an
+unsigned header (``X-Event``) is never read, so a captured delivery cannot be replayed as
+another event type; a body without one is refused (400 ``NO_EVENT``). The secret is never
+empty (an HMAC with the empty key is no signature at all).
+
+A delivery seen recently is answered 200 again but not delivered twice (providers retry,
 and a webhook registered twice delivers every event twice): deliveries are the same when their
 ``id`` is, or, without an id, when event type, ``timestamp`` and data are (without a timestamp
 either: the same event type and data within :data:`UNSTAMPED_WINDOW` seconds).
@@ -166,6 +170,8 @@ class WebhookReceiver:
         clock: Callable[[], float] = time.time,
     ) -> None:
         hashlib.new(algorithm)  # fail early on an unknown algorithm
+        if not secret.strip():
+            raise ValueError("the webhook secret is empty: anyone could sign with it")
         self.host, self.port = parse_listen(listen)
         self.path = path if path.startswith("/") else "/" + path
         self.secret = secret
@@ -279,8 +285,7 @@ class WebhookReceiver:
             )
         if not isinstance(payload, dict):
             payload = {"data": payload}
-        event = payload.get("event") or payload.get("type") \
-            or request.headers.get("X-Event") or request.headers.get("X-Webhook-Event")
+        event = payload.get("event") or payload.get("type")  # signed; never a header
         if not isinstance(event, str) or not event:
             return web.json_response(
                 {"error": True, "code": "NO_EVENT", "message": "no event type"}, status=400

@@ -262,6 +262,7 @@ class ChatSocket:
                 self.url,
                 open_timeout=self.timeout,
                 close_timeout=2.0,
+                max_size=2**20,  # bytes of one message once inflated (permessage-deflate)
                 additional_headers=headers,
                 user_agent_header="tgmux (websockets)",
                 logger=_protocol_logger(),

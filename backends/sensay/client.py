@@ -356,7 +356,8 @@ class SensayClient:
         try:
             body = await self.http.request_json(
                 "GET", "v1/users/me",
-                headers=self._headers("application/json", user_id, user_id_type))
+                headers=self._headers("application/json", user_id, user_id_type),
+                expected_statuses={401})  # every new user's first call: not a warning
         except AuthError:
             return None
         return body if isinstance(body, dict) else {}
@@ -370,7 +371,8 @@ class SensayClient:
             headers["X-API-Version"] = self.api_version
         try:
             await self.http.request("POST", "v1/users", json={"linkedAccounts": linked_accounts},
-                                    headers=headers, idempotent=True)
+                                    headers=headers, idempotent=True,
+                                    expected_statuses={409})  # another process was first
         except BadRequestError as exc:
             if exc.status == 409:
                 return False

@@ -9,7 +9,6 @@ Secret values (keys that look like tokens, keys, hashes, passwords) are never ec
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -28,11 +27,7 @@ from tgmux.config.schema import (
     TgmuxConfig,
 )
 from tgmux.errors import ConfigError
-from tgmux.redact import redact_urls
-
-#: Keys whose values must never be echoed in an error message.
-SECRET_KEY = re.compile(r"secret|token|key|hash|password|session", re.IGNORECASE)
-
+from tgmux.redact import SECRET_KEY, redact_urls, remember_config_secrets
 
 SettingsT = TypeVar("SettingsT", bound=BaseModel)
 
@@ -169,6 +164,7 @@ def validate_config(parsed: ParsedConfig, backend_types: dict[str, type[Backend]
                                  routes=schema.routes, route_options=route_options,
                                  default=schema.default, admins=schema.admins,
                                  access=schema.access, limits=schema.limits)
+    remember_config_secrets(parsed.data)  # masked in every log line and message from now on
     return Config(data=schema, backend_settings=settings, backend_classes=classes,
                   route_options=route_options, source=parsed.source, lines=parsed.lines,
                   missing_env=parsed.missing_env, accounts=accounts, backend_core=cores,

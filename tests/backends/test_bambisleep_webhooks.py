@@ -20,9 +20,10 @@ import tgmux.backends.bambisleep as bambisleep_plugin
 from tgmux.backend import Text
 from tgmux.backends.bambisleep.simulator import BambiSleepSimulator
 from tgmux.backends.bambisleep.webhooks import WebhookReceiver, event_text, parse_listen, sign
-from tgmux.bootstrap import load_text
+from tgmux.bootstrap import load_config_text, load_text
+from tgmux.errors import ConfigError
 from tgmux.harness import EngineHarness
-from tgmux.hooks import hookimpl
+from tgmux.hooks import build_plugin_manager, hookimpl
 
 KEY = "key-one"
 USER = "bambi"
@@ -210,7 +211,9 @@ async def test_registration_retried_when_provider_is_down(sim):
         assert backend.registration.task.done()
     posts = sim.requests_to("/webhooks", "POST")
     assert len(posts) == 2 and posts[0].json == posts[1].json
-    assert sim.statuses == [("POST", "/v1/ai/generate", 200), ("POST", "/v1/webhooks", 201)]
+    # the chat and the second registration race (their order depends on the machine's speed)
+    assert sorted(sim.statuses) == [("POST", "/v1/ai/generate", 200),
+                                    ("POST", "/v1/webhooks", 201)]
     assert [w.id for w in sim.webhooks] == ["wh_1"]
 
 
@@ -446,3 +449,56 @@ async def test_deliveries_seen_are_pruned_and_bounded(monkeypatch):
     assert await receiver._repeated("message.new", {"id": "e49"}, {}, clock[0] - 1)
     clock[0] += 400  # past every entry's window
     assert await receiver.prune() > 0 and kv.data == {}
+
+
+# -- only signed fields decide; no empty secret --------------------------------------------------
+
+
+async def test_the_event_type_comes_only_from_the_signed_body():
+    """An unsigned header cannot name (or rename) the event: a captured delivery cannot be
+    replayed as another event type."""
+    got = []
+
+    async def on_event(event, data, payload):
+        got.append(event)
+
+    receiver = WebhookReceiver(listen="127.0.0.1:0", path="/h", secret=SECRET,
+                               on_event=on_event)
+    await receiver.start()
+    try:
+        untyped = b'{"id": "evt_1", "data": {"content": "x"}}'
+        typed = b'{"id": "evt_2", "event": "trigger.shared", "data": {"name": "x"}}'
+        async with httpx.AsyncClient() as raw:
+            for name in ("X-Event", "X-Webhook-Event"):
+                answer = await raw.post(receiver.url, content=untyped, headers={
+                    "X-Signature": sign(untyped, SECRET), name: "message.new"})
+                assert (answer.status_code, answer.json()["code"]) == (400, "NO_EVENT")
+            answer = await raw.post(receiver.url, content=typed, headers={
+                "X-Signature": sign(typed, SECRET), "X-Event": "message.new"})
+            assert answer.status_code == 200
+        await wait_for(lambda: got)
+    finally:
+        await receiver.stop()
+    assert got == ["trigger.shared"]
+
+
+def test_an_empty_secret_is_a_config_error_at_its_line():
+    pm = build_plugin_manager()
+    pm.register_from(bambisleep_plugin, "bambisleep", "test")
+    text = config(BambiSleepSimulator(), 8080).replace(f"secret: {SECRET}",
+                                                       "secret: ${HOOK_SECRET}")
+    for value in ("", "   "):
+        with pytest.raises(ConfigError) as info:
+            load_config_text(text, source="c.yaml", env={"HOOK_SECRET": value},
+                             plugin_manager=pm)
+        line = text.splitlines().index("      secret: ${HOOK_SECRET}") + 1
+        assert f"c.yaml:{line}: backends.bambi.webhook.secret: " in str(info.value)
+        assert "empty" in str(info.value)
+
+
+async def test_a_receiver_never_accepts_the_empty_key():
+    async def on_event(event, data, payload):
+        raise AssertionError("delivered")
+
+    with pytest.raises(ValueError, match="empty"):
+        WebhookReceiver(listen="127.0.0.1:0", path="/h", secret="", on_event=on_event)

@@ -277,6 +277,17 @@ async def test_empty_websocket_reply_is_reported(sim):
         assert await h.say("three", user_id=1) == hears("three")
 
 
+async def test_a_compressed_reply_is_capped_by_its_decompressed_size(sim):
+    """permessage-deflate: 8 MiB of reply is a few kB on the wire; the websocket's 1 MiB
+    limit counts the inflated message, so it is refused, the user told, the chat goes on."""
+    sim.queue_ws_reply("0" * (8 * 1024 * 1024))
+    async with harness(config(sim)) as h:
+        [said] = await h.say("one", user_id=1)
+        assert isinstance(said, Notice)
+        assert await h.say("two", user_id=1) == hears("two")
+        assert all(ws.compress for ws in sim.ws_connections)  # permessage-deflate in use
+
+
 # -- secrets stay out of the logs ----------------------------------------------------------------
 
 

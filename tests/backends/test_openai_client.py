@@ -268,3 +268,16 @@ def test_a_429_with_reset_headers_tells_the_user_when() -> None:
 def test_chat_body_refuses_unknown_sampling_settings() -> None:
     with pytest.raises(ValueError, match="temprature"):
         chat_body("m", HELLO, temprature=1)
+
+
+@pytest.mark.parametrize("headers", [
+    {"retry-after": "inf"}, {"retry-after-ms": "1e400"},
+    {"x-ratelimit-reset-requests": "inf", "x-ratelimit-remaining-requests": "0"},
+])
+def test_an_absurd_rate_limit_reset_is_clamped_and_said_as_a_date(headers) -> None:
+    from tgmux.backends.openai.client import parse_error_body
+    from tgmux.errors import MAX_WAIT
+
+    error = parse_error_body(429, {"error": {"message": "slow down"}}, headers)
+    assert error.retry_after == MAX_WAIT
+    assert error.user_message.startswith("The AI provider is busy; please try again after ")

@@ -4,6 +4,7 @@ engine against the simulator; the seed-contract config (``user_id``) sends what 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
 import time
@@ -114,6 +115,19 @@ async def test_two_telegram_users_get_two_sensay_users_created_once_each(sim) ->
     assert sent_headers(sim.requests[6]) == user_headers("43")
     assert sim.user_for("telegram", "42") != sim.user_for("telegram", "43")
     assert len(sim.created_users) == 2
+
+
+async def test_creating_a_new_user_logs_no_warning(
+        sim, caplog: pytest.LogCaptureFixture) -> None:
+    """Sensay answers 401 to GET /v1/users/me for a user it does not know yet: the normal
+    path of every new user, not a warning."""
+    caplog.set_level(logging.DEBUG)
+    async with harness(sim) as h:
+        assert await h.say("hi", user_id=42) == [Text("[Abe] hi (history: 0)")]
+    assert calls(sim)[:2] == [("GET", "/v1/users/me"), ("POST", "/v1/users")]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert any("GET /v1/users/me failed: kind=auth status=401" in r.getMessage()
+               for r in caplog.records)  # still there at DEBUG
 
 
 async def test_an_existing_sensay_user_is_not_created_again(sim) -> None:

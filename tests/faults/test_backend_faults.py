@@ -70,3 +70,13 @@ async def test_a_1_6_mb_reply_is_cut_at_max_reply_chars_quickly(sim):
     assert text.text.startswith("lorem ipsum dolor sit amet")
     assert notice == Notice(CUT)
     assert sim.huge_bytes_sent == size
+
+
+@pytest.mark.parametrize("retry_after", ["inf", "1e308", "Fri, 31 Dec 9999 23:59:59 GMT"])
+async def test_an_absurd_retry_after_is_told_as_a_date_not_a_crash(sim, retry_after):
+    sim.inject(status=429, headers={"Retry-After": retry_after}, body={"message": "slow"})
+    async with harness(sim) as h:
+        [notice] = await h.say("hello")
+    assert isinstance(notice, Notice)
+    assert notice.text.startswith("The AI provider is busy; please try again after ")
+    assert len(notice.text) < 80

@@ -9,6 +9,7 @@ import gzip
 import logging
 import socket
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import httpx
@@ -16,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from tgmux.errors import (
+    AuthError,
     BackendError,
     BackendTimeoutError,
     ProtocolError,
@@ -90,6 +92,21 @@ class Hostile(SimulatorServer):
                                     "Content-Encoding": "gzip"},
             )
 
+        async def bomb_stream(request: web.Request) -> web.StreamResponse:
+            """An event stream gzipped from 32 MiB to about 32 kB, sent in 4 kB pieces."""
+            status = int(request.query.get("status", "200"))
+            squeeze = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+            line = b"data: " + b"0" * 1017 + b"\n\n"  # 1 KiB
+            body = b"".join(squeeze.compress(line * 1024) for _ in range(32)) + squeeze.flush()
+            response = web.StreamResponse(status=status, headers={
+                "Content-Type": "text/event-stream", "Content-Encoding": "gzip"})
+            await response.prepare(request)
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                for start in range(0, len(body), 4096):
+                    await response.write(body[start:start + 4096])
+                    self.written += len(body[start:start + 4096])
+            return response
+
         async def html(request: web.Request) -> web.Response:
             status = int(request.query.get("status", "200"))
             header = request.query.get("header", "X-Request-Id")
@@ -103,6 +120,7 @@ class Hostile(SimulatorServer):
         app.router.add_route("*", "/chunks", chunks)
         app.router.add_route("*", "/huge", huge)
         app.router.add_route("*", "/bomb", bomb)
+        app.router.add_route("*", "/bomb-stream", bomb_stream)
         app.router.add_route("*", "/html", html)
 
 
@@ -250,6 +268,59 @@ async def test_a_streamed_reply_is_capped(server: Hostile) -> None:
                     pass
 
 
+async def test_a_compressed_stream_is_capped_by_its_decompressed_size(server: Hostile) -> None:
+    """32 kB on the wire, 32 MiB inflated: the cap counts what the consumer would get, and no
+    piece handed over is larger than the cap (memory stays bounded)."""
+    pieces: list[int] = []
+    async with client(server, max_response_bytes=1024 * 1024) as http:
+        with pytest.raises(ProtocolError) as info:
+            async with http.stream("GET", "/bomb-stream") as response:
+                async for piece in response.aiter_bytes():
+                    pieces.append(len(piece))
+    assert "answered more than 1048576 bytes" in str(info.value)
+    assert sum(pieces) <= 1024 * 1024 and max(pieces) <= 64 * 1024
+    assert server.written < 256 * 1024  # the rest was never read
+
+
+@pytest.mark.parametrize("reader", ["aiter_lines", "aread"])
+async def test_every_reader_of_a_compressed_stream_is_capped(server: Hostile, reader) -> None:
+    async with client(server, max_response_bytes=1024 * 1024) as http:
+        with pytest.raises(ProtocolError):
+            async with http.stream("GET", "/bomb-stream") as response:
+                if reader == "aread":
+                    await response.aread()
+                else:
+                    async for _ in response.aiter_lines():
+                        pass
+
+
+async def test_a_compressed_error_body_is_read_only_in_part(server: Hostile) -> None:
+    async with client(server) as http:
+        for call in (lambda: http.request("POST", "/bomb-stream?status=500", content=b"x"),
+                     lambda: http.request("POST", "/bomb-stream?status=500")):
+            with pytest.raises(UnavailableError) as info:
+                await call()
+            assert len(info.value.provider_message or "") <= 300
+
+
+async def test_a_compressed_answer_on_the_httpx_path_is_capped(server: Hostile) -> None:
+    async with client(server, max_response_bytes=1024 * 1024) as http:
+        with pytest.raises(ProtocolError):  # a raw body goes through httpx
+            await http.request("POST", "/bomb-stream", content=b"x")
+
+
+async def test_a_corrupt_compressed_body_is_a_protocol_error(server: Hostile) -> None:
+    server.inject(Fault(status=200, body="not gzip at all",
+                        headers={"Content-Encoding": "gzip"}, times=2))
+    async with client(server) as http:
+        with pytest.raises(ProtocolError):
+            async with http.stream("GET", "/ok") as response:
+                await response.aread()
+        with pytest.raises(ProtocolError):  # a raw body: the httpx path, not repeated
+            await http.request("POST", "/ok", content=b"x")
+    assert len(server.requests) == 2
+
+
 # -- 3. a Retry-After beyond max_retry_after ----------------------------------------------------
 
 
@@ -263,6 +334,59 @@ def test_durations_read_well() -> None:
     assert format_duration(45) == "45 s"
     assert format_duration(0.2) == "1 s"
     assert format_duration(5 * 86400) == "5 days"
+
+
+def test_absurd_durations_are_clamped_and_said_as_a_date() -> None:
+    from datetime import UTC, datetime
+
+    from tgmux.errors import ErrorKind, format_duration, retry_later_message
+
+    morning = datetime(2026, 12, 7, 9, 0, tzinfo=UTC).timestamp()
+    for absurd in (float("inf"), 1e308, 10**400):
+        assert format_duration(absurd) == "31 days"
+        assert retry_later_message(ErrorKind.RATE_LIMITED, absurd, now=morning) == (
+            "The AI provider is busy; please try again after 7 January 2027.")
+    assert format_duration(float("nan")) == "1 s"
+    assert format_duration(-3) == "1 s"
+    said = retry_later_message(ErrorKind.UNAVAILABLE, 5 * 3600, now=morning)
+    assert said == "The AI provider is unavailable right now; please try again later today."
+    assert retry_later_message(ErrorKind.RATE_LIMITED, 1800, now=morning) == (
+        "The AI provider is busy; please try again in about 30 min.")
+    late = datetime(2026, 12, 7, 23, 0, tzinfo=UTC).timestamp()
+    assert retry_later_message(ErrorKind.RATE_LIMITED, 5 * 3600, now=late) == (
+        "The AI provider is busy; please try again in about 5 h.")
+    assert retry_later_message(ErrorKind.RATE_LIMITED, 3 * 86400, now=late) == (
+        "The AI provider is busy; please try again after 10 December 2026.")
+
+
+@pytest.mark.parametrize(("header", "seconds"), [
+    ("inf", 31 * 86400), ("Infinity", 31 * 86400), ("1e308", 31 * 86400),
+    ("Fri, 31 Dec 9999 23:59:59 GMT", 31 * 86400),
+])
+async def test_an_absurd_retry_after_is_clamped_not_a_crash(
+    server: Hostile, header: str, seconds: float,
+) -> None:
+    server.inject(Fault(status=429, body={}, headers={"Retry-After": header}))
+    async with client(server, max_retry_after=30) as http:
+        async with asyncio.timeout(5):
+            with pytest.raises(RateLimitedError) as info:
+                await http.request("POST", "/ok", json={})
+            assert info.value.retry_after == seconds
+            assert info.value.user_message.startswith(
+                "The AI provider is busy; please try again after ")
+            with pytest.raises(RateLimitedError) as again:  # remembered: answered at once
+                await http.request("POST", "/ok", json={})
+            assert "not sent" in str(again.value) and "31 days" not in again.value.user_message
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("header", ["nan", "-5", "-inf"])
+async def test_a_meaningless_retry_after_is_a_plain_retry(server: Hostile, header: str) -> None:
+    server.inject(Fault(status=429, body={}, headers={"Retry-After": header}))
+    async with client(server, max_retry_after=30) as http:
+        async with asyncio.timeout(5):
+            assert (await http.request_json("POST", "/ok", json={}))["ok"]
+    assert len(server.requests) == 2
 
 
 async def test_a_day_long_retry_after_answers_at_once_and_does_not_stall_others(
@@ -433,3 +557,19 @@ async def test_a_non_json_success_keeps_the_request_id(server: Hostile) -> None:
 def test_the_default_parser_reads_the_request_id() -> None:
     response = httpx.Response(503, headers={"x-amzn-requestid": "amz-1"}, text="<html/>")
     assert default_error_parser(response).request_id == "amz-1"
+
+
+async def test_an_error_answer_in_an_unreadable_encoding_keeps_its_status(server: Hostile) -> None:
+    server.inject(Fault(status=401, body="not gzip", headers={"Content-Encoding": "gzip"}))
+    server.inject(Fault(status=401, body="brotli?", headers={"Content-Encoding": "br"}))
+    async with client(server) as http:
+        for _ in range(2):
+            with pytest.raises(AuthError):
+                async with http.stream("GET", "/ok"):
+                    pass
+    server.inject(Fault(status=200, body="brotli?", headers={"Content-Encoding": "br"}))
+    async with client(server) as http:
+        with pytest.raises(ProtocolError) as info:
+            async with http.stream("GET", "/ok"):
+                pass
+    assert "Content-Encoding br" in (info.value.provider_message or "")
