@@ -403,7 +403,9 @@ default: echo
     done = subprocess.run([sys.executable, "-m", "tgmux", "check", "config.yaml"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[2:9] == [
+    lines = done.stdout.splitlines()
+    start = lines.index("backends:")
+    assert lines[start:start + 7] == [
         "backends:",
         "  echo: echo",
         f"  own: openai through the proxy https://{PROXY_USER}:***@127.0.0.1:3128",
