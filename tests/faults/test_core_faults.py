@@ -230,10 +230,11 @@ async def test_lone_surrogates_become_valid_text_and_split_halves_join() -> None
 
 
 async def test_long_arguments_are_not_echoed_back_whole() -> None:
-    async with EngineHarness.from_yaml(ECHO) as h:
+    async with EngineHarness.from_yaml(ECHO + "admins: [1]\n") as h:
         [switch] = await h.say("/backend " + "b" * 10_000, user_id=1)
         [unknown] = await h.say("/" + "c" * 5000, user_id=1)
     assert isinstance(switch, Notice) and len(switch.text) < 200
+    assert switch.text.startswith("There is no backend 'bbb")
     assert isinstance(unknown, Notice) and len(unknown.text) < 200
     assert unknown.text.startswith("Unknown command /" + "c" * 37 + "...")
 
