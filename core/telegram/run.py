@@ -147,19 +147,6 @@ def _check_session(config: Config, account: str) -> None:
         )
 
 
-def _check_sessions_apart(config: Config, names: list[str]) -> None:
-    """Two accounts on one session file would overwrite each other's authorization."""
-    seen: dict[Path, str] = {}
-    for name in names:
-        tg = config.accounts[name].telegram
-        path = (Path(tg.data_dir).expanduser() / f"{tg.session_name}.session").resolve()
-        if path in seen:
-            raise ConfigError(f"{config.where(config.accounts[name].telegram_path)}: accounts "
-                              f"{seen[path]} and {name} would share the session file {path}: "
-                              "give each its own session_name (or data_dir)")
-        seen[path] = name
-
-
 @contextlib.contextmanager
 def stop_signals(stopping: asyncio.Event,
                  on_signal: Callable[[], None] | None = None) -> Iterator[None]:
@@ -211,7 +198,6 @@ async def run_telegram(config: Config, plugin_manager: PluginManager,
             problems += exc.problems
     if problems:
         raise ConfigError(problems)
-    _check_sessions_apart(config, names)
     store = open_store(config.data.store)
     clients = {name: build_client(config, name) for name in names}
     app = TelegramApp(config, plugin_manager, clients, store=store, serve=[])

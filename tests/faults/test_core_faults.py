@@ -68,7 +68,7 @@ def one_error(result: subprocess.CompletedProcess) -> str:
      "the port is not a number from 1 to 65535"),
     (ECHO.encode() + b"telegram:\n  session_string: garbage\n",
      ":5: telegram.session_string: not a Pyrogram session string"),
-    (ECHO.encode() + b"telegram:\n  bot_token: 123:abc\n  session_string: "
+    (ECHO.encode() + b"telegram:\n  bot_token: \"123:" + b"a" * 35 + b"\"\n  session_string: "
      + base64.urlsafe_b64encode(bytes(271)).rstrip(b"=") + b"\n",
      ":4: telegram: give bot_token (a bot) or session_string (a user account), not both"),
 ])

@@ -24,7 +24,7 @@ from tgmux.telegram import run_telegram
 from tgmux.telegram.client import SessionFileStorage
 from tgmux.telegram.fake import HANG, FakeTelegram, offline_client
 
-TOKEN = "123456:ABCdefGhIJKlmnoPQRstuVWXyz0123456789"
+TOKEN = "123456:ABCdefGhIJKlmnoPQRstuVWXyz012345678"
 API = {"api_id": "12345", "api_hash": "0123456789abcdef0123456789abcdef"}
 
 CONFIG = """
