@@ -174,8 +174,8 @@ def check(config_file: str | None, config_path: str) -> None:
         click.echo(f"  {name}: {settings.type}")
     for name, account in config.accounts.items():
         tg = account.telegram
-        mode = ("bot" if tg.bot_token else "user account" if tg.session_string
-                else "not configured")
+        mode = ("bot" if tg.bot_token else "user account"
+                if tg.session_string or tg.user_account else "not configured")
         click.echo(f"\naccount {name} (telegram: {mode}), routes (first match wins):")
         for i, (match, backend, options, trigger) in enumerate(Router(config, name).table()):
             extra = f"  options: {options}" if options else ""

@@ -115,6 +115,9 @@ class TelegramConfig(Strict):
     api_hash: str | None = Field(None, description="from my.telegram.org")
     bot_token: str | None = Field(None, description="from @BotFather; run as a bot")
     session_string: str | None = Field(None, description="run as a user account")
+    user_account: bool = Field(
+        False, description="a user account logged in at the terminal (tgmux run), its login "
+        "kept in the session file; without bot_token or session_string, the config must say so")
     session_name: str = Field("tgmux", description="session file name under data_dir")
     data_dir: str = Field("tgmux-data", description="where the session file lives (mode 0600)")
     stream_edit_interval: float = Field(
@@ -159,6 +162,9 @@ class TelegramConfig(Strict):
     def _one_identity(self) -> TelegramConfig:
         if self.bot_token and self.session_string:
             raise ValueError("give bot_token (a bot) or session_string (a user account), "
+                             "not both")
+        if self.bot_token and self.user_account:
+            raise ValueError("give bot_token (a bot) or user_account: true (a user account), "
                              "not both")
         return self
 

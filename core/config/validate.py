@@ -37,6 +37,10 @@ SECRET_KEY = re.compile(r"secret|token|key|hash|password|session", re.IGNORECASE
 
 SettingsT = TypeVar("SettingsT", bound=BaseModel)
 
+#: What to do when a ``telegram:`` section does not say whether it is a bot or a user account.
+SAY_WHICH = ("set bot_token for a bot; for a user account run `tgmux login` and set "
+             "session_string (or set user_account: true and log in at the terminal)")
+
 #: The account of the single ``telegram:`` form.
 MAIN = "main"
 
@@ -113,6 +117,14 @@ class Config:
                 problems.append(f"{self.where(section)}: {dotted}.api_id: is required")
             if not tg.api_hash:
                 problems.append(f"{self.where(section)}: {dotted}.api_hash: is required")
+            if not (tg.bot_token or tg.session_string or tg.user_account):
+                # never guessed from a session file left in data_dir
+                problems.append(
+                    f"{self.where((*section, 'bot_token'))}: is empty, and no session_string "
+                    "or user_account: true says this is a user account: " + SAY_WHICH
+                    if tg.bot_token == "" else
+                    f"{self.where(section)}: no bot_token, session_string or user_account: "
+                    "true: " + SAY_WHICH)
         if problems:
             raise ConfigError(problems)
         return tg

@@ -28,7 +28,9 @@ from tgmux.telegram.client import (
     SessionFileStorage,
     abandon,
     build_client,
+    configured_kind,
     reach_of,
+    session_file_kind,
     session_mode,
 )
 
@@ -135,10 +137,20 @@ def _refusal(code: str, exc: RPCError, tg: TelegramConfig) -> str:
 
 
 def _check_session(config: Config, account: str) -> None:
+    """The session file, if any, holds a login of the kind the config says (a bot's file
+    never turns a user-account config into a bot, nor the other way round)."""
     tg = config.accounts[account].telegram
+    path = Path(tg.data_dir).expanduser() / f"{tg.session_name}.session"
+    found = session_file_kind(path)
+    wanted, said = configured_kind(tg)
+    if found is not None and found != wanted:
+        whose = "a bot's" if found == "bot" else "a user account's"
+        raise ConfigError(
+            f"{config.where(config.accounts[account].telegram_path)}: the session file {path} "
+            f"holds {whose} login, but the config says a {wanted} ({said}): move the file "
+            f"away, or set session_name (or data_dir) to give this {wanted} its own")
     if tg.bot_token or tg.session_string:
         return
-    path = Path(tg.data_dir).expanduser() / f"{tg.session_name}.session"
     if not path.exists() and not sys.stdin.isatty():
         raise ConfigError(
             f"{config.where(config.accounts[account].telegram_path)}: no bot_token or "
