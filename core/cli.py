@@ -359,10 +359,19 @@ def simulate(config_path: str, bot_username: str, strict_flood: bool) -> None:
                                     bot_username=bot_username, strict_flood=strict_flood)))
 
 
+def _api_hash(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from tgmux.config.schema import API_HASH
+
+    if not API_HASH.fullmatch(value):
+        raise click.BadParameter("expected the 32 hexadecimal digits my.telegram.org shows")
+    return value
+
+
 @cli.command()
-@click.option("--api-id", type=int, envvar="TG_API_ID", prompt=True, help="From my.telegram.org.")
-@click.option("--api-hash", envvar="TG_API_HASH", prompt=True, hide_input=True,
+@click.option("--api-id", type=click.IntRange(1, 2**31 - 1), envvar="TG_API_ID", prompt=True,
               help="From my.telegram.org.")
+@click.option("--api-hash", envvar="TG_API_HASH", prompt=True, hide_input=True,
+              callback=_api_hash, help="From my.telegram.org.")
 @click.option("--phone", default=None, help="The account's phone number (asked if omitted).")
 def login(api_id: int, api_hash: str, phone: str | None) -> None:
     """Log in a user account and print its session string once (for session_string:)."""

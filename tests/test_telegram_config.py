@@ -124,3 +124,18 @@ def test_two_accounts_on_one_session_file_are_refused(tmp_path: Path) -> None:
         f"c.yaml:8: accounts.b.telegram: the same session file as accounts.a (line 6), "
         f"{tmp_path}/x/tgmux.session: give each account its own session_name (or data_dir)"]
     load_config_text(text.replace("y/../x", "y"), env={})  # apart: fine
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--api-id", "0", "--api-hash", HASH],
+     "Invalid value for '--api-id': 0 is not in the range 1<=x<=2147483647."),
+    (["--api-id", "12345", "--api-hash", "abc"],
+     "Invalid value for '--api-hash': expected the 32 hexadecimal digits my.telegram.org shows"),
+])
+def test_login_checks_its_credentials_before_connecting(args: list[str], expected: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TGMUX_", "TG_"))}
+    result = subprocess.run([sys.executable, "-m", "tgmux", "login", *args, "--phone", "+1"],
+                            capture_output=True, text=True, timeout=120, env=env, stdin=None)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == f"Error: {expected}"
