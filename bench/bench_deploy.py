@@ -80,7 +80,8 @@ from tgmux.telegram.fake import FakeTelegram, offline_client
 
 n = int(sys.argv[1])
 accounts = "".join(
-    f"  a{i}:\n    telegram: {{api_id: 1, api_hash: h, bot_token: \"{i + 1}:x\", "
+    f"  a{i}:\n    telegram: {{api_id: 1, api_hash: {'0123456789abcdef' * 2}, "
+    f"bot_token: \"{i + 1}:{'x' * 35}\", "
     f"session_name: a{i}}}\n" for i in range(n))
 config, pm = load_text('store: "memory://"\nbackends:\n  e: {type: echo}\ndefault: e\n'
                        "accounts:\n" + accounts, env={})

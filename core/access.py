@@ -1,7 +1,9 @@
 """Access lists and per-user limits (``access:``, ``limits:``), checked by the engine before
 any backend is called.
 
-- Admins listed in ``admins`` are never denied nor limited (an empty list exempts nobody).
+- Admins are the users ``admins`` lists, and only they: they may use admin-only commands
+  (``/backend NAME``, ``/status``, a backend's own, e.g. BambiSleep's ``/sessions``) and are
+  never denied nor limited. An empty list makes nobody an admin (:func:`is_admin`).
 - ``access`` applies to every message, built-in commands included: a refused user reads
   ``denied_reply`` (or nothing, when it is null).
 - ``limits`` count every message that would reach a backend (backend commands too); built-in
@@ -15,11 +17,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from tgmux.config.validate import Account
+from tgmux.config.validate import Account, Config
 from tgmux.store import Store
 from tgmux.types import IncomingMessage
 
-__all__ = ["Gate", "Verdict", "format_wait"]
+__all__ = ["Gate", "Verdict", "access_warnings", "format_wait", "is_admin"]
 
 DAY = 86400.0
 
@@ -41,13 +43,38 @@ def format_wait(seconds: float) -> str:
     return f"{round(seconds / 3600)} h"
 
 
+def is_admin(account: Account, user_id: int | None) -> bool:
+    """Whether ``user_id`` is one of ``account``'s admins. Nobody listed: nobody is (a fresh
+    config must not hand every Telegram user the admin commands)."""
+    return user_id is not None and user_id in account.admins
+
+
+def access_warnings(config: Config) -> list[str]:
+    """What ``tgmux check`` warns about, as ``file:line: key: what`` lines: an account with
+    no admins, and each backend through which one user reaches other users' conversations
+    (:meth:`~tgmux.backend.Backend.shared_between_users`)."""
+    found: dict[str, None] = {}
+    for name, account in config.accounts.items():
+        if account.admins:
+            continue
+        own = ("accounts", name, "admins")
+        path = own if own in config.lines else ("admins",)
+        found[f"{config.where(path)}: no admins: nobody may use /backend NAME, /status or "
+              "a backend's admin-only commands (list your Telegram user id)"] = None
+    for name, settings in config.backend_settings.items():
+        said = config.backend_classes[name].shared_between_users(settings)
+        if said:
+            found[f"{config.where(('backends', name))}: {said}"] = None
+    return list(found)
+
+
 class Gate:
     def __init__(self, store: Store) -> None:
         self.store = store
 
     @staticmethod
     def exempt(account: Account, user_id: int | None) -> bool:
-        return user_id is not None and user_id in account.admins
+        return is_admin(account, user_id)
 
     def denied(self, account: Account, message: IncomingMessage) -> Verdict | None:
         chat = message.chat

@@ -300,6 +300,14 @@ class Backend(ABC):
         """The backend's own chat commands (shown in /help)."""
         return []
 
+    @classmethod
+    def shared_between_users(cls, settings: BackendSettings) -> str | None:
+        """What one Telegram user can reach of other users' conversations through a backend
+        with these ``settings`` (one provider user or account for everyone, a command that
+        shows its history...), as a sentence ``tgmux check`` warns with; None (the default):
+        each user's conversation stays theirs."""
+        return None
+
     @abstractmethod
     def reply(self, turn: Turn) -> AsyncIterator[ReplyPart]:
         """Answer a chat message (an async generator of parts)."""

@@ -75,13 +75,12 @@ async def _backend_command(engine: Engine, message: IncomingMessage,
 
 def help_text(engine: Engine, decision: RouteDecision | None, account: str = "main") -> str:
     lines = ["Send me a message and I will answer.", ""]
-    restricted = account in engine.config.accounts and engine.config.accounts[account].admins
     specs = list(BUILTIN_COMMANDS) + [c.spec for c in engine.plugin_commands.values()]
     if decision is not None:
         specs += engine.backends[decision.backend].commands()
     for spec in specs:
         usage = f" {spec.usage}" if spec.usage else ""
-        admins = " (admins only)" if spec.admin_only and restricted else ""
+        admins = " (admins only)" if spec.admin_only else ""
         lines.append(f"/{spec.name}{usage} — {spec.description}{admins}")
     return "\n".join(lines)
 

@@ -161,19 +161,22 @@ def demo(backend: str | None) -> None:
 @CONFIG_OPTION
 def check(config_file: str | None, config_path: str) -> None:
     """Validate a config, print its routing table, and check that the store opens."""
+    from tgmux.access import access_warnings
     from tgmux.proxy import proxy_note
     from tgmux.redact import redact_urls
     from tgmux.router import Router
     from tgmux.store import check_store
 
     config, _ = _load(config_file or config_path)
+    for warning in access_warnings(config):
+        click.echo(f"warning: {warning}", err=True)
     click.echo("backends:")
     for name, settings in config.backend_settings.items():
         click.echo(f"  {name}: {settings.type}{proxy_note(settings)}")
     for name, account in config.accounts.items():
         tg = account.telegram
-        mode = ("bot" if tg.bot_token else "user account" if tg.session_string
-                else "not configured")
+        mode = ("bot" if tg.bot_token else "user account"
+                if tg.session_string or tg.user_account else "not configured")
         click.echo(f"\naccount {name} (telegram: {mode}{proxy_note(tg)}), routes (first match "
                    "wins):")
         for i, (match, backend, options, trigger) in enumerate(Router(config, name).table()):
@@ -361,10 +364,19 @@ def simulate(config_path: str, bot_username: str, strict_flood: bool) -> None:
                                     bot_username=bot_username, strict_flood=strict_flood)))
 
 
+def _api_hash(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from tgmux.config.schema import API_HASH
+
+    if not API_HASH.fullmatch(value):
+        raise click.BadParameter("expected the 32 hexadecimal digits my.telegram.org shows")
+    return value
+
+
 @cli.command()
-@click.option("--api-id", type=int, envvar="TG_API_ID", prompt=True, help="From my.telegram.org.")
-@click.option("--api-hash", envvar="TG_API_HASH", prompt=True, hide_input=True,
+@click.option("--api-id", type=click.IntRange(1, 2**31 - 1), envvar="TG_API_ID", prompt=True,
               help="From my.telegram.org.")
+@click.option("--api-hash", envvar="TG_API_HASH", prompt=True, hide_input=True,
+              callback=_api_hash, help="From my.telegram.org.")
 @click.option("--phone", default=None, help="The account's phone number (asked if omitted).")
 @click.option("--proxy", envvar="TG_PROXY", default=None, metavar="URL",
               help="Reach Telegram through this proxy, as telegram.proxy: "

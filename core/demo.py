@@ -18,10 +18,14 @@ from tgmux.types import DemoBackend, StopFn
 
 __all__ = ["DEMO_CONFIG", "DemoBackend", "StopFn", "run_demo"]
 
-DEMO_CONFIG = """
+#: Who types in the demo: its operator, so an admin (``/backend NAME`` switches).
+CONSOLE_USER = 1
+
+DEMO_CONFIG = f"""
 store: "memory://"
+admins: [{CONSOLE_USER}]
 backends:
-  echo: {type: echo, prefix: "echo: "}
+  echo: {{type: echo, prefix: "echo: "}}
 default: echo
 """
 
@@ -48,8 +52,9 @@ async def run_demo(start_with: str | None) -> int:
         config, pm = load_text(yaml.safe_dump(data), source="<demo config>", env={},
                                plugin_manager=pm)
         lines.append("Switch with /backend NAME, /help lists commands, Ctrl-D quits.")
-        return await run_console(config, pm, chat_id=1, user_id=1, chat_type="private",
-                                 stdin=sys.stdin, stdout=sys.stdout, banner="\n".join(lines))
+        return await run_console(config, pm, chat_id=CONSOLE_USER, user_id=CONSOLE_USER,
+                                 chat_type="private", stdin=sys.stdin, stdout=sys.stdout,
+                                 banner="\n".join(lines))
     finally:
         for stop in stops:
             await stop()

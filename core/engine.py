@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tgmux.access import Gate
+from tgmux.access import Gate, is_admin
 from tgmux.backend import Backend, History, Turn
 from tgmux.backend_use import BackendsInUse, StepDeadline
 from tgmux.chat_commands import (
@@ -885,12 +885,9 @@ class Engine:
 
     # -- commands --------------------------------------------------------------------------------
 
-    def is_admin(self, user_id: int | None, account: str | None = None) -> bool:
-        """Whether ``user_id`` may use admin-only commands with ``account`` (its own
-        ``admins:``, else the top level's; nobody listed: everyone may)."""
-        admins = (self.config.accounts[account].admins if account in self.config.accounts
-                  else self.config.data.admins)
-        return not admins or (user_id is not None and user_id in admins)
+    def is_admin(self, user_id: int | None, account: str = "main") -> bool:
+        """Whether ``user_id`` may use admin-only commands with ``account`` (:func:`is_admin`)."""
+        return is_admin(self.router_for(account).account, user_id)
 
     def _may_run(self, spec: CommandSpec, message: IncomingMessage) -> bool:
         return not spec.admin_only or self.is_admin(message.chat.user_id, message.chat.account)

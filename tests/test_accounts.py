@@ -24,7 +24,11 @@ accounts:
       - match: {chat_type: [group, supergroup]}
         backend: g
   concierge:
-    telegram: {api_id: 1, api_hash: h, bot_token: "2:x"}
+    telegram:
+      api_id: 1
+      api_hash: 0123456789abcdef0123456789abcdef
+      bot_token: "2:xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+      session_name: concierge
     default: b
     admins: [2]
 """
@@ -47,7 +51,7 @@ def test_an_accounts_telegram_variables_are_only_needed_to_run() -> None:
         config.require_telegram("support")
     assert caught.value.problems[0].startswith(
         "<config>:10: accounts.support.telegram.api_id: environment variable TG_API_ID")
-    assert config.require_telegram("concierge").bot_token == "2:x"
+    assert config.require_telegram("concierge").bot_token == "2:" + "x" * 35
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -109,8 +113,8 @@ async def test_run_names_an_unknown_account_clearly() -> None:
     from tgmux.bootstrap import load_text
     from tgmux.telegram.run import run_telegram
 
-    config, pm = load_text(ACCOUNTS, env={"TG_API_ID": "1", "TG_API_HASH": "h",
-                                          "SUPPORT_TOKEN": "1:x"})
+    config, pm = load_text(ACCOUNTS, env={"TG_API_ID": "1", "TG_API_HASH": "0123456789abcdef" * 2,
+                                          "SUPPORT_TOKEN": "1:" + "x" * 35})
     with pytest.raises(ConfigError, match=r"--account: no account 'nope' \(the config has: "
                                           r"support, concierge\)"):
         await run_telegram(config, pm, ["nope"])
@@ -124,8 +128,9 @@ def test_check_prints_each_accounts_routing(tmp_path) -> None:
     config.write_text('store: "memory://"\n' + ACCOUNTS)
     done = subprocess.run([sys.executable, "-m", "tgmux", "check", str(config)],
                           capture_output=True, text=True, timeout=60,
-                          env={"PATH": "/usr/bin", "TG_API_ID": "1", "TG_API_HASH": "h",
-                               "SUPPORT_TOKEN": "1:x"})
+                          env={"PATH": "/usr/bin", "TG_API_ID": "1",
+                               "TG_API_HASH": "0123456789abcdef" * 2,
+                               "SUPPORT_TOKEN": "1:" + "x" * 35})
     assert done.returncode == 0, done.stderr
     assert ("account support (telegram: bot), routes (first match wins):\n"
             "  1. chat_type=['group', 'supergroup'] -> g  (groups: mention)\n"

@@ -40,7 +40,8 @@ def test_chat_backend_flag_forces_a_backend(tmp_path: Path) -> None:
 def test_chat_state_persists_in_the_sqlite_store(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(ECHO_CONFIG.replace('"memory://"', f'"sqlite:///{tmp_path}/t.db"')
-                      .replace("default: echo", '  b: {type: echo, prefix: "b: "}\ndefault: echo'))
+                      .replace("default: echo", '  b: {type: echo, prefix: "b: "}\ndefault: echo')
+                      + "admins: [1]\n")  # the console's user (--user-id)
     first = tgmux("chat", "-c", str(config), stdin="/backend b\n")
     assert first.stdout == "This chat now talks to: b\n"
     second = tgmux("chat", "-c", str(config), stdin="again\n")

@@ -104,15 +104,15 @@ def test_telegram_credentials_are_only_required_to_run(tmp_path: Path) -> None:
         "c.yaml:3: telegram.api_hash: environment variable TG_API_HASH is not set",
         "c.yaml:4: telegram.bot_token: environment variable TG_BOT_TOKEN is not set",
     ]
-    ok = load_config_text(text, env={"TG_API_ID": "12345", "TG_API_HASH": "abc",
-                                     "TG_BOT_TOKEN": "1:x"})
+    ok = load_config_text(text, env={"TG_API_ID": "12345", "TG_API_HASH": "0" * 32,
+                                     "TG_BOT_TOKEN": "1:" + "x" * 35})
     assert ok.require_telegram().api_id == 12345
 
 
 def test_example_config_is_valid() -> None:
     root = Path(__file__).resolve().parent.parent
     env = {
-        "TG_API_ID": "1", "TG_API_HASH": "h", "TG_BOT_TOKEN": "1:t",
+        "TG_API_ID": "1", "TG_API_HASH": "0" * 32, "TG_BOT_TOKEN": "1:" + "t" * 35,
         "LUCYDREAM_API_KEY": "k", "SENSAY_ORG_SECRET": "s", "SENSAY_USER_ID": "u",
         "SENSAY_REPLICA_UUID":
         "03db5651-cb61-4bdf-9ef0-89561f7c9c53", "BAMBI_API_KEY": "b", "OPENAI_API_KEY": "o",

@@ -105,12 +105,12 @@ async def test_default_route_and_first_match_wins() -> None:
 
 async def test_override_beats_routes_and_persists_across_restart(tmp_path) -> None:
     store = f"sqlite:///{tmp_path}/state.db"
-    async with EngineHarness.from_yaml(ECHO, store=store) as h:
+    async with EngineHarness.from_yaml(ECHO + "admins: [7]\n", store=store) as h:
         assert await h.say("/backend other", user_id=7) == [
             Text("This chat now talks to: other")
         ]
         assert await h.say("hi again", user_id=7) == [Text("other: hi again")]
-    async with EngineHarness.from_yaml(ECHO, store=store) as h:
+    async with EngineHarness.from_yaml(ECHO + "admins: [7]\n", store=store) as h:
         assert await h.say("hi after restart", user_id=7, message_id=100) == [
             Text("other: hi after restart")
         ]
@@ -121,7 +121,7 @@ async def test_override_beats_routes_and_persists_across_restart(tmp_path) -> No
 
 
 async def test_a_chats_override_is_read_from_the_store_once(monkeypatch) -> None:
-    async with EngineHarness.from_yaml(ECHO) as h:
+    async with EngineHarness.from_yaml(ECHO + "admins: [5]\n") as h:
         reads: list[int] = []
         real = h.store.get_override
 
@@ -138,7 +138,7 @@ async def test_a_chats_override_is_read_from_the_store_once(monkeypatch) -> None
 
 
 async def test_backend_command_lists_and_rejects_unknown_names() -> None:
-    async with EngineHarness.from_yaml(ECHO) as h:
+    async with EngineHarness.from_yaml(ECHO + "admins: [5]\n") as h:
         (shown,) = await h.say("/backend", user_id=5)
         assert shown == Text("This chat talks to: echo\nAvailable: echo, groups, other\n"
                              "Switch with /backend NAME; /backend default goes back to the "
@@ -197,7 +197,7 @@ async def test_help_lists_builtin_and_backend_commands() -> None:
             "/reset — Forget this conversation",
             "/backend [name] — Show or switch the AI behind this chat",
             "/usage — Your messages and their limits",
-            "/status — Each AI's health in this process",
+            "/status — Each AI's health in this process (admins only)",
             "/shout <text> — Echo in capitals",
         ]
         assert await h.say("/shout louder", user_id=5) == [Text("echo: LOUDER")]

@@ -123,7 +123,8 @@ async def test_what_needs_a_restart_is_said_and_not_applied(running, sim, tmp_pa
     store = h.engine.store
     path.write_text(lucy_config(sim, default="echo", store=f"sqlite:///{tmp_path}/x.db",
                                 extra="engine: {concurrency: 3}\n"
-                                      "telegram: {api_id: 1, api_hash: abc}"))
+                                      "telegram: {api_id: 1, api_hash: "
+                                      + "0123456789abcdef" * 2 + "}"))
     with caplog.at_level(logging.INFO, "tgmux.reload"):
         assert await reloader.reload()
     assert ("default: lucy → echo; not applied, needs a restart: store, "
@@ -356,16 +357,16 @@ async def test_sighup_reloads_a_running_console_chat(tmp_path: Path) -> None:
 
 def test_sighup_reloads_a_running_tgmux_run(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
-    base = (f"store: sqlite:///{tmp_path}/tgmux.db\ntelegram: {{api_id: 1, api_hash: h, "
-            "bot_token: '1:t'}\nbackends:\n  a: {type: echo, prefix: 'a: '}\n"
-            "  b: {type: echo, prefix: 'b: '}\n")
+    base = (f"store: sqlite:///{tmp_path}/tgmux.db\ntelegram: {{api_id: 1, api_hash: "
+            f"{'0123456789abcdef' * 2}, bot_token: '1:{'t' * 35}'}}\nbackends:\n"
+            "  a: {type: echo, prefix: 'a: '}\n  b: {type: echo, prefix: 'b: '}\n")
     path.write_text(base + "default: a\n")
     proc = Proc(path, {**os.environ, "PYTHONWARNINGS": "ignore"})
     try:
         proc.wait_log("tgmux is running on Telegram", 20)
         proc.send(chat_type="private", chat_id=42, user_id=42, text="one")
         assert proc.reply()["text"] == "a: one"
-        path.write_text(base.replace("bot_token: '1:t'", "bot_token: '2:u'") +
+        path.write_text(base.replace("bot_token: '1:", "bot_token: '2:") +
                         "default: b\n")
         proc.popen.send_signal(signal.SIGHUP)
         assert proc.wait_log("config reloaded", 5) < 1.0

@@ -49,6 +49,7 @@ backends:
   bambi: {{type: bambisleep, api_key: "{BAMBI_KEY}", base_url: "{bambi.base_url}"}}
   bambi_bad: {{type: bambisleep, api_key: "{BAMBI_KEY}x", base_url: "{bambi.base_url}"}}
 default: lucy
+admins: [10, 11, 12]
 """
         async with EngineHarness.from_yaml(config) as h:
             for n, name in enumerate(["lucy", "sensay", "bambi"]):

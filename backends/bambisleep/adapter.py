@@ -101,6 +101,12 @@ class BambiSleepBackend(HttpBackend[BambiSleepClient]):
 
     settings: BambiSleepSettings
 
+    @classmethod
+    def shared_between_users(cls, settings: Any) -> str | None:
+        return ("every Telegram user talks through one BambiSleep account, whose session "
+                "history holds everyone's conversations: /sessions and /session show it to "
+                "the bot's admins")
+
     def __init__(self, name: str, settings: Any, kv: Any) -> None:
         super().__init__(name, settings, kv)
         self.ws: WsTransport | None = None

@@ -3,7 +3,8 @@ session history.
 
 Every Telegram user shares the one BambiSleep account: its session history holds everyone's
 prompts, and its profile and triggers are everyone's. Reading the history and changing the
-account are for the bot's admins (``admin_only``, enforced when ``admins:`` is set).
+account are for the bot's admins (``admin_only``: only users ``admins:`` lists; nobody when it
+is empty).
 
 Each command answers with one part: a :class:`~tgmux.backend.Text`, or a
 :class:`~tgmux.backend.Notice` for a usage hint or a refusal the user can act on.

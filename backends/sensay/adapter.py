@@ -199,6 +199,18 @@ class SensayBackend(HttpBackend[SensayClient]):
 
     settings: SensaySettings
 
+    @classmethod
+    def shared_between_users(cls, settings: Any) -> str | None:
+        template = settings.user_id
+        if template is None:
+            return None  # one Sensay user per Telegram user
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+        if names & {"user_id", "username", "chat_id"}:
+            return None  # one per user (or per chat, whose members see it anyway)
+        shown = ", which /history shows to anyone" if settings.effective_api_version else ""
+        return (f"user_id {template!r} is one Sensay user for every Telegram user: the "
+                f"replica keeps everyone's messages in one conversation{shown}")
+
     def __init__(self, name: str, settings: SensaySettings, kv: KeyValue) -> None:
         super().__init__(name, settings, kv)
         #: Sensay users being looked up or created, by store key.

@@ -105,11 +105,21 @@ class FloodLimits(Strict):
     group_per_minute: Int = Field(20, ge=1, description="messages per minute in one group")
 
 
+#: Telegram's api_id is a signed 32-bit number; api_hash 32 hex digits; a bot token the bot's
+#: id, ':' and 35 URL-safe characters.
+MAX_API_ID = 2**31 - 1
+API_HASH = re.compile(r"[0-9a-fA-F]{32}")
+BOT_TOKEN = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{35}")
+
+
 class TelegramConfig(Strict):
     api_id: Int | None = Field(None, description="from my.telegram.org")
     api_hash: str | None = Field(None, description="from my.telegram.org")
     bot_token: str | None = Field(None, description="from @BotFather; run as a bot")
     session_string: str | None = Field(None, description="run as a user account")
+    user_account: bool = Field(
+        False, description="a user account logged in at the terminal (tgmux run), its login "
+        "kept in the session file; without bot_token or session_string, the config must say so")
     session_name: str = Field("tgmux", description="session file name under data_dir")
     data_dir: str = Field("tgmux-data", description="where the session file lives (mode 0600)")
     stream_edit_interval: float = Field(
@@ -131,10 +141,37 @@ class TelegramConfig(Strict):
     def _session_string(cls, value: str | None) -> str | None:
         return _check_session_string(value) if value else None
 
+    @field_validator("api_id")
+    @classmethod
+    def _api_id(cls, value: int | None) -> int | None:
+        if value is not None and not 0 < value <= MAX_API_ID:
+            raise ValueError("expected the api_id my.telegram.org shows (a whole number from "
+                             f"1 to {MAX_API_ID})")
+        return value
+
+    @field_validator("api_hash")
+    @classmethod
+    def _api_hash(cls, value: str | None) -> str | None:
+        if value is not None and not API_HASH.fullmatch(value):
+            raise ValueError("expected the 32 hexadecimal digits my.telegram.org shows")
+        return value
+
+    @field_validator("bot_token")
+    @classmethod
+    def _bot_token(cls, value: str | None) -> str | None:
+        # empty (an optional ``${TG_BOT_TOKEN:-}``) is no token: not a bot
+        if value and not BOT_TOKEN.fullmatch(value):
+            raise ValueError("expected the token @BotFather gave: the bot's number, ':' and 35 "
+                             "letters, digits, - or _")
+        return value
+
     @model_validator(mode="after")
     def _one_identity(self) -> TelegramConfig:
         if self.bot_token and self.session_string:
             raise ValueError("give bot_token (a bot) or session_string (a user account), "
+                             "not both")
+        if self.bot_token and self.user_account:
+            raise ValueError("give bot_token (a bot) or user_account: true (a user account), "
                              "not both")
         return self
 

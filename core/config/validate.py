@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -30,6 +31,10 @@ from tgmux.errors import ConfigError
 from tgmux.redact import SECRET_KEY, redact_urls, remember_config_secrets
 
 SettingsT = TypeVar("SettingsT", bound=BaseModel)
+
+#: What to do when a ``telegram:`` section does not say whether it is a bot or a user account.
+SAY_WHICH = ("set bot_token for a bot; for a user account run `tgmux login` and set "
+             "session_string (or set user_account: true and log in at the terminal)")
 
 #: The account of the single ``telegram:`` form.
 MAIN = "main"
@@ -107,6 +112,14 @@ class Config:
                 problems.append(f"{self.where(section)}: {dotted}.api_id: is required")
             if not tg.api_hash:
                 problems.append(f"{self.where(section)}: {dotted}.api_hash: is required")
+            if not (tg.bot_token or tg.session_string or tg.user_account):
+                # never guessed from a session file left in data_dir
+                problems.append(
+                    f"{self.where((*section, 'bot_token'))}: is empty, and no session_string "
+                    "or user_account: true says this is a user account: " + SAY_WHICH
+                    if tg.bot_token == "" else
+                    f"{self.where(section)}: no bot_token, session_string or user_account: "
+                    "true: " + SAY_WHICH)
         if problems:
             raise ConfigError(problems)
         return tg
@@ -136,6 +149,7 @@ def validate_config(parsed: ParsedConfig, backend_types: dict[str, type[Backend]
     route_options, route_problems = _check_routes(
         parsed, ("routes",), schema.routes if schema else None, settings, classes)
     problems += route_problems + _check_default(parsed) + _check_server(parsed, schema)
+    problems += _check_accounts_apart(parsed, schema)
     accounts: dict[str, Account] = {}
     raw_accounts = parsed.data.get("accounts")
     for name in raw_accounts if isinstance(raw_accounts, dict) else {}:
@@ -207,6 +221,37 @@ def _check_server(parsed: ParsedConfig, schema: TgmuxConfig | None) -> list[str]
         return []
     return [f"{parsed.where(('server', 'public_url'))}: needs server.listen "
             "(the HTTP server that serves /media)"]
+
+
+def _check_accounts_apart(parsed: ParsedConfig, schema: TgmuxConfig | None) -> list[str]:
+    """Two accounts are two logins: Telegram lets one bot token or session string (one auth
+    key) run once, and two accounts on one session file overwrite each other's."""
+    problems: list[str] = []
+    seen: dict[tuple[str, object], tuple[str, KeyPath]] = {}
+    for name, account in ((schema.accounts if schema else None) or {}).items():
+        tg = account.telegram
+        section: KeyPath = ("accounts", name, "telegram")
+        file = (Path(tg.data_dir).expanduser() / f"{tg.session_name}.session").resolve()
+        for key, value in (("bot_token", tg.bot_token), ("session_string", tg.session_string),
+                           ("", file)):
+            path = (*section, key) if key else section
+            if not value:
+                continue
+            if (key, value) not in seen:
+                seen[key, value] = name, path
+                continue
+            first, first_path = seen[key, value]
+            line = parsed.lines.get(first_path, parsed.lines.get(section))
+            if key:
+                what = key.replace("_", " ")
+                one = "one bot" if key == "bot_token" else "one login"
+                problems.append(f"{parsed.where(path)}: the same {what} as accounts.{first} "
+                                f"(line {line}): {one} can be one account only")
+            else:
+                problems.append(f"{parsed.where(path)}: the same session file as accounts."
+                                f"{first} (line {line}), {file}: give each account its own "
+                                "session_name (or data_dir)")
+    return problems
 
 
 def _all_routes(parsed: ParsedConfig,

@@ -16,12 +16,14 @@ file's key.)
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import errno
 import hashlib
 import logging
 import os
 import socket
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +318,33 @@ def telegram_proxy(value: str | None) -> Any:
     quiet = type(kind.__name__, (kind,), {"__repr__": lambda self: proxy.shown})
     return quiet(hostname=proxy.host, port=proxy.port, username=proxy.username,
                  password=proxy.password)
+
+
+def configured_kind(tg: TelegramConfig) -> tuple[str, str]:
+    """("bot" or "user account", the key that says so) for a checked ``telegram:`` section."""
+    if tg.bot_token:
+        return "bot", "bot_token"
+    if tg.session_string:
+        # every layout Pyrogram reads ends with is_bot
+        data = base64.urlsafe_b64decode(tg.session_string + "=" * (-len(tg.session_string) % 4))
+        return ("bot" if data[-1] else "user account"), "session_string"
+    return "user account", "user_account: true"
+
+
+def session_file_kind(path: Path) -> str | None:
+    """Whose login the session file at ``path`` holds: "bot", "user account", or None (no
+    file, no login in it, or not readable: Pyrogram reports a broken file itself)."""
+    if not path.exists():
+        return None
+    try:
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=1)) as conn:
+            row = conn.execute("SELECT is_bot, auth_key FROM sessions").fetchone()
+    except sqlite3.Error:
+        return None
+    if row is None or row[0] is None or row[1] is None:
+        return None
+    return "bot" if row[0] else "user account"
 
 
 def session_mode(tg: TelegramConfig) -> str:

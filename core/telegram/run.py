@@ -29,7 +29,9 @@ from tgmux.telegram.client import (
     SessionFileStorage,
     abandon,
     build_client,
+    configured_kind,
     reach_of,
+    session_file_kind,
     session_mode,
     telegram_proxy,
 )
@@ -148,29 +150,26 @@ def _refusal(code: str, exc: RPCError, tg: TelegramConfig) -> str:
 
 
 def _check_session(config: Config, account: str) -> None:
+    """The session file, if any, holds a login of the kind the config says (a bot's file
+    never turns a user-account config into a bot, nor the other way round)."""
     tg = config.accounts[account].telegram
+    path = Path(tg.data_dir).expanduser() / f"{tg.session_name}.session"
+    found = session_file_kind(path)
+    wanted, said = configured_kind(tg)
+    if found is not None and found != wanted:
+        whose = "a bot's" if found == "bot" else "a user account's"
+        raise ConfigError(
+            f"{config.where(config.accounts[account].telegram_path)}: the session file {path} "
+            f"holds {whose} login, but the config says a {wanted} ({said}): move the file "
+            f"away, or set session_name (or data_dir) to give this {wanted} its own")
     if tg.bot_token or tg.session_string:
         return
-    path = Path(tg.data_dir).expanduser() / f"{tg.session_name}.session"
     if not path.exists() and not sys.stdin.isatty():
         raise ConfigError(
             f"{config.where(config.accounts[account].telegram_path)}: no bot_token or "
             f"session_string, and no session file {path}: run `tgmux login` and set "
             "session_string (or start `tgmux run` in a terminal once to log in there)"
         )
-
-
-def _check_sessions_apart(config: Config, names: list[str]) -> None:
-    """Two accounts on one session file would overwrite each other's authorization."""
-    seen: dict[Path, str] = {}
-    for name in names:
-        tg = config.accounts[name].telegram
-        path = (Path(tg.data_dir).expanduser() / f"{tg.session_name}.session").resolve()
-        if path in seen:
-            raise ConfigError(f"{config.where(config.accounts[name].telegram_path)}: accounts "
-                              f"{seen[path]} and {name} would share the session file {path}: "
-                              "give each its own session_name (or data_dir)")
-        seen[path] = name
 
 
 @contextlib.contextmanager
@@ -224,7 +223,6 @@ async def run_telegram(config: Config, plugin_manager: PluginManager,
             problems += exc.problems
     if problems:
         raise ConfigError(problems)
-    _check_sessions_apart(config, names)
     store = open_store(config.data.store)
     clients = {name: build_client(config, name) for name in names}
     app = TelegramApp(config, plugin_manager, clients, store=store, serve=[])

@@ -170,17 +170,20 @@ async def test_help_lists_the_commands(sim):
     async with harness(config(sim)) as h:
         [help_text] = await h.say("/help", user_id=1)
     for line in ("/profile [username] — Show the BambiSleep profile",
-                 "/profile_set <display name> — Change the account's display name",
+                 "/profile_set <display name> — Change the account's display name (admins "
+                 "only)",
                  "/triggers — List the triggers you can use",
                  "/trigger_add name | description | content — Create a private trigger on "
-                 "the account",
-                 "/sessions — List the account's past sessions (all users)",
-                 "/session <id> — Show the messages of a session"):
+                 "the account (admins only)",
+                 "/sessions — List the account's past sessions (all users) (admins only)",
+                 "/session <id> — Show the messages of a session (admins only)"):
         assert line + "\n" in help_text.text + "\n"
 
 
 ADMIN = 1
 OTHER = 2
+#: The config's end for tests of the admin-only commands: user 1 is the admin.
+ADMIN_TAIL = f"admins: [{ADMIN}]\ndefault: bambi"
 
 
 async def test_account_wide_commands_are_for_admins(sim):
@@ -211,8 +214,19 @@ async def test_account_wide_commands_are_for_admins(sim):
         ("GET", "/v1/profile/bambi"), ("GET", "/v1/triggers"), ("GET", "/v1/sessions")]
 
 
+async def test_without_admins_nobody_reads_the_account_sessions(sim):
+    """``admins: []`` (config.example.yaml's) makes nobody an admin: no user reads the
+    conversations of the others."""
+    async with harness(config(sim, tail="admins: []\ndefault: bambi")) as h:
+        said = [await h.say(f"/{cmd}", user_id=OTHER) for cmd in ("sessions",
+                                                                  "session sess_001")]
+    assert said == [[Notice("Only the bot's admins can use /sessions.")],
+                    [Notice("Only the bot's admins can use /session.")]]
+    assert sim.requests == []
+
+
 async def test_profile_commands(sim):
-    async with harness(config(sim, SESSION_AUTH)) as h:
+    async with harness(config(sim, SESSION_AUTH, tail=ADMIN_TAIL)) as h:
         assert await h.say("/profile", user_id=1) == [Text(
             "👤 Bambi (@bambi)\nLevel 5 · 1,250 XP\nPublic profile\nMember since 2025-01-01\n"
             "Triggers: Good Girl, Bambi Sleep\nAvatar: https://bambisleep.chat/avatars/image.png"
@@ -244,7 +258,7 @@ async def test_private_profile_and_api_key_without_username(sim):
 
 
 async def test_trigger_commands(sim):
-    async with harness(config(sim)) as h:
+    async with harness(config(sim, tail=ADMIN_TAIL)) as h:
         added = await h.say("/trigger_add Deep Drop | Sink deeper | Drop down | deeper",
                             user_id=1)
         listed = await h.say("/triggers", user_id=1)
@@ -266,7 +280,7 @@ async def test_trigger_commands(sim):
 
 
 async def test_session_commands(sim):
-    async with harness(config(sim)) as h:
+    async with harness(config(sim, tail=ADMIN_TAIL)) as h:
         sessions = await h.say("/sessions", user_id=1)
         detail = await h.say("/session sess_001", user_id=1)
         missing = await h.say("/session sess_404", user_id=1)

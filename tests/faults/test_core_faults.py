@@ -68,7 +68,7 @@ def one_error(result: subprocess.CompletedProcess) -> str:
      "the port is not a number from 1 to 65535"),
     (ECHO.encode() + b"telegram:\n  session_string: garbage\n",
      ":5: telegram.session_string: not a Pyrogram session string"),
-    (ECHO.encode() + b"telegram:\n  bot_token: 123:abc\n  session_string: "
+    (ECHO.encode() + b"telegram:\n  bot_token: \"123:" + b"a" * 35 + b"\"\n  session_string: "
      + base64.urlsafe_b64encode(bytes(271)).rstrip(b"=") + b"\n",
      ":4: telegram: give bot_token (a bot) or session_string (a user account), not both"),
 ])
@@ -230,10 +230,11 @@ async def test_lone_surrogates_become_valid_text_and_split_halves_join() -> None
 
 
 async def test_long_arguments_are_not_echoed_back_whole() -> None:
-    async with EngineHarness.from_yaml(ECHO) as h:
+    async with EngineHarness.from_yaml(ECHO + "admins: [1]\n") as h:
         [switch] = await h.say("/backend " + "b" * 10_000, user_id=1)
         [unknown] = await h.say("/" + "c" * 5000, user_id=1)
     assert isinstance(switch, Notice) and len(switch.text) < 200
+    assert switch.text.startswith("There is no backend 'bbb")
     assert isinstance(unknown, Notice) and len(unknown.text) < 200
     assert unknown.text.startswith("Unknown command /" + "c" * 37 + "...")
 

@@ -25,7 +25,7 @@ from tgmux.telegram import run_telegram
 from tgmux.telegram.client import SessionFileStorage
 from tgmux.telegram.fake import HANG, FakeTelegram, offline_client
 
-TOKEN = "123456:ABCdefGhIJKlmnoPQRstuVWXyz0123456789"
+TOKEN = "123456:ABCdefGhIJKlmnoPQRstuVWXyz012345678"
 API = {"api_id": "12345", "api_hash": "0123456789abcdef0123456789abcdef"}
 
 CONFIG = """
@@ -186,7 +186,7 @@ async def test_a_server_that_closes_every_connection_is_one_clear_error_in_bound
     async with closing_server() as (port, accepted):
         if session == "authorized":  # a user account: Pyrogram would retry for minutes
             await authorized_session(tmp_path / "data", port, is_bot=False)
-            options = {"identity": "session_string: null"}
+            options = {"identity": "user_account: true"}
         else:  # a bot's first start: the auth key exchange
             options = {}
         monkeypatch.setattr(telegram_run, "build_client", redirected(port))

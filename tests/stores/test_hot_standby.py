@@ -24,7 +24,8 @@ def test_a_standby_takes_the_account_over_after_kill_9(tmp_path: Path, pg_url: s
 store: "{pg_url}"
 accounts:
   {account}:
-    telegram: {{api_id: 1, api_hash: h, bot_token: "123456:ABC", data_dir: "{tmp_path}/data"}}
+    telegram: {{api_id: 1, api_hash: 0123456789abcdef0123456789abcdef, data_dir: "{tmp_path}/data",
+               bot_token: "123456:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}}
 backends:
   echo: {{type: echo, prefix: "echo: "}}
 default: echo

@@ -21,12 +21,20 @@ backends:
 default: lucy
 accounts:
   support:
-    telegram: {api_id: 1, api_hash: h, bot_token: "1:a", session_name: support}
+    telegram:
+      api_id: 1
+      api_hash: 0123456789abcdef0123456789abcdef
+      bot_token: "1:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+      session_name: support
     routes:
       - match: {chat_type: [group, supergroup]}
         backend: lincoln
   concierge:
-    telegram: {api_id: 1, api_hash: h, bot_token: "2:b", session_name: concierge}
+    telegram:
+      api_id: 1
+      api_hash: 0123456789abcdef0123456789abcdef
+      bot_token: "2:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+      session_name: concierge
     default: bambi
 """
 

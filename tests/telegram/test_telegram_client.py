@@ -42,7 +42,7 @@ default: echo
 SOME_SESSION = base64.urlsafe_b64encode(bytes(271)).decode().rstrip("=")
 
 ENV = {"TG_API_ID": "12345", "TG_API_HASH": "0123456789abcdef0123456789abcdef",
-       "TG_BOT_TOKEN": "123456:ABC-secret"}
+       "TG_BOT_TOKEN": "123456:ABC-secret" + "x" * 25}
 
 
 def config_for(tmp_path: Path, env: dict[str, str] = ENV):
@@ -70,11 +70,11 @@ def test_the_client_is_built_for_catch_up_and_order(tmp_path: Path):
     assert client.workers == 1
     assert client.skip_updates is False
     assert (client.fetch_replies, client.fetch_topics, client.fetch_stories) == (False,) * 3
-    assert client.bot_token == "123456:ABC-secret"
+    assert client.bot_token == "123456:ABC-secret" + "x" * 25
     assert isinstance(client.storage, SessionFileStorage)
     assert client.storage.path == tmp_path / "data" / "tgmux.session"
     assert client.storage.expected_user_id == 123456
-    assert client.storage.bot_token == "123456:ABC-secret"  # remembered as a hash
+    assert client.storage.bot_token == "123456:ABC-secret" + "x" * 25  # remembered as a hash
 
 
 async def test_a_session_string_seeds_a_private_session_file(tmp_path: Path):
