@@ -470,7 +470,7 @@ def test_login_through_a_proxy_that_is_down_is_one_line(tmp_path: Path) -> None:
     port = closed_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TG_")}
     done = subprocess.run(
-        [sys.executable, "-m", "tgmux", "login", "--api-id", "1", "--api-hash", "x",
+        [sys.executable, "-m", "tgmux", "login", "--api-id", "1", "--api-hash", "0" * 32,
          "--phone", "+10000000000", "--proxy",
          f"socks5://{PROXY_USER}:{ENCODED_PASSWORD}@127.0.0.1:{port}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=80, stdin=subprocess.DEVNULL,

@@ -238,7 +238,7 @@ class _Constructor(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         # A plain key that YAML 1.1 reads as a boolean or null (a backend named `off`, `yes`,
         # `on`, `null`) is the name the user wrote: no config key is a boolean.
-        for key_node, _ in node.value:
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
             if (isinstance(key_node, yaml.ScalarNode) and key_node.style is None
                     and key_node.tag in (f"{_YAML_TAG}bool", f"{_YAML_TAG}null")):
                 key_node.tag = f"{_YAML_TAG}str"

@@ -263,7 +263,7 @@ def test_run_without_network_is_one_clear_error_in_bounded_time(tmp_path: Path, 
 
 @pytest.mark.timeout(120)
 def test_login_without_network_is_one_clear_error_in_bounded_time(tmp_path: Path, no_network):
-    done, elapsed = run_offline(no_network, "login", "--api-id", "1", "--api-hash", "x",
+    done, elapsed = run_offline(no_network, "login", "--api-id", "1", "--api-hash", "0" * 32,
                                 "--phone", "+10000000000", cwd=tmp_path)
     assert_one_clear_error(done, elapsed)
     # the network's fault, not the config's (that is 2); as the docs say
