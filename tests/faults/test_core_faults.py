@@ -91,14 +91,34 @@ def store_config(tmp_path: Path, db: Path) -> Path:
     return config
 
 
-@pytest.mark.parametrize("command", ["chat", "check"])
+#: What each command reads: one message
+STDIN = {"chat": "hi\n", "check": "", "simulate": '{"user_id": 1, "text": "hi"}\n'}
+
+
+@pytest.mark.parametrize("command", ["chat", "check", "simulate"])
 def test_a_corrupt_store_file_exits_2_at_once(tmp_path: Path, command: str) -> None:
     db = tmp_path / "tgmux.db"
     db.write_bytes(os.urandom(8192))
     started = time.monotonic()
-    error = one_error(tgmux(command, "-c", str(store_config(tmp_path, db)), stdin="hi\n"))
+    error = one_error(tgmux(command, "-c", str(store_config(tmp_path, db)),
+                            stdin=STDIN[command]))
     assert time.monotonic() - started < 10  # aiosqlite's thread used to keep it alive forever
     assert "store: cannot open sqlite:///" in error and "file is not a database" in error
+
+
+@pytest.mark.parametrize("command", ["chat", "check", "simulate"])
+def test_a_postgres_store_that_cannot_be_reached_exits_2_with_one_line(
+        tmp_path: Path, command: str) -> None:
+    import socket
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    config = tmp_path / "config.yaml"
+    config.write_text(f'store: "postgresql://tgmux:secret@127.0.0.1:{port}/tgmux"\n{ECHO}')
+    error = one_error(tgmux(command, "-c", str(config), stdin=STDIN[command]))
+    assert f"store: cannot open postgresql://tgmux:***@127.0.0.1:{port}/tgmux" in error
+    assert "secret" not in error
 
 
 def test_a_store_locked_by_another_process_exits_2_within_seconds(tmp_path: Path) -> None:
