@@ -136,7 +136,8 @@ class Child:
             self.err.append(line)
             if text in line:
                 return
-        raise AssertionError(f"no {text!r} in {timeout} s; stderr: {self.stderr()}")
+        raise AssertionError(f"no {text!r} in {timeout} s (exit status: {self.popen.poll()});"
+                             f" stderr: {self.stderr()}")
 
     def write(self, text: str, *, close: bool = False) -> None:
         assert self.popen.stdin is not None
