@@ -208,7 +208,9 @@ async def run_console(config: Config, pm: PluginManager, *, chat_id: int, user_i
                             chat_id=chat_id, user_id=user_id, chat_type=chat_type,
                             end_on_sigterm=True)
     finally:
-        if server is not None:
-            await server.stop()
-        await engine.stop()
+        try:
+            await engine.stop()
+        finally:  # last: the reply being finished may hand out its media links
+            if server is not None:
+                await server.stop()
     return 0

@@ -198,15 +198,17 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
         finally:
             reload.close()  # no reload while stopping
             stopped.cancel()
-            if server is not None:
-                await server.stop()
-            if output_error:
-                await app.stop(0)  # nobody sees the replies: do not wait for them
-            elif stop.is_set():
-                await app.stop(config.data.telegram.shutdown_timeout)
-            else:
-                await app.stop(None)
-    if output_error:
+            try:
+                if output_error:
+                    await app.stop(0)  # nobody sees the replies: do not wait for them
+                elif stop.is_set():
+                    await app.stop(config.data.telegram.shutdown_timeout)
+                else:
+                    await app.stop(None)
+            finally:  # last: the replies being finished may hand out its media links
+                if server is not None:
+                    await server.stop()
+    if output_error or app.lost:  # lost: each logged by chat and message id
         return 1
     unknown = sorted({request for fake in fakes.values() for request in fake.unknown})
     if unknown:

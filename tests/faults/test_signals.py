@@ -99,3 +99,55 @@ def test_sighup_while_starting_and_while_stopping_does_not_end_the_process(
     assert code == 0, proc.stderr()
     assert replies(proc, command) == ["gated: hi"]
     assert "Traceback" not in proc.stderr()
+
+
+# -- the HTTP server stops last ------------------------------------------------------------------
+
+SENSAY_REPLICA = "55555555-5555-4555-8555-555555555555"
+
+
+async def test_simulate_with_piped_input_keeps_a_photo_link_alive_until_sensay_fetched_it(
+        tmp_path: Path) -> None:
+    """The input ends at once; the photo's link must outlive the reply that hands it to Sensay
+    (the server used to stop before the replies were done: Sensay fetched a dead link)."""
+    import asyncio
+    import socket
+    import sys
+
+    from tgmux.backends.sensay.simulator import Replica, SensaySimulator
+
+    jpeg = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4
+    (tmp_path / "photo.jpg").write_bytes(jpeg)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with SensaySimulator(organization_secret="org-secret-7",
+                               replicas=[Replica(SENSAY_REPLICA, "Abe")]) as sim:
+        config = tmp_path / "config.yaml"
+        config.write_text(f"""
+store: memory://
+backends:
+  abe:
+    type: sensay
+    base_url: {sim.base_url}
+    organization_secret: org-secret-7
+    replica_uuid: {SENSAY_REPLICA}
+    stream: false
+default: abe
+server:
+  listen: 127.0.0.1:{port}
+  public_url: http://127.0.0.1:{port}
+""")
+        line = json.dumps({"user_id": 42, "text": "what is this?",
+                           "photo": str(tmp_path / "photo.jpg")})
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tgmux", "simulate", "-c", str(config),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=child_env(tmp_path))
+        out, err = await asyncio.wait_for(proc.communicate((line + "\n").encode()), 60)
+    assert proc.returncode == 0, err.decode()
+    sent = [json.loads(x) for x in out.decode().splitlines()]
+    assert [a["text"] for a in sent if a["action"] == "send_message"] == [
+        "[Abe] what is this? (history: 0)"]
+    (turn,) = sim.turns
+    assert (turn.image_status, turn.image_bytes) == (200, jpeg)
