@@ -313,9 +313,11 @@ async def _shut_down(app: TelegramApp, leases: dict[str, Any], running: _Running
     except TimeoutError:
         log.warning("stopping took longer than %.0f s; quitting", tg.shutdown_timeout)
         app.give_up()  # what is still in an intake: logged by chat and message id
-    for lease in leases.values():
-        with contextlib.suppress(Exception):
-            await lease.release()
+    with contextlib.suppress(Exception):  # TimeoutError: a hung store; the lock dies with us
+        async with asyncio.timeout(_ABANDON_TIMEOUT):
+            for lease in leases.values():
+                with contextlib.suppress(Exception):
+                    await lease.release()
     if running.server is not None:  # last: replies being finished hand out its media links
         await running.server.stop()
     log.info("stopped")
