@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-__all__ = ["hand_back", "hold_sighup", "take_pending"]
+__all__ = ["hand_back", "hold_sighup", "stopping", "take_pending"]
 
 log = logging.getLogger("tgmux.reload")
 
@@ -46,6 +46,12 @@ def hold_sighup() -> None:
         return
     _State.held, _State.stopping, _State.pending = True, False, False
     signal.signal(signal.SIGHUP, _on_sighup)
+
+
+def stopping() -> None:
+    """The process stops (also when it never ran far enough for a reloader): SIGHUP is
+    ignored from now on."""
+    _State.stopping = True
 
 
 def take_pending() -> bool:

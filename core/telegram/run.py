@@ -18,6 +18,7 @@ from pyrogram.errors import RPCError
 
 from tgmux.config import Config, TelegramConfig
 from tgmux.errors import ConfigError, TgmuxError
+from tgmux.hangup import stopping as sighup_ignored
 from tgmux.hooks import PluginManager
 from tgmux.ops import start_ops_server
 from tgmux.reload import reloading
@@ -302,7 +303,8 @@ async def _serve_accounts(app: TelegramApp, names: list[str], leases: dict[str, 
 
 async def _shut_down(app: TelegramApp, leases: dict[str, Any], running: _Running,
                      tg: TelegramConfig) -> None:
-    running.reload.close()  # no reload while stopping (tgmux.hangup ignores SIGHUP now)
+    running.reload.close()  # no reload while stopping
+    sighup_ignored()  # (also when the start never got as far as the reloader)
     for task in running.tasks:
         task.cancel()
     await asyncio.gather(*running.tasks, return_exceptions=True)

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from tgmux.config import Config
 from tgmux.console import read_lines
 from tgmux.errors import ConfigError
+from tgmux.hangup import stopping as sighup_ignored
 from tgmux.hooks import PluginManager
 from tgmux.ops import start_ops_server
 from tgmux.redact import redact_urls
@@ -197,6 +198,7 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
                     print(f"input line {number}: {exc}", file=sys.stderr)
         finally:
             reload.close()  # no reload while stopping
+            sighup_ignored()
             stopped.cancel()
             try:
                 if output_error:
