@@ -8,12 +8,14 @@ runs (:class:`tgmux.reload.Reloader` takes SIGHUP over then). So each of these c
   operator's edit is not lost: the file may have changed after it was read);
 * while stopping is ignored, with a log line.
 
-Only :mod:`signal` and :mod:`logging` are imported: the handler is installed before anything
-heavy is loaded or read.
+Only the standard library is imported: the handler is installed before anything heavy is
+loaded or read.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import signal
 import threading
@@ -33,10 +35,19 @@ class _State:
 
 def _on_sighup(signum: int, frame: FrameType | None) -> None:
     if _State.stopping:
-        log.warning("SIGHUP ignored: tgmux is stopping")
+        _say("SIGHUP ignored: tgmux is stopping")
         return
     _State.pending = True
-    log.warning("SIGHUP while tgmux starts: the config file is read again once it runs")
+    _say("SIGHUP while tgmux starts: the config file is read again once it runs")
+
+
+def _say(message: str) -> None:
+    """Log from the signal handler: through the event loop when one runs (the handler may have
+    interrupted a log line being written), else at once."""
+    try:
+        asyncio.get_running_loop().call_soon_threadsafe(log.warning, message)
+    except RuntimeError:  # no loop running (or it is closing)
+        log.warning(message)
 
 
 def hold_sighup() -> None:
@@ -72,7 +83,8 @@ def hand_back(remove: Callable[[], object]) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     try:
         _State.stopping = True
-        remove()
+        with contextlib.suppress(Exception):  # whatever it did, ours is installed next
+            remove()
         signal.signal(signal.SIGHUP, _on_sighup)
     finally:
         if blocked:
