@@ -1,6 +1,7 @@
-"""Signals at every moment of ``tgmux run``, ``tgmux chat`` and ``tgmux simulate``: SIGHUP while
-starting or stopping never ends the process. Each test waits for a mark (a file the backend
-writes when it gets there, a log line), never for a fixed time (tests/child.py)."""
+"""Signals and stops at every moment of ``tgmux run``, ``tgmux chat`` and ``tgmux simulate``:
+SIGHUP while starting or stopping never ends the process; the HTTP server (``/healthz``, media
+links) stops last. Each test waits for a mark (a file the backend writes when it gets there, a
+log line), never for a fixed time (tests/child.py)."""
 
 from __future__ import annotations
 
@@ -151,3 +152,36 @@ server:
         "[Abe] what is this? (history: 0)"]
     (turn,) = sim.turns
     assert (turn.image_status, turn.image_bytes) == (200, jpeg)
+
+
+@pytest.mark.parametrize("command", ["simulate", "run"])
+def test_the_http_server_answers_until_the_last_reply_of_a_stop_is_done(
+        tmp_path: Path, command: str) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    hold(tmp_path, "reply-1")
+    server = f"server: {{listen: '127.0.0.1:{port}'}}\n"
+    env = child_env(tmp_path)
+    if command == "run":
+        config = gated_config(tmp_path, server + TELEGRAM.replace("DATA", str(tmp_path / "d")))
+        proc = Child("run", "-c", str(config), env=env, code=RUN_CLI)
+        proc.wait_log("tgmux is running on Telegram")
+    else:
+        proc = Child(command, "-c", str(gated_config(tmp_path, server)), env=env)
+    try:
+        say_hi(proc, command, last=False)
+        wait_file(tmp_path / "reply-1", child=proc)  # the reply is under way
+        proc.signal(signal.SIGTERM)
+        proc.wait_log("stop requested")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+            assert answer.status == 200  # still served while the reply is finished
+        let_go(tmp_path, "reply-1")
+        code = proc.wait()
+    finally:
+        proc.kill()
+    assert code == 0, proc.stderr()
+    assert replies(proc, command) == ["gated: hi"]
