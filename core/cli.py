@@ -16,6 +16,7 @@ import click
 
 from tgmux import __version__, hookimpl
 from tgmux.errors import ConfigError, TgmuxError
+from tgmux.hangup import hold_sighup
 from tgmux.redact import redact
 
 if TYPE_CHECKING:
@@ -126,6 +127,7 @@ def chat(config_path: str, backend: str | None, chat_id: int | None, user_id: in
     exits after the last reply. With --chat-type group or supergroup, start a line with @bot to
     address the bot (other lines are answered only where group_trigger is always).
     """
+    hold_sighup()  # first: SIGHUP must not end the process while it starts
     from tgmux.console import run_console
 
     config, pm = _load(config_path)
@@ -304,6 +306,7 @@ def run(config_path: str, accounts: tuple[str, ...]) -> None:
     With a PostgreSQL store an account runs in one process at a time: a second process for
     the same account stands by and takes over when the first is gone.
     """
+    hold_sighup()  # first: SIGHUP must not end the process while it starts
     config, pm = _load(config_path)
     _config_logging(config)
     from tgmux.telegram import run_telegram
@@ -356,6 +359,7 @@ def simulate(config_path: str, bot_username: str, strict_flood: bool) -> None:
 
     Drives the real Pyrogram client with only its network layer replaced.
     """
+    hold_sighup()  # first: SIGHUP must not end the process while it starts
     config, pm = _load(config_path)
     _config_logging(config, quiet=True)
     from tgmux.telegram.simulate import simulate as simulate_telegram

@@ -29,6 +29,7 @@ from tgmux.backend import (
 )
 from tgmux.config import Config
 from tgmux.engine import Engine
+from tgmux.hangup import stopping as sighup_ignored
 from tgmux.hooks import PluginManager
 from tgmux.ops import start_ops_server
 from tgmux.reload import reloading
@@ -208,7 +209,10 @@ async def run_console(config: Config, pm: PluginManager, *, chat_id: int, user_i
                             chat_id=chat_id, user_id=user_id, chat_type=chat_type,
                             end_on_sigterm=True)
     finally:
-        if server is not None:
-            await server.stop()
-        await engine.stop()
+        sighup_ignored()  # stopping (also when the start never got as far as the reloader)
+        try:
+            await engine.stop()
+        finally:  # last: the reply being finished may hand out its media links
+            if server is not None:
+                await server.stop()
     return 0

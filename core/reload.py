@@ -28,6 +28,7 @@ from pathlib import Path
 from tgmux.config import Config, read_config_file, validate_config
 from tgmux.engine import Engine
 from tgmux.errors import ConfigError
+from tgmux.hangup import hand_back, take_pending
 from tgmux.hooks import PluginManager
 
 __all__ = ["Reloader", "applicable", "describe_changes", "reloading"]
@@ -171,7 +172,8 @@ class Reloader:
     @contextlib.contextmanager
     def on_sighup(self) -> Iterator[None]:
         """While inside: SIGHUP reloads (where the loop takes signal handlers: the main
-        thread, not Windows)."""
+        thread, not Windows); one that came before, while the process started
+        (:mod:`tgmux.hangup`), reloads at once."""
         loop = asyncio.get_running_loop()
         worker = loop.create_task(self._serve(), name="tgmux-reload")
         installed = False
@@ -179,12 +181,14 @@ class Reloader:
                                  AttributeError):  # AttributeError: no SIGHUP (Windows)
             loop.add_signal_handler(signal.SIGHUP, self._wanted.set)
             installed = True
+            if take_pending():  # a SIGHUP came while the process started
+                self._wanted.set()
         try:
             yield
         finally:
             if installed:
-                with contextlib.suppress(Exception):
-                    loop.remove_signal_handler(signal.SIGHUP)
+                with contextlib.suppress(Exception):  # SIGHUP stays harmless while stopping
+                    hand_back(lambda: loop.remove_signal_handler(signal.SIGHUP))
             worker.cancel()
 
 

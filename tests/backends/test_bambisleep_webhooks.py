@@ -207,11 +207,10 @@ async def test_registration_retried_when_provider_is_down(sim):
         assert backend.webhook_id == "wh_1"
         stored = json.loads(await backend.kv.get(backend.registration.key()))
         assert (stored["id"], stored["how"]) == ("wh_1", "registered")
-        await asyncio.sleep(0.3)  # six retry periods
-        assert backend.registration.task.done()
+        await wait_for(lambda: backend.registration.task.done(), 10)  # no more retries
     posts = sim.requests_to("/webhooks", "POST")
     assert len(posts) == 2 and posts[0].json == posts[1].json
-    # the chat and the second registration race (their order depends on the machine's speed)
+    # in either order: the retry may come before or after the chat's turn on a loaded machine
     assert sorted(sim.statuses) == [("POST", "/v1/ai/generate", 200),
                                     ("POST", "/v1/webhooks", 201)]
     assert [w.id for w in sim.webhooks] == ["wh_1"]
@@ -302,7 +301,7 @@ async def test_deliveries_of_a_webhook_registered_twice_are_passed_on_once(sim):
             statuses = await sim.deliver_webhook("message.new", {"username": "a",
                                                                  "content": f"m{n}"}, **kwargs)
             assert statuses == [200, 200]
-        await asyncio.sleep(0.1)
+        await wait_for(lambda: len(h.delivered) >= 3, 10)
         receiver = h.engine.backends["bambi"].receiver
     assert [p.text for _, p in h.delivered] == [
         "💬 New message from a: m0", "💬 New message from a: m1", "💬 New message from a: m2"]
@@ -373,7 +372,10 @@ async def test_a_delivery_replayed_after_a_restart_is_passed_on_once(sim, tmp_pa
                 answer = await raw.post(f"http://127.0.0.1:{port}/hooks/bambi", content=body,
                                         headers=headers)
             statuses.append((answer.status_code, answer.json()))
-            await asyncio.sleep(0.1)
+            if not delivered:  # the first delivery reaches the chat (the replay must not)
+                await wait_for(lambda h=h: h.delivered, 10)
+            else:
+                await asyncio.sleep(0.1)
             delivered += h.delivered
         await store.close()
     assert statuses == [(200, {"received": True}), (200, {"received": True, "duplicate": True})]

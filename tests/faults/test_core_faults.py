@@ -91,14 +91,34 @@ def store_config(tmp_path: Path, db: Path) -> Path:
     return config
 
 
-@pytest.mark.parametrize("command", ["chat", "check"])
+#: What each command reads: one message
+STDIN = {"chat": "hi\n", "check": "", "simulate": '{"user_id": 1, "text": "hi"}\n'}
+
+
+@pytest.mark.parametrize("command", ["chat", "check", "simulate"])
 def test_a_corrupt_store_file_exits_2_at_once(tmp_path: Path, command: str) -> None:
     db = tmp_path / "tgmux.db"
     db.write_bytes(os.urandom(8192))
     started = time.monotonic()
-    error = one_error(tgmux(command, "-c", str(store_config(tmp_path, db)), stdin="hi\n"))
+    error = one_error(tgmux(command, "-c", str(store_config(tmp_path, db)),
+                            stdin=STDIN[command]))
     assert time.monotonic() - started < 10  # aiosqlite's thread used to keep it alive forever
     assert "store: cannot open sqlite:///" in error and "file is not a database" in error
+
+
+@pytest.mark.parametrize("command", ["chat", "check", "simulate"])
+def test_a_postgres_store_that_cannot_be_reached_exits_2_with_one_line(
+        tmp_path: Path, command: str) -> None:
+    import socket
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    config = tmp_path / "config.yaml"
+    config.write_text(f'store: "postgresql://tgmux:secret@127.0.0.1:{port}/tgmux"\n{ECHO}')
+    error = one_error(tgmux(command, "-c", str(config), stdin=STDIN[command]))
+    assert f"store: cannot open postgresql://tgmux:***@127.0.0.1:{port}/tgmux" in error
+    assert "secret" not in error
 
 
 def test_a_store_locked_by_another_process_exits_2_within_seconds(tmp_path: Path) -> None:
@@ -279,51 +299,26 @@ def test_backends_listing_describes_a_backend_by_its_docstring() -> None:
     assert _describe(Scripted) == "Replies with the parts a test puts in ``SCRIPT``."
 
 
-SLOW_PLUGIN = '''
-import asyncio
-from tgmux import hookimpl
-from tgmux.backend import Backend, BackendSettings, Text
-
-class Slow(Backend):
-    """Answers after a second."""
-    type_name = "slow"
-    Settings = BackendSettings
-
-    async def reply(self, turn):
-        await asyncio.sleep(1.0)
-        yield Text("slow: " + turn.text)
-
-@hookimpl
-def tgmux_backend_types():
-    return [Slow]
-'''
-
-
 def test_sigterm_during_a_console_reply_finishes_it_then_exits(tmp_path: Path) -> None:
     import signal
 
-    (tmp_path / "slowplug.py").write_text(SLOW_PLUGIN)
-    config = tmp_path / "config.yaml"
-    config.write_text('store: "memory://"\nplugins: [slowplug]\nbackends:\n  s: {type: slow}\n'
-                      "default: s\n")
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TGMUX_")},
-           "PYTHONPATH": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "tgmux", "chat", "-c", str(config)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    from child import Child, child_env, gated_config, hold, let_go, wait_file
+
+    hold(tmp_path, "reply-1")
+    proc = Child("chat", "-c", str(gated_config(tmp_path)), env=child_env(tmp_path))
     try:
-        assert proc.stdin is not None
         # more than the read-ahead queue holds: SIGTERM must not wait behind them
-        proc.stdin.write("hi\n" + "not read yet\n" * 3000)
-        proc.stdin.flush()
-        time.sleep(0.6)  # the first reply is under way; stdin stays open
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=15)
+        proc.write("hi\n" + "not read yet\n" * 3000)
+        wait_file(tmp_path / "reply-1", child=proc)  # the first reply is under way
+        proc.signal(signal.SIGTERM)
+        proc.wait_log("stop requested")
+        let_go(tmp_path, "reply-1")
+        code = proc.wait()
     finally:
         proc.kill()
-    assert proc.returncode == 0, err
-    assert out == "slow: hi\n"
-    assert "Traceback" not in err
+    assert code == 0, proc.stderr()
+    assert proc.stdout() == "gated: hi\n"
+    assert "Traceback" not in proc.stderr()
 
 
 async def test_a_restart_notice_that_cannot_be_delivered_is_logged_as_lost(caplog) -> None:

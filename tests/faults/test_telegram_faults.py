@@ -21,6 +21,7 @@ import tgmux.telegram.client as telegram_client
 import tgmux.telegram.run as telegram_run
 from tgmux.bootstrap import load_config_text
 from tgmux.hooks import build_plugin_manager
+from tgmux.store import MemoryStore
 from tgmux.telegram import run_telegram
 from tgmux.telegram.client import SessionFileStorage
 from tgmux.telegram.fake import HANG, FakeTelegram, offline_client
@@ -128,6 +129,41 @@ async def test_sigterm_while_a_reply_hangs_stops_within_shutdown_timeout(
         lambda: any(r.name == "messages.SendMessage" for r in fake.requests), running)
     assert await asyncio.wait_for(running, 1.0 + 2) == 0
     assert time.monotonic() - sent < 1.0 + 2
+
+
+class HangingInbox(MemoryStore):
+    """A store whose inserts never end once ``hang`` is set (a PostgreSQL that stopped
+    answering)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hang = False
+        self.hanging = 0
+
+    async def inbox_accept(self, *args, **kwargs) -> bool:
+        if self.hang:
+            self.hanging += 1
+            await asyncio.Event().wait()
+        return await super().inbox_accept(*args, **kwargs)
+
+
+async def test_sigterm_while_the_store_hangs_names_each_message_in_hand_and_exits_1(
+        tmp_path: Path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    store = HangingInbox()
+    fake = FakeTelegram()
+    monkeypatch.setattr(telegram_run, "open_store", lambda url: store)
+    monkeypatch.setattr(telegram_run, "build_client", offline(fake, tmp_path))
+    running = asyncio.create_task(run_telegram(config_for(tmp_path), build_plugin_manager()))
+    await fake.wait_for(lambda a: a["action"] == "set_commands")
+    store.hang = True
+    in_hand = [(42, 7), (42, 8), (43, 9)]  # chat 42's second waits behind its first
+    for chat, message in in_hand:
+        await fake.incoming(user_id=chat, text=f"m{message}", message_id=message)
+    await sigterm_once(lambda: store.hanging == 2, running)
+    assert await asyncio.wait_for(running, 30) == 1  # not a clean stop: messages were lost
+    for chat, message in in_hand:
+        assert f"chat {chat} message {message} is not answered" in caplog.text
 
 
 # -- a server that accepts connections and closes them ---------------------------------------------

@@ -75,8 +75,11 @@ async def test_shutdown_finishes_replies_in_flight(tgmux_bot, tmp_path):
     bot = await tgmux_bot(CONFIG, plugins=PLUGINS, store=f"sqlite:///{tmp_path}/tgmux.db")
     sent = await bot.send_nowait("in flight", user_id=88)
     await started()
+    account = bot.app.first
     stopping = asyncio.create_task(bot.stop(timeout=5))
-    await asyncio.sleep(0.05)
+    async with asyncio.timeout(10):  # the stop took its first step: no more updates taken
+        while account.taking_updates:  # noqa: ASYNC110 (a plain attribute)
+            await asyncio.sleep(0.01)
     # arrives while stopping: left on Telegram's side, not lost
     late = await bot.send_nowait("late", user_id=42)
     await stopping
