@@ -34,7 +34,7 @@ from tgmux.backend import (
 )
 from tgmux.config import TelegramConfig
 from tgmux.telegram.normalize import RecentIds
-from tgmux.telegram.outbox import Outbox
+from tgmux.telegram.outbox import Outbox, topic_of
 from tgmux.telegram.sender import (
     ChatUnavailable,
     DeliveryFailed,
@@ -167,7 +167,7 @@ class TelegramFrontend:
             for key in [k for k, (t, _) in last_action.items() if t < cutoff]:
                 del last_action[key]
         client = self.client
-        thread = chat.message_thread_id if chat.chat_type == "supergroup" else None
+        thread = topic_of(chat)
 
         async def send() -> Any:
             # send_chat_action has no topic parameter; the raw request does.

@@ -6,7 +6,8 @@ The frontend's job, not the engine's:
 - ``@ourname`` is stripped from the text and sets ``addressed``; so does a reply to one of our
   messages (Telegram's ``mentioned`` flag covers both) — private chats are always addressed;
 - ``/cmd@ourname args`` becomes ``/cmd args``; ``/cmd@otherbot`` is not ours: ignored;
-- ``message_thread_id`` is set for messages in forum topics;
+- ``message_thread_id`` is set for messages in topics (forums', and private chats' in
+  threaded mode);
 - non-text messages carry a :class:`~tgmux.backend.Media` with a :class:`~tgmux.types.MediaRef`
   (the file id, the message): no bytes; a backend that reads them has them fetched then
   (:mod:`tgmux.telegram.media`), also after a restart.

@@ -11,12 +11,22 @@ from tgmux.backend import ChatIdentity
 from tgmux.telegram.normalize import RecentIds
 from tgmux.telegram.sender import ReplyGone, Sender
 
-__all__ = ["Outbox"]
+__all__ = ["Outbox", "topic_of"]
+
+#: Chats whose messages can be in a topic: forums (supergroups) and, since Bot API 9.3,
+#: private chats in threaded mode. Basic groups and channels have none.
+_TOPIC_CHATS = frozenset({"supergroup", "private"})
+
+
+def topic_of(chat: ChatIdentity) -> int | None:
+    """The topic a reply to ``chat`` goes to (its messages, typing and drafts), if any."""
+    return chat.message_thread_id if chat.chat_type in _TOPIC_CHATS else None
 
 
 class Outbox:
     """One reply to one chat: the first message quotes the message it answers (in groups),
-    every message goes to its forum topic; ``dead`` once nothing more can reach the chat."""
+    every message goes to its topic (a forum's, or a private chat's); ``dead`` once nothing
+    more can reach the chat."""
 
     def __init__(self, client: Client, sender: Sender, sent_ids: RecentIds, chat: ChatIdentity,
                  reply_to: int | None) -> None:
@@ -26,7 +36,7 @@ class Outbox:
         self.chat = chat
         # In groups the first message of a reply quotes the message it answers.
         self.reply_to = reply_to if chat.chat_type in ("group", "supergroup") else None
-        self.thread = chat.message_thread_id if chat.chat_type == "supergroup" else None
+        self.thread = topic_of(chat)
         self.dead = False
 
     def _reply_kwargs(self) -> dict[str, Any]:
