@@ -205,7 +205,8 @@ class TelegramFrontend:
 
     async def deliver(self, chat: ChatIdentity, parts: AsyncIterator[ReplyPart], *,
                       reply_to_message_id: int | None) -> list[ReplyPart]:
-        out = Outbox(self.client, self.sender, self.sent_ids, chat, reply_to_message_id)
+        out = Outbox(self.client, self.sender, self.sent_ids, chat, reply_to_message_id,
+                     link_previews=self.tg.link_previews)
         actions = _ChatActions(self, chat)
         stream: Stream | None = None
         delivered: list[ReplyPart] = []
