@@ -42,7 +42,7 @@ from tgmux.telegram.sender import (
     FloodWaitRequired,
     Sender,
 )
-from tgmux.telegram.streaming import Pacing, Stream
+from tgmux.telegram.streaming import DRAFT_KEEPALIVE, Pacing, Stream
 from tgmux.telegram.textsplit import split_caption, split_text
 
 __all__ = ["TelegramFrontend"]
@@ -136,6 +136,8 @@ class TelegramFrontend:
                              else edit_interval)
         self.typing_interval = tg.typing_interval if typing_interval is None else typing_interval
         self.drafts_supported = tg.drafts
+        #: seconds without an update after which a shown draft is sent again
+        self.draft_keepalive = DRAFT_KEEPALIVE
         #: what is transcoded into a voice note at most (more is sent as an audio file)
         self.voice_max_bytes = DEFAULT_MAX_BYTES
         self.voice_max_seconds = DEFAULT_MAX_SECONDS
@@ -218,7 +220,8 @@ class TelegramFrontend:
                     if isinstance(part, TextDelta):
                         if stream is None:
                             stream = Stream(out, self.pacing, drafts=self._drafts_for(chat),
-                                            on_drafts_refused=self._drafts_refused)
+                                            on_drafts_refused=self._drafts_refused,
+                                            keepalive=self.draft_keepalive)
                         stream.push(part.text)
                         continue
                     if stream is not None:
