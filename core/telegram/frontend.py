@@ -33,7 +33,7 @@ from tgmux.backend import (
     TextDelta,
 )
 from tgmux.config import TelegramConfig
-from tgmux.telegram.normalize import RecentIds
+from tgmux.telegram.normalize import SERVICE_USER_ID, RecentIds
 from tgmux.telegram.outbox import Outbox, topic_of
 from tgmux.telegram.sender import (
     ChatUnavailable,
@@ -207,6 +207,14 @@ class TelegramFrontend:
 
     async def deliver(self, chat: ChatIdentity, parts: AsyncIterator[ReplyPart], *,
                       reply_to_message_id: int | None) -> list[ReplyPart]:
+        if chat.chat_type == "private" and chat.chat_id == SERVICE_USER_ID:
+            # normalize never passes its messages on; one stored by an older version and
+            # answered after a restart must not write a login code back either
+            log.warning("%s: nothing is sent to Telegram's service account %s", chat.account,
+                        chat.chat_id)
+            async for _ in parts:  # the backend's stream must finish cleanly
+                pass
+            return []
         out = Outbox(self.client, self.sender, self.sent_ids, chat, reply_to_message_id,
                      link_previews=self.tg.link_previews)
         actions = _ChatActions(self, chat)

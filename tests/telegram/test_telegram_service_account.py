@@ -49,3 +49,29 @@ def test_a_support_account_is_never_passed_on():
     message = Message(id=8, chat=Chat(id=4243, type=enums.ChatType.PRIVATE), from_user=user,
                       text="hello")
     assert normalize(message, me) is not None
+
+
+async def test_nothing_is_ever_sent_to_the_service_account(tgmux_bot, caplog):
+    """A message of 777000 stored by an older version and replayed after a restart (the
+    "I was restarted while answering “Login code…”" notice) must not write the code back."""
+    from tgmux.backend import Text
+    from tgmux.types import ChatIdentity
+
+    bot = await tgmux_bot(CONFIG, is_bot=False)
+    read: list[str] = []
+
+    async def parts():
+        for text in (f"I was restarted while answering your message “{CODE}”", "more"):
+            read.append(text)
+            yield Text(text)
+
+    chat = ChatIdentity(chat_type="private", chat_id=777000, user_id=777000, message_id=3)
+    bot.telegram.remember_chat(chat_type="private", chat_id=777000, user_id=777000,
+                               first_name="Telegram", message_id=3)  # Telegram knows it
+    caplog.set_level(logging.WARNING, logger="tgmux")
+    delivered = await bot.app.frontend.deliver(chat, parts(), reply_to_message_id=3)
+    assert delivered == [] and len(read) == 2  # the stream is read to its end, nothing sent
+    assert bot.telegram.actions == [] or all(
+        a["action"] == "set_commands" for a in bot.telegram.actions)
+    assert all("61307" not in r.getMessage() for r in caplog.records)
+    assert any("777000" in r.getMessage() for r in caplog.records)
