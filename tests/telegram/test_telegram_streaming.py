@@ -251,3 +251,27 @@ async def test_an_unchanged_final_text_needs_no_extra_draft(tgmux_bot):
     reply = await bot.send(WORDS, user_id=42)
     assert all(d["text"] != WORDS for d in reply.of("send_draft"))
     assert_final_replaces_the_draft(reply)
+
+
+async def test_a_flood_wait_on_a_draft_refresh_holds_the_refreshes(tgmux_bot):
+    bot = await tgmux_bot(PAUSE_CONFIG, plugins=[*PLUGINS, Pausing()], edit_interval=0.1)
+    bot.app.frontend.draft_keepalive = 0.2
+    PauseBackend.resume = resume = asyncio.Event()
+    fake = bot.telegram
+
+    def on_action(action):
+        if action["action"] != "send_draft":
+            return
+        shown = [a for a in fake.actions if a["action"] == "send_draft"]
+        if len(shown) == 1:  # the first refresh is refused: wait 1 s
+            fake.fail("send_draft", "FLOOD_WAIT_1")
+        elif len(shown) == 2:
+            resume.set()
+
+    fake.listeners.append(on_action)
+    reply = await bot.send("hello", user_id=70)
+    drafts = [r for r in fake.requests if r.name == "messages.SetTyping"
+              and type(r.query.action).__name__ == "SendMessageTextDraftAction"]
+    assert [r.error for r in drafts[:3]] == [None, "FLOOD_WAIT_1", None]
+    assert drafts[2].at - drafts[1].at >= 1.0 * 0.95  # Telegram's wait, kept
+    assert reply.texts == ["thinking it over, done"]
