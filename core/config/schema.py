@@ -126,6 +126,9 @@ class TelegramConfig(Strict):
         1.0, ge=1.0, description="seconds between edits of a streamed reply in one chat"
     )
     drafts: bool = Field(True, description="stream private-chat replies as message drafts")
+    link_previews: bool = Field(
+        False, description="let Telegram show a preview of the first link in a reply (built "
+        "again on every streamed edit); false: replies ask for none")
     flood: FloodLimits = Field(default_factory=FloodLimits)
     typing_interval: float = Field(4.0, gt=0, description="seconds between typing actions")
     shutdown_timeout: float = Field(20.0, ge=0, description="seconds to finish replies on stop")

@@ -33,8 +33,8 @@ from tgmux.backend import (
     TextDelta,
 )
 from tgmux.config import TelegramConfig
-from tgmux.telegram.normalize import RecentIds
-from tgmux.telegram.outbox import Outbox
+from tgmux.telegram.normalize import SERVICE_USER_ID, RecentIds
+from tgmux.telegram.outbox import Outbox, topic_of
 from tgmux.telegram.sender import (
     ChatUnavailable,
     DeliveryFailed,
@@ -42,7 +42,7 @@ from tgmux.telegram.sender import (
     FloodWaitRequired,
     Sender,
 )
-from tgmux.telegram.streaming import Pacing, Stream
+from tgmux.telegram.streaming import DRAFT_KEEPALIVE, Pacing, Stream
 from tgmux.telegram.textsplit import split_caption, split_text
 
 __all__ = ["TelegramFrontend"]
@@ -136,6 +136,8 @@ class TelegramFrontend:
                              else edit_interval)
         self.typing_interval = tg.typing_interval if typing_interval is None else typing_interval
         self.drafts_supported = tg.drafts
+        #: seconds without an update after which a shown draft is sent again
+        self.draft_keepalive = DRAFT_KEEPALIVE
         #: what is transcoded into a voice note at most (more is sent as an audio file)
         self.voice_max_bytes = DEFAULT_MAX_BYTES
         self.voice_max_seconds = DEFAULT_MAX_SECONDS
@@ -167,7 +169,7 @@ class TelegramFrontend:
             for key in [k for k, (t, _) in last_action.items() if t < cutoff]:
                 del last_action[key]
         client = self.client
-        thread = chat.message_thread_id if chat.chat_type == "supergroup" else None
+        thread = topic_of(chat)
 
         async def send() -> Any:
             # send_chat_action has no topic parameter; the raw request does.
@@ -205,7 +207,16 @@ class TelegramFrontend:
 
     async def deliver(self, chat: ChatIdentity, parts: AsyncIterator[ReplyPart], *,
                       reply_to_message_id: int | None) -> list[ReplyPart]:
-        out = Outbox(self.client, self.sender, self.sent_ids, chat, reply_to_message_id)
+        if chat.chat_type == "private" and chat.chat_id == SERVICE_USER_ID:
+            # normalize never passes its messages on; one stored by an older version and
+            # answered after a restart must not write a login code back either
+            log.warning("%s: nothing is sent to Telegram's service account %s", chat.account,
+                        chat.chat_id)
+            async for _ in parts:  # the backend's stream must finish cleanly
+                pass
+            return []
+        out = Outbox(self.client, self.sender, self.sent_ids, chat, reply_to_message_id,
+                     link_previews=self.tg.link_previews)
         actions = _ChatActions(self, chat)
         stream: Stream | None = None
         delivered: list[ReplyPart] = []
@@ -217,7 +228,8 @@ class TelegramFrontend:
                     if isinstance(part, TextDelta):
                         if stream is None:
                             stream = Stream(out, self.pacing, drafts=self._drafts_for(chat),
-                                            on_drafts_refused=self._drafts_refused)
+                                            on_drafts_refused=self._drafts_refused,
+                                            keepalive=self.draft_keepalive)
                         stream.push(part.text)
                         continue
                     if stream is not None:

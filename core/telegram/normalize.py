@@ -6,17 +6,22 @@ The frontend's job, not the engine's:
 - ``@ourname`` is stripped from the text and sets ``addressed``; so does a reply to one of our
   messages (Telegram's ``mentioned`` flag covers both) — private chats are always addressed;
 - ``/cmd@ourname args`` becomes ``/cmd args``; ``/cmd@otherbot`` is not ours: ignored;
-- ``message_thread_id`` is set for messages in forum topics;
+- ``message_thread_id`` is set for messages in topics (forums', and private chats' in
+  threaded mode);
 - non-text messages carry a :class:`~tgmux.backend.Media` with a :class:`~tgmux.types.MediaRef`
   (the file id, the message): no bytes; a backend that reads them has them fetched then
   (:mod:`tgmux.telegram.media`), also after a restart.
 
 Ignored outright: our own messages, service messages, messages from other bots (no bot loops),
-chat types tgmux does not serve (channel direct-message topics).
+chat types tgmux does not serve (channel direct-message topics), and whatever Telegram's own
+accounts say (777000 sends user accounts their login codes: a code handed to a provider or
+written back into a chat is a leak, and Telegram blocks a login whose code was shared) — logged
+once at INFO, without the text.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import OrderedDict, deque
 from typing import Any
@@ -28,7 +33,12 @@ from tgmux.backend import ChatIdentity, ChatType, Media
 from tgmux.telegram.textsplit import utf16_len
 from tgmux.types import IncomingMessage, MediaFetcher, MediaRef
 
-__all__ = ["RecentIds", "media_object", "normalize"]
+__all__ = ["SERVICE_USER_ID", "RecentIds", "media_object", "normalize"]
+
+log = logging.getLogger("tgmux.telegram")
+
+#: Telegram's service notifications account (login codes, security notices)
+SERVICE_USER_ID = 777000
 
 _CHAT_TYPES: dict[Any, ChatType] = {
     enums.ChatType.PRIVATE: "private",
@@ -166,6 +176,12 @@ def normalize(message: Message, me: User, sent: RecentIds | None = None,
     if user is not None and (user.is_self or user.id == me.id):
         return None
     if user is not None and user.is_bot:
+        return None
+    if user is not None and (user.id == SERVICE_USER_ID or user.is_support):
+        # never the text: it may be a login code
+        log.info("%s: a message from Telegram's service account %s (chat %s, message %s) is "
+                 "not passed on: service messages (login codes) never reach a backend",
+                 account, user.id, chat.id, message.id)
         return None
     text = message.text or message.caption or ""
     text = str(text)

@@ -11,23 +11,37 @@ from tgmux.backend import ChatIdentity
 from tgmux.telegram.normalize import RecentIds
 from tgmux.telegram.sender import ReplyGone, Sender
 
-__all__ = ["Outbox"]
+__all__ = ["Outbox", "topic_of"]
+
+#: Chats whose messages can be in a topic: forums (supergroups) and, since Bot API 9.3,
+#: private chats in threaded mode. Basic groups and channels have none.
+_TOPIC_CHATS = frozenset({"supergroup", "private"})
+
+
+def topic_of(chat: ChatIdentity) -> int | None:
+    """The topic a reply to ``chat`` goes to (its messages, typing and drafts), if any."""
+    return chat.message_thread_id if chat.chat_type in _TOPIC_CHATS else None
 
 
 class Outbox:
     """One reply to one chat: the first message quotes the message it answers (in groups),
-    every message goes to its forum topic; ``dead`` once nothing more can reach the chat."""
+    every message goes to its topic (a forum's, or a private chat's); ``dead`` once nothing
+    more can reach the chat."""
 
     def __init__(self, client: Client, sender: Sender, sent_ids: RecentIds, chat: ChatIdentity,
-                 reply_to: int | None) -> None:
+                 reply_to: int | None, *, link_previews: bool = False) -> None:
         self.client = client
         self.sender = sender
         self.sent_ids = sent_ids
         self.chat = chat
         # In groups the first message of a reply quotes the message it answers.
         self.reply_to = reply_to if chat.chat_type in ("group", "supergroup") else None
-        self.thread = chat.message_thread_id if chat.chat_type == "supergroup" else None
+        self.thread = topic_of(chat)
         self.dead = False
+        # Telegram builds a preview of a text's first link, again on every edit: a streamed
+        # reply would rebuild it on each update. None: Telegram's default (a preview).
+        self.link_preview: types.LinkPreviewOptions | None = (
+            None if link_previews else types.LinkPreviewOptions(is_disabled=True))
 
     def _reply_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
@@ -56,7 +70,8 @@ class Outbox:
     async def send_text(self, text: str) -> int | None:
         client = self.client
         result = await self.send("send_message", lambda kw: client.send_message(
-            self.chat.chat_id, text, parse_mode=enums.ParseMode.DISABLED, **kw))
+            self.chat.chat_id, text, parse_mode=enums.ParseMode.DISABLED,
+            link_preview_options=self.link_preview, **kw))
         return getattr(result, "id", None)
 
     async def edit_text(self, message_id: int, text: str) -> None:
@@ -64,7 +79,8 @@ class Outbox:
         await self.sender.call(
             self.chat.chat_id, "edit_message",
             lambda: client.edit_message_text(self.chat.chat_id, message_id, text,
-                                             parse_mode=enums.ParseMode.DISABLED),
+                                             parse_mode=enums.ParseMode.DISABLED,
+                                             link_preview_options=self.link_preview),
             idempotent=True)  # the same text again: MESSAGE_NOT_MODIFIED at worst
 
     async def delete(self, message_ids: list[int]) -> None:

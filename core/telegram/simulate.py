@@ -98,8 +98,9 @@ def parse_input_line(line: str) -> dict[str, Any]:
     chat_id = fields.get("chat_id", fields["user_id"])
     chat_type = fields.get("chat_type") or infer_chat_type(chat_id)
     check_chat(chat_id, chat_type, fields["user_id"])
-    if "thread_id" in fields and chat_type != "supergroup":
-        raise ValueError("thread_id: forum topics exist in supergroups only")
+    if "thread_id" in fields and chat_type not in ("supergroup", "private"):
+        raise ValueError(f"thread_id: a {chat_type} has no topics (topics exist in supergroups "
+                         "and private chats)")
     if "chat_title" in fields and chat_type == "private":
         raise ValueError("chat_title: a private chat has no title")
     for key in ("photo", "voice", "document"):

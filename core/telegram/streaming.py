@@ -1,10 +1,22 @@
 """Showing a reply while it grows: message drafts (bots, private chats) or a sent message
 edited in place, at most one update per interval per chat; the final text replaces whatever
-was shown, exactly."""
+was shown, exactly.
+
+Drafts as Telegram's apps show them: an app drops a draft after ~30 s without an update, and
+lets a message replace it only when the message's text starts with the draft's. So a shown
+draft is sent again (same draft id, same text) after :data:`DRAFT_KEEPALIVE` seconds without
+an update — a model that goes quiet keeps its bubble — and before the message that follows a
+draft is sent, a draft of that message's text is shown if the last one is not its start (a
+plugin changed the final text's beginning): the bubble turns into the final text, then the
+message replaces it. That costs one draft (an overall slot, never the chat's message budget)
+and only when the start changed; clearing the draft instead would flash Telegram's "Thinking…"
+placeholder. Should that draft not get through (a flood wait), the message is sent anyway and
+the stale bubble goes when the apps drop it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -27,6 +39,10 @@ __all__ = ["Pacing", "Stream"]
 log = logging.getLogger("tgmux.telegram")
 
 STREAM_COALESCE = 0.01  # seconds to gather tokens of the same burst before showing them
+#: Seconds without an update after which a shown draft is sent again: Telegram's apps drop one
+#: after ~30 s; 20 leaves room for a slow answer. One request per chat per 20 s is far inside
+#: the flood limits (drafts take an overall slot only).
+DRAFT_KEEPALIVE = 20.0
 #: An edit that cannot be made: the message is gone or too old; its text goes in a new one.
 EDIT_GONE = frozenset({"MESSAGE_ID_INVALID", "MESSAGE_EDIT_TIME_EXPIRED",
                        "MESSAGE_AUTHOR_REQUIRED"})
@@ -80,15 +96,19 @@ class Stream:
     this stream edits in place from then on, and so should the next ones."""
 
     def __init__(self, out: Outbox, pacing: Pacing, *, drafts: bool,
-                 on_drafts_refused: Callable[[], None]) -> None:
+                 on_drafts_refused: Callable[[], None],
+                 keepalive: float = DRAFT_KEEPALIVE) -> None:
         self.out = out
         self.pacing = pacing
         self.drafts = drafts
         self.on_drafts_refused = on_drafts_refused
+        self.keepalive = keepalive
         self.draft_id = random.randint(1, 2**62)
         self.text = ""
         self.messages: list[tuple[int, str]] = []  # (message id, text shown in it)
+        #: the draft the chat shows now ("" when none: not yet, or a message replaced it)
         self.draft_shown = ""
+        self._draft_at = 0.0  # when Telegram last took a draft of this stream
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self.task = asyncio.create_task(self._run(), name=f"tgmux-stream-{out.chat.chat_id}")
@@ -106,7 +126,30 @@ class Stream:
             await self.pacing.pace(self.out.chat.chat_id, drafting=self._drafts_only())
             async with self._lock:
                 await self._show(self.text, final=False)
-            await self._wake.wait()
+            await self._quiet()
+
+    async def _quiet(self) -> None:
+        """Wait for more text; meanwhile keep a shown draft from being dropped."""
+        chat_id = self.out.chat.chat_id
+        while not self._wake.is_set() and not self.out.dead:
+            if not (self.drafts and self.draft_shown):
+                await self._wake.wait()
+                return
+            due = self._draft_at + self.keepalive - time.monotonic()
+            if due > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(due):
+                        await self._wake.wait()
+                continue
+            await self.pacing.pace(chat_id, drafting=True)  # a flood wait holds it too
+            async with self._lock:
+                if self._wake.is_set() or not (self.drafts and self.draft_shown):
+                    continue
+                self.pacing.mark_update(chat_id)
+                try:
+                    await self._draft(self.draft_shown)  # same id, same text: kept, not redrawn
+                except ChatUnavailable:
+                    self.out.dead = True
 
     def _drafts_only(self) -> bool:
         """The next update is a draft and nothing else (no message of this reply to edit)."""
@@ -149,9 +192,13 @@ class Stream:
                         message_id = new_id
                     self.messages[i] = (message_id, chunk)
             else:
+                if self.drafts and self.draft_shown and not chunk.startswith(self.draft_shown):
+                    # the apps replace a draft only by a message that starts with its text
+                    await self._draft(chunk)
                 message_id = await self.out.send_text(chunk)
                 if message_id is not None:
                     self.messages.append((message_id, chunk))
+                    self.draft_shown = ""  # that message took the draft's place
         if final and len(self.messages) > len(chunks):  # the final text is shorter
             extra = [m for m, _ in self.messages[len(chunks):]]
             del self.messages[len(chunks):]
@@ -174,15 +221,20 @@ class Stream:
                 idempotent=True,  # same draft id: shown once
                 draft=True, wait_floods=False)  # a later draft replaces this one anyway
         except OutcomeUnknown:
-            return True  # the network, not a refusal (logged): the next update drafts again
+            # the network, not a refusal (logged): the next update drafts again; a keepalive
+            # tries again after its interval, not at once
+            self._draft_at = time.monotonic()
+            return True
         except FloodWaitRequired as exc:  # Telegram's wait holds the drafts, not the reply
             self.pacing.hold(chat.chat_id, exc.seconds)
             return True
         except DeliveryFailed:
+            self.drafts = False
             self.on_drafts_refused()
             log.warning("message drafts are not available; streaming by editing messages")
             return False
         self.draft_shown = text
+        self._draft_at = time.monotonic()
         return True
 
     async def finish(self, final: str | None) -> tuple[str, bool]:

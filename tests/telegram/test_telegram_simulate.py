@@ -124,7 +124,7 @@ def test_input_line_validation():
         ('{"user_id": 1}', "text is required"),
         ('{"user_id": 1, "chat_id": 2, "text": "x"}', "a private chat's chat_id"),
         ('{"user_id": 1, "chat_id": -5, "chat_type": "supergroup", "text": "x"}', "-100"),
-        ('{"user_id": 1, "chat_id": -5, "thread_id": 3, "text": "x"}', "supergroups only"),
+        ('{"user_id": 1, "chat_id": -5, "thread_id": 3, "text": "x"}', "a group has no topics"),
         ('{"user_id": 1, "photo": "/nonexistent.png"}', "no such file"),
     ]:
         with pytest.raises(ValueError, match=problem.replace("(", r"\(")):

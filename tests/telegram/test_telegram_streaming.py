@@ -3,11 +3,15 @@ the exact final text at the end."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
+from collections.abc import AsyncIterator
+from typing import Literal
 
 import tg_test_backends
 
-from tgmux.backend import Text
+from tgmux.backend import Backend, BackendSettings, ReplyPart, Text, TextDelta, Turn
 from tgmux.hooks import hookimpl
 
 PLUGINS = [tg_test_backends]
@@ -154,3 +158,120 @@ async def test_drafts_lost_to_the_network_do_not_switch_drafts_off(tgmux_bot):
     assert bot.app.frontend.drafts_supported is True
     again = await bot.send("a b c d e f", user_id=43)
     assert again.of("send_draft") and again.texts == ["a b c d e f"]
+
+
+# -- drafts as Telegram's apps show them -------------------------------------------------------
+# The apps drop a draft after ~30 s without an update, and let the final message replace it only
+# when the message's text starts with the draft's.
+
+
+class PauseSettings(BackendSettings):
+    type: Literal["pause"] = "pause"
+
+
+class PauseBackend(Backend):
+    """Streams "thinking it over", then pauses until the test lets it go on (a model that
+    goes quiet for long), then streams the rest."""
+
+    type_name = "pause"
+    Settings = PauseSettings
+    resume: asyncio.Event | None = None
+
+    async def reply(self, turn: Turn) -> AsyncIterator[ReplyPart]:
+        yield TextDelta("thinking it over")
+        assert self.resume is not None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):  # without a keepalive the test fails after this
+                await self.resume.wait()
+        yield TextDelta(", done")
+        yield Text("thinking it over, done")
+
+
+class Pausing:
+    @hookimpl
+    def tgmux_backend_types(self) -> list[type[Backend]]:
+        return [PauseBackend]
+
+
+PAUSE_CONFIG = CONFIG.replace("  echo: {type: echo, stream: true}\n",
+                              "  echo: {type: echo, stream: true}\n  pause: {type: pause}\n") \
+    .replace("default: drip", "  - match: {user_id: 70}\n    backend: pause\ndefault: drip")
+
+
+def assert_final_replaces_the_draft(reply):
+    """The draft shown last is the start of the message sent after it."""
+    actions = [a for a in reply.actions if a["action"] in ("send_draft", "send_message")]
+    for before, after in itertools.pairwise(actions):
+        if before["action"] == "send_draft" and after["action"] == "send_message":
+            assert after["text"].startswith(before["text"]), (before, after)
+
+
+async def test_a_draft_is_kept_alive_through_a_long_pause(tgmux_bot):
+    bot = await tgmux_bot(PAUSE_CONFIG, plugins=[*PLUGINS, Pausing()], edit_interval=0.1)
+    bot.app.frontend.draft_keepalive = 0.3  # Telegram's apps: ~30 s; tgmux: every 20 s
+    PauseBackend.resume = resume = asyncio.Event()
+    fake = bot.telegram
+
+    def on_action(action):
+        drafts = [a for a in fake.actions if a["action"] == "send_draft"
+                  and a["text"] == "thinking it over"]
+        if len(drafts) >= 3:  # shown, then refreshed twice with nothing new to show
+            resume.set()
+
+    fake.listeners.append(on_action)
+    reply = await bot.send("hello", user_id=70)
+    drafts = reply.of("send_draft")
+    quiet = [d for d in drafts if d["text"] == "thinking it over"]
+    assert len(quiet) >= 3, drafts
+    assert len({d["draft_id"] for d in drafts}) == 1  # the same draft, refreshed
+    assert reply.messages == [{"action": "send_message", "chat_id": 70, "message_id": 1001,
+                               "text": "thinking it over, done"}]
+    assert_final_replaces_the_draft(reply)
+    # refreshes are paced: never closer than the keepalive
+    index = {id(a): i for i, a in enumerate(fake.actions)}
+    times = [fake.action_times[index[id(d)]] for d in quiet]
+    assert all(b - a >= 0.3 * 0.95 for a, b in itertools.pairwise(times))
+
+
+async def test_a_final_text_changed_at_the_start_is_drafted_before_it_is_sent(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=[*PLUGINS, Shout()], edit_interval=0.2)
+    reply = await bot.send(WORDS, user_id=42)
+    drafts = reply.of("send_draft")
+    assert drafts[0]["text"] != drafts[0]["text"].upper()  # streamed as the backend said it
+    assert reply.messages == [{"action": "send_message", "chat_id": 42, "message_id": 1001,
+                               "text": WORDS.upper()}]
+    # the draft the apps show last is the final text's start: the message replaces it
+    assert drafts[-1]["text"] == WORDS.upper()
+    assert len({d["draft_id"] for d in drafts}) == 1
+    assert_final_replaces_the_draft(reply)
+
+
+async def test_an_unchanged_final_text_needs_no_extra_draft(tgmux_bot):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS, edit_interval=0.2)
+    reply = await bot.send(WORDS, user_id=42)
+    assert all(d["text"] != WORDS for d in reply.of("send_draft"))
+    assert_final_replaces_the_draft(reply)
+
+
+async def test_a_flood_wait_on_a_draft_refresh_holds_the_refreshes(tgmux_bot):
+    bot = await tgmux_bot(PAUSE_CONFIG, plugins=[*PLUGINS, Pausing()], edit_interval=0.1)
+    bot.app.frontend.draft_keepalive = 0.2
+    PauseBackend.resume = resume = asyncio.Event()
+    fake = bot.telegram
+
+    def on_action(action):
+        if action["action"] != "send_draft":
+            return
+        shown = [a for a in fake.actions if a["action"] == "send_draft"]
+        if len(shown) == 1:  # the first refresh is refused: wait 1 s
+            fake.fail("send_draft", "FLOOD_WAIT_1")
+        elif len(shown) == 2:
+            resume.set()
+
+    fake.listeners.append(on_action)
+    reply = await bot.send("hello", user_id=70)
+    drafts = [r for r in fake.requests if r.name == "messages.SetTyping"
+              and type(r.query.action).__name__ == "SendMessageTextDraftAction"]
+    assert [r.error for r in drafts[:3]] == [None, "FLOOD_WAIT_1", None]
+    assert drafts[2].at - drafts[1].at >= 1.0 * 0.95  # Telegram's wait, kept
+    assert reply.texts == ["thinking it over, done"]

@@ -43,6 +43,16 @@ _CHAT_ACTIONS = {
 }
 
 
+#: What Telegram makes a link preview for (the first link of a text): a URL, or www.…
+_LINK = re.compile(r"(?i)\b(?:https?://|www\.)[^\s/$.?#]\S*")
+
+
+def previewed(text: str, no_webpage: bool | None) -> bool | None:
+    """True when Telegram would show a link preview under a message with this text (it has a
+    link, and the request did not ask for no preview); None (left out of the action) else."""
+    return True if not no_webpage and _LINK.search(text) else None
+
+
 def chat_action_name(action: TLObject) -> str:
     """Bot API name of a raw ``SendMessageAction`` (typing, upload_photo, record_voice...)."""
     name = type(action).__name__
@@ -153,7 +163,8 @@ class Handlers(World):
             return again
         self._check_text(query.message)
         message, info = self._new_outgoing(chat_id, query.message, query.reply_to)
-        self._record({"action": "send_message", **info, "text": query.message})
+        self._record({"action": "send_message", **info, "text": query.message,
+                      "link_preview": previewed(query.message, query.no_webpage)})
         state = self._state_for(chat_id)
         if state.chat_type == "private":
             self._pts += 1
@@ -176,7 +187,7 @@ class Handlers(World):
         old.message = text
         old.edit_date = int(time.time())
         self._record({"action": "edit_message", "chat_id": chat_id, "message_id": query.id,
-                      "text": text})
+                      "text": text, "link_preview": previewed(text, query.no_webpage)})
         return self._updates(chat_id, old, edit=True)
 
     async def _on_messages_SetTyping(self, query: TLObject) -> bool:
