@@ -37,14 +37,19 @@ MASK = "***"
 _CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s'\"]*):"
                           r"(?P<password>[^/@\s'\"]*)@")
 
+_PLACEHOLDER = "PASSWORD"
+
 _current: frozenset[str] = frozenset()
 _previous: frozenset[str] = frozenset()
 _pattern: re.Pattern[str] | None = None
 
 
 def redact_urls(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@`` replaced by ``***``."""
-    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    """``text`` with the password of every ``scheme://user:password@`` replaced by ``***``
+    (but the ``USER:PASSWORD`` placeholder of tgmux's own hints, which is no secret)."""
+    return _CREDENTIALS.sub(
+        lambda m: m[0] if m["password"] == _PLACEHOLDER
+        else f"{m['scheme']}{m['user']}:{MASK}@", text)
 
 
 def redact(text: str) -> str:
