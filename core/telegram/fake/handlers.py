@@ -405,6 +405,7 @@ class Handlers(World):
                                     top_message=top, read_inbox_max_id=0,
                                     read_outbox_max_id=0, unread_count=0,
                                     unread_mentions_count=0, unread_reactions_count=0,
+                                    unread_poll_votes_count=0,
                                     notify_settings=raw.types.PeerNotifySettings(),
                                     pts=box.pts)
 
