@@ -160,8 +160,7 @@ def parse_input_line(line: str) -> dict[str, Any]:
     chat_type = fields.get("chat_type") or infer_chat_type(chat_id)
     check_chat(chat_id, chat_type, fields["user_id"])
     if "thread_id" in fields and chat_type not in ("supergroup", "private"):
-        raise ValueError("thread_id: topics exist in supergroups (forums) and private chats "
-                         "only")
+        raise ValueError("thread_id: topics exist in private chats and supergroups only")
     if "delivery" in fields:
         if fields["delivery"] not in DELIVERIES:
             raise ValueError(f"delivery: one of {', '.join(DELIVERIES)}, not "
