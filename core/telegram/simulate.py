@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from pyrogram.errors import Unauthorized
+
 from tgmux.config import Config
 from tgmux.console import read_lines
 from tgmux.hooks import PluginManager
@@ -255,7 +257,15 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
     bad = 0
     await _remember_chats(fakes, config)
     with stop_signals(stop, on_signal), contextlib.ExitStack() as reload:
-        await app.start()
+        try:
+            await app.start()
+        except Unauthorized as exc:  # a state file whose session was revoked, a banned account
+            print(f"telegram: the account cannot start: {exc.ID} (the offline Telegram's "
+                  "state says its session was revoked or the account banned)",
+                  file=sys.stderr)
+            for fake in fakes.values():
+                fake.close()
+            return 3
         reload.enter_context(reloading(app.engine, plugin_manager))
         server = None
         stopped = asyncio.ensure_future(stop.wait())

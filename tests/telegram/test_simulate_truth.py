@@ -125,10 +125,21 @@ def test_latency_with_a_seed_answers_every_chat_once(config: Path):
         + [(100 + n, f"echo: again {n}") for n in range(6)])
 
 
-def test_a_revoked_session_answers_nothing_more(config: Path):
-    result = simulate(config, ['{"telegram": "revoke_session"}',
-                               '{"user_id": 42, "text": "after"}'])
+@pytest.mark.parametrize(("line", "error"), [
+    ('{"telegram": "revoke_session"}', "AUTH_KEY_UNREGISTERED"),
+    ('{"telegram": "ban_account"}', "USER_DEACTIVATED_BAN")])
+def test_a_revoked_session_or_ban_answers_nothing_more_and_is_kept(config: Path,
+                                                                   tmp_path: Path, line, error):
+    state = tmp_path / "telegram.db"
+    result = simulate(config, [line, '{"user_id": 42, "text": "after"}'],
+                      "--telegram-state", str(state))
     assert sent(result) == []
+    later = simulate(config, ['{"user_id": 42, "text": "later"}'],
+                     "--telegram-state", str(state))
+    assert later.returncode == 3
+    assert later.stderr.strip() == (
+        f"telegram: the account cannot start: {error} (the offline Telegram's state says its "
+        "session was revoked or the account banned)")
 
 
 @pytest.mark.parametrize(("fault", "message"), [
