@@ -362,8 +362,8 @@ async def _caught_up(fakes: dict[str, FakeTelegram], stopped: asyncio.Future[Any
             owed += len(keys)
             shown = ", ".join(f"chat {c} message {m}" for c, m in keys[:5])
             print(f"account {name}: the client never fetched {len(keys)} message(s) Telegram "
-                  f"holds for it ({shown}{', …' if len(keys) > 5 else ''}): an update gap it "
-                  "did not fill", file=sys.stderr)
+                  f"holds for it ({shown}{', …' if len(keys) > 5 else ''}): a gap it did not "
+                  "fill, or a fetch that failed", file=sys.stderr)
     return owed
 
 
