@@ -102,11 +102,14 @@ class SessionFileStorage(SQLiteStorage):
         return self.workdir / f"{self.name}{self.FILE_EXTENSION}"
 
     async def _open_private(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        try:
-            os.chmod(self.workdir, 0o700)
-        except OSError:  # not ours to change (e.g. a shared mount): the file is still 0600
-            pass
+        # A folder tgmux makes is private; one that exists is the user's (it may be /tmp, or a
+        # shared mount): its mode is left alone, the session file itself is 0600.
+        if not self.workdir.exists():
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            try:
+                os.chmod(self.workdir, 0o700)  # mkdir's mode is masked by the umask
+            except OSError:
+                pass
         old = os.umask(0o077)
         try:
             # SQLiteStorage.open never suspends for a file session (plain sqlite3 calls), so

@@ -270,3 +270,16 @@ async def test_advice_when_telegram_does_not_know_the_session(
     assert await run_telegram(config_for(tmp_path, env), build_plugin_manager()) == 1
     refused = [r.getMessage() for r in caplog.records if "refused to start" in r.getMessage()]
     assert len(refused) == 1 and advice in refused[0] and not_advice not in refused[0]
+
+
+async def test_an_existing_folder_keeps_its_mode(tmp_path: Path):
+    # A data_dir (or simulate's --telegram-state folder) that exists is the user's: tgmux made
+    # /tmp itself 0700 once (every other user, postgres included, locked out of it).
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o1777)
+    storage = SessionFileStorage("tgmux", shared, session_string=await session_string(111))
+    await storage.open()
+    await storage.close()
+    assert stat.S_IMODE(os.stat(shared).st_mode) == 0o1777
+    assert stat.S_IMODE(os.stat(storage.path).st_mode) == 0o600
