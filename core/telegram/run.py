@@ -212,7 +212,7 @@ async def run_telegram(config: Config, plugin_manager: PluginManager,
     if problems:
         raise ConfigError(problems)
     _check_sessions_apart(config, names)
-    store = open_store(config.data.store)
+    store = open_store(config.data.store.url)
     clients = {name: build_client(config, name) for name in names}
     app = TelegramApp(config, plugin_manager, clients, store=store, serve=[])
     tg = config.accounts[names[0]].telegram

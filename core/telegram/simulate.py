@@ -217,7 +217,7 @@ async def _remember_chats(fakes: dict[str, FakeTelegram], config: Config) -> Non
     """Tell each account's fake Telegram the chats of its unanswered messages in the store:
     an earlier run on the same store left them (killed mid-reply), the engine answers them or
     says it was restarted, and Telegram — unlike a fresh fake — would still know those chats."""
-    store = open_store(config.data.store)
+    store = open_store(config.data.store.url)
     await store.open()
     try:
         unanswered = {name: await store.inbox_unanswered(account=name) for name in fakes}

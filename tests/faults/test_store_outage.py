@@ -1,0 +1,181 @@
+"""The store fails or hangs while messages come (row "PostgreSQL stopped, read-only or its inbox
+locked" of issue 20): every message is still answered, within the store's deadline, its inbox
+state is written when the store is back, ``/readyz`` says degraded, and the outage is logged
+once, not per message.
+
+The faults are injected by :class:`FaultyStore`, a memory store whose calls hang or raise on
+demand (PostgreSQL-specific faults: tests/stores/test_store_outage_pg.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from tgmux.bootstrap import load_text
+from tgmux.harness import EngineHarness
+from tgmux.store import MemoryStore
+from tgmux.types import Text
+
+CONFIG = """
+store: {url: "memory://", timeout: 0.3}
+backends:
+  echo: {type: echo, prefix: "echo: "}
+default: echo
+"""
+
+
+class FaultyStore(MemoryStore):
+    """A memory store whose data calls hang (``mode="hang"``) or raise (``"raise"``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mode: str | None = None
+        self.calls_while_faulty = 0
+
+    async def _fault(self) -> None:
+        if self.mode is None:
+            return
+        self.calls_while_faulty += 1
+        if self.mode == "hang":
+            await asyncio.Event().wait()
+        raise ConnectionRefusedError("connection refused (injected)")
+
+    def inbox_done_ids(self) -> set[int]:
+        return {key[-1] for key, (state, _, _) in self.inbox.items() if state == "done"}
+
+
+def _faulty(name: str) -> Callable[..., Awaitable[Any]]:
+    async def call(self: FaultyStore, *args: Any, **kwargs: Any) -> Any:
+        await self._fault()
+        return await getattr(MemoryStore, name)(self, *args, **kwargs)
+    return call
+
+
+for _name in ("get_override", "set_override", "kv_get", "kv_set", "kv_delete", "kv_items",
+              "inbox_accept", "inbox_dispatched", "inbox_done", "inbox_unanswered",
+              "inbox_backlog", "inbox_prune", "rate_take", "rate_count", "rate_block",
+              "history_append", "history_read", "history_trim", "history_clear"):
+    setattr(FaultyStore, _name, _faulty(_name))
+
+
+def harness(store: FaultyStore) -> EngineHarness:
+    config, pm = load_text(CONFIG, source="<test config>")
+    return EngineHarness(config, store=store, plugin_manager=pm)
+
+
+def texts(parts: list[Any]) -> list[str]:
+    return [p.text for p in parts if isinstance(p, Text)]
+
+
+async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 (polling state of the store under test)
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["hang", "raise"])
+async def test_messages_are_answered_while_the_store_is_down_and_written_when_back(
+        mode: str, caplog: pytest.LogCaptureFixture) -> None:
+    store = FaultyStore()
+    caplog.set_level(logging.INFO, "tgmux")
+    async with harness(store) as h:
+        assert texts(await h.say("before", message_id=1)) == ["echo: before"]
+        store.mode = mode
+        for message_id in (2, 3, 4):  # a hung store would hold each for ever
+            async with asyncio.timeout(30):
+                assert texts(await h.say(f"during {message_id}", message_id=message_id)) == \
+                    [f"echo: during {message_id}"]
+        # a duplicate delivered during the outage is still recognised
+        delivered = len(h.delivered)
+        async with asyncio.timeout(30):
+            await (await h.submit("during 4", message_id=4))[1]
+        assert len(h.delivered) == delivered
+        degraded = h.engine.store.degraded
+        assert degraded is not None and degraded.startswith("degraded")
+        outage_lines = [r for r in caplog.records if r.name == "tgmux.store"
+                        and r.levelno >= logging.WARNING]
+        assert len(outage_lines) == 1, [r.getMessage() for r in outage_lines]
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert store.inbox_done_ids() == {1}
+
+        store.mode = None  # back: the states kept in memory are written
+        await wait_for(lambda: h.engine.store.degraded is None, "the store back")
+        assert store.inbox_done_ids() == {1, 2, 3, 4}
+        assert await store.inbox_backlog() == 0
+        back = [r for r in caplog.records if r.name == "tgmux.store"
+                and r.levelno == logging.INFO and "back" in r.getMessage()]
+        assert len(back) == 1
+        assert texts(await h.say("after", message_id=5)) == ["echo: after"]
+        assert await store.inbox_accept(1, 3, {}) is False  # deduplicated after a restart too
+
+
+async def test_the_inbox_kept_in_memory_is_bounded_and_says_so(
+        caplog: pytest.LogCaptureFixture) -> None:
+    store = FaultyStore()
+    async with harness(store) as h:
+        h.engine.store.max_pending = 2
+        store.mode = "raise"
+        for message_id in (1, 2, 3, 4):
+            assert texts(await h.say("hi", message_id=message_id)) == ["echo: hi"]
+        full = [r for r in caplog.records if "no room for more" in r.getMessage()]
+        assert len(full) == 1
+        store.mode = None
+        await wait_for(lambda: h.engine.store.degraded is None, "the store back")
+        assert store.inbox_done_ids() == {1, 2}
+
+
+async def test_readyz_says_degraded_during_an_outage() -> None:
+    from tgmux.ops import start_ops_server
+
+    store = FaultyStore()
+    config, pm = load_text(CONFIG + 'server: {listen: "127.0.0.1:0"}\n', source="<test>")
+    h = EngineHarness(config, store=store, plugin_manager=pm)
+    async with h:
+        server = await start_ops_server(config, h.engine)
+        assert server is not None
+        try:
+            assert (await server.readiness())["store"]["ok"] is True
+            store.mode = "hang"
+            assert texts(await h.say("hi", message_id=1)) == ["echo: hi"]
+            check = (await server.readiness())["store"]
+            assert check["ok"] is False and str(check["detail"]).startswith("degraded")
+            store.mode = None
+            await wait_for(lambda: h.engine.store.degraded is None, "the store back")
+            assert (await server.readiness())["store"]["ok"] is True
+        finally:
+            await server.stop()
+
+
+async def test_an_override_is_not_forgotten_because_of_an_outage() -> None:
+    config, pm = load_text(CONFIG.replace("backends:\n", "backends:\n  other: {type: echo, "
+                                          "prefix: 'other: '}\n"), source="<test>")
+    store = FaultyStore()
+    await store.set_override(1, "other")
+    async with EngineHarness(config, store=store, plugin_manager=pm) as h:
+        store.mode = "raise"
+        assert texts(await h.say("hi", message_id=1)) == ["echo: hi"]  # unknown: the route's
+        store.mode = None
+        await wait_for(lambda: h.engine.store.degraded is None, "the store back")
+        assert texts(await h.say("hi", message_id=2)) == ["other: hi"]
+
+
+def test_store_timeout_is_checked_with_its_line() -> None:
+    from tgmux.errors import ConfigError
+
+    config, _ = load_text(CONFIG, source="c.yaml")
+    assert (config.data.store.url, config.data.store.timeout) == ("memory://", 0.3)
+    config, _ = load_text(CONFIG.replace('{url: "memory://", timeout: 0.3}', "memory://"),
+                          source="c.yaml")
+    assert (config.data.store.timeout, config.data.store.lease_timeout) == (5.0, 10.0)
+    with pytest.raises(ConfigError) as bad:
+        load_text(CONFIG.replace("timeout: 0.3", "timeout: -1"), source="c.yaml")
+    assert "c.yaml:2: store.timeout" in str(bad.value)
+    with pytest.raises(ConfigError) as bad:
+        load_text(CONFIG.replace('{url: "memory://", timeout: 0.3}', "mysql://x"),
+                  source="c.yaml")
+    assert "c.yaml:2: store: " in str(bad.value) and "expected sqlite:///PATH" in str(bad.value)
