@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from tgmux.telegram.client import (
     reach_of,
     session_mode,
 )
+from tgmux.telegram.leases import keep_account
 
 __all__ = ["CONNECT_TIMEOUT", "TelegramUnreachable", "login", "run_telegram", "start_bounded",
            "stop_signals"]
@@ -191,8 +193,9 @@ def stop_signals(stopping: asyncio.Event,
 async def run_telegram(config: Config, plugin_manager: PluginManager,
                        accounts: list[str] | None = None) -> int:
     """``tgmux run``: serve the accounts (``accounts``: these only) until SIGINT/SIGTERM, then
-    stop gracefully; 0 when stopped that way, 1 when Telegram refused to start or an account's
-    lease was lost.
+    stop gracefully; 0 when stopped that way, 1 when Telegram refused to start or another
+    process took an account over (a lost lease is taken back when the database answers again
+    and no one else took it: :mod:`tgmux.telegram.leases`).
 
     Each account is run under its lease in the store (:meth:`tgmux.store.Store.hold_account`):
     with PostgreSQL, an account held by another process is waited for (a hot standby) and
@@ -250,7 +253,10 @@ async def _run_accounts(app: TelegramApp, names: list[str], stopping: asyncio.Ev
                 problem = await _connect(app, name, stopping)
                 if problem is not None:
                     return problem
-                tasks.append(asyncio.create_task(lease.wait_lost(), name=f"lost-{name}"))
+                tasks.append(asyncio.create_task(
+                    keep_account(app, name, lease, stopping, partial(_connect, app, name,
+                                                                      stopping)),
+                    name=f"hold-{name}"))
             else:
                 holder = await lease.holder()
                 where = (f"{holder.hostname} pid {holder.pid} since "
@@ -268,13 +274,6 @@ async def _run_accounts(app: TelegramApp, names: list[str], stopping: asyncio.Ev
                     outcome = 1
                 elif task.result() not in (None, 0):
                     outcome = task.result()
-                elif task.get_name().startswith("lost-"):
-                    name = task.get_name()[5:]
-                    # another process may run it now: take no more of its updates at once
-                    await app.accounts[name].quiesce()
-                    log.error("%s: another process may run it now; stopping (a supervisor "
-                              "restarts tgmux as a standby)", name)
-                    outcome = 1
         waiting.cancel()
         return outcome
     finally:
@@ -301,10 +300,7 @@ async def _standby(app: TelegramApp, name: str, lease: Any, stopping: asyncio.Ev
     problem = await _connect(app, name, stopping)
     if problem is not None:
         return problem
-    await lease.wait_lost()
-    await app.accounts[name].quiesce()  # another process may run it now
-    log.error("account %s: the lease was lost", name)
-    return 1
+    return await keep_account(app, name, lease, stopping, partial(_connect, app, name, stopping))
 
 
 async def _connect(app: TelegramApp, name: str, stopping: asyncio.Event) -> int | None:
