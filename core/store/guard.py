@@ -105,10 +105,10 @@ class GuardedStore(Store):
                     "in memory and written when it is back), /readyz says degraded", why)
         self._probe = asyncio.create_task(self._probe_until_back(), name="tgmux-store-probe")
 
-    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, call: Callable[[], Awaitable[T]], *, try_anyway: bool = False) -> T:
         """``call()`` within the deadline; StoreUnavailable (and an outage) when it fails, or
-        at once during an outage."""
-        if self._down_since is not None:
+        at once during an outage (unless ``try_anyway``: not on a message's path)."""
+        if self._down_since is not None and not try_anyway:
             raise StoreUnavailable(self._why)
         try:
             async with asyncio.timeout(self.timeout):
@@ -147,7 +147,7 @@ class GuardedStore(Store):
                 state.dispatched = False
             if state.done:
                 await self.inner.inbox_done(chat_id, message_id, account=account)
-            self._pending.popitem(last=False)
+            self._pending.pop((account, chat_id, message_id), None)  # (two replays at once)
             written += 1
         return written
 
@@ -231,7 +231,13 @@ class GuardedStore(Store):
             state.done = True
 
     async def inbox_unanswered(self, *, account: str = DEFAULT_ACCOUNT) -> list[Unanswered]:
-        return await self._call(lambda: self.inner.inbox_unanswered(account=account))
+        """Tried even during an outage (an account taken over or back needs it), once what is
+        kept in memory is written: answered messages are not answered again."""
+        async def read() -> list[Unanswered]:
+            await self._replay()
+            return await self.inner.inbox_unanswered(account=account)
+
+        return await self._call(read, try_anyway=True)
 
     async def inbox_backlog(self, *, account: str = DEFAULT_ACCOUNT) -> int:
         return await self._call(lambda: self.inner.inbox_backlog(account=account))

@@ -236,6 +236,8 @@ async def _run_accounts(app: TelegramApp, names: list[str], stopping: asyncio.Ev
                         tg: TelegramConfig) -> int:
     store = app.engine.store
     leases = {name: await store.hold_account(name) for name in names}
+    for lease in leases.values():  # a silent loss is noticed within it (before a standby acts)
+        lease.timeout = app.config.data.store.lease_timeout
     server = None
     tasks: list[asyncio.Task[Any]] = []
     outcome = 0

@@ -179,3 +179,17 @@ def test_store_timeout_is_checked_with_its_line() -> None:
         load_text(CONFIG.replace('{url: "memory://", timeout: 0.3}', "mysql://x"),
                   source="c.yaml")
     assert "c.yaml:2: store: " in str(bad.value) and "expected sqlite:///PATH" in str(bad.value)
+
+
+async def test_an_account_taken_back_reads_its_inbox_before_the_probe_noticed() -> None:
+    """A lease is taken back as soon as the database answers (tgmux.telegram.leases): reading
+    the account's unanswered messages must not fail because the outage is not over yet here,
+    nor return a message answered during the outage."""
+    store = FaultyStore()
+    async with harness(store) as h:
+        h.engine.store.probe_interval = 3600  # the probe does not notice during this test
+        store.mode = "raise"
+        assert texts(await h.say("during", message_id=1)) == ["echo: during"]
+        store.mode = None
+        assert await h.engine.store.inbox_unanswered() == []
+        assert store.inbox_done_ids() == {1}
