@@ -524,9 +524,10 @@ class PostgresLease(AccountLease):
         TCP notices a dead peer within :attr:`timeout` s."""
         seconds = max(1, round(self.timeout))
         set_keepalives(conn, seconds)
+        # the server's side: 2 x timeout silent (idle, then 3 unanswered probes a third apart)
         for name, value in (("idle_session_timeout", f"{2 * seconds}s"),
-                            ("tcp_keepalives_idle", f"{max(1, seconds // 3)}s"),
-                            ("tcp_keepalives_interval", f"{max(1, seconds // 6)}s"),
+                            ("tcp_keepalives_idle", f"{seconds}s"),
+                            ("tcp_keepalives_interval", f"{max(1, seconds // 3)}s"),
                             ("tcp_keepalives_count", "3")):
             try:  # an older server without the setting: the probe alone
                 await conn.execute(f"SET {name} = '{value}'")
