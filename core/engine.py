@@ -314,8 +314,9 @@ class Engine:
         if account in self.served:
             self.served.remove(account)
         for key in [k for k in self._workers if k[0] == account]:
-            self._queues.pop(key, None)
             self._workers.pop(key).cancel()
+            for slot in self._queues.pop(key, ()):  # no one waits for them here any more
+                slot.done.cancel()
 
     async def _resume(self, account: str) -> None:
         unanswered = await self.store.inbox_unanswered(account=account)
