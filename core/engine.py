@@ -146,6 +146,7 @@ class Engine:
         self._started = False
         self._accepting = False
         self._pruner: asyncio.Task[None] | None = None
+        self._given_up: set[str] = set()  # accounts whose lease was lost (stop_serving)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -305,14 +306,14 @@ class Engine:
             for key in [k for k in self._overrides if k[0] == account]:
                 del self._overrides[key]  # another process ran it meanwhile
             self.served.append(account)
+            self._given_up.discard(account)
             await self._resume(account)
 
     def stop_serving(self, account: str) -> None:
-        """Answer nothing more for ``account``, at once (its lease is lost: another process
-        may run it now). Its queued messages stay pending in the inbox for that process; its
-        turns under way are cancelled, left "dispatched": whoever runs it tells their users."""
-        if account in self.served:
-            self.served.remove(account)
+        """Answer nothing more for ``account`` at once (its lease is lost): queued messages stay
+        pending, turns under way are cancelled, left dispatched (see tgmux.telegram.leases)."""
+        self.served[:] = [a for a in self.served if a != account]
+        self._given_up.add(account)
         for key in [k for k in self._workers if k[0] == account]:
             self._workers.pop(key).cancel()
             for slot in self._queues.pop(key, ()):  # no one waits for them here any more
@@ -439,7 +440,7 @@ class Engine:
             slot = queue[0]
             await slot.ready.wait()
             try:
-                if slot.fresh and key[0] in self.served:  # else left in the inbox
+                if slot.fresh and key[0] not in self._given_up:  # else left in the inbox
                     async with self._limit:
                         await self._handle(slot.message, interrupted=slot.interrupted)
             except asyncio.CancelledError:

@@ -11,7 +11,9 @@ until the store is back calls do not wait for it:
 * a message accepted during the outage is still deduplicated (against those kept here);
 * the chat's ``/backend`` override reads as none, shared rate limits are not counted, the
   conversation memory reads empty and is not appended to;
-* everything else (a backend's key-value namespace, ``/backend NAME``, ``/usage``) raises
+* a backend's key-value namespace answers from the values last read or written here, and its
+  writes are kept and written when the store is back (bounded as the inbox's);
+* everything else (a key never seen here, ``/backend NAME``, ``/usage``) raises
   :class:`StoreUnavailable` at once.
 
 A probe (every :attr:`GuardedStore.probe_interval` seconds) writes the kept inbox states and
@@ -73,6 +75,9 @@ class GuardedStore(Store):
         self._pending: OrderedDict[tuple[str, int, int], _InboxState] = OrderedDict()
         self._full = False
         self._probe: asyncio.Task[None] | None = None
+        #: key-value writes made during an outage (None: a delete), and the values last known
+        self._kv_pending: OrderedDict[tuple[str, str], str | None] = OrderedDict()
+        self._kv_known: OrderedDict[tuple[str, str], str | None] = OrderedDict()
 
     # -- state ---------------------------------------------------------------------------
 
@@ -130,7 +135,7 @@ class GuardedStore(Store):
             down = time.monotonic() - (self._down_since or time.monotonic())
             self._down_since, self._probe, self._full = None, None, False
             log.info("store: back after %.0f s%s", down,
-                     f"; {written} message(s)' inbox state written" if written else "")
+                     f"; {written} write(s) kept in memory made" if written else "")
             return
 
     async def _replay(self) -> int:
@@ -148,6 +153,15 @@ class GuardedStore(Store):
             if state.done:
                 await self.inner.inbox_done(chat_id, message_id, account=account)
             self._pending.pop((account, chat_id, message_id), None)  # (two replays at once)
+            written += 1
+        while self._kv_pending:
+            (namespace, key), value = next(iter(self._kv_pending.items()))
+            if value is None:
+                await self.inner.kv_delete(namespace, key)
+            else:
+                await self.inner.kv_set(namespace, key, value)
+            if self._kv_pending.get((namespace, key), ...) == value:  # not set again meanwhile
+                del self._kv_pending[(namespace, key)]
             written += 1
         return written
 
@@ -176,12 +190,16 @@ class GuardedStore(Store):
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
             self._probe = None
-        if self._pending:  # a last chance to write them
+        if self._pending or self._kv_pending:  # a last chance to write them
             try:
                 async with asyncio.timeout(self.timeout):
                     await self._replay()
             except (Exception, TimeoutError):
                 pass
+        if self._kv_pending:
+            log.error("store: closed during an outage; %d backend key-value write(s) lost: %s",
+                      len(self._kv_pending), ", ".join(f"{n}/{k}" for n, k in
+                                                       list(self._kv_pending)[:20]))
         if self._pending:
             log.error("store: closed during an outage; the inbox state of %d message(s) was "
                       "not written (they may be answered again, or not, after a restart): %s",
@@ -259,16 +277,42 @@ class GuardedStore(Store):
                            account: str = DEFAULT_ACCOUNT) -> None:
         await self._call(lambda: self.inner.set_override(chat_id, backend, account=account))
 
-    # -- key-value -----------------------------------------------------------------------
+    # -- key-value: the last values known here serve during an outage ---------------------
+
+    def _known(self, namespace: str, key: str, value: str | None) -> None:
+        self._kv_known[(namespace, key)] = value
+        self._kv_known.move_to_end((namespace, key))
+        if len(self._kv_known) > self.max_pending:
+            self._kv_known.popitem(last=False)
 
     async def kv_get(self, namespace: str, key: str) -> str | None:
-        return await self._call(lambda: self.inner.kv_get(namespace, key))
+        try:
+            value = await self._call(lambda: self.inner.kv_get(namespace, key))
+        except StoreUnavailable:
+            if (namespace, key) in self._kv_known:  # a backend's ids, known before or since
+                return self._kv_known[(namespace, key)]
+            raise
+        self._known(namespace, key, value)
+        return value
 
     async def kv_set(self, namespace: str, key: str, value: str) -> None:
-        await self._call(lambda: self.inner.kv_set(namespace, key, value))
+        await self._kv_write(namespace, key, value)
 
     async def kv_delete(self, namespace: str, key: str) -> None:
-        await self._call(lambda: self.inner.kv_delete(namespace, key))
+        await self._kv_write(namespace, key, None)
+
+    async def _kv_write(self, namespace: str, key: str, value: str | None) -> None:
+        """Set (None: delete); during an outage kept here and written when the store is back
+        (bounded as the inbox's states: past that, StoreUnavailable)."""
+        try:
+            await self._call(lambda: self.inner.kv_set(namespace, key, value) if value is not None
+                             else self.inner.kv_delete(namespace, key))
+        except StoreUnavailable:
+            if (namespace, key) not in self._kv_pending and \
+                    len(self._kv_pending) >= self.max_pending:
+                raise
+            self._kv_pending[(namespace, key)] = value
+        self._known(namespace, key, value)
 
     async def kv_items(self, namespace: str, prefix: str = "") -> list[tuple[str, str]]:
         return await self._call(lambda: self.inner.kv_items(namespace, prefix))

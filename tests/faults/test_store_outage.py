@@ -193,3 +193,29 @@ async def test_an_account_taken_back_reads_its_inbox_before_the_probe_noticed() 
         store.mode = None
         assert await h.engine.store.inbox_unanswered() == []
         assert store.inbox_done_ids() == {1}
+
+
+async def test_a_backends_key_values_serve_from_memory_during_an_outage() -> None:
+    """Backends keep their providers' ids there (LucyDream's users, Sensay's): a chat whose ids
+    were read or written before goes on during an outage; what is written meanwhile reaches the
+    store when it is back."""
+    from tgmux.store import GuardedStore, StoreUnavailable
+
+    store = FaultyStore()
+    guarded = GuardedStore(store, timeout=0.3)
+    await guarded.kv_set("backend:lucy", "user:1", "u-1")
+    await store.kv_set("backend:lucy", "user:2", "u-2")
+    assert await guarded.kv_get("backend:lucy", "user:2") == "u-2"
+    store.mode = "hang"
+    assert await guarded.kv_get("backend:lucy", "user:1") == "u-1"
+    assert await guarded.kv_get("backend:lucy", "user:2") == "u-2"
+    with pytest.raises(StoreUnavailable):
+        await guarded.kv_get("backend:lucy", "user:3")  # never seen here: unknown
+    await guarded.kv_set("backend:lucy", "user:3", "u-3")
+    await guarded.kv_delete("backend:lucy", "user:2")
+    assert await guarded.kv_get("backend:lucy", "user:3") == "u-3"
+    assert await guarded.kv_get("backend:lucy", "user:2") is None
+    store.mode = None
+    await wait_for(lambda: guarded.degraded is None, "the store back")
+    assert await store.kv_items("backend:lucy") == [("user:1", "u-1"), ("user:3", "u-3")]
+    await guarded.close()
