@@ -28,6 +28,8 @@ __all__ = ["give_up", "keep_account", "take_back"]
 
 log = logging.getLogger("tgmux.telegram")
 
+#: Seconds stopping an account's Telegram client may take once its lease is lost.
+GIVE_UP_TIMEOUT = 10.0
 #: Connects an account and starts answering for it: None when running, else an exit status.
 Connect = Callable[[], Awaitable[int | None]]
 
@@ -56,8 +58,13 @@ async def give_up(app: TelegramApp, name: str) -> None:
     """Stop running ``name`` here at once (see the module docstring)."""
     app.engine.stop_serving(name)
     account = app.accounts[name]
-    await account.quiesce()
-    await account.disconnect()
+    try:  # bounded: the network may be what failed
+        async with asyncio.timeout(GIVE_UP_TIMEOUT):
+            await account.quiesce()
+            await account.disconnect()
+    except (TimeoutError, OSError) as exc:
+        log.warning("account %s: leaving Telegram took over %g s (%s); going on", name,
+                    GIVE_UP_TIMEOUT, exc or type(exc).__name__)
 
 
 def _ours(holder: AccountHolder) -> bool:
