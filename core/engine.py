@@ -294,8 +294,8 @@ class Engine:
         for account in self.served:
             try:
                 backlog = await self.store.inbox_backlog(account=account)
-            except Exception:  # a scrape must not fail because the store does
-                log.warning("inbox backlog of %s unknown: the store did not answer", account)
+            except Exception:  # a scrape must not fail; an outage is logged once (store.guard)
+                log.debug("inbox backlog of %s unknown: the store did not answer", account)
                 continue
             self.metrics.of(self.metrics.inbox_pending, account).set(backlog)
 
