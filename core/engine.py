@@ -136,7 +136,7 @@ class Engine:
         self.recent_latency: dict[str, deque[float]] = {}
         self._in_use = BackendsInUse()
         self._retiring: set[asyncio.Task[None]] = set()
-        self.gate = Gate(store)
+        self.gate = Gate(self.store)
         self.plugin_commands: dict[str, PluginCommand] = {}
         self._overrides: dict[tuple[str, int], str | None] = {}
         # Keyed by (account, chat id): one user talking to two accounts is two chats.

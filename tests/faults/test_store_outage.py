@@ -220,3 +220,30 @@ async def test_a_backends_key_values_serve_from_memory_during_an_outage() -> Non
     await wait_for(lambda: guarded.degraded is None, "the store back")
     assert await store.kv_items("backend:lucy") == [("user:1", "u-1"), ("user:3", "u-3")]
     await guarded.close()
+
+
+async def test_commands_that_need_the_store_say_so_during_an_outage() -> None:
+    from tgmux.chat_commands import STORE_UNAVAILABLE
+
+    config, pm = load_text(CONFIG + "admins: [1]\nlimits: {daily_per_user: 50}\n",
+                           source="<test config>")
+    store = FaultyStore()
+    async with EngineHarness(config, store=store, plugin_manager=pm) as h:
+        store.mode = "raise"
+        assert texts(await h.say("hi", message_id=1)) == ["echo: hi"]  # the outage begins
+        parts = await h.say("/backend echo", message_id=2)  # an admin switching
+        assert [p.text for p in parts] == [STORE_UNAVAILABLE]
+        parts = await h.say("/usage", message_id=3, user_id=2)  # a user's counts
+        assert [p.text for p in parts] == [STORE_UNAVAILABLE]
+
+
+@pytest.mark.timeout(120)
+async def test_limits_kept_in_a_hung_store_do_not_hold_messages() -> None:
+    config, pm = load_text(CONFIG + "limits: {per_user: {messages: 100, per: 60}}\n",
+                           source="<test config>")
+    store = FaultyStore()
+    async with EngineHarness(config, store=store, plugin_manager=pm) as h:
+        assert texts(await h.say("before", message_id=1, user_id=2)) == ["echo: before"]
+        store.mode = "hang"
+        async with asyncio.timeout(30):
+            assert texts(await h.say("during", message_id=2, user_id=2)) == ["echo: during"]
