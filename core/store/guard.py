@@ -27,7 +27,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -57,6 +57,13 @@ class _InboxState:
     payload: dict[str, Any] | None = None  # accepted (not written yet)
     dispatched: bool = False
     done: bool = False
+
+
+def _some(names: Iterable[str], shown: int = 100) -> str:
+    """The first ``shown`` names, and how many more (a log line stays bounded)."""
+    names = list(names)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 class GuardedStore(Store):
@@ -198,13 +205,12 @@ class GuardedStore(Store):
                 pass
         if self._kv_pending:
             log.error("store: closed during an outage; %d backend key-value write(s) lost: %s",
-                      len(self._kv_pending), ", ".join(f"{n}/{k}" for n, k in
-                                                       list(self._kv_pending)[:20]))
+                      len(self._kv_pending), _some(f"{n}/{k}" for n, k in self._kv_pending))
         if self._pending:
-            log.error("store: closed during an outage; the inbox state of %d message(s) was "
-                      "not written (they may be answered again, or not, after a restart): %s",
-                      len(self._pending),
-                      ", ".join(f"{a}/{c}/{m}" for a, c, m in list(self._pending)[:20]))
+            log.error("store: closed during an outage; the inbox state of %d message(s) "
+                      "(account/chat/message) was not written (they may be answered again, or "
+                      "not, after a restart): %s", len(self._pending),
+                      _some(f"{a}/{c}/{m}" for a, c, m in self._pending))
         await self.inner.close()
 
     async def hold_account(self, account: str) -> AccountLease:
