@@ -7,6 +7,7 @@ import statistics
 from typing import TYPE_CHECKING
 
 from tgmux.errors import BackendError
+from tgmux.store.guard import StoreUnavailable
 from tgmux.text import shorten
 from tgmux.types import CommandSpec, IncomingMessage, Notice, ReplyPart, Text
 
@@ -22,6 +23,9 @@ BUILTIN_COMMANDS = (
     CommandSpec("usage", "Your messages and their limits"),
     CommandSpec("status", "Each AI's health in this process", admin_only=True),
 )
+#: What a command that needs the store answers while it does not answer (tgmux.store.guard).
+STORE_UNAVAILABLE = ("I cannot do that right now: my storage is not answering. Messages are "
+                     "still answered; please try this again in a few minutes.")
 #: Their names (never counted nor limited).
 BUILTIN_NAMES = frozenset(c.name for c in BUILTIN_COMMANDS)
 
@@ -34,8 +38,11 @@ async def run_builtin(engine: Engine, command: str, message: IncomingMessage,
     if command == "help":
         return [Text(help_text(engine, decision, message.chat.account))]
     if command == "usage":
-        return [Text(await engine.gate.usage(engine.router_for(message.chat.account).account,
-                                             message))]
+        try:
+            return [Text(await engine.gate.usage(engine.router_for(message.chat.account).account,
+                                                 message))]
+        except StoreUnavailable:
+            return [Notice(STORE_UNAVAILABLE)]
     if command == "status":
         if not engine.is_admin(message.chat.user_id, message.chat.account):
             return [Notice(admin_only_notice(command))]
@@ -49,7 +56,10 @@ async def run_builtin(engine: Engine, command: str, message: IncomingMessage,
         except BackendError as exc:
             return [Notice(exc.user_message)]
         return [Text(said or "This AI keeps no conversation I can reset.")]
-    return await _backend_command(engine, message, decision)
+    try:
+        return await _backend_command(engine, message, decision)
+    except StoreUnavailable:  # only the switch writes: the listing answers during an outage
+        return [Notice(STORE_UNAVAILABLE)]
 
 
 async def _backend_command(engine: Engine, message: IncomingMessage,

@@ -184,8 +184,8 @@ def check(config_file: str | None, config_path: str) -> None:
         for i, (match, backend, options, trigger) in enumerate(Router(config, name).table()):
             extra = f"  options: {options}" if options else ""
             click.echo(f"  {i + 1}. {match} -> {backend}  (groups: {trigger}){extra}")
-    click.echo(f"\nstore: {redact_urls(config.data.store)}")
-    problem = _run(check_store(config.data.store))
+    click.echo(f"\nstore: {redact_urls(config.data.store.url)}")
+    problem = _run(check_store(config.data.store.url))
     if problem:
         click.echo(f"error: {config.where(('store',))}: {problem}", err=True)
         sys.exit(2)
@@ -206,7 +206,7 @@ def store_migrate(config_path: str) -> None:
 
     config, _ = _load(config_path)
     _setup_logging("WARNING")
-    url = config.data.store
+    url = config.data.store.url
 
     async def migrate() -> tuple[int | None, tuple[int, int] | None]:
         opened = open_store(url)
@@ -328,14 +328,14 @@ async def _status(config: Config) -> int:
     from tgmux.redact import redact_urls
     from tgmux.store import open_store
 
-    store = open_store(config.data.store)
+    store = open_store(config.data.store.url)
     try:
         await store.open()
     except Exception as exc:
         raise ConfigError(f"{config.where(('store',))}: cannot open "
-                          f"{redact_urls(config.data.store)}: {exc}") from exc
+                          f"{redact_urls(config.data.store.url)}: {exc}") from exc
     try:
-        click.echo(f"store: {redact_urls(config.data.store)}")
+        click.echo(f"store: {redact_urls(config.data.store.url)}")
         for name in config.accounts:
             holder = await (await store.hold_account(name)).holder()
             backlog = await store.inbox_backlog(account=name)

@@ -196,7 +196,7 @@ async def run_console(config: Config, pm: PluginManager, *, chat_id: int, user_i
     """``tgmux chat`` (and ``tgmux demo``): the engine on the config's store with this console
     as its frontend, until the input ends. SIGHUP reloads the config file."""
     interactive = stdin.isatty()
-    engine = Engine(config, pm, open_store(config.data.store),
+    engine = Engine(config, pm, open_store(config.data.store.url),
                     ConsoleFrontend(stdout, interactive=interactive))
     await engine.start()
     server = None

@@ -48,29 +48,16 @@ from tgmux.chat_commands import (
 from tgmux.circuit import STATE_VALUES, Circuit
 from tgmux.config import Config
 from tgmux.config.schema import BackendCore
-from tgmux.errors import (
-    USER_MESSAGES,
-    BackendError,
-    CircuitOpenError,
-    ConfigError,
-    ErrorKind,
-)
+from tgmux.errors import USER_MESSAGES, BackendError, CircuitOpenError, ConfigError, ErrorKind
 from tgmux.gctuning import serving_started, serving_stopped
-from tgmux.hooks import (
-    PluginManager,
-    await_me_maybe,
-    call_all,
-    call_chained,
-    call_first,
-    flatten,
-)
+from tgmux.hooks import PluginManager, await_me_maybe, call_all, call_chained, call_first, flatten
 from tgmux.logs import log_fields
 from tgmux.media_links import MediaLinks
 from tgmux.metrics import Metrics
 from tgmux.redact import redact_urls
 from tgmux.reply import ReplyShaper, clean_part
 from tgmux.router import RouteDecision, Router
-from tgmux.store import Store
+from tgmux.store import GuardedStore, Store
 from tgmux.text import shorten
 from tgmux.types import (
     DROP,
@@ -131,7 +118,7 @@ class Engine:
                  frontend: Frontend, *, accounts: list[str] | None = None) -> None:
         self.config = config
         self.pm = plugin_manager
-        self.store = store
+        self.store = GuardedStore(store, timeout=config.data.store.timeout)  # never hangs
         self.frontend = frontend
         self.routers = {name: Router(config, name) for name in config.accounts}
         self.metrics = Metrics()
@@ -149,7 +136,7 @@ class Engine:
         self.recent_latency: dict[str, deque[float]] = {}
         self._in_use = BackendsInUse()
         self._retiring: set[asyncio.Task[None]] = set()
-        self.gate = Gate(store)
+        self.gate = Gate(self.store)
         self.plugin_commands: dict[str, PluginCommand] = {}
         self._overrides: dict[tuple[str, int], str | None] = {}
         # Keyed by (account, chat id): one user talking to two accounts is two chats.
@@ -159,6 +146,7 @@ class Engine:
         self._started = False
         self._accepting = False
         self._pruner: asyncio.Task[None] | None = None
+        self._given_up: set[str] = set()  # accounts whose lease was lost (stop_serving)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -168,7 +156,7 @@ class Engine:
             await self.store.open()
         except Exception as exc:
             raise ConfigError(redact_urls(f"{self.config.where(('store',))}: cannot open "
-                                          f"{self.config.data.store}: {exc}")) from exc
+                                          f"{self.config.data.store.url}: {exc}")) from exc
         for name in self.config.backend_settings:
             try:
                 self.backends[name] = await self._start_backend(name, self.config)
@@ -306,8 +294,8 @@ class Engine:
         for account in self.served:
             try:
                 backlog = await self.store.inbox_backlog(account=account)
-            except Exception:  # a scrape must not fail because the store does
-                log.warning("inbox backlog of %s unknown: the store did not answer", account)
+            except Exception:  # a scrape must not fail; an outage is logged once (store.guard)
+                log.debug("inbox backlog of %s unknown: the store did not answer", account)
                 continue
             self.metrics.of(self.metrics.inbox_pending, account).set(backlog)
 
@@ -318,7 +306,18 @@ class Engine:
             for key in [k for k in self._overrides if k[0] == account]:
                 del self._overrides[key]  # another process ran it meanwhile
             self.served.append(account)
+            self._given_up.discard(account)
             await self._resume(account)
+
+    def stop_serving(self, account: str) -> None:
+        """Answer nothing more for ``account`` at once (its lease is lost): queued messages stay
+        pending, turns under way are cancelled, left dispatched (see tgmux.telegram.leases)."""
+        self.served[:] = [a for a in self.served if a != account]
+        self._given_up.add(account)
+        for key in [k for k in self._workers if k[0] == account]:
+            self._workers.pop(key).cancel()
+            for slot in self._queues.pop(key, ()):  # no one waits for them here any more
+                slot.done.cancel()
 
     async def _resume(self, account: str) -> None:
         unanswered = await self.store.inbox_unanswered(account=account)
@@ -441,7 +440,7 @@ class Engine:
             slot = queue[0]
             await slot.ready.wait()
             try:
-                if slot.fresh:
+                if slot.fresh and key[0] not in self._given_up:  # else left in the inbox
                     async with self._limit:
                         await self._handle(slot.message, interrupted=slot.interrupted)
             except asyncio.CancelledError:
@@ -501,7 +500,8 @@ class Engine:
             backend = await self.store.get_override(chat_id, account=account)
             if len(self._overrides) >= self.OVERRIDES_KEPT:
                 self._overrides.pop(next(iter(self._overrides)))  # the oldest read
-            self._overrides[key] = backend
+            if self.store.degraded is None:  # not known while the store is down
+                self._overrides[key] = backend
         return backend
 
     async def set_override(self, account: str, chat_id: int, backend: str | None) -> None:

@@ -46,7 +46,7 @@ class EngineHarness:
         self.config = config
         self.frontend = CaptureFrontend()
         self.pm = plugin_manager or build_plugin_manager(config.data.plugins)
-        self.store = store or open_store(config.data.store)
+        self.store = store or open_store(config.data.store.url)
         self.engine = Engine(config, self.pm, self.store, self.frontend)
         self._ids: dict[int, itertools.count[int]] = defaultdict(lambda: itertools.count(1))
 

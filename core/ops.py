@@ -19,6 +19,8 @@ async def start_ops_server(config: Config, engine: Engine) -> OpsServer | None:
     server = OpsServer(listen, engine.metrics, media_links=engine.media_links)
 
     async def store_answers() -> str | None:
+        if engine.store.degraded is not None:  # answering all the same: say how
+            return engine.store.degraded
         await engine.store.inbox_backlog(account=engine.served[0] if engine.served else "main")
         return None
 

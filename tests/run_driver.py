@@ -51,9 +51,16 @@ class Proc:
         self.out: queue.Queue[str] = queue.Queue()
         self.err: list[str] = []
         self._err_lines: queue.Queue[str] = queue.Queue()
-        for stream, sink in ((self.popen.stdout, self.out), (self.popen.stderr,
-                                                             self._err_lines)):
-            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
+        self._pumps = [threading.Thread(target=self._pump, args=(stream, sink), daemon=True)
+                       for stream, sink in ((self.popen.stdout, self.out),
+                                            (self.popen.stderr, self._err_lines))]
+        for pump in self._pumps:
+            pump.start()
+
+    def output_read(self, timeout: float = 10) -> None:
+        """Waits until everything the (ended) process wrote is in ``out``."""
+        for pump in self._pumps:
+            pump.join(timeout)
 
     @staticmethod
     def _pump(stream, sink) -> None:

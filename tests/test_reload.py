@@ -57,7 +57,7 @@ def creates(sim: LucyDreamSimulator) -> int:
 
 async def started(path: Path) -> tuple[EngineHarness, Reloader]:
     config, pm = load(path, plugins=[lucydream_plugin])
-    harness = EngineHarness(config, store=open_store(config.data.store), plugin_manager=pm)
+    harness = EngineHarness(config, store=open_store(config.data.store.url), plugin_manager=pm)
     await harness.engine.start()
     return harness, Reloader(harness.engine, pm, path)
 
@@ -130,7 +130,7 @@ async def test_what_needs_a_restart_is_said_and_not_applied(running, sim, tmp_pa
     assert ("default: lucy → echo; not applied, needs a restart: store, "
             "engine.concurrency, telegram") in caplog.text
     assert h.engine.store is store
-    assert h.engine.config.data.store == "memory://"
+    assert h.engine.config.data.store.url == "memory://"
     assert h.engine.config.account().telegram.api_id is None
     assert not (tmp_path / "x.db").exists()
     assert await h.say("hi", user_id=42) == [Text("echo: hi")]

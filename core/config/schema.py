@@ -309,11 +309,56 @@ class AccountConfig(Strict):
     limits: LimitsConfig | None = None
 
 
+def check_store_url(value: str) -> str:
+    """``value`` when it is a store URL tgmux can use (ValueError: why not)."""
+    if value.startswith("sqlite:///") or value == "memory://":
+        return value
+    expected = ("expected sqlite:///PATH, postgresql://USER:PASSWORD@HOST:PORT/DATABASE "
+                "or memory://")
+    parts = urlsplit(value)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(expected)
+    try:
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        raise ValueError(f"{expected}: the port is not a number from 1 to 65535") from None
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    for name, least in (("pool_max", 1), ("pool_min", 0)):
+        if name in query and not (query[name].isdigit()
+                                  and least <= int(query[name]) <= 1000):
+            raise ValueError(f"{name} must be a whole number from {least} to 1000")
+    if "connect_timeout" in query:
+        try:
+            ok = 0 < float(query["connect_timeout"]) <= 600
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError("connect_timeout must be a number of seconds up to 600")
+    return value
+
+
+class StoreConfig(Strict):
+    """``store:``: a URL alone, or a mapping with the URL and the deadlines."""
+
+    url: str = "sqlite:///tgmux.db"
+    timeout: float = Field(
+        5.0, gt=0, le=600, description="seconds a store call on a message's path may take; "
+        "past it (or on an error) the message is answered all the same and /readyz says degraded")
+    lease_timeout: float = Field(
+        10.0, gt=0, le=600, description="seconds within which a process notices it lost an "
+        "account's lease (PostgreSQL: a silent network partition); a standby waits longer")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return check_store_url(value)
+
+
 class TgmuxConfig(Strict):
     telegram: TelegramConfig = Field(default_factory=TelegramConfig)
     accounts: dict[str, AccountConfig] | None = Field(
         None, description="several Telegram accounts, by name, instead of telegram:")
-    store: str = "sqlite:///tgmux.db"
+    store: StoreConfig = Field(default_factory=StoreConfig)
     admins: list[Int] = Field(default_factory=list)
     access: AccessConfig = Field(default_factory=AccessConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -356,30 +401,8 @@ class TgmuxConfig(Strict):
             raise ValueError("at least one backend is needed")
         return value
 
-    @field_validator("store")
+    @field_validator("store", mode="before")
     @classmethod
-    def _store(cls, value: str) -> str:
-        if value.startswith("sqlite:///") or value == "memory://":
-            return value
-        expected = ("expected sqlite:///PATH, postgresql://USER:PASSWORD@HOST:PORT/DATABASE "
-                    "or memory://")
-        parts = urlsplit(value)
-        if parts.scheme not in ("postgresql", "postgres"):
-            raise ValueError(expected)
-        try:
-            parts.port  # noqa: B018 (raises on a bad port)
-        except ValueError:
-            raise ValueError(f"{expected}: the port is not a number from 1 to 65535") from None
-        query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        for name, least in (("pool_max", 1), ("pool_min", 0)):
-            if name in query and not (query[name].isdigit()
-                                      and least <= int(query[name]) <= 1000):
-                raise ValueError(f"{name} must be a whole number from {least} to 1000")
-        if "connect_timeout" in query:
-            try:
-                ok = 0 < float(query["connect_timeout"]) <= 600
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError("connect_timeout must be a number of seconds up to 600")
-        return value
+    def _store(cls, value: Any) -> Any:
+        # a URL alone (as before store.timeout existed) stands for {url: URL}
+        return {"url": check_store_url(value)} if isinstance(value, str) else value

@@ -23,6 +23,7 @@ from tgmux.store.base import (
     Store,
     Unanswered,
 )
+from tgmux.store.guard import GuardedStore, StoreUnavailable
 from tgmux.store.memory import MemoryLease, MemoryStore
 from tgmux.store.sqlite import SCHEMA, SCHEMA_V1, SCHEMA_VERSION, FileLease, SQLiteStore
 
@@ -38,12 +39,14 @@ __all__ = [
     "AccountHolder",
     "AccountLease",
     "FileLease",
+    "GuardedStore",
     "MemoryLease",
     "MemoryStore",
     "Namespace",
     "PostgresStore",
     "SQLiteStore",
     "Store",
+    "StoreUnavailable",
     "Unanswered",
     "check_store",
     "is_postgres_url",

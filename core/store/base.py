@@ -70,6 +70,9 @@ class AccountLease(ABC):
 
     #: Seconds between two tries while waiting.
     poll_interval = 1.0
+    #: Seconds within which a lost lease is noticed (``store.lease_timeout``), where the store
+    #: can lose one (PostgreSQL: a probe on the lease's connection).
+    timeout = 10.0
 
     def __init__(self, account: str) -> None:
         self.account = account

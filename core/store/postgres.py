@@ -469,6 +469,24 @@ async def _history_trim(db: asyncpg.Pool | asyncpg.Connection, conversation: str
     return int(status.rsplit(" ", 1)[-1])
 
 
+def set_keepalives(conn: asyncpg.Connection, seconds: int) -> None:
+    """TCP keepalives on ``conn``'s socket: a peer gone silently (a network partition) is
+    noticed within about ``seconds`` (Linux: unacknowledged data too, TCP_USER_TIMEOUT)."""
+    transport = getattr(conn, "_transport", None)  # asyncpg has no public way to the socket
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_KEEPIDLE", max(1, seconds // 3)),
+                        ("TCP_KEEPINTVL", max(1, seconds // 6)), ("TCP_KEEPCNT", 3),
+                        ("TCP_USER_TIMEOUT", seconds * 1000)):
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    for level, option, value in options:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(level, option, value)
+
+
 async def _close(conn: asyncpg.Connection) -> None:
     try:
         async with asyncio.timeout(2):
@@ -478,30 +496,82 @@ async def _close(conn: asyncpg.Connection) -> None:
 
 
 class PostgresLease(AccountLease):
-    """``pg_try_advisory_lock`` on a connection of its own, open as long as the lease."""
+    """``pg_try_advisory_lock`` on a connection of its own, open as long as the lease.
+
+    A lease lost silently (a network partition: no reset reaches either side) is noticed by
+    both sides, this one first: here a probe (``SELECT 1`` every third of :attr:`timeout`,
+    answered within a third, and TCP keepalives) finds it within :attr:`timeout` seconds; the
+    server ends the session (and frees the lock for a standby) only after twice that without
+    a query (``idle_session_timeout``, PostgreSQL 14 and later; and its TCP keepalives)."""
 
     def __init__(self, store: PostgresStore, account: str) -> None:
         super().__init__(account)
         self.store = store
         self.key = account_key(account)
         self._conn: asyncpg.Connection | None = None
+        self._probe: asyncio.Task[None] | None = None
 
     async def _try_acquire(self) -> bool:
         conn = self._conn
         if conn is None or conn.is_closed():
             conn = self._conn = await self.store.connect()
             conn.add_termination_listener(self._terminated)
+            await self._keep_alive(conn)
         return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key))
+
+    async def _keep_alive(self, conn: asyncpg.Connection) -> None:
+        """The server gives the session up after 2 x :attr:`timeout` s silent; the client's
+        TCP notices a dead peer within :attr:`timeout` s."""
+        seconds = max(1, round(self.timeout))
+        set_keepalives(conn, seconds)
+        # the server's side: 2 x timeout silent (idle, then 3 unanswered probes a third apart)
+        for name, value in (("idle_session_timeout", f"{2 * seconds}s"),
+                            ("tcp_keepalives_idle", f"{seconds}s"),
+                            ("tcp_keepalives_interval", f"{max(1, seconds // 3)}s"),
+                            ("tcp_keepalives_count", "3")):
+            try:  # an older server without the setting: the probe alone
+                await conn.execute(f"SET {name} = '{value}'")
+            except asyncpg.PostgresError as exc:
+                log.debug("account %s: the lease's connection has no %s: %s", self.account,
+                          name, exc)
 
     def _terminated(self, conn: asyncpg.Connection) -> None:
         if conn is self._conn:  # not closed by release()
             self._conn = None
+            self._stop_probe()
             self._mark_lost()
 
+    def _stop_probe(self) -> None:
+        if self._probe is not None and self._probe is not asyncio.current_task():
+            self._probe.cancel()
+        self._probe = None
+
+    async def _probe_until_lost(self, conn: asyncpg.Connection) -> None:
+        step = self.timeout / 3
+        while conn is self._conn:
+            await asyncio.sleep(step)
+            if conn is not self._conn:
+                return
+            try:
+                async with asyncio.timeout(step):
+                    await conn.fetchval("SELECT 1")
+            except (Exception, TimeoutError) as exc:
+                if conn is not self._conn:
+                    return
+                log.error("account %s: the lease's connection did not answer within %.1f s "
+                          "(%s)", self.account, step,
+                          "no answer" if isinstance(exc, TimeoutError) else exc)
+                self._conn = None
+                self._probe = None
+                conn.terminate()
+                self._mark_lost()
+                return
+
     async def _record(self, holder: AccountHolder) -> None:
-        assert self._conn is not None
+        conn = self._conn
+        assert conn is not None
         try:
-            await self._conn.execute(
+            await conn.execute(
                 "INSERT INTO tgmux_accounts (account, hostname, pid, since, backend_pid) "
                 "VALUES ($1, $2, $3, $4, pg_backend_pid()) ON CONFLICT (account) DO UPDATE SET "
                 "hostname=excluded.hostname, pid=excluded.pid, since=excluded.since, "
@@ -510,8 +580,12 @@ class PostgresLease(AccountLease):
         except BaseException:
             await self._release()
             raise
+        self._stop_probe()
+        self._probe = asyncio.create_task(self._probe_until_lost(conn),
+                                          name=f"tgmux-lease-probe-{self.account}")
 
     async def _release(self) -> None:
+        self._stop_probe()
         conn, self._conn = self._conn, None
         if conn is None or conn.is_closed():
             return

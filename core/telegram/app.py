@@ -313,7 +313,7 @@ class TelegramApp:
             for name, c in clients.items()
         }
         self.serve = list(self.accounts) if serve is None else serve
-        self.engine = Engine(config, plugin_manager, store or open_store(config.data.store),
+        self.engine = Engine(config, plugin_manager, store or open_store(config.data.store.url),
                              AccountFrontends({n: a.frontend for n, a in self.accounts.items()},
                                               {n: a.media for n, a in self.accounts.items()}),
                              accounts=self.serve)

@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from tgmux.telegram.client import (
     session_mode,
     telegram_proxy,
 )
+from tgmux.telegram.leases import keep_account
 
 __all__ = ["CONNECT_TIMEOUT", "LoginRefused", "TelegramUnreachable", "login", "run_telegram",
            "start_bounded", "stop_signals"]
@@ -205,8 +207,9 @@ def stop_signals(stopping: asyncio.Event,
 async def run_telegram(config: Config, plugin_manager: PluginManager,
                        accounts: list[str] | None = None) -> int:
     """``tgmux run``: serve the accounts (``accounts``: these only) until SIGINT/SIGTERM, then
-    stop gracefully; 0 when stopped that way, 1 when Telegram refused to start or an account's
-    lease was lost.
+    stop gracefully; 0 when stopped that way, 1 when Telegram refused to start or another
+    process took an account over (a lost lease is taken back when the database answers again
+    and no one else took it: :mod:`tgmux.telegram.leases`).
 
     Each account is run under its lease in the store (:meth:`tgmux.store.Store.hold_account`):
     with PostgreSQL, an account held by another process is waited for (a hot standby) and
@@ -225,7 +228,7 @@ async def run_telegram(config: Config, plugin_manager: PluginManager,
             problems += exc.problems
     if problems:
         raise ConfigError(problems)
-    store = open_store(config.data.store)
+    store = open_store(config.data.store.url)
     clients = {name: build_client(config, name) for name in names}
     app = TelegramApp(config, plugin_manager, clients, store=store, serve=[])
     tg = config.accounts[names[0]].telegram
@@ -246,6 +249,8 @@ async def _run_accounts(app: TelegramApp, names: list[str], stopping: asyncio.Ev
                         tg: TelegramConfig) -> int:
     store = app.engine.store
     leases = {name: await store.hold_account(name) for name in names}
+    for lease in leases.values():  # a silent loss is noticed within it (before a standby acts)
+        lease.timeout = app.config.data.store.lease_timeout
     running = _Running()
     outcome = 1
     try:
@@ -282,7 +287,9 @@ async def _serve_accounts(app: TelegramApp, names: list[str], leases: dict[str, 
             problem = await _connect(app, name, stopping)
             if problem is not None:
                 return problem
-            tasks.append(asyncio.create_task(lease.wait_lost(), name=f"lost-{name}"))
+            tasks.append(asyncio.create_task(
+                keep_account(app, name, lease, stopping, partial(_connect, app, name, stopping)),
+                name=f"hold-{name}"))
         else:
             holder = await lease.holder()
             where = (f"{holder.hostname} pid {holder.pid} since "
@@ -301,13 +308,6 @@ async def _serve_accounts(app: TelegramApp, names: list[str], leases: dict[str, 
                 outcome = 1
             elif task.result() not in (None, 0):
                 outcome = task.result()
-            elif task.get_name().startswith("lost-"):
-                name = task.get_name()[5:]
-                # another process may run it now: take no more of its updates at once
-                await app.accounts[name].quiesce()
-                log.error("%s: another process may run it now; stopping (a supervisor "
-                          "restarts tgmux as a standby)", name)
-                outcome = 1
     waiting.cancel()
     return outcome
 
@@ -342,10 +342,7 @@ async def _standby(app: TelegramApp, name: str, lease: Any, stopping: asyncio.Ev
     problem = await _connect(app, name, stopping)
     if problem is not None:
         return problem
-    await lease.wait_lost()
-    await app.accounts[name].quiesce()  # another process may run it now
-    log.error("account %s: the lease was lost", name)
-    return 1
+    return await keep_account(app, name, lease, stopping, partial(_connect, app, name, stopping))
 
 
 async def _connect(app: TelegramApp, name: str, stopping: asyncio.Event) -> int | None:

@@ -378,17 +378,17 @@ async def _remember_chats(fakes: dict[str, FakeTelegram], config: Config) -> Non
     """Tell each account's fake Telegram the chats of its unanswered messages in the store:
     an earlier run on the same store left them (killed mid-reply), the engine answers them or
     says it was restarted, and Telegram — unlike a fresh fake — would still know those chats."""
-    store = open_store(config.data.store)
+    store = open_store(config.data.store.url)
     try:  # one line and exit 2, as the engine says it when it cannot open the store
         await store.open()
     except Exception as exc:
         raise ConfigError(redact_urls(f"{config.where(('store',))}: cannot open "
-                                      f"{config.data.store}: {exc}")) from exc
+                                      f"{config.data.store.url}: {exc}")) from exc
     try:
         unanswered = {name: await store.inbox_unanswered(account=name) for name in fakes}
     except Exception as exc:
         raise ConfigError(redact_urls(f"{config.where(('store',))}: cannot read "
-                                      f"{config.data.store}: {exc}")) from exc
+                                      f"{config.data.store.url}: {exc}")) from exc
     finally:
         await store.close()
     for name, entries in unanswered.items():
