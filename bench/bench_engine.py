@@ -114,7 +114,7 @@ def engine_for(config_text: str) -> Engine:
     pm.register(BenchPlugin(), name="bench")
     config = load_config_text(config_text, plugin_manager=pm)
     frontend = ConsoleFrontend(io.StringIO(), interactive=False)
-    return Engine(config, pm, open_store(config.data.store), frontend)
+    return Engine(config, pm, open_store(config.data.store.url), frontend)
 
 
 def http_engine(base_url: str, chats: int) -> Engine:
