@@ -217,7 +217,11 @@ def engine() -> Engine:
                   ConsoleFrontend(io.StringIO(), interactive=False))
 
 
-async def test_an_engine_sets_the_serving_thresholds_and_puts_the_defaults_back() -> None:
+async def test_an_engine_sets_the_serving_thresholds_and_puts_the_defaults_back(
+        monkeypatch) -> None:
+    # counted from no engine serving (a test that leaves one running must not decide this one)
+    monkeypatch.setattr(gctuning, "_engines", 0)
+    monkeypatch.setattr(gctuning, "_replaced", False)
     before = gc.get_threshold()
     gc.set_threshold(*gctuning.PYTHON_DEFAULTS)
     try:

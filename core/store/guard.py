@@ -213,6 +213,12 @@ class GuardedStore(Store):
                       _some(f"{a}/{c}/{m}" for a, c, m in self._pending))
         await self.inner.close()
 
+    def unanswered_in_memory(self) -> list[tuple[str, int, int]]:
+        """(account, chat, message) of each accepted message not answered whose inbox state
+        lives only here (the store did not answer): after a stop nothing keeps it pending."""
+        return [key for key, state in self._pending.items()
+                if state.payload is not None and not state.done]
+
     async def hold_account(self, account: str) -> AccountLease:
         return await self.inner.hold_account(account)
 

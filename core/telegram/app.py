@@ -412,6 +412,17 @@ class TelegramApp:
         return [message for account in self.accounts.values()
                 for message in account.intake.lost]
 
+    def lost_in_memory(self) -> list[tuple[str, int, int]]:
+        """After a stop: messages the engine took but did not answer whose inbox state never
+        reached the store (an outage): nothing keeps them pending for the next start. Each
+        is logged by account, chat and message id."""
+        lost = self.engine.store.unanswered_in_memory()
+        for account, chat_id, message_id in lost:
+            log.error("%s: chat %s message %s is not answered: the store did not answer, so it "
+                      "is not kept pending for the next start, and Telegram will not send it "
+                      "again", account, chat_id, message_id)
+        return lost
+
     def give_up(self) -> None:
         """A stop ran out of time: every message still in an intake is lost (logged)."""
         for account in self.accounts.values():

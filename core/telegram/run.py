@@ -257,8 +257,9 @@ async def _run_accounts(app: TelegramApp, names: list[str], stopping: asyncio.Ev
         outcome = await _serve_accounts(app, names, leases, stopping, running)
     finally:
         await _shut_down(app, leases, running, tg)
-    if app.lost:  # each was logged by chat and message id
-        log.error("stopped with %d message(s) not answered (named above)", len(app.lost))
+    lost = len(app.lost) + len(app.lost_in_memory())  # each logged by chat and message id
+    if lost:
+        log.error("stopped with %d message(s) not answered (named above)", lost)
         return outcome or 1
     return outcome
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from child import Child, child_env, gated_config, hold, let_go, wait_file
 
-TOKEN = "123456:ABCdefGhIJKlmnoPQRstuVWXyz0123456789"
+TOKEN = "123456:ABCdefGhIJKlmnoPQRstuVWXyz012345678"
 TELEGRAM = ("telegram: {api_id: 12345, api_hash: 0123456789abcdef0123456789abcdef, "
             f'bot_token: "{TOKEN}", data_dir: "DATA", shutdown_timeout: 10}}\n')
 

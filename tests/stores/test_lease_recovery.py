@@ -45,7 +45,11 @@ def write_config(tmp_path: Path, url: str, account: str, backend: str = "") -> P
 store: "{url}"
 accounts:
   {account}:
-    telegram: {{api_id: 1, api_hash: h, bot_token: "123456:ABC", data_dir: "{tmp_path}/data"}}
+    telegram:
+      api_id: 1
+      api_hash: 0123456789abcdef0123456789abcdef
+      bot_token: "123456:ABCdefGhIJKlmnoPQRstuVWXyz012345678"
+      data_dir: "{tmp_path}/data"
 backends:
   echo: {{type: echo, prefix: "echo: "{backend}}}
 default: echo

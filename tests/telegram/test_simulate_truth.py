@@ -60,7 +60,7 @@ def test_new_fields_and_control_lines_are_checked():
             "delivery: Telegram has no compact form for a supergroup message",
         '{"user_id": 1, "text": "x", "date": -5}': "date: a unix time",
         '{"chat_id": -4012345678, "user_id": 1, "text": "x", "thread_id": 3}':
-            "thread_id: topics exist in private chats and supergroups only",
+            "thread_id: a group has no topics (topics exist in supergroups and private chats)",
         '{"telegram": "reboot"}': "telegram: one of revoke_session, ban_account, disconnect",
         '{"telegram": "disconnect"}': "seconds is required for telegram 'disconnect'",
         '{"telegram": "pause", "seconds": "1"}': "seconds: expected a number, got '1'",
