@@ -30,6 +30,17 @@ __all__ = ["Handlers", "chat_action_name"]
 _VOICE_EXT = {".ogg", ".oga", ".opus"}
 _AUDIO_EXT = {".mp3", ".m4a", ".aac", ".wav", ".flac", ".mpga", ".weba"}
 
+#: raw command scopes by their Bot API names (BotCommandScope...)
+_SCOPES = {
+    "BotCommandScopeDefault": "default",
+    "BotCommandScopeUsers": "all_private_chats",
+    "BotCommandScopeChats": "all_group_chats",
+    "BotCommandScopeChatAdmins": "all_chat_administrators",
+    "BotCommandScopePeer": "chat",
+    "BotCommandScopePeerAdmins": "chat_administrators",
+    "BotCommandScopePeerUser": "chat_member",
+}
+
 _CHAT_ACTIONS = {
     "SendMessageTypingAction": "typing",
     "SendMessageUploadPhotoAction": "upload_photo",
@@ -283,9 +294,17 @@ class Handlers(World):
     async def _on_bots_SetBotCommands(self, query: TLObject) -> bool:
         if not self.is_bot:
             refuse("USER_BOT_REQUIRED", type(query))
-        scope = re.sub(r"(?<!^)(?=[A-Z])", "_",
-                       type(query.scope).__name__.removeprefix("BotCommandScope")).lower()
-        self._record({"action": "set_commands", "scope": scope or "default",
+        scope = query.scope
+        name = _SCOPES.get(type(scope).__name__)
+        if name is None:
+            raise UnknownRequest(f"the fake Telegram knows no command scope {scope}")
+        peer = getattr(scope, "peer", None)
+        user = getattr(scope, "user_id", None)
+        self._record({"action": "set_commands",
+                      "chat_id": self.chat_id_of(peer) if peer is not None else None,
+                      "scope": name,
+                      "user_id": self.chat_id_of(user) if user is not None else None,
+                      "language_code": query.lang_code or None,
                       "commands": [{"command": c.command, "description": c.description}
                                    for c in query.commands]})
         return True

@@ -346,7 +346,8 @@ class World:
         return wire(updates), chat_id, message_id
 
     def chat_id_of(self, peer: TLObject | None) -> int | None:
-        if isinstance(peer, (raw.types.InputPeerUser, raw.types.PeerUser)):
+        if isinstance(peer, (raw.types.InputPeerUser, raw.types.PeerUser,
+                             raw.types.InputUser)):
             return peer.user_id
         if isinstance(peer, raw.types.InputPeerSelf):
             return self.me.id
