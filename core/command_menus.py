@@ -67,13 +67,16 @@ def _outcomes(account: Account, chat_type: ChatType, chat_id: int | None,
         if m.command is not None and command not in m.command:
             continue
         certain = m.text is None and m.username is None
-        for wanted, known in ((m.chat_id, chat_id), (m.user_id, user_id)):
+        # a private chat's id is its user's (positive); a group's is negative
+        chat_ids = (None if m.chat_id is None else
+                    [c for c in m.chat_id if (c > 0) == (chat_type == "private")])
+        for wanted, known in ((chat_ids, chat_id), (m.user_id, user_id)):
             if wanted is None:
                 continue
+            if not wanted or (known is not None and known not in wanted):
+                break
             if known is None:
                 certain = False
-            elif known not in wanted:
-                break
         else:
             found.add(route.backend)
             if certain:

@@ -50,8 +50,6 @@ class MenuPublisher:
             = OrderedDict()
         #: (account, scope) -> what was last handed to the frontend for it
         self._published: dict[tuple[str, Scope], tuple[CommandSpec, ...]] = {}
-        #: chats whose menus an unavailable command published again (once each)
-        self._refreshed: OrderedDict[tuple[str, int], None] = OrderedDict()
 
     def _sink(self) -> MenuSink | None:
         return getattr(self.engine.frontend, "publish_menus", None)
@@ -71,11 +69,13 @@ class MenuPublisher:
 
     def account_menus(self, account: str) -> list[Menu]:
         """The account's menus set at start (default, all private chats, all group chats,
-        each admin's), remembered as published."""
+        each admin's). An admin's is not taken as published: Telegram refuses it until the
+        admin has written to the bot, and then :meth:`seen` publishes it."""
         common, backends = self.commands()
         menus = account_menus(self.engine.router_for(account).account, common, backends)
         for menu in menus:
-            self._published[(account, menu.scope)] = menu.commands
+            if menu.scope.chat_id is None:
+                self._published[(account, menu.scope)] = menu.commands
         return menus
 
     def seen(self, message: IncomingMessage, decision: RouteDecision | None, *,
@@ -139,8 +139,7 @@ class MenuPublisher:
                 self._offer(sink, account, chat_type, chat_id, override, members, False)
 
     def unavailable(self, message: IncomingMessage, decision: RouteDecision | None) -> str:
-        """The answer to a command this chat cannot use: the ones it can. Its menu offered it
-        (a menu from before a config change, say): the chat's menus are published again."""
+        """The answer to a command this chat cannot use: the ones it can."""
         chat = message.chat
         override = decision.backend if decision is not None and decision.reason == "override" \
             else None
@@ -148,11 +147,10 @@ class MenuPublisher:
         available = available_commands(self.engine.router_for(chat.account).account, common,
                                        backends, chat.chat_type, chat.chat_id, chat.user_id,
                                        override)
-        key = (chat.account, chat.chat_id)
         offered = message.command in {s.name for s in self.every_command()}
-        if offered and key not in self._refreshed:  # once per chat: a typo costs nothing
-            self._refreshed[key] = None
-            if len(self._refreshed) > self.CHATS_KEPT:
-                self._refreshed.popitem(last=False)
+        if offered and (chat.account, Scope("chat", chat_id=chat.chat_id)) not in \
+                self._published:
+            # a menu this process did not set offered it (one from before a config change):
+            # set the chat's own (once: then it is known); a typo costs nothing
             self.seen(message, decision, force=True)
         return unavailable_notice(message.command or "", available, known=offered)

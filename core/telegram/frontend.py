@@ -19,6 +19,7 @@ from io import BytesIO
 from typing import Any
 
 from pyrogram import Client, enums, raw, types
+from pyrogram.errors import RPCError
 
 from tgmux.audio import DEFAULT_MAX_BYTES, DEFAULT_MAX_SECONDS, to_voice_note
 from tgmux.backend import (
@@ -207,8 +208,17 @@ class TelegramFrontend:
             description = (spec.description or name)[:256]
             commands.append(types.BotCommand(name, description))
         scope = scope or Scope("default")
-        make = _SCOPES[scope.kind]
-        bot_scope = make(scope.chat_id, scope.user_id)
+        for peer in (scope.chat_id, scope.user_id):
+            if peer is None:
+                continue
+            try:  # Telegram takes a chat's or user's menu only once the bot knows them
+                await self.client.resolve_peer(peer)
+            except (KeyError, ValueError, RPCError) as exc:
+                log.info("command menu for %s %s not published yet: this bot does not know %s "
+                         "(%s); it is once they write to it", scope.kind, scope.chat_id, peer,
+                         type(exc).__name__)
+                return False
+        bot_scope = _SCOPES[scope.kind](scope.chat_id, scope.user_id)
         try:
             # chat None: the menu takes nothing from a chat's budget, its flood waits are its own
             await self.sender.call(None, "set_bot_commands",

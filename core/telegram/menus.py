@@ -93,9 +93,9 @@ class MenuQueue:
         for attempt in range(MAX_FLOOD_RETRIES + 1):
             try:
                 published = await self.frontend.publish_commands(list(menu.commands), scope)
-                if not published:
-                    log.warning("%s: command menu for %s not published (Telegram refused it; "
-                                "see above)", self.account, describe(scope))
+                if not published:  # why: logged where it was refused
+                    log.debug("%s: command menu for %s not published", self.account,
+                              describe(scope))
                 return published
             except FloodWaitRequired as exc:
                 if on_flood is not None:
