@@ -89,12 +89,18 @@ class MenuPublisher:
         key = (chat.account, chat.chat_id)
         override = decision.backend if decision is not None and decision.reason == "override" \
             else None
-        _, _, members = self._chats.pop(key, (chat.chat_type, None, frozenset()))
         account = self.engine.router_for(chat.account).account
+        known = self._chats.get(key)
+        _, _, members = known or (chat.chat_type, None, frozenset())
         if (chat.chat_type in GROUP_TYPES and chat.user_id is not None
                 and chat.user_id in account.admins):
             members |= {chat.user_id}
-        self._chats[key] = (chat.chat_type, override, members)
+        state = (chat.chat_type, override, members)
+        if known == state and not force:  # the common case: nothing changed since
+            self._chats.move_to_end(key)
+            return
+        self._chats.pop(key, None)
+        self._chats[key] = state
         if len(self._chats) > self.CHATS_KEPT:
             (old_account, old_chat), (_, _, old_members) = self._chats.popitem(last=False)
             self._forget(old_account, old_chat, old_members)
