@@ -147,3 +147,55 @@ def test_the_answer_to_an_unavailable_command_lists_the_available_ones() -> None
         "Unknown command /nosuch. Commands here:\n/start")
     admin = available_commands(acc, COMMON, BACKENDS, "private", 7, 7, None)
     assert {"status", "profile_set"} <= set(names(admin))
+
+
+# -- when menus are published (tgmux.menu_publisher), through the engine -------------------------
+
+ENGINE = """
+backends:
+  echo: {type: echo}
+  other: {type: echo}
+routes:
+  - match: {chat_id: -5}
+    backend: other
+default: echo
+admins: [7]
+"""
+
+
+class Recorder:
+    """A frontend's ``publish_menus``: what the core handed over, by scope."""
+
+    def __init__(self) -> None:
+        self.menus: list[tuple[str, Scope]] = []
+
+    def __call__(self, account: str, menus: list) -> None:
+        self.menus += [(account, m.scope) for m in menus]
+
+
+async def test_a_chat_is_published_once_bounded_and_again_when_a_reload_changes_it() -> None:
+    from tgmux.bootstrap import load_text as load
+    from tgmux.harness import EngineHarness
+
+    async with EngineHarness.from_yaml(ENGINE) as h:
+        sent = Recorder()
+        h.frontend.publish_menus = sent  # type: ignore[attr-defined]
+        # both backends have /shout: the same menu everywhere; nothing of a chat's own
+        await h.say("hi", user_id=5, chat_id=-5, chat_type="supergroup")
+        await h.say("hi", user_id=6)
+        assert sent.menus == []
+        # an admin in a group: their own menu there, once
+        await h.say("hi", user_id=7, chat_id=-5, chat_type="supergroup")
+        await h.say("again", user_id=7, chat_id=-5, chat_type="supergroup")
+        assert sent.menus == [("main", Scope("chat_member", chat_id=-5, user_id=7))]
+        # a reload: the accounts' menus, and the remembered chats' where they changed (none)
+        config, _ = load(ENGINE.replace("admins: [7]", "admins: [7, 8]"))
+        await h.engine.reload(config)
+        assert [s for _, s in sent.menus[1:]] == [
+            Scope("default"), Scope("all_private_chats"), Scope("all_group_chats"),
+            Scope("chat", chat_id=7), Scope("chat", chat_id=8)]
+        # bounded: the oldest chats are forgotten
+        h.engine.menus.CHATS_KEPT = 2
+        for chat_id in (-11, -12, -13):
+            await h.say("hi", user_id=1, chat_id=chat_id, chat_type="supergroup")
+        assert len(h.engine.menus._chats) == 2
