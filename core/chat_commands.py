@@ -76,10 +76,12 @@ async def _backend_command(engine: Engine, message: IncomingMessage,
     if wanted == "default":
         await engine.set_override(message.chat.account, chat_id, None)
         after = await engine.decide(message)
+        engine.menus.seen(message, after, force=True)  # the chat's menu follows
         return [Text(f"This chat follows the config again: {after.backend if after else '-'}")]
     if wanted not in engine.backends:
         return [Notice(f"There is no backend {shorten(wanted, 40)!r}. Available: {listing}")]
     await engine.set_override(message.chat.account, chat_id, wanted)
+    engine.menus.seen(message, await engine.decide(message), force=True)
     return [Text(f"This chat now talks to: {wanted}")]
 
 

@@ -53,12 +53,12 @@ from tgmux.gctuning import serving_started, serving_stopped
 from tgmux.hooks import PluginManager, await_me_maybe, call_all, call_chained, call_first, flatten
 from tgmux.logs import log_fields
 from tgmux.media_links import MediaLinks
+from tgmux.menu_publisher import MenuPublisher
 from tgmux.metrics import Metrics
 from tgmux.redact import redact_urls
 from tgmux.reply import ReplyShaper, clean_part
 from tgmux.router import RouteDecision, Router
 from tgmux.store import GuardedStore, Store
-from tgmux.text import shorten
 from tgmux.types import (
     DROP,
     ChatIdentity,
@@ -138,6 +138,7 @@ class Engine:
         self._retiring: set[asyncio.Task[None]] = set()
         self.gate = Gate(self.store)
         self.plugin_commands: dict[str, PluginCommand] = {}
+        self.menus = MenuPublisher(self)  # Telegram's command menus, by scope
         self._overrides: dict[tuple[str, int], str | None] = {}
         # Keyed by (account, chat id): one user talking to two accounts is two chats.
         self._queues: dict[tuple[str, int], deque[_Slot]] = {}
@@ -247,6 +248,7 @@ class Engine:
                          for n in config.backend_settings}
         for backend in retired:
             self._retire(backend)
+        self.menus.republish(self.served)
         return changes
 
     async def _start_again(self, name: str, config: Config, current: Backend | None,
@@ -572,6 +574,7 @@ class Engine:
             if refused.reply:
                 await self._send(chat, [Notice(refused.reply)], chat.message_id)
             return
+        self.menus.seen(message, decision)
         # Plugins rewrite it (a voice message into its text) once it may go on: a refused
         # message costs no provider anything, a transcription service included.
         try:
@@ -639,8 +642,8 @@ class Engine:
         chat, command = message.chat, message.command
         backend_commands = {c.name: c for c in backend.commands()}
         if command is not None and command not in backend_commands:
-            await self._send(chat, [Notice(f"Unknown command /{shorten(command, 40)}. /help "
-                                           "lists what I can do.")], chat.message_id)
+            await self._send(chat, [Notice(self.menus.unavailable(message, decision))],
+                             chat.message_id)
             return
         if command is not None and not self._may_run(backend_commands[command], message):
             await self._send(chat, [Notice(admin_only_notice(command))], chat.message_id)
@@ -896,14 +899,8 @@ class Engine:
         return help_text(self, decision, account)
 
     def command_specs(self) -> list[CommandSpec]:
-        """Every command any chat may use (for Telegram's command menu)."""
-        seen: dict[str, CommandSpec] = {c.name: c for c in BUILTIN_COMMANDS}
-        for command in self.plugin_commands.values():
-            seen.setdefault(command.spec.name, command.spec)
-        for backend in self.backends.values():
-            for spec in backend.commands():
-                seen.setdefault(spec.name, spec)
-        return list(seen.values())
+        """Every command any chat may use (each chat's menu: :attr:`menus`)."""
+        return self.menus.every_command()
 
     # -- events ----------------------------------------------------------------------------------
 

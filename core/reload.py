@@ -6,10 +6,12 @@ the running process has): when it is invalid, each problem is logged with its fi
 old config keeps running.
 Routes, defaults, admins, access, limits, fallback chains, ``engine.turn_timeout``,
 ``engine.max_reply_chars`` and ``log_level`` apply at once; backends follow
-:meth:`tgmux.engine.Engine.reload` (unchanged ones keep their instance). What a running process
-cannot change — the store, the Telegram accounts and their settings, ``plugins`` and the
-plugins' settings sections, ``server``, ``engine.concurrency``, ``log_format`` — keeps its old
-value, and the log line says it needs a restart. One line says what changed::
+:meth:`tgmux.engine.Engine.reload` (unchanged ones keep their instance), and a bot's
+command menus are published again where they changed (:mod:`tgmux.menu_publisher`). What a
+running process cannot change — the store, the Telegram accounts and their settings,
+``plugins`` and the plugins' settings sections, ``server``, ``engine.concurrency``,
+``log_format`` — keeps its old value, and the log line says it needs a restart. One line
+says what changed::
 
     config reloaded from config.yaml: routes: 3 → 4; default: lucy → echo; backend bambi: removed
 """

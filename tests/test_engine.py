@@ -202,7 +202,10 @@ async def test_help_lists_builtin_and_backend_commands() -> None:
         ]
         assert await h.say("/shout louder", user_id=5) == [Text("echo: LOUDER")]
         assert await h.say("/nosuch", user_id=5) == [
-            Notice("Unknown command /nosuch. /help lists what I can do.")
+            Notice("Unknown command /nosuch. Commands here:\n/start — Start talking\n"
+                   "/help — What this bot can do\n/reset — Forget this conversation\n"
+                   "/backend [name] — Show or switch the AI behind this chat\n"
+                   "/usage — Your messages and their limits\n/shout <text> — Echo in capitals")
         ]
 
 

@@ -11,8 +11,10 @@ Order of things:
   (:mod:`tgmux.telegram.media`), so the intake never decides a route;
 - on start, Pyrogram catches up on what arrived while tgmux was down (``skip_updates: false``
   and a persistent session) before the engine opens: caught-up messages wait in the intake;
-- bots publish their command menu in the background: start-up and replies never wait for it
-  (Telegram may ask to wait before ``setBotCommands``; that wait is for that method only);
+- bots publish their command menus (by scope, :mod:`tgmux.command_menus`) in the background:
+  start-up and replies never wait for them (Telegram may ask to wait before
+  ``setBotCommands``; that wait is for that method only); a chat's own menu follows when the
+  engine sees it (:mod:`tgmux.telegram.menus`);
 - on stop: new updates are left on Telegram's side (the session's update state is not
   advanced, so the next start catches up on them), the dispatcher finishes what it holds, the
   intake hands everything to the engine, in-flight replies finish (bounded by
@@ -34,6 +36,7 @@ from pyrogram import Client
 from pyrogram.handlers import MessageHandler
 from pyrogram.types import Message
 
+from tgmux.command_menus import Menu
 from tgmux.config import Config, TelegramConfig
 from tgmux.engine import Engine
 from tgmux.hooks import PluginManager
@@ -42,8 +45,8 @@ from tgmux.store import Store, open_store
 from tgmux.telegram.client import abandon
 from tgmux.telegram.frontend import TelegramFrontend
 from tgmux.telegram.media import TelegramMedia
+from tgmux.telegram.menus import MenuQueue
 from tgmux.telegram.normalize import normalize
-from tgmux.telegram.sender import MAX_FLOOD_RETRIES, MAX_FLOOD_WAIT, FloodWaitRequired
 from tgmux.types import ChatIdentity, IncomingMessage, MediaRef, MediaUnavailable, ReplyPart
 
 __all__ = ["AccountFrontends", "Intake", "TelegramAccount", "TelegramApp"]
@@ -150,15 +153,23 @@ class AccountFrontends:
     frontend of the account its chat is with, each media is fetched by its account's client."""
 
     def __init__(self, frontends: dict[str, TelegramFrontend],
-                 media: dict[str, TelegramMedia] | None = None) -> None:
+                 media: dict[str, TelegramMedia] | None = None,
+                 menus: dict[str, MenuQueue] | None = None) -> None:
         self.frontends = frontends
         self.media = media or {}
+        self.menus = menus or {}
         self._first = next(iter(frontends.values()))
 
     async def deliver(self, chat: ChatIdentity, parts: AsyncIterator[ReplyPart], *,
                       reply_to_message_id: int | None) -> list[ReplyPart]:
         frontend = self.frontends.get(chat.account, self._first)
         return await frontend.deliver(chat, parts, reply_to_message_id=reply_to_message_id)
+
+    def publish_menus(self, account: str, menus: list[Menu]) -> None:
+        """The engine's command menus for an account (bots: sent in the background)."""
+        queue = self.menus.get(account)
+        if queue is not None:
+            queue.put(menus)
 
     async def fetch_media(self, ref: MediaRef) -> bytes:
         """The engine's fetcher for media replayed from the inbox (a ``MediaFetcher``)."""
@@ -179,6 +190,9 @@ class TelegramAccount:
         self.frontend = TelegramFrontend(client, tg, **frontend_options)
         #: fetches a message's media when a backend reads it
         self.media = TelegramMedia(client)
+        #: the bot's command menus on their way (nothing for a user account)
+        self.menus = MenuQueue(self.frontend, name,
+                               is_bot=lambda: client.me is not None and bool(client.me.is_bot))
         self.intake: Intake  # set by attach()
         #: None until the first attempt to publish the command menu ended; then whether
         #: Telegram has it (False while a flood wait holds it back)
@@ -238,29 +252,27 @@ class TelegramAccount:
             # created before the intake opens: with nothing in the way it is the first request
             self.commands_task = asyncio.create_task(self._publish_commands(),
                                                      name=f"tgmux-command-menu-{self.name}")
+            self.menus.after = self.commands_task  # chats' menus after the account's
         self.intake.open()
 
     async def _publish_commands(self) -> None:
-        """The command menu, best effort: a flood wait is waited out here (in the
-        background), a wait over an hour or a sixth one gives up (Telegram keeps the menu it
-        had); any other failure is logged and not retried."""
+        """The account's menus (everyone's first, then all private chats', all groups', each
+        admin's), best effort: a flood wait is waited out here (in the background), a wait
+        over an hour or a sixth one gives up (Telegram keeps the menu it had); any other
+        failure is logged and not retried. :attr:`commands_published`: everyone's menu."""
+
+        def held_back() -> None:
+            if not self.commands_attempted.is_set():
+                self.commands_published = False
+                self.commands_attempted.set()
+
         try:
-            specs = self.engine.command_specs()
-            for attempt in range(MAX_FLOOD_RETRIES + 1):
-                try:
-                    self.commands_published = await self.frontend.publish_commands(specs)
-                    return
-                except FloodWaitRequired as exc:
-                    self.commands_published = False
+            for menu in self.engine.menus.account_menus(self.name):
+                await self.menus.limiter.acquire()
+                published = await self.menus.publish(menu, on_flood=held_back)
+                if menu.scope.kind == "default":
+                    self.commands_published = published
                     self.commands_attempted.set()
-                    if exc.seconds > MAX_FLOOD_WAIT or attempt == MAX_FLOOD_RETRIES:
-                        log.error("%s: command menu not published: Telegram asks to wait "
-                                  "%.0f s; it keeps the menu it had", self.name, exc.seconds)
-                        return
-                    log.warning("%s: command menu: Telegram asks to wait %.0f s; it will be "
-                                "published then (chats are answered meanwhile)", self.name,
-                                exc.seconds)
-                    await asyncio.sleep(exc.seconds)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -276,6 +288,7 @@ class TelegramAccount:
         if self.commands_task is not None:
             self.commands_task.cancel()
             await asyncio.gather(self.commands_task, return_exceptions=True)
+        await self.menus.close()
         if self.client.is_initialized:
             await self.client.terminate(clear_handlers=False)
 
@@ -315,7 +328,8 @@ class TelegramApp:
         self.serve = list(self.accounts) if serve is None else serve
         self.engine = Engine(config, plugin_manager, store or open_store(config.data.store.url),
                              AccountFrontends({n: a.frontend for n, a in self.accounts.items()},
-                                              {n: a.media for n, a in self.accounts.items()}),
+                                              {n: a.media for n, a in self.accounts.items()},
+                                              {n: a.menus for n, a in self.accounts.items()}),
                              accounts=self.serve)
         for account in self.accounts.values():
             account.attach(self.engine)

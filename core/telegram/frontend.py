@@ -14,11 +14,12 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from io import BytesIO
 from typing import Any
 
 from pyrogram import Client, enums, raw, types
+from pyrogram.errors import RPCError
 
 from tgmux.audio import DEFAULT_MAX_BYTES, DEFAULT_MAX_SECONDS, to_voice_note
 from tgmux.backend import (
@@ -32,6 +33,7 @@ from tgmux.backend import (
     Text,
     TextDelta,
 )
+from tgmux.command_menus import Scope
 from tgmux.config import TelegramConfig
 from tgmux.telegram.normalize import SERVICE_USER_ID, RecentIds
 from tgmux.telegram.outbox import Outbox, topic_of
@@ -58,6 +60,17 @@ MEDIA_REJECTED = frozenset({
 
 TYPING_GRACE = 0.4  # seconds before the first typing action (instant replies need none)
 
+
+#: Bot API scope name -> kurigram's scope, from (chat_id, user_id)
+_SCOPES: dict[str, Callable[[Any, Any], types.BotCommandScope]] = {
+    "default": lambda _c, _u: types.BotCommandScopeDefault(),
+    "all_private_chats": lambda _c, _u: types.BotCommandScopeAllPrivateChats(),
+    "all_group_chats": lambda _c, _u: types.BotCommandScopeAllGroupChats(),
+    "all_chat_administrators": lambda _c, _u: types.BotCommandScopeAllChatAdministrators(),
+    "chat": lambda c, _u: types.BotCommandScopeChat(c),
+    "chat_administrators": lambda c, _u: types.BotCommandScopeChatAdministrators(c),
+    "chat_member": types.BotCommandScopeChatMember,
+}
 
 _RAW_ACTIONS: dict[enums.ChatAction, Callable[[], Any]] = {
     enums.ChatAction.TYPING: raw.types.SendMessageTypingAction,
@@ -179,9 +192,10 @@ class TelegramFrontend:
 
         await self.sender.call(chat.chat_id, "chat_action", send, chat_action=True)
 
-    async def publish_commands(self, specs: list[CommandSpec]) -> bool:
-        """Telegram's command menu (bots only): every command any chat may use. One attempt
-        (TelegramApp runs it in the background); False when Telegram refused it (logged).
+    async def publish_commands(self, specs: Sequence[CommandSpec],
+                               scope: Scope | None = None) -> bool:
+        """A command menu (bots only) for ``scope`` (default: everyone's), as the core computed
+        it (:mod:`tgmux.command_menus`). One attempt; False when Telegram refused it (logged).
         Raises FloodWaitRequired when Telegram asks to wait first: that wait is for this
         method only and slows no message."""
         commands = []
@@ -193,9 +207,23 @@ class TelegramFrontend:
                 continue
             description = (spec.description or name)[:256]
             commands.append(types.BotCommand(name, description))
+        scope = scope or Scope("default")
+        for peer in (scope.chat_id, scope.user_id):
+            if peer is None:
+                continue
+            try:  # Telegram takes a chat's or user's menu only once the bot knows them
+                await self.client.resolve_peer(peer)
+            except (KeyError, ValueError, RPCError) as exc:
+                log.info("command menu for %s %s not published yet: this bot does not know %s "
+                         "(%s); it is once they write to it", scope.kind, scope.chat_id, peer,
+                         type(exc).__name__)
+                return False
+        bot_scope = _SCOPES[scope.kind](scope.chat_id, scope.user_id)
         try:
+            # chat None: the menu takes nothing from a chat's budget, its flood waits are its own
             await self.sender.call(None, "set_bot_commands",
-                                   lambda: self.client.set_bot_commands(commands),
+                                   lambda: self.client.set_bot_commands(
+                                       commands[:100], bot_scope, scope.language_code or ""),
                                    idempotent=True, wait_floods=False)
         except FloodWaitRequired:
             raise

@@ -57,9 +57,10 @@ def test_readme_example_and_restart_behaviour(config: Path):
     first = simulate(config, lines)
     assert first.returncode == 0, first.stderr
     out = actions(first)
-    assert out[0]["action"] == "set_commands"
+    assert (out[0]["action"], out[0]["scope"]) == ("set_commands", "default")
+    # everyone's menu: no admin-only /status (admins get their own)
     assert [c["command"] for c in out[0]["commands"]] == ["start", "help", "reset", "backend",
-                                                          "usage", "status", "shout"]
+                                                          "usage", "shout"]
     sent = sorted((a for a in out if a["action"] == "send_message"), key=lambda a: a["chat_id"])
     assert sent == [
         {"action": "send_message", "chat_id": -1001234567890, "message_id": 1001,
@@ -69,7 +70,9 @@ def test_readme_example_and_restart_behaviour(config: Path):
     # the same input again over the same store: nothing is answered twice
     second = simulate(config, lines)
     assert second.returncode == 0, second.stderr
-    assert [a["action"] for a in actions(second)] == ["set_commands"]
+    assert [(a["action"], a["scope"]) for a in actions(second)] == [
+        ("set_commands", "default"), ("set_commands", "all_private_chats"),
+        ("set_commands", "all_group_chats")]
     # new messages still are (ids auto-increment per chat in the input)
     third = simulate(config, [*lines, '{"user_id": 42, "text": "more"}'])
     assert [a.get("text") for a in actions(third) if a["action"] == "send_message"] == \
