@@ -44,6 +44,16 @@ def start_private_server() -> pg_server.Server:
         raise
 
 
+@pytest.fixture
+def private_pg() -> Iterator[pg_server.Server]:
+    """A server of this test's own (it may be restarted, stopped or made read-only)."""
+    server = start_private_server()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     if url := os.environ.get("TGMUX_TEST_POSTGRES_URL"):

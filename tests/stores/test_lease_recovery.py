@@ -19,24 +19,12 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pg_server
 import pytest
-from conftest import start_private_server
 from run_driver import Proc
-
-
-@pytest.fixture
-def private_pg() -> Iterator[pg_server.Server]:
-    """A server of this test's own: it is restarted."""
-    server = start_private_server()
-    try:
-        yield server
-    finally:
-        server.destroy()
 
 
 def write_config(tmp_path: Path, url: str, account: str, backend: str = "") -> Path:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import asyncpg
 import pg_server
 import pytest
-from conftest import start_private_server
 
 from tgmux.bootstrap import load_text
 from tgmux.harness import EngineHarness
@@ -76,16 +75,6 @@ async def test_a_locked_inbox_holds_no_chat(pg_url: str,
             await locker.close()
         await wait_for(lambda: h.engine.store.degraded is None)
         assert await done_ids(store) == {1, 2, 3}
-
-
-@pytest.fixture
-def private_pg() -> Iterator[pg_server.Server]:
-    """A server of this test's own: its database is made read-only."""
-    server = start_private_server()
-    try:
-        yield server
-    finally:
-        server.destroy()
 
 
 @pytest.mark.timeout(120)
