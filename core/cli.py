@@ -354,18 +354,44 @@ async def _status(config: Config) -> int:
               help="The simulated bot's username (for mentions and /cmd@bot).")
 @click.option("--strict-flood", is_flag=True,
               help="Telegram's flood limits enforced: over them, FLOOD_WAIT_X.")
-def simulate(config_path: str, bot_username: str, strict_flood: bool) -> None:
+@click.option("--telegram-state", type=click.Path(dir_okay=False), default=None,
+              help="Keep the offline Telegram's state in this file across runs.")
+@click.option("--latency", type=click.FloatRange(0, 60_000), default=0.0,
+              help="Delay each push and answer by a random 0..MS milliseconds.")
+@click.option("--seed", type=int, default=None, help="Seed of the latency's randomness.")
+@click.option("--fault", "faults", multiple=True, metavar="METHOD=ERROR[:TIMES]",
+              help="Answer METHOD (e.g. updates.GetDifference) with ERROR (e.g. "
+                   "FLOOD_WAIT_5), TIMES times (default 1). Repeatable.")
+def simulate(config_path: str, bot_username: str, strict_flood: bool,
+             telegram_state: str | None, latency: float, seed: int | None,
+             faults: tuple[str, ...]) -> None:
     """Offline Telegram: JSON lines in (messages), JSON lines out (what tgmux sends).
 
     Drives the real Pyrogram client with only its network layer replaced.
     """
     hold_sighup()  # first: SIGHUP must not end the process while it starts
+    from tgmux.telegram.simulate import parse_fault
+
+    parsed: list[tuple[str, str, int | None]] = []
+    for fault in faults:
+        method, _, rest = fault.partition("=")
+        error, _, times = rest.partition(":")
+        try:
+            if not method or not error or (times and not times.isdigit()):
+                raise ValueError("expected METHOD=ERROR[:TIMES], e.g. "
+                                 "updates.GetDifference=FLOOD_WAIT_5:1")
+            parse_fault(method, error, int(times or 1))
+        except ValueError as exc:
+            raise click.BadParameter(f"{fault}: {exc}", param_hint="--fault") from None
+        parsed.append((method, error, int(times or 1)))
     config, pm = _load(config_path)
     _config_logging(config, quiet=True)
     from tgmux.telegram.simulate import simulate as simulate_telegram
 
     sys.exit(_run(simulate_telegram(config, pm, stdin=sys.stdin, stdout=sys.stdout,
-                                    bot_username=bot_username, strict_flood=strict_flood)))
+                                    bot_username=bot_username, strict_flood=strict_flood,
+                                    telegram_state=telegram_state, latency_ms=latency,
+                                    seed=seed, faults=parsed)))
 
 
 def _api_hash(ctx: click.Context, param: click.Parameter, value: str) -> str:

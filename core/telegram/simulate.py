@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -25,6 +26,7 @@ from tgmux.redact import redact_urls
 from tgmux.reload import reloading
 from tgmux.store import open_store
 from tgmux.telegram.app import TelegramApp
+from tgmux.telegram.client import SessionFileStorage
 from tgmux.telegram.fake import (
     FakeTelegram,
     FloodModel,
@@ -32,18 +34,31 @@ from tgmux.telegram.fake import (
     infer_chat_type,
     offline_client,
 )
-from tgmux.telegram.fake.updates import MAX_INPUT_MESSAGE_ID, is_url
+from tgmux.telegram.fake.faults import check_method
+from tgmux.telegram.fake.updates import DELIVERIES, MAX_INPUT_MESSAGE_ID, is_url
 from tgmux.telegram.run import stop_signals
 from tgmux.telegram.textsplit import utf16_len
 
-__all__ = ["parse_input_line", "simulate"]
+__all__ = ["parse_control_line", "parse_fault", "parse_input_line", "simulate"]
 
 
 _INPUT_FIELDS: dict[str, type] = {
     "chat_id": int, "chat_type": str, "user_id": int, "username": str, "first_name": str,
     "text": str, "message_id": int, "thread_id": int, "reply_to_bot": bool, "photo": str,
     "voice": str, "sticker": str, "document": str, "account": str, "chat_title": str,
+    "delivery": str, "date": int,
 }
+#: control lines (``{"telegram": ...}``): their fields, and which are required
+_CONTROL_FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
+    "revoke_session": {},
+    "ban_account": {},
+    "disconnect": {"seconds": (float, True)},
+    "fault": {"method": (str, True), "error": (str, True), "times": (int, False)},
+    "pause": {"seconds": (float, True)},
+}
+#: the longest a control line's ``seconds`` may be
+_MAX_SECONDS = 3600.0
+_ERROR = re.compile(r"^[A-Z][A-Z0-9_]{1,99}$")
 _MEDIA_FIELDS = ("photo", "voice", "sticker", "document")
 #: Telegram's longest message text (UTF-16 code units), and the longest of the other strings
 _MAX_TEXT = 4096
@@ -62,15 +77,64 @@ def _check_string(key: str, value: str) -> None:
                          f"units; at most {limit})")
 
 
+def parse_control_line(data: dict[str, Any]) -> dict[str, Any]:
+    """A control line (``{"telegram": "fault", ...}``): its fields, checked; ValueError
+    says what is wrong."""
+    kind = data["telegram"]
+    if kind not in _CONTROL_FIELDS:
+        raise ValueError(f"telegram: one of {', '.join(_CONTROL_FIELDS)}, not {kind!r}")
+    known = _CONTROL_FIELDS[kind]
+    unknown = sorted(set(data) - set(known) - {"telegram", "account"})
+    if unknown:
+        raise ValueError(f"unknown field(s) for telegram {kind!r}: {', '.join(unknown)} "
+                         f"(known: {', '.join(['account', *known]) })")
+    fields: dict[str, Any] = {"telegram": kind}
+    if data.get("account") is not None:
+        if not isinstance(data["account"], str):
+            raise ValueError(f"account: expected str, got {data['account']!r}")
+        fields["account"] = data["account"]
+    for key, (wanted, required) in known.items():
+        value = data.get(key)
+        if value is None:
+            if required:
+                raise ValueError(f"{key} is required for telegram {kind!r}")
+            continue
+        number = wanted in (int, float)
+        if (number and (isinstance(value, bool) or not isinstance(value, (int, float)))) or \
+                (wanted is int and not isinstance(value, int)) or \
+                (not number and not isinstance(value, wanted)):
+            raise ValueError(f"{key}: expected {'a number' if number else wanted.__name__}, "
+                             f"got {value!r}")
+        fields[key] = value
+    if "seconds" in fields and not 0 <= fields["seconds"] <= _MAX_SECONDS:
+        raise ValueError(f"seconds: 0 to {_MAX_SECONDS:.0f}, not {fields['seconds']}")
+    if kind == "fault":
+        parse_fault(fields["method"], fields["error"], fields.get("times", 1))
+    return fields
+
+
+def parse_fault(method: str, error: str, times: int = 1) -> None:
+    """Check a fault (``--fault`` or a control line); ValueError says what is wrong."""
+    check_method(method)
+    if not _ERROR.match(error):
+        raise ValueError(f"error: a Telegram error as it says it (FLOOD_WAIT_30, "
+                         f"RPC_CALL_FAIL, TIMEOUT...), not {error!r}")
+    if times < 1:
+        raise ValueError(f"times: at least 1, not {times}")
+
+
 def parse_input_line(line: str) -> dict[str, Any]:
     """One ``tgmux simulate`` input line as keyword arguments for
-    :meth:`FakeTelegram.incoming`; ValueError says what is wrong."""
+    :meth:`FakeTelegram.incoming` (or, for a control line, :func:`parse_control_line`'s
+    fields, with ``telegram``); ValueError says what is wrong."""
     try:
         data = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON: {exc.msg}") from None
     if not isinstance(data, dict):
         raise ValueError("expected a JSON object")
+    if "telegram" in data:
+        return parse_control_line(data)
     unknown = sorted(set(data) - set(_INPUT_FIELDS))
     if unknown:
         raise ValueError(f"unknown field(s): {', '.join(unknown)} "
@@ -98,8 +162,17 @@ def parse_input_line(line: str) -> dict[str, Any]:
     chat_id = fields.get("chat_id", fields["user_id"])
     chat_type = fields.get("chat_type") or infer_chat_type(chat_id)
     check_chat(chat_id, chat_type, fields["user_id"])
-    if "thread_id" in fields and chat_type != "supergroup":
-        raise ValueError("thread_id: forum topics exist in supergroups only")
+    if "thread_id" in fields and chat_type not in ("supergroup", "private"):
+        raise ValueError("thread_id: topics exist in private chats and supergroups only")
+    if "delivery" in fields:
+        if fields["delivery"] not in DELIVERIES:
+            raise ValueError(f"delivery: one of {', '.join(DELIVERIES)}, not "
+                             f"{fields['delivery']!r}")
+        if fields["delivery"] == "short" and chat_type in ("supergroup", "channel"):
+            raise ValueError(f"delivery: Telegram has no compact form for a {chat_type} "
+                             "message (push, gap or too_long)")
+    if "date" in fields and not 0 <= fields["date"] < 2**31:
+        raise ValueError(f"date: a unix time (0 to {2**31 - 1}), not {fields['date']}")
     if "chat_title" in fields and chat_type == "private":
         raise ValueError("chat_title: a private chat has no title")
     for key in ("photo", "voice", "document"):
@@ -115,7 +188,9 @@ def parse_input_line(line: str) -> dict[str, Any]:
 
 async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: TextIO,
                    stdout: TextIO, bot_username: str = "tgmux_bot",
-                   strict_flood: bool = False) -> int:
+                   strict_flood: bool = False, telegram_state: str | Path | None = None,
+                   latency_ms: float = 0.0, seed: int | None = None,
+                   faults: list[tuple[str, str, int | None]] = ()) -> int:
     """``tgmux simulate``: JSON lines in (incoming messages), JSON lines out (what tgmux
     sends), through the real Pyrogram client with a fake network. Exits 0 when the input
     ended and every reply was sent; 1 when some input line was invalid (reported on stderr
@@ -126,14 +201,34 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
     ``telegram.shutdown_timeout``) and exits as it would at the end of the input; a second
     signal acts as usual. SIGHUP reloads the config file (:mod:`tgmux.reload`).
     ``strict_flood``: each account's fake Telegram enforces Telegram's flood limits
-    (:class:`~tgmux.telegram.fake.FloodModel`)."""
+    (:class:`~tgmux.telegram.fake.FloodModel`). ``telegram_state``: the fake Telegram's
+    state file (kept across runs; each account's client keeps its session beside it);
+    ``latency_ms``, ``seed``: network latency and its random seed; ``faults``: (method,
+    error, times) in force from the start. See docs/simulate.md."""
     several = len(config.accounts) > 1
-    fakes = {name: FakeTelegram(bot_username=f"{name}_bot" if several
-                                else bot_username.lstrip("@"),
-                                flood=FloodModel() if strict_flood else None)
-             for name in config.accounts}
+    fakes: dict[str, FakeTelegram] = {}
+    sessions: dict[str, Any] = {}
+    try:
+        for name in config.accounts:
+            state = None
+            if telegram_state is not None:
+                path = Path(telegram_state)
+                state = path if not several else path.with_name(f"{path.name}-{name}")
+                sessions[name] = SessionFileStorage(f"{state.name}.{name}", state.parent)
+            fakes[name] = FakeTelegram(
+                bot_username=f"{name}_bot" if several else bot_username.lstrip("@"),
+                flood=FloodModel() if strict_flood else None, latency=latency_ms / 1000,
+                seed=None if seed is None else f"{seed}:{name}" if several else seed,
+                state=state)
+            for method, error, times in faults:
+                fakes[name].fail(method, error, times=times)
+    except ValueError as exc:  # a state file that is not one, of another account
+        print(f"--telegram-state: {exc}", file=sys.stderr)
+        for fake in fakes.values():
+            fake.close()
+        return 1
     clients = {name: offline_client(fake, skip_updates=config.accounts[name].telegram
-                                    .skip_updates)
+                                    .skip_updates, storage=sessions.get(name))
                for name, fake in fakes.items()}
     app = TelegramApp(config, plugin_manager, clients)
     first = next(iter(fakes))
@@ -192,13 +287,21 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
                     if account not in fakes:
                         raise ValueError(f"account: no account {account!r} (the config has: "
                                          f"{', '.join(fakes)})")
-                    await fakes[account].incoming(**fields)
+                    if "telegram" in fields:
+                        await _control(fakes[account], fields, stopped)
+                    else:
+                        await fakes[account].incoming(**fields)
                 except Exception as exc:  # ValueError: what is wrong; anything else: a backstop
                     bad += 1
                     print(f"input line {number}: {exc}", file=sys.stderr)
         finally:
             reload.close()  # no reload while stopping
             sighup_ignored()
+            if not stop.is_set():  # what Telegram still holds for the bot is fetched first
+                owed = await _caught_up(fakes, stopped,
+                                        config.data.telegram.shutdown_timeout)
+                if owed:
+                    bad += 1
             stopped.cancel()
             try:
                 if output_error:
@@ -210,6 +313,8 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
             finally:  # last: the replies being finished may hand out its media links
                 if server is not None:
                     await server.stop()
+                for fake in fakes.values():
+                    fake.close()
     if output_error or app.lost:  # lost: each logged by chat and message id
         return 1
     unknown = sorted({request for fake in fakes.values() for request in fake.unknown})
@@ -217,6 +322,45 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
         print(f"the fake Telegram got requests it does not know: {unknown}", file=sys.stderr)
         return 1
     return 1 if bad else 0
+
+
+async def _control(fake: FakeTelegram, fields: dict[str, Any],
+                   stopped: asyncio.Future[Any]) -> None:
+    """Carry out a control line on one account's fake Telegram."""
+    kind = fields["telegram"]
+    if kind == "revoke_session":
+        fake.revoke_session()
+    elif kind == "ban_account":
+        fake.ban_account()
+    elif kind == "disconnect":
+        fake.disconnect(fields["seconds"])
+    elif kind == "fault":
+        fake.fail(fields["method"], fields["error"], times=fields.get("times", 1))
+    elif kind == "pause":  # stop reading input for a while (a signal ends it)
+        await asyncio.wait([stopped], timeout=fields["seconds"])
+
+
+async def _caught_up(fakes: dict[str, FakeTelegram], stopped: asyncio.Future[Any],
+                     timeout: float) -> int:
+    """Wait (up to ``timeout`` s, or a signal) until every account's client was served what
+    its Telegram holds for it; say on stderr what was not, and return how many."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    for fake in fakes.values():
+        await fake.settle_pushes(timeout)
+    while any(f.undelivered and f.account_error is None for f in fakes.values()) \
+            and loop.time() < deadline and not stopped.done():
+        await asyncio.wait([stopped], timeout=0.05)
+    owed = 0
+    for name, fake in fakes.items():
+        if fake.undelivered and fake.account_error is None:
+            keys = list(fake.undelivered)
+            owed += len(keys)
+            shown = ", ".join(f"chat {c} message {m}" for c, m in keys[:5])
+            print(f"account {name}: the client never fetched {len(keys)} message(s) Telegram "
+                  f"holds for it ({shown}{', …' if len(keys) > 5 else ''}): an update gap it "
+                  "did not fill", file=sys.stderr)
+    return owed
 
 
 async def _remember_chats(fakes: dict[str, FakeTelegram], config: Config) -> None:

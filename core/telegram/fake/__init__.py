@@ -9,10 +9,16 @@ that every raw request reaches :meth:`FakeTelegram.answer` instead of a socket; 
 that — ``start()``/``stop()``, update parsing, the dispatcher, handlers, ``send_message``,
 ``edit_message_text``, ``send_message_draft``, media uploads — is Pyrogram's own code.
 
-Incoming messages (:meth:`FakeTelegram.incoming`) are built as raw MTProto ``Updates``,
+Incoming messages (:meth:`FakeTelegram.incoming`) are logged in the update log and pushed in
+the form Telegram uses (compact ``updateShortMessage`` for a plain text from a known peer, a full
+``Updates`` otherwise; or, when asked, not at all — a gap — or as ``updatesTooLong``),
 round-tripped through the wire format (as if they came off the network) and handed to
-``client.handle_updates``. Messages that arrive while the client is not connected are kept and
-served through ``updates.getDifference`` when it starts again (catch-up).
+``client.handle_updates``. The log keeps the account's pts/qts/seq/date and each channel's pts
+and answers ``updates.getState``, ``getDifference`` (sliced, too long) and
+``getChannelDifference``. Messages that arrive while the client is not connected are served from
+it when it starts again (catch-up). Pushes and answers can be delayed (latency, seeded), the
+connection dropped, the session revoked or the account banned, and the server side kept in a
+state file across processes.
 
 Every outgoing request that does something visible is recorded as an *action*: a dict in the
 ``tgmux simulate`` output format (see docs/simulate.md), e.g.
@@ -32,6 +38,8 @@ The modules, each one purpose:
 - :mod:`~tgmux.telegram.fake.updates` — what the fake knows (users, chats, messages) and the
   raw updates, peers, entities and media it builds;
 - :mod:`~tgmux.telegram.fake.handlers` — its answers to requests (``_on_messages_SendMessage``...);
+- :mod:`~tgmux.telegram.fake.log` — the update log: pts, seq, differences;
+- :mod:`~tgmux.telegram.fake.state` — the server side in a file (``--telegram-state``);
 - :mod:`~tgmux.telegram.fake.faults` — injected faults and error codes;
 - :mod:`~tgmux.telegram.fake.server` — :class:`FakeTelegram`: the record of actions, faults,
   the request dispatch.

@@ -9,12 +9,34 @@ from typing import NoReturn
 from pyrogram import raw
 from pyrogram.errors import RPCError
 from pyrogram.errors.exceptions.all import exceptions as _ERRORS
+from pyrogram.raw.core import TLObject
 
-__all__ = ["HANG", "TIMEOUT", "Fault", "UnknownRequest", "error_code", "refuse"]
+__all__ = ["HANG", "TIMEOUT", "Fault", "UnknownRequest", "check_method", "error_code", "refuse"]
 
 
 class UnknownRequest(RuntimeError):
     """The fake Telegram got a request it has no answer for."""
+
+
+#: action names :meth:`FakeTelegram.fail` takes besides raw method names
+ACTIONS = frozenset({"send_message", "edit_message", "send_draft", "chat_action", "send_photo",
+                     "send_voice", "send_audio", "send_document", "set_commands",
+                     "delete_message"})
+
+
+def check_method(method: str) -> None:
+    """ValueError unless ``method`` names a request: ``*``, an action name, or a raw method
+    as Pyrogram names it under ``pyrogram.raw.functions`` (``updates.GetDifference``)."""
+    if method == "*" or method in ACTIONS:
+        return
+    module, _, name = method.rpartition(".")
+    target = getattr(raw.functions, module, None) if module else raw.functions
+    function = getattr(target, name, None) if target is not None else None
+    if not (isinstance(function, type) and issubclass(function, TLObject)) or \
+            not name[:1].isupper():
+        raise ValueError(f"method: no Telegram method {method!r} (a raw method as "
+                         "pyrogram.raw.functions names it, e.g. messages.SendMessage or "
+                         "updates.GetDifference)")
 
 
 def error_code(error_id: str) -> int:

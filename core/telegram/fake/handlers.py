@@ -30,6 +30,17 @@ __all__ = ["Handlers", "chat_action_name"]
 _VOICE_EXT = {".ogg", ".oga", ".opus"}
 _AUDIO_EXT = {".mp3", ".m4a", ".aac", ".wav", ".flac", ".mpga", ".weba"}
 
+#: raw command scopes by their Bot API names (BotCommandScope...)
+_SCOPES = {
+    "BotCommandScopeDefault": "default",
+    "BotCommandScopeUsers": "all_private_chats",
+    "BotCommandScopeChats": "all_group_chats",
+    "BotCommandScopeChatAdmins": "all_chat_administrators",
+    "BotCommandScopePeer": "chat",
+    "BotCommandScopePeerAdmins": "chat_administrators",
+    "BotCommandScopePeerUser": "chat_member",
+}
+
 _CHAT_ACTIONS = {
     "SendMessageTypingAction": "typing",
     "SendMessageUploadPhotoAction": "upload_photo",
@@ -123,8 +134,7 @@ class Handlers(World):
     # handlers: _on_<module>_<Function>
 
     async def _on_updates_GetState(self, query: TLObject) -> TLObject:
-        return raw.types.updates.State(pts=self._pts, qts=0, date=int(time.time()), seq=0,
-                                       unread_count=0)
+        return self.log.state(date=max(self.log.date, int(time.time())))
 
     async def _on_users_GetFullUser(self, query: TLObject) -> TLObject:
         user_id = self.me.id if isinstance(query.id, raw.types.InputUserSelf) else query.id.user_id
@@ -156,9 +166,12 @@ class Handlers(World):
         self._record({"action": "send_message", **info, "text": query.message})
         state = self._state_for(chat_id)
         if state.chat_type == "private":
-            self._pts += 1
+            entry = self.log.add(raw.types.UpdateNewMessage(message=message, pts=0,
+                                                            pts_count=0),
+                                 channel_id=None, date=message.date)
+            self.dirty.add(("message", (chat_id, message.id)))
             answer: TLObject = raw.types.UpdateShortSentMessage(
-                id=message.id, pts=self._pts, pts_count=1, date=message.date, out=True)
+                id=message.id, pts=entry.pts, pts_count=1, date=message.date, out=True)
         else:
             answer = self._updates(chat_id, message, random_id=query.random_id)
         self._sent[(chat_id, query.random_id)] = answer
@@ -221,7 +234,7 @@ class Handlers(World):
         else:
             raise UnknownRequest(f"the fake Telegram cannot send media {type(media).__name__}")
         action = self._media_action(media)
-        media_id = next(self._ids)
+        media_id = self._new_media_id()
         if action == "send_photo":
             stored: TLObject = raw.types.MessageMediaPhoto(photo=raw.types.Photo(
                 id=media_id, access_hash=1, file_reference=b"", date=now, dc_id=2,
@@ -272,31 +285,57 @@ class Handlers(World):
     async def _on_bots_SetBotCommands(self, query: TLObject) -> bool:
         if not self.is_bot:
             refuse("USER_BOT_REQUIRED", type(query))
-        scope = re.sub(r"(?<!^)(?=[A-Z])", "_",
-                       type(query.scope).__name__.removeprefix("BotCommandScope")).lower()
-        self._record({"action": "set_commands", "scope": scope or "default",
+        scope = query.scope
+        name = _SCOPES.get(type(scope).__name__)
+        if name is None:
+            raise UnknownRequest(f"the fake Telegram knows no command scope {scope}")
+        peer = getattr(scope, "peer", None)
+        user = getattr(scope, "user_id", None)
+        self._record({"action": "set_commands",
+                      "chat_id": self.chat_id_of(peer) if peer is not None else None,
+                      "scope": name,
+                      "user_id": self.chat_id_of(user) if user is not None else None,
+                      "language_code": query.lang_code or None,
                       "commands": [{"command": c.command, "description": c.description}
                                    for c in query.commands]})
         return True
 
-    async def _delete(self, chat_id: int, ids: list[int]) -> TLObject:
+    def _delete(self, chat_id: int, ids: list[int]) -> list[int]:
+        """Delete the bot's messages ``ids`` of a chat; the ids that were deleted."""
+        deleted = []
         for message_id in ids:
-            if self._messages.pop((chat_id, message_id), None) is not None:
+            message = self._messages.get((chat_id, message_id))
+            if message is not None and message.out:
+                del self._messages[(chat_id, message_id)]
+                self.dirty.add(("message", (chat_id, message_id)))
+                deleted.append(message_id)
                 self._record({"action": "delete_message", "chat_id": chat_id,
                               "message_id": message_id})
-        self._pts += 1
-        return raw.types.messages.AffectedMessages(pts=self._pts, pts_count=len(ids))
+        return deleted
 
     async def _on_messages_DeleteMessages(self, query: TLObject) -> TLObject:
         # Private chats and basic groups share one id space: find the chat by message id.
-        for (chat_id, message_id), message in list(self._messages.items()):
-            if message_id in query.id and message.out:
-                await self._delete(chat_id, [message_id])
-        self._pts += 1
-        return raw.types.messages.AffectedMessages(pts=self._pts, pts_count=len(query.id))
+        wanted = set(query.id)
+        deleted = []
+        for chat_id, message_id in list(self._messages):
+            if message_id in wanted and chat_id > CHANNEL_ID_BASE:
+                deleted += self._delete(chat_id, [message_id])
+        if deleted:  # one update, as many pts as messages deleted
+            self.log.add(raw.types.UpdateDeleteMessages(messages=deleted, pts=0, pts_count=0),
+                         channel_id=None, date=int(time.time()), pts_count=len(deleted))
+        return raw.types.messages.AffectedMessages(pts=self.log.common.pts,
+                                                   pts_count=len(deleted))
 
     async def _on_channels_DeleteMessages(self, query: TLObject) -> TLObject:
-        return await self._delete(self.chat_id_of(query.channel) or 0, list(query.id))
+        chat_id = self.chat_id_of(query.channel) or 0
+        deleted = self._delete(chat_id, list(query.id))
+        channel = CHANNEL_ID_BASE - chat_id
+        if deleted:
+            self.log.add(raw.types.UpdateDeleteChannelMessages(
+                channel_id=channel, messages=deleted, pts=0, pts_count=0),
+                channel_id=channel, date=int(time.time()), pts_count=len(deleted))
+        return raw.types.messages.AffectedMessages(pts=self.log.channel(channel).pts,
+                                                   pts_count=len(deleted))
 
     def _known_messages(self, chat_id: int | None, ids: list[TLObject]) -> TLObject:
         found = []
@@ -328,28 +367,53 @@ class Handlers(World):
     async def _on_channels_GetMessages(self, query: TLObject) -> TLObject:
         return self._known_messages(self.chat_id_of(query.channel), list(query.id))
 
+    def _peers_of(self, items: list[TLObject]) -> tuple[list[TLObject], list[TLObject]]:
+        """The users and chats that messages (or updates carrying one) name."""
+        user_ids = {self.me.id}
+        chat_ids = set()
+        for item in items:
+            message = item if isinstance(item, raw.types.Message) else getattr(item, "message",
+                                                                               None)
+            for peer in (getattr(message, "peer_id", None), getattr(message, "from_id", None)):
+                chat_id = self.chat_id_of(peer)
+                if chat_id is None:
+                    continue
+                (user_ids if chat_id > 0 else chat_ids).add(chat_id)
+        users = [self._users[u] for u in user_ids if u in self._users]
+        chats = [self._chats[c].raw_chat for c in chat_ids
+                 if c in self._chats and self._chats[c].raw_chat is not None]
+        return users, chats
+
     async def _on_updates_GetDifference(self, query: TLObject) -> TLObject:
-        now = int(time.time())
-        new = [m for pts, channel, m in self._log if channel is None and pts > query.pts]
-        if not new:
-            return raw.types.updates.DifferenceEmpty(date=now, seq=0)
-        return wire(raw.types.updates.Difference(
-            new_messages=new, new_encrypted_messages=[], other_updates=[],
-            chats=[s.raw_chat for s in self._chats.values() if s.raw_chat is not None],
-            users=list(self._users.values()),
-            state=raw.types.updates.State(pts=self._pts, qts=0, date=now, seq=0,
-                                          unread_count=0)))
+        difference = self.log.difference(query.pts, self._peers_of)
+        self.served(getattr(difference, "new_messages", []))
+        return wire(difference)
 
     async def _on_updates_GetChannelDifference(self, query: TLObject) -> TLObject:
-        channel = query.channel.channel_id
-        current = self._channel_pts[channel]
-        new = [m for pts, ch, m in self._log if ch == channel and pts > query.pts]
-        if not new:
-            return raw.types.updates.ChannelDifferenceEmpty(final=True, pts=current)
-        return wire(raw.types.updates.ChannelDifference(
-            final=True, pts=current, new_messages=new, other_updates=[],
-            chats=[s.raw_chat for s in self._chats.values() if s.raw_chat is not None],
-            users=list(self._users.values())))
+        chat_id = self.chat_id_of(query.channel)
+        if chat_id is None or chat_id not in self._chats:
+            refuse("CHANNEL_INVALID", type(query))
+        channel = CHANNEL_ID_BASE - chat_id
+        ranges = None
+        if isinstance(query.filter, raw.types.ChannelMessagesFilter):
+            ranges = [(r.min_id, r.max_id) for r in query.filter.ranges]
+
+        def dialog(box: Any) -> TLObject:
+            top = next((e.message.id for e in reversed(box.entries) if e.message is not None),
+                       0)
+            return raw.types.Dialog(peer=raw.types.PeerChannel(channel_id=channel),
+                                    top_message=top, read_inbox_max_id=0,
+                                    read_outbox_max_id=0, unread_count=0,
+                                    unread_mentions_count=0, unread_reactions_count=0,
+                                    unread_poll_votes_count=0,
+                                    notify_settings=raw.types.PeerNotifySettings(),
+                                    pts=box.pts)
+
+        difference = self.log.channel_difference(channel, query.pts, query.limit,
+                                                 self._peers_of, dialog, ranges)
+        self.served(getattr(difference, "new_messages", None)
+                    or getattr(difference, "messages", []))
+        return wire(difference)
 
     async def _on_messages_GetChats(self, query: TLObject) -> TLObject:
         chats = [s.raw_chat for s in self._chats.values()

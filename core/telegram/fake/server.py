@@ -6,20 +6,31 @@ See :mod:`tgmux.telegram.fake` for what it does and how it is used.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyrogram import Client, raw
 from pyrogram.errors import RPCError
 from pyrogram.raw.core import TLObject
 
-from tgmux.telegram.fake.faults import HANG, TIMEOUT, Fault, UnknownRequest, error_code, refuse
+from tgmux.telegram.fake.faults import (
+    HANG,
+    TIMEOUT,
+    Fault,
+    UnknownRequest,
+    check_method,
+    error_code,
+    refuse,
+)
 from tgmux.telegram.fake.flood import FloodModel
 from tgmux.telegram.fake.handlers import Handlers
 from tgmux.telegram.fake.session import attach
+from tgmux.telegram.fake.state import StateFile
 
 if TYPE_CHECKING:
     from tgmux.backend import ChatIdentity, ReplyPart
@@ -34,7 +45,7 @@ _FLOOD_COUNTED = frozenset({"send_message", "edit_message", "send_photo", "send_
 #: Keys of an action, in the order they are written (absent when not set).
 _KEY_ORDER = ("action", "chat_id", "message_id", "draft_id", "chat_action", "text", "media",
               "mime_type", "duration", "reply_to_message_id", "message_thread_id", "scope",
-              "commands")
+              "user_id", "language_code", "commands")
 
 #: (chat id, message id) of the message whose reply is being delivered, for the requests made
 #: meanwhile: each action is filed under it (``FakeTelegram.action_origins``). Set by a
@@ -59,7 +70,14 @@ class FakeTelegram(Handlers):
 
     def __init__(self, *, bot_username: str = "tgmux_bot", is_bot: bool = True,
                  user_id: int = 5_000_000_001, first_name: str = "tgmux",
-                 flood: FloodModel | None = None) -> None:
+                 flood: FloodModel | None = None, latency: float = 0.0,
+                 seed: int | str | None = None, state: str | Path | None = None,
+                 too_long: int | None = None) -> None:
+        """``latency``: each push and each answer is delayed by a random 0..``latency``
+        seconds (``seed`` makes the delays repeatable); pushes can so overtake each other, as
+        on a real network. ``state``: a state file (:mod:`~tgmux.telegram.fake.state`) the
+        fake is read from and kept in. ``too_long``: more updates pending than this and a
+        difference is too long (``differenceTooLong``)."""
         super().__init__(raw.types.User(
             id=user_id, is_self=True, bot=is_bot or None, access_hash=0x5EED,
             first_name=first_name, username=bot_username or None,
@@ -81,6 +99,18 @@ class FakeTelegram(Handlers):
         self.flood = flood
         self._faults: list[Fault] = []
         self._changed = asyncio.Event()
+        self.latency = latency
+        self.random = random.Random(seed)
+        self.log.too_long = too_long
+        #: pushes on their way (with latency)
+        self._pushes: set[asyncio.Task[None]] = set()
+        #: monotonic time until which the connection is down (:meth:`disconnect`)
+        self._down_until = 0.0
+        self.state_file: StateFile | None = None
+        if state is not None:
+            self.state_file = StateFile(state)
+            if not self.state_file.load(self):
+                self.save()
 
     # -- wiring --------------------------------------------------------------------------------
 
@@ -103,6 +133,56 @@ class FakeTelegram(Handlers):
 
         frontend.deliver = filed  # type: ignore[method-assign]
 
+    # -- the account and the connection ----------------------------------------------------------
+
+    def revoke_session(self, error: str | None = None) -> None:
+        """Revoke the session: every later request fails with ``error`` (401
+        ``AUTH_KEY_UNREGISTERED`` for a bot whose token was revoked, ``SESSION_REVOKED`` for
+        a user account's session terminated elsewhere), and nothing more is pushed."""
+        self.account_error = error or ("AUTH_KEY_UNREGISTERED" if self.is_bot
+                                       else "SESSION_REVOKED")
+        self.save()
+
+    def ban_account(self) -> None:
+        """Ban the account: every later request fails with 401 ``USER_DEACTIVATED_BAN``."""
+        self.account_error = "USER_DEACTIVATED_BAN"
+        self.save()
+
+    def disconnect(self, seconds: float) -> None:
+        """The connection drops for ``seconds``: nothing is pushed meanwhile (what arrives
+        is only in the update log: gaps), and requests wait until it is back (the client's
+        session reconnects and sends them again)."""
+        self._down_until = max(self._down_until, time.monotonic() + seconds)
+
+    def _is_down(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    async def _wait_connection(self) -> None:
+        while (left := self._down_until - time.monotonic()) > 0:  # noqa: ASYNC110 (extendable)
+            await asyncio.sleep(left)
+
+    async def _delay(self) -> None:
+        if self.latency > 0:
+            await asyncio.sleep(self.random.uniform(0, self.latency))
+
+    def save(self) -> None:
+        """Write what changed to the state file (when there is one)."""
+        if self.state_file is not None:
+            self.state_file.save(self)
+
+    def close(self) -> None:
+        """Write the state file a last time and close it."""
+        if self.state_file is not None:
+            self.save()
+            self.state_file.close()
+            self.state_file = None
+
+    async def settle_pushes(self, timeout: float = 30.0) -> None:
+        """Wait until every push on its way (latency) has reached the client."""
+        async with asyncio.timeout(timeout):
+            while self._pushes:
+                await asyncio.gather(*list(self._pushes), return_exceptions=True)
+
     def fail(self, method: str, error: str, *, times: int | None = 1,
              chat_id: int | None = None, code: int | None = None,
              delivered: bool = False) -> None:
@@ -118,6 +198,7 @@ class FakeTelegram(Handlers):
         The client's session retries timeouts and server errors by itself (each retry is a
         matching request too).
         """
+        check_method(method)
         self._faults.append(Fault(method, error, code or error_code(error), chat_id, times,
                                   delivered))
 
@@ -155,15 +236,35 @@ class FakeTelegram(Handlers):
         returns ``(chat_id, message_id)``. While the client is offline the message waits for
         its catch-up (``updates.getDifference``) at the next start."""
         updates, chat_id, message_id = self.build_incoming(**fields)
+        self.save()
         await self.push(updates)
         return chat_id, message_id
 
-    async def push(self, updates: TLObject) -> None:
+    async def push(self, updates: TLObject | None) -> None:
         """Push raw updates to the client, as the network does (dropped while it is not
-        connected: it catches up through getDifference when it starts)."""
+        connected, or the connection is down: it catches up through getDifference). With
+        latency the push is on its way when this returns (pushes can overtake each other)."""
+        if updates is None:  # a gap: in the log only
+            return
+        if self.latency > 0:
+            task = asyncio.create_task(self._push_later(updates))
+            self._pushes.add(task)
+            task.add_done_callback(self._pushes.discard)
+            return
+        await self._push_now(updates)
+
+    async def _push_later(self, updates: TLObject) -> None:
+        await self._delay()
+        await self._push_now(updates)
+
+    async def _push_now(self, updates: TLObject) -> None:
         client = self.client
-        if client is not None and client.is_connected:
+        if client is not None and client.is_connected and self.account_error is None \
+                and not self._is_down():
             await client.handle_updates(updates)
+            if isinstance(updates, raw.types.Updates):
+                self.served(updates.updates)
+                self.save()
 
     # -- answering requests --------------------------------------------------------------------
 
@@ -174,6 +275,11 @@ class FakeTelegram(Handlers):
         action = self._action_name(query)
         request = Request(name, query, chat_id, time.monotonic())
         self.requests.append(request)
+        await self._wait_connection()
+        await self._delay()
+        if self.account_error is not None:
+            request.error = self.account_error
+            refuse(self.account_error, type(query), 401)
         fault = next((f for f in self._faults if f.matches((name, action or name), chat_id)),
                      None)
         if fault is not None:
@@ -196,6 +302,7 @@ class FakeTelegram(Handlers):
             raise UnknownRequest(f"the fake Telegram has no answer for {name}: {query}")
         try:
             result = await handler(query)
+            self.save()
         except RPCError as exc:
             error = str(exc.ID or exc.NAME)
             if error.endswith("_X") and isinstance(exc.value, int):

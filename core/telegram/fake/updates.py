@@ -5,11 +5,9 @@ MTProto objects it builds from that: incoming messages (peers, entities, media),
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import re
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -18,12 +16,15 @@ from typing import Any
 from pyrogram import Client, raw, utils
 from pyrogram.raw.core import TLObject
 
+from tgmux.telegram.fake.log import UpdateLog
 from tgmux.telegram.textsplit import utf16_len
 
 __all__ = [
     "CHANNEL_ID_BASE",
+    "DELIVERIES",
     "FIRST_OUTGOING_ID",
     "MAX_INPUT_MESSAGE_ID",
+    "SERVICE_USER_ID",
     "ChatState",
     "World",
     "check_chat",
@@ -34,6 +35,11 @@ __all__ = [
 
 CHANNEL_ID_BASE = -1_000_000_000_000  # Bot API ids of supergroups/channels: -100<raw id>
 FIRST_OUTGOING_ID = 1001
+#: Telegram's service account (login codes, service notifications)
+SERVICE_USER_ID = 777000
+#: how an incoming message reaches the client (:meth:`World.build_incoming`)
+DELIVERIES = ("push", "short", "gap", "too_long")
+_MAX_UNDELIVERED = 100_000
 #: Telegram's id ranges (as Pyrogram maps Bot API ids to peers): users 1..2^40-1, basic groups
 #: -1..-999999999999, supergroups and channels -100<1..10^12-2^31>
 MAX_USER_ID = utils.MAX_USER_ID
@@ -135,6 +141,7 @@ class ChatState:
     bot_messages: list[int] = field(default_factory=list)
     topics: set[int] = field(default_factory=set)
     title: str | None = None  # set by an input's chat_title; else a made-up one
+    known: bool = False  # the account has seen a message in it (full updates introduced it)
 
 
 class World:
@@ -146,11 +153,22 @@ class World:
         self._chats: dict[int, ChatState] = {}
         self._messages: dict[tuple[int, int], TLObject] = {}
         self._thread_of: dict[tuple[int, int], int] = {}
-        self._pts = 1
-        self._channel_pts: dict[int, int] = defaultdict(lambda: 1)
-        self._log: list[tuple[int, int | None, TLObject]] = []  # (pts, channel raw id, msg)
+        #: the update state and the updates that moved it (:mod:`~tgmux.telegram.fake.log`)
+        self.log = UpdateLog()
         self._files: dict[int, bytes] = {}
-        self._ids = itertools.count(10_000_000_000)
+        #: what changed since the state file was last written (:mod:`.state`)
+        self.dirty: set[tuple[str, Any]] = set()
+        #: the next id of a file (photo, document) the fake makes
+        self.next_media_id = 10_000_000_000
+        #: the error every request meets once the session is revoked or the account banned
+        self.account_error: str | None = None
+        #: incoming messages the client has not been served yet (in a full push or a
+        #: difference): what a catch-up still owes it
+        self.undelivered: dict[tuple[int, int], None] = {}
+
+    def _new_media_id(self) -> int:
+        self.next_media_id += 1
+        return self.next_media_id - 1
 
     # -- incoming messages ---------------------------------------------------------------------
 
@@ -159,6 +177,7 @@ class World:
         state = self._chats.get(chat_id)
         if state is None:
             state = self._chats[chat_id] = ChatState(chat_id, chat_type)
+        self.dirty.add(("chat", chat_id))
         if title is not None:  # a group keeps its title until another one is given
             state.title = title
         if chat_type == "group":
@@ -176,10 +195,14 @@ class World:
         return state
 
     def _user(self, user_id: int, username: str | None, first_name: str | None) -> TLObject:
+        service = user_id == SERVICE_USER_ID  # Telegram's own account: support, verified
         user = raw.types.User(id=user_id, access_hash=user_id & 0xFFFF,
-                              first_name=first_name or username or f"User {user_id}",
-                              username=username or None)
+                              first_name=first_name or username or (
+                                  "Telegram" if service else f"User {user_id}"),
+                              username=username or None, support=service or None,
+                              verified=service or None)
         self._users[user_id] = user
+        self.dirty.add(("user", user_id))
         return user
 
     def remember_chat(self, *, chat_type: str, chat_id: int, user_id: int | None = None,
@@ -243,8 +266,9 @@ class World:
         now = int(time.time())
         if photo is not None:
             data, size, reference = content(photo)
-            media_id = next(self._ids)
+            media_id = self._new_media_id()
             self._files[media_id] = data
+            self.dirty.add(("file", media_id))
             return raw.types.MessageMediaPhoto(photo=raw.types.Photo(
                 id=media_id, access_hash=1, file_reference=reference, date=now, dc_id=2,
                 sizes=[raw.types.PhotoSize(type="y", w=800, h=600, size=size or 1)]))
@@ -252,8 +276,9 @@ class World:
             source = voice if voice is not None else document
             assert source is not None
             data, size, reference = content(source)
-            media_id = next(self._ids)
+            media_id = self._new_media_id()
             self._files[media_id] = data
+            self.dirty.add(("file", media_id))
             if voice is not None:
                 mime = "audio/ogg"
                 attributes: list[TLObject] = [raw.types.DocumentAttributeAudio(duration=1,
@@ -267,8 +292,9 @@ class World:
                 id=media_id, access_hash=1, file_reference=reference, date=now, mime_type=mime,
                 size=size or 1, dc_id=2, attributes=attributes))
         if sticker is not None:
-            media_id = next(self._ids)
+            media_id = self._new_media_id()
             self._files[media_id] = b"RIFF\x00\x00\x00\x00WEBP"
+            self.dirty.add(("file", media_id))
             return raw.types.MessageMediaDocument(document=raw.types.Document(
                 id=media_id, access_hash=1, file_reference=b"", date=now,
                 mime_type="image/webp", size=12, dc_id=2,
@@ -283,8 +309,19 @@ class World:
                        thread_id: int | None = None, reply_to_bot: bool = False,
                        photo: str | bytes | None = None, voice: str | bytes | None = None,
                        sticker: str | None = None, document: str | bytes | None = None,
-                       chat_title: str | None = None) -> tuple[TLObject, int, int]:
-        """The raw ``Updates`` for one incoming message, its chat id and message id."""
+                       chat_title: str | None = None, date: int | None = None,
+                       delivery: str | None = None) -> tuple[TLObject | None, int, int]:
+        """Log one incoming message; the raw updates that carry it to the client (None when
+        ``delivery`` is ``"gap"``), its chat id and message id.
+
+        ``delivery``: ``"push"`` (a full ``Updates``), ``"short"`` (``updateShortMessage`` /
+        ``updateShortChatMessage``: the client fetches the message with getDifference),
+        ``"gap"`` (not pushed: the client learns of it from the next update's pts or a
+        getDifference), ``"too_long"`` (``updatesTooLong``; ``updateChannelTooLong`` in a
+        supergroup or channel); None: what Telegram does (compact for a plain text from a
+        peer the account has seen, else full). ``date``: the message's unix time (now)."""
+        if delivery not in (None, *DELIVERIES):
+            raise ValueError(f"delivery: one of {', '.join(DELIVERIES)}, not {delivery!r}")
         chat_type = chat_type or infer_chat_type(user_id if chat_id is None else chat_id)
         chat_id = user_id if chat_id is None else chat_id
         check_chat(chat_id, chat_type, user_id)
@@ -293,7 +330,12 @@ class World:
             message_id = state.last_incoming + 1
         state.last_incoming = max(state.last_incoming, message_id)
         state.next_outgoing = max(state.next_outgoing, message_id + 1)
+        known = user_id in self._users and (chat_type == "private" or state.known)
+        state.known = True
         user = self._user(user_id, username, first_name)
+        if delivery == "short" and chat_type in ("supergroup", "channel"):
+            raise ValueError(f"delivery: Telegram has no compact form for a {chat_type} "
+                             "message (push, gap or too_long)")
         bot_name = (self.me.username or "").lower()
         mentioned = bool(bot_name) and any(
             m[1].lower() == bot_name for m in MENTION.finditer(text))
@@ -306,6 +348,7 @@ class World:
                     out=True, from_id=raw.types.PeerUser(user_id=self.me.id))
                 if thread_id is not None:
                     self._thread_of[(chat_id, earlier)] = thread_id
+                self.dirty.add(("message", (chat_id, earlier)))
                 state.bot_messages.append(earlier)
             target = state.bot_messages[-1]
             if thread_id is not None:
@@ -322,31 +365,72 @@ class World:
             state.topics.add(thread_id)
             self._thread_of[(chat_id, message_id)] = thread_id
         media = self._media(photo, voice, sticker, document)
+        entities = self._entities(text)
+        date = int(time.time()) if date is None else date
         message = raw.types.Message(
-            id=message_id, peer_id=self.peer(chat_id, chat_type), date=int(time.time()),
+            id=message_id, peer_id=self.peer(chat_id, chat_type), date=date,
             message=text, out=False, mentioned=mentioned or None,
             from_id=None if chat_type == "channel" else raw.types.PeerUser(user_id=user_id),
             post=chat_type == "channel" or None, reply_to=reply_to, media=media,
-            entities=self._entities(text) or None)
+            entities=entities or None)
         self._messages[(chat_id, message_id)] = message
+        self.dirty.add(("message", (chat_id, message_id)))
+        self.dirty.add(("chat", chat_id))
+        self.undelivered[(chat_id, message_id)] = None
+        if len(self.undelivered) > _MAX_UNDELIVERED:
+            del self.undelivered[next(iter(self.undelivered))]
+        if delivery is None:  # what Telegram does: compact for a plain text from a known peer
+            plain = media is None and not entities and reply_to is None
+            delivery = "short" if plain and known and chat_type in ("private", "group") \
+                else "push"
+        updates = self._deliver(message, user, state, delivery)
+        return updates, chat_id, message_id
+
+    def served(self, items: list[TLObject]) -> None:
+        """The client was given these messages (or updates carrying them)."""
+        for item in items:
+            message = item if isinstance(item, raw.types.Message) else getattr(item, "message",
+                                                                               None)
+            if isinstance(message, raw.types.Message):
+                key = (self.chat_id_of(message.peer_id), message.id)
+                self.undelivered.pop(key, None)  # type: ignore[arg-type]
+
+    def _deliver(self, message: TLObject, user: TLObject, state: ChatState,
+                 delivery: str) -> TLObject | None:
+        """Log a new incoming message; the updates that carry it to the client in the form
+        ``delivery`` says (None: a gap, nothing is pushed)."""
         chats = [state.raw_chat] if state.raw_chat is not None else []
-        if chat_type in ("supergroup", "channel"):
-            channel = CHANNEL_ID_BASE - chat_id
-            self._channel_pts[channel] += 1
-            pts = self._channel_pts[channel]
-            update: TLObject = raw.types.UpdateNewChannelMessage(message=message, pts=pts,
-                                                                 pts_count=1)
-            self._log.append((pts, channel, message))
-        else:
-            self._pts += 1
-            update = raw.types.UpdateNewMessage(message=message, pts=self._pts, pts_count=1)
-            self._log.append((self._pts, None, message))
-        updates = raw.types.Updates(updates=[update], users=[user], chats=chats,
-                                    date=int(time.time()), seq=0)
-        return wire(updates), chat_id, message_id
+        channel = (CHANNEL_ID_BASE - state.chat_id
+                   if state.chat_type in ("supergroup", "channel") else None)
+        update_type = (raw.types.UpdateNewMessage if channel is None
+                       else raw.types.UpdateNewChannelMessage)
+        entry = self.log.add(update_type(message=message, pts=0, pts_count=0),
+                             channel_id=channel, date=message.date)
+        now = int(time.time())
+        if delivery == "gap":
+            self.log.next_seq()  # as if a container was sent and lost: seq moved on
+            return None
+        if delivery == "too_long":
+            if channel is None:
+                return raw.types.UpdatesTooLong()
+            return wire(raw.types.Updates(
+                updates=[raw.types.UpdateChannelTooLong(channel_id=channel)], users=[],
+                chats=chats, date=now, seq=self.log.next_seq()))
+        if delivery == "short":
+            common = dict(id=message.id, message=message.message, pts=entry.pts,
+                          pts_count=entry.pts_count, date=message.date, out=False,
+                          mentioned=message.mentioned, reply_to=message.reply_to,
+                          entities=message.entities)
+            if state.chat_type == "private":
+                return wire(raw.types.UpdateShortMessage(user_id=user.id, **common))
+            return wire(raw.types.UpdateShortChatMessage(from_id=user.id,
+                                                         chat_id=-state.chat_id, **common))
+        return wire(raw.types.Updates(updates=[entry.update], users=[user], chats=chats,
+                                      date=now, seq=self.log.next_seq()))
 
     def chat_id_of(self, peer: TLObject | None) -> int | None:
-        if isinstance(peer, (raw.types.InputPeerUser, raw.types.PeerUser)):
+        if isinstance(peer, (raw.types.InputPeerUser, raw.types.PeerUser,
+                             raw.types.InputUser)):
             return peer.user_id
         if isinstance(peer, raw.types.InputPeerSelf):
             return self.me.id
@@ -371,25 +455,26 @@ class World:
 
     def _updates(self, chat_id: int, message: TLObject, *, edit: bool = False,
                  random_id: int | None = None) -> TLObject:
+        """Log a new (or edited) outgoing message; the ``Updates`` answering the request."""
         state = self._state_for(chat_id)
-        if state.chat_type in ("supergroup", "channel"):
-            channel = CHANNEL_ID_BASE - chat_id
-            self._channel_pts[channel] += 1
-            pts = self._channel_pts[channel]
-            update: TLObject = (raw.types.UpdateEditChannelMessage if edit else
-                                raw.types.UpdateNewChannelMessage)(message=message, pts=pts,
-                                                                   pts_count=1)
+        channel = (CHANNEL_ID_BASE - chat_id
+                   if state.chat_type in ("supergroup", "channel") else None)
+        if channel is not None:
+            update_type = (raw.types.UpdateEditChannelMessage if edit
+                           else raw.types.UpdateNewChannelMessage)
         else:
-            self._pts += 1
-            update = (raw.types.UpdateEditMessage if edit else raw.types.UpdateNewMessage)(
-                message=message, pts=self._pts, pts_count=1)
-        updates = [update]
+            update_type = raw.types.UpdateEditMessage if edit else raw.types.UpdateNewMessage
+        now = int(time.time())
+        entry = self.log.add(update_type(message=message, pts=0, pts_count=0),
+                             channel_id=channel, date=now)
+        self.dirty.add(("message", (chat_id, message.id)))
+        updates = [entry.update]
         if random_id is not None:
             updates.insert(0, raw.types.UpdateMessageID(id=message.id, random_id=random_id))
         users = [self.me] + ([self._users[chat_id]] if chat_id in self._users else [])
         chats = [state.raw_chat] if state.raw_chat is not None else []
-        return wire(raw.types.Updates(updates=updates, users=users, chats=chats,
-                                       date=int(time.time()), seq=0))
+        return wire(raw.types.Updates(updates=updates, users=users, chats=chats, date=now,
+                                       seq=self.log.next_seq()))
 
     def _reply(self, chat_id: int, reply_to: TLObject | None) -> tuple[int | None, int | None]:
         """(reply_to_message_id, message_thread_id) of an outgoing message."""
