@@ -9,8 +9,12 @@ Order of things:
 - the intake (one small task per busy chat) calls ``engine.submit`` (one store insert), in
   order; media bytes are not fetched here but when a backend reads them
   (:mod:`tgmux.telegram.media`), so the intake never decides a route;
-- on start, Pyrogram catches up on what arrived while tgmux was down (``skip_updates: false``
-  and a persistent session) before the engine opens: caught-up messages wait in the intake;
+- tgmux sequences the update stream itself (:mod:`tgmux.telegram.updates`: gaps, compact and
+  too-long updates, differences under their own flood handling; the position it applied is in
+  ``account.updates.positions``); on start it catches up on what arrived while tgmux was down
+  (``skip_updates: false``) in the background, after the account is up: caught-up messages
+  wait in the intake; those older than ``telegram.catch_up_max_age`` are not answered, their
+  user is told (:mod:`tgmux.telegram.stale`);
 - bots publish their command menu in the background: start-up and replies never wait for it
   (Telegram may ask to wait before ``setBotCommands``; that wait is for that method only);
 - on stop: new updates are left on Telegram's side (the session's update state is not
@@ -44,6 +48,8 @@ from tgmux.telegram.frontend import TelegramFrontend
 from tgmux.telegram.media import TelegramMedia
 from tgmux.telegram.normalize import normalize
 from tgmux.telegram.sender import MAX_FLOOD_RETRIES, MAX_FLOOD_WAIT, FloodWaitRequired
+from tgmux.telegram.stale import StaleMessages
+from tgmux.telegram.updates import UpdateStream, revocation_advice
 from tgmux.types import ChatIdentity, IncomingMessage, MediaRef, MediaUnavailable, ReplyPart
 
 __all__ = ["AccountFrontends", "Intake", "TelegramAccount", "TelegramApp"]
@@ -191,21 +197,41 @@ class TelegramAccount:
         self.seen_listeners: list[Callable[[Message, IncomingMessage | None], None]] = []
         self.taking_updates = False
         self.running = False
+        #: Telegram's error once it refused the account (revoked, banned): it stops
+        self.revoked: str | None = None
+        self.revoked_event = asyncio.Event()
 
     def attach(self, engine: Engine) -> None:
         self.engine = engine
         self.intake = Intake(engine, self.name)
         self.frontend.flood.on_wait = (
             lambda seconds: engine.metrics.flood_wait.labels(self.name).inc(seconds))
-        handle_updates = self.client.handle_updates
+        metrics = engine.metrics
+        self.updates = UpdateStream(
+            self.client, account=self.name,
+            on_revoked=self._on_revoked,
+            on_skipped=lambda count: metrics.updates_skipped.labels(self.name).inc(count),
+            on_flood_wait=lambda seconds: metrics.flood_wait.labels(self.name).inc(seconds))
+        self.stale = StaleMessages(self.tg.catch_up_max_age, self.frontend.deliver, self.name,
+                                   lambda: metrics.stale_messages.labels(self.name).inc())
 
         async def gated(updates: Any) -> None:
             if not self.taking_updates:
                 return  # stopping: left for the next start's catch-up (state not advanced)
-            await handle_updates(updates)
+            await self.updates.handle(updates)
 
         self.client.handle_updates = gated  # type: ignore[method-assign]
         self.client.add_handler(MessageHandler(self._on_message))
+
+    def _on_revoked(self, code: str) -> None:
+        """Telegram refuses the account: said once; ``/readyz`` fails; ``tgmux run`` stops it."""
+        if self.revoked is not None:
+            return
+        self.revoked = code
+        me = self.client.me
+        is_bot = me.is_bot if me is not None else bool(self.tg.bot_token)
+        log.error("%s: %s; this account stops", self.name, revocation_advice(code, is_bot=is_bot))
+        self.revoked_event.set()
 
     async def _on_message(self, client: Client, message: Message) -> None:
         me = client.me
@@ -216,15 +242,22 @@ class TelegramAccount:
             listener(message, incoming)
         if incoming is None:
             return
+        if message.date is not None and self.stale.check(incoming, message.date.timestamp()):
+            return
         self.intake.put(incoming)
 
     async def connect(self) -> None:
         """Start the client (catching up on what arrived while down; it waits in the intake)."""
         self.taking_updates = True
+        # kurigram's own catch-up (in start(), no flood handling) is not used: the update
+        # stream catches up after the account is up (tgmux.telegram.updates)
+        self.client.skip_updates = True
         try:
             await self.client.start()
+            await self.updates.start(catch_up=not self.tg.skip_updates)
         except BaseException:  # cancelled (a stop while connecting) or failed
             self.taking_updates = False
+            await self.updates.stop()
             await abandon(self.client)
             raise
         # tgmux waits out every flood wait itself (and slows the chat, not one request)
@@ -273,6 +306,8 @@ class TelegramAccount:
         """Stop taking updates; the dispatcher finishes what it holds."""
         self.running = False
         self.taking_updates = False
+        await self.updates.stop()
+        await self.stale.close()
         if self.commands_task is not None:
             self.commands_task.cancel()
             await asyncio.gather(self.commands_task, return_exceptions=True)
@@ -285,6 +320,8 @@ class TelegramAccount:
 
     async def ready(self) -> str | None:
         """For ``/readyz``: None when connected and answering, else what is not."""
+        if self.revoked is not None:
+            return f"Telegram refuses the account ({self.revoked})"
         if not self.running:
             return "not running here (standing by, or not started)"
         if not self.client.is_connected:
