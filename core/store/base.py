@@ -30,7 +30,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tgmux.types import ChatIdentity, Exchange
+from tgmux.types import ChatIdentity, Exchange, StreamPosition
 
 log = logging.getLogger("tgmux.store")
 
@@ -48,17 +48,6 @@ class Unanswered:
 
     payload: dict[str, Any]
     dispatched: bool
-
-
-@dataclass(frozen=True)
-class StreamPosition:
-    """Where an account is in its update stream: ``value`` is the frontend's own text (JSON),
-    ``order`` orders one account's positions. A store keeps the highest ``order``: a write with
-    an order not above the stored one changes nothing, so accepts committing out of order never
-    move the position back."""
-
-    order: int
-    value: str
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ class GuardedStore(Store):
         self.inner = store
         self.timeout = timeout
         self.max_pending = max_pending
+        self._opened = False
         self._down_since: float | None = None
         self._why = ""
         self._pending: OrderedDict[tuple[str, int, int], _InboxState] = OrderedDict()
@@ -190,9 +191,15 @@ class GuardedStore(Store):
     # -- lifecycle (not guarded: bounded on their own) ------------------------------------
 
     async def open(self) -> None:
+        """Open the store (once: the Telegram side opens it before its accounts connect, to
+        read their sessions and positions, the engine's start then finds it open)."""
+        if self._opened:
+            return
         await self.inner.open()
+        self._opened = True
 
     async def close(self) -> None:
+        self._opened = False
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)

@@ -32,6 +32,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 from pyrogram import Client
@@ -40,8 +41,10 @@ from pyrogram.types import Message
 
 from tgmux.config import Config, TelegramConfig
 from tgmux.engine import Engine
+from tgmux.errors import ConfigError
 from tgmux.hooks import PluginManager
 from tgmux.logs import log_fields
+from tgmux.redact import redact_urls
 from tgmux.store import Store, open_store
 from tgmux.telegram.client import abandon
 from tgmux.telegram.frontend import TelegramFrontend
@@ -49,6 +52,7 @@ from tgmux.telegram.media import TelegramMedia
 from tgmux.telegram.normalize import normalize
 from tgmux.telegram.sender import MAX_FLOOD_RETRIES, MAX_FLOOD_WAIT, FloodWaitRequired
 from tgmux.telegram.stale import StaleMessages
+from tgmux.telegram.store_session import StorePositions
 from tgmux.telegram.updates import UpdateStream, revocation_advice
 from tgmux.types import ChatIdentity, IncomingMessage, MediaRef, MediaUnavailable, ReplyPart
 
@@ -66,11 +70,14 @@ SubmitListener = Callable[[IncomingMessage, "asyncio.Future[None]"], None]
 class Intake:
     """Per-chat queues between Pyrogram's handler and ``engine.submit``."""
 
-    def __init__(self, engine: Engine, account: str = "main") -> None:
+    def __init__(self, engine: Engine, account: str = "main",
+                 positions: StorePositions | None = None) -> None:
         self.engine = engine
         self.account = account
+        #: the update position written with each accept (None: no position)
+        self.positions = positions
         self.listeners: list[SubmitListener] = []
-        self._queues: dict[int, deque[IncomingMessage]] = {}
+        self._queues: dict[int, deque[tuple[int, IncomingMessage]]] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._open = asyncio.Event()
         #: messages given up on a stop (each logged by chat and message id): not answered
@@ -79,7 +86,8 @@ class Intake:
     def put(self, message: IncomingMessage) -> None:
         """Queue a message (synchronous: call order is submit order within a chat)."""
         chat_id = message.chat.chat_id
-        self._queues.setdefault(chat_id, deque()).append(message)
+        number = 0 if self.positions is None else self.positions.taken()
+        self._queues.setdefault(chat_id, deque()).append((number, message))
         task = self._tasks.get(chat_id)
         if task is None or task.done():
             self._tasks[chat_id] = asyncio.create_task(self._drain(chat_id),
@@ -115,9 +123,11 @@ class Intake:
         and message id (Telegram will not send it again), kept in :attr:`lost`, returned."""
         for task in self._tasks.values():
             task.cancel()
-        lost = [message for queue in self._queues.values() for message in queue]
+        lost = [message for queue in self._queues.values() for _, message in queue]
         for queue in self._queues.values():
             queue.clear()
+        if lost and self.positions is not None:
+            self.positions.freeze("messages could not be handed to the store before a stop")
         for message in lost:
             log.error("%s: chat %s message %s is not answered: it could not be handed to the "
                       "engine before the stop (the store did not answer in time), and "
@@ -132,7 +142,10 @@ class Intake:
         try:
             await self._open.wait()
             while queue:
-                message = queue[0]
+                number, message = queue[0]
+                positions = self.positions
+                if positions is not None:  # written with the accept, when it is due
+                    message = replace(message, position=positions.carry(number))
                 try:
                     done = await self.engine.submit(message)
                 except asyncio.CancelledError:
@@ -141,8 +154,13 @@ class Intake:
                     log.error("%s: chat %s message %s not taken: %s", self.account, chat_id,
                               message.chat.message_id, exc)
                     queue.popleft()
+                    if positions is not None:  # fetched again by the next start
+                        positions.freeze(f"chat {chat_id} message {message.chat.message_id} "
+                                         "was not taken")
                     continue
                 queue.popleft()
+                if positions is not None:
+                    positions.settled(number)
                 for listener in list(self.listeners):
                     listener(message, done)
         finally:
@@ -177,9 +195,10 @@ class AccountFrontends:
 class TelegramAccount:
     """One Telegram account of a :class:`TelegramApp`: its client, frontend and intake."""
 
-    def __init__(self, name: str, client: Client, tg: TelegramConfig,
-                 **frontend_options: Any) -> None:
+    def __init__(self, name: str, client: Client, tg: TelegramConfig, *,
+                 new_telegram: bool = False, **frontend_options: Any) -> None:
         self.name = name
+        self.new_telegram = new_telegram
         self.client = client
         self.tg = tg
         self.frontend = TelegramFrontend(client, tg, **frontend_options)
@@ -203,12 +222,15 @@ class TelegramAccount:
 
     def attach(self, engine: Engine) -> None:
         self.engine = engine
-        self.intake = Intake(engine, self.name)
+        #: the update position, in the store with the inbox
+        self.positions = StorePositions(engine.store, self.name, self.client,
+                                        new_telegram=self.new_telegram)
+        self.intake = Intake(engine, self.name, self.positions)
         self.frontend.flood.on_wait = (
             lambda seconds: engine.metrics.flood_wait.labels(self.name).inc(seconds))
         metrics = engine.metrics
         self.updates = UpdateStream(
-            self.client, account=self.name,
+            self.client, account=self.name, positions=self.positions,
             on_revoked=self._on_revoked,
             on_skipped=lambda count: metrics.updates_skipped.labels(self.name).inc(count),
             on_flood_wait=lambda seconds: metrics.flood_wait.labels(self.name).inc(seconds))
@@ -338,15 +360,20 @@ class TelegramApp:
     :class:`tgmux.telegram.fake.FakeTelegram` (``tgmux simulate``, ``tgmux.testing``).
     ``serve`` names the accounts started with :meth:`start` (default: all of them); the others
     can be started later with :meth:`start_account` (a standby taking one over).
+    ``new_telegram``: the clients meet a Telegram other than the one the update positions in
+    the store are from (`tgmux simulate` without ``--telegram-state``): they start from its
+    current state.
     """
 
     def __init__(self, config: Config, plugin_manager: PluginManager,
                  client: Client | dict[str, Client], *, store: Store | None = None,
-                 serve: list[str] | None = None, **frontend_options: Any) -> None:
+                 serve: list[str] | None = None, new_telegram: bool = False,
+                 **frontend_options: Any) -> None:
         self.config = config
         clients = client if isinstance(client, dict) else {config.account().name: client}
         self.accounts = {
-            name: TelegramAccount(name, c, config.accounts[name].telegram, **frontend_options)
+            name: TelegramAccount(name, c, config.accounts[name].telegram,
+                                  new_telegram=new_telegram, **frontend_options)
             for name, c in clients.items()
         }
         self.serve = list(self.accounts) if serve is None else serve
@@ -400,9 +427,13 @@ class TelegramApp:
     async def start(self) -> None:
         """Connect the served accounts (together), start the engine, open the intakes."""
         serving = [self.accounts[name] for name in self.serve]
+        if serving:  # the accounts' sessions and update positions are in it
+            await self._open_store()
         results = await asyncio.gather(*(a.connect() for a in serving), return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
+            with contextlib.suppress(Exception):
+                await self.engine.store.close()
             for account, result in zip(serving, results, strict=True):
                 if not isinstance(result, BaseException):
                     await account.quiesce()
@@ -418,6 +449,15 @@ class TelegramApp:
         self._started = True
         for account in serving:
             account.open()
+
+    async def _open_store(self) -> None:
+        """The store, before the accounts connect (their sessions and update positions are in
+        it); the engine's start finds it open. As the engine says it when it cannot."""
+        try:
+            await self.engine.store.open()
+        except Exception as exc:
+            raise ConfigError(redact_urls(f"{self.config.where(('store',))}: cannot open "
+                                          f"{self.config.data.store.url}: {exc}")) from exc
 
     async def connect_account(self, name: str) -> None:
         """Connect one more account of a running app (its messages wait in its intake)."""
@@ -475,6 +515,8 @@ class TelegramApp:
                          else max(0.0, timeout - (time.monotonic() - started)))
             # together: each account's grace runs at the same time (see stop_limit)
             await asyncio.gather(*(account.intake.flush(remaining) for account in active))
+            await asyncio.gather(*(account.positions.close() for account in active),
+                                 return_exceptions=True)
         except BaseException:
             for account in self.accounts.values():
                 with contextlib.suppress(Exception):

@@ -19,7 +19,6 @@ import asyncio
 import base64
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import socket
@@ -35,6 +34,8 @@ from python_socks import ProxyConnectionError, ProxyError
 
 from tgmux.config import Config, TelegramConfig
 from tgmux.proxy import TELEGRAM_SCHEMES, parse_proxy
+from tgmux.store import Store
+from tgmux.telegram.store_session import StoreSession, token_digest
 
 log = logging.getLogger("tgmux.telegram")
 
@@ -52,11 +53,6 @@ CLIENT_OPTIONS: dict[str, Any] = {
     "fetch_stickers": False,
     "parse_mode": enums.ParseMode.DISABLED,
 }
-
-
-def token_digest(bot_token: str) -> str:
-    """What the session file remembers of the bot token it was authorized with."""
-    return hashlib.sha256(b"tgmux bot token\0" + bot_token.encode()).hexdigest()
 
 
 class SessionFileStorage(SQLiteStorage):
@@ -365,17 +361,28 @@ def reach_of(client: Client) -> Reach:
     return reach if isinstance(reach, Reach) else Reach()
 
 
-def build_client(config: Config, account: str | None = None, **overrides: Any) -> Client:
+def build_client(config: Config, account: str | None = None, *, store: Store | None = None,
+                 **overrides: Any) -> Client:
     """The Client of an account (None: the first) for ``tgmux run`` (credentials already
-    checked by ``require_telegram``); its connections are watched (:func:`reach_of`)."""
+    checked by ``require_telegram``); its connections are watched (:func:`reach_of`).
+    ``store``: the session lives there (:class:`StoreSession`; a session file under
+    ``data_dir`` is taken over once); without one, in the session file."""
+    name = config.account(account).name
     tg = config.account(account).telegram
     workdir = Path(tg.data_dir).expanduser()
     expected = None
     if tg.bot_token and ":" in tg.bot_token and tg.bot_token.split(":", 1)[0].isdigit():
         expected = int(tg.bot_token.split(":", 1)[0])
     reach = Reach(parse_proxy(tg.proxy, TELEGRAM_SCHEMES).shown if tg.proxy else None)
-    storage = SessionFileStorage(tg.session_name, workdir, session_string=tg.session_string,
-                                 expected_user_id=expected, bot_token=tg.bot_token)
+    storage: SQLiteStorage
+    if store is not None:
+        storage = StoreSession(store, name,
+                               session_file=workdir / f"{tg.session_name}.session",
+                               session_string=tg.session_string, expected_user_id=expected,
+                               bot_token=tg.bot_token)
+    else:
+        storage = SessionFileStorage(tg.session_name, workdir, session_string=tg.session_string,
+                                     expected_user_id=expected, bot_token=tg.bot_token)
     options: dict[str, Any] = {
         **CLIENT_OPTIONS,
         "api_id": tg.api_id,

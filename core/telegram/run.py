@@ -30,6 +30,7 @@ from tgmux.telegram.app import TelegramApp
 from tgmux.telegram.client import (
     Reach,
     SessionFileStorage,
+    StoreSession,
     abandon,
     build_client,
     configured_kind,
@@ -153,9 +154,11 @@ def _refusal(code: str, exc: RPCError, tg: TelegramConfig) -> str:
             "run `tgmux login` and set session_string")
 
 
-def _check_session(config: Config, account: str) -> None:
+def _check_session(config: Config, account: str) -> str | None:
     """The session file, if any, holds a login of the kind the config says (a bot's file
-    never turns a user-account config into a bot, nor the other way round)."""
+    never turns a user-account config into a bot, nor the other way round). A user account
+    with no credentials nor session file, and no terminal to log in: what to say unless the
+    store holds its session (None: nothing to check there)."""
     tg = config.accounts[account].telegram
     path = Path(tg.data_dir).expanduser() / f"{tg.session_name}.session"
     found = session_file_kind(path)
@@ -166,14 +169,29 @@ def _check_session(config: Config, account: str) -> None:
             f"{config.where(config.accounts[account].telegram_path)}: the session file {path} "
             f"holds {whose} login, but the config says a {wanted} ({said}): move the file "
             f"away, or set session_name (or data_dir) to give this {wanted} its own")
-    if tg.bot_token or tg.session_string:
-        return
-    if not path.exists() and not sys.stdin.isatty():
-        raise ConfigError(
-            f"{config.where(config.accounts[account].telegram_path)}: no bot_token or "
-            f"session_string, and no session file {path}: run `tgmux login` and set "
-            "session_string (or start `tgmux run` in a terminal once to log in there)"
-        )
+    if tg.bot_token or tg.session_string or path.exists() or sys.stdin.isatty():
+        return None
+    return (f"{config.where(config.accounts[account].telegram_path)}: no bot_token or "
+            f"session_string, no session file {path} and no session in the store: run "
+            "`tgmux login --config CONFIG` (it writes the session into the store), or set "
+            "session_string (or start `tgmux run` in a terminal once to log in there)")
+
+
+async def _sessions_in_store(config: Config, accounts: list[str]) -> set[str]:
+    """Which of ``accounts`` the store holds a session for (written by `tgmux login
+    --config`); none when it cannot be read (the caller's message says what to do)."""
+    store = open_store(config.data.store.url)
+    try:
+        await store.open()
+    except Exception:
+        return set()
+    try:
+        return {name for name in accounts if await store.session_read(name) is not None}
+    except Exception:
+        return set()
+    finally:
+        with contextlib.suppress(Exception):
+            await store.close()
 
 
 @contextlib.contextmanager
@@ -220,16 +238,21 @@ async def run_telegram(config: Config, plugin_manager: PluginManager,
         raise ConfigError(f"--account: no account {', '.join(map(repr, unknown))} (the config "
                           f"has: {', '.join(config.accounts)})")
     problems: list[str] = []
+    unless_stored: dict[str, str] = {}
     for name in names:
         try:
             config.require_telegram(name)
-            _check_session(config, name)
+            if (problem := _check_session(config, name)) is not None:
+                unless_stored[name] = problem
         except ConfigError as exc:
             problems += exc.problems
+    if unless_stored:
+        stored = await _sessions_in_store(config, list(unless_stored))
+        problems += [p for name, p in unless_stored.items() if name not in stored]
     if problems:
         raise ConfigError(problems)
     store = open_store(config.data.store.url)
-    clients = {name: build_client(config, name) for name in names}
+    clients = {name: build_client(config, name, store=store) for name in names}
     app = TelegramApp(config, plugin_manager, clients, store=store, serve=[])
     tg = config.accounts[names[0]].telegram
     stopping = asyncio.Event()
@@ -364,7 +387,7 @@ async def _connect(app: TelegramApp, name: str, stopping: asyncio.Event) -> int 
         except RPCError as exc:
             code = str(exc.ID or exc.NAME)
             if (attempt == 1 and tg.bot_token and code in _STALE_SESSION
-                    and isinstance(storage, SessionFileStorage)):
+                    and isinstance(storage, (SessionFileStorage, StoreSession))):
                 # A bot's session is only an authorization made with its token: make
                 # another one (Pyrogram does, with the token, when the file has none).
                 storage.forget_authorization(f"Telegram says {code}")
