@@ -33,6 +33,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import heapq
 import json
 import logging
 import sqlite3
@@ -308,6 +309,9 @@ class StoreSession(SQLiteStorage):
     reset_position = False
 
 
+_NONE: dict[int, Any] = {}  # (the users and chats of a mark: none)
+
+
 class PositionMark:
     """A position saved by the stream, in the dispatcher's queue behind the updates before it."""
 
@@ -331,7 +335,10 @@ class StorePositions:
         self.frozen = False
         self._order = 0
         self._taken = 0  # the number of the last message the intake took
-        self._open: set[int] = set()  # taken, not in the store yet
+        # taken, not in the store yet: a heap of numbers (those settled since are dropped
+        # from the top as they are met) and the set of those still open
+        self._heap: list[int] = []
+        self._open: set[int] = set()
         self._marks: deque[tuple[int, UpdatePosition]] = deque()
         self._due: UpdatePosition | None = None  # settled, not written yet
         self._writer: asyncio.Task[None] | None = None
@@ -358,11 +365,13 @@ class StorePositions:
     async def save(self, position: UpdatePosition) -> None:
         """Behind what the stream handed to the dispatcher so far (reached: :meth:`_reached`);
         at once when nothing is handed (the dispatcher is not running)."""
-        if any(not task.done() for task in self.client.dispatcher.handler_worker_tasks):
-            self.client.dispatcher.updates_queue.put_nowait((PositionMark(position.copy()),
-                                                             {}, {}))
+        # (the stream hands a copy of its position over: kept as it is)
+        dispatcher = self.client.dispatcher
+        tasks = dispatcher.handler_worker_tasks
+        if tasks and not tasks[-1].done():
+            dispatcher.updates_queue.put_nowait((PositionMark(position), _NONE, _NONE))
         else:
-            self.mark(position.copy())
+            self.mark(position)
 
     async def _reached(self, mark: PositionMark, users: Any, chats: Any) -> tuple[None, type]:
         self.mark(mark.position)
@@ -374,7 +383,22 @@ class StorePositions:
         """A message went into the intake: its number."""
         self._taken += 1
         self._open.add(self._taken)
+        heapq.heappush(self._heap, self._taken)
         return self._taken
+
+    def _lowest(self, besides: int = 0) -> int | None:
+        """The lowest number still open (other than ``besides``)."""
+        heap, open_ = self._heap, self._open
+        while heap and heap[0] not in open_:
+            heapq.heappop(heap)
+        if not heap:
+            return None
+        if heap[0] != besides:
+            return heap[0]
+        heapq.heappop(heap)
+        low = self._lowest()
+        heapq.heappush(heap, besides)
+        return low
 
     def mark(self, position: UpdatePosition) -> None:
         """Every message the stream handed out before ``position`` was taken (or ignored)."""
@@ -385,7 +409,7 @@ class StorePositions:
         """The position to write with the accept of message ``number`` (None: none yet)."""
         if self.frozen:
             return None
-        low = min((n for n in self._open if n != number), default=None)
+        low = self._lowest(besides=number)
         best = self._due
         while self._marks and (low is None or self._marks[0][0] < low):
             best = self._marks.popleft()[1]
@@ -411,7 +435,7 @@ class StorePositions:
         self._due = None
 
     def _release(self) -> None:
-        low = min(self._open, default=None)
+        low = self._lowest()
         while self._marks and (low is None or self._marks[0][0] < low):
             self._due = self._marks.popleft()[1]
         if self._due is not None and not self.frozen and (

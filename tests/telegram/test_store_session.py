@@ -1,0 +1,202 @@
+"""The session and the update position of an account live in tgmux's store: a session file of
+an earlier tgmux is taken over once; the position is written with the inbox accept of the
+messages before it, never past a message the store does not have."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from pyrogram.storage import UpdateState
+
+from tgmux.bootstrap import load_config_text
+from tgmux.hooks import build_plugin_manager
+from tgmux.store import MemoryStore, SQLiteStore, StreamPosition
+from tgmux.telegram import store_session
+from tgmux.telegram.app import TelegramApp
+from tgmux.telegram.client import SessionFileStorage
+from tgmux.telegram.fake import FakeTelegram, offline_client
+from tgmux.telegram.store_session import StoreSession, decode_position
+
+CONFIG = """
+store: {url: "memory://", timeout: 60}
+telegram: {flood: {private_per_second: 100}}
+backends:
+  echo: {type: echo, prefix: "echo: "}
+default: echo
+"""
+
+
+async def old_session_file(data: Path) -> Path:
+    """A session file as an earlier tgmux left it: authorized, with peers and update state."""
+    storage = SessionFileStorage("tgmux", data, bot_token="123456:ABC")
+    await storage.open()
+    await storage.dc_id(4)
+    await storage.api_id(12345)
+    await storage.test_mode(False)
+    await storage.auth_key(b"k" * 256)
+    await storage.user_id(123456)
+    await storage.is_bot(True)
+    await storage.update_peers([(42, 4242, "user", None)])
+    await storage.set_update_state([UpdateState(0, 57, 3, 1700000000, 9),
+                                    UpdateState(-1001234567890, 11, None, None, None)])
+    await storage.save()
+    await storage.close()
+    return storage.path
+
+
+async def test_a_session_file_is_taken_over_once(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    path = await old_session_file(tmp_path / "data")
+    store = SQLiteStore(tmp_path / "tgmux.db")
+    await store.open()
+    try:
+        session = StoreSession(store, "main", session_file=path, bot_token="123456:ABC")
+        await session.open()
+        assert await session.auth_key() == b"k" * 256
+        assert (await session.dc_id(), await session.user_id(), await session.is_bot()) == \
+            (4, 123456, True)
+        assert (await session.get_peer_by_id(42)).access_hash == 4242
+        await session.close()
+        imported = path.with_name("tgmux.session.imported")
+        assert not path.exists() and imported.exists()
+        said = [r.getMessage() for r in caplog.records if "taken over" in r.getMessage()]
+        assert said == [f"main: session file {path} taken over into the store; it is no "
+                        "longer read (renamed to tgmux.session.imported)"]
+        position = await store.position_read("main")
+        assert position is not None
+        kept = decode_position(position.value)
+        assert (kept.pts, kept.qts, kept.date, kept.seq, kept.channels) == \
+            (57, 3, 1700000000, 9, {1234567890: 11})
+
+        # the next start reads the store only: a file put back is not read again
+        os.rename(imported, path)
+        caplog.clear()
+        again = StoreSession(store, "main", session_file=path, bot_token="123456:ABC")
+        await again.open()
+        assert await again.auth_key() == b"k" * 256 and await again.dc_id() == 4
+        await again.close()
+        assert path.exists()
+        assert "taken over" not in caplog.text
+        assert "authorizing again" not in caplog.text  # the same token
+    finally:
+        await store.close()
+
+
+async def test_a_session_written_by_the_client_is_what_the_next_process_reads(
+        tmp_path: Path) -> None:
+    fake = FakeTelegram()
+    first = SQLiteStore(tmp_path / "tgmux.db")
+    await first.open()
+    client = offline_client(fake, storage=StoreSession(first, "main"))
+    await client.start()  # the offline Telegram authorizes it: a new auth key
+    key = await client.storage.auth_key()
+    await client.stop()
+    await first.close()
+    # another process, nothing but the database
+    second = SQLiteStore(tmp_path / "tgmux.db")
+    await second.open()
+    try:
+        storage = StoreSession(second, "main")
+        await storage.open()
+        assert await storage.auth_key() == key and len(key) == 256
+        assert await storage.user_id() == fake.me.id
+        await storage.close()
+        assert await second.session_read("other") is None
+    finally:
+        await second.close()
+
+
+async def test_a_session_of_another_bot_is_reset(tmp_path: Path, caplog) -> None:
+    store = MemoryStore()
+    storage = StoreSession(store, "main")
+    await storage.open()
+    await storage.auth_key(b"a" * 256)
+    await storage.user_id(111)
+    await storage.is_bot(True)
+    await storage.close()
+    other = StoreSession(store, "main", expected_user_id=222)
+    await other.open()
+    assert await other.auth_key() is None and await other.user_id() is None
+    assert "the bot token belongs to another bot" in caplog.text
+    await other.close()
+
+
+class GatedInbox(MemoryStore):
+    """Accepts of the messages in ``held`` wait for ``gate`` (a store that is slow for them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.held: set[int] = set()
+        self.holding = asyncio.Event()
+
+    async def inbox_accept(self, chat_id, message_id, payload, *, account="main",
+                           position=None) -> bool:
+        if chat_id in self.held:
+            self.holding.set()
+            await self.gate.wait()
+        return await super().inbox_accept(chat_id, message_id, payload, account=account,
+                                          position=position)
+
+
+def pts(position: StreamPosition | None) -> int:
+    assert position is not None
+    return decode_position(position.value).pts
+
+
+async def test_the_position_never_passes_a_message_the_store_does_not_have(tmp_path: Path):
+    pm = build_plugin_manager()
+    config = load_config_text(CONFIG, plugin_manager=pm)
+    fake = FakeTelegram()
+    store = GatedInbox()
+    app = TelegramApp(config, pm, offline_client(fake), store=store)
+    await app.start()
+    try:
+        store.held.add(41)  # the offline Telegram's first update: pts 2
+        await fake.incoming(user_id=41, text="held", delivery="push")
+        await store.holding.wait()
+        await fake.incoming(user_id=43, text="free", delivery="push")
+        await fake.wait_for(lambda a: a["action"] == "send_message" and a["chat_id"] == 43)
+        await app.first.positions.flush()
+        # chat 43's message (and our reply) came after chat 41's, which is not in the store
+        after = await store.position_read("main")
+        assert after is None or pts(after) < 2
+        store.gate.set()
+        await fake.wait_for(lambda a: a["action"] == "send_message" and a["chat_id"] == 41)
+        async with asyncio.timeout(10):  # its accept carried it, or the idle write did
+            while pts(await store.position_read("main")) < 3:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    finally:
+        await app.stop(5)
+
+
+async def test_the_position_is_written_by_the_accept_of_the_message(monkeypatch):
+    monkeypatch.setattr(store_session, "IDLE_WRITE", 3600.0)  # no write on its own
+    pm = build_plugin_manager()
+    config = load_config_text(CONFIG, plugin_manager=pm)
+    fake = FakeTelegram()
+    store = MemoryStore()
+    carried: list[StreamPosition] = []
+    accept = store.inbox_accept
+
+    async def watched(*args, position=None, **kwargs):
+        if position is not None:
+            carried.append(position)
+        return await accept(*args, position=position, **kwargs)
+
+    store.inbox_accept = watched  # type: ignore[method-assign]
+    app = TelegramApp(config, pm, offline_client(fake), store=store)
+    await app.start()
+    try:
+        for n in range(5):
+            await fake.incoming(user_id=50 + n, text=f"m{n}", delivery="push")
+            await fake.wait_for(lambda a, n=n: a["action"] == "send_message"
+                                and a["chat_id"] == 50 + n)
+            # the position past message n went in with message n (replies move it further)
+            assert carried and pts(carried[-1]) >= 2 * n + 2
+        assert [p.order for p in carried] == sorted({p.order for p in carried})
+    finally:
+        await app.stop(5)
