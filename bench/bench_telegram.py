@@ -67,8 +67,11 @@ async def _until(predicate: Callable[[], bool], timeout: float) -> None:
 
 
 def _incoming(fake: FakeTelegram, messages: int, chats: int) -> list[Any]:
-    """The raw updates, built before the clock starts (the fake's cost is not measured)."""
-    return [fake.build_incoming(user_id=FIRST_USER + n % chats, text=f"m{n}")[0]
+    """The raw updates, built before the clock starts (the fake's cost is not measured).
+    Full ``Updates``: built ahead, compact ones would each fetch everything logged after
+    them through getDifference (the fake delivers compact updates by default)."""
+    return [fake.build_incoming(user_id=FIRST_USER + n % chats, text=f"m{n}",
+                                delivery="push")[0]
             for n in range(messages)]
 
 

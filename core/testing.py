@@ -206,7 +206,9 @@ class TgmuxBot:
     ``edit_interval``/``typing_interval`` override the config's timing (tests may go below the
     config's 1 s minimum). ``strict_flood`` (default on): the fake Telegram answers
     ``FLOOD_WAIT_X`` when tgmux goes over Telegram's flood limits (raised to the config's
-    ``telegram.flood`` where those are higher). The Pyrogram session is a real session file
+    ``telegram.flood`` where those are higher). ``latency``/``seed``: each push and answer
+    of the fake Telegram is delayed by a random 0..``latency`` seconds (seeded); updates come
+    in Telegram's own forms (compact ones included). The Pyrogram session is a real session file
     in a temporary directory, so a restart catches up on messages sent while the bot was
     stopped.
     """
@@ -215,7 +217,8 @@ class TgmuxBot:
                  store: str | None = None, env: dict[str, str] | None = None,
                  bot_username: str = "tgmux_bot", is_bot: bool = True,
                  edit_interval: float | None = None, typing_interval: float | None = None,
-                 strict_flood: bool = True) -> None:
+                 strict_flood: bool = True, latency: float = 0.0,
+                 seed: int | None = None) -> None:
         from tgmux.bootstrap import load_config_text
         from tgmux.hooks import build_plugin_manager
         from tgmux.telegram.fake import FakeTelegram, FloodModel
@@ -232,7 +235,7 @@ class TgmuxBot:
         flood = (FloodModel.at_least(self.config.data.telegram.flood) if strict_flood
                  else None)
         self.telegram: FakeTelegram = FakeTelegram(bot_username=bot_username, is_bot=is_bot,
-                                                   flood=flood)
+                                                   flood=flood, latency=latency, seed=seed)
         self.frontend_options: dict[str, Any] = {}
         if edit_interval is not None:
             self.frontend_options["edit_interval"] = edit_interval

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from pyrogram.errors import Unauthorized
+
 from tgmux.config import Config
 from tgmux.console import read_lines
 from tgmux.errors import ConfigError
@@ -34,7 +36,7 @@ from tgmux.telegram.fake import (
     infer_chat_type,
     offline_client,
 )
-from tgmux.telegram.fake.faults import check_method
+from tgmux.telegram.fake.faults import HANG, check_method
 from tgmux.telegram.fake.updates import DELIVERIES, MAX_INPUT_MESSAGE_ID, is_url
 from tgmux.telegram.run import stop_signals
 from tgmux.telegram.textsplit import utf16_len
@@ -116,7 +118,7 @@ def parse_control_line(data: dict[str, Any]) -> dict[str, Any]:
 def parse_fault(method: str, error: str, times: int = 1) -> None:
     """Check a fault (``--fault`` or a control line); ValueError says what is wrong."""
     check_method(method)
-    if not _ERROR.match(error):
+    if not _ERROR.match(error) or error == HANG:  # a request that never ends: test kit only
         raise ValueError(f"error: a Telegram error as it says it (FLOOD_WAIT_30, "
                          f"RPC_CALL_FAIL, TIMEOUT...), not {error!r}")
     if times < 1:
@@ -258,7 +260,15 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
     bad = 0
     await _remember_chats(fakes, config)
     with stop_signals(stop, on_signal), contextlib.ExitStack() as reload:
-        await app.start()
+        try:
+            await app.start()
+        except Unauthorized as exc:  # a state file whose session was revoked, a banned account
+            print(f"telegram: the account cannot start: {exc.ID} (the offline Telegram's "
+                  "state says its session was revoked or the account banned)",
+                  file=sys.stderr)
+            for fake in fakes.values():
+                fake.close()
+            return 3
         reload.enter_context(reloading(app.engine, plugin_manager))
         server = None
         stopped = asyncio.ensure_future(stop.wait())
@@ -358,8 +368,8 @@ async def _caught_up(fakes: dict[str, FakeTelegram], stopped: asyncio.Future[Any
             owed += len(keys)
             shown = ", ".join(f"chat {c} message {m}" for c, m in keys[:5])
             print(f"account {name}: the client never fetched {len(keys)} message(s) Telegram "
-                  f"holds for it ({shown}{', …' if len(keys) > 5 else ''}): an update gap it "
-                  "did not fill", file=sys.stderr)
+                  f"holds for it ({shown}{', …' if len(keys) > 5 else ''}): a gap it did not "
+                  "fill, or a fetch that failed", file=sys.stderr)
     return owed
 
 

@@ -310,3 +310,12 @@ async def test_private_chats_take_topics_through_the_real_client():
         ("in a topic", 7, True)
     assert seen[1].text == "plain, compact"
     assert "updates.GetDifference" in {r.name for r in fake.requests}
+
+
+async def test_the_test_kit_takes_latency_and_compact_updates(tgmux_bot):
+    bot = await tgmux_bot("backends:\n  echo: {type: echo, prefix: 'echo: '}\ndefault: echo\n",
+                          latency=0.03, seed=1)
+    assert (await bot.send("hi", user_id=42)).text == "echo: hi"
+    assert (await bot.send("again", user_id=42)).text == "echo: again"  # compact
+    assert bot.telegram.undelivered == {}
+    assert "updates.GetDifference" in {r.name for r in bot.telegram.requests}

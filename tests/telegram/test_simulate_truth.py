@@ -125,10 +125,21 @@ def test_latency_with_a_seed_answers_every_chat_once(config: Path):
         + [(100 + n, f"echo: again {n}") for n in range(6)])
 
 
-def test_a_revoked_session_answers_nothing_more(config: Path):
-    result = simulate(config, ['{"telegram": "revoke_session"}',
-                               '{"user_id": 42, "text": "after"}'])
+@pytest.mark.parametrize(("line", "error"), [
+    ('{"telegram": "revoke_session"}', "AUTH_KEY_UNREGISTERED"),
+    ('{"telegram": "ban_account"}', "USER_DEACTIVATED_BAN")])
+def test_a_revoked_session_or_ban_answers_nothing_more_and_is_kept(config: Path,
+                                                                   tmp_path: Path, line, error):
+    state = tmp_path / "telegram.db"
+    result = simulate(config, [line, '{"user_id": 42, "text": "after"}'],
+                      "--telegram-state", str(state))
     assert sent(result) == []
+    later = simulate(config, ['{"user_id": 42, "text": "later"}'],
+                     "--telegram-state", str(state))
+    assert later.returncode == 3
+    assert later.stderr.strip() == (
+        f"telegram: the account cannot start: {error} (the offline Telegram's state says its "
+        "session was revoked or the account banned)")
 
 
 @pytest.mark.parametrize(("fault", "message"), [
@@ -147,3 +158,23 @@ def test_a_fault_option_is_in_force_from_the_start(config: Path):
                       "--fault", "messages.SendMessage=RPC_CALL_FAIL:2")
     assert result.returncode == 0, result.stderr  # the session sends it again
     assert sent(result) == [(42, "echo: hi")]
+
+
+@pytest.mark.parametrize("lines", [
+    # a compact update whose getDifference is refused (issue 21, row 1)
+    ['{"telegram": "fault", "method": "updates.GetDifference", "error": "FLOOD_WAIT_30"}'],
+    # a gap at the end of the input: nothing tells the client
+    ['{"user_id": 42, "text": "lost?", "delivery": "gap"}'],
+    # too long: the client is told to fetch, and must
+    ['{"user_id": 42, "text": "lost?", "delivery": "too_long"}'],
+])
+def test_a_message_the_client_did_not_fetch_is_never_lost_silently(config: Path, lines):
+    lines = ['{"user_id": 42, "text": "hi"}', *lines, '{"user_id": 42, "text": "compact"}']
+    result = simulate(config, lines)
+    texts = {json.loads(line).get("text") for line in lines} - {None}
+    if {text for _, text in sent(result)} == {f"echo: {text}" for text in texts}:
+        assert result.returncode == 0, result.stderr  # tgmux fetched everything
+    else:  # today: kurigram does not fill the gap; simulate says so
+        assert result.returncode == 1
+        assert "the client never fetched 1 message(s) Telegram holds for it (chat 42 " \
+            "message 2)" in result.stderr

@@ -6,6 +6,7 @@ See :mod:`tgmux.telegram.fake` for what it does and how it is used.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from tgmux.telegram.frontend import TelegramFrontend
 
 __all__ = ["FakeTelegram", "Request", "replying_to"]
+
+log = logging.getLogger("tgmux.telegram.fake")
 
 #: Requests that show up in a chat, and so count against Telegram's flood limits.
 _FLOOD_COUNTED = frozenset({"send_message", "edit_message", "send_photo", "send_voice",
@@ -261,7 +264,14 @@ class FakeTelegram(Handlers):
         client = self.client
         if client is not None and client.is_connected and self.account_error is None \
                 and not self._is_down():
-            await client.handle_updates(updates)
+            try:
+                await client.handle_updates(updates)
+            except Exception as exc:
+                # As on the network (Pyrogram handles each push in a task of its own), the
+                # sender never hears of it: the push is lost, the update log still has it.
+                log.error("the client failed to handle pushed updates (%s: %s); they are "
+                          "lost unless it fetches them again", type(exc).__name__, exc)
+                return
             if isinstance(updates, raw.types.Updates):
                 self.served(updates.updates)
                 self.save()

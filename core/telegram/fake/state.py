@@ -71,6 +71,7 @@ class StateFile:
             raise ValueError(f"{self.path}: a telegram state file of version {version}; "
                              f"this tgmux reads version {_VERSION}")
         self._saved_pts: dict[int, int] = {}  # box (0: common) → last pts written
+        self._written: dict[str, str] = {}  # meta as last written
         self._writes = 0
 
     def close(self) -> None:
@@ -129,19 +130,24 @@ class StateFile:
 
     def save(self, world: World) -> None:
         """Write what changed since the last save, in one transaction."""
+        boxes: list[tuple[int, Box]] = [(0, world.log.common), *world.log.channels.items()]
+        meta = {"version": _VERSION, "me": world.me.id, "qts": world.log.qts,
+                "seq": world.log.seq, "date": world.log.date,
+                "account_error": world.account_error, "next_media_id": world.next_media_id,
+                "undelivered": [list(k) for k in world.undelivered]}
+        changed_meta = {k: json.dumps(v) for k, v in meta.items()
+                        if self._written.get(k) != json.dumps(v)}
+        if not world.dirty and not changed_meta and all(
+                box.pts == self._saved_pts.get(box_id, 0) for box_id, box in boxes):
+            return  # nothing changed (a chat action, a draft)
         dirty = list(world.dirty)
         world.dirty.clear()
-        boxes: list[tuple[int, Box]] = [(0, world.log.common), *world.log.channels.items()]
+        saved_pts: dict[int, int] = {}
         db = self.db
         db.execute("BEGIN")
         try:
-            meta = {"version": _VERSION, "me": world.me.id, "qts": world.log.qts,
-                    "seq": world.log.seq, "date": world.log.date,
-                    "account_error": world.account_error,
-                    "next_media_id": world.next_media_id,
-                    "undelivered": [list(k) for k in world.undelivered]}
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                           [(k, json.dumps(v)) for k, v in meta.items()])
+                           list(changed_meta.items()))
             for kind, key in dirty:
                 self._save_one(world, kind, key)
             for box_id, box in boxes:
@@ -154,7 +160,7 @@ class StateFile:
                 db.execute("DELETE FROM log WHERE box = ? AND pts <= ?",
                            (box_id, box.floor))
                 db.execute("INSERT OR REPLACE INTO boxes VALUES (?, ?)", (box_id, box.pts))
-                self._saved_pts[box_id] = box.pts
+                saved_pts[box_id] = box.pts
             self._writes += 1
             if self._writes % 200 == 1:
                 self._trim()
@@ -163,6 +169,8 @@ class StateFile:
             db.execute("ROLLBACK")
             world.dirty.update(dirty)
             raise
+        self._written.update(changed_meta)
+        self._saved_pts.update(saved_pts)
 
     def _save_one(self, world: World, kind: str, key: Any) -> None:
         db = self.db
