@@ -242,8 +242,9 @@ class TelegramAccount:
             listener(message, incoming)
         if incoming is None:
             return
-        if message.date is not None and self.stale.check(incoming, message.date.timestamp()):
-            return
+        if incoming.addressed and message.date is not None and \
+                self.stale.check(incoming, message.date.timestamp()):
+            return  # too old (caught up after an outage): its user is told, once
         self.intake.put(incoming)
 
     async def connect(self) -> None:

@@ -261,7 +261,8 @@ class UpdateStream:
         try:
             result = await self._invoke(query, *args, **kwargs)
         except Exception as exc:
-            if is_account_error(exc):
+            # (while starting, the caller says what went wrong: tgmux run may authorize again)
+            if self._task is not None and is_account_error(exc):
                 self._revoke(error_code(exc) or type(exc).__name__)
             raise
         self.last_heard = time.monotonic()
@@ -380,6 +381,13 @@ class UpdateStream:
         """What arrived while down: the account's difference, then each channel's, paced."""
         assert self.position is not None
         log.info("%s: catching up on what arrived while tgmux was down", self.account)
+        state = await self._call(raw.functions.updates.GetState())
+        if state.pts < self.position.pts:  # not this account's sequence (a reused session)
+            log.warning("%s: the saved update position (pts %d) is past Telegram's (pts %d): "
+                        "continuing from Telegram's", self.account, self.position.pts,
+                        state.pts)
+            self.position.pts, self.position.qts = state.pts, state.qts
+            self._dirty = True
         await self._difference()
         for channel in list(self.position.channels):
             await self._channel_difference(channel)
@@ -442,7 +450,10 @@ class UpdateStream:
         if isinstance(update, raw.types.UpdateChannelTooLong):
             log.info("%s: Telegram says too many updates in channel %s; fetching its "
                      "difference", self.account, update.channel_id)
-            await self._channel_difference(int(update.channel_id))
+            channel = int(update.channel_id)
+            if channel not in self.position.channels and isinstance(update.pts, int):
+                self.position.channels[channel] = update.pts  # first seen: from there on
+            await self._channel_difference(channel)
             return
         pts, count = getattr(update, "pts", None), getattr(update, "pts_count", None)
         if isinstance(pts, int) and isinstance(count, int):
