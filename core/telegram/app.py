@@ -234,7 +234,8 @@ class TelegramAccount:
             on_revoked=self._on_revoked,
             on_skipped=lambda count: metrics.updates_skipped.labels(self.name).inc(count),
             on_flood_wait=lambda seconds: metrics.flood_wait.labels(self.name).inc(seconds))
-        self.stale = StaleMessages(self.tg.catch_up_max_age, self.frontend.deliver, self.name,
+        self.stale = StaleMessages(self.tg.catch_up_max_age,
+                                   lambda *a, **k: self.frontend.deliver(*a, **k), self.name,
                                    lambda: metrics.stale_messages.labels(self.name).inc())
 
         async def gated(updates: Any) -> None:
@@ -260,11 +261,12 @@ class TelegramAccount:
         if me is None:
             return
         incoming = normalize(message, me, self.frontend.sent_ids, self.name, self.media.fetch)
+        if incoming is not None and incoming.addressed and message.date is not None and \
+                self.stale.check(incoming, message.date.timestamp()):
+            incoming = None  # too old (caught up after an outage): its user is told, once
         for listener in list(self.seen_listeners):
             listener(message, incoming)
         if incoming is None:
-            return
-        if message.date is not None and self.stale.check(incoming, message.date.timestamp()):
             return
         self.intake.put(incoming)
 

@@ -40,9 +40,10 @@ from tgmux.telegram.client import (
     telegram_proxy,
 )
 from tgmux.telegram.leases import keep_account
+from tgmux.telegram.updates import ACCOUNT_ERRORS
 
-__all__ = ["CONNECT_TIMEOUT", "LoginRefused", "TelegramUnreachable", "login", "run_telegram",
-           "start_bounded", "stop_signals"]
+__all__ = ["CONNECT_TIMEOUT", "REVOKED_EXIT", "LoginRefused", "TelegramUnreachable", "login",
+           "run_telegram", "start_bounded", "stop_signals"]
 
 log = logging.getLogger("tgmux.telegram")
 
@@ -127,6 +128,11 @@ _AUTH_PROBLEMS = {
     "USER_DEACTIVATED_BAN": "this Telegram account was banned",
     "API_ID_INVALID": "Telegram rejected api_id/api_hash (check them at my.telegram.org)",
 }
+#: ``tgmux run``'s exit status when Telegram refuses every account left (revoked, banned): a
+#: supervisor should not restart it (a new login or token is needed first).
+REVOKED_EXIT = 3
+#: Refusals that starting again cannot cure.
+_ACCOUNT_REFUSALS = ACCOUNT_ERRORS | {"ACCESS_TOKEN_INVALID", "ACCESS_TOKEN_EXPIRED"}
 #: The session's authorization is gone (logged out, revoked, token changed...).
 _STALE_SESSION = {
     "AUTH_KEY_UNREGISTERED": "is not logged in any more",
@@ -321,10 +327,16 @@ async def _serve_accounts(app: TelegramApp, names: list[str], leases: dict[str, 
             log.info("account %s is run by %s; standing by to take it over", name, where)
             tasks.append(asyncio.create_task(_standby(app, name, lease, stopping),
                                              name=f"standby-{name}"))
+    for name in names:
+        tasks.append(asyncio.create_task(_revoked(app, name), name=f"revoked-{name}"))
     outcome = 0
     waiting = asyncio.create_task(stopping.wait())
-    done, _ = await asyncio.wait([waiting, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    if waiting not in done:
+    done = await _until_not_revoked(app, names, [waiting, *tasks])
+    if not done:
+        log.error("no account is left to run (Telegram refuses each); stopping with exit "
+                  "status %d (a supervisor should not restart it)", REVOKED_EXIT)
+        outcome = REVOKED_EXIT
+    elif waiting not in done:
         for task in done:
             if task.exception() is not None:
                 log.error("%s failed: %s", task.get_name(), task.exception())
@@ -333,6 +345,35 @@ async def _serve_accounts(app: TelegramApp, names: list[str], leases: dict[str, 
                 outcome = task.result()
     waiting.cancel()
     return outcome
+
+
+async def _revoked(app: TelegramApp, name: str) -> None:
+    """Ends when Telegram refused the account while it ran (logged where it was seen); it
+    takes no more updates (its lease is kept: a standby does not take it over meanwhile)."""
+    account = app.accounts[name]
+    await account.revoked_event.wait()
+    await account.quiesce()
+
+
+async def _until_not_revoked(app: TelegramApp, names: list[str],
+                             tasks: list[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
+    """Wait for the first of ``tasks`` to end, going on while what ends is an account
+    Telegram refused (with its other tasks) and others are left; empty when none is left."""
+    left, pending = set(names), set(tasks)
+    while True:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        revoked = {t for t in done if t.get_name().startswith("revoked-")}
+        if done - revoked:
+            return done - revoked
+        for task in revoked:
+            name = task.get_name().removeprefix("revoked-")
+            left.discard(name)
+            for other in [t for t in pending if t.get_name() in (f"lost-{name}",
+                                                                  f"standby-{name}")]:
+                other.cancel()
+                pending.discard(other)
+        if not left:
+            return set()
 
 
 async def _shut_down(app: TelegramApp, leases: dict[str, Any], running: _Running,
@@ -393,7 +434,8 @@ async def _connect(app: TelegramApp, name: str, stopping: asyncio.Event) -> int 
                 storage.forget_authorization(f"Telegram says {code}")
                 continue
             log.error("%sTelegram refused to start: %s", prefix, _refusal(code, exc, tg))
-            return 1
+            # revoked, banned: starting again cannot help (no restart loop, no standby loop)
+            return REVOKED_EXIT if code in _ACCOUNT_REFUSALS else 1
         except TelegramUnreachable as exc:
             log.error("%s%s", prefix, exc)
             return 1

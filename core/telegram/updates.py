@@ -76,8 +76,9 @@ RETRY_FIRST, RETRY_MAX = 1.0, 60.0
 MAX_FLOOD_SLEEP = 3600.0
 #: Seconds between two channel differences at catch-up (many supergroups: paced).
 CATCH_UP_PACE = 0.05
-#: Messages a user account fetches per chat from history after a ``differenceTooLong``.
-HISTORY_LIMIT = 100
+#: Messages a user account fetches per chat from history after a ``differenceTooLong``, and
+#: the most chats it reads.
+HISTORY_LIMIT, HISTORY_CHATS = 100, 100
 #: The errors that mean the account cannot be used any more (401 and the ban).
 ACCOUNT_ERRORS = frozenset({"AUTH_KEY_UNREGISTERED", "AUTH_KEY_INVALID", "SESSION_REVOKED",
                             "SESSION_EXPIRED", "USER_DEACTIVATED", "USER_DEACTIVATED_BAN",
@@ -261,7 +262,8 @@ class UpdateStream:
         try:
             result = await self._invoke(query, *args, **kwargs)
         except Exception as exc:
-            if is_account_error(exc):
+            # (while starting, the caller says what went wrong: tgmux run may authorize again)
+            if self._task is not None and is_account_error(exc):
                 self._revoke(error_code(exc) or type(exc).__name__)
             raise
         self.last_heard = time.monotonic()
@@ -380,6 +382,13 @@ class UpdateStream:
         """What arrived while down: the account's difference, then each channel's, paced."""
         assert self.position is not None
         log.info("%s: catching up on what arrived while tgmux was down", self.account)
+        state = await self._call(raw.functions.updates.GetState())
+        if state.pts < self.position.pts:  # not this account's sequence (a reused session)
+            log.warning("%s: the saved update position (pts %d) is past Telegram's (pts %d): "
+                        "continuing from Telegram's", self.account, self.position.pts,
+                        state.pts)
+            self.position.pts, self.position.qts = state.pts, state.qts
+            self._dirty = True
         await self._difference()
         for channel in list(self.position.channels):
             await self._channel_difference(channel)
@@ -442,7 +451,10 @@ class UpdateStream:
         if isinstance(update, raw.types.UpdateChannelTooLong):
             log.info("%s: Telegram says too many updates in channel %s; fetching its "
                      "difference", self.account, update.channel_id)
-            await self._channel_difference(int(update.channel_id))
+            channel = int(update.channel_id)
+            if channel not in self.position.channels and isinstance(update.pts, int):
+                self.position.channels[channel] = update.pts  # first seen: from there on
+            await self._channel_difference(channel)
             return
         pts, count = getattr(update, "pts", None), getattr(update, "pts_count", None)
         if isinstance(pts, int) and isinstance(count, int):
@@ -722,18 +734,32 @@ class UpdateStream:
         assert self.position is not None
         self._skipped(count, "the account")
         if self._is_user():
-            for chat_id in list(self._last_incoming):
+            since = self.position.date
+            for chat_id in dict.fromkeys([*reversed(self._last_incoming),
+                                          *self._recent_chats()]):
                 if utils.get_peer_type(chat_id) == "channel":
                     continue  # channels have their own difference
-                await self._history(chat_id)
+                await self._history(chat_id, since)
                 await asyncio.sleep(CATCH_UP_PACE)
         self.position.pts = new_pts
         self._dirty = True
         await self._commit()
 
-    async def _history(self, chat_id: int) -> None:
+    def _recent_chats(self) -> list[int]:
+        """The chats the session storage saw most recently (a SQLite session: its peers)."""
+        conn = getattr(self.client.storage, "conn", None)
+        if conn is None:
+            return []
+        try:
+            rows = conn.execute("SELECT id FROM peers ORDER BY last_update_on DESC LIMIT ?",
+                                (HISTORY_CHATS,)).fetchall()
+        except Exception:  # another layout: the chats seen in this run only
+            return []
+        return [int(row[0]) for row in rows]
+
+    async def _history(self, chat_id: int, since: int) -> None:
         """A user account's missed messages of one chat (``messages.getHistory``), oldest
-        first, after the last one handled."""
+        first: after the last one handled, and not before ``since`` (the position's date)."""
         last = self._last_incoming.get(chat_id, 0)
         try:
             peer = await self.client.resolve_peer(chat_id)
@@ -747,7 +773,8 @@ class UpdateStream:
                         chat_id, exc or type(exc).__name__)
             return
         messages = [m for m in getattr(found, "messages", [])
-                    if isinstance(m, raw.types.Message) and m.id > last and not m.out]
+                    if isinstance(m, raw.types.Message) and m.id > last and not m.out
+                    and m.date >= since]
         messages.sort(key=lambda m: m.id)
         await self._deliver_difference(messages, [], getattr(found, "users", []),
                                        getattr(found, "chats", []))
