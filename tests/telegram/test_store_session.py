@@ -5,10 +5,19 @@ messages before it, never past a message the store does not have."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from io import BytesIO
 from pathlib import Path
 
+from pyrogram.raw.core import TLObject
 from pyrogram.storage import UpdateState
 
 from tgmux.bootstrap import load_config_text
@@ -200,3 +209,73 @@ async def test_the_position_is_written_by_the_accept_of_the_message(monkeypatch)
         assert [p.order for p in carried] == sorted({p.order for p in carried})
     finally:
         await app.stop(5)
+
+
+SIMULATE_CONFIG = """
+telegram:
+  flood: {private_per_second: 1000, global_per_second: 1000}
+store: sqlite:///{db}
+backends:
+  echo: {type: echo, prefix: "echo: "}
+default: echo
+"""
+
+
+def _simulate(config: Path, state: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tgmux", "simulate", "-c", str(config), "--telegram-state",
+         str(state)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+
+
+def held_by_telegram(state: Path) -> set[tuple[int, str]]:
+    """(chat, text) of each incoming message the offline Telegram's state file holds."""
+    with contextlib.closing(sqlite3.connect(state)) as db:
+        rows = db.execute("SELECT chat_id, tl FROM messages").fetchall()
+    messages = [(chat, TLObject.read(BytesIO(blob))) for chat, blob in rows]
+    return {(chat, m.message) for chat, m in messages if not m.out}
+
+
+def test_kill_9_then_a_restart_over_the_same_store_and_telegram_answers_each_once(
+        tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(SIMULATE_CONFIG.replace("{db}", str(tmp_path / "tgmux.db")))
+    state = tmp_path / "telegram.db"
+    first = _simulate(config, state)
+    assert first.stdin is not None and first.stdout is not None
+    for n in range(40):
+        first.stdin.write(json.dumps({"user_id": 100 + n % 5, "text": f"m{n}"}) + "\n")
+    first.stdin.flush()  # (stdin stays open: the run is killed, it does not end)
+    answered: list[tuple[int, str]] = []
+    deadline = time.monotonic() + 60
+    while len(answered) < 10 and time.monotonic() < deadline:
+        action = json.loads(first.stdout.readline())
+        if action["action"] == "send_message":
+            answered.append((action["chat_id"], action["text"]))
+    first.send_signal(signal.SIGKILL)  # with messages on Telegram, in the store, in hand
+    first.communicate(timeout=30)
+    assert len(answered) >= 10
+    # the store has the position past what was accepted, not only the start's
+    with contextlib.closing(sqlite3.connect(tmp_path / "tgmux.db")) as db:
+        (value,) = db.execute("SELECT position FROM account_state WHERE account='main'"
+                              ).fetchone()
+    assert decode_position(value).pts > 1
+
+    second = subprocess.run(
+        [sys.executable, "-m", "tgmux", "simulate", "-c", str(config), "--telegram-state",
+         str(state)], input="", capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    for action in map(json.loads, second.stdout.splitlines()):
+        if action["action"] == "send_message":
+            answered.append((action["chat_id"], action["text"]))
+    echoed = [(chat, text.removeprefix("echo: ")) for chat, text in answered
+              if text.startswith("echo: ")]
+    cut_off = {(chat, text.split("“")[1].split("”")[0]) for chat, text in answered
+               if not text.startswith("echo: ")}  # "I was restarted while answering “m9”…"
+    assert len(echoed) == len(set(echoed)), "a message was answered twice"
+    # each message Telegram got is answered once, or (a reply under way at the kill: it may
+    # have gone out) its user is told to send it again
+    held = held_by_telegram(state)
+    assert len(held) >= 10
+    assert set(echoed) <= held
+    assert held - set(echoed) <= cut_off, (held - set(echoed), cut_off)
