@@ -44,11 +44,14 @@ from typing import Any
 from pyrogram import Client, utils
 from pyrogram.storage import SQLiteStorage
 
-from tgmux.store import Store, StreamPosition
+from tgmux.config import Config
+from tgmux.errors import ConfigError
+from tgmux.redact import redact_urls
+from tgmux.store import Store, StreamPosition, open_store
 from tgmux.telegram.updates import SessionPosition, UpdatePosition
 
 __all__ = ["IDLE_WRITE", "MAX_PEERS", "PositionMark", "StorePositions", "StoreSession",
-           "decode_position", "encode_position", "token_digest"]
+           "decode_position", "encode_position", "token_digest", "write_session"]
 
 log = logging.getLogger("tgmux.telegram")
 
@@ -307,6 +310,26 @@ class StoreSession(SQLiteStorage):
 
     #: set when the session was reset: the update position belongs to the old account
     reset_position = False
+
+
+async def write_session(config: Config, account: str, session_string: str) -> None:
+    """``tgmux login --config``: the session of ``session_string`` into the config's store,
+    for ``account`` (replacing the one there; the update position of another account's
+    session is forgotten). A store that cannot be opened is a ConfigError naming it."""
+    store = open_store(config.data.store.url)
+    try:
+        await store.open()
+    except Exception as exc:
+        raise ConfigError(redact_urls(f"{config.where(('store',))}: cannot open "
+                                      f"{config.data.store.url}: {exc}")) from exc
+    try:
+        session = StoreSession(store, account, session_string=session_string)
+        await session.open()
+        await session.close()
+        if session.reset_position:
+            await store.position_write(None, account=account)
+    finally:
+        await store.close()
 
 
 _NONE: dict[int, Any] = {}  # (the users and chats of a mark: none)

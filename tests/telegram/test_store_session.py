@@ -5,6 +5,7 @@ messages before it, never past a message the store does not have."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -17,16 +18,23 @@ import time
 from io import BytesIO
 from pathlib import Path
 
+import click
+import pytest
+from pyrogram import Client
 from pyrogram.raw.core import TLObject
 from pyrogram.storage import UpdateState
 
+from tgmux import cli
 from tgmux.bootstrap import load_config_text
+from tgmux.errors import ConfigError
 from tgmux.hooks import build_plugin_manager
 from tgmux.store import MemoryStore, SQLiteStore, StreamPosition
+from tgmux.telegram import run as telegram_run
 from tgmux.telegram import store_session
 from tgmux.telegram.app import TelegramApp
 from tgmux.telegram.client import SessionFileStorage
 from tgmux.telegram.fake import FakeTelegram, offline_client
+from tgmux.telegram.run import run_telegram
 from tgmux.telegram.store_session import StoreSession, decode_position
 
 CONFIG = """
@@ -279,3 +287,57 @@ def test_kill_9_then_a_restart_over_the_same_store_and_telegram_answers_each_onc
     assert len(held) >= 10
     assert set(echoed) <= held
     assert held - set(echoed) <= cut_off, (held - set(echoed), cut_off)
+
+
+LOGIN_CONFIG = """
+telegram:
+  api_id: 12345
+  api_hash: 0123456789abcdef0123456789abcdef
+  user_account: true
+  data_dir: {data}
+store: sqlite:///{data}/tgmux.db
+backends:
+  echo: {type: echo}
+default: echo
+"""
+
+
+def test_login_writes_the_session_into_the_configs_store(tmp_path: Path, monkeypatch,
+                                                           capsys) -> None:
+    fake = FakeTelegram(is_bot=False, user_id=777, bot_username="someone")
+    monkeypatch.setattr(telegram_run, "Client", lambda *a, **k: fake.attach(Client(*a, **k)))
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
+    data = tmp_path / "data"
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(LOGIN_CONFIG.replace("{data}", str(data)))
+    config = load_config_text(config_path.read_text(), source="config.yaml")
+    # before: a user account with no session anywhere cannot run
+    with pytest.raises(ConfigError, match="no session in the store: run `tgmux login --config"):
+        asyncio.run(run_telegram(config, build_plugin_manager()))
+
+    cli.cli.main(["login", "--api-id", "12345", "--api-hash", "0" * 32, "--phone",
+                  "+10000000000", "--config", str(config_path)], standalone_mode=False)
+    out = capsys.readouterr().out
+    assert f"The session is in the store (sqlite:///{data}/tgmux.db) for account main" in out
+    assert "Your session string" not in out
+
+    async def stored() -> tuple[dict, set[str]]:
+        store = SQLiteStore(data / "tgmux.db")
+        await store.open()
+        try:
+            text = await store.session_read("main")
+        finally:
+            await store.close()
+        assert text is not None
+        return json.loads(text), await telegram_run._sessions_in_store(config, ["main"])
+
+    session, found = asyncio.run(stored())
+    assert (session["user_id"], session["is_bot"], len(base64.b64decode(session["auth_key"]))) \
+        == (777, 0, 256)
+    assert found == {"main"}  # `tgmux run` takes the account's session from the store
+
+
+def test_login_account_needs_config(capsys) -> None:
+    with pytest.raises(click.BadParameter, match="only with --config"):
+        cli.cli.main(["login", "--api-id", "12345", "--api-hash", "0" * 32, "--phone", "+1",
+                      "--account", "main"], standalone_mode=False)
