@@ -364,6 +364,7 @@ class StorePositions:
         self._open: set[int] = set()
         self._marks: deque[tuple[int, UpdatePosition]] = deque()
         self._due: UpdatePosition | None = None  # settled, not written yet
+        self._last: UpdatePosition | None = None  # the last one written (or handed out)
         self._writer: asyncio.Task[None] | None = None
         client.dispatcher.update_parsers[PositionMark] = self._reached
 
@@ -440,6 +441,7 @@ class StorePositions:
             return None
         self._due = None
         self._order += 1
+        self._last = best
         return StreamPosition(self._order, encode_position(best))
 
     def settled(self, number: int) -> None:
@@ -475,6 +477,7 @@ class StorePositions:
         while self._due is not None and not self.frozen:
             due, self._due = self._due, None
             self._order += 1
+            self._last = due
             try:
                 await self.store.position_write(StreamPosition(self._order, encode_position(due)),
                                                 account=self.account)
@@ -483,9 +486,14 @@ class StorePositions:
                 return
 
     async def close(self) -> None:
-        """Write what is due and stop the background write."""
+        """Write what is due and stop the background write. The client's own session storage
+        gets the last position too (a session file keeps it where the store is memory://,
+        as before the store kept it)."""
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
         await self.flush()
+        if self._last is not None and not isinstance(self.client.storage, StoreSession):
+            with contextlib.suppress(Exception):
+                await SessionPosition(self.client).save(self._last)
