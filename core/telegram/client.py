@@ -1,18 +1,17 @@
 """Building the Pyrogram (kurigram) ``Client`` for ``tgmux run``, and its session storage.
 
-The session lives in ``<data_dir>/<session_name>.session`` (directory 0700, file 0600), for a
-bot token, a session string or an interactively authorized user account alike: a persistent
-session keeps Telegram's update state, which is what lets tgmux catch up on messages that
-arrived while it was down (``skip_updates: false``). A session string seeds the file; the file
-is reset when the configured bot token or session string belongs to another account.
+``tgmux run`` keeps each account's session in tgmux's store
+(:class:`~tgmux.telegram.store_session.StoreSession`: a standby on another machine needs nothing
+but the database); a session file an earlier tgmux left in ``<data_dir>/<session_name>.session``
+is taken over once. :class:`SessionFileStorage` is that file (still used by the test kit): for a
+bot token, a session string or an interactively authorized user account alike; a session string
+seeds it; it is reset when the configured bot token or session string belongs to another account.
 
-A bot's authorization in the file belongs to the token it was made with: the file remembers a
-hash of that token, and when the configured token changes (revoked in @BotFather, a new one
-issued) the old authorization is dropped — peers and update state stay — and Pyrogram authorizes
-again with the new token. (A session string carries its own auth key: a new string replaces the
-file's key.)
+A bot's authorization belongs to the token it was made with: the session remembers a hash of
+that token, and when the configured token changes (revoked in @BotFather, a new one issued) the
+old authorization is dropped — peers and update state stay — and Pyrogram authorizes again with
+the new token. (A session string carries its own auth key: a new string replaces the key.)
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -351,7 +350,7 @@ def session_mode(tg: TelegramConfig) -> str:
         return "bot"
     if tg.session_string:
         return "user account (session string)"
-    return "user account (session file)"
+    return "user account (logged in with tgmux login or at the terminal)"
 
 
 def reach_of(client: Client) -> Reach:

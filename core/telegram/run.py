@@ -416,8 +416,7 @@ async def _connect(app: TelegramApp, name: str, stopping: asyncio.Event) -> int 
     tg, client = account.tg, account.client
     reach = reach_of(client)
     prefix = f"{name}: " if len(app.accounts) > 1 else ""
-    log.info("%sconnecting to Telegram (%s, session in %s)", prefix, session_mode(tg),
-             tg.data_dir)
+    log.info("%sconnecting to Telegram (%s, session in the store)", prefix, session_mode(tg))
     storage = client.storage
     for attempt in (1, 2):
         try:
