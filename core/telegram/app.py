@@ -415,6 +415,7 @@ class TelegramApp:
         except BaseException:
             for account in serving:
                 account.taking_updates = False
+                await account.updates.stop()
                 await account.client.stop()
             raise
         self._started = True

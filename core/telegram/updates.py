@@ -23,8 +23,9 @@ takes its place as the client's ``handle_updates``:
 - full messages go to Pyrogram's dispatcher in order; the position applied is committed through
   a :class:`PositionStore` after each batch (:class:`SessionPosition`: the session storage);
 - a revoked session or banned account (401) is reported once through ``on_revoked``; an idle
-  account is probed every :attr:`UpdateStream.probe_interval` seconds so that this is known
-  within seconds even when nothing is sent.
+  account is probed (``updates.getState``) every :attr:`UpdateStream.probe_interval` seconds,
+  so that this is known within seconds even when nothing is sent, and so that pushes lost with
+  nothing after them (a reconnection) are fetched too.
 
 Catch-up at start (:meth:`UpdateStream.start`) runs in the same task, after the account is
 up, paced, under the same flood handling: a FLOOD_WAIT never fails a start.
@@ -66,6 +67,8 @@ GAP_WAIT = 0.5
 #: Most pushes held in the queue; past it a push is dropped and the difference fetched instead
 #: (nothing is lost: Telegram keeps it).
 MAX_QUEUED = 10_000
+#: Most queue items handled before the position is committed (a burst: once at its end).
+COMMIT_EVERY = 100
 #: Most updates held per box while a gap is open; past it the difference is fetched at once.
 MAX_HELD = 1_000
 #: Most users and chats remembered to complete compact updates.
@@ -210,7 +213,7 @@ class UpdateStream:
 
     #: seconds without any answer from Telegram after which it is asked (``updates.getState``)
     #: whether the account is still usable (None: never)
-    probe_interval: float | None = 4.0
+    probe_interval: float | None = 3.0
 
     def __init__(self, client: Client, *, account: str = "main",
                  positions: PositionStore | None = None,
@@ -238,6 +241,7 @@ class UpdateStream:
         self._task: asyncio.Task[None] | None = None
         self._probe: asyncio.Task[None] | None = None
         self._dirty = False
+        self._uncommitted = 0
         self._invoke = client.invoke
         client.invoke = self._invoke_watched  # type: ignore[method-assign]
 
@@ -328,11 +332,16 @@ class UpdateStream:
                 await asyncio.sleep(self.probe_interval - idle)
                 continue
             try:
-                await self.client.invoke(raw.functions.updates.GetState())
+                state = await self.client.invoke(raw.functions.updates.GetState())
             except asyncio.CancelledError:
                 raise
             except Exception:  # the account errors were seen by invoke; others: next time
                 self.last_heard = time.monotonic()
+                continue
+            position = self.position
+            if position is not None and (state.pts > position.pts or state.qts > position.qts):
+                # pushes were lost (a reconnection) and nothing came after them: a gap, seen
+                self._put(("state", state))
 
     # -- the task ------------------------------------------------------------------------------
 
@@ -367,7 +376,11 @@ class UpdateStream:
             log.exception("%s: an update could not be handled; fetching the difference",
                           self.account)
             self._deadlines[_COMMON] = 0.0
-        await self._commit()
+        # a batch: what came in together (a burst is committed once, at its end or every
+        # COMMIT_EVERY updates)
+        self._uncommitted += 1
+        if self._queue.empty() or self._uncommitted >= COMMIT_EVERY:
+            await self._commit()
 
     async def _commit(self) -> None:
         if not self._dirty or self.position is None:
@@ -375,6 +388,7 @@ class UpdateStream:
         try:
             await self.positions.save(self.position.copy())
             self._dirty = False
+            self._uncommitted = 0
         except Exception as exc:  # the next batch commits it again
             log.warning("%s: the update position could not be saved: %s", self.account, exc)
 
@@ -411,6 +425,10 @@ class UpdateStream:
     async def _process(self, kind: str, payload: Any) -> None:
         assert self.position is not None
         dispatch = kind == "push"
+        if kind == "state":  # Telegram's state is past ours: missed unless they arrive now
+            if payload.pts > self.position.pts or payload.qts > self.position.qts:
+                self._deadlines.setdefault(_COMMON, time.monotonic() + self.gap_wait)
+            return
         if kind == "affected":
             channel, pts, count = payload
             box = _COMMON if channel is None else int(channel)

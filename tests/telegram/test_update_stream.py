@@ -102,6 +102,16 @@ async def test_a_gap_is_filled_within_about_a_second(tgmux_bot):
     assert echoes(bot, 42) == ["echo: first", "echo: lost push", "echo: next"]
 
 
+async def test_a_lost_push_with_nothing_after_it_is_fetched_when_idle(tgmux_bot):
+    bot = await tgmux_bot(CONFIG)
+    await bot.send("first", user_id=42)
+    lost = await bot.send_nowait("the last one, lost", user_id=42, delivery="gap")
+    started = time.monotonic()
+    reply = await lost.reply(timeout=20)  # Telegram's state says there is more: fetched
+    assert reply.texts == ["echo: the last one, lost"]
+    assert time.monotonic() - started < 10  # the idle probe (3 s), not the 15 min watchdog
+
+
 async def test_a_difference_in_slices_is_read_to_the_end_in_order(tgmux_bot):
     bot = await tgmux_bot(CONFIG + "telegram: {flood: {private_per_second: 1000}}\n")
     await bot.send("start", user_id=42)
