@@ -47,6 +47,18 @@ async def test_a_flood_wait_on_get_difference_after_a_compact_update_loses_nothi
     assert echoes(bot, 42) == ["echo: hello", "echo: compact"]
 
 
+@pytest.mark.parametrize("fields", [{"user_id": 42},
+                                    {"user_id": 42, "chat_id": -4012345678}])
+async def test_compact_updates_from_seen_peers_need_no_request(tgmux_bot, fields):
+    bot = await tgmux_bot(CONFIG)
+    mention = "@tgmux_bot " if "chat_id" in fields else ""
+    await bot.send(mention + "hello", **fields)  # a full push introduces the peers
+    asked = len(requests(bot, "updates.GetDifference"))  # (the catch-up at start)
+    reply = await bot.send(mention + "compact", delivery="short", **fields)
+    assert reply.texts == ["echo: compact"]
+    assert len(requests(bot, "updates.GetDifference")) == asked  # completed from what was seen
+
+
 async def test_a_flood_wait_filling_a_gap_loses_nothing_and_keeps_the_order(tgmux_bot):
     bot = await tgmux_bot(CONFIG)
     await bot.send("first", user_id=42)
