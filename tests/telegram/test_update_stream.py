@@ -288,3 +288,55 @@ def _session_string() -> str:
 
     data = struct.pack(">BI?256sQ?", 2, 12345, False, b"k" * 256, 5_000_000_001, False)
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+TWO_ACCOUNTS = """
+store: sqlite:///{data}/tgmux.db
+backends:
+  echo: {type: echo, prefix: "echo: "}
+default: echo
+accounts:
+  support:
+    telegram:
+      api_id: 1
+      api_hash: 0123456789abcdef0123456789abcdef
+      bot_token: "1:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+      data_dir: {data}
+      session_name: support
+  concierge:
+    telegram:
+      api_id: 1
+      api_hash: 0123456789abcdef0123456789abcdef
+      bot_token: "2:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+      data_dir: {data}
+      session_name: concierge
+"""
+
+
+async def test_a_revoked_account_stops_the_others_go_on_exit_3_when_none_is_left(
+        tmp_path: Path, monkeypatch, caplog):
+    from tgmux.bootstrap import load_config_text
+
+    fakes = {"support": FakeTelegram(bot_username="support_bot", user_id=1),
+             "concierge": FakeTelegram(bot_username="concierge_bot", user_id=2)}
+    monkeypatch.setattr(telegram_run, "build_client",
+                        lambda config, account=None, **_: offline_client(fakes[account]))
+    config = load_config_text(TWO_ACCOUNTS.replace("{data}", str(tmp_path / "data")),
+                              source="config.yaml")
+    running = asyncio.create_task(telegram_run.run_telegram(config, build_plugin_manager()))
+    try:
+        for fake in fakes.values():
+            await fake.wait_for(lambda a: a["action"] == "set_commands", timeout=20)
+        fakes["support"].revoke_session()
+        await fakes["concierge"].incoming(user_id=42, text="still here?")
+        await fakes["concierge"].wait_for(lambda a: a.get("text") == "echo: still here?",
+                                          timeout=20)
+        assert not running.done()
+        fakes["concierge"].ban_account()
+        assert await asyncio.wait_for(asyncio.shield(running), 20) == 3
+    finally:
+        if not running.done():
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.wait([running], timeout=20)
+    stops = [r.getMessage() for r in caplog.records if "this account stops" in r.getMessage()]
+    assert [line.split(":")[0] for line in stops] == ["support", "concierge"]
