@@ -47,9 +47,10 @@ from tgmux.telegram.client import abandon
 from tgmux.telegram.frontend import TelegramFrontend
 from tgmux.telegram.media import TelegramMedia
 from tgmux.telegram.normalize import normalize
+from tgmux.telegram.revoked import revocation_advice
 from tgmux.telegram.sender import MAX_FLOOD_RETRIES, MAX_FLOOD_WAIT, FloodWaitRequired
 from tgmux.telegram.stale import StaleMessages
-from tgmux.telegram.updates import UpdateStream, revocation_advice
+from tgmux.telegram.updates import UpdateStream
 from tgmux.types import ChatIdentity, IncomingMessage, MediaRef, MediaUnavailable, ReplyPart
 
 __all__ = ["AccountFrontends", "Intake", "TelegramAccount", "TelegramApp"]

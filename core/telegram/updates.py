@@ -39,9 +39,9 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, Protocol
+from typing import Any
 
 from pyrogram import Client, raw, utils
 from pyrogram.errors import (
@@ -51,13 +51,13 @@ from pyrogram.errors import (
     PersistentTimestampInvalid,
     PersistentTimestampOutdated,
     RPCError,
-    Unauthorized,
 )
 from pyrogram.raw.core import TLObject
-from pyrogram.storage import UpdateState
 
-__all__ = ["GAP_WAIT", "AccountRevoked", "PositionStore", "SessionPosition", "UpdatePosition",
-           "UpdateStream", "revocation_advice"]
+from tgmux.telegram.position import PositionStore, SessionPosition, UpdatePosition
+from tgmux.telegram.revoked import AccountRevoked, error_code, is_account_error
+
+__all__ = ["GAP_WAIT", "UpdateStream"]
 
 log = logging.getLogger("tgmux.telegram")
 
@@ -82,96 +82,7 @@ CATCH_UP_PACE = 0.05
 #: Messages a user account fetches per chat from history after a ``differenceTooLong``, and
 #: the most chats it reads.
 HISTORY_LIMIT, HISTORY_CHATS = 100, 100
-#: The errors that mean the account cannot be used any more (401 and the ban).
-ACCOUNT_ERRORS = frozenset({"AUTH_KEY_UNREGISTERED", "AUTH_KEY_INVALID", "SESSION_REVOKED",
-                            "SESSION_EXPIRED", "USER_DEACTIVATED", "USER_DEACTIVATED_BAN",
-                            "AUTH_KEY_PERM_EMPTY"})
-
 _COMMON = 0  # the box key of the account's own sequence; a channel's is its raw id (> 0)
-
-
-class AccountRevoked(Exception):
-    """Telegram refuses the account: session revoked, token revoked, account banned."""
-
-    def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-def error_code(exc: BaseException) -> str | None:
-    """Telegram's error string of an RPC error (``AUTH_KEY_UNREGISTERED``), else None."""
-    if isinstance(exc, RPCError):
-        return str(exc.ID or exc.NAME)
-    return None
-
-
-def is_account_error(exc: BaseException) -> bool:
-    return isinstance(exc, Unauthorized) or error_code(exc) in ACCOUNT_ERRORS
-
-
-def revocation_advice(code: str, *, is_bot: bool) -> str:
-    """What happened and what to do, for one log line."""
-    if code in ("USER_DEACTIVATED_BAN", "USER_DEACTIVATED"):
-        what = "banned" if code.endswith("BAN") else "deleted"
-        return (f"Telegram says this account was {what} ({code}): it cannot be used any more; "
-                "remove it from the config or log in another account with `tgmux login`")
-    if is_bot:
-        return (f"Telegram no longer accepts this bot's session ({code}): the bot token was "
-                "revoked in @BotFather (or the bot was logged out); set telegram.bot_token to "
-                "the token @BotFather shows now and start tgmux again")
-    return (f"Telegram ended this account's session ({code}: logged out or terminated from "
-            "another device); run `tgmux login` again and set session_string to the new string")
-
-
-@dataclass
-class UpdatePosition:
-    """Where the account is in Telegram's update stream: its box and each channel's pts."""
-
-    pts: int
-    qts: int
-    date: int
-    seq: int
-    channels: dict[int, int] = field(default_factory=dict)  # raw channel id → pts
-
-    def copy(self) -> UpdatePosition:
-        return UpdatePosition(self.pts, self.qts, self.date, self.seq, dict(self.channels))
-
-
-class PositionStore(Protocol):
-    """Where the update position is kept between runs (the session storage, or tgmux's
-    store with the inbox)."""
-
-    async def load(self) -> UpdatePosition | None: ...
-
-    async def save(self, position: UpdatePosition) -> None: ...
-
-
-class SessionPosition:
-    """The position in Pyrogram's session storage (its ``update_state`` table, kurigram's
-    format: id 0 the account, ``-100<channel>`` a channel), committed at each save."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-
-    async def load(self) -> UpdatePosition | None:
-        states = await self.client.storage.get_update_states()
-        common = next((s for s in states if s.id == 0), None)
-        if common is None or common.pts is None:
-            return None
-        channels = {utils.get_raw_peer_id(s.id): s.pts for s in states
-                    if s.id != 0 and s.pts is not None}
-        return UpdatePosition(common.pts, common.qts or 0, common.date or 0, common.seq or 0,
-                              channels)
-
-    async def save(self, position: UpdatePosition) -> None:
-        storage = self.client.storage
-        if getattr(storage, "conn", None) is None:  # closed (stopping): the next start asks
-            return
-        states = [UpdateState(0, position.pts, position.qts, position.date, position.seq)]
-        states += [UpdateState(utils.get_channel_id(channel), pts, None, None, None)
-                   for channel, pts in position.channels.items()]
-        await storage.set_update_state(states)
-        await storage.save()
 
 
 def _wire(obj: TLObject) -> TLObject:
