@@ -138,17 +138,23 @@ async def test_a_difference_in_slices_is_read_to_the_end_in_order(tgmux_bot):
     assert len(requests(bot, "updates.GetDifference")) >= 2  # a slice, then the rest
 
 
+@pytest.mark.parametrize(("method", "fields"), [
+    ("updates.GetDifference", {"user_id": 42}),
+    ("updates.GetChannelDifference", {"user_id": 42, "chat_id": -1001234567890}),
+])
 async def test_a_flood_wait_at_catch_up_does_not_fail_the_start(tgmux_bot, monkeypatch,
-                                                              caplog):
+                                                              caplog, method, fields):
     # time compressed: the 30 s Telegram asks for are waited 0.2 s here (then asked again)
     monkeypatch.setattr(update_stream, "MAX_FLOOD_SLEEP", 0.2)
     bot = await tgmux_bot(CONFIG)
-    await bot.send("before", user_id=42)
+    mention = "@tgmux_bot " if "chat_id" in fields else ""
+    await bot.send(mention + "before", **fields)
     await bot.stop()
-    bot.telegram.build_incoming(user_id=42, text="while down")
-    bot.telegram.fail("updates.GetDifference", "FLOOD_WAIT_30")
+    bot.telegram.build_incoming(text=mention + "while down", **fields)
+    bot.telegram.fail(method, "FLOOD_WAIT_30")
     await bot.start()  # does not raise
     await bot.wait_for(lambda a: a.get("text") == "echo: while down", timeout=20)
+    assert [r.error for r in requests(bot, method)][-2:] == ["FLOOD_WAIT_30", None]
     assert "asks to wait 30 s" in caplog.text
     assert bot.engine.metrics.flood_wait.labels("main").value == 30
 
