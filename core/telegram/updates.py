@@ -259,7 +259,13 @@ class UpdateStream:
     async def _run(self, catch_up: bool) -> None:
         try:
             if catch_up:
-                await self._catch_up()
+                try:
+                    await self._catch_up()
+                except (AccountRevoked, asyncio.CancelledError):
+                    raise
+                except Exception:  # a bug or an object we cannot read: asked again
+                    log.exception("%s: the catch-up failed; asking again", self.account)
+                    self._deadlines[_COMMON] = time.monotonic() + RETRY_FIRST
             while True:
                 await self._step()
         except AccountRevoked:
@@ -286,7 +292,7 @@ class UpdateStream:
         except Exception:  # a bug or an object we cannot read: Telegram still has it
             log.exception("%s: an update could not be handled; fetching the difference",
                           self.account)
-            self._deadlines[_COMMON] = 0.0
+            self._deadlines[_COMMON] = time.monotonic() + RETRY_FIRST  # (no busy loop)
         # a batch: what came in together (a burst is committed once, at its end or every
         # COMMIT_EVERY updates)
         self._uncommitted += 1

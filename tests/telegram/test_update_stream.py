@@ -126,6 +126,25 @@ async def test_a_lost_push_with_nothing_after_it_is_fetched_when_idle(tgmux_bot)
     assert time.monotonic() - started < 10  # the idle probe (3 s), not the 15 min watchdog
 
 
+async def test_a_push_that_cannot_be_handled_is_fetched_again(tgmux_bot, monkeypatch,
+                                                             caplog):
+    bot = await tgmux_bot(CONFIG)
+    await bot.send("first", user_id=42)
+    fetch_peers = bot.client.fetch_peers
+    calls: list[object] = []
+
+    async def failing_once(peers):
+        calls.append(peers)
+        if len(calls) == 1:
+            raise RuntimeError("unreadable")
+        return await fetch_peers(peers)
+
+    monkeypatch.setattr(bot.client, "fetch_peers", failing_once)
+    reply = await bot.send("full push", user_id=42, delivery="push", timeout=20)
+    assert reply.texts == ["echo: full push"]
+    assert "an update could not be handled; fetching the difference" in caplog.text
+
+
 async def test_a_difference_in_slices_is_read_to_the_end_in_order(tgmux_bot):
     bot = await tgmux_bot(CONFIG + "telegram: {flood: {private_per_second: 1000}}\n")
     await bot.send("start", user_id=42)
