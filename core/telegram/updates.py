@@ -146,6 +146,9 @@ class UpdateStream:
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(MAX_QUEUED)
         self._held: dict[int, dict[int, _Held]] = {}  # box → pts → update
         self._deadlines: dict[int, float] = {}  # box → when its gap is fetched
+        #: boxes whose difference is due whatever is held (a qts gap, Telegram's state ahead,
+        #: an update that could not be read): kept until fetched
+        self._forced: set[int] = set()
         self._users: OrderedDict[int, TLObject] = OrderedDict()
         self._chats: OrderedDict[int, TLObject] = OrderedDict()
         self._last_incoming: OrderedDict[int, int] = OrderedDict()  # chat → last message id
@@ -169,7 +172,13 @@ class UpdateStream:
         except asyncio.QueueFull:  # Telegram keeps it: fetched by the difference
             log.warning("%s: more than %d updates queued; fetching the difference instead",
                         self.account, MAX_QUEUED)
-            self._deadlines[_COMMON] = 0.0
+            self._force(_COMMON, 0.0)
+
+    def _force(self, box: int, delay: float) -> None:
+        """Fetch ``box``'s difference in ``delay`` seconds (or sooner if already due)."""
+        due = time.monotonic() + delay
+        self._deadlines[box] = min(self._deadlines.get(box, due), due)
+        self._forced.add(box)
 
     async def _invoke_watched(self, query: TLObject, *args: Any, **kwargs: Any) -> Any:
         """The client's ``invoke``: an account error is reported, and the updates in an answer
@@ -265,7 +274,7 @@ class UpdateStream:
                     raise
                 except Exception:  # a bug or an object we cannot read: asked again
                     log.exception("%s: the catch-up failed; asking again", self.account)
-                    self._deadlines[_COMMON] = time.monotonic() + RETRY_FIRST
+                    self._force(_COMMON, RETRY_FIRST)
             while True:
                 await self._step()
         except AccountRevoked:
@@ -292,7 +301,7 @@ class UpdateStream:
         except Exception:  # a bug or an object we cannot read: Telegram still has it
             log.exception("%s: an update could not be handled; fetching the difference",
                           self.account)
-            self._deadlines[_COMMON] = time.monotonic() + RETRY_FIRST  # (no busy loop)
+            self._force(_COMMON, RETRY_FIRST)  # (a pause: no busy loop)
         # a batch: what came in together (a burst is committed once, at its end or every
         # COMMIT_EVERY updates)
         self._uncommitted += 1
@@ -344,7 +353,7 @@ class UpdateStream:
         dispatch = kind == "push"
         if kind == "state":  # Telegram's state is past ours: missed unless they arrive now
             if payload.pts > self.position.pts or payload.qts > self.position.qts:
-                self._deadlines.setdefault(_COMMON, time.monotonic() + self.gap_wait)
+                self._force(_COMMON, self.gap_wait)
             return
         if kind == "affected":
             channel, pts, count = payload
@@ -402,7 +411,7 @@ class UpdateStream:
             if qts <= self.position.qts:
                 return  # already applied
             if self.position.qts and qts > self.position.qts + 1:  # a gap: the difference
-                self._deadlines.setdefault(_COMMON, time.monotonic() + self.gap_wait)
+                self._force(_COMMON, self.gap_wait)
                 return
             self.position.qts = qts
             self._dirty = True
@@ -456,7 +465,8 @@ class UpdateStream:
                               release=False)
         if not held:
             self._held.pop(box, None)
-            self._deadlines.pop(box, None)
+            if box not in self._forced:
+                self._deadlines.pop(box, None)
 
     def _pts(self, box: int) -> int | None:
         assert self.position is not None
@@ -552,6 +562,7 @@ class UpdateStream:
         """``updates.getDifference`` from the position, slice after slice, until caught up."""
         assert self.position is not None
         self._deadlines.pop(_COMMON, None)
+        self._forced.discard(_COMMON)
         while True:
             position = self.position
             diff = await self._call(raw.functions.updates.GetDifference(
@@ -604,6 +615,7 @@ class UpdateStream:
         """``updates.getChannelDifference`` for one channel, until final."""
         assert self.position is not None
         self._deadlines.pop(channel, None)
+        self._forced.discard(channel)
         limit = 100_000 if self.client.me is not None and self.client.me.is_bot else 100
         while True:
             pts = self.position.channels.get(channel)
