@@ -48,7 +48,7 @@ from tgmux.config import Config
 from tgmux.errors import ConfigError
 from tgmux.redact import redact_urls
 from tgmux.store import Store, StreamPosition, open_store
-from tgmux.telegram.updates import SessionPosition, UpdatePosition
+from tgmux.telegram.position import SessionPosition, UpdatePosition
 
 __all__ = ["IDLE_WRITE", "MAX_PEERS", "PositionMark", "StorePositions", "StoreSession",
            "decode_position", "encode_position", "token_digest", "write_session"]
