@@ -15,7 +15,7 @@ COPY plugins plugins
 # [voice]: PyAV, for voice notes (BambiSleep audio, tgmux.plugins.speak); see docs/telegram.md.
 RUN pip install ".[voice]"
 
-# The session files and a SQLite store live here (mode 0600, owned by tgmux).
+# A SQLite store (with the Telegram sessions) lives here (mode 0600, owned by tgmux).
 RUN mkdir -p /data /config && chown tgmux:tgmux /data
 VOLUME ["/data"]
 WORKDIR /data

@@ -411,10 +411,27 @@ def _api_hash(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--proxy", envvar="TG_PROXY", default=None, metavar="URL",
               help="Reach Telegram through this proxy, as telegram.proxy: "
                    "socks5|socks4|http://[USER:PASSWORD@]HOST:PORT.")
-def login(api_id: int, api_hash: str, phone: str | None, proxy: str | None) -> None:
-    """Log in a user account and print its session string once (for session_string:)."""
+@click.option("-c", "--config", "config_path", default=None, type=click.Path(dir_okay=False),
+              help="Write the session into this config's store (for --account) instead of "
+                   "printing it: `tgmux run` with this config then needs no session_string.")
+@click.option("--account", default=None, metavar="NAME",
+              help="With --config: the account whose session it is (default: the first).")
+def login(api_id: int, api_hash: str, phone: str | None, proxy: str | None,
+          config_path: str | None, account: str | None) -> None:
+    """Log in a user account and print its session string once (for session_string:), or
+    with --config write it into that config's store."""
     from tgmux.proxy import TELEGRAM_SCHEMES, parse_proxy
 
+    config = None
+    if config_path is not None:
+        config, _ = _load(config_path)
+        if account is not None and account not in config.accounts:
+            raise click.BadParameter(f"no account {account!r} (the config has: "
+                                     f"{', '.join(config.accounts)})", param_hint="--account")
+        if proxy is None:
+            proxy = config.account(account).telegram.proxy
+    elif account is not None:
+        raise click.BadParameter("only with --config", param_hint="--account")
     if proxy is not None:
         try:
             parse_proxy(proxy, TELEGRAM_SCHEMES)
@@ -424,9 +441,20 @@ def login(api_id: int, api_hash: str, phone: str | None, proxy: str | None) -> N
     from tgmux.telegram import login as telegram_login
 
     session = _run(telegram_login(api_id, api_hash, phone=phone, proxy=proxy))
-    if isinstance(session, str):
+    if not isinstance(session, str):
+        return
+    if config is None:
         click.echo("\nYour session string (keep it secret; put it in TG_SESSION):\n")
         click.echo(session)
+        return
+    from tgmux.redact import redact_urls
+    from tgmux.telegram.store_session import write_session
+
+    name = config.account(account).name
+    _run(write_session(config, name, session))
+    click.echo(f"\nThe session is in the store ({redact_urls(config.data.store.url)}) for "
+               f"account {name}: `tgmux run -c {config_path}` uses it (leave session_string "
+               "unset: a session_string replaces it).")
 
 
 def main() -> None:

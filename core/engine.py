@@ -423,7 +423,7 @@ class Engine:
                 try:
                     slot.fresh = await self.store.inbox_accept(
                         message.chat.chat_id, message.chat.message_id, message.to_payload(),
-                        account=message.chat.account)
+                        account=message.chat.account, position=message.position)
                 except Exception:
                     # Better an answer without dedup or restart safety than no answer at all.
                     log.exception("chat %s message %s: the store did not take it; answering "

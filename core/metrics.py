@@ -114,8 +114,15 @@ class Metrics:
         self.flood_wait = _Family(
             "tgmux_flood_wait_seconds", "Seconds Telegram told us to wait (FLOOD_WAIT)",
             ["account"])
+        self.updates_skipped = _Family(
+            "tgmux_updates_skipped", "Updates Telegram no longer had to give "
+            "(differenceTooLong after a long outage)", ["account"])
+        self.stale_messages = _Family(
+            "tgmux_stale_messages", "Messages older than telegram.catch_up_max_age when they "
+            "arrived: not answered, their user told", ["account"])
         r.register(_Collector([self.messages_received, self.replies, self.backend_latency,
-                               self.first_token, self.provider_errors, self.flood_wait]))
+                               self.first_token, self.provider_errors, self.flood_wait,
+                               self.updates_skipped, self.stale_messages]))
         self.circuit_state = Gauge(
             "tgmux_circuit_state", "A backend's circuit: 0 closed, 1 half open, 2 open",
             ["backend"], registry=r)

@@ -43,6 +43,7 @@ __all__ = [
     "ProviderEvent",
     "ReplyPart",
     "StopFn",
+    "StreamPosition",
     "Text",
     "TextDelta",
     "delay_notifier",
@@ -175,6 +176,17 @@ class Media:
                    ref=MediaRef(**ref) if ref else None, fetch=fetch if ref else None)
 
 
+@dataclass(frozen=True)
+class StreamPosition:
+    """Where an account is in its update stream: ``value`` is the frontend's own text (JSON),
+    ``order`` orders one account's positions. A store keeps the highest ``order``: a write with
+    an order not above the stored one changes nothing, so accepts committing out of order never
+    move the position back."""
+
+    order: int
+    value: str
+
+
 COMMAND_PATTERN = re.compile(r"/([A-Za-z0-9_]+)(?:\s+(.*))?\Z", re.DOTALL)
 
 
@@ -191,6 +203,9 @@ class IncomingMessage:
     media: Media | None = None
     addressed: bool = True
     received_at: float = field(default_factory=time.time)
+    #: where the frontend's update stream stands past this message: written with its inbox
+    #: accept (not part of the message: not in the payload)
+    position: StreamPosition | None = field(default=None, compare=False, repr=False)
 
     @property
     def command(self) -> str | None:

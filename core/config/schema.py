@@ -133,6 +133,9 @@ class TelegramConfig(Strict):
     typing_interval: float = Field(4.0, gt=0, description="seconds between typing actions")
     shutdown_timeout: float = Field(20.0, ge=0, description="seconds to finish replies on stop")
     skip_updates: bool = Field(False, description="drop messages that arrived while down")
+    catch_up_max_age: Duration = Field(
+        86400.0, gt=0, description="a message older than this when it arrives (caught up after "
+        "an outage) is not answered; its user is told once to send it again")
     proxy: str | None = Field(
         None, description="socks5|socks4|http://[USER:PASSWORD@]HOST:PORT: Telegram is reached "
         "through this proxy")

@@ -21,6 +21,7 @@ from tgmux.store.base import (
     AccountLease,
     Namespace,
     Store,
+    StreamPosition,
     Unanswered,
 )
 from tgmux.store.guard import GuardedStore, StoreUnavailable
@@ -47,6 +48,7 @@ __all__ = [
     "SQLiteStore",
     "Store",
     "StoreUnavailable",
+    "StreamPosition",
     "Unanswered",
     "check_store",
     "is_postgres_url",

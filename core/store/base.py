@@ -10,7 +10,10 @@
   quota per credential holds however many processes use the credential;
 * conversation memory (:meth:`Store.history_append`, :class:`Conversation`): the last
   exchanges of a chat, for backends whose providers remember nothing (bounded: the oldest are
-  forgotten as new ones come).
+  forgotten as new ones come);
+* per account, its Telegram session (:meth:`Store.session_read`) and where it is in Telegram's
+  update stream (:meth:`Store.position_read`; written with the inbox accept that moves it,
+  :meth:`Store.inbox_accept`): a standby takes an account over with nothing but the store.
 
 Implementations: :mod:`~tgmux.store.memory`, :mod:`~tgmux.store.sqlite`,
 :mod:`~tgmux.store.postgres`. Every method that takes ``account`` defaults it to ``"main"``.
@@ -27,7 +30,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tgmux.types import ChatIdentity, Exchange
+from tgmux.types import ChatIdentity, Exchange, StreamPosition
 
 log = logging.getLogger("tgmux.store")
 
@@ -197,9 +200,14 @@ class Store(ABC):
     # inbox: dedup and restart safety
     @abstractmethod
     async def inbox_accept(self, chat_id: int, message_id: int, payload: dict[str, Any], *,
-                           account: str = DEFAULT_ACCOUNT) -> bool:
+                           account: str = DEFAULT_ACCOUNT,
+                           position: StreamPosition | None = None) -> bool:
         """Record a message as pending; False when this (chat, message) was seen before.
-        Atomic: of several processes accepting the same message, one gets True."""
+        Atomic: of several processes accepting the same message, one gets True.
+
+        ``position``: the account's update position past this message, written in the same
+        round trip and transaction (as :meth:`position_write`; also when the message is a
+        duplicate)."""
 
     @abstractmethod
     async def inbox_dispatched(self, chat_id: int, message_id: int, *,
@@ -222,6 +230,26 @@ class Store(ABC):
     async def inbox_prune(self, older_than: float, *, account: str | None = None) -> int:
         """Forget answered messages received before ``older_than`` (a timestamp), of one
         account or (None) of all."""
+
+    # an account's Telegram session and update position
+    @abstractmethod
+    async def session_read(self, account: str = DEFAULT_ACCOUNT) -> str | None:
+        """The account's Telegram session (the frontend's JSON), None when there is none."""
+
+    @abstractmethod
+    async def session_write(self, session: str | None, *, account: str = DEFAULT_ACCOUNT
+                            ) -> None:
+        """Keep (None: forget) the account's session."""
+
+    @abstractmethod
+    async def position_read(self, account: str = DEFAULT_ACCOUNT) -> StreamPosition | None:
+        """Where the account is in its update stream, None when nowhere yet."""
+
+    @abstractmethod
+    async def position_write(self, position: StreamPosition | None, *,
+                             account: str = DEFAULT_ACCOUNT) -> None:
+        """Keep ``position`` unless the stored one has a higher or equal ``order``; None
+        forgets it (the next write of any order is kept)."""
 
     # account leases
     @abstractmethod

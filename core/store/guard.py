@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tgmux.store.base import DEFAULT_ACCOUNT, AccountLease, Store, Unanswered
+from tgmux.store.base import DEFAULT_ACCOUNT, AccountLease, Store, StreamPosition, Unanswered
 from tgmux.types import Exchange
 
 __all__ = ["MAX_PENDING", "GuardedStore", "StoreUnavailable"]
@@ -77,6 +77,7 @@ class GuardedStore(Store):
         self.inner = store
         self.timeout = timeout
         self.max_pending = max_pending
+        self._opened = False
         self._down_since: float | None = None
         self._why = ""
         self._pending: OrderedDict[tuple[str, int, int], _InboxState] = OrderedDict()
@@ -190,9 +191,15 @@ class GuardedStore(Store):
     # -- lifecycle (not guarded: bounded on their own) ------------------------------------
 
     async def open(self) -> None:
+        """Open the store (once: the Telegram side opens it before its accounts connect, to
+        read their sessions and positions, the engine's start then finds it open)."""
+        if self._opened:
+            return
         await self.inner.open()
+        self._opened = True
 
     async def close(self) -> None:
+        self._opened = False
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
@@ -225,13 +232,16 @@ class GuardedStore(Store):
     # -- the inbox: never fails a message ------------------------------------------------
 
     async def inbox_accept(self, chat_id: int, message_id: int, payload: dict[str, Any], *,
-                           account: str = DEFAULT_ACCOUNT) -> bool:
+                           account: str = DEFAULT_ACCOUNT,
+                           position: StreamPosition | None = None) -> bool:
         key = (account, chat_id, message_id)
         if key in self._pending:
             return False  # accepted during this outage already
+        if any(state.payload is not None for state in self._pending.values()):
+            position = None  # not past an accept kept in memory only: it would be lost
         try:
             return await self._call(lambda: self.inner.inbox_accept(
-                chat_id, message_id, payload, account=account))
+                chat_id, message_id, payload, account=account, position=position))
         except StoreUnavailable:
             state = self._keep(account, chat_id, message_id)
             if state is not None:
@@ -276,6 +286,25 @@ class GuardedStore(Store):
         return await self._call(lambda: self.inner.inbox_prune(older_than, account=account))
 
     # -- overrides -----------------------------------------------------------------------
+
+    # -- the account's session and position: off a message's path (the position lags safely)
+
+    async def session_read(self, account: str = DEFAULT_ACCOUNT) -> str | None:
+        return await self._call(lambda: self.inner.session_read(account), try_anyway=True)
+
+    async def session_write(self, session: str | None, *, account: str = DEFAULT_ACCOUNT
+                            ) -> None:
+        await self._call(lambda: self.inner.session_write(session, account=account),
+                         try_anyway=True)
+
+    async def position_read(self, account: str = DEFAULT_ACCOUNT) -> StreamPosition | None:
+        return await self._call(lambda: self.inner.position_read(account), try_anyway=True)
+
+    async def position_write(self, position: StreamPosition | None, *,
+                             account: str = DEFAULT_ACCOUNT) -> None:
+        if any(state.payload is not None for state in self._pending.values()):
+            return  # not past an accept kept in memory only
+        await self._call(lambda: self.inner.position_write(position, account=account))
 
     async def get_override(self, chat_id: int, *, account: str = DEFAULT_ACCOUNT) -> str | None:
         """None (the route's backend) while the store is down: check :attr:`degraded` before

@@ -6,7 +6,14 @@ import time
 from collections import OrderedDict, deque
 from typing import Any
 
-from tgmux.store.base import DEFAULT_ACCOUNT, AccountHolder, AccountLease, Store, Unanswered
+from tgmux.store.base import (
+    DEFAULT_ACCOUNT,
+    AccountHolder,
+    AccountLease,
+    Store,
+    StreamPosition,
+    Unanswered,
+)
 from tgmux.types import Exchange
 
 _Key = tuple[str, int, int]  # (account, chat_id, message_id)
@@ -36,6 +43,8 @@ class MemoryStore(Store):
         self.rate_blocks: dict[str, float] = {}
         self._rate_windows: dict[str, float] = {}
         self.histories: OrderedDict[str, list[Exchange]] = OrderedDict()
+        self.sessions: dict[str, str] = {}
+        self.positions: dict[str, StreamPosition] = {}
 
     async def open(self) -> None:
         return None
@@ -68,14 +77,37 @@ class MemoryStore(Store):
         )
 
     async def inbox_accept(self, chat_id: int, message_id: int, payload: dict[str, Any], *,
-                           account: str = DEFAULT_ACCOUNT) -> bool:
+                           account: str = DEFAULT_ACCOUNT,
+                           position: StreamPosition | None = None) -> bool:
         key = (account, chat_id, message_id)
+        if position is not None:
+            await self.position_write(position, account=account)
         if key in self.inbox:
             return False
         self.inbox[key] = ("pending", payload, time.time())
         self._seq += 1
         self._order[key] = self._seq
         return True
+
+    async def session_read(self, account: str = DEFAULT_ACCOUNT) -> str | None:
+        return self.sessions.get(account)
+
+    async def session_write(self, session: str | None, *, account: str = DEFAULT_ACCOUNT
+                            ) -> None:
+        if session is None:
+            self.sessions.pop(account, None)
+        else:
+            self.sessions[account] = session
+
+    async def position_read(self, account: str = DEFAULT_ACCOUNT) -> StreamPosition | None:
+        return self.positions.get(account)
+
+    async def position_write(self, position: StreamPosition | None, *,
+                             account: str = DEFAULT_ACCOUNT) -> None:
+        if position is None:
+            self.positions.pop(account, None)
+        elif (kept := self.positions.get(account)) is None or kept.order < position.order:
+            self.positions[account] = position
 
     async def inbox_dispatched(self, chat_id: int, message_id: int, *,
                                account: str = DEFAULT_ACCOUNT) -> None:

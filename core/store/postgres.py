@@ -33,12 +33,19 @@ from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlencode, urlsp
 import asyncpg
 
 from tgmux.redact import redact_urls
-from tgmux.store.base import DEFAULT_ACCOUNT, AccountHolder, AccountLease, Store, Unanswered
+from tgmux.store.base import (
+    DEFAULT_ACCOUNT,
+    AccountHolder,
+    AccountLease,
+    Store,
+    StreamPosition,
+    Unanswered,
+)
 from tgmux.types import Exchange
 
 log = logging.getLogger("tgmux.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Seconds to wait for a connection (DNS, TCP, TLS, authentication) unless ?connect_timeout=.
 CONNECT_TIMEOUT = 5.0
@@ -107,7 +114,24 @@ CREATE TABLE tgmux_history (
 );
 CREATE INDEX tgmux_history_conversation ON tgmux_history (conversation, id);
 """,
+    4: """
+CREATE TABLE tgmux_account_state (
+    account TEXT PRIMARY KEY,
+    session TEXT,                   -- the Telegram session (JSON: auth key, data centre, user)
+    position TEXT,                  -- where it is in the update stream (JSON)
+    position_order BIGINT NOT NULL DEFAULT 0    -- the highest is kept
+);
+""",
 }
+
+#: Writes a position ($1 account, $2 value, $3 order) unless the kept one is as new.
+_POSITION_UPSERT = (
+    "INSERT INTO tgmux_account_state (account, position, position_order) VALUES ($1, $2, $3) "
+    "ON CONFLICT (account) DO UPDATE SET position=excluded.position, "
+    "position_order=excluded.position_order "
+    "WHERE excluded.position_order > tgmux_account_state.position_order OR "
+    "tgmux_account_state.position IS NULL"
+)
 
 #: The ids of the exchanges history_read returns: the newest, within both limits.
 _HISTORY_KEPT = (
@@ -351,12 +375,50 @@ class PostgresStore(Store):
     # -- inbox -------------------------------------------------------------------------------
 
     async def inbox_accept(self, chat_id: int, message_id: int, payload: dict[str, Any], *,
-                           account: str = DEFAULT_ACCOUNT) -> bool:
+                           account: str = DEFAULT_ACCOUNT,
+                           position: StreamPosition | None = None) -> bool:
+        if position is None:
+            claimed = await self.pool.fetchval(
+                "INSERT INTO tgmux_inbox (account, chat_id, message_id, state, payload, "
+                "received_at) VALUES ($1, $2, $3, 'pending', $4, $5) "
+                "ON CONFLICT DO NOTHING RETURNING true",
+                account, chat_id, message_id, json.dumps(payload), time.time())
+            return claimed is True
+        # One statement: the claim and the position commit together (a data-modifying WITH
+        # runs whether or not the query reads it).
         claimed = await self.pool.fetchval(
-            "INSERT INTO tgmux_inbox (account, chat_id, message_id, state, payload, received_at) "
-            "VALUES ($1, $2, $3, 'pending', $4, $5) ON CONFLICT DO NOTHING RETURNING true",
-            account, chat_id, message_id, json.dumps(payload), time.time())
+            "WITH moved AS (" + _POSITION_UPSERT.replace("$2", "$6").replace("$3", "$7") + "), "
+            "claimed AS (INSERT INTO tgmux_inbox (account, chat_id, message_id, state, payload, "
+            "received_at) VALUES ($1, $2, $3, 'pending', $4, $5) ON CONFLICT DO NOTHING "
+            "RETURNING true AS new) SELECT EXISTS (SELECT 1 FROM claimed)",
+            account, chat_id, message_id, json.dumps(payload), time.time(), position.value,
+            position.order)
         return claimed is True
+
+    async def session_read(self, account: str = DEFAULT_ACCOUNT) -> str | None:
+        return await self.pool.fetchval(
+            "SELECT session FROM tgmux_account_state WHERE account=$1", account)
+
+    async def session_write(self, session: str | None, *, account: str = DEFAULT_ACCOUNT
+                            ) -> None:
+        await self.pool.execute(
+            "INSERT INTO tgmux_account_state (account, session) VALUES ($1, $2) "
+            "ON CONFLICT (account) DO UPDATE SET session=excluded.session", account, session)
+
+    async def position_read(self, account: str = DEFAULT_ACCOUNT) -> StreamPosition | None:
+        row = await self.pool.fetchrow(
+            "SELECT position_order, position FROM tgmux_account_state WHERE account=$1", account)
+        if row is None or row["position"] is None:
+            return None
+        return StreamPosition(int(row["position_order"]), row["position"])
+
+    async def position_write(self, position: StreamPosition | None, *,
+                             account: str = DEFAULT_ACCOUNT) -> None:
+        if position is None:
+            await self.pool.execute("UPDATE tgmux_account_state SET position=NULL, "
+                                    "position_order=0 WHERE account=$1", account)
+        else:
+            await self.pool.execute(_POSITION_UPSERT, account, position.value, position.order)
 
     async def inbox_dispatched(self, chat_id: int, message_id: int, *,
                                account: str = DEFAULT_ACCOUNT) -> None:

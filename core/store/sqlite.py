@@ -29,13 +29,14 @@ from tgmux.store.base import (
     AccountHolder,
     AccountLease,
     Store,
+    StreamPosition,
     Unanswered,
 )
 from tgmux.types import Exchange
 
 log = logging.getLogger("tgmux.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Version 1 (before accounts); kept to test the migration from it.
 SCHEMA_V1 = """
@@ -117,8 +118,17 @@ CREATE TABLE history (
 CREATE INDEX history_conversation ON history (conversation, id);
 """
 
+_ACCOUNT_STATE_V5 = """
+CREATE TABLE account_state (
+    account TEXT PRIMARY KEY,
+    session TEXT,                   -- the Telegram session (JSON: auth key, data centre, user)
+    position TEXT,                  -- where it is in the update stream (JSON)
+    position_order INTEGER NOT NULL DEFAULT 0   -- the highest is kept
+);
+"""
+
 #: The current schema, for a new file.
-SCHEMA = _OVERRIDE_V2 + _KV + _INBOX_V2 + _RATE_V3 + _HISTORY_V4
+SCHEMA = _OVERRIDE_V2 + _KV + _INBOX_V2 + _RATE_V3 + _HISTORY_V4 + _ACCOUNT_STATE_V5
 
 #: version -> the script taking the schema from version - 1 to it (run in one transaction).
 MIGRATIONS = {
@@ -135,7 +145,17 @@ MIGRATIONS = {
         "DROP TABLE inbox_v1;\n"),
     3: _RATE_V3,
     4: _HISTORY_V4,
+    5: _ACCOUNT_STATE_V5,
 }
+
+#: Writes a position unless the kept one is as new (its order): (account, value, order).
+_POSITION_UPSERT = (
+    "INSERT INTO account_state (account, position, position_order) VALUES (?, ?, ?) "
+    "ON CONFLICT(account) DO UPDATE SET position=excluded.position, "
+    "position_order=excluded.position_order "
+    "WHERE excluded.position_order > account_state.position_order OR "
+    "account_state.position IS NULL"
+)
 
 #: The ids of the exchanges history_read returns: the newest, within both limits.
 _HISTORY_KEPT = (
@@ -151,6 +171,39 @@ _RETURNING = sqlite3.sqlite_version_info >= (3, 35)
 _ACCEPTS_PER_STATEMENT = 500
 
 
+#: One accept waiting for its batch: the row, the position it carries, its answer.
+_Accept = tuple[tuple[Any, ...], StreamPosition | None, "asyncio.Future[bool]"]
+
+
+def _accept_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
+                 positions: list[tuple[str, str, int]]) -> set[tuple[str, int, int]]:
+    """In the database thread: insert the inbox rows (those new are returned) and write the
+    positions, in one transaction (joining one already open on the connection)."""
+    own = not conn.in_transaction
+    if own:
+        conn.execute("BEGIN")
+    try:
+        inserted: set[tuple[str, int, int]] = set()
+        for start in range(0, len(rows), _ACCEPTS_PER_STATEMENT):
+            chunk = rows[start:start + _ACCEPTS_PER_STATEMENT]
+            found = conn.execute(
+                "INSERT OR IGNORE INTO inbox (account, chat_id, message_id, state, payload, "
+                "received_at) VALUES " + ", ".join(["(?, ?, ?, 'pending', ?, ?)"] * len(chunk))
+                + " RETURNING account, chat_id, message_id",
+                [value for row in chunk for value in row]).fetchall()
+            inserted.update((a, c, m) for a, c, m in found)
+        if positions:
+            conn.executemany(_POSITION_UPSERT, positions)
+        if own:
+            conn.execute("COMMIT")
+    except BaseException:
+        if own:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+    return inserted
+
+
 class SQLiteStore(Store):
     """``store: sqlite:///path/to/tgmux.db`` (WAL; one connection, its own thread)."""
 
@@ -162,7 +215,7 @@ class SQLiteStore(Store):
         #: database thread (statement -> rows); the future is the batch's
         self._batch: dict[str, list[tuple[Any, ...]]] = {}
         self._batch_written: asyncio.Future[None] | None = None
-        self._accepts: list[tuple[tuple[Any, ...], asyncio.Future[bool]]] | None = None
+        self._accepts: list[_Accept] | None = None
         self._accepting: asyncio.Task[None] | None = None  # the last batch of accepts
         self._flusher: asyncio.Task[None] | None = None
 
@@ -300,52 +353,78 @@ class SQLiteStore(Store):
             return [(k, v) for k, v in await cursor.fetchall()]
 
     async def inbox_accept(self, chat_id: int, message_id: int, payload: dict[str, Any], *,
-                           account: str = DEFAULT_ACCOUNT) -> bool:
+                           account: str = DEFAULT_ACCOUNT,
+                           position: StreamPosition | None = None) -> bool:
         row = (account, chat_id, message_id, json.dumps(payload), time.time())
         if not _RETURNING:
             cursor = await self.db.execute(
                 "INSERT OR IGNORE INTO inbox (account, chat_id, message_id, state, payload, "
                 "received_at) VALUES (?, ?, ?, 'pending', ?, ?)", row)
+            if position is not None:
+                await self.position_write(position, account=account)
             return cursor.rowcount == 1
         # Accepts asked for in the same turn of the loop go in one statement: one trip to the
         # database thread and one commit for all of them (a commit per message was the
-        # store's main cost per message); RETURNING says which rows are new.
+        # store's main cost per message); RETURNING says which rows are new. The positions
+        # they carry are written in that same trip and transaction.
         db = self.db
         if self._accepts is None:
             self._accepts = []
             self._accepting = asyncio.get_running_loop().create_task(
                 self._flush_accepts(db, self._accepts), name="tgmux-sqlite-accepts")
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._accepts.append((row, future))
+        self._accepts.append((row, position, future))
         return await asyncio.shield(future)  # a cancelled caller leaves the batch alone
 
-    async def _flush_accepts(self, db: aiosqlite.Connection,
-                             accepts: list[tuple[tuple[Any, ...], asyncio.Future[bool]]]) -> None:
+    async def _flush_accepts(self, db: aiosqlite.Connection, accepts: list[_Accept]) -> None:
         await asyncio.sleep(0)  # the rest of this turn joins the batch
         self._accepts = None
+        positions: dict[str, StreamPosition] = {}
+        for row, position, _ in accepts:
+            kept = positions.get(row[0])
+            if position is not None and (kept is None or kept.order < position.order):
+                positions[row[0]] = position
         try:
-            inserted: set[tuple[str, int, int]] = set()
-            for start in range(0, len(accepts), _ACCEPTS_PER_STATEMENT):
-                chunk = accepts[start:start + _ACCEPTS_PER_STATEMENT]
-                rows = await db.execute_fetchall(
-                    "INSERT OR IGNORE INTO inbox (account, chat_id, message_id, state, payload, "
-                    "received_at) VALUES " + ", ".join(["(?, ?, ?, 'pending', ?, ?)"] * len(chunk))
-                    + " RETURNING account, chat_id, message_id",
-                    [value for row, _ in chunk for value in row])
-                inserted.update((a, c, m) for a, c, m in rows)
+            # one trip to the database thread (aiosqlite's own way of running a call there)
+            inserted = await db._execute(_accept_rows, db._conn, [row for row, _, _ in accepts],
+                                         [(a, p.value, p.order) for a, p in positions.items()])
         except BaseException as exc:
-            for _, future in accepts:
+            for _, _, future in accepts:
                 if not future.done():
                     future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
             return
         seen: set[tuple[str, int, int]] = set()
-        for row, future in accepts:
+        for row, _, future in accepts:
             key = (row[0], row[1], row[2])
             # the same message twice in one batch: the first is new, the second a duplicate
             future.set_result(key in inserted and key not in seen)
             seen.add(key)
+
+    async def session_read(self, account: str = DEFAULT_ACCOUNT) -> str | None:
+        return await self._one("SELECT session FROM account_state WHERE account=?", (account,))
+
+    async def session_write(self, session: str | None, *, account: str = DEFAULT_ACCOUNT
+                            ) -> None:
+        await self.db.execute(
+            "INSERT INTO account_state (account, session) VALUES (?, ?) "
+            "ON CONFLICT(account) DO UPDATE SET session=excluded.session", (account, session))
+
+    async def position_read(self, account: str = DEFAULT_ACCOUNT) -> StreamPosition | None:
+        async with self.db.execute(
+            "SELECT position_order, position FROM account_state WHERE account=?", (account,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None or row[1] is None else StreamPosition(row[0], row[1])
+
+    async def position_write(self, position: StreamPosition | None, *,
+                             account: str = DEFAULT_ACCOUNT) -> None:
+        if position is None:
+            await self.db.execute("UPDATE account_state SET position=NULL, position_order=0 "
+                                  "WHERE account=?", (account,))
+        else:
+            await self.db.execute(_POSITION_UPSERT, (account, position.value, position.order))
 
     async def inbox_dispatched(self, chat_id: int, message_id: int, *,
                                account: str = DEFAULT_ACCOUNT) -> None:

@@ -9,8 +9,12 @@ Order of things:
 - the intake (one small task per busy chat) calls ``engine.submit`` (one store insert), in
   order; media bytes are not fetched here but when a backend reads them
   (:mod:`tgmux.telegram.media`), so the intake never decides a route;
-- on start, Pyrogram catches up on what arrived while tgmux was down (``skip_updates: false``
-  and a persistent session) before the engine opens: caught-up messages wait in the intake;
+- tgmux sequences the update stream itself (:mod:`tgmux.telegram.updates`: gaps, compact and
+  too-long updates, differences under their own flood handling; the position it applied is in
+  ``account.updates.positions``); on start it catches up on what arrived while tgmux was down
+  (``skip_updates: false``) in the background, after the account is up: caught-up messages
+  wait in the intake; those older than ``telegram.catch_up_max_age`` are not answered, their
+  user is told (:mod:`tgmux.telegram.stale`);
 - bots publish their command menus (by scope, :mod:`tgmux.command_menus`) in the background:
   start-up and replies never wait for them (Telegram may ask to wait before
   ``setBotCommands``; that wait is for that method only); a chat's own menu follows when the
@@ -30,6 +34,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 from pyrogram import Client
@@ -39,14 +44,19 @@ from pyrogram.types import Message
 from tgmux.command_menus import Menu
 from tgmux.config import Config, TelegramConfig
 from tgmux.engine import Engine
+from tgmux.errors import ConfigError
 from tgmux.hooks import PluginManager
 from tgmux.logs import log_fields
+from tgmux.redact import redact_urls
 from tgmux.store import Store, open_store
 from tgmux.telegram.client import abandon
 from tgmux.telegram.frontend import TelegramFrontend
 from tgmux.telegram.media import TelegramMedia
 from tgmux.telegram.menus import MenuQueue
 from tgmux.telegram.normalize import normalize
+from tgmux.telegram.stale import StaleMessages
+from tgmux.telegram.store_session import StorePositions
+from tgmux.telegram.updates import UpdateStream, revocation_advice
 from tgmux.types import ChatIdentity, IncomingMessage, MediaRef, MediaUnavailable, ReplyPart
 
 __all__ = ["AccountFrontends", "Intake", "TelegramAccount", "TelegramApp"]
@@ -63,11 +73,14 @@ SubmitListener = Callable[[IncomingMessage, "asyncio.Future[None]"], None]
 class Intake:
     """Per-chat queues between Pyrogram's handler and ``engine.submit``."""
 
-    def __init__(self, engine: Engine, account: str = "main") -> None:
+    def __init__(self, engine: Engine, account: str = "main",
+                 positions: StorePositions | None = None) -> None:
         self.engine = engine
         self.account = account
+        #: the update position written with each accept (None: no position)
+        self.positions = positions
         self.listeners: list[SubmitListener] = []
-        self._queues: dict[int, deque[IncomingMessage]] = {}
+        self._queues: dict[int, deque[tuple[int, IncomingMessage]]] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._open = asyncio.Event()
         #: messages given up on a stop (each logged by chat and message id): not answered
@@ -76,7 +89,8 @@ class Intake:
     def put(self, message: IncomingMessage) -> None:
         """Queue a message (synchronous: call order is submit order within a chat)."""
         chat_id = message.chat.chat_id
-        self._queues.setdefault(chat_id, deque()).append(message)
+        number = 0 if self.positions is None else self.positions.taken()
+        self._queues.setdefault(chat_id, deque()).append((number, message))
         task = self._tasks.get(chat_id)
         if task is None or task.done():
             self._tasks[chat_id] = asyncio.create_task(self._drain(chat_id),
@@ -112,9 +126,11 @@ class Intake:
         and message id (Telegram will not send it again), kept in :attr:`lost`, returned."""
         for task in self._tasks.values():
             task.cancel()
-        lost = [message for queue in self._queues.values() for message in queue]
+        lost = [message for queue in self._queues.values() for _, message in queue]
         for queue in self._queues.values():
             queue.clear()
+        if lost and self.positions is not None:
+            self.positions.freeze("messages could not be handed to the store before a stop")
         for message in lost:
             log.error("%s: chat %s message %s is not answered: it could not be handed to the "
                       "engine before the stop (the store did not answer in time), and "
@@ -129,7 +145,10 @@ class Intake:
         try:
             await self._open.wait()
             while queue:
-                message = queue[0]
+                number, message = queue[0]
+                positions = self.positions
+                if positions is not None:  # written with the accept, when it is due
+                    message = replace(message, position=positions.carry(number))
                 try:
                     done = await self.engine.submit(message)
                 except asyncio.CancelledError:
@@ -138,8 +157,13 @@ class Intake:
                     log.error("%s: chat %s message %s not taken: %s", self.account, chat_id,
                               message.chat.message_id, exc)
                     queue.popleft()
+                    if positions is not None:  # fetched again by the next start
+                        positions.freeze(f"chat {chat_id} message {message.chat.message_id} "
+                                         "was not taken")
                     continue
                 queue.popleft()
+                if positions is not None:
+                    positions.settled(number)
                 for listener in list(self.listeners):
                     listener(message, done)
         finally:
@@ -182,9 +206,10 @@ class AccountFrontends:
 class TelegramAccount:
     """One Telegram account of a :class:`TelegramApp`: its client, frontend and intake."""
 
-    def __init__(self, name: str, client: Client, tg: TelegramConfig,
-                 **frontend_options: Any) -> None:
+    def __init__(self, name: str, client: Client, tg: TelegramConfig, *,
+                 new_telegram: bool = False, **frontend_options: Any) -> None:
         self.name = name
+        self.new_telegram = new_telegram
         self.client = client
         self.tg = tg
         self.frontend = TelegramFrontend(client, tg, **frontend_options)
@@ -205,27 +230,54 @@ class TelegramAccount:
         self.seen_listeners: list[Callable[[Message, IncomingMessage | None], None]] = []
         self.taking_updates = False
         self.running = False
+        #: Telegram's error once it refused the account (revoked, banned): it stops
+        self.revoked: str | None = None
+        self.revoked_event = asyncio.Event()
 
     def attach(self, engine: Engine) -> None:
         self.engine = engine
-        self.intake = Intake(engine, self.name)
+        #: the update position, in the store with the inbox
+        self.positions = StorePositions(engine.store, self.name, self.client,
+                                        new_telegram=self.new_telegram)
+        self.intake = Intake(engine, self.name, self.positions)
         self.frontend.flood.on_wait = (
             lambda seconds: engine.metrics.flood_wait.labels(self.name).inc(seconds))
-        handle_updates = self.client.handle_updates
+        metrics = engine.metrics
+        self.updates = UpdateStream(
+            self.client, account=self.name, positions=self.positions,
+            on_revoked=self._on_revoked,
+            on_skipped=lambda count: metrics.updates_skipped.labels(self.name).inc(count),
+            on_flood_wait=lambda seconds: metrics.flood_wait.labels(self.name).inc(seconds))
+        self.stale = StaleMessages(self.tg.catch_up_max_age,
+                                   lambda *a, **k: self.frontend.deliver(*a, **k), self.name,
+                                   lambda: metrics.stale_messages.labels(self.name).inc())
 
         async def gated(updates: Any) -> None:
             if not self.taking_updates:
                 return  # stopping: left for the next start's catch-up (state not advanced)
-            await handle_updates(updates)
+            await self.updates.handle(updates)
 
         self.client.handle_updates = gated  # type: ignore[method-assign]
         self.client.add_handler(MessageHandler(self._on_message))
+
+    def _on_revoked(self, code: str) -> None:
+        """Telegram refuses the account: said once; ``/readyz`` fails; ``tgmux run`` stops it."""
+        if self.revoked is not None:
+            return
+        self.revoked = code
+        me = self.client.me
+        is_bot = me.is_bot if me is not None else bool(self.tg.bot_token)
+        log.error("%s: %s; this account stops", self.name, revocation_advice(code, is_bot=is_bot))
+        self.revoked_event.set()
 
     async def _on_message(self, client: Client, message: Message) -> None:
         me = client.me
         if me is None:
             return
         incoming = normalize(message, me, self.frontend.sent_ids, self.name, self.media.fetch)
+        if incoming is not None and incoming.addressed and message.date is not None and \
+                self.stale.check(incoming, message.date.timestamp()):
+            incoming = None  # too old (caught up after an outage): its user is told, once
         for listener in list(self.seen_listeners):
             listener(message, incoming)
         if incoming is None:
@@ -235,10 +287,15 @@ class TelegramAccount:
     async def connect(self) -> None:
         """Start the client (catching up on what arrived while down; it waits in the intake)."""
         self.taking_updates = True
+        # kurigram's own catch-up (in start(), no flood handling) is not used: the update
+        # stream catches up after the account is up (tgmux.telegram.updates)
+        self.client.skip_updates = True
         try:
             await self.client.start()
+            await self.updates.start(catch_up=not self.tg.skip_updates)
         except BaseException:  # cancelled (a stop while connecting) or failed
             self.taking_updates = False
+            await self.updates.stop()
             await abandon(self.client)
             raise
         # tgmux waits out every flood wait itself (and slows the chat, not one request)
@@ -285,6 +342,8 @@ class TelegramAccount:
         """Stop taking updates; the dispatcher finishes what it holds."""
         self.running = False
         self.taking_updates = False
+        await self.updates.stop()
+        await self.stale.close()
         if self.commands_task is not None:
             self.commands_task.cancel()
             await asyncio.gather(self.commands_task, return_exceptions=True)
@@ -298,6 +357,8 @@ class TelegramAccount:
 
     async def ready(self) -> str | None:
         """For ``/readyz``: None when connected and answering, else what is not."""
+        if self.revoked is not None:
+            return f"Telegram refuses the account ({self.revoked})"
         if not self.running:
             return "not running here (standing by, or not started)"
         if not self.client.is_connected:
@@ -314,15 +375,20 @@ class TelegramApp:
     :class:`tgmux.telegram.fake.FakeTelegram` (``tgmux simulate``, ``tgmux.testing``).
     ``serve`` names the accounts started with :meth:`start` (default: all of them); the others
     can be started later with :meth:`start_account` (a standby taking one over).
+    ``new_telegram``: the clients meet a Telegram other than the one the update positions in
+    the store are from (`tgmux simulate` without ``--telegram-state``): they start from its
+    current state.
     """
 
     def __init__(self, config: Config, plugin_manager: PluginManager,
                  client: Client | dict[str, Client], *, store: Store | None = None,
-                 serve: list[str] | None = None, **frontend_options: Any) -> None:
+                 serve: list[str] | None = None, new_telegram: bool = False,
+                 **frontend_options: Any) -> None:
         self.config = config
         clients = client if isinstance(client, dict) else {config.account().name: client}
         self.accounts = {
-            name: TelegramAccount(name, c, config.accounts[name].telegram, **frontend_options)
+            name: TelegramAccount(name, c, config.accounts[name].telegram,
+                                  new_telegram=new_telegram, **frontend_options)
             for name, c in clients.items()
         }
         self.serve = list(self.accounts) if serve is None else serve
@@ -377,9 +443,13 @@ class TelegramApp:
     async def start(self) -> None:
         """Connect the served accounts (together), start the engine, open the intakes."""
         serving = [self.accounts[name] for name in self.serve]
+        if serving:  # the accounts' sessions and update positions are in it
+            await self._open_store()
         results = await asyncio.gather(*(a.connect() for a in serving), return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
+            with contextlib.suppress(Exception):
+                await self.engine.store.close()
             for account, result in zip(serving, results, strict=True):
                 if not isinstance(result, BaseException):
                     await account.quiesce()
@@ -395,6 +465,15 @@ class TelegramApp:
         self._started = True
         for account in serving:
             account.open()
+
+    async def _open_store(self) -> None:
+        """The store, before the accounts connect (their sessions and update positions are in
+        it); the engine's start finds it open. As the engine says it when it cannot."""
+        try:
+            await self.engine.store.open()
+        except Exception as exc:
+            raise ConfigError(redact_urls(f"{self.config.where(('store',))}: cannot open "
+                                          f"{self.config.data.store.url}: {exc}")) from exc
 
     async def connect_account(self, name: str) -> None:
         """Connect one more account of a running app (its messages wait in its intake)."""
@@ -463,6 +542,8 @@ class TelegramApp:
                          else max(0.0, timeout - (time.monotonic() - started)))
             # together: each account's grace runs at the same time (see stop_limit)
             await asyncio.gather(*(account.intake.flush(remaining) for account in active))
+            await asyncio.gather(*(account.positions.close() for account in active),
+                                 return_exceptions=True)
         except BaseException:
             for account in self.accounts.values():
                 with contextlib.suppress(Exception):

@@ -1,25 +1,23 @@
 """Building the Pyrogram (kurigram) ``Client`` for ``tgmux run``, and its session storage.
 
-The session lives in ``<data_dir>/<session_name>.session`` (directory 0700, file 0600), for a
-bot token, a session string or an interactively authorized user account alike: a persistent
-session keeps Telegram's update state, which is what lets tgmux catch up on messages that
-arrived while it was down (``skip_updates: false``). A session string seeds the file; the file
-is reset when the configured bot token or session string belongs to another account.
+``tgmux run`` keeps each account's session in tgmux's store
+(:class:`~tgmux.telegram.store_session.StoreSession`: a standby on another machine needs nothing
+but the database); a session file an earlier tgmux left in ``<data_dir>/<session_name>.session``
+is taken over once. :class:`SessionFileStorage` is that file (still used by the test kit): for a
+bot token, a session string or an interactively authorized user account alike; a session string
+seeds it; it is reset when the configured bot token or session string belongs to another account.
 
-A bot's authorization in the file belongs to the token it was made with: the file remembers a
-hash of that token, and when the configured token changes (revoked in @BotFather, a new one
-issued) the old authorization is dropped — peers and update state stay — and Pyrogram authorizes
-again with the new token. (A session string carries its own auth key: a new string replaces the
-file's key.)
+A bot's authorization belongs to the token it was made with: the session remembers a hash of
+that token, and when the configured token changes (revoked in @BotFather, a new one issued) the
+old authorization is dropped — peers and update state stay — and Pyrogram authorizes again with
+the new token. (A session string carries its own auth key: a new string replaces the key.)
 """
-
 from __future__ import annotations
 
 import asyncio
 import base64
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import socket
@@ -35,6 +33,8 @@ from python_socks import ProxyConnectionError, ProxyError
 
 from tgmux.config import Config, TelegramConfig
 from tgmux.proxy import TELEGRAM_SCHEMES, parse_proxy
+from tgmux.store import Store
+from tgmux.telegram.store_session import StoreSession, token_digest
 
 log = logging.getLogger("tgmux.telegram")
 
@@ -52,11 +52,6 @@ CLIENT_OPTIONS: dict[str, Any] = {
     "fetch_stickers": False,
     "parse_mode": enums.ParseMode.DISABLED,
 }
-
-
-def token_digest(bot_token: str) -> str:
-    """What the session file remembers of the bot token it was authorized with."""
-    return hashlib.sha256(b"tgmux bot token\0" + bot_token.encode()).hexdigest()
 
 
 class SessionFileStorage(SQLiteStorage):
@@ -355,7 +350,7 @@ def session_mode(tg: TelegramConfig) -> str:
         return "bot"
     if tg.session_string:
         return "user account (session string)"
-    return "user account (session file)"
+    return "user account (logged in with tgmux login or at the terminal)"
 
 
 def reach_of(client: Client) -> Reach:
@@ -365,17 +360,28 @@ def reach_of(client: Client) -> Reach:
     return reach if isinstance(reach, Reach) else Reach()
 
 
-def build_client(config: Config, account: str | None = None, **overrides: Any) -> Client:
+def build_client(config: Config, account: str | None = None, *, store: Store | None = None,
+                 **overrides: Any) -> Client:
     """The Client of an account (None: the first) for ``tgmux run`` (credentials already
-    checked by ``require_telegram``); its connections are watched (:func:`reach_of`)."""
+    checked by ``require_telegram``); its connections are watched (:func:`reach_of`).
+    ``store``: the session lives there (:class:`StoreSession`; a session file under
+    ``data_dir`` is taken over once); without one, in the session file."""
+    name = config.account(account).name
     tg = config.account(account).telegram
     workdir = Path(tg.data_dir).expanduser()
     expected = None
     if tg.bot_token and ":" in tg.bot_token and tg.bot_token.split(":", 1)[0].isdigit():
         expected = int(tg.bot_token.split(":", 1)[0])
     reach = Reach(parse_proxy(tg.proxy, TELEGRAM_SCHEMES).shown if tg.proxy else None)
-    storage = SessionFileStorage(tg.session_name, workdir, session_string=tg.session_string,
-                                 expected_user_id=expected, bot_token=tg.bot_token)
+    storage: SQLiteStorage
+    if store is not None:
+        storage = StoreSession(store, name,
+                               session_file=workdir / f"{tg.session_name}.session",
+                               session_string=tg.session_string, expected_user_id=expected,
+                               bot_token=tg.bot_token)
+    else:
+        storage = SessionFileStorage(tg.session_name, workdir, session_string=tg.session_string,
+                                     expected_user_id=expected, bot_token=tg.bot_token)
     options: dict[str, Any] = {
         **CLIENT_OPTIONS,
         "api_id": tg.api_id,

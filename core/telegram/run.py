@@ -30,6 +30,7 @@ from tgmux.telegram.app import TelegramApp
 from tgmux.telegram.client import (
     Reach,
     SessionFileStorage,
+    StoreSession,
     abandon,
     build_client,
     configured_kind,
@@ -39,9 +40,10 @@ from tgmux.telegram.client import (
     telegram_proxy,
 )
 from tgmux.telegram.leases import keep_account
+from tgmux.telegram.updates import ACCOUNT_ERRORS
 
-__all__ = ["CONNECT_TIMEOUT", "LoginRefused", "TelegramUnreachable", "login", "run_telegram",
-           "start_bounded", "stop_signals"]
+__all__ = ["CONNECT_TIMEOUT", "REVOKED_EXIT", "LoginRefused", "TelegramUnreachable", "login",
+           "run_telegram", "start_bounded", "stop_signals"]
 
 log = logging.getLogger("tgmux.telegram")
 
@@ -126,6 +128,11 @@ _AUTH_PROBLEMS = {
     "USER_DEACTIVATED_BAN": "this Telegram account was banned",
     "API_ID_INVALID": "Telegram rejected api_id/api_hash (check them at my.telegram.org)",
 }
+#: ``tgmux run``'s exit status when Telegram refuses every account left (revoked, banned): a
+#: supervisor should not restart it (a new login or token is needed first).
+REVOKED_EXIT = 3
+#: Refusals that starting again cannot cure.
+_ACCOUNT_REFUSALS = ACCOUNT_ERRORS | {"ACCESS_TOKEN_INVALID", "ACCESS_TOKEN_EXPIRED"}
 #: The session's authorization is gone (logged out, revoked, token changed...).
 _STALE_SESSION = {
     "AUTH_KEY_UNREGISTERED": "is not logged in any more",
@@ -153,9 +160,11 @@ def _refusal(code: str, exc: RPCError, tg: TelegramConfig) -> str:
             "run `tgmux login` and set session_string")
 
 
-def _check_session(config: Config, account: str) -> None:
+def _check_session(config: Config, account: str) -> str | None:
     """The session file, if any, holds a login of the kind the config says (a bot's file
-    never turns a user-account config into a bot, nor the other way round)."""
+    never turns a user-account config into a bot, nor the other way round). A user account
+    with no credentials nor session file, and no terminal to log in: what to say unless the
+    store holds its session (None: nothing to check there)."""
     tg = config.accounts[account].telegram
     path = Path(tg.data_dir).expanduser() / f"{tg.session_name}.session"
     found = session_file_kind(path)
@@ -166,14 +175,29 @@ def _check_session(config: Config, account: str) -> None:
             f"{config.where(config.accounts[account].telegram_path)}: the session file {path} "
             f"holds {whose} login, but the config says a {wanted} ({said}): move the file "
             f"away, or set session_name (or data_dir) to give this {wanted} its own")
-    if tg.bot_token or tg.session_string:
-        return
-    if not path.exists() and not sys.stdin.isatty():
-        raise ConfigError(
-            f"{config.where(config.accounts[account].telegram_path)}: no bot_token or "
-            f"session_string, and no session file {path}: run `tgmux login` and set "
-            "session_string (or start `tgmux run` in a terminal once to log in there)"
-        )
+    if tg.bot_token or tg.session_string or path.exists() or sys.stdin.isatty():
+        return None
+    return (f"{config.where(config.accounts[account].telegram_path)}: no bot_token or "
+            f"session_string, no session file {path} and no session in the store: run "
+            "`tgmux login --config CONFIG` (it writes the session into the store), or set "
+            "session_string (or start `tgmux run` in a terminal once to log in there)")
+
+
+async def _sessions_in_store(config: Config, accounts: list[str]) -> set[str]:
+    """Which of ``accounts`` the store holds a session for (written by `tgmux login
+    --config`); none when it cannot be read (the caller's message says what to do)."""
+    store = open_store(config.data.store.url)
+    try:
+        await store.open()
+    except Exception:
+        return set()
+    try:
+        return {name for name in accounts if await store.session_read(name) is not None}
+    except Exception:
+        return set()
+    finally:
+        with contextlib.suppress(Exception):
+            await store.close()
 
 
 @contextlib.contextmanager
@@ -220,16 +244,21 @@ async def run_telegram(config: Config, plugin_manager: PluginManager,
         raise ConfigError(f"--account: no account {', '.join(map(repr, unknown))} (the config "
                           f"has: {', '.join(config.accounts)})")
     problems: list[str] = []
+    unless_stored: dict[str, str] = {}
     for name in names:
         try:
             config.require_telegram(name)
-            _check_session(config, name)
+            if (problem := _check_session(config, name)) is not None:
+                unless_stored[name] = problem
         except ConfigError as exc:
             problems += exc.problems
+    if unless_stored:
+        stored = await _sessions_in_store(config, list(unless_stored))
+        problems += [p for name, p in unless_stored.items() if name not in stored]
     if problems:
         raise ConfigError(problems)
     store = open_store(config.data.store.url)
-    clients = {name: build_client(config, name) for name in names}
+    clients = {name: build_client(config, name, store=store) for name in names}
     app = TelegramApp(config, plugin_manager, clients, store=store, serve=[])
     tg = config.accounts[names[0]].telegram
     stopping = asyncio.Event()
@@ -299,10 +328,16 @@ async def _serve_accounts(app: TelegramApp, names: list[str], leases: dict[str, 
             log.info("account %s is run by %s; standing by to take it over", name, where)
             tasks.append(asyncio.create_task(_standby(app, name, lease, stopping),
                                              name=f"standby-{name}"))
+    for name in names:
+        tasks.append(asyncio.create_task(_revoked(app, name), name=f"revoked-{name}"))
     outcome = 0
     waiting = asyncio.create_task(stopping.wait())
-    done, _ = await asyncio.wait([waiting, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    if waiting not in done:
+    done = await _until_not_revoked(app, names, [waiting, *tasks])
+    if not done:
+        log.error("no account is left to run (Telegram refuses each); stopping with exit "
+                  "status %d (a supervisor should not restart it)", REVOKED_EXIT)
+        outcome = REVOKED_EXIT
+    elif waiting not in done:
         for task in done:
             if task.exception() is not None:
                 log.error("%s failed: %s", task.get_name(), task.exception())
@@ -311,6 +346,35 @@ async def _serve_accounts(app: TelegramApp, names: list[str], leases: dict[str, 
                 outcome = task.result()
     waiting.cancel()
     return outcome
+
+
+async def _revoked(app: TelegramApp, name: str) -> None:
+    """Ends when Telegram refused the account while it ran (logged where it was seen); it
+    takes no more updates (its lease is kept: a standby does not take it over meanwhile)."""
+    account = app.accounts[name]
+    await account.revoked_event.wait()
+    await account.quiesce()
+
+
+async def _until_not_revoked(app: TelegramApp, names: list[str],
+                             tasks: list[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
+    """Wait for the first of ``tasks`` to end, going on while what ends is an account
+    Telegram refused (with its other tasks) and others are left; empty when none is left."""
+    left, pending = set(names), set(tasks)
+    while True:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        revoked = {t for t in done if t.get_name().startswith("revoked-")}
+        if done - revoked:
+            return done - revoked
+        for task in revoked:
+            name = task.get_name().removeprefix("revoked-")
+            left.discard(name)
+            for other in [t for t in pending if t.get_name() in (f"lost-{name}",
+                                                                  f"standby-{name}")]:
+                other.cancel()
+                pending.discard(other)
+        if not left:
+            return set()
 
 
 async def _shut_down(app: TelegramApp, leases: dict[str, Any], running: _Running,
@@ -353,8 +417,7 @@ async def _connect(app: TelegramApp, name: str, stopping: asyncio.Event) -> int 
     tg, client = account.tg, account.client
     reach = reach_of(client)
     prefix = f"{name}: " if len(app.accounts) > 1 else ""
-    log.info("%sconnecting to Telegram (%s, session in %s)", prefix, session_mode(tg),
-             tg.data_dir)
+    log.info("%sconnecting to Telegram (%s, session in the store)", prefix, session_mode(tg))
     storage = client.storage
     for attempt in (1, 2):
         try:
@@ -365,13 +428,14 @@ async def _connect(app: TelegramApp, name: str, stopping: asyncio.Event) -> int 
         except RPCError as exc:
             code = str(exc.ID or exc.NAME)
             if (attempt == 1 and tg.bot_token and code in _STALE_SESSION
-                    and isinstance(storage, SessionFileStorage)):
+                    and isinstance(storage, (SessionFileStorage, StoreSession))):
                 # A bot's session is only an authorization made with its token: make
                 # another one (Pyrogram does, with the token, when the file has none).
                 storage.forget_authorization(f"Telegram says {code}")
                 continue
             log.error("%sTelegram refused to start: %s", prefix, _refusal(code, exc, tg))
-            return 1
+            # revoked, banned: starting again cannot help (no restart loop, no standby loop)
+            return REVOKED_EXIT if code in _ACCOUNT_REFUSALS else 1
         except TelegramUnreachable as exc:
             log.error("%s%s", prefix, exc)
             return 1

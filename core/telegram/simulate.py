@@ -28,7 +28,6 @@ from tgmux.redact import redact_urls
 from tgmux.reload import reloading
 from tgmux.store import open_store
 from tgmux.telegram.app import TelegramApp
-from tgmux.telegram.client import SessionFileStorage
 from tgmux.telegram.fake import (
     FakeTelegram,
     FloodModel,
@@ -39,6 +38,7 @@ from tgmux.telegram.fake import (
 from tgmux.telegram.fake.faults import HANG, check_method
 from tgmux.telegram.fake.updates import DELIVERIES, MAX_INPUT_MESSAGE_ID, is_url
 from tgmux.telegram.run import stop_signals
+from tgmux.telegram.store_session import StoreSession
 from tgmux.telegram.textsplit import utf16_len
 
 __all__ = ["parse_control_line", "parse_fault", "parse_input_line", "simulate"]
@@ -211,13 +211,16 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
     several = len(config.accounts) > 1
     fakes: dict[str, FakeTelegram] = {}
     sessions: dict[str, Any] = {}
+    store = open_store(config.data.store.url)  # the sessions and update positions, with it
     try:
         for name in config.accounts:
             state = None
             if telegram_state is not None:
                 path = Path(telegram_state)
                 state = path if not several else path.with_name(f"{path.name}-{name}")
-                sessions[name] = SessionFileStorage(f"{state.name}.{name}", state.parent)
+                # (a session file beside the state file, of an earlier tgmux: taken over)
+                sessions[name] = StoreSession(
+                    store, name, session_file=state.parent / f"{state.name}.{name}.session")
             fakes[name] = FakeTelegram(
                 bot_username=f"{name}_bot" if several else bot_username.lstrip("@"),
                 flood=FloodModel() if strict_flood else None, latency=latency_ms / 1000,
@@ -233,7 +236,8 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
     clients = {name: offline_client(fake, skip_updates=config.accounts[name].telegram
                                     .skip_updates, storage=sessions.get(name))
                for name, fake in fakes.items()}
-    app = TelegramApp(config, plugin_manager, clients)
+    app = TelegramApp(config, plugin_manager, clients, store=store,
+                      new_telegram=telegram_state is None)
     first = next(iter(fakes))
     stop = asyncio.Event()  # a signal, or the output failed
     output_error: list[BaseException] = []

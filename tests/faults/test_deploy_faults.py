@@ -132,22 +132,32 @@ async def test_the_kubernetes_example_is_ready_on_a_standby_and_rolls_out(tmp_pa
     assert spec["template"]["spec"]["terminationGracePeriodSeconds"] > 20
 
 
-def test_the_kubernetes_example_runs_as_the_images_user_and_can_write_its_volume() -> None:
+def test_the_kubernetes_example_runs_as_the_images_user_with_nothing_but_the_database() -> None:
     docker = Dockerfile()
     pod = kubernetes_deployment()["spec"]["template"]["spec"]
     security = pod["securityContext"]
-    # fsGroup: the volume is made writable by the image's group (without it a fresh volume is
-    # root's, and the user 10001 cannot write its session files or SQLite store)
-    assert security["fsGroup"] == docker.gid == docker.uid == 10001
-    assert security["runAsUser"] == docker.uid and security["runAsGroup"] == docker.gid
+    assert security["runAsUser"] == docker.uid == 10001
+    assert security["runAsGroup"] == docker.gid == 10001
     assert security["runAsNonRoot"] is True
     # runAsNonRoot can check a numeric USER only (a name: "cannot verify user is non-root")
     assert docker.user == f"{docker.uid}:{docker.gid}"
     (container,) = pod["containers"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    assert mounts["data"] == docker.volume == "/data"
+    # no shared data volume (a ReadWriteMany claim most clusters cannot give): the session
+    # and the update position are in PostgreSQL, a standby on another node needs nothing else
+    assert set(mounts) == {"config"}
+    assert [volume["name"] for volume in pod["volumes"]] == ["config"]
     assert docker.config_file == mounts["config"] + "/config.yaml"
-    assert "chown tgmux:tgmux /data" in docker.text
+    # the working directory is the image's own /data, its user's: writable with no volume
+    assert docker.volume == "/data" and "chown tgmux:tgmux /data" in docker.text
+
+
+def test_compose_shares_no_data_volume() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    mounts = compose["services"]["tgmux"].get("volumes", [])
+    assert [m for m in mounts if m.split(":")[1] == "/data"] == []
+    assert set(compose.get("volumes", {})) == {"pgdata"}  # PostgreSQL's own only
+    assert "data_dir" not in compose_config()
 
 
 def names_in(text: str) -> set[str]:

@@ -106,9 +106,9 @@ def test_store_migrate_and_check(tmp_path: Path, pg_url: str) -> None:
     assert check.returncode == 0, check.stderr
     assert f"store: {shown}" in check.stdout
     first = tgmux("store", "migrate", "-c", str(path))
-    assert (first.returncode, first.stdout) == (0, f"store: {shown}: schema version 3 (created)\n")
+    assert (first.returncode, first.stdout) == (0, f"store: {shown}: schema version 4 (created)\n")
     second = tgmux("store", "migrate", "-c", str(path))
-    assert (second.returncode, second.stdout) == (0, f"store: {shown}: schema version 3\n")
+    assert (second.returncode, second.stdout) == (0, f"store: {shown}: schema version 4\n")
     for result in (check, first, second):
         assert_no_password(result.stdout + result.stderr)
 

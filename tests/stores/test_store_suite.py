@@ -7,7 +7,7 @@ import time
 
 from conftest import OpenStore
 
-from tgmux.store import Store, Unanswered
+from tgmux.store import Store, StreamPosition, Unanswered
 
 
 def payload(n: int) -> dict[str, object]:
@@ -192,3 +192,55 @@ async def test_accepts_at_once_each_say_whether_the_message_is_new(store: Store)
     assert sorted([fresh[1], fresh[3]]) == [False, True]  # new once, either one
     assert all(fresh[5:])
     assert await store.inbox_backlog() == 1 + 3 + 600
+
+
+async def test_a_session_is_kept_per_account_and_forgotten(store: Store) -> None:
+    assert await store.session_read("main") is None
+    await store.session_write('{"dc_id": 2}', account="main")
+    await store.session_write('{"dc_id": 4}', account="second")
+    await store.position_write(StreamPosition(3, "p3"), account="main")
+    assert await store.session_read("main") == '{"dc_id": 2}'
+    assert await store.session_read("second") == '{"dc_id": 4}'
+    await store.session_write('{"dc_id": 1}', account="main")
+    assert await store.session_read("main") == '{"dc_id": 1}'
+    assert await store.position_read("main") == StreamPosition(3, "p3")  # kept alongside
+    await store.session_write(None, account="main")
+    assert await store.session_read("main") is None
+    assert await store.session_read("second") == '{"dc_id": 4}'
+
+
+async def test_the_highest_position_is_kept(store: Store) -> None:
+    assert await store.position_read("main") is None
+    await store.position_write(StreamPosition(2, "two"), account="main")
+    await store.position_write(StreamPosition(1, "one"), account="main")  # older: ignored
+    assert await store.position_read("main") == StreamPosition(2, "two")
+    await store.position_write(StreamPosition(5, "five"), account="main")
+    assert await store.position_read("main") == StreamPosition(5, "five")
+    assert await store.position_read("second") is None
+    await store.position_write(None, account="main")  # forgotten: any order is kept next
+    assert await store.position_read("main") is None
+    await store.position_write(StreamPosition(1, "again"), account="main")
+    assert await store.position_read("main") == StreamPosition(1, "again")
+
+
+async def test_an_accept_writes_the_position_with_the_message(store: Store) -> None:
+    assert await store.inbox_accept(1, 10, payload(10), account="main",
+                                    position=StreamPosition(1, "past 10"))
+    assert await store.position_read("main") == StreamPosition(1, "past 10")
+    # a duplicate still moves the position; an older one does not move it back
+    assert not await store.inbox_accept(1, 10, payload(10), account="main",
+                                        position=StreamPosition(3, "past 10 again"))
+    assert await store.inbox_accept(1, 11, payload(11), account="main",
+                                    position=StreamPosition(2, "late"))
+    assert await store.position_read("main") == StreamPosition(3, "past 10 again")
+    assert [u.payload["n"] for u in await store.inbox_unanswered(account="main")] == [10, 11]
+
+
+async def test_accepts_at_once_keep_the_highest_position(store: Store) -> None:
+    fresh = await asyncio.gather(*(
+        store.inbox_accept(chat, 1, payload(chat), account=account,
+                           position=StreamPosition(chat, f"{account} past {chat}"))
+        for chat in (3, 1, 5, 2) for account in ("main", "second")))
+    assert all(fresh)
+    assert await store.position_read("main") == StreamPosition(5, "main past 5")
+    assert await store.position_read("second") == StreamPosition(5, "second past 5")

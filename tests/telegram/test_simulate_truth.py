@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tgmux.telegram.simulate import parse_input_line
+from tgmux.telegram.stale import OFFLINE_NOTICE
 
 CONFIG = """
 telegram:
@@ -91,7 +92,8 @@ def test_delivery_forms_date_topics_and_control_lines_end_to_end(config: Path):
     result = simulate(config, lines)
     assert result.returncode == 0, result.stderr
     assert sorted(sent(result)) == sorted([
-        (42, "echo: first"), (42, "echo: compact"), (42, "echo: full"), (43, "echo: old"),
+        (42, "echo: first"), (42, "echo: compact"), (42, "echo: full"),
+        (43, OFFLINE_NOTICE),  # older than telegram.catch_up_max_age (1d): not answered
         (44, "echo: in a topic"), (-1001234567890, "echo: hi")])
 
 

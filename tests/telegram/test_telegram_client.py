@@ -134,7 +134,8 @@ async def test_run_serves_until_sigterm_then_stops_cleanly(tmp_path: Path, monke
     caplog.set_level(logging.DEBUG)
     fake = FakeTelegram()
     config = config_for(tmp_path)
-    monkeypatch.setattr(telegram_run, "build_client", lambda config, account=None: offline_client(
+    monkeypatch.setattr(telegram_run, "build_client",
+                        lambda config, account=None, **_: offline_client(
         fake, storage=SessionFileStorage("tgmux", tmp_path / "data")))
     running = asyncio.create_task(run_telegram(config, build_plugin_manager()))
     await fake.wait_for(lambda a: a["action"] == "set_commands")
@@ -243,7 +244,8 @@ async def test_run_authorizes_a_bot_again_when_telegram_forgot_its_session(
     await authorized_bot_session(data, ENV["TG_BOT_TOKEN"], key=b"o" * 256)
     fake = FakeTelegram(user_id=123456)
     fake.fail("updates.GetState", "AUTH_KEY_UNREGISTERED")  # the old authorization is gone
-    monkeypatch.setattr(telegram_run, "build_client", lambda config, account=None: offline_client(
+    monkeypatch.setattr(telegram_run, "build_client",
+                        lambda config, account=None, **_: offline_client(
         fake, storage=SessionFileStorage("tgmux", data, bot_token=ENV["TG_BOT_TOKEN"])))
     running = asyncio.create_task(run_telegram(config_for(tmp_path), build_plugin_manager()))
     await fake.wait_for(lambda a: a["action"] == "set_commands")
@@ -265,9 +267,11 @@ async def test_advice_when_telegram_does_not_know_the_session(
         tmp_path: Path, monkeypatch, caplog, env, advice, not_advice):
     fake = FakeTelegram()
     fake.fail("updates.GetState", "AUTH_KEY_UNREGISTERED", times=None)
-    monkeypatch.setattr(telegram_run, "build_client", lambda config, account=None: offline_client(
+    monkeypatch.setattr(telegram_run, "build_client",
+                        lambda config, account=None, **_: offline_client(
         fake, storage=SessionFileStorage("tgmux", tmp_path / "data")))
-    assert await run_telegram(config_for(tmp_path, env), build_plugin_manager()) == 1
+    # no restart loop
+    assert await run_telegram(config_for(tmp_path, env), build_plugin_manager()) == 3
     refused = [r.getMessage() for r in caplog.records if "refused to start" in r.getMessage()]
     assert len(refused) == 1 and advice in refused[0] and not_advice not in refused[0]
 

@@ -375,6 +375,17 @@ class Handlers(World):
     async def _on_messages_GetMessages(self, query: TLObject) -> TLObject:
         return self._known_messages(None, list(query.id))
 
+    async def _on_messages_GetHistory(self, query: TLObject) -> TLObject:
+        """A chat's messages, newest first (``min_id``/``max_id`` exclusive, ``limit``)."""
+        chat_id = self.chat_id_of(query.peer)
+        found = sorted((m for (c, i), m in self._messages.items() if c == chat_id
+                        and i > query.min_id and (not query.max_id or i < query.max_id)),
+                       key=lambda m: -m.id)[:max(1, min(query.limit or 100, 100))]
+        self.served(found)
+        users, chats = self._peers_of(found)
+        return wire(raw.types.messages.Messages(messages=found, topics=[], chats=chats,
+                                                 users=users))
+
     async def _on_channels_GetMessages(self, query: TLObject) -> TLObject:
         return self._known_messages(self.chat_id_of(query.channel), list(query.id))
 

@@ -275,6 +275,13 @@ class FakeTelegram(Handlers):
             if isinstance(updates, raw.types.Updates):
                 self.served(updates.updates)
                 self.save()
+            elif isinstance(updates, (raw.types.UpdateShortMessage,
+                                      raw.types.UpdateShortChatMessage)):
+                # a compact update carries the message: a client that knows its peers has it
+                chat = updates.user_id if isinstance(updates, raw.types.UpdateShortMessage) \
+                    else -updates.chat_id
+                self.undelivered.pop((chat, updates.id), None)
+                self.save()
 
     # -- answering requests --------------------------------------------------------------------
 
