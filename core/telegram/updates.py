@@ -480,8 +480,13 @@ class UpdateStream:
         """An update that moves a box's pts: applied, skipped (seen) or held (a gap)."""
         assert self.position is not None
         local = self._pts(box)
-        if local is None:  # a channel not seen before: it starts here
-            local = pts - count
+        if local is None:
+            # A channel not seen before: its first push may have been overtaken by a later
+            # one. Held like a gap; after the gap wait the channel starts before the lowest.
+            self._held.setdefault(box, {})[pts] = _Held(pts, count, update, users, chats,
+                                                        dispatch)
+            self._deadlines.setdefault(box, time.monotonic() + self.gap_wait)
+            return
         if local + count > pts:
             return  # already applied
         if local + count < pts:
@@ -673,7 +678,12 @@ class UpdateStream:
         while True:
             pts = self.position.channels.get(channel)
             if pts is None:
-                break
+                held = self._held.get(channel)
+                if not held:
+                    break
+                # first seen in these pushes: from just before the lowest of them
+                pts = min(h.pts - h.count for h in held.values())
+                self._set_pts(channel, pts)
             try:
                 peer = await self.client.resolve_peer(utils.get_channel_id(channel))
                 diff = await self._call(raw.functions.updates.GetChannelDifference(
