@@ -142,6 +142,11 @@ class PositionStore(Protocol):
 
     async def save(self, position: UpdatePosition) -> None: ...
 
+    async def channel_seen(self, channel: int, pts: int) -> None:
+        """A channel seen for the first time starts at ``pts``: kept at once, nothing else
+        moved (after a crash before any of its messages was kept, the next start fetches them
+        from there)."""
+
 
 class SessionPosition:
     """The position in Pyrogram's session storage (its ``update_state`` table, kurigram's
@@ -168,6 +173,14 @@ class SessionPosition:
         states += [UpdateState(utils.get_channel_id(channel), pts, None, None, None)
                    for channel, pts in position.channels.items()]
         await storage.set_update_state(states)
+        await storage.save()
+
+    async def channel_seen(self, channel: int, pts: int) -> None:
+        storage = self.client.storage
+        if getattr(storage, "conn", None) is None:
+            return
+        await storage.set_update_state([UpdateState(utils.get_channel_id(channel), pts, None,
+                                                    None, None)])
         await storage.save()
 
 
@@ -483,8 +496,10 @@ class UpdateStream:
         if local is None:
             # A channel not seen before: its first push may have been overtaken by a later
             # one. Held like a gap; after the gap wait the channel starts before the lowest.
-            self._held.setdefault(box, {})[pts] = _Held(pts, count, update, users, chats,
-                                                        dispatch)
+            held = self._held.setdefault(box, {})
+            if not held or pts - count < min(h.pts - h.count for h in held.values()):
+                await self._channel_seen(box, pts - count)
+            held[pts] = _Held(pts, count, update, users, chats, dispatch)
             self._deadlines.setdefault(box, time.monotonic() + self.gap_wait)
             return
         if local + count > pts:
@@ -527,6 +542,13 @@ class UpdateStream:
         if not held:
             self._held.pop(box, None)
             self._deadlines.pop(box, None)
+
+    async def _channel_seen(self, channel: int, pts: int) -> None:
+        try:
+            await self.positions.channel_seen(channel, pts)
+        except Exception as exc:  # kept with the next position instead
+            log.warning("%s: where channel %s starts could not be saved: %s", self.account,
+                        channel, exc)
 
     def _pts(self, box: int) -> int | None:
         assert self.position is not None
