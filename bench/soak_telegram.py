@@ -3,7 +3,8 @@
 N messages over C chats (private chats, basic groups, supergroups), each with a ``delivery``
 form picked at random (``push``, ``short`` where Telegram has it, ``gap``, ``too_long``; a
 supergroup's first message is pushed: a client learns of a channel from an update), are
-fed to ``tgmux simulate --latency MS --seed S --telegram-state FILE`` on a SQLite store. The
+fed to ``tgmux simulate --latency MS --seed S --telegram-state FILE`` on a SQLite store (after
+one empty run: a bot that has run before, its update position in the store). The
 process is killed with SIGKILL ``--kills`` times, each after a random (seeded) number of
 replies, and started again over the same state file and the same store, fed the messages its
 Telegram does not hold yet; the last run gets the rest and ends when everything Telegram
@@ -48,7 +49,7 @@ __all__ = ["SoakResult", "soak"]
 CONFIG = """
 telegram:
   flood: {global_per_second: 100000, private_per_second: 100000, group_per_minute: 100000}
-  shutdown_timeout: 60
+  shutdown_timeout: 30
 store: sqlite:///{db}
 backends:
   echo: {type: echo, prefix: "echo: "}
@@ -98,23 +99,27 @@ class SoakResult:
         ]
 
 
-def _chats(count: int) -> list[tuple[int, str, int]]:
-    """(chat id, chat type, user id) for each chat: 60 % private, 20 % groups, 20 % supergroups."""
+def _chats(count: int, supergroups: bool = True) -> list[tuple[int, str, int]]:
+    """(chat id, chat type, user id) for each chat: 60 % private, 20 % groups, 20 %
+    supergroups (without ``supergroups``: groups instead)."""
     chats = []
     for i in range(count):
         user = FIRST_USER + i
         kind = ("private", "private", "private", "group", "supergroup")[i % 5]
+        if kind == "supergroup" and not supergroups:
+            kind = "group"
         chat = {"private": user, "group": -(4000 + i),
                 "supergroup": -1002000000000 - i}[kind]
         chats.append((chat, kind, user))
     return chats
 
 
-def _inputs(messages: int, chats: int, rng: random.Random) -> list[dict]:
+def _inputs(messages: int, chats: int, rng: random.Random, supergroups: bool = True
+            ) -> list[dict]:
     """The input lines, round-robin over the chats in a shuffled order, ids given explicitly."""
     lines = []
     counts: Counter[int] = Counter()
-    table = _chats(chats)
+    table = _chats(chats, supergroups)
     for n in range(messages):
         index = n % chats if n % (2 * chats) < chats else rng.randrange(chats)
         chat, kind, user = table[index]
@@ -203,10 +208,11 @@ def _run(cmd: list[str], lines: list[dict], kill_after: int | None, deadline: fl
 
 
 def soak(messages: int = 500, chats: int = 50, kills: int = 3, latency: int = 50,
-         seed: int = 21, deadline: float = 600.0, workdir: Path | None = None) -> SoakResult:
+         seed: int = 21, deadline: float = 600.0, workdir: Path | None = None,
+         supergroups: bool = True) -> SoakResult:
     rng = random.Random(seed)
     result = SoakResult(messages=messages)
-    inputs = _inputs(messages, chats, rng)
+    inputs = _inputs(messages, chats, rng, supergroups)
     result.deliveries = Counter(line["delivery"] for line in inputs)
     order = {line["text"]: i for i, line in enumerate(inputs)}
     with contextlib.ExitStack() as stack:
@@ -222,6 +228,10 @@ def soak(messages: int = 500, chats: int = 50, kills: int = 3, latency: int = 50
         replies: list[tuple[int, str]] = []
         started = time.monotonic()
         end = started + deadline
+        # a bot that has run before (as a deployed one has): its update position is in the
+        # store. (A very first start killed before it wrote any position is not this case.)
+        _run([sys.executable, "-m", "tgmux", "simulate", "-c", str(config),
+              "--telegram-state", str(state)], [], None, end, replies, stderr_path)
         for run, kill_after in enumerate([*kill_points, None]):
             held = held_by_telegram(state)
             todo = [line for line in inputs if line["text"] not in held]
@@ -285,15 +295,18 @@ def main() -> None:
     parser.add_argument("--latency", type=int, default=50, help="ms, simulate's --latency")
     parser.add_argument("--seed", type=int, default=21)
     parser.add_argument("--deadline", type=float, default=900.0, help="seconds for it all")
+    parser.add_argument("--no-supergroups", action="store_true",
+                        help="basic groups instead of supergroups")
     parser.add_argument("--keep", type=Path, default=None,
                         help="a directory to keep the state file, store and stderr in")
     args = parser.parse_args()
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
     print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"latency 0..{args.latency} ms, seed {args.seed}")
+          f"latency 0..{args.latency} ms, seed {args.seed}"
+          + (", no supergroups" if args.no_supergroups else ""))
     result = soak(args.messages, args.chats, args.kills, args.latency, args.seed,
-                  args.deadline, args.keep)
+                  args.deadline, args.keep, not args.no_supergroups)
     print("\n".join(result.lines()))
     for problem in result.problems[:30]:
         print("  problem:", problem)
