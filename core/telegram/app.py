@@ -54,9 +54,10 @@ from tgmux.telegram.frontend import TelegramFrontend
 from tgmux.telegram.media import TelegramMedia
 from tgmux.telegram.menus import MenuQueue
 from tgmux.telegram.normalize import normalize
+from tgmux.telegram.revoked import revocation_advice
 from tgmux.telegram.stale import StaleMessages
 from tgmux.telegram.store_session import StorePositions
-from tgmux.telegram.updates import UpdateStream, revocation_advice
+from tgmux.telegram.updates import UpdateStream
 from tgmux.types import ChatIdentity, IncomingMessage, MediaRef, MediaUnavailable, ReplyPart
 
 __all__ = ["AccountFrontends", "Intake", "TelegramAccount", "TelegramApp"]
@@ -460,6 +461,7 @@ class TelegramApp:
         except BaseException:
             for account in serving:
                 account.taking_updates = False
+                await account.updates.stop()
                 await account.client.stop()
             raise
         self._started = True

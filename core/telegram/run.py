@@ -40,7 +40,7 @@ from tgmux.telegram.client import (
     telegram_proxy,
 )
 from tgmux.telegram.leases import keep_account
-from tgmux.telegram.updates import ACCOUNT_ERRORS
+from tgmux.telegram.revoked import ACCOUNT_ERRORS
 
 __all__ = ["CONNECT_TIMEOUT", "REVOKED_EXIT", "LoginRefused", "TelegramUnreachable", "login",
            "run_telegram", "start_bounded", "stop_signals"]

@@ -23,8 +23,9 @@ takes its place as the client's ``handle_updates``:
 - full messages go to Pyrogram's dispatcher in order; the position applied is committed through
   a :class:`PositionStore` after each batch (:class:`SessionPosition`: the session storage);
 - a revoked session or banned account (401) is reported once through ``on_revoked``; an idle
-  account is probed every :attr:`UpdateStream.probe_interval` seconds so that this is known
-  within seconds even when nothing is sent.
+  account is probed (``updates.getState``) every :attr:`UpdateStream.probe_interval` seconds,
+  so that this is known within seconds even when nothing is sent, and so that pushes lost with
+  nothing after them (a reconnection) are fetched too.
 
 Catch-up at start (:meth:`UpdateStream.start`) runs in the same task, after the account is
 up, paced, under the same flood handling: a FLOOD_WAIT never fails a start.
@@ -38,9 +39,9 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, Protocol
+from typing import Any
 
 from pyrogram import Client, raw, utils
 from pyrogram.errors import (
@@ -50,13 +51,13 @@ from pyrogram.errors import (
     PersistentTimestampInvalid,
     PersistentTimestampOutdated,
     RPCError,
-    Unauthorized,
 )
 from pyrogram.raw.core import TLObject
-from pyrogram.storage import UpdateState
 
-__all__ = ["GAP_WAIT", "AccountRevoked", "PositionStore", "SessionPosition", "UpdatePosition",
-           "UpdateStream", "revocation_advice"]
+from tgmux.telegram.position import PositionStore, SessionPosition, UpdatePosition
+from tgmux.telegram.revoked import AccountRevoked, error_code, is_account_error
+
+__all__ = ["GAP_WAIT", "UpdateStream"]
 
 log = logging.getLogger("tgmux.telegram")
 
@@ -66,6 +67,8 @@ GAP_WAIT = 0.5
 #: Most pushes held in the queue; past it a push is dropped and the difference fetched instead
 #: (nothing is lost: Telegram keeps it).
 MAX_QUEUED = 10_000
+#: Most queue items handled before the position is committed (a burst: once at its end).
+COMMIT_EVERY = 100
 #: Most updates held per box while a gap is open; past it the difference is fetched at once.
 MAX_HELD = 1_000
 #: Most users and chats remembered to complete compact updates.
@@ -79,109 +82,7 @@ CATCH_UP_PACE = 0.05
 #: Messages a user account fetches per chat from history after a ``differenceTooLong``, and
 #: the most chats it reads.
 HISTORY_LIMIT, HISTORY_CHATS = 100, 100
-#: The errors that mean the account cannot be used any more (401 and the ban).
-ACCOUNT_ERRORS = frozenset({"AUTH_KEY_UNREGISTERED", "AUTH_KEY_INVALID", "SESSION_REVOKED",
-                            "SESSION_EXPIRED", "USER_DEACTIVATED", "USER_DEACTIVATED_BAN",
-                            "AUTH_KEY_PERM_EMPTY"})
-
 _COMMON = 0  # the box key of the account's own sequence; a channel's is its raw id (> 0)
-
-
-class AccountRevoked(Exception):
-    """Telegram refuses the account: session revoked, token revoked, account banned."""
-
-    def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-def error_code(exc: BaseException) -> str | None:
-    """Telegram's error string of an RPC error (``AUTH_KEY_UNREGISTERED``), else None."""
-    if isinstance(exc, RPCError):
-        return str(exc.ID or exc.NAME)
-    return None
-
-
-def is_account_error(exc: BaseException) -> bool:
-    return isinstance(exc, Unauthorized) or error_code(exc) in ACCOUNT_ERRORS
-
-
-def revocation_advice(code: str, *, is_bot: bool) -> str:
-    """What happened and what to do, for one log line."""
-    if code in ("USER_DEACTIVATED_BAN", "USER_DEACTIVATED"):
-        what = "banned" if code.endswith("BAN") else "deleted"
-        return (f"Telegram says this account was {what} ({code}): it cannot be used any more; "
-                "remove it from the config or log in another account with `tgmux login`")
-    if is_bot:
-        return (f"Telegram no longer accepts this bot's session ({code}): the bot token was "
-                "revoked in @BotFather (or the bot was logged out); set telegram.bot_token to "
-                "the token @BotFather shows now and start tgmux again")
-    return (f"Telegram ended this account's session ({code}: logged out or terminated from "
-            "another device); run `tgmux login` again and set session_string to the new string")
-
-
-@dataclass
-class UpdatePosition:
-    """Where the account is in Telegram's update stream: its box and each channel's pts."""
-
-    pts: int
-    qts: int
-    date: int
-    seq: int
-    channels: dict[int, int] = field(default_factory=dict)  # raw channel id → pts
-
-    def copy(self) -> UpdatePosition:
-        return UpdatePosition(self.pts, self.qts, self.date, self.seq, dict(self.channels))
-
-
-class PositionStore(Protocol):
-    """Where the update position is kept between runs (the session storage, or tgmux's
-    store with the inbox)."""
-
-    async def load(self) -> UpdatePosition | None: ...
-
-    async def save(self, position: UpdatePosition) -> None: ...
-
-    async def channel_seen(self, channel: int, pts: int) -> None:
-        """A channel seen for the first time starts at ``pts``: kept at once, nothing else
-        moved (after a crash before any of its messages was kept, the next start fetches them
-        from there)."""
-
-
-class SessionPosition:
-    """The position in Pyrogram's session storage (its ``update_state`` table, kurigram's
-    format: id 0 the account, ``-100<channel>`` a channel), committed at each save."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-
-    async def load(self) -> UpdatePosition | None:
-        states = await self.client.storage.get_update_states()
-        common = next((s for s in states if s.id == 0), None)
-        if common is None or common.pts is None:
-            return None
-        channels = {utils.get_raw_peer_id(s.id): s.pts for s in states
-                    if s.id != 0 and s.pts is not None}
-        return UpdatePosition(common.pts, common.qts or 0, common.date or 0, common.seq or 0,
-                              channels)
-
-    async def save(self, position: UpdatePosition) -> None:
-        storage = self.client.storage
-        if getattr(storage, "conn", None) is None:  # closed (stopping): the next start asks
-            return
-        states = [UpdateState(0, position.pts, position.qts, position.date, position.seq)]
-        states += [UpdateState(utils.get_channel_id(channel), pts, None, None, None)
-                   for channel, pts in position.channels.items()]
-        await storage.set_update_state(states)
-        await storage.save()
-
-    async def channel_seen(self, channel: int, pts: int) -> None:
-        storage = self.client.storage
-        if getattr(storage, "conn", None) is None:
-            return
-        await storage.set_update_state([UpdateState(utils.get_channel_id(channel), pts, None,
-                                                    None, None)])
-        await storage.save()
 
 
 def _wire(obj: TLObject) -> TLObject:
@@ -223,7 +124,7 @@ class UpdateStream:
 
     #: seconds without any answer from Telegram after which it is asked (``updates.getState``)
     #: whether the account is still usable (None: never)
-    probe_interval: float | None = 4.0
+    probe_interval: float | None = 3.0
 
     def __init__(self, client: Client, *, account: str = "main",
                  positions: PositionStore | None = None,
@@ -245,12 +146,16 @@ class UpdateStream:
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(MAX_QUEUED)
         self._held: dict[int, dict[int, _Held]] = {}  # box → pts → update
         self._deadlines: dict[int, float] = {}  # box → when its gap is fetched
+        #: boxes whose difference is due whatever is held (a qts gap, Telegram's state ahead,
+        #: an update that could not be read): kept until fetched
+        self._forced: set[int] = set()
         self._users: OrderedDict[int, TLObject] = OrderedDict()
         self._chats: OrderedDict[int, TLObject] = OrderedDict()
         self._last_incoming: OrderedDict[int, int] = OrderedDict()  # chat → last message id
         self._task: asyncio.Task[None] | None = None
         self._probe: asyncio.Task[None] | None = None
         self._dirty = False
+        self._uncommitted = 0
         self._invoke = client.invoke
         client.invoke = self._invoke_watched  # type: ignore[method-assign]
 
@@ -267,7 +172,13 @@ class UpdateStream:
         except asyncio.QueueFull:  # Telegram keeps it: fetched by the difference
             log.warning("%s: more than %d updates queued; fetching the difference instead",
                         self.account, MAX_QUEUED)
-            self._deadlines[_COMMON] = 0.0
+            self._force(_COMMON, 0.0)
+
+    def _force(self, box: int, delay: float) -> None:
+        """Fetch ``box``'s difference in ``delay`` seconds (or sooner if already due)."""
+        due = time.monotonic() + delay
+        self._deadlines[box] = min(self._deadlines.get(box, due), due)
+        self._forced.add(box)
 
     async def _invoke_watched(self, query: TLObject, *args: Any, **kwargs: Any) -> Any:
         """The client's ``invoke``: an account error is reported, and the updates in an answer
@@ -341,18 +252,29 @@ class UpdateStream:
                 await asyncio.sleep(self.probe_interval - idle)
                 continue
             try:
-                await self.client.invoke(raw.functions.updates.GetState())
+                state = await self.client.invoke(raw.functions.updates.GetState())
             except asyncio.CancelledError:
                 raise
             except Exception:  # the account errors were seen by invoke; others: next time
                 self.last_heard = time.monotonic()
+                continue
+            position = self.position
+            if position is not None and (state.pts > position.pts or state.qts > position.qts):
+                # pushes were lost (a reconnection) and nothing came after them: a gap, seen
+                self._put(("state", state))
 
     # -- the task ------------------------------------------------------------------------------
 
     async def _run(self, catch_up: bool) -> None:
         try:
             if catch_up:
-                await self._catch_up()
+                try:
+                    await self._catch_up()
+                except (AccountRevoked, asyncio.CancelledError):
+                    raise
+                except Exception:  # a bug or an object we cannot read: asked again
+                    log.exception("%s: the catch-up failed; asking again", self.account)
+                    self._force(_COMMON, RETRY_FIRST)
             while True:
                 await self._step()
         except AccountRevoked:
@@ -379,8 +301,12 @@ class UpdateStream:
         except Exception:  # a bug or an object we cannot read: Telegram still has it
             log.exception("%s: an update could not be handled; fetching the difference",
                           self.account)
-            self._deadlines[_COMMON] = 0.0
-        await self._commit()
+            self._force(_COMMON, RETRY_FIRST)  # (a pause: no busy loop)
+        # a batch: what came in together (a burst is committed once, at its end or every
+        # COMMIT_EVERY updates)
+        self._uncommitted += 1
+        if self._queue.empty() or self._uncommitted >= COMMIT_EVERY:
+            await self._commit()
 
     async def _commit(self) -> None:
         if not self._dirty or self.position is None:
@@ -388,6 +314,7 @@ class UpdateStream:
         try:
             await self.positions.save(self.position.copy())
             self._dirty = False
+            self._uncommitted = 0
         except Exception as exc:  # the next batch commits it again
             log.warning("%s: the update position could not be saved: %s", self.account, exc)
 
@@ -424,6 +351,10 @@ class UpdateStream:
     async def _process(self, kind: str, payload: Any) -> None:
         assert self.position is not None
         dispatch = kind == "push"
+        if kind == "state":  # Telegram's state is past ours: missed unless they arrive now
+            if payload.pts > self.position.pts or payload.qts > self.position.qts:
+                self._force(_COMMON, self.gap_wait)
+            return
         if kind == "affected":
             channel, pts, count = payload
             box = _COMMON if channel is None else int(channel)
@@ -480,7 +411,7 @@ class UpdateStream:
             if qts <= self.position.qts:
                 return  # already applied
             if self.position.qts and qts > self.position.qts + 1:  # a gap: the difference
-                self._deadlines.setdefault(_COMMON, time.monotonic() + self.gap_wait)
+                self._force(_COMMON, self.gap_wait)
                 return
             self.position.qts = qts
             self._dirty = True
@@ -541,7 +472,8 @@ class UpdateStream:
                               release=False)
         if not held:
             self._held.pop(box, None)
-            self._deadlines.pop(box, None)
+            if box not in self._forced:
+                self._deadlines.pop(box, None)
 
     async def _channel_seen(self, channel: int, pts: int) -> None:
         try:
@@ -549,6 +481,11 @@ class UpdateStream:
         except Exception as exc:  # kept with the next position instead
             log.warning("%s: where channel %s starts could not be saved: %s", self.account,
                         channel, exc)
+
+    @property
+    def holding(self) -> bool:
+        """Updates wait for a gap (or a new channel's start) to be filled."""
+        return bool(self._held)
 
     def _pts(self, box: int) -> int | None:
         assert self.position is not None
@@ -644,6 +581,7 @@ class UpdateStream:
         """``updates.getDifference`` from the position, slice after slice, until caught up."""
         assert self.position is not None
         self._deadlines.pop(_COMMON, None)
+        self._forced.discard(_COMMON)
         while True:
             position = self.position
             diff = await self._call(raw.functions.updates.GetDifference(
@@ -696,6 +634,7 @@ class UpdateStream:
         """``updates.getChannelDifference`` for one channel, until final."""
         assert self.position is not None
         self._deadlines.pop(channel, None)
+        self._forced.discard(channel)
         limit = 100_000 if self.client.me is not None and self.client.me.is_bot else 100
         while True:
             pts = self.position.channels.get(channel)

@@ -270,7 +270,7 @@ async def test_advice_when_telegram_does_not_know_the_session(
     monkeypatch.setattr(telegram_run, "build_client",
                         lambda config, account=None, **_: offline_client(
         fake, storage=SessionFileStorage("tgmux", tmp_path / "data")))
-    # no restart loop
+    # refused for good (revoked): 3, so that a supervisor does not restart it into a loop
     assert await run_telegram(config_for(tmp_path, env), build_plugin_manager()) == 3
     refused = [r.getMessage() for r in caplog.records if "refused to start" in r.getMessage()]
     assert len(refused) == 1 and advice in refused[0] and not_advice not in refused[0]

@@ -48,6 +48,18 @@ async def test_a_flood_wait_on_get_difference_after_a_compact_update_loses_nothi
     assert echoes(bot, 42) == ["echo: hello", "echo: compact"]
 
 
+@pytest.mark.parametrize("fields", [{"user_id": 42},
+                                    {"user_id": 42, "chat_id": -4012345678}])
+async def test_compact_updates_from_seen_peers_need_no_request(tgmux_bot, fields):
+    bot = await tgmux_bot(CONFIG)
+    mention = "@tgmux_bot " if "chat_id" in fields else ""
+    await bot.send(mention + "hello", **fields)  # a full push introduces the peers
+    asked = len(requests(bot, "updates.GetDifference"))  # (the catch-up at start)
+    reply = await bot.send(mention + "compact", delivery="short", **fields)
+    assert reply.texts == ["echo: compact"]
+    assert len(requests(bot, "updates.GetDifference")) == asked  # completed from what was seen
+
+
 async def test_a_flood_wait_filling_a_gap_loses_nothing_and_keeps_the_order(tgmux_bot):
     bot = await tgmux_bot(CONFIG)
     await bot.send("first", user_id=42)
@@ -103,6 +115,35 @@ async def test_a_gap_is_filled_within_about_a_second(tgmux_bot):
     assert echoes(bot, 42) == ["echo: first", "echo: lost push", "echo: next"]
 
 
+async def test_a_lost_push_with_nothing_after_it_is_fetched_when_idle(tgmux_bot):
+    bot = await tgmux_bot(CONFIG)
+    await bot.send("first", user_id=42)
+    lost = await bot.send_nowait("the last one, lost", user_id=42, delivery="gap")
+    started = time.monotonic()
+    reply = await lost.reply(timeout=20)  # Telegram's state says there is more: fetched
+    assert reply.texts == ["echo: the last one, lost"]
+    assert time.monotonic() - started < 10  # the idle probe (3 s), not the 15 min watchdog
+
+
+async def test_a_push_that_cannot_be_handled_is_fetched_again(tgmux_bot, monkeypatch,
+                                                             caplog):
+    bot = await tgmux_bot(CONFIG)
+    await bot.send("first", user_id=42)
+    fetch_peers = bot.client.fetch_peers
+    calls: list[object] = []
+
+    async def failing_once(peers):
+        calls.append(peers)
+        if len(calls) == 1:
+            raise RuntimeError("unreadable")
+        return await fetch_peers(peers)
+
+    monkeypatch.setattr(bot.client, "fetch_peers", failing_once)
+    reply = await bot.send("full push", user_id=42, delivery="push", timeout=20)
+    assert reply.texts == ["echo: full push"]
+    assert "an update could not be handled; fetching the difference" in caplog.text
+
+
 async def test_a_difference_in_slices_is_read_to_the_end_in_order(tgmux_bot):
     bot = await tgmux_bot(CONFIG + "telegram: {flood: {private_per_second: 1000}}\n")
     await bot.send("start", user_id=42)
@@ -115,17 +156,23 @@ async def test_a_difference_in_slices_is_read_to_the_end_in_order(tgmux_bot):
     assert len(requests(bot, "updates.GetDifference")) >= 2  # a slice, then the rest
 
 
+@pytest.mark.parametrize(("method", "fields"), [
+    ("updates.GetDifference", {"user_id": 42}),
+    ("updates.GetChannelDifference", {"user_id": 42, "chat_id": -1001234567890}),
+])
 async def test_a_flood_wait_at_catch_up_does_not_fail_the_start(tgmux_bot, monkeypatch,
-                                                              caplog):
+                                                              caplog, method, fields):
     # time compressed: the 30 s Telegram asks for are waited 0.2 s here (then asked again)
     monkeypatch.setattr(update_stream, "MAX_FLOOD_SLEEP", 0.2)
     bot = await tgmux_bot(CONFIG)
-    await bot.send("before", user_id=42)
+    mention = "@tgmux_bot " if "chat_id" in fields else ""
+    await bot.send(mention + "before", **fields)
     await bot.stop()
-    bot.telegram.build_incoming(user_id=42, text="while down")
-    bot.telegram.fail("updates.GetDifference", "FLOOD_WAIT_30")
+    bot.telegram.build_incoming(text=mention + "while down", **fields)
+    bot.telegram.fail(method, "FLOOD_WAIT_30")
     await bot.start()  # does not raise
     await bot.wait_for(lambda a: a.get("text") == "echo: while down", timeout=20)
+    assert [r.error for r in requests(bot, method)][-2:] == ["FLOOD_WAIT_30", None]
     assert "asks to wait 30 s" in caplog.text
     assert bot.engine.metrics.flood_wait.labels("main").value == 30
 
@@ -301,3 +348,55 @@ async def test_a_new_supergroups_pushes_out_of_order_lose_nothing_and_keep_the_o
     for message in sent:
         await message.reply(timeout=20)
     assert echoes(bot, group["chat_id"]) == ["echo: one", "echo: two", "echo: three"]
+
+
+TWO_ACCOUNTS = """
+store: sqlite:///{data}/tgmux.db
+backends:
+  echo: {type: echo, prefix: "echo: "}
+default: echo
+accounts:
+  support:
+    telegram:
+      api_id: 1
+      api_hash: 0123456789abcdef0123456789abcdef
+      bot_token: "1:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+      data_dir: {data}
+      session_name: support
+  concierge:
+    telegram:
+      api_id: 1
+      api_hash: 0123456789abcdef0123456789abcdef
+      bot_token: "2:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+      data_dir: {data}
+      session_name: concierge
+"""
+
+
+async def test_a_revoked_account_stops_the_others_go_on_exit_3_when_none_is_left(
+        tmp_path: Path, monkeypatch, caplog):
+    from tgmux.bootstrap import load_config_text
+
+    fakes = {"support": FakeTelegram(bot_username="support_bot", user_id=1),
+             "concierge": FakeTelegram(bot_username="concierge_bot", user_id=2)}
+    monkeypatch.setattr(telegram_run, "build_client",
+                        lambda config, account=None, **_: offline_client(fakes[account]))
+    config = load_config_text(TWO_ACCOUNTS.replace("{data}", str(tmp_path / "data")),
+                              source="config.yaml")
+    running = asyncio.create_task(telegram_run.run_telegram(config, build_plugin_manager()))
+    try:
+        for fake in fakes.values():
+            await fake.wait_for(lambda a: a["action"] == "set_commands", timeout=20)
+        fakes["support"].revoke_session()
+        await fakes["concierge"].incoming(user_id=42, text="still here?")
+        await fakes["concierge"].wait_for(lambda a: a.get("text") == "echo: still here?",
+                                          timeout=20)
+        assert not running.done()
+        fakes["concierge"].ban_account()
+        assert await asyncio.wait_for(asyncio.shield(running), 20) == 3
+    finally:
+        if not running.done():
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.wait([running], timeout=20)
+    stops = [r.getMessage() for r in caplog.records if "this account stops" in r.getMessage()]
+    assert [line.split(":")[0] for line in stops] == ["support", "concierge"]
