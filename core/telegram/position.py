@@ -35,6 +35,11 @@ class PositionStore(Protocol):
 
     async def save(self, position: UpdatePosition) -> None: ...
 
+    async def channel_seen(self, channel: int, pts: int) -> None:
+        """A channel seen for the first time starts at ``pts``: kept at once, nothing else
+        moved (after a crash before any of its messages was kept, the next start fetches them
+        from there)."""
+
 
 class SessionPosition:
     """The position in Pyrogram's session storage (its ``update_state`` table, kurigram's
@@ -61,4 +66,12 @@ class SessionPosition:
         states += [UpdateState(utils.get_channel_id(channel), pts, None, None, None)
                    for channel, pts in position.channels.items()]
         await storage.set_update_state(states)
+        await storage.save()
+
+    async def channel_seen(self, channel: int, pts: int) -> None:
+        storage = self.client.storage
+        if getattr(storage, "conn", None) is None:
+            return
+        await storage.set_update_state([UpdateState(utils.get_channel_id(channel), pts, None,
+                                                    None, None)])
         await storage.save()

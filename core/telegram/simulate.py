@@ -314,7 +314,8 @@ async def simulate(config: Config, plugin_manager: PluginManager, *, stdin: Text
             sighup_ignored()
             if not stop.is_set():  # what Telegram still holds for the bot is fetched first
                 owed = await _caught_up(fakes, stopped,
-                                        config.data.telegram.shutdown_timeout)
+                                        config.data.telegram.shutdown_timeout,
+                                        [a.updates for a in app.accounts.values()])
                 if owed:
                     bad += 1
             stopped.cancel()
@@ -356,14 +357,16 @@ async def _control(fake: FakeTelegram, fields: dict[str, Any],
 
 
 async def _caught_up(fakes: dict[str, FakeTelegram], stopped: asyncio.Future[Any],
-                     timeout: float) -> int:
+                     timeout: float, streams: tuple[Any, ...] | list[Any] = ()) -> int:
     """Wait (up to ``timeout`` s, or a signal) until every account's client was served what
-    its Telegram holds for it; say on stderr what was not, and return how many."""
+    its Telegram holds for it, and its update stream holds nothing back (a gap, a new
+    channel's start); say on stderr what was not, and return how many."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     for fake in fakes.values():
         await fake.settle_pushes(timeout)
-    while any(f.undelivered and f.account_error is None for f in fakes.values()) \
+    while (any(f.undelivered and f.account_error is None for f in fakes.values())
+           or any(s is not None and s.holding for s in streams)) \
             and loop.time() < deadline and not stopped.done():
         await asyncio.wait([stopped], timeout=0.05)
     owed = 0

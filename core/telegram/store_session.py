@@ -365,6 +365,9 @@ class StorePositions:
         self._marks: deque[tuple[int, UpdatePosition]] = deque()
         self._due: UpdatePosition | None = None  # settled, not written yet
         self._last: UpdatePosition | None = None  # the last one written (or handed out)
+        #: channels first seen in this run → where each starts: in every position written
+        #: (one marked before a channel was seen does not know it)
+        self._seen: dict[int, int] = {}
         self._writer: asyncio.Task[None] | None = None
         client.dispatcher.update_parsers[PositionMark] = self._reached
 
@@ -380,11 +383,13 @@ class StorePositions:
         if kept is not None:
             self._order = max(self._order, kept.order)
             try:
-                return decode_position(kept.value)
+                self._last = decode_position(kept.value)
+                return self._last
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("%s: the update position in the store is unreadable (%s); "
                             "starting from Telegram's current state", self.account, exc)
-        return await SessionPosition(self.client).load()
+        self._last = await SessionPosition(self.client).load()
+        return self._last
 
     async def save(self, position: UpdatePosition) -> None:
         """Behind what the stream handed to the dispatcher so far (reached: :meth:`_reached`);
@@ -400,6 +405,26 @@ class StorePositions:
     async def _reached(self, mark: PositionMark, users: Any, chats: Any) -> tuple[None, type]:
         self.mark(mark.position)
         return None, type(None)
+
+    async def channel_seen(self, channel: int, pts: int) -> None:
+        """Written at once over the last position written (or settled): nothing else moves,
+        so it passes no message the store lacks."""
+        self._seen[channel] = pts
+        base = self._due or self._last
+        if self.frozen or base is None:
+            return
+        self._last = self._with_seen(base)
+        self._order += 1
+        await self.store.position_write(
+            StreamPosition(self._order, encode_position(self._last)), account=self.account)
+
+    def _with_seen(self, position: UpdatePosition) -> UpdatePosition:
+        missing = {c: p for c, p in self._seen.items() if c not in position.channels}
+        if not missing:
+            return position
+        position = position.copy()
+        position.channels.update(missing)
+        return position
 
     # -- the intake's side ---------------------------------------------------------------------
 
@@ -441,7 +466,7 @@ class StorePositions:
             return None
         self._due = None
         self._order += 1
-        self._last = best
+        self._last = best = self._with_seen(best)
         return StreamPosition(self._order, encode_position(best))
 
     def settled(self, number: int) -> None:
@@ -475,7 +500,7 @@ class StorePositions:
     async def flush(self) -> None:
         """Write the position that is due now (a stop: before the store closes)."""
         while self._due is not None and not self.frozen:
-            due, self._due = self._due, None
+            due, self._due = self._with_seen(self._due), None
             self._order += 1
             self._last = due
             try:

@@ -424,8 +424,15 @@ class UpdateStream:
         """An update that moves a box's pts: applied, skipped (seen) or held (a gap)."""
         assert self.position is not None
         local = self._pts(box)
-        if local is None:  # a channel not seen before: it starts here
-            local = pts - count
+        if local is None:
+            # A channel not seen before: its first push may have been overtaken by a later
+            # one. Held like a gap; after the gap wait the channel starts before the lowest.
+            held = self._held.setdefault(box, {})
+            if not held or pts - count < min(h.pts - h.count for h in held.values()):
+                await self._channel_seen(box, pts - count)
+            held[pts] = _Held(pts, count, update, users, chats, dispatch)
+            self._deadlines.setdefault(box, time.monotonic() + self.gap_wait)
+            return
         if local + count > pts:
             return  # already applied
         if local + count < pts:
@@ -467,6 +474,18 @@ class UpdateStream:
             self._held.pop(box, None)
             if box not in self._forced:
                 self._deadlines.pop(box, None)
+
+    async def _channel_seen(self, channel: int, pts: int) -> None:
+        try:
+            await self.positions.channel_seen(channel, pts)
+        except Exception as exc:  # kept with the next position instead
+            log.warning("%s: where channel %s starts could not be saved: %s", self.account,
+                        channel, exc)
+
+    @property
+    def holding(self) -> bool:
+        """Updates wait for a gap (or a new channel's start) to be filled."""
+        return bool(self._held)
 
     def _pts(self, box: int) -> int | None:
         assert self.position is not None
@@ -620,7 +639,12 @@ class UpdateStream:
         while True:
             pts = self.position.channels.get(channel)
             if pts is None:
-                break
+                held = self._held.get(channel)
+                if not held:
+                    break
+                # first seen in these pushes: from just before the lowest of them
+                pts = min(h.pts - h.count for h in held.values())
+                self._set_pts(channel, pts)
             try:
                 peer = await self.client.resolve_peer(utils.get_channel_id(channel))
                 diff = await self._call(raw.functions.updates.GetChannelDifference(

@@ -8,6 +8,7 @@ import logging
 
 import pytest
 import tg_test_backends
+from jitter import with_latency_jitter
 from pyrogram.errors import RpcCallFail
 
 from tgmux.config import FloodLimits
@@ -15,6 +16,9 @@ from tgmux.telegram.sender import DeliveryFailed, FloodControl, Sender
 from tgmux.telegram.textsplit import utf16_len
 
 PLUGINS = [tg_test_backends]
+
+#: each test also with network latency jitter (pushes overtake each other)
+tgmux_bot = with_latency_jitter()
 GROUP = -1001234567890
 
 CONFIG = """

@@ -6,8 +6,12 @@ import asyncio
 import time
 
 import tg_test_backends
+from jitter import with_latency_jitter
 
 PLUGINS = [tg_test_backends]
+
+#: each test also with network latency jitter (pushes overtake each other)
+tgmux_bot = with_latency_jitter()
 
 CONFIG = """
 telegram:

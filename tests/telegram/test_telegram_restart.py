@@ -8,8 +8,12 @@ import os
 import stat
 
 import tg_test_backends
+from jitter import with_latency_jitter
 
 PLUGINS = [tg_test_backends]
+
+#: each test also with network latency jitter (pushes overtake each other)
+tgmux_bot = with_latency_jitter()
 SUPERGROUP = -1001234567890
 
 CONFIG = """
