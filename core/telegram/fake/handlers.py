@@ -396,7 +396,10 @@ class Handlers(World):
         for item in items:
             message = item if isinstance(item, raw.types.Message) else getattr(item, "message",
                                                                                None)
-            for peer in (getattr(message, "peer_id", None), getattr(message, "from_id", None)):
+            named = (getattr(message, "peer_id", None), getattr(message, "from_id", None))
+            if isinstance(item, raw.types.UpdateChannel):  # the channel itself
+                named = (raw.types.PeerChannel(channel_id=item.channel_id),)
+            for peer in named:
                 chat_id = self.chat_id_of(peer)
                 if chat_id is None:
                     continue
@@ -407,7 +410,7 @@ class Handlers(World):
         return users, chats
 
     async def _on_updates_GetDifference(self, query: TLObject) -> TLObject:
-        difference = self.log.difference(query.pts, self._peers_of)
+        difference = self.log.difference(query.pts, self._peers_of, query.date)
         self.served(getattr(difference, "new_messages", []))
         return wire(difference)
 
