@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from pyrogram import raw
@@ -124,23 +124,25 @@ class UpdateLog:
         pending = box.pts - pts
         return pts < box.floor or (self.too_long is not None and pending > self.too_long)
 
-    def channel_news(self, date: int) -> list[TLObject]:
+    def channel_news(self, date: int, told: Collection[int] = ()) -> list[TLObject]:
         """An ``updateChannel`` for each channel with entries logged at or after ``date``
-        (the client's date): as Telegram does in a difference's ``other_updates``, so that a
-        client learns of a channel whose messages all came while it was away (a channel it
-        already knows is told again: harmless; one it does not know is fetched)."""
+        (the client's date), or with entries at all when not in ``told`` (channels the client
+        fetched the difference of since it connected: pushes in flight when a client went
+        away are not known to have arrived). As Telegram does in a difference's
+        ``other_updates``, so that a client learns of a channel whose messages all came while
+        it was away (a channel it already knows is told again: harmless)."""
         return [raw.types.UpdateChannel(channel_id=channel)
                 for channel, box in self.channels.items()
-                if box.entries and box.entries[-1].date >= date]
+                if box.entries and (channel not in told or box.entries[-1].date >= date)]
 
     def difference(self, pts: int, peers: Callable[[list[TLObject]], tuple[list, list]],
-                   date: int = 0) -> TLObject:
+                   date: int = 0, told: Collection[int] = ()) -> TLObject:
         """``updates.getDifference`` from ``pts`` and ``date``: empty, whole, a slice of at
         most :data:`DIFFERENCE_LIMIT` updates, or too long. ``peers`` gives the (users, chats)
         the messages name. The whole (last) answer names the channels with news since
         ``date`` (:meth:`channel_news`)."""
         box = self.common
-        news = self.channel_news(date)
+        news = self.channel_news(date, told)
         if pts >= box.pts and not news:
             return raw.types.updates.DifferenceEmpty(date=self.date, seq=self.seq)
         if pts < box.pts and self._is_too_long(box, pts):
