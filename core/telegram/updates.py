@@ -398,7 +398,20 @@ class UpdateStream:
             channel = int(update.channel_id)
             if channel not in self.position.channels and isinstance(update.pts, int):
                 self.position.channels[channel] = update.pts  # first seen: from there on
+            await self._new_channel(channel)
             await self._channel_difference(channel)
+            return
+        if isinstance(update, raw.types.UpdateChannel):
+            # Telegram's word that something changed in a channel (joined, or news while we
+            # were away: a difference's other_updates). A channel we know needs nothing (its
+            # pushes and the catch-up move its pts); one we never saw is fetched now.
+            channel = int(update.channel_id)
+            if await self._new_channel(channel):
+                log.info("%s: channel %s is new to this account; fetching its messages",
+                         self.account, channel)
+                await self._channel_difference(channel)
+            if dispatch:
+                self._dispatch(update, users, chats)
             return
         pts, count = getattr(update, "pts", None), getattr(update, "pts_count", None)
         if isinstance(pts, int) and isinstance(count, int):
@@ -474,6 +487,23 @@ class UpdateStream:
             self._held.pop(box, None)
             if box not in self._forced:
                 self._deadlines.pop(box, None)
+
+    async def _new_channel(self, channel: int) -> bool:
+        """Start a channel the stream has no pts for (and no held push to start from) at
+        pts 1, and say so. Telegram numbers a channel's updates from 1 at its creation:
+        ``getChannelDifference`` from 1 answers its messages from the start, or (a long
+        history) ``channelDifferenceTooLong`` with the latest ones; both are read in order.
+        Nothing is skipped, which a start from Telegram's current pts would do to the messages
+        that came while we were away. What was answered before is not answered again: the
+        inbox dedups by chat and message id, and messages older than
+        ``telegram.catch_up_max_age`` only get the offline notice. The start is stored
+        before any of its messages is accepted (a crash in between fetches them again)."""
+        assert self.position is not None
+        if channel in self.position.channels or self._held.get(channel):
+            return False
+        await self._channel_seen(channel, 1)
+        self._set_pts(channel, 1)
+        return True
 
     async def _channel_seen(self, channel: int, pts: int) -> None:
         try:

@@ -319,3 +319,23 @@ async def test_the_test_kit_takes_latency_and_compact_updates(tgmux_bot):
     assert (await bot.send("again", user_id=42)).text == "echo: again"  # compact
     assert bot.telegram.undelivered == {}
     assert "updates.GetDifference" in {r.name for r in bot.telegram.requests}
+
+
+async def test_a_difference_names_a_channel_with_news_as_telegram_does():
+    """Telegram's getDifference carries an ``updateChannel`` (the channel in ``chats``) for a
+    channel with news: a client that never heard of the channel learns of it there."""
+    fake, _ = recorded()
+    await fake.incoming(chat_id=SUPERGROUP, user_id=42, text="while away", delivery="gap")
+    first = await difference(fake, 1)  # nothing in the account's own box: still named
+    assert isinstance(first, raw.types.updates.Difference)
+    assert [type(u).__name__ for u in first.other_updates] == ["UpdateChannel"]
+    assert first.other_updates[0].channel_id == 1234567890
+    assert [c.id for c in first.chats] == [1234567890]
+    await channel_difference(fake, 1)  # fetched: named again only for news past the date
+    later = fake.log.date + 10**6
+    assert isinstance(await fake.answer(raw.functions.updates.GetDifference(
+        pts=first.state.pts, date=later, qts=0), fake.client), raw.types.updates.DifferenceEmpty)
+    fake.connected()  # a new connection: a push may have been lost on the way
+    again = await fake.answer(raw.functions.updates.GetDifference(
+        pts=first.state.pts, date=later, qts=0), fake.client)
+    assert [u.channel_id for u in again.other_updates] == [1234567890]

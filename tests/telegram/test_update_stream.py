@@ -400,3 +400,21 @@ async def test_a_revoked_account_stops_the_others_go_on_exit_3_when_none_is_left
             await asyncio.wait([running], timeout=20)
     stops = [r.getMessage() for r in caplog.records if "this account stops" in r.getMessage()]
     assert [line.split(":")[0] for line in stops] == ["support", "concierge"]
+
+
+async def test_a_supergroup_whose_messages_all_came_while_down_is_fetched_once_in_order(
+        tgmux_bot):
+    """Found by the soak (bench/soak_telegram.py, 23 lost): a supergroup the bot had never
+    seen, all its messages arriving while the bot was down. Nothing told the client of it;
+    Telegram does (an ``updateChannel`` in the difference), and the client must then fetch the
+    channel's difference."""
+    bot = await tgmux_bot(CONFIG)
+    await bot.send("before", user_id=42)  # the account has a position to catch up from
+    await bot.stop()
+    group = {"chat_id": -1001234567891, "user_id": 43}
+    for i in range(5):
+        bot.telegram.build_incoming(text=f"@tgmux_bot g{i}", **group)
+    await bot.start()
+    await bot.wait_for(lambda a: a.get("text") == "echo: g4", timeout=20)
+    assert echoes(bot, group["chat_id"]) == [f"echo: g{i}" for i in range(5)]
+    assert echoes(bot, 42) == ["echo: before"]

@@ -86,6 +86,13 @@ class Handlers(World):
         self.uploaded_media: dict[str, bytes] = {}
         #: files given by their path, as read for a download (by file reference)
         self._referenced: dict[bytes, bytes] = {}
+        #: channels the client has asked the difference of since it connected: until then a
+        #: push may have been lost in flight (a client killed), so a difference names them
+        self._channels_fetched: set[int] = set()
+
+    def connected(self) -> None:
+        """A client (re)connected: what it heard before is not known to have arrived."""
+        self._channels_fetched.clear()
 
     def uploaded(self, action: dict[str, Any]) -> bytes:
         """The bytes a media action uploaded (KeyError for media sent by URL)."""
@@ -396,7 +403,10 @@ class Handlers(World):
         for item in items:
             message = item if isinstance(item, raw.types.Message) else getattr(item, "message",
                                                                                None)
-            for peer in (getattr(message, "peer_id", None), getattr(message, "from_id", None)):
+            named = (getattr(message, "peer_id", None), getattr(message, "from_id", None))
+            if isinstance(item, raw.types.UpdateChannel):  # the channel itself
+                named = (raw.types.PeerChannel(channel_id=item.channel_id),)
+            for peer in named:
                 chat_id = self.chat_id_of(peer)
                 if chat_id is None:
                     continue
@@ -407,7 +417,8 @@ class Handlers(World):
         return users, chats
 
     async def _on_updates_GetDifference(self, query: TLObject) -> TLObject:
-        difference = self.log.difference(query.pts, self._peers_of)
+        difference = self.log.difference(query.pts, self._peers_of, query.date,
+                                         told=self._channels_fetched)
         self.served(getattr(difference, "new_messages", []))
         return wire(difference)
 
@@ -416,6 +427,7 @@ class Handlers(World):
         if chat_id is None or chat_id not in self._chats:
             refuse("CHANNEL_INVALID", type(query))
         channel = CHANNEL_ID_BASE - chat_id
+        self._channels_fetched.add(channel)
         ranges = None
         if isinstance(query.filter, raw.types.ChannelMessagesFilter):
             ranges = [(r.min_id, r.max_id) for r in query.filter.ranges]

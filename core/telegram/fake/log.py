@@ -11,8 +11,9 @@ oldest one kept, or with more than ``too_long`` updates pending, is ``difference
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from pyrogram import raw
@@ -100,8 +101,13 @@ class UpdateLog:
 
     def add(self, update: TLObject, *, channel_id: int | None, date: int,
             pts_count: int = 1) -> Entry:
-        """Log an update of the common box (``channel_id`` None) or a channel's."""
+        """Log an update of the common box (``channel_id`` None) or a channel's. A channel's
+        entry is dated when it is logged (not older than now: a message can carry an old
+        date), so that a difference can tell which channels have news since the client's
+        date."""
         self.date = max(self.date, date)
+        if channel_id is not None:
+            date = max(date, int(time.time()))
         return self.box_of(channel_id).add(update, pts_count, date)
 
     def next_seq(self) -> int:
@@ -118,20 +124,35 @@ class UpdateLog:
         pending = box.pts - pts
         return pts < box.floor or (self.too_long is not None and pending > self.too_long)
 
-    def difference(self, pts: int, peers: Callable[[list[TLObject]], tuple[list, list]]
-                   ) -> TLObject:
-        """``updates.getDifference`` from ``pts``: empty, whole, a slice of at most
-        :data:`DIFFERENCE_LIMIT` updates, or too long. ``peers`` gives the (users, chats)
-        the messages name."""
+    def channel_news(self, date: int, told: Collection[int] = ()) -> list[TLObject]:
+        """An ``updateChannel`` for each channel with entries logged at or after ``date``
+        (the client's date), or with entries at all when not in ``told`` (channels the client
+        fetched the difference of since it connected: pushes in flight when a client went
+        away are not known to have arrived). As Telegram does in a difference's
+        ``other_updates``, so that a client learns of a channel whose messages all came while
+        it was away (a channel it already knows is told again: harmless)."""
+        return [raw.types.UpdateChannel(channel_id=channel)
+                for channel, box in self.channels.items()
+                if box.entries and (channel not in told or box.entries[-1].date >= date)]
+
+    def difference(self, pts: int, peers: Callable[[list[TLObject]], tuple[list, list]],
+                   date: int = 0, told: Collection[int] = ()) -> TLObject:
+        """``updates.getDifference`` from ``pts`` and ``date``: empty, whole, a slice of at
+        most :data:`DIFFERENCE_LIMIT` updates, or too long. ``peers`` gives the (users, chats)
+        the messages name. The whole (last) answer names the channels with news since
+        ``date`` (:meth:`channel_news`)."""
         box = self.common
-        if pts >= box.pts:
+        news = self.channel_news(date, told)
+        if pts >= box.pts and not news:
             return raw.types.updates.DifferenceEmpty(date=self.date, seq=self.seq)
-        if self._is_too_long(box, pts):
+        if pts < box.pts and self._is_too_long(box, pts):
             return raw.types.updates.DifferenceTooLong(pts=box.pts)
         pending = box.since(pts)
         part = pending[:DIFFERENCE_LIMIT]
         messages = [e.message for e in part if e.message is not None]
         others = [e.update for e in part if e.message is None]
+        if len(part) == len(pending):
+            others += news
         users, chats = peers(messages + others)
         if len(part) < len(pending):
             last = part[-1]

@@ -97,6 +97,8 @@ def attach(fake: Network, client: Client) -> Client:
         await client.fetch_peers(fake.known_peers())
         client.session = FakeSession(fake, client)
         client.is_connected = True
+        if callable(connected := getattr(fake, "connected", None)):
+            connected()
         return True
 
     async def disconnect() -> None:
