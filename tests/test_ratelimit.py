@@ -37,7 +37,7 @@ async def test_keys_are_independent() -> None:
     await keyed.acquire("a")
     started = time.monotonic()
     await keyed.acquire("b")
-    assert time.monotonic() - started < 0.05
+    assert time.monotonic() - started < 5  # not the 10 s "a" must wait (a loaded machine is slow)
 
 
 async def test_shared_limiter_is_one_budget_per_key_first_setting_wins() -> None:
@@ -124,7 +124,7 @@ async def test_a_failing_store_falls_back_to_a_local_limit_with_one_warning(
         limiter.penalize(0.01)
         await asyncio.sleep(0.05)
     elapsed = time.monotonic() - started
-    assert 0.29 <= elapsed < 1.5  # limited locally: 2, then 2 more a window later
+    assert 0.29 <= elapsed < 4.5  # limited locally: 2, then 2 more a window later (not stuck)
     assert store.calls == 1  # not asked again until retry_store passed
     warnings = [r for r in caplog.records if "store fails" in r.getMessage()]
     assert len(warnings) == 1 and "database is gone" in warnings[0].getMessage()
@@ -134,9 +134,9 @@ async def test_a_store_that_never_answers_does_not_hang_acquire() -> None:
     limiter = StoreLimiter(FailingStore(hang=True), "k", 5, 1.0)
     limiter.store_timeout = 0.1
     started = time.monotonic()
-    async with asyncio.timeout(3):
+    async with asyncio.timeout(10):
         await limiter.acquire()
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 5  # the store's 0.1 s, not its hang (CI is loaded)
 
 
 async def test_the_store_is_tried_again_after_a_failure() -> None:
