@@ -58,7 +58,7 @@ from tgmux.metrics import Metrics
 from tgmux.redact import redact_urls
 from tgmux.reply import ReplyShaper, clean_part
 from tgmux.router import RouteDecision, Router
-from tgmux.store import GuardedStore, Store
+from tgmux.store import GuardedStore, Store, StoreUnavailable
 from tgmux.types import (
     DROP,
     ChatIdentity,
@@ -373,8 +373,10 @@ class Engine:
     async def _prune(self) -> None:
         try:
             await self.store.inbox_prune(time.time() - self.INBOX_RETENTION)
-        except Exception:  # the next round tries again; answering matters more
-            log.exception("pruning the inbox failed")
+        except StoreUnavailable:  # the outage is said once by the guard; the next round retries
+            log.debug("inbox not pruned: the store is not answering")
+        except Exception as exc:  # the next round tries again; answering matters more
+            log.warning("pruning the inbox failed: %s", redact_urls(str(exc)))
 
     async def _prune_periodically(self) -> None:
         """Answered messages are forgotten while running too, not only at start: a bot that

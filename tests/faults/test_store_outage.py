@@ -247,3 +247,20 @@ async def test_limits_kept_in_a_hung_store_do_not_hold_messages() -> None:
         store.mode = "hang"
         async with asyncio.timeout(30):
             assert texts(await h.say("during", message_id=2, user_id=2)) == ["echo: during"]
+
+
+@pytest.mark.parametrize("mode", ["hang", "raise"])
+async def test_pruning_the_inbox_during_an_outage_logs_no_traceback(mode: str, caplog) -> None:
+    # The pruner runs every 10 minutes: during an outage it logged a traceback each time.
+    store = FaultyStore()
+    bot = harness(store)
+    await bot.engine.start()
+    try:
+        store.mode = mode
+        with caplog.at_level(logging.DEBUG):
+            await bot.engine._prune()
+        assert not [r for r in caplog.records if r.exc_info]
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    finally:
+        store.mode = None
+        await bot.engine.stop()
