@@ -72,6 +72,10 @@ log = logging.getLogger("tgmux.backends.bambisleep.ws")
 #: and the auth frame's token, so it is held at WARNING (see :func:`_protocol_logger`).
 PROTOCOL_LOG = "tgmux.backends.bambisleep.ws.protocol"
 
+#: Frames kept unread (those that come between asks are stale: the next ask drops them); past
+#: it the oldest unread frame is dropped, so a provider that talks unasked cannot fill memory.
+MAX_UNREAD_FRAMES = 256
+
 AUTH_CLOSE_CODES = frozenset({1008, 4001, 4003, 4401, 4403})
 AUTH_ERROR_CODES = frozenset({"UNAUTHORIZED", "INVALID_TOKEN", "SESSION_EXPIRED",
                               "INVALID_SESSION", "FORBIDDEN", "AUTH_FAILED"})
@@ -307,12 +311,20 @@ class ChatSocket:
                     frame = json.loads(raw)
                 except ValueError:
                     frame = {"type": None, "invalid": "not JSON"}
-                frames.put_nowait(frame if isinstance(frame, dict)
-                                  else {"type": None, "invalid": "not an object"})
+                self._unread(frames, frame if isinstance(frame, dict)
+                             else {"type": None, "invalid": "not an object"})
         except ConnectionClosed as exc:
             rcvd = exc.rcvd
-            frames.put_nowait(_Closed(rcvd.code if rcvd else None,
-                                      rcvd.reason if rcvd else "no close frame"))
+            self._unread(frames, _Closed(rcvd.code if rcvd else None,
+                                         rcvd.reason if rcvd else "no close frame"))
+
+    def _unread(self, frames: asyncio.Queue[dict[str, Any] | _Closed],
+                frame: dict[str, Any] | _Closed) -> None:
+        if frames.qsize() >= MAX_UNREAD_FRAMES:
+            frames.get_nowait()
+            log.debug("%s: %d websocket frames unread; the oldest is dropped", self.name,
+                      MAX_UNREAD_FRAMES)
+        frames.put_nowait(frame)
 
     def _forget(self) -> None:
         """Drop the current connection now (closing it in the background)."""

@@ -315,3 +315,34 @@ async def test_no_token_in_debug_logs(caplog, mode):
             assert token not in text, (record.name, text)
     assert not [r for r in caplog.records if r.name.startswith(("websockets", PROTOCOL_LOG))
                 and r.levelno < logging.WARNING]
+
+
+async def test_frames_nobody_asked_for_are_bounded():
+    # A provider that talks unasked (or floods) must not fill memory: the oldest unread frames
+    # are dropped, and the connection's close is still seen.
+    from websockets.exceptions import ConnectionClosed
+    from websockets.frames import Close
+
+    from tgmux.backends.bambisleep.ws import MAX_UNREAD_FRAMES
+
+    class Flood:
+        def __init__(self) -> None:
+            self.sent = 0
+
+        async def recv(self) -> str:
+            if self.sent == 10 * MAX_UNREAD_FRAMES:
+                raise ConnectionClosed(Close(1001, "going away"), None)
+            self.sent += 1
+            return json.dumps({"type": "message", "content": f"m{self.sent}"})
+
+    client = BambiSleepClient(api_key=KEY, base_url="http://127.0.0.1:9")
+    sock = ChatSocket("ws://127.0.0.1:9/ws", client, timeout=3)
+    frames: asyncio.Queue = asyncio.Queue()
+    try:
+        await sock._read(Flood(), frames)  # type: ignore[arg-type]
+    finally:
+        await client.aclose()
+    kept = [frames.get_nowait() for _ in range(frames.qsize())]
+    assert len(kept) == MAX_UNREAD_FRAMES
+    assert kept[-2]["content"] == f"m{10 * MAX_UNREAD_FRAMES}"  # the newest are kept
+    assert getattr(kept[-1], "code", None) == 1001  # and the close
