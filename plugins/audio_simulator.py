@@ -167,6 +167,17 @@ class AudioSimulator(SimulatorServer):
         return web.Response(body=speech, content_type="audio/ogg")
 
 
+def with_last_granule(ogg: bytes, granule: int) -> bytes:
+    """``ogg`` whose last page claims ``granule`` samples, with a CRC to match (so that FFmpeg
+    still reads that page): what a hostile TTS or provider could send."""
+    last = ogg.rfind(b"OggS")
+    page = bytearray(ogg[last:])
+    struct.pack_into("<q", page, 6, granule)
+    struct.pack_into("<I", page, 22, 0)
+    struct.pack_into("<I", page, 22, _ogg_crc(bytes(page)))
+    return ogg[:last] + bytes(page)
+
+
 def _factory(args: Any) -> AudioSimulator:
     return AudioSimulator(host=args.host, port=args.port, latency=args.latency)
 

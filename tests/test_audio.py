@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import logging
-import struct
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from tgmux.audio import (
     tone_mp3,
     transcode_to_voice_note,
 )
-from tgmux.plugins.audio_simulator import _ogg_crc
+from tgmux.plugins.audio_simulator import with_last_granule
 
 
 @pytest.fixture(scope="module")
@@ -93,16 +92,6 @@ async def test_the_duration_cap_counts_decoded_audio(mp3, caplog) -> None:
                                "sent as an audio file"]
     assert await to_voice_note(mp3, max_seconds=2.5) is not None
 
-
-def with_last_granule(ogg: bytes, granule: int) -> bytes:
-    """``ogg`` whose last page claims ``granule`` samples, with a CRC to match (so that FFmpeg
-    still reads that page): what a hostile TTS or provider could send."""
-    last = ogg.rfind(b"OggS")
-    page = bytearray(ogg[last:])
-    struct.pack_into("<q", page, 6, granule)
-    struct.pack_into("<I", page, 22, 0)
-    struct.pack_into("<I", page, 22, _ogg_crc(bytes(page)))
-    return ogg[:last] + bytes(page)
 
 
 @pytest.mark.parametrize("granule", [2**62, 0, 100], ids=["2^62", "zero", "below-pre-skip"])

@@ -22,7 +22,7 @@ from tgmux.bootstrap import load, load_text
 from tgmux.errors import ConfigError
 from tgmux.hooks import build_plugin_manager, hookimpl
 from tgmux.plugins import transcribe
-from tgmux.plugins.audio_simulator import AudioSimulator, _ogg_crc, ogg_opus
+from tgmux.plugins.audio_simulator import AudioSimulator, _ogg_crc, ogg_opus, with_last_granule
 from tgmux.reload import Reloader, applicable
 
 FAST = "telegram: {flood: {private_per_second: 100, group_per_minute: 6000}}\n"
@@ -204,15 +204,6 @@ async def test_mp3_goes_as_audio_and_a_failure_as_text(tgmux_bot, lucy, audio) -
     failed = await bot.send("two", user_id=42)
     assert failed.texts == ["You said: two"]
 
-
-def with_last_granule(ogg: bytes, granule: int) -> bytes:
-    """``ogg`` whose last page claims ``granule`` samples (its CRC made to match)."""
-    last = ogg.rfind(b"OggS")
-    page = bytearray(ogg[last:])
-    struct.pack_into("<q", page, 6, granule)
-    struct.pack_into("<I", page, 22, 0)
-    struct.pack_into("<I", page, 22, _ogg_crc(bytes(page)))
-    return ogg[:last] + bytes(page)
 
 
 async def test_a_spoken_reply_whose_ogg_claims_2_62_samples_still_reaches_the_user(
