@@ -22,6 +22,7 @@ from tgmux.proxy import BACKEND_SCHEMES, ProxyRoute, backend_route, check_proxy
 from tgmux.types import (
     Audio,
     ChatIdentity,
+    ChatLine,
     ChatType,
     CommandSpec,
     Exchange,
@@ -32,6 +33,7 @@ from tgmux.types import (
     Metadata,
     Notice,
     ProviderEvent,
+    RepliedTo,
     ReplyPart,
     Text,
     TextDelta,
@@ -43,6 +45,7 @@ __all__ = [
     "Backend",
     "BackendSettings",
     "ChatIdentity",
+    "ChatLine",
     "ChatType",
     "CommandSpec",
     "Exchange",
@@ -60,6 +63,7 @@ __all__ = [
     "Notice",
     "ProviderEvent",
     "ProxySettings",
+    "RepliedTo",
     "ReplyPart",
     "ShareMedia",
     "Strict",
@@ -128,6 +132,10 @@ class Turn:
     ``share`` publishes bytes for a provider that takes media only by URL: ``await
     turn.share(data, "image/jpeg")`` is an unguessable URL served by this process for a few
     minutes (None: too large). It is None when ``server.public_url`` is not configured.
+    ``reply_to`` is the message the user replied to (its text, author, the quoted part);
+    ``group_context`` the chat's recent messages not addressed to the bot (route key
+    ``group_context``), oldest first; ``album`` every media of an album (``media`` is the
+    first). :mod:`tgmux.context` says them in short text for providers that take text only.
     """
 
     text: str
@@ -147,6 +155,9 @@ class Turn:
     #: (:meth:`Backend.memory`); None otherwise.
     history: History | None = field(default=None, repr=False, compare=False)
     share: ShareMedia | None = field(default=None, repr=False, compare=False)
+    reply_to: RepliedTo | None = None
+    group_context: tuple[ChatLine, ...] = ()
+    album: tuple[Media, ...] = ()
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -173,6 +184,12 @@ class BackendSettings(Strict):
     """Base of every backend's settings model; unknown keys are errors."""
 
     type: str
+    #: Each backend type chooses its default (Markdown for LLM APIs; plain for companions,
+    #: whose "*smiles*" and "5 * 3" are not formatting).
+    format: Literal["markdown", "plain"] = Field(
+        "plain", description="markdown: the provider's replies are Markdown, shown as "
+        "formatting (and the user's formatting is given to it as Markdown); plain: shown as "
+        "they are")
 
 
 class ProxySettings(Strict):

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tgmux.access import Gate, is_admin
-from tgmux.backend import Backend, History, Turn
+from tgmux.backend import Backend, Turn
 from tgmux.backend_use import BackendsInUse, StepDeadline
 from tgmux.chat_commands import (
     BUILTIN_COMMANDS,
@@ -59,6 +59,7 @@ from tgmux.redact import redact_urls
 from tgmux.reply import ReplyShaper, clean_part
 from tgmux.router import RouteDecision, Router
 from tgmux.store import GuardedStore, Store, StoreUnavailable
+from tgmux.turns import build_turn, history_for
 from tgmux.types import (
     DROP,
     ChatIdentity,
@@ -689,33 +690,14 @@ class Engine:
         except Exception:  # the user has the answer; the next turn has less context
             log.exception("chat %s: the reply could not be remembered", turn.chat.chat_id)
 
-    def _history(self, backend: Backend, chat: ChatIdentity, options: Any) -> History | None:
-        memory = backend.memory(options)
-        if memory is None:
-            return None
-        return self.store.conversation(backend.name, chat, max_turns=memory.max_turns,
-                                       max_chars=memory.max_chars, scope=memory.scope)
-
     def turn_for(self, message: IncomingMessage, decision: RouteDecision, backend: Backend) -> Turn:
         chat = message.chat
 
         async def notify(text: str) -> None:
             await self._send(chat, [Notice(text)], chat.message_id)
 
-        command = message.command
-        return Turn(
-            text=message.args if command else message.text,
-            chat=chat,
-            options=decision.options,
-            kv=backend.kv,
-            backend_name=backend.name,
-            command=command,
-            args=message.args,
-            media=message.media,
-            notify=notify,
-            history=self._history(backend, chat, decision.options),
-            share=self.media_links.share if self.media_links is not None else None,
-        )
+        return build_turn(message, decision, backend, store=self.store, notify=notify,
+                          share=self.media_links.share if self.media_links is not None else None)
 
     async def _reply_stream(self, turn: Turn, backend: Backend, chain: list[Backend],
                             message: IncomingMessage, answered: list[Turn],
@@ -745,7 +727,7 @@ class Engine:
             current_turn = dataclasses.replace(
                 turn, options=following.settings, kv=following.kv, backend_name=following.name,
                 fallback_from=backend.name,
-                history=self._history(following, turn.chat, following.settings))
+                history=history_for(self.store, following, turn.chat, following.settings))
             answered.append(current_turn)
 
     async def _backend_stream(self, turn: Turn, backend: Backend, message: IncomingMessage,

@@ -23,12 +23,14 @@ __all__ = [
     "DROP",
     "Audio",
     "ChatIdentity",
+    "ChatLine",
     "ChatType",
     "CommandContext",
     "CommandHandler",
     "CommandSpec",
     "DelayNotifier",
     "DemoBackend",
+    "Entity",
     "Exchange",
     "Frontend",
     "Image",
@@ -41,15 +43,20 @@ __all__ = [
     "Notice",
     "PluginCommand",
     "ProviderEvent",
+    "RepliedTo",
     "ReplyPart",
     "StopFn",
     "StreamPosition",
     "Text",
     "TextDelta",
+    "TextFormat",
     "delay_notifier",
 ]
 
 ChatType = Literal["private", "group", "supergroup", "channel"]
+#: How a reply's text is meant: Markdown (rendered as formatting by the frontend) or plain text.
+#: None on a part: as its backend's ``format`` setting says (plain for tgmux's own texts).
+TextFormat = Literal["plain", "markdown"]
 
 
 # -- who wrote, and what -----------------------------------------------------------------------
@@ -187,6 +194,70 @@ class StreamPosition:
     value: str
 
 
+@dataclass(frozen=True)
+class Entity:
+    """One piece of a text's formatting, in Telegram Bot API terms: ``type`` is ``bold``,
+    ``italic``, ``underline``, ``strikethrough``, ``spoiler``, ``code``, ``pre``, ``text_link``,
+    ``blockquote``, ``expandable_blockquote``, ``url``, ``mention``, ``text_mention``,
+    ``hashtag``, ``custom_emoji``...; ``offset`` and ``length`` count UTF-16 code units;
+    ``url`` is set for ``text_link``, ``language`` (when known) for ``pre``."""
+
+    type: str
+    offset: int
+    length: int
+    url: str | None = None
+    language: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The Bot API form (``tgmux simulate``'s ``entities``): unset fields left out."""
+        data: dict[str, Any] = {"type": self.type, "offset": self.offset, "length": self.length}
+        if self.url is not None:
+            data["url"] = self.url
+        if self.language is not None:
+            data["language"] = self.language
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Entity:
+        return cls(type=data["type"], offset=data["offset"], length=data["length"],
+                   url=data.get("url"), language=data.get("language"))
+
+
+@dataclass(frozen=True)
+class RepliedTo:
+    """The message a user's message replies to, as the backend should see it."""
+
+    text: str
+    #: who wrote it, as the chat shows them (a first name, an @username)
+    author: str
+    #: a message this bot (the tgmux account) sent
+    from_bot: bool = False
+    #: the part of it the user quoted, when they quoted one
+    quote: str | None = None
+    message_id: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RepliedTo:
+        return cls(text=data.get("text", ""), author=data.get("author", ""),
+                   from_bot=bool(data.get("from_bot")), quote=data.get("quote"),
+                   message_id=data.get("message_id"))
+
+
+@dataclass(frozen=True)
+class ChatLine:
+    """A group message the bot was not asked to answer, kept as the chat's context (route
+    key ``group_context``) and given to the backend with the next message it answers."""
+
+    author: str
+    text: str
+    #: when it was written (unix time)
+    at: float = 0.0
+    user_id: int | None = None
+
+
 COMMAND_PATTERN = re.compile(r"/([A-Za-z0-9_]+)(?:\s+(.*))?\Z", re.DOTALL)
 
 
@@ -196,6 +267,10 @@ class IncomingMessage:
 
     ``addressed`` says the bot was mentioned or replied to (always true in private chats); the
     frontend strips its own ``@username`` from the text and from ``/command@username``.
+    ``entities`` is the user's formatting of ``text``; ``reply_to`` the message it replies to;
+    ``media_group_id`` the album it belongs to; ``album`` the further media of an album (or of
+    messages merged into this one; ``media`` is the first) and ``merged`` the message ids of
+    the messages merged into this one (each is done when this one is).
     """
 
     chat: ChatIdentity
@@ -206,6 +281,11 @@ class IncomingMessage:
     #: where the frontend's update stream stands past this message: written with its inbox
     #: accept (not part of the message: not in the payload)
     position: StreamPosition | None = field(default=None, compare=False, repr=False)
+    entities: tuple[Entity, ...] = ()
+    reply_to: RepliedTo | None = None
+    media_group_id: str | None = None
+    album: tuple[Media, ...] = ()
+    merged: tuple[int, ...] = ()
 
     @property
     def command(self) -> str | None:
@@ -218,6 +298,11 @@ class IncomingMessage:
         m = COMMAND_PATTERN.match(self.text)
         return (m.group(2) or "").strip() if m else ""
 
+    @property
+    def start_payload(self) -> str | None:
+        """The payload of a deep link (``t.me/bot?start=PAYLOAD`` sends ``/start PAYLOAD``)."""
+        return (self.args or None) if self.command == "start" else None
+
     def to_payload(self) -> dict[str, Any]:
         media = self.media
         # Flat dataclasses of plain values: a dict copy, not asdict()'s deep copy (per message).
@@ -227,6 +312,12 @@ class IncomingMessage:
             "media": None if media is None else media.to_payload(),
             "addressed": self.addressed,
             "received_at": self.received_at,
+            # added later: left out when empty (older payloads have none)
+            **({"entities": [e.to_json() for e in self.entities]} if self.entities else {}),
+            **({"reply_to": self.reply_to.to_json()} if self.reply_to else {}),
+            **({"media_group_id": self.media_group_id} if self.media_group_id else {}),
+            **({"album": [m.to_payload() for m in self.album]} if self.album else {}),
+            **({"merged": list(self.merged)} if self.merged else {}),
         }
 
     @classmethod
@@ -240,6 +331,12 @@ class IncomingMessage:
             media=Media.from_payload(media, fetch_media) if media else None,
             addressed=payload.get("addressed", True),
             received_at=payload.get("received_at", time.time()),
+            entities=tuple(Entity.from_json(e) for e in payload.get("entities", ())),
+            reply_to=(RepliedTo.from_json(payload["reply_to"]) if payload.get("reply_to")
+                      else None),
+            media_group_id=payload.get("media_group_id"),
+            album=tuple(Media.from_payload(m, fetch_media) for m in payload.get("album", ())),
+            merged=tuple(payload.get("merged", ())),
         )
 
 
@@ -255,13 +352,16 @@ class TextDelta:
     """A piece of a streamed reply; frontends show the growing text, then the final Text."""
 
     text: str
+    format: TextFormat | None = None
 
 
 @dataclass(frozen=True)
 class Text:
-    """A complete text reply (after deltas: the exact final text)."""
+    """A complete text reply (after deltas: the exact final text). ``format``: Markdown the
+    frontend renders, or plain text; None: as the backend's ``format`` setting says."""
 
     text: str
+    format: TextFormat | None = None
 
 
 @dataclass(frozen=True)
@@ -270,6 +370,8 @@ class Image:
     data: bytes | None = None
     caption: str | None = None
     filename: str | None = None
+    #: how the caption is meant (see :class:`Text`)
+    format: TextFormat | None = None
 
 
 @dataclass(frozen=True)
@@ -286,6 +388,8 @@ class Audio:
     filename: str | None = None
     mime_type: str | None = None
     text: str | None = None
+    #: how the caption and text are meant (see :class:`Text`)
+    format: TextFormat | None = None
 
 
 @dataclass(frozen=True)

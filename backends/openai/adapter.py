@@ -76,6 +76,9 @@ class OpenAISettings(HttpBackendSettings):
     """``type: openai``."""
 
     type: Literal["openai"] = "openai"
+    format: Literal["markdown", "plain"] = Field(
+        "markdown", description="markdown (default: models answer in Markdown): replies shown "
+        "as formatting; plain: as they are")
     base_url: str = Field(DEFAULT_BASE_URL, description="the API root: "
                           "{base_url}/chat/completions is called")
     api_key: SecretStr | None = Field(None, description="sent as Authorization: Bearer KEY "

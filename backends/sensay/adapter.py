@@ -82,6 +82,9 @@ HISTORY_PART_LIMIT = 4000
 
 class SensaySettings(HttpBackendSettings):
     type: Literal["sensay"] = "sensay"
+    format: Literal["markdown", "plain"] = Field(
+        "markdown", description="markdown (default: models answer in Markdown): replies shown "
+        "as formatting; plain: as they are")
     base_url: str = Field(DEFAULT_BASE_URL, description="API root")
     organization_secret: SecretStr = Field(
         description="the organization's API key, sent as X-ORGANIZATION-SECRET"
