@@ -247,8 +247,8 @@ class HistorySettings(Strict):
     max_chars: int = Field(24000, ge=1, le=10_000_000, description="characters of the "
                            "remembered exchanges at most (not the system prompt, not the new "
                            "message); the oldest go first")
-    scope: Literal["chat", "user"] = Field("chat", description="one conversation per chat, "
-                                           "or per user inside groups")
+    scope: Literal["chat", "user"] = Field("chat", description="one conversation per chat "
+                                           "(per topic, in one), or per user inside groups")
 
 
 def api_root(value: str, endpoints: tuple[str, ...]) -> str:
