@@ -346,8 +346,9 @@ class Backend(ABC):
         return turn.text
 
     async def reset(self, turn: Turn) -> str | None:
-        """Forget this chat's conversation (``/reset``); return what to tell the user, or
-        None when the backend keeps no state it can reset. The default forgets the
+        """Forget this chat's conversation (``/reset``; in a topic, the topic's: each topic is
+        a conversation of its own, see :attr:`ChatIdentity.topic`); return what to tell the
+        user, or None when the backend keeps no state it can reset. The default forgets the
         conversation tgmux remembers, if any (:attr:`Turn.history`)."""
         if turn.history is None:
             return None
