@@ -13,6 +13,7 @@ from tgmux.telegram.sender import ReplyGone, Sender
 
 __all__ = ["Outbox", "topic_of"]
 
+
 def topic_of(chat: ChatIdentity) -> int | None:
     """The topic a reply to ``chat`` goes to (its messages, typing and drafts), if any: a
     forum's, or (Bot API 9.3) a private chat's in threaded mode (:attr:`ChatIdentity.topic`)."""
