@@ -247,8 +247,8 @@ class HistorySettings(Strict):
     max_chars: int = Field(24000, ge=1, le=10_000_000, description="characters of the "
                            "remembered exchanges at most (not the system prompt, not the new "
                            "message); the oldest go first")
-    scope: Literal["chat", "user"] = Field("chat", description="one conversation per chat, "
-                                           "or per user inside groups")
+    scope: Literal["chat", "user"] = Field("chat", description="one conversation per chat "
+                                           "(per topic, in one), or per user inside groups")
 
 
 def api_root(value: str, endpoints: tuple[str, ...]) -> str:
@@ -346,8 +346,9 @@ class Backend(ABC):
         return turn.text
 
     async def reset(self, turn: Turn) -> str | None:
-        """Forget this chat's conversation (``/reset``); return what to tell the user, or
-        None when the backend keeps no state it can reset. The default forgets the
+        """Forget this chat's conversation (``/reset``; in a topic, the topic's: each topic is
+        a conversation of its own, see :attr:`ChatIdentity.topic`); return what to tell the
+        user, or None when the backend keeps no state it can reset. The default forgets the
         conversation tgmux remembers, if any (:attr:`Turn.history`)."""
         if turn.history is None:
             return None

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DROP",
+    "TOPIC_CHATS",
     "Audio",
     "ChatIdentity",
     "ChatLine",
@@ -57,6 +58,9 @@ ChatType = Literal["private", "group", "supergroup", "channel"]
 #: How a reply's text is meant: Markdown (rendered as formatting by the frontend) or plain text.
 #: None on a part: as its backend's ``format`` setting says (plain for tgmux's own texts).
 TextFormat = Literal["plain", "markdown"]
+#: Chats whose messages can be in a topic: forums (supergroups) and private chats in threaded
+#: mode. Each topic is a conversation of its own (memory, /reset, a provider's session).
+TOPIC_CHATS = frozenset({"supergroup", "private"})
 
 
 # -- who wrote, and what -----------------------------------------------------------------------
@@ -78,6 +82,12 @@ class ChatIdentity:
     account: str = "main"
     #: The chat's title (groups, supergroups, channels); None in private chats.
     chat_title: str | None = None
+
+    @property
+    def topic(self) -> int | None:
+        """The topic the message is in: a forum's (supergroup) or, since Bot API 9.3, a
+        private chat's in threaded mode; None elsewhere (a basic group has none)."""
+        return self.message_thread_id if self.chat_type in TOPIC_CHATS else None
 
 
 @dataclass(frozen=True)

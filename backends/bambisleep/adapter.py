@@ -21,7 +21,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from tgmux.backend import Audio, CommandSpec, HttpBackend, Notice, ReplyPart, Text, Turn
+from tgmux.backend import (
+    Audio,
+    ChatIdentity,
+    CommandSpec,
+    HttpBackend,
+    Notice,
+    ReplyPart,
+    Text,
+    Turn,
+)
 from tgmux.errors import BackendError
 from tgmux.ratelimit import Limiter, SlidingWindowLimiter, shared_limiter, shared_store_limiter
 from tgmux.store.base import Namespace
@@ -57,6 +66,12 @@ def format_triggers(template: str, triggers: list[str]) -> str:
         lines="\n".join(f"• {t}" for t in triggers),
         count=len(triggers),
     )
+
+
+def ws_key(chat: ChatIdentity) -> tuple[str, int, int | None]:
+    """The websocket connection (a provider chat session) of a chat: one per tgmux account,
+    chat and topic (a forum's, a private chat's), as tgmux's own conversation memory."""
+    return chat.account, chat.chat_id, chat.topic
 
 
 def _padded(period: float) -> float:
@@ -199,8 +214,7 @@ class BambiSleepBackend(HttpBackend[BambiSleepClient]):
     async def reply(self, turn: Turn) -> AsyncIterator[ReplyPart]:
         opts: BambiSleepSettings = turn.options or self.settings
         if self.ws is not None:
-            answer = await self.ws.ask((turn.chat.chat_id, turn.chat.message_thread_id),
-                                       turn.text)
+            answer = await self.ws.ask(ws_key(turn.chat), turn.text)
             text = answer.content.strip()
             yield Text(text) if text else Notice(EMPTY_REPLY)
             return
@@ -242,7 +256,7 @@ class BambiSleepBackend(HttpBackend[BambiSleepClient]):
 
     async def reset(self, turn: Turn) -> str | None:
         if self.ws is not None:
-            await self.ws.reset((turn.chat.chat_id, turn.chat.message_thread_id))
+            await self.ws.reset(ws_key(turn.chat))
             return "Started a fresh connection for this chat."
         return None
     # -- commands ----------------------------------------------------------------------------

@@ -81,12 +81,15 @@ class LucyDreamSettings(HttpBackendSettings):
     timeout: float = Field(60.0, gt=0, description="seconds for one provider request")
     sub_user: Literal["per_user", "per_chat"] = Field(
         "per_user",
-        description="one LucyDream sub-user (own history) per Telegram user, or per chat",
+        description="one LucyDream sub-user (own history) per Telegram user, or per chat; "
+        "and one per topic (a forum's, a private chat's)",
     )
     username_template: str | None = Field(
         None,
         description="sub-user username; per_user: {user_id} {backend} (default tg_{user_id}), "
-        "per_chat: {chat_id} {backend} (default tg_chat_{chat_id})",
+        "per_chat: {chat_id} {backend} (default tg_chat_{chat_id}); in a topic tgmux adds "
+        "_t{topic} (per_user in a group: _{chat_id}_t{topic}): each topic is its own "
+        "conversation",
     )
     history_limit: int = Field(
         20, ge=1, le=1000, description="how many history entries /history shows (newest)"
@@ -252,17 +255,26 @@ class LucyDreamBackend(HttpBackend[LucyDreamClient]):
     # -- sub-users ---------------------------------------------------------------------------
 
     def mapping(self, turn: Turn) -> tuple[str, str]:
-        """The store key and the sub-user username for this turn's user (or chat)."""
+        """The store key and the sub-user username for this turn's user (or chat); in a topic
+        (a forum's, a private chat's) the topic's own: each topic is its own conversation."""
         s = self.settings
         chat = turn.chat
         if s.sub_user == "per_user" and chat.user_id is not None:
-            return f"user:{chat.user_id}", s.template.format(user_id=chat.user_id,
-                                                             backend=self.name)
-        if s.sub_user == "per_user":
+            key, username = f"user:{chat.user_id}", s.template.format(user_id=chat.user_id,
+                                                                      backend=self.name)
+        elif s.sub_user == "per_user":
             # No sender (channel posts, anonymous admins): the chat stands in for the user.
-            return f"chat:{chat.chat_id}", s.template.format(user_id=f"chat{chat.chat_id}",
-                                                             backend=self.name)
-        return f"chat:{chat.chat_id}", s.template.format(chat_id=chat.chat_id, backend=self.name)
+            key, username = f"chat:{chat.chat_id}", s.template.format(
+                user_id=f"chat{chat.chat_id}", backend=self.name)
+        else:
+            key, username = f"chat:{chat.chat_id}", s.template.format(chat_id=chat.chat_id,
+                                                                      backend=self.name)
+        if chat.topic is None:  # as before topics: existing sub-users are found again
+            return key, username
+        if key.startswith("user:") and chat.chat_type != "private":
+            # one user's sub-user per topic of each forum (topic ids are per chat)
+            key, username = f"{key}/chat:{chat.chat_id}", f"{username}_{chat.chat_id}"
+        return f"{key}/topic:{chat.topic}", f"{username}_t{chat.topic}"
 
     async def sub_user_id(self, turn: Turn) -> str:
         """The provider sub-user id for this turn, created on first contact (single-flight)."""

@@ -311,8 +311,8 @@ class Store(ABC):
 
     def conversation(self, backend: str, chat: ChatIdentity, *, max_turns: int, max_chars: int,
                      scope: Literal["chat", "user"] = "chat") -> Conversation:
-        """The memory of ``chat``'s conversation with ``backend`` (``scope="user"``: of its
-        sender's, in a group)."""
+        """The memory of ``chat``'s conversation with ``backend`` (of its topic, in one;
+        ``scope="user"``: of its sender's, in a group)."""
         return Conversation(self, conversation_key(backend, chat, scope),
                             max_turns=max_turns, max_chars=max_chars)
 
@@ -320,8 +320,12 @@ class Store(ABC):
 def conversation_key(backend: str, chat: ChatIdentity,
                      scope: Literal["chat", "user"] = "chat") -> str:
     """``BACKEND/ACCOUNT/CHAT`` (``…/CHAT/USER`` for one user in a group with ``scope="user"``):
-    each backend remembers its own conversations; the same chat with two accounts is two."""
+    each backend remembers its own conversations; the same chat with two accounts is two. A
+    topic (a forum's, a private chat's) is a conversation of its own: ``…/CHAT/topic:N[/USER]``;
+    a chat without topics keeps the key it always had."""
     key = f"{backend}/{chat.account}/{chat.chat_id}"
+    if chat.topic is not None:
+        key += f"/topic:{chat.topic}"
     if scope == "user" and chat.chat_type in ("group", "supergroup") and chat.user_id is not None:
         key += f"/{chat.user_id}"
     return key

@@ -13,14 +13,11 @@ from tgmux.telegram.sender import ReplyGone, Sender
 
 __all__ = ["Outbox", "topic_of"]
 
-#: Chats whose messages can be in a topic: forums (supergroups) and, since Bot API 9.3,
-#: private chats in threaded mode. Basic groups and channels have none.
-_TOPIC_CHATS = frozenset({"supergroup", "private"})
-
 
 def topic_of(chat: ChatIdentity) -> int | None:
-    """The topic a reply to ``chat`` goes to (its messages, typing and drafts), if any."""
-    return chat.message_thread_id if chat.chat_type in _TOPIC_CHATS else None
+    """The topic a reply to ``chat`` goes to (its messages, typing and drafts), if any: a
+    forum's, or (Bot API 9.3) a private chat's in threaded mode (:attr:`ChatIdentity.topic`)."""
+    return chat.topic
 
 
 class Outbox:

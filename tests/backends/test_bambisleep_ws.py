@@ -60,7 +60,7 @@ async def test_api_key_websocket_conversation(sim):
         assert await h.say("two", user_id=1) == hears("two")
         assert await h.say("hi", user_id=2) == hears("hi")
         backend = h.engine.backends["bambi"]
-        assert set(backend.ws.sockets) == {(1, None), (2, None)}  # one connection per chat
+        assert set(backend.ws.sockets) == {("main", 1, None), ("main", 2, None)}  # per chat
     assert sim.ws_auths == 2
     assert sim.ws_messages == [(USER, "one"), (USER, "two"), (USER, "hi")]
     assert not sim.requests_to("/ai/generate")  # chat went over the websocket
@@ -185,7 +185,7 @@ async def test_refused_session_after_relogin_is_final(sim):
 
 
 def socket_of(h: EngineHarness, chat: int) -> ChatSocket:
-    return h.engine.backends["bambi"].ws.sockets[(chat, None)]
+    return h.engine.backends["bambi"].ws.sockets[("main", chat, None)]
 
 
 async def frames_queued(sock: ChatSocket, n: int = 1) -> None:
@@ -346,3 +346,23 @@ async def test_frames_nobody_asked_for_are_bounded():
     assert len(kept) == MAX_UNREAD_FRAMES
     assert kept[-2]["content"] == f"m{10 * MAX_UNREAD_FRAMES}"  # the newest are kept
     assert getattr(kept[-1], "code", None) == 1001  # and the close
+
+
+async def test_each_topic_and_each_account_has_its_own_connection(sim):
+    async with harness(config(sim)) as h:
+        backend = h.engine.backends["bambi"]
+        for thread in (None, 3, 5):
+            assert await h.say(f"in {thread}", user_id=1, thread_id=thread) == hears(f"in {thread}")
+        assert await h.say("forum", user_id=1, chat_id=-1001, chat_type="supergroup",
+                           thread_id=3) == hears("forum")
+        assert await h.say("other bot", user_id=1, account="second") == hears("other bot")
+        assert sim.ws_auths == 5
+        # /reset in one topic starts that topic afresh, and only it
+        assert await h.say("/reset", user_id=1, thread_id=3) == \
+            [Text("Started a fresh connection for this chat.")]
+        assert len(backend.ws.sockets) == 4
+        for thread in (None, 5):
+            assert await h.say("again", user_id=1, thread_id=thread) == hears("again")
+        assert sim.ws_auths == 5  # the others kept their connections
+        assert await h.say("again", user_id=1, thread_id=3) == hears("again")
+        assert sim.ws_auths == 6

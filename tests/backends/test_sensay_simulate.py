@@ -128,3 +128,21 @@ async def test_an_unaddressed_group_message_is_recorded_then_the_mention_answere
                                "telegram_data": {"chat_type": "supergroup", "chat_id": GROUP,
                                                  "chat_name": "Book club", "user_id": 42,
                                                  "message_id": 31}}
+
+
+async def test_topics_name_their_thread_but_share_the_users_sensay_history(
+        sim, config) -> None:
+    # Sensay keeps one history per user and replica: tgmux tells it the topic
+    # (telegram_data.message_thread_id) but cannot give a topic a history of its own
+    sent = await simulate(config, [
+        {"user_id": 42, "thread_id": 3, "text": "in three", "message_id": 1},
+        {"user_id": 42, "thread_id": 9, "text": "in nine", "message_id": 2}])
+    # (after those: chats are answered concurrently)
+    sent += await simulate(config, [{"chat_id": GROUP, "user_id": 42, "thread_id": 5,
+                                     "text": "@tgmux_bot forum", "message_id": 3}])
+    assert [(a["message_thread_id"], a["text"]) for a in sent] == [
+        (3, "[Abe] in three (history: 0)"), (9, "[Abe] in nine (history: 2)"),
+        (5, "[Abe] forum (history: 4)")]
+    asked = sim.requests_to(COMPLETION)
+    assert [(r.header("X-USER-ID"), r.json["telegram_data"].get("message_thread_id"))
+            for r in asked] == [("42", 3), ("42", 9), ("42", 5)]

@@ -103,3 +103,35 @@ def test_conversation_keys() -> None:
     # in a private chat the user is the chat; a channel post has no sender
     assert conversation_key("gpt", ChatIdentity("private", 7, 7), "user") == "gpt/main/7"
     assert conversation_key("gpt", ChatIdentity("channel", -1002), "user") == "gpt/main/-1002"
+
+
+def test_conversation_keys_follow_topics() -> None:
+    forum = ChatIdentity("supergroup", -1001, 7, message_thread_id=5, account="work")
+    assert conversation_key("gpt", forum) == "gpt/work/-1001/topic:5"
+    assert conversation_key("gpt", forum, "user") == "gpt/work/-1001/topic:5/7"
+    # a private chat's topic (threaded mode) too; the chat outside topics keeps its key
+    assert conversation_key("gpt", ChatIdentity("private", 7, 7, message_thread_id=3)) == \
+        "gpt/main/7/topic:3"
+    assert conversation_key("gpt", ChatIdentity("private", 7, 7)) == "gpt/main/7"
+    assert conversation_key("gpt", ChatIdentity("supergroup", -1001, 7)) == "gpt/main/-1001"
+    # basic groups and channels have no topics: a thread id there is a reply thread's
+    assert conversation_key("gpt", ChatIdentity("group", -5, 7, message_thread_id=9)) == \
+        "gpt/main/-5"
+
+
+async def test_topics_are_separate_conversations(store: Store) -> None:
+    chat = ChatIdentity("supergroup", -1001, 7)
+    topic_a = store.conversation("gpt", ChatIdentity("supergroup", -1001, 7, message_thread_id=2),
+                                 max_turns=5, max_chars=LOTS)
+    topic_b = store.conversation("gpt", ChatIdentity("supergroup", -1001, 8, message_thread_id=3),
+                                 max_turns=5, max_chars=LOTS)
+    whole = store.conversation("gpt", chat, max_turns=5, max_chars=LOTS)
+    await topic_a.append("in a", "ra")
+    await topic_b.append("in b", "rb")
+    await whole.append("outside", "r")
+    assert await topic_a.read() == [Exchange("in a", "ra")]
+    assert await topic_b.read() == [Exchange("in b", "rb")]
+    assert await whole.read() == [Exchange("outside", "r")]
+    assert await topic_a.clear() == 1
+    assert await topic_b.read() == [Exchange("in b", "rb")]
+    assert await whole.read() == [Exchange("outside", "r")]
