@@ -11,6 +11,7 @@ from typing import Literal
 
 import pytest
 
+from tgmux import turns
 from tgmux.backend import Backend, BackendSettings, ReplyPart, Text, Turn
 from tgmux.hooks import hookimpl
 from tgmux.types import ChatLine
@@ -172,3 +173,12 @@ async def test_a_store_that_hangs_delays_the_answer_by_its_timeout_at_most(tgmux
     reply = await bot.send("@tgmux_bot still there?", user_id=42, chat_id=GROUP)
     assert reply.text == "still there? | no context"
     assert "no answer within 0.5 s" in bot.engine.store.degraded  # asked, not waited for
+
+
+async def test_lines_no_turn_took_are_pruned_with_the_inbox(tgmux_bot, monkeypatch):
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS)
+    await quiet(bot, "old news", user_id=7, first_name="Carol", chat_id=GROUP)
+    monkeypatch.setattr(turns, "CONTEXT_MAX_AGE", -60.0)  # everything is old now
+    await bot.engine._prune()
+    reply = await bot.send("@tgmux_bot news?", user_id=42, chat_id=GROUP)
+    assert reply.text == "news? | no context"
