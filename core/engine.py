@@ -59,7 +59,7 @@ from tgmux.redact import redact_urls
 from tgmux.reply import ReplyShaper, clean_part
 from tgmux.router import RouteDecision, Router
 from tgmux.store import GuardedStore, Store, StoreUnavailable
-from tgmux.turns import build_turn, history_for
+from tgmux.turns import build_turn, history_for, keep_context, prune_context, take_context
 from tgmux.types import (
     DROP,
     ChatIdentity,
@@ -374,6 +374,7 @@ class Engine:
     async def _prune(self) -> None:
         try:
             await self.store.inbox_prune(time.time() - self.INBOX_RETENTION)
+            await prune_context(self.store)
         except StoreUnavailable:  # the outage is said once by the guard; the next round retries
             log.debug("inbox not pruned: the store is not answering")
         except Exception as exc:  # the next round tries again; answering matters more
@@ -626,10 +627,11 @@ class Engine:
         chat = message.chat
         if decision is None or chat.chat_type not in ("group", "supergroup"):
             return
+        if self.gate.denied(self.router_for(chat.account).account, message) is not None:
+            return
+        await keep_context(self.store, message, decision)  # route key group_context
         backend = self.backends.get(decision.backend)
         if backend is None or not backend.observes() or not message.text.strip():
-            return
-        if self.gate.denied(self.router_for(chat.account).account, message) is not None:
             return
         turn = self.turn_for(message, decision, backend)
         try:
@@ -658,7 +660,7 @@ class Engine:
             await self._send(chat, [Notice("Send me a message and I will answer.")],
                              chat.message_id)
             return
-        turn = self.turn_for(message, decision, backend)
+        turn = await take_context(self.store, self.turn_for(message, decision, backend), decision)
         turn = await call_chained(self.pm, "tgmux_before_backend", "turn", turn, backend=backend)
         if chat.message_id is not None:
             await self.store.inbox_dispatched(chat.chat_id, chat.message_id,

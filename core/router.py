@@ -21,6 +21,8 @@ class RouteDecision:
     #: the backends to try, in order, when this one fails (the route's chain, else the
     #: backend's own); flat: their own chains are not followed
     fallback: tuple[str, ...] = ()
+    #: the matched route's ``group_context``: group messages kept for the next turn (0: off)
+    group_context: int = 0
 
 
 class Router:
@@ -61,16 +63,18 @@ class Router:
         """The decision, or None when nothing answers (no route, no default)."""
         index = self.first_match(message)
         trigger: GroupTrigger = self.routes[index].group_trigger if index is not None else "mention"
+        # the chat's context follows the chat's route, whichever backend answers
+        context = self.routes[index].group_context if index is not None else 0
         for name, reason in ((chosen, "plugin"), (override, "override")):
             if name is not None and name in self.config.backend_settings:
                 return RouteDecision(name, self.config.backend_settings[name], index, trigger,
-                                     reason, self._chain(name))
+                                     reason, self._chain(name), context)
         if index is not None:
             route = self.routes[index]
             chain = (tuple(route.fallback) if route.fallback is not None
                      else self._chain(route.backend))
             return RouteDecision(route.backend, self.account.route_options[index], index, trigger,
-                                 f"route {index}", chain)
+                                 f"route {index}", chain, context)
         default = self.account.default
         if default is None:
             return None

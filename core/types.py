@@ -266,6 +266,20 @@ class ChatLine:
     #: when it was written (unix time)
     at: float = 0.0
     user_id: int | None = None
+    #: its Telegram message id, and its sender's @username (without @), when known: a
+    #: provider that records the chat's messages itself (Sensay) says which message it was
+    message_id: int | None = None
+    username: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """What the store keeps (unset fields left out)."""
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ChatLine:
+        return cls(author=str(data.get("author", "")), text=str(data.get("text", "")),
+                   at=float(data.get("at", 0.0)), user_id=data.get("user_id"),
+                   message_id=data.get("message_id"), username=data.get("username"))
 
 
 COMMAND_PATTERN = re.compile(r"/([A-Za-z0-9_]+)(?:\s+(.*))?\Z", re.DOTALL)

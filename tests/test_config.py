@@ -174,3 +174,44 @@ def test_an_unusable_store_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {config}:1: store: cannot open sqlite:///{blocker}")
     assert "Traceback" not in result.stderr
+
+
+def test_group_context_is_a_count_up_to_50() -> None:
+    text = """\
+        backends:
+          echo: {type: echo}
+        routes:
+          - match: {chat_type: group}
+            backend: echo
+            group_context: %s
+        """
+    assert problems(text % 51) == [
+        "config.yaml:6: routes[0].group_context: Input should be less than or equal to 50 "
+        "(got 51)"]
+    assert problems(text % -1) == [
+        "config.yaml:6: routes[0].group_context: Input should be greater than or equal to 0 "
+        "(got -1)"]
+    config = load_config_text(textwrap.dedent(text % 50), source="config.yaml", env={})
+    assert config.accounts["main"].routes[0].group_context == 50
+
+
+def test_the_route_decides_the_group_context_whichever_backend_answers() -> None:
+    from tgmux.router import Router
+    from tgmux.types import ChatIdentity, IncomingMessage
+
+    config = load_config_text(textwrap.dedent("""\
+        backends:
+          echo: {type: echo}
+          other: {type: echo}
+        routes:
+          - match: {chat_type: group}
+            backend: echo
+            group_context: 7
+        default: echo
+        """), source="config.yaml", env={})
+    router = Router(config)
+    group = IncomingMessage(ChatIdentity("group", -5, user_id=1), "hi")
+    private = IncomingMessage(ChatIdentity("private", 1, user_id=1), "hi")
+    assert router.decide(group).group_context == 7
+    assert router.decide(group, override="other").group_context == 7  # /backend other
+    assert router.decide(private).group_context == 0  # default: has no such key

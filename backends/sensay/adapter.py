@@ -14,12 +14,20 @@ Two ways to say who is talking:
 With an API version in effect, group requests carry ``telegram_data.chat_name``, a captioned
 photo goes as ``imageURL`` (its own URL, or its bytes published at ``server.public_url`` via
 ``Turn.share``) and ``/history`` reads ``GET …/chat/history/telegram``.
-``record_group_context`` records the group messages the bot is not asked to answer
-(:meth:`SensayBackend.observe`).
+
+Group context goes through Sensay's own chat history (``POST …/chat/history/telegram``, each
+message as its sender's), never as a transcript in the content: with the route key
+``group_context: N`` the last N group messages not addressed to the bot (``Turn.group_context``,
+kept by tgmux) are recorded when the bot is next asked, just before the completion;
+``record_group_context: true`` (the older spelling) records every such message as it comes
+(:meth:`SensayBackend.observe`), and then ``Turn.group_context`` is not recorded again. A reply
+to a message (``Turn.reply_to``) is said before the user's text in tgmux's short form
+(:func:`tgmux.context.with_context`), when it fits Sensay's 10,000 characters.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import string
@@ -40,6 +48,7 @@ from tgmux.backend import (
     TextDelta,
     Turn,
 )
+from tgmux.context import with_context
 from tgmux.errors import BackendError, ProtocolError
 from tgmux.singleflight import SingleFlight
 from tgmux.text import split_text, valid_unicode
@@ -107,9 +116,9 @@ class SensaySettings(HttpBackendSettings):
     )
     record_group_context: bool = Field(
         False,
-        description="record group messages the bot is not asked to answer in the replica's "
-        "chat history, so that it knows the conversation when mentioned (overridable per "
-        "route)",
+        description="the older spelling of the route key group_context: record every group "
+        "message the bot is not asked to answer in the replica's chat history as it comes "
+        "(no bound), so that it knows the conversation when mentioned (overridable per route)",
     )
     replica_uuid: str = Field(description="the replica that answers (overridable per route)",
                               min_length=1)
@@ -182,6 +191,16 @@ def telegram_data_for(chat: ChatIdentity, *, chat_name: bool = False) -> dict[st
         message_thread_id=chat.message_thread_id,
         chat_name=chat.chat_title if chat_name and chat.chat_type != "private" else None,
     )
+
+
+def _with_reply(content: str, turn: Turn) -> str:
+    """``content`` with the message the user replied to said before it (tgmux's short form),
+    when both fit in Sensay's content limit (UTF-16 units); else ``content`` as it is (whole
+    or not at all: a cut preamble would be a fragment)."""
+    if turn.reply_to is None:
+        return content
+    told = with_context(content, turn.reply_to)
+    return told if content_length(told) <= MAX_CONTENT else content
 
 
 def format_history(items: list[HistoryItem], shown: int = HISTORY_SHOWN,
@@ -300,6 +319,29 @@ class SensayBackend(HttpBackend[SensayClient]):
                                          self._telegram_data(turn.chat), user_id=user,
                                          user_id_type=kind)
 
+    async def _record_context(self, turn: Turn) -> None:
+        """Record the group's messages the turn carries (route key ``group_context``) in the
+        replica's chat history, oldest first, each as its sender's — as :meth:`observe` does
+        for ``record_group_context``, which recorded them already when it is on. A failure
+        ends it: the answer matters more than its context."""
+        options = self._options(turn)
+        if not turn.group_context or options.record_group_context:
+            return
+        for line in turn.group_context:
+            if not line.text.strip():
+                continue
+            chat = dataclasses.replace(turn.chat, user_id=line.user_id, username=line.username,
+                                       message_id=line.message_id, first_name=None)
+            try:
+                user, kind = await self._user(dataclasses.replace(turn, chat=chat))
+                await self.client.record_history(options.replica_uuid, line.text,
+                                                 self._telegram_data(chat), user_id=user,
+                                                 user_id_type=kind)
+            except BackendError as exc:  # the HTTP layer logged the failure (a WARNING)
+                log.info("chat %s: %s: the group's messages were not all recorded: %s",
+                         turn.chat.chat_id, self.name, exc.log_text())
+                return
+
     async def _photo(self, turn: Turn, *, skip_chat_history: bool) -> AsyncIterator[ReplyPart]:
         if not turn.text.strip():
             yield Notice(EMPTY_CAPTION)
@@ -373,6 +415,9 @@ class SensayBackend(HttpBackend[SensayClient]):
                 log.info("chat %s: a message of %d characters goes in %d parts",
                          turn.chat.chat_id, length, len(pieces))
 
+        pieces[0] = _with_reply(pieces[0], turn)
+        if not skip_chat_history:  # asked without history, the replica would not see them
+            await self._record_context(turn)
         user, kind = await self._user(turn)
         data = self._telegram_data(turn.chat)
         for i, piece in enumerate(pieces):

@@ -218,6 +218,10 @@ class RouteMatch(Strict):
         return value
 
 
+#: The most group messages a route keeps as context (``group_context``).
+MAX_GROUP_CONTEXT = 50
+
+
 class RouteConfig(Strict):
     match: RouteMatch = Field(default_factory=RouteMatch)
     backend: str
@@ -225,6 +229,11 @@ class RouteConfig(Strict):
     group_trigger: GroupTrigger = "mention"
     fallback: list[str] | None = Field(
         None, description="this route's chain, instead of the backend's own")
+    group_context: Int = Field(
+        0, ge=0, le=MAX_GROUP_CONTEXT,
+        description="in groups: the last N messages not addressed to the bot (of the topic, "
+        "in a forum) are kept and given to the backend with the next message it answers, "
+        f"each once; 0 (default): off; at most {MAX_GROUP_CONTEXT}")
 
     @field_validator("fallback", mode="before")
     @classmethod

@@ -11,6 +11,9 @@
 * conversation memory (:meth:`Store.history_append`, :class:`Conversation`): the last
   exchanges of a chat, for backends whose providers remember nothing (bounded: the oldest are
   forgotten as new ones come);
+* group context (:meth:`Store.context_add`): a group's recent messages not addressed to the
+  bot, per (account, chat, topic), kept until the next turn there takes them (bounded: the
+  newest ``keep``; pruned by age);
 * per account, its Telegram session (:meth:`Store.session_read`) and where it is in Telegram's
   update stream (:meth:`Store.position_read`; written with the inbox accept that moves it,
   :meth:`Store.inbox_accept`): a standby takes an account over with nothing but the store.
@@ -30,7 +33,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tgmux.types import ChatIdentity, Exchange, StreamPosition
+from tgmux.types import ChatIdentity, ChatLine, Exchange, StreamPosition
 
 log = logging.getLogger("tgmux.store")
 
@@ -305,6 +308,23 @@ class Store(ABC):
     @abstractmethod
     async def history_clear(self, conversation: str) -> int:
         """Forget the whole conversation; how many exchanges it had."""
+
+    # group context: messages of a group the bot was not asked to answer
+    @abstractmethod
+    async def context_add(self, account: str, chat_id: int, thread_id: int | None,
+                          line: ChatLine, *, keep: int) -> None:
+        """Keep ``line`` as the newest of (account, chat, topic ``thread_id``; None: none),
+        then forget all but the newest ``keep`` of them: one round trip."""
+
+    @abstractmethod
+    async def context_take(self, account: str, chat_id: int,
+                           thread_id: int | None) -> list[ChatLine]:
+        """The lines kept for (account, chat, topic), oldest first, forgotten as they are read
+        (each is given once): one round trip."""
+
+    @abstractmethod
+    async def context_prune(self, older_than: float) -> int:
+        """Forget lines written before ``older_than`` (a timestamp); how many."""
 
     def namespace(self, name: str) -> Namespace:
         return Namespace(self, name)

@@ -10,7 +10,8 @@ until the store is back calls do not wait for it:
   full: the messages beyond are answered all the same, without restart safety);
 * a message accepted during the outage is still deduplicated (against those kept here);
 * the chat's ``/backend`` override reads as none, shared rate limits are not counted, the
-  conversation memory reads empty and is not appended to;
+  conversation memory reads empty and is not appended to, nor is the group context (a
+  group's messages are not kept, the next turn gets none: one DEBUG line each);
 * a backend's key-value namespace answers from the values last read or written here, and its
   writes are kept and written when the store is back (bounded as the inbox's);
 * everything else (a key never seen here, ``/backend NAME``, ``/usage``) raises
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tgmux.store.base import DEFAULT_ACCOUNT, AccountLease, Store, StreamPosition, Unanswered
-from tgmux.types import Exchange
+from tgmux.types import ChatLine, Exchange
 
 __all__ = ["MAX_PENDING", "GuardedStore", "StoreUnavailable"]
 
@@ -400,3 +401,26 @@ class GuardedStore(Store):
 
     async def history_clear(self, conversation: str) -> int:
         return await self._call(lambda: self.inner.history_clear(conversation))
+
+    # -- group context: not kept while down, none given ----------------------------------
+
+    async def context_add(self, account: str, chat_id: int, thread_id: int | None,
+                          line: ChatLine, *, keep: int) -> None:
+        try:
+            await self._call(lambda: self.inner.context_add(account, chat_id, thread_id, line,
+                                                            keep=keep))
+        except StoreUnavailable:
+            log.debug("chat %s: a group message not kept as context: the store is down",
+                      chat_id)
+
+    async def context_take(self, account: str, chat_id: int,
+                           thread_id: int | None) -> list[ChatLine]:
+        try:
+            return await self._call(lambda: self.inner.context_take(account, chat_id,
+                                                                    thread_id))
+        except StoreUnavailable:
+            log.debug("chat %s: no group context given: the store is down", chat_id)
+            return []
+
+    async def context_prune(self, older_than: float) -> int:
+        return await self._call(lambda: self.inner.context_prune(older_than))

@@ -14,7 +14,7 @@ from tgmux.store.base import (
     StreamPosition,
     Unanswered,
 )
-from tgmux.types import Exchange
+from tgmux.types import ChatLine, Exchange
 
 _Key = tuple[str, int, int]  # (account, chat_id, message_id)
 
@@ -28,6 +28,9 @@ class MemoryStore(Store):
     MAX_DONE = 100_000
     #: Conversations remembered at most (the least recently written forgotten first).
     MAX_CONVERSATIONS = 10_000
+    #: Chats (topics) whose group context is kept at most (the least recently written
+    #: forgotten first).
+    MAX_CONTEXT_CHATS = 10_000
 
     schema_version = None
 
@@ -45,6 +48,7 @@ class MemoryStore(Store):
         self.histories: OrderedDict[str, list[Exchange]] = OrderedDict()
         self.sessions: dict[str, str] = {}
         self.positions: dict[str, StreamPosition] = {}
+        self.context: OrderedDict[tuple[str, int, int], deque[ChatLine]] = OrderedDict()
 
     async def open(self) -> None:
         return None
@@ -181,6 +185,32 @@ class MemoryStore(Store):
 
     async def history_clear(self, conversation: str) -> int:
         return len(self.histories.pop(conversation, []))
+
+    async def context_add(self, account: str, chat_id: int, thread_id: int | None,
+                          line: ChatLine, *, keep: int) -> None:
+        key = (account, chat_id, thread_id or 0)
+        lines = self.context.get(key)
+        if lines is None or lines.maxlen != keep:
+            lines = self.context[key] = deque(lines or (), maxlen=max(1, keep))
+        lines.append(line)
+        self.context.move_to_end(key)
+        while len(self.context) > self.MAX_CONTEXT_CHATS:
+            self.context.popitem(last=False)
+
+    async def context_take(self, account: str, chat_id: int,
+                           thread_id: int | None) -> list[ChatLine]:
+        return list(self.context.pop((account, chat_id, thread_id or 0), ()))
+
+    async def context_prune(self, older_than: float) -> int:
+        pruned = 0
+        for key in list(self.context):
+            lines = self.context[key]
+            while lines and lines[0].at < older_than:
+                lines.popleft()
+                pruned += 1
+            if not lines:
+                del self.context[key]
+        return pruned
 
     async def hold_account(self, account: str) -> MemoryLease:
         return MemoryLease(self, account)

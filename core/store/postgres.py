@@ -41,11 +41,11 @@ from tgmux.store.base import (
     StreamPosition,
     Unanswered,
 )
-from tgmux.types import Exchange
+from tgmux.types import ChatLine, Exchange
 
 log = logging.getLogger("tgmux.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Seconds to wait for a connection (DNS, TCP, TLS, authentication) unless ?connect_timeout=.
 CONNECT_TIMEOUT = 5.0
@@ -121,6 +121,18 @@ CREATE TABLE tgmux_account_state (
     position TEXT,                  -- where it is in the update stream (JSON)
     position_order BIGINT NOT NULL DEFAULT 0    -- the highest is kept
 );
+""",
+    5: """
+CREATE TABLE tgmux_group_context (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,   -- the order of a chat's lines
+    account TEXT NOT NULL,
+    chat_id BIGINT NOT NULL,
+    thread_id BIGINT NOT NULL,      -- the forum topic, 0 for none
+    at DOUBLE PRECISION NOT NULL,   -- when it was written: pruned by age
+    line TEXT NOT NULL              -- the ChatLine (JSON)
+);
+CREATE INDEX tgmux_group_context_chat ON tgmux_group_context (account, chat_id, thread_id, id);
+CREATE INDEX tgmux_group_context_at ON tgmux_group_context (at);
 """,
 }
 
@@ -515,6 +527,34 @@ class PostgresStore(Store):
     async def history_clear(self, conversation: str) -> int:
         status = await self.pool.execute("DELETE FROM tgmux_history WHERE conversation=$1",
                                          conversation)
+        return int(status.rsplit(" ", 1)[-1])
+
+    # -- group context -----------------------------------------------------------------------
+
+    async def context_add(self, account: str, chat_id: int, thread_id: int | None,
+                          line: ChatLine, *, keep: int) -> None:
+        # One statement: the DELETE sees the table as before the INSERT (one snapshot), so
+        # the newest keep - 1 lines from before stay, with the new one.
+        await self.pool.execute(
+            "WITH added AS (INSERT INTO tgmux_group_context (account, chat_id, thread_id, at, "
+            "line) VALUES ($1, $2, $3, $4, $5)) "
+            "DELETE FROM tgmux_group_context WHERE account=$1 AND chat_id=$2 AND thread_id=$3 "
+            "AND id NOT IN (SELECT id FROM tgmux_group_context WHERE account=$1 AND "
+            "chat_id=$2 AND thread_id=$3 ORDER BY id DESC LIMIT $6)",
+            account, chat_id, thread_id or 0, line.at, json.dumps(line.to_json()),
+            max(0, keep - 1))
+
+    async def context_take(self, account: str, chat_id: int,
+                           thread_id: int | None) -> list[ChatLine]:
+        rows = await self.pool.fetch(
+            "DELETE FROM tgmux_group_context WHERE account=$1 AND chat_id=$2 AND thread_id=$3 "
+            "RETURNING id, line", account, chat_id, thread_id or 0)
+        return [ChatLine.from_json(json.loads(r["line"]))
+                for r in sorted(rows, key=lambda r: r["id"])]
+
+    async def context_prune(self, older_than: float) -> int:
+        status = await self.pool.execute("DELETE FROM tgmux_group_context WHERE at < $1",
+                                         older_than)
         return int(status.rsplit(" ", 1)[-1])
 
     # -- account leases ----------------------------------------------------------------------

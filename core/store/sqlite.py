@@ -17,8 +17,9 @@ import os
 import sqlite3
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiosqlite
@@ -32,11 +33,13 @@ from tgmux.store.base import (
     StreamPosition,
     Unanswered,
 )
-from tgmux.types import Exchange
+from tgmux.types import ChatLine, Exchange
 
 log = logging.getLogger("tgmux.store")
 
-SCHEMA_VERSION = 5
+T = TypeVar("T")
+
+SCHEMA_VERSION = 6
 
 #: Version 1 (before accounts); kept to test the migration from it.
 SCHEMA_V1 = """
@@ -127,8 +130,22 @@ CREATE TABLE account_state (
 );
 """
 
+_GROUP_CONTEXT_V6 = """
+CREATE TABLE group_context (
+    id INTEGER PRIMARY KEY,         -- the order of a chat's lines
+    account TEXT NOT NULL,
+    chat_id INTEGER NOT NULL,
+    thread_id INTEGER NOT NULL,     -- the forum topic, 0 for none
+    at REAL NOT NULL,               -- when it was written: pruned by age
+    line TEXT NOT NULL              -- the ChatLine (JSON)
+);
+CREATE INDEX group_context_chat ON group_context (account, chat_id, thread_id, id);
+CREATE INDEX group_context_at ON group_context (at);
+"""
+
 #: The current schema, for a new file.
-SCHEMA = _OVERRIDE_V2 + _KV + _INBOX_V2 + _RATE_V3 + _HISTORY_V4 + _ACCOUNT_STATE_V5
+SCHEMA = (_OVERRIDE_V2 + _KV + _INBOX_V2 + _RATE_V3 + _HISTORY_V4 + _ACCOUNT_STATE_V5
+          + _GROUP_CONTEXT_V6)
 
 #: version -> the script taking the schema from version - 1 to it (run in one transaction).
 MIGRATIONS = {
@@ -146,6 +163,7 @@ MIGRATIONS = {
     3: _RATE_V3,
     4: _HISTORY_V4,
     5: _ACCOUNT_STATE_V5,
+    6: _GROUP_CONTEXT_V6,
 }
 
 #: Writes a position unless the kept one is as new (its order): (account, value, order).
@@ -175,14 +193,55 @@ _ACCEPTS_PER_STATEMENT = 500
 _Accept = tuple[tuple[Any, ...], StreamPosition | None, "asyncio.Future[bool]"]
 
 
-def _accept_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
-                 positions: list[tuple[str, str, int]]) -> set[tuple[str, int, int]]:
-    """In the database thread: insert the inbox rows (those new are returned) and write the
-    positions, in one transaction (joining one already open on the connection)."""
+def _in_transaction(conn: sqlite3.Connection, work: Callable[[], T]) -> T:
+    """In the database thread: ``work()`` in one transaction (joining one already open on the
+    connection)."""
     own = not conn.in_transaction
     if own:
         conn.execute("BEGIN")
     try:
+        result = work()
+        if own:
+            conn.execute("COMMIT")
+    except BaseException:
+        if own:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+_CONTEXT_CHAT = "account=? AND chat_id=? AND thread_id=?"
+
+
+def _context_add(conn: sqlite3.Connection, chat: tuple[str, int, int], at: float, line: str,
+                 keep: int) -> None:
+    def work() -> None:
+        conn.execute("INSERT INTO group_context (account, chat_id, thread_id, at, line) "
+                     "VALUES (?, ?, ?, ?, ?)", (*chat, at, line))
+        conn.execute(f"DELETE FROM group_context WHERE {_CONTEXT_CHAT} AND id NOT IN "
+                     f"(SELECT id FROM group_context WHERE {_CONTEXT_CHAT} ORDER BY id DESC "
+                     "LIMIT ?)", (*chat, *chat, keep))
+
+    _in_transaction(conn, work)
+
+
+def _context_take(conn: sqlite3.Connection, chat: tuple[str, int, int]) -> list[str]:
+    def work() -> list[str]:
+        rows = conn.execute(f"SELECT line FROM group_context WHERE {_CONTEXT_CHAT} ORDER BY id",
+                            chat).fetchall()
+        if rows:
+            conn.execute(f"DELETE FROM group_context WHERE {_CONTEXT_CHAT}", chat)
+        return [line for (line,) in rows]
+
+    return _in_transaction(conn, work)
+
+
+def _accept_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
+                 positions: list[tuple[str, str, int]]) -> set[tuple[str, int, int]]:
+    """In the database thread: insert the inbox rows (those new are returned) and write the
+    positions, in one transaction (joining one already open on the connection)."""
+    def work() -> set[tuple[str, int, int]]:
         inserted: set[tuple[str, int, int]] = set()
         for start in range(0, len(rows), _ACCEPTS_PER_STATEMENT):
             chunk = rows[start:start + _ACCEPTS_PER_STATEMENT]
@@ -194,14 +253,9 @@ def _accept_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
             inserted.update((a, c, m) for a, c, m in found)
         if positions:
             conn.executemany(_POSITION_UPSERT, positions)
-        if own:
-            conn.execute("COMMIT")
-    except BaseException:
-        if own:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-        raise
-    return inserted
+        return inserted
+
+    return _in_transaction(conn, work)
 
 
 class SQLiteStore(Store):
@@ -561,6 +615,23 @@ class SQLiteStore(Store):
     async def history_clear(self, conversation: str) -> int:
         cursor = await self.db.execute("DELETE FROM history WHERE conversation=?",
                                        (conversation,))
+        return cursor.rowcount
+
+    async def context_add(self, account: str, chat_id: int, thread_id: int | None,
+                          line: ChatLine, *, keep: int) -> None:
+        # one trip to the database thread (aiosqlite's own way of running a call there)
+        db = self.db
+        await db._execute(_context_add, db._conn, (account, chat_id, thread_id or 0), line.at,
+                          json.dumps(line.to_json()), max(1, keep))
+
+    async def context_take(self, account: str, chat_id: int,
+                           thread_id: int | None) -> list[ChatLine]:
+        db = self.db
+        lines = await db._execute(_context_take, db._conn, (account, chat_id, thread_id or 0))
+        return [ChatLine.from_json(json.loads(line)) for line in lines]
+
+    async def context_prune(self, older_than: float) -> int:
+        cursor = await self.db.execute("DELETE FROM group_context WHERE at < ?", (older_than,))
         return cursor.rowcount
 
     async def hold_account(self, account: str) -> FileLease:

@@ -146,3 +146,54 @@ async def test_topics_name_their_thread_but_share_the_users_sensay_history(
     asked = sim.requests_to(COMPLETION)
     assert [(r.header("X-USER-ID"), r.json["telegram_data"].get("message_thread_id"))
             for r in asked] == [("42", 3), ("42", 9), ("42", 5)]
+
+
+async def test_group_context_n_records_the_last_n_when_the_bot_is_asked(sim, config) -> None:
+    # group_context: 2 on the group's route (no record_group_context): the lines are kept by
+    # tgmux and recorded in the replica's history, each as its sender's, just before the
+    # completion that answers the mention; the oldest line is beyond N
+    config.write_text(config.read_text().replace("    record_group_context: true\n", "")
+                      + "routes:\n  - match: {chat_type: supergroup}\n    backend: abe\n"
+                        "    group_context: 2\n")
+    group = {"chat_id": GROUP, "chat_type": "supergroup", "chat_title": "Book club"}
+    sent = await simulate(config, [
+        {**group, "user_id": 7, "username": "carol", "text": "hello all", "message_id": 29},
+        {**group, "user_id": 8, "text": "the meeting moved to 5", "message_id": 30},
+        {**group, "user_id": 7, "username": "carol", "text": "thanks", "message_id": 31},
+        {**group, "user_id": 42, "text": "@tgmux_bot when is the meeting?", "message_id": 32},
+        {**group, "user_id": 42, "text": "@tgmux_bot and where?", "message_id": 33},
+    ])
+    assert [a["text"] for a in sent] == ["[Abe] when is the meeting? (history: 2)",
+                                         "[Abe] and where? (history: 4)"]
+    assert calls(sim) == [("GET", "/v1/users/me", "8"), ("POST", "/v1/users", None),
+                          ("POST", HISTORY, "8"),
+                          ("GET", "/v1/users/me", "7"), ("POST", "/v1/users", None),
+                          ("POST", HISTORY, "7"),
+                          ("GET", "/v1/users/me", "42"), ("POST", "/v1/users", None),
+                          ("POST", COMPLETION, "42"),
+                          ("POST", COMPLETION, "42")]  # each line is recorded once
+    first, second = [r.json for r in sim.requests_to(HISTORY)]
+    assert first == {"content": "the meeting moved to 5", "telegram_data": {
+        "chat_type": "supergroup", "chat_id": GROUP, "chat_name": "Book club", "user_id": 8,
+        "message_id": 30}}
+    assert second == {"content": "thanks", "telegram_data": {
+        "chat_type": "supergroup", "chat_id": GROUP, "chat_name": "Book club", "user_id": 7,
+        "username": "carol", "message_id": 31}}
+    # as the completion: not a transcript in the content
+    assert [r.json["content"] for r in sim.requests_to(COMPLETION)] == [
+        "when is the meeting?", "and where?"]
+
+
+async def test_record_group_context_with_group_context_records_each_once_as_it_comes(
+        sim, config) -> None:
+    config.write_text(config.read_text() + "routes:\n  - match: {chat_type: supergroup}\n"
+                      "    backend: abe\n    group_context: 5\n")
+    group = {"chat_id": GROUP, "chat_type": "supergroup", "user_id": 7}
+    sent = await simulate(config, [
+        {**group, "text": "one", "message_id": 40}, {**group, "text": "two", "message_id": 41},
+        {**group, "text": "@tgmux_bot three?", "message_id": 42}])
+    assert [a["text"] for a in sent] == ["[Abe] three? (history: 2)"]
+    assert calls(sim) == [("GET", "/v1/users/me", "7"), ("POST", "/v1/users", None),
+                          ("POST", HISTORY, "7"), ("POST", HISTORY, "7"),
+                          ("POST", COMPLETION, "7")]
+    assert [r.json["content"] for r in sim.requests_to(HISTORY)] == ["one", "two"]

@@ -4,12 +4,14 @@ engine against the simulator; the seed-contract config (``user_id``) sends what 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -21,7 +23,7 @@ from tgmux.backends.sensay.adapter import EMPTY_CAPTION, NO_HISTORY, NO_IMAGE_UR
 from tgmux.backends.sensay.simulator import Replica, SensaySimulator
 from tgmux.harness import EngineHarness
 from tgmux.ops import start_ops_server
-from tgmux.types import MEDIA_UNAVAILABLE
+from tgmux.types import MEDIA_UNAVAILABLE, IncomingMessage, RepliedTo
 
 SECRET = "org-secret-7"
 REPLICA = "55555555-5555-4555-8555-555555555555"
@@ -378,3 +380,58 @@ async def test_the_documented_default_config_works_as_printed() -> None:
             f"/v1/replicas/{abe['replica_uuid']}/chat/history/telegram")
         assert {r.header("X-USER-ID-TYPE") for r in server.requests if r.header("X-USER-ID")} \
             == {"telegram"}
+
+
+# -- group_context and reply context -----------------------------------------------------------
+
+GROUP_CONTEXT = PER_USER.replace("""    options: {record_group_context: true}
+""", """    group_context: 3
+""")
+
+
+async def test_a_failed_recording_of_group_context_still_answers(
+        sim, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    sim.inject(status=500, body={"success": True, "error": "down"}, path="/chat/history")
+    async with harness(sim, GROUP_CONTEXT) as h:
+        for text in ("one", "two"):
+            await h.say(text, user_id=7, chat_id=-100, chat_type="group", addressed=False)
+        assert sim.requests == []  # kept by tgmux, not sent yet
+        answer = await h.say("hello?", user_id=7, chat_id=-100, chat_type="group")
+    assert answer == [Text("[Abe] hello? (history: 0)")]
+    # the first recording failed: the second is not tried, the question is asked
+    assert calls(sim) == [("GET", "/v1/users/me"), ("POST", "/v1/users"), ("POST", HISTORY),
+                          ("POST", COMPLETION)]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"sensay:abe: POST {HISTORY} failed: kind=unavailable status=500 message='down'"]
+    assert "chat -100: abe: the group's messages were not all recorded: kind=unavailable " \
+        "status=500 message='down'" in [r.getMessage() for r in caplog.records]
+
+
+def replying(h: EngineHarness, text: str, reply_to: RepliedTo, **kwargs: Any) -> IncomingMessage:
+    return dataclasses.replace(h.message(text, **kwargs), reply_to=reply_to)
+
+
+async def test_the_replied_to_message_is_said_before_the_text(sim) -> None:
+    anna = RepliedTo("the meeting moved to 5", "Anna", message_id=30)
+    mine = RepliedTo("It is at 5 in the library.", "tgmux_bot", from_bot=True,
+                     quote="in the library")
+    async with harness(sim) as h:
+        for message in (replying(h, "when?", anna, user_id=42),
+                        replying(h, "which one?", mine, user_id=42)):
+            await (await h.engine.submit(message))
+        skipped = replying(h, "/fresh really?", anna, user_id=42)
+        await (await h.engine.submit(skipped))
+    assert [r.json["content"] for r in sim.requests_to(COMPLETION)] == [
+        '[In reply to Anna: "the meeting moved to 5"]\n\nwhen?',
+        '[In reply to your message: "in the library"]\n\nwhich one?',
+        '[In reply to Anna: "the meeting moved to 5"]\n\nreally?']
+
+
+async def test_a_reply_context_that_does_not_fit_is_left_out(sim) -> None:
+    text = "🦊" * 4990  # 9,980 UTF-16 units: no room for the 40 of the preamble
+    async with harness(sim) as h:
+        message = replying(h, text, RepliedTo("the meeting moved to 5", "Anna"), user_id=42)
+        await (await h.engine.submit(message))
+    (completion,) = sim.requests_to(COMPLETION)
+    assert completion.json["content"] == text

@@ -8,6 +8,7 @@ import time
 from conftest import OpenStore
 
 from tgmux.store import Store, StreamPosition, Unanswered
+from tgmux.types import ChatLine
 
 
 def payload(n: int) -> dict[str, object]:
@@ -244,3 +245,45 @@ async def test_accepts_at_once_keep_the_highest_position(store: Store) -> None:
     assert all(fresh)
     assert await store.position_read("main") == StreamPosition(5, "main past 5")
     assert await store.position_read("second") == StreamPosition(5, "second past 5")
+
+
+def line(n: int, at: float = 1000.0) -> ChatLine:
+    return ChatLine(f"Anna {n}", f"line {n}", at + n, user_id=40 + n, message_id=n,
+                    username=None if n % 2 else f"anna{n}")
+
+
+async def test_group_context_keeps_the_newest_and_is_taken_once(store: Store) -> None:
+    for n in range(1, 6):
+        await store.context_add("main", -100, None, line(n), keep=3)
+    assert await store.context_take("main", -100, None) == [line(3), line(4), line(5)]
+    assert await store.context_take("main", -100, None) == []  # each line is given once
+    await store.context_add("main", -100, None, line(6), keep=3)
+    assert await store.context_take("main", -100, None) == [line(6)]
+
+
+async def test_group_context_is_kept_per_account_chat_and_topic(store: Store) -> None:
+    await store.context_add("main", -100, 5, line(1), keep=10)
+    await store.context_add("main", -100, 6, line(2), keep=10)
+    await store.context_add("main", -100, None, line(3), keep=10)
+    await store.context_add("other", -100, 5, line(4), keep=10)
+    await store.context_add("main", -200, 5, line(5), keep=10)
+    assert await store.context_take("main", -100, 6) == [line(2)]
+    assert await store.context_take("main", -100, 5) == [line(1)]
+    assert await store.context_take("main", -100, None) == [line(3)]
+    assert await store.context_take("other", -100, 5) == [line(4)]
+    assert await store.context_take("main", -200, 5) == [line(5)]
+
+
+async def test_group_context_prune_forgets_old_lines_only(store: Store) -> None:
+    await store.context_add("main", -100, None, line(1, at=100.0), keep=5)
+    await store.context_add("main", -100, None, line(2, at=5000.0), keep=5)
+    await store.context_add("main", -300, None, line(3, at=100.0), keep=5)
+    assert await store.context_prune(1000.0) == 2
+    assert await store.context_take("main", -100, None) == [line(2, at=5000.0)]
+    assert await store.context_take("main", -300, None) == []
+
+
+async def test_group_context_keeps_odd_text_as_it_was(store: Store) -> None:
+    odd = ChatLine("Zoë 🦊 \"x\"", "quote ' \" \\ %_ 🦊\nnew line", 1.5, user_id=2**40)
+    await store.context_add("main", -1001234567890, 2**31 + 1, odd, keep=1)
+    assert await store.context_take("main", -1001234567890, 2**31 + 1) == [odd]
