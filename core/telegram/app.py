@@ -53,7 +53,7 @@ from tgmux.telegram.client import abandon
 from tgmux.telegram.frontend import TelegramFrontend
 from tgmux.telegram.media import TelegramMedia
 from tgmux.telegram.menus import MenuQueue
-from tgmux.telegram.normalize import normalize
+from tgmux.telegram.normalize import normalize, with_replied_to
 from tgmux.telegram.revoked import revocation_advice
 from tgmux.telegram.stale import StaleMessages
 from tgmux.telegram.store_session import StorePositions
@@ -276,6 +276,8 @@ class TelegramAccount:
         if me is None:
             return
         incoming = normalize(message, me, self.frontend.sent_ids, self.name, self.media.fetch)
+        if incoming is not None:  # the replied-to message, when the client does not have it
+            incoming = await with_replied_to(client, message, incoming, me, self.frontend.sent_ids)
         if incoming is not None and incoming.addressed and message.date is not None and \
                 self.stale.check(incoming, message.date.timestamp()):
             incoming = None  # too old (caught up after an outage): its user is told, once

@@ -1,0 +1,83 @@
+"""What the user wrote, as tgmux reads it from Telegram: the user's formatting (entities) and
+the message a message replies to (its text, author, the quoted part), through the real
+Pyrogram client on the offline Telegram."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tgmux.hooks import hookimpl
+from tgmux.types import Entity, IncomingMessage, RepliedTo
+
+GROUP = -4001234567
+FORUM = -1001234567890
+
+CONFIG = """
+telegram:
+  flood: {private_per_second: 100, group_per_minute: 6000}
+backends:
+  echo: {type: echo, prefix: "echo: "}
+default: echo
+"""
+
+
+class Seen:
+    """Every message tgmux_pre_route is shown."""
+
+    def __init__(self) -> None:
+        self.messages: list[IncomingMessage] = []
+
+    @hookimpl
+    def tgmux_pre_route(self, message: IncomingMessage, engine: Any, triggered: bool) -> None:
+        self.messages.append(message)
+
+
+@pytest.fixture
+async def bot(tgmux_bot: Any) -> Any:
+    seen = Seen()
+    bot = await tgmux_bot(CONFIG, plugins=[seen])
+    bot.seen = seen.messages
+    return bot
+
+
+async def test_the_users_entities_reach_the_message_on_the_stripped_text(bot: Any) -> None:
+    # "👋 " is two UTF-16 units: offsets count them; the stripped mention moves the rest
+    await bot.send("@tgmux_bot 👋 see docs and run x", user_id=42, chat_id=GROUP,
+                   entities=[{"type": "text_link", "offset": 18, "length": 4,
+                              "url": "https://example.com/docs"},
+                             {"type": "code", "offset": 31, "length": 1},
+                             {"type": "bold", "offset": 14, "length": 3}])
+    message = bot.seen[-1]
+    assert message.text == "👋 see docs and run x"
+    assert message.entities == (
+        Entity("bold", 3, 3), Entity("text_link", 7, 4, url="https://example.com/docs"),
+        Entity("code", 20, 1))
+
+
+async def test_a_reply_to_the_bots_message_and_to_a_users_with_a_quote(bot: Any) -> None:
+    first = await bot.send("hello", user_id=42, username="ann", first_name="Ann")
+    bot_id = first.messages[0]["message_id"]
+    await bot.send("what do you mean?", user_id=42, reply_to_message_id=bot_id)
+    assert bot.seen[-1].reply_to == RepliedTo(text="echo: hello", author="tgmux",
+                                              from_bot=True, message_id=bot_id)
+    # in a group: a reply to another user's message, quoting part of it (not addressed)
+    anna = await bot.send("the meeting is at noon, room 4", user_id=43, first_name="Anna",
+                          chat_id=GROUP)
+    answer = await bot.send("@tgmux_bot is that right?", user_id=42, chat_id=GROUP,
+                            reply_to_message_id=anna.message_id, quote="room 4")
+    assert answer.text == "echo: is that right?"
+    assert bot.seen[-1].reply_to == RepliedTo(text="the meeting is at noon, room 4",
+                                              author="Anna", quote="room 4",
+                                              message_id=anna.message_id)
+    assert bot.seen[-1].addressed
+
+
+async def test_a_message_in_a_topic_does_not_reply_to_the_topics_root(bot: Any) -> None:
+    await bot.send("@tgmux_bot hi", user_id=42, chat_id=FORUM, chat_type="supergroup",
+                   thread_id=5, message_id=17)
+    assert bot.seen[-1].reply_to is None
+    await bot.send("@tgmux_bot again", user_id=42, chat_id=FORUM, thread_id=5,
+                   reply_to_message_id=17)
+    assert bot.seen[-1].reply_to is not None and bot.seen[-1].reply_to.text == "@tgmux_bot hi"
