@@ -482,6 +482,13 @@ class World:
         updates = self._deliver(message, user, state, delivery)
         return updates, chat_id, message_id
 
+    def will_send(self, chat_id: int, message_id: int) -> bool:
+        """Whether ``message_id`` is one the bot has not sent in the chat yet (its messages
+        are numbered after the chat's input messages)."""
+        state = self._chats.get(chat_id)
+        return (state is not None and message_id >= state.next_outgoing
+                and (chat_id, message_id) not in self._messages)
+
     def _replied(self, chat_id: int, message_id: int | None, quote: str | None,
                  reply_to_bot: bool) -> TLObject | None:
         """The message an input line replies to (``reply_to_message_id``), checked as Telegram
