@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tgmux.backend import Audio, CommandSpec, HttpBackend, Notice, ReplyPart, Text, Turn
+from tgmux.context import with_context
 from tgmux.errors import BackendError
 from tgmux.ratelimit import Limiter, SlidingWindowLimiter, shared_limiter, shared_store_limiter
 from tgmux.store.base import Namespace
@@ -45,6 +46,8 @@ __all__ = [
 log = logging.getLogger("tgmux.backends.bambisleep")
 
 EMPTY_REPLY = "The AI answered with an empty message."
+#: the provider's longest prompt (characters): a message with its context is cut to it
+PROMPT_CHARS = 4000
 
 
 def format_triggers(template: str, triggers: list[str]) -> str:
@@ -198,14 +201,18 @@ class BambiSleepBackend(HttpBackend[BambiSleepClient]):
 
     async def reply(self, turn: Turn) -> AsyncIterator[ReplyPart]:
         opts: BambiSleepSettings = turn.options or self.settings
+        # what the user replied to and what the group said, in short text before it, within
+        # the provider's prompt limit (the context is cut, never the user's text)
+        prompt = with_context(turn.text, turn.reply_to, turn.group_context,
+                              max_chars=PROMPT_CHARS)
         if self.ws is not None:
             answer = await self.ws.ask((turn.chat.chat_id, turn.chat.message_thread_id),
-                                       turn.text)
+                                       prompt)
             text = answer.content.strip()
             yield Text(text) if text else Notice(EMPTY_REPLY)
             return
         result = await self.client.generate(
-            turn.text,
+            prompt,
             model=opts.model,
             include_audio=opts.include_audio,
             include_triggers=opts.include_triggers,
