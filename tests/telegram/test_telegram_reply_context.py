@@ -4,6 +4,7 @@ Pyrogram client on the offline Telegram."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -81,3 +82,26 @@ async def test_a_message_in_a_topic_does_not_reply_to_the_topics_root(bot: Any) 
     await bot.send("@tgmux_bot again", user_id=42, chat_id=FORUM, thread_id=5,
                    reply_to_message_id=17)
     assert bot.seen[-1].reply_to is not None and bot.seen[-1].reply_to.text == "@tgmux_bot hi"
+
+
+async def test_a_reply_whose_message_cannot_be_fetched_is_answered_without_it(
+        bot: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tgmux.telegram")
+    first = await bot.send("hello", user_id=42)
+    bot.telegram.fail("messages.GetMessages", "FLOOD_WAIT_30")
+    reply = await bot.send("and?", user_id=42, reply_to_message_id=first.messages[0]["message_id"])
+    assert reply.text == "echo: and?"
+    assert bot.seen[-1].reply_to is None
+    assert "the message it replies to could not be fetched" in caplog.text
+
+
+async def test_the_context_survives_the_inbox_payload(bot: Any) -> None:
+    anna = await bot.send("the meeting is at noon", user_id=43, first_name="Anna",
+                          chat_id=GROUP)
+    await bot.send("@tgmux_bot sure? see the notes", user_id=42, chat_id=GROUP,
+                   reply_to_message_id=anna.message_id, quote="noon",
+                   entities=[{"type": "text_link", "offset": 21, "length": 5,
+                              "url": "https://example.com/n"}])
+    message = bot.seen[-1]
+    assert message.reply_to is not None and message.entities
+    assert IncomingMessage.from_payload(message.to_payload()) == message
