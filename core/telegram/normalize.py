@@ -28,6 +28,7 @@ import asyncio
 import logging
 import re
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -221,13 +222,18 @@ def replied_to(message: Message, me: User, sent: RecentIds | None = None) -> Rep
 
 
 async def with_replied_to(client: Client, message: Message, incoming: IncomingMessage,
-                          me: User, sent: RecentIds | None = None) -> IncomingMessage:
+                          me: User, sent: RecentIds | None = None,
+                          answered: Callable[[IncomingMessage], bool] | None = None
+                          ) -> IncomingMessage:
     """``incoming`` with the message it replies to, fetched when the client does not have it
     (tgmux's clients fetch nothing while parsing updates: see
     :data:`tgmux.telegram.client.CLIENT_OPTIONS`). One ``messages.getMessages`` (or
-    ``channels.getMessages``), only for a reply that is answered, bounded by
-    :data:`REPLY_FETCH_TIMEOUT`; when it fails the message goes on without the context."""
-    if incoming.reply_to is not None or not incoming.addressed or not is_reply(message):
+    ``channels.getMessages``), only for a reply that is answered (``answered``: default,
+    when it is addressed to the bot), bounded by :data:`REPLY_FETCH_TIMEOUT`; when it fails
+    the message goes on without the context."""
+    if incoming.reply_to is not None or not is_reply(message):
+        return incoming
+    if not (incoming.addressed or (answered is not None and answered(incoming))):
         return incoming
     try:
         async with asyncio.timeout(REPLY_FETCH_TIMEOUT):

@@ -20,6 +20,10 @@ telegram:
   flood: {private_per_second: 100, group_per_minute: 6000}
 backends:
   echo: {type: echo, prefix: "echo: "}
+routes:
+  - match: {chat_id: -4009999999}
+    backend: echo
+    group_trigger: always
 default: echo
 """
 
@@ -105,3 +109,21 @@ async def test_the_context_survives_the_inbox_payload(bot: Any) -> None:
     message = bot.seen[-1]
     assert message.reply_to is not None and message.entities
     assert IncomingMessage.from_payload(message.to_payload()) == message
+
+
+async def test_a_reply_in_a_group_that_answers_everything_has_its_context(bot: Any) -> None:
+    chat = -4009999999  # group_trigger: always: answered without a mention
+    anna = await bot.send("pizza or pasta?", user_id=43, first_name="Anna", chat_id=chat)
+    said = await bot.send("let's meet", user_id=43, first_name="Anna", chat_id=GROUP)
+    await bot.restart()  # the client no longer has those messages: it asks Telegram
+    before = len(bot.telegram.requests)
+    reply = await bot.send("pasta", user_id=42, chat_id=chat,
+                           reply_to_message_id=anna.message_id)
+    assert reply.text == "echo: pasta"
+    assert bot.seen[-1].reply_to == RepliedTo(text="pizza or pasta?", author="Anna",
+                                              message_id=anna.message_id)
+    assert [r.name for r in bot.telegram.requests[before:]].count("messages.GetMessages") == 1
+    # in a group answering mentions only, an unaddressed reply costs no request
+    before = len(bot.telegram.requests)
+    await bot.send("agreed", user_id=44, chat_id=GROUP, reply_to_message_id=said.message_id)
+    assert not [r for r in bot.telegram.requests[before:] if r.name.endswith("GetMessages")]
