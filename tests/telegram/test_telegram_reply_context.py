@@ -4,12 +4,15 @@ Pyrogram client on the offline Telegram."""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from typing import Any
 
 import pytest
 
 from tgmux.hooks import hookimpl
+from tgmux.telegram.simulate import parse_input_line
 from tgmux.types import Entity, IncomingMessage, RepliedTo
 
 GROUP = -4001234567
@@ -127,3 +130,25 @@ async def test_a_reply_in_a_group_that_answers_everything_has_its_context(bot: A
     before = len(bot.telegram.requests)
     await bot.send("agreed", user_id=44, chat_id=GROUP, reply_to_message_id=said.message_id)
     assert not [r for r in bot.telegram.requests[before:] if r.name.endswith("GetMessages")]
+
+
+def test_simulate_input_lines_with_formatting_and_replies_are_checked() -> None:
+    line = {"user_id": 1, "text": "print(1) docs", "reply_to_message_id": 3, "quote": "x",
+            "entities": [{"type": "pre", "offset": 0, "length": 8, "language": "python"},
+                         {"type": "text_link", "offset": 9, "length": 4,
+                          "url": "https://example.com"}]}
+    assert parse_input_line(json.dumps(line)) == line
+    for fields, problem in [
+        ({"entities": {"type": "bold"}}, "entities: expected list"),
+        ({"entities": [{"type": "bold", "offset": 0}]}, "entities[0].length: expected a number"),
+        ({"entities": [{"type": "bold", "offset": 0, "length": 1, "colour": 1}]},
+         "entities[0]: unknown field(s): colour"),
+        ({"entities": [{"type": "code", "offset": 0, "length": 1, "language": "c"}]},
+         "entities[0].language: a string, for a pre entity only"),
+        ({"entities": [{"type": "bold", "offset": 0, "length": 1, "url": "https://x.y"}]},
+         "entities[0].url: only a text_link has a url"),
+        ({"quote": "hi"}, "quote: a quote is part of the message replied to"),
+        ({"reply_to_message_id": 0}, "reply_to_message_id: a message id is 1 to"),
+        ({"reply_to_message_id": 2, "reply_to_bot": True}, "give one of them")]:
+        with pytest.raises(ValueError, match=re.escape(problem)):
+            parse_input_line(json.dumps({"user_id": 1, "text": "hi", **fields}))
