@@ -30,6 +30,20 @@ STORE_UNAVAILABLE = ("I cannot do that right now: my storage is not answering. M
 BUILTIN_NAMES = frozenset(c.name for c in BUILTIN_COMMANDS)
 
 
+def builtin_answers(engine: Engine, command: str | None,
+                    decision: RouteDecision | None) -> bool:
+    """Whether a built-in command answers ``command`` (one of :data:`BUILTIN_NAMES`).
+    ``/start`` is the route's backend's when it declares a ``start`` command: a deep link's
+    payload (``t.me/bot?start=PAYLOAD``) reaches it as ``turn.args``; otherwise the built-in
+    greeting answers (the payload reaches plugins only, ``IncomingMessage.start_payload``)."""
+    if command not in BUILTIN_NAMES:
+        return False
+    if command != "start" or decision is None:
+        return True
+    backend = engine.backends.get(decision.backend)
+    return backend is None or all(spec.name != "start" for spec in backend.commands())
+
+
 async def run_builtin(engine: Engine, command: str, message: IncomingMessage,
                       decision: RouteDecision | None) -> list[ReplyPart]:
     """Answer one of :data:`BUILTIN_COMMANDS`."""

@@ -39,8 +39,8 @@ from tgmux.backend import Backend, Turn
 from tgmux.backend_use import BackendsInUse, StepDeadline
 from tgmux.chat_commands import (
     BUILTIN_COMMANDS,
-    BUILTIN_NAMES,
     admin_only_notice,
+    builtin_answers,
     help_text,
     interrupted_notice,
     run_builtin,
@@ -567,7 +567,7 @@ class Engine:
         account = self.router_for(chat.account).account
         refused = self.gate.denied(account, message)
         command = message.command
-        if refused is None and command not in BUILTIN_NAMES:
+        if refused is None and not builtin_answers(self, command, decision):
             try:
                 refused = await self.gate.limited(account, message)
             except Exception as exc:  # the limits' counters are down: answer all the same
@@ -594,7 +594,7 @@ class Engine:
         if rewritten is not message:  # its text may match another route now
             message, decision = rewritten, await self.decide(rewritten)
             command = message.command
-        if command in BUILTIN_NAMES:
+        if builtin_answers(self, command, decision):
             await self._send(chat, await run_builtin(self, command, message, decision),
                              chat.message_id)
             return

@@ -16,10 +16,11 @@ from typing import Any
 from tgmux.backend import Backend, History, ShareMedia, Turn
 from tgmux.router import RouteDecision
 from tgmux.store import Store
-from tgmux.types import ChatIdentity, ChatLine, IncomingMessage
+from tgmux.types import COMMAND_PATTERN, ChatIdentity, ChatLine, IncomingMessage, TextFormat
+from tgmux.user_text import user_text
 
 __all__ = ["CONTEXT_LINE_CHARS", "CONTEXT_MAX_AGE", "build_turn", "chat_line", "history_for",
-           "keep_context", "prune_context", "take_context"]
+           "keep_context", "prune_context", "take_context", "text_format", "turn_text"]
 
 log = logging.getLogger("tgmux.turns")
 
@@ -29,6 +30,21 @@ CONTEXT_LINE_CHARS = 1000
 AUTHOR_CHARS = 64
 #: Seconds a group message is kept as context when no turn takes it: "what was just said".
 CONTEXT_MAX_AGE = 86400.0
+
+
+def text_format(backend: Backend, options: Any) -> TextFormat:
+    """The backend's ``format`` (a route may override it)."""
+    return getattr(options, "format", None) or getattr(backend.settings, "format", "plain")
+
+
+def turn_text(message: IncomingMessage, text_format: TextFormat) -> str:
+    """What the user wrote as the backend reads it: their formatting in Markdown for a
+    Markdown backend (:mod:`tgmux.user_text`); a command's arguments for a command."""
+    text = user_text(message.text, message.entities, text_format)
+    if message.command is None:
+        return text
+    match = COMMAND_PATTERN.match(text)
+    return (match.group(2) or "").strip() if match else message.args
 
 
 def history_for(store: Store, backend: Backend, chat: ChatIdentity,
@@ -48,7 +64,7 @@ def build_turn(message: IncomingMessage, decision: RouteDecision, backend: Backe
     chat = message.chat
     command = message.command
     return Turn(
-        text=message.args if command else message.text,
+        text=turn_text(message, text_format(backend, decision.options)),
         chat=chat,
         options=decision.options,
         kv=backend.kv,

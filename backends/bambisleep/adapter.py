@@ -31,6 +31,7 @@ from tgmux.backend import (
     Text,
     Turn,
 )
+from tgmux.context import with_context
 from tgmux.errors import BackendError
 from tgmux.ratelimit import Limiter, SlidingWindowLimiter, shared_limiter, shared_store_limiter
 from tgmux.store.base import Namespace
@@ -54,6 +55,8 @@ __all__ = [
 log = logging.getLogger("tgmux.backends.bambisleep")
 
 EMPTY_REPLY = "The AI answered with an empty message."
+#: the provider's longest prompt (characters): a message with its context is cut to it
+PROMPT_CHARS = 4000
 
 
 def format_triggers(template: str, triggers: list[str]) -> str:
@@ -213,13 +216,17 @@ class BambiSleepBackend(HttpBackend[BambiSleepClient]):
 
     async def reply(self, turn: Turn) -> AsyncIterator[ReplyPart]:
         opts: BambiSleepSettings = turn.options or self.settings
+        # what the user replied to and what the group said, in short text before it, within
+        # the provider's prompt limit (the context is cut, never the user's text)
+        prompt = with_context(turn.text, turn.reply_to, turn.group_context,
+                              max_chars=PROMPT_CHARS)
         if self.ws is not None:
-            answer = await self.ws.ask(ws_key(turn.chat), turn.text)
+            answer = await self.ws.ask(ws_key(turn.chat), prompt)
             text = answer.content.strip()
             yield Text(text) if text else Notice(EMPTY_REPLY)
             return
         result = await self.client.generate(
-            turn.text,
+            prompt,
             model=opts.model,
             include_audio=opts.include_audio,
             include_triggers=opts.include_triggers,

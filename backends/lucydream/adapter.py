@@ -30,6 +30,7 @@ from tgmux.backend import (
     Text,
     Turn,
 )
+from tgmux.context import with_context
 from tgmux.errors import BadRequestError, NotFoundError, ProtocolError
 from tgmux.singleflight import SingleFlight
 from tgmux.text import join_blocks as split_text_parts
@@ -49,6 +50,9 @@ T = TypeVar("T")
 #: One /history message at most this long (UTF-16 code units), so that each message reads on
 #: its own in any frontend (Telegram's limit is 4096).
 HISTORY_PART_LIMIT = 4000
+#: a message with its context (tgmux.context) is cut to this many characters (the context is
+#: cut, never the user's text)
+CONTEXT_CHARS = 4000
 
 NO_HISTORY = "No history yet."
 PROFILE_FAILED = "I couldn't set up your profile with the AI provider. Please try again later."
@@ -194,10 +198,12 @@ class LucyDreamBackend(HttpBackend[LucyDreamClient]):
         ]
 
     async def reply(self, turn: Turn) -> AsyncIterator[ReplyPart]:
-        text = turn.text
-        if not text.strip():
+        if not turn.text.strip():
             yield Notice("Send me a text message.")
             return
+        # what the user replied to and what the group said, in short text before it
+        text = with_context(turn.text, turn.reply_to, turn.group_context,
+                            max_chars=max(CONTEXT_CHARS, len(turn.text) + 2))
         model = self._options(turn).model
 
         async def send(user_id: str) -> str:

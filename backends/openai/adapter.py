@@ -35,6 +35,7 @@ from tgmux.backend import (
     api_root,
     optional_secret,
 )
+from tgmux.context import reply_preamble
 from tgmux.errors import BackendError, BadRequestError, NotFoundError, ProtocolError
 from tgmux.text import join_blocks, shorten, valid_unicode
 
@@ -46,6 +47,9 @@ log = logging.getLogger("tgmux.backends.openai")
 HISTORY_PART_LIMIT = 4000
 #: Retries after "context length exceeded", each with fewer remembered exchanges.
 CONTEXT_RETRIES = 2
+#: characters of the replied-to message, and of each of the group's recent messages, sent
+REPLY_CHARS = 2000
+GROUP_LINE_CHARS = 1000
 
 NO_HISTORY = "Nothing remembered yet."
 MEMORY_OFF = "This AI remembers nothing between messages here (history: max_turns is 0)."
@@ -219,12 +223,12 @@ class OpenAIBackend(HttpBackend[OpenAIClient]):
         if photo is not None and photo.data is None and photo.readable:
             # fetched now, not when the message came (MediaUnavailable tells the user)
             photo = dataclasses.replace(photo, data=await photo.read())
-        user = new_message(turn.text, photo)
+        user = new_message(with_reply(turn.text, turn), photo)
         remembered = await turn.history.read() if turn.history is not None else []
         kept = len(remembered)
         for attempt in range(CONTEXT_RETRIES + 1):
             messages = build_messages(opts.system_prompt, remembered[len(remembered) - kept:],
-                                      user)
+                                      user, group_messages(turn))
             body = chat_body(opts.model, messages, stream=opts.stream, **opts.sampling())
             try:
                 async for part in self._ask(body, opts):
@@ -334,15 +338,37 @@ def new_message(text: str, photo: Media | None = None) -> dict[str, Any]:
     return {"role": "user", "content": content}
 
 
+def with_reply(text: str, turn: Turn) -> str:
+    """The user's text after the message it replies to (``turn.reply_to``): ``[In reply to
+    Anna: "…" — quoting: "…"]``, a blank line, the text (a reply to the bot's own message
+    says ``your message``)."""
+    preamble = reply_preamble(turn.reply_to, limit=REPLY_CHARS, whole=True)
+    if not preamble:
+        return text
+    return f"{preamble}\n\n{text}" if text.strip() else preamble
+
+
+def group_messages(turn: Turn) -> list[dict[str, Any]]:
+    """The group's recent messages not addressed to the bot (``turn.group_context``, route
+    key ``group_context``), oldest first: earlier user messages, ``Anna: text`` (the sender's
+    name in the text: the API's ``name`` field is optional, restricted to ``[A-Za-z0-9_-]``
+    and ignored by many compatible servers)."""
+    return [{"role": "user", "content": f"{line.author}: {shorten(line.text, GROUP_LINE_CHARS)}"}
+            for line in turn.group_context if line.text.strip()]
+
+
 def build_messages(system_prompt: str | None, remembered: list[Exchange],
-                   user: dict[str, Any]) -> list[dict[str, Any]]:
-    """The system prompt, the remembered exchanges (oldest first), the new message."""
+                   user: dict[str, Any], context: list[dict[str, Any]] | None = None
+                   ) -> list[dict[str, Any]]:
+    """The system prompt, the remembered exchanges (oldest first), the group's recent
+    messages (``context``), the new message."""
     messages: list[dict[str, Any]] = []
     if system_prompt and system_prompt.strip():
         messages.append({"role": "system", "content": system_prompt})
     for exchange in remembered:
         messages.append({"role": "user", "content": exchange.user})
         messages.append({"role": "assistant", "content": exchange.reply})
+    messages.extend(context or ())
     messages.append(user)
     return messages
 

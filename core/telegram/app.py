@@ -53,7 +53,7 @@ from tgmux.telegram.client import abandon
 from tgmux.telegram.frontend import TelegramFrontend
 from tgmux.telegram.media import TelegramMedia
 from tgmux.telegram.menus import MenuQueue
-from tgmux.telegram.normalize import normalize
+from tgmux.telegram.normalize import normalize, with_replied_to
 from tgmux.telegram.revoked import revocation_advice
 from tgmux.telegram.stale import StaleMessages
 from tgmux.telegram.store_session import StorePositions
@@ -271,11 +271,20 @@ class TelegramAccount:
         log.error("%s: %s; this account stops", self.name, revocation_advice(code, is_bot=is_bot))
         self.revoked_event.set()
 
+    def _answers_every_message(self, message: IncomingMessage) -> bool:
+        """Whether the message's route answers a group message not addressed to the bot
+        (``group_trigger: always``)."""
+        decision = self.engine.router_for(self.name).decide(message)
+        return decision is not None and decision.group_trigger == "always"
+
     async def _on_message(self, client: Client, message: Message) -> None:
         me = client.me
         if me is None:
             return
         incoming = normalize(message, me, self.frontend.sent_ids, self.name, self.media.fetch)
+        if incoming is not None:  # the replied-to message, when the client does not have it
+            incoming = await with_replied_to(client, message, incoming, me, self.frontend.sent_ids,
+                                             self._answers_every_message)
         if incoming is not None and incoming.addressed and message.date is not None and \
                 self.stale.check(incoming, message.date.timestamp()):
             incoming = None  # too old (caught up after an outage): its user is told, once

@@ -8,6 +8,9 @@ The frontend's job, not the engine's:
 - ``/cmd@ourname args`` becomes ``/cmd args``; ``/cmd@otherbot`` is not ours: ignored;
 - ``message_thread_id`` is set for messages in topics (forums', and private chats' in
   threaded mode);
+- the user's formatting becomes ``entities`` (Bot API names, UTF-16 offsets into the text as
+  the engine gets it, after the stripping above); a reply to another message (the user's or
+  ours; not a topic's root) becomes ``reply_to`` (its text, author, the quoted part);
 - non-text messages carry a :class:`~tgmux.backend.Media` with a :class:`~tgmux.types.MediaRef`
   (the file id, the message): no bytes; a backend that reads them has them fetched then
   (:mod:`tgmux.telegram.media`), also after a restart.
@@ -21,22 +24,28 @@ once at INFO, without the text.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from pyrogram import enums
+from pyrogram import Client, enums
 from pyrogram.types import Message, User
 
 from tgmux.backend import ChatIdentity, ChatType, Media
 from tgmux.telegram.textsplit import utf16_len
-from tgmux.types import IncomingMessage, MediaFetcher, MediaRef
+from tgmux.types import Entity, IncomingMessage, MediaFetcher, MediaRef, RepliedTo
 
-__all__ = ["SERVICE_USER_ID", "RecentIds", "media_object", "normalize"]
+__all__ = ["REPLY_FETCH_TIMEOUT", "SERVICE_USER_ID", "RecentIds", "is_reply", "media_object",
+           "normalize", "replied_to", "with_replied_to"]
 
 log = logging.getLogger("tgmux.telegram")
 
+#: the longest the replied-to message of a reply is waited for (seconds)
+REPLY_FETCH_TIMEOUT = 5.0
 #: Telegram's service notifications account (login codes, security notices)
 SERVICE_USER_ID = 777000
 
@@ -133,6 +142,114 @@ def _strip_text_mentions(text: str, message: Message, me: User) -> tuple[str, bo
     return re.sub(r"[ \t]{2,}", " ", text).strip(" \t,:"), True
 
 
+def _entity_type(entity: Any) -> str:
+    """The Bot API name of a Pyrogram entity type (an expandable blockquote is its own)."""
+    name = getattr(entity.type, "name", "unknown").lower()
+    if name == "blockquote" and getattr(entity, "expandable", None):
+        return "expandable_blockquote"
+    return name
+
+
+def _kept_units(original: str, kept: str) -> list[int]:
+    """For each UTF-16 position of ``original`` (and its end), the UTF-16 position in ``kept``
+    where what follows it is: ``kept`` is ``original`` with characters removed (mentions of
+    us, a ``@ourname`` after a command), so the characters are matched in order."""
+    where: list[int] = []
+    j = units = 0
+    for ch in original:
+        width = utf16_len(ch)
+        where.extend([units] * width)
+        if j < len(kept) and kept[j] == ch:
+            j += 1
+            units += width
+    where.append(units)
+    return where
+
+
+def _entities(message: Message, original: str, text: str) -> tuple[Entity, ...]:
+    """The message's entities (its caption's for media) on ``text``, the stripped
+    ``original``; one left empty by the stripping (a mention of us) is dropped."""
+    found = message.entities or message.caption_entities or []
+    if not found:
+        return ()
+    moved = None if original == text else _kept_units(original, text)
+    size = utf16_len(text)
+    entities: list[Entity] = []
+    for entity in found:
+        start, end = entity.offset, entity.offset + entity.length
+        if moved is not None:
+            if not 0 <= start < end < len(moved):
+                continue
+            start, end = moved[start], moved[end]
+        start, end = max(0, start), min(size, end)
+        if end <= start:
+            continue
+        kind = _entity_type(entity)
+        entities.append(Entity(type=kind, offset=start, length=end - start,
+                               url=getattr(entity, "url", None) if kind == "text_link" else None,
+                               language=(getattr(entity, "language", None) or None)
+                               if kind == "pre" else None))
+    return tuple(entities)
+
+
+def is_reply(message: Message) -> bool:
+    """Whether the user replied to a message (one in a topic "replies" to the topic's root
+    in Telegram's terms: not a reply the user chose)."""
+    if not message.reply_to_message_id:
+        return False
+    return not (message.topic_message and not message.reply_to_top_message_id
+                and message.reply_to_message_id == message.message_thread_id)
+
+
+def replied_to(message: Message, me: User, sent: RecentIds | None = None) -> RepliedTo | None:
+    """The message ``message`` replies to (``message.reply_to_message``, when the client has
+    it), as a backend should see it; None when it replies to none."""
+    reply = message.reply_to_message
+    if reply is None or reply.service or reply.empty or not is_reply(message):
+        return None
+    user, chat = reply.from_user, message.chat
+    from_bot = (user is not None and user.id == me.id) or (
+        sent is not None and (chat.id, reply.id) in sent)
+    if user is not None:
+        author = user.first_name or (f"@{user.username}" if user.username else "")
+    else:  # a channel's post, or an anonymous admin: the chat's name
+        sender = reply.sender_chat or chat
+        author = getattr(sender, "title", None) or ""
+    quote = message.quote.text if message.quote is not None and message.quote.text else None
+    return RepliedTo(text=str(reply.text or reply.caption or ""), author=author,
+                     from_bot=from_bot, quote=str(quote) if quote else None,
+                     message_id=reply.id)
+
+
+async def with_replied_to(client: Client, message: Message, incoming: IncomingMessage,
+                          me: User, sent: RecentIds | None = None,
+                          answered: Callable[[IncomingMessage], bool] | None = None
+                          ) -> IncomingMessage:
+    """``incoming`` with the message it replies to, fetched when the client does not have it
+    (tgmux's clients fetch nothing while parsing updates: see
+    :data:`tgmux.telegram.client.CLIENT_OPTIONS`). One ``messages.getMessages`` (or
+    ``channels.getMessages``), only for a reply that is answered (``answered``: default,
+    when it is addressed to the bot), bounded by :data:`REPLY_FETCH_TIMEOUT`; when it fails
+    the message goes on without the context."""
+    if incoming.reply_to is not None or not is_reply(message):
+        return incoming
+    if not (incoming.addressed or (answered is not None and answered(incoming))):
+        return incoming
+    try:
+        async with asyncio.timeout(REPLY_FETCH_TIMEOUT):
+            reply = await client.get_messages(chat_id=message.chat.id, message_ids=message.id,
+                                              reply=True, replies=0)
+    except Exception as exc:  # RPCError, a timeout, a flood wait: the context is a bonus
+        log.info("chat %s message %s: the message it replies to could not be fetched (%s); "
+                 "answered without it", message.chat.id, message.id, exc)
+        return incoming
+    if not isinstance(reply, Message):
+        return incoming
+    message.reply_to_message = reply
+    found = replied_to(message, me, sent)
+    return incoming if found is None else replace(incoming, reply_to=found)
+
+
 def media_object(message: Message) -> Any:
     """The message's Pyrogram media object (``message.photo``, ``.voice``...), or None."""
     kind_enum = message.media
@@ -184,7 +301,7 @@ def normalize(message: Message, me: User, sent: RecentIds | None = None,
                  account, user.id, chat.id, message.id)
         return None
     text = message.text or message.caption or ""
-    text = str(text)
+    text = original = str(text)
     addressed = chat_type == "private" or bool(message.mentioned)
     if me.username:
         text, found = _strip_mentions(text, me.username)
@@ -222,4 +339,6 @@ def normalize(message: Message, me: User, sent: RecentIds | None = None,
         text=text,
         media=media,
         addressed=addressed,
+        entities=_entities(message, original, text),
+        reply_to=replied_to(message, me, sent),
     )

@@ -36,7 +36,12 @@ from tgmux.telegram.fake import (
     offline_client,
 )
 from tgmux.telegram.fake.faults import HANG, check_method
-from tgmux.telegram.fake.updates import DELIVERIES, MAX_INPUT_MESSAGE_ID, is_url
+from tgmux.telegram.fake.updates import (
+    DELIVERIES,
+    MAX_INPUT_MESSAGE_ID,
+    check_entities,
+    is_url,
+)
 from tgmux.telegram.run import stop_signals
 from tgmux.telegram.store_session import StoreSession
 from tgmux.telegram.textsplit import utf16_len
@@ -48,7 +53,7 @@ _INPUT_FIELDS: dict[str, type] = {
     "chat_id": int, "chat_type": str, "user_id": int, "username": str, "first_name": str,
     "text": str, "message_id": int, "thread_id": int, "reply_to_bot": bool, "photo": str,
     "voice": str, "sticker": str, "document": str, "account": str, "chat_title": str,
-    "delivery": str, "date": int,
+    "delivery": str, "date": int, "entities": list, "reply_to_message_id": int, "quote": str,
 }
 #: control lines (``{"telegram": ...}``): their fields, and which are required
 _CONTROL_FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
@@ -153,12 +158,18 @@ def parse_input_line(line: str) -> dict[str, Any]:
         if isinstance(value, str):
             _check_string(key, value)
         fields[key] = value
-    for key in ("message_id", "thread_id"):
+    for key in ("message_id", "thread_id", "reply_to_message_id"):
         if key in fields and not 0 < fields[key] <= MAX_INPUT_MESSAGE_ID:
             raise ValueError(f"{key}: a message id is 1 to {MAX_INPUT_MESSAGE_ID}, "
                              f"not {fields[key]}")
     if "user_id" not in fields:
         raise ValueError("user_id is required")
+    check_entities(fields.get("text", ""), fields.get("entities", []))
+    if "quote" in fields and "reply_to_message_id" not in fields:
+        raise ValueError("quote: a quote is part of the message replied to; give "
+                         "reply_to_message_id too")
+    if "reply_to_message_id" in fields and fields.get("reply_to_bot"):
+        raise ValueError("reply_to_message_id and reply_to_bot: give one of them")
     if "text" not in fields and not any(k in fields for k in _MEDIA_FIELDS):
         raise ValueError("text is required (or one of: photo, voice, sticker, document)")
     chat_id = fields.get("chat_id", fields["user_id"])

@@ -6,6 +6,7 @@ See :mod:`tgmux.telegram.fake` for what it does and how it is used.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -37,9 +38,12 @@ if TYPE_CHECKING:
     from tgmux.backend import ChatIdentity, ReplyPart
     from tgmux.telegram.frontend import TelegramFrontend
 
-__all__ = ["FakeTelegram", "Request", "replying_to"]
+__all__ = ["REPLY_WAIT", "FakeTelegram", "Request", "replying_to"]
 
 log = logging.getLogger("tgmux.telegram.fake")
+
+#: How long an incoming reply to a message the bot has not sent yet waits for it (seconds).
+REPLY_WAIT = 60.0
 
 #: Requests that show up in a chat, and so count against Telegram's flood limits.
 _FLOOD_COUNTED = frozenset({"send_message", "edit_message", "send_photo", "send_voice",
@@ -237,11 +241,27 @@ class FakeTelegram(Handlers):
     async def incoming(self, **fields: Any) -> tuple[int, int]:
         """Deliver one incoming message (fields as in a ``tgmux simulate`` input line);
         returns ``(chat_id, message_id)``. While the client is offline the message waits for
-        its catch-up (``updates.getDifference``) at the next start."""
+        its catch-up (``updates.getDifference``) at the next start. A reply to a message the
+        bot has not sent yet (``reply_to_message_id`` past the chat's last outgoing id) waits
+        for it, up to :data:`REPLY_WAIT` seconds: a script replies to the bot's answers."""
+        target = fields.get("reply_to_message_id")
+        if target is not None:
+            await self._sent_yet(fields.get("chat_id", fields.get("user_id")), target)
         updates, chat_id, message_id = self.build_incoming(**fields)
         self.save()
         await self.push(updates)
         return chat_id, message_id
+
+    async def _sent_yet(self, chat_id: Any, message_id: int) -> None:
+        """Wait until the bot sent ``message_id`` in ``chat_id`` when it is one of its next
+        messages (at most :data:`REPLY_WAIT` s; then the line is refused as unknown)."""
+        if not isinstance(chat_id, int) or not self.will_send(chat_id, message_id):
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REPLY_WAIT):
+                while self.will_send(chat_id, message_id):
+                    changed = self._changed
+                    await changed.wait()
 
     async def push(self, updates: TLObject | None) -> None:
         """Push raw updates to the client, as the network does (dropped while it is not

@@ -22,12 +22,14 @@ from tgmux.telegram.textsplit import utf16_len
 __all__ = [
     "CHANNEL_ID_BASE",
     "DELIVERIES",
+    "ENTITY_TYPES",
     "FIRST_OUTGOING_ID",
     "MAX_INPUT_MESSAGE_ID",
     "SERVICE_USER_ID",
     "ChatState",
     "World",
     "check_chat",
+    "check_entities",
     "infer_chat_type",
     "is_url",
     "wire",
@@ -54,6 +56,72 @@ _FILE_REFERENCE = b"tgmux-fake-file:"
 
 MENTION = re.compile(r"(?<![\w@])@([A-Za-z][A-Za-z0-9_]{3,31})\b")
 _COMMAND = re.compile(r"^/[A-Za-z0-9_]{1,32}(@[A-Za-z][A-Za-z0-9_]{3,31})?")
+
+
+#: The user's formatting a message can carry (input ``entities``): Bot API name → raw type.
+#: ``text_mention`` and ``custom_emoji`` need a user or a sticker: not simulated.
+ENTITY_TYPES: dict[str, type[TLObject]] = {
+    "bold": raw.types.MessageEntityBold, "italic": raw.types.MessageEntityItalic,
+    "underline": raw.types.MessageEntityUnderline,
+    "strikethrough": raw.types.MessageEntityStrike,
+    "spoiler": raw.types.MessageEntitySpoiler, "code": raw.types.MessageEntityCode,
+    "pre": raw.types.MessageEntityPre, "text_link": raw.types.MessageEntityTextUrl,
+    "blockquote": raw.types.MessageEntityBlockquote,
+    "expandable_blockquote": raw.types.MessageEntityBlockquote,
+    "url": raw.types.MessageEntityUrl, "mention": raw.types.MessageEntityMention,
+    "hashtag": raw.types.MessageEntityHashtag, "cashtag": raw.types.MessageEntityCashtag,
+    "bot_command": raw.types.MessageEntityBotCommand, "email": raw.types.MessageEntityEmail,
+    "phone_number": raw.types.MessageEntityPhone,
+}
+_ENTITY_KEYS = {"type", "offset", "length", "url", "language"}
+
+
+def check_entities(text: str, entities: list[Any]) -> None:
+    """Raise ValueError when ``entities`` (Bot API form, UTF-16 offsets) cannot be the
+    formatting of ``text``, saying which one and why."""
+    size = utf16_len(text)
+    for number, entity in enumerate(entities):
+        where = f"entities[{number}]"
+        if not isinstance(entity, dict):
+            raise ValueError(f"{where}: expected an object like {{\"type\": \"bold\", "
+                             f"\"offset\": 0, \"length\": 4}}, got {entity!r}")
+        unknown = sorted(set(entity) - _ENTITY_KEYS)
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s): {', '.join(unknown)} (known: type, "
+                             "offset, length, url, language)")
+        kind = entity.get("type")
+        if kind not in ENTITY_TYPES:
+            raise ValueError(f"{where}.type: one of {', '.join(ENTITY_TYPES)}, not {kind!r}")
+        offset, length = entity.get("offset"), entity.get("length")
+        for key, value in (("offset", offset), ("length", length)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{where}.{key}: expected a number, got {value!r}")
+        assert isinstance(offset, int) and isinstance(length, int)
+        if offset < 0 or length < 1 or offset + length > size:
+            raise ValueError(f"{where}: offset {offset}, length {length} is not within the "
+                             f"text ({size} UTF-16 code units)")
+        url, language = entity.get("url"), entity.get("language")
+        if kind == "text_link":
+            if not isinstance(url, str) or not is_url(url):
+                raise ValueError(f"{where}.url: a text_link needs its URL "
+                                 f"(\"url\": \"https://…\"), got {url!r}")
+        elif url is not None:
+            raise ValueError(f"{where}.url: only a text_link has a url")
+        if language is not None and (kind != "pre" or not isinstance(language, str)):
+            raise ValueError(f"{where}.language: a string, for a pre entity only")
+
+
+def raw_entity(entity: dict[str, Any]) -> TLObject:
+    """One input entity (checked by :func:`check_entities`) as Telegram sends it."""
+    kind = entity["type"]
+    extra: dict[str, Any] = {}
+    if kind == "pre":
+        extra["language"] = entity.get("language") or ""
+    elif kind == "text_link":
+        extra["url"] = entity["url"]
+    elif kind == "expandable_blockquote":
+        extra["collapsed"] = True
+    return ENTITY_TYPES[kind](offset=entity["offset"], length=entity["length"], **extra)
 
 
 def wire(obj: TLObject) -> TLObject:
@@ -101,6 +169,10 @@ def referenced_file(reference: bytes) -> bytes | None:
 
 def _digest(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()[:8]
+
+
+def _preview(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def infer_chat_type(chat_id: int) -> str:
@@ -238,8 +310,11 @@ class World:
             return raw.types.PeerChat(chat_id=-chat_id)
         return raw.types.PeerChannel(channel_id=CHANNEL_ID_BASE - chat_id)
 
-    def _entities(self, text: str) -> list[TLObject]:
-        entities: list[TLObject] = []
+    def _entities(self, text: str, given: list[dict[str, Any]] | None = None
+                  ) -> list[TLObject]:
+        """What Telegram finds in a text (a leading /command, @mentions) and the user's own
+        formatting ``given``, by offset."""
+        entities: list[TLObject] = [raw_entity(e) for e in given or ()]
         command = _COMMAND.match(text)
         if command:
             entities.append(raw.types.MessageEntityBotCommand(offset=0,
@@ -247,9 +322,11 @@ class World:
         for m in MENTION.finditer(text):
             if command and m.start() < command.end():
                 continue
-            entities.append(raw.types.MessageEntityMention(
-                offset=utf16_len(text[:m.start()]), length=utf16_len(m[0])))
-        return entities
+            offset = utf16_len(text[:m.start()])
+            if not any(e.offset == offset for e in entities):
+                entities.append(raw.types.MessageEntityMention(offset=offset,
+                                                               length=utf16_len(m[0])))
+        return sorted(entities, key=lambda e: (e.offset, -e.length))
 
     def _media(self, photo: str | bytes | None, voice: str | bytes | None,
                sticker: str | None, document: str | bytes | None) -> TLObject | None:
@@ -310,7 +387,10 @@ class World:
                        photo: str | bytes | None = None, voice: str | bytes | None = None,
                        sticker: str | None = None, document: str | bytes | None = None,
                        chat_title: str | None = None, date: int | None = None,
-                       delivery: str | None = None) -> tuple[TLObject | None, int, int]:
+                       delivery: str | None = None,
+                       entities: list[dict[str, Any]] | None = None,
+                       reply_to_message_id: int | None = None,
+                       quote: str | None = None) -> tuple[TLObject | None, int, int]:
         """Log one incoming message; the raw updates that carry it to the client (None when
         ``delivery`` is ``"gap"``), its chat id and message id.
 
@@ -319,12 +399,17 @@ class World:
         ``"gap"`` (not pushed: the client learns of it from the next update's pts or a
         getDifference), ``"too_long"`` (``updatesTooLong``; ``updateChannelTooLong`` in a
         supergroup or channel); None: what Telegram does (compact for a plain text from a
-        peer the account has seen, else full). ``date``: the message's unix time (now)."""
+        peer the account has seen, else full). ``date``: the message's unix time (now).
+        ``entities``: the user's formatting (Bot API form); ``reply_to_message_id``: a message
+        of the chat it replies to (an input one, or one the bot sent), ``quote`` the part of it
+        quoted. ValueError: a message Telegram would not take (nothing is logged then)."""
         if delivery not in (None, *DELIVERIES):
             raise ValueError(f"delivery: one of {', '.join(DELIVERIES)}, not {delivery!r}")
         chat_type = chat_type or infer_chat_type(user_id if chat_id is None else chat_id)
         chat_id = user_id if chat_id is None else chat_id
         check_chat(chat_id, chat_type, user_id)
+        check_entities(text, entities or [])
+        replied = self._replied(chat_id, reply_to_message_id, quote, reply_to_bot)
         state = self._chat(chat_id, chat_type, forum=thread_id is not None, title=chat_title)
         if message_id is None:
             message_id = state.last_incoming + 1
@@ -359,13 +444,24 @@ class World:
                 reply_to_top_id=thread_id if thread_id is not None and target != thread_id
                 else None)
             mentioned = True
+        elif replied is not None:
+            reply_to = raw.types.MessageReplyHeader(
+                reply_to_msg_id=replied.id, forum_topic=thread_id is not None or None,
+                reply_to_top_id=thread_id if thread_id is not None and replied.id != thread_id
+                else None)
+            # Telegram flags a reply to the account's own message as mentioning it
+            mentioned = mentioned or bool(replied.out)
         elif thread_id is not None:
             reply_to = raw.types.MessageReplyHeader(reply_to_msg_id=thread_id, forum_topic=True)
+        if quote is not None and replied is not None and reply_to is not None:
+            whole = replied.message or ""
+            reply_to.quote, reply_to.quote_text = True, quote
+            reply_to.quote_offset = utf16_len(whole[:whole.index(quote)])
         if thread_id is not None:
             state.topics.add(thread_id)
             self._thread_of[(chat_id, message_id)] = thread_id
         media = self._media(photo, voice, sticker, document)
-        entities = self._entities(text)
+        entities = self._entities(text, entities)
         date = int(time.time()) if date is None else date
         message = raw.types.Message(
             id=message_id, peer_id=self.peer(chat_id, chat_type), date=date,
@@ -385,6 +481,35 @@ class World:
                 else "push"
         updates = self._deliver(message, user, state, delivery)
         return updates, chat_id, message_id
+
+    def will_send(self, chat_id: int, message_id: int) -> bool:
+        """Whether ``message_id`` is one the bot has not sent in the chat yet (its messages
+        are numbered after the chat's input messages)."""
+        state = self._chats.get(chat_id)
+        return (state is not None and message_id >= state.next_outgoing
+                and (chat_id, message_id) not in self._messages)
+
+    def _replied(self, chat_id: int, message_id: int | None, quote: str | None,
+                 reply_to_bot: bool) -> TLObject | None:
+        """The message an input line replies to (``reply_to_message_id``), checked as Telegram
+        would: a message of that chat it has; a quote needs a replied-to message."""
+        if message_id is not None and reply_to_bot:
+            raise ValueError("reply_to_message_id and reply_to_bot: give one of them")
+        if quote is not None and message_id is None:
+            raise ValueError("quote: a quote is part of the message replied to; give "
+                             "reply_to_message_id too")
+        if message_id is None:
+            return None
+        message = self._messages.get((chat_id, message_id))
+        if not isinstance(message, raw.types.Message):
+            raise ValueError(f"reply_to_message_id: chat {chat_id} has no message {message_id} "
+                             "(an earlier input message of the chat, or a message the bot "
+                             "sent there: its output message_id)")
+        whole = message.message or ""
+        if quote is not None and (not quote.strip() or quote not in whole):
+            raise ValueError(f"quote: not a part of the text of message {message_id} "
+                             f"({_preview(whole)!r})")
+        return message
 
     def served(self, items: list[TLObject]) -> None:
         """The client was given these messages (or updates carrying them)."""
