@@ -365,19 +365,23 @@ async def test_the_documented_default_config_works_as_printed() -> None:
     example = yaml.safe_load(re.search(r"```yaml\n(.*?)```", page, re.S).group(1))
     abe = example["backends"]["abe"]
     assert "user_id" not in abe and "api_version" not in abe  # the default mode, as printed
+    route = example["routes"][0]  # a group whose route keeps 20 lines of context
+    group_id, replica = route["match"]["chat_id"][0], route["options"]["replica_uuid"]
     async with SensaySimulator(organization_secret=SECRET,
-                               replicas=[Replica(abe["replica_uuid"], "Abe")],
+                               replicas=[Replica(abe["replica_uuid"], "Abe"),
+                                         Replica(replica, "Club Abe")],
                                chunk_size=50) as server:
         abe["base_url"] = server.base_url
         text = yaml.safe_dump(example).replace("${SENSAY_ORGANIZATION_SECRET}", SECRET)
         h = EngineHarness.from_yaml(text, plugins=[sensay_plugin])
         async with h:
-            await h.say("chatter", user_id=7, chat_id=-4001, chat_type="group",
+            await h.say("chatter", user_id=7, chat_id=group_id, chat_type="supergroup",
                         addressed=False, chat_title="Club")
-            parts = await h.say("hi", user_id=42, chat_id=-4001, chat_type="group")
-        assert parts[-1] == Text("[Abe] hi (history: 1)")
+            parts = await h.say("hi", user_id=42, chat_id=group_id, chat_type="supergroup")
+            assert parts[-1] == Text("[Club Abe] hi (history: 1)")
+            assert (await h.say("hi", user_id=42))[-1] == Text("[Abe] hi (history: 0)")
         assert [r.path for r in server.requests][2] == (
-            f"/v1/replicas/{abe['replica_uuid']}/chat/history/telegram")
+            f"/v1/replicas/{replica}/chat/history/telegram")
         assert {r.header("X-USER-ID-TYPE") for r in server.requests if r.header("X-USER-ID")} \
             == {"telegram"}
 
