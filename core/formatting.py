@@ -630,8 +630,9 @@ class _Cutter:
         text = self.text
         while after < len(text) and text[after].isspace():
             after += 1
-        line = text.rfind("\n", cut, after) + 1
-        if 0 < line < after and after < len(text) and self.in_code(after - 1):
+        newline = text.rfind("\n", cut, after)
+        line = newline + 1 if newline >= 0 or cut == 0 else -1  # the text's start is a line's
+        if 0 <= line < after < len(text) and self.in_code(after - 1):
             return max(line, cut)
         return after
 
