@@ -196,34 +196,17 @@ _CONFIG = _config()
 
 
 def _cell_width(text: str) -> int:
+    if text.isascii():
+        return len(text)
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else
                0 if unicodedata.combining(ch) else 1 for ch in text)
 
 
 class _Walker(_converter.EventWalker):
-    """The library's walker with tgmux's choices: every heading bold, raw HTML kept as text,
-    tables aligned by display width."""
+    """The library's walker with tgmux's choices: every heading bold, inline HTML kept as
+    text, tables aligned by display width."""
 
     _HEADING_ENTITIES = {f"H{level}": ["bold"] for level in range(1, 7)}
-
-    def _handle_event(self, event: Any) -> None:
-        payload = event[0] if isinstance(event, tuple) else event
-        if isinstance(payload, dict) and "Html" in payload:
-            self._on_text(payload["Html"])  # a block of raw HTML: its text, as written
-            return
-        super()._handle_event(event)
-
-    def _on_start(self, tag: Any, source_range: dict[str, int] | None = None) -> None:
-        if tag == "HtmlBlock":
-            self._ensure_block_spacing(self._source_start(source_range))
-        super()._on_start(tag, source_range)
-
-    def _on_end(self, tag: Any) -> None:
-        if tag == "HtmlBlock":
-            last = self._buf.pop_last()
-            self._buf.write(last.rstrip("\n"))
-            self._mark_block_end()
-        super()._on_end(tag)
 
     def _on_inline_html(self, html: str) -> None:
         if html.strip().lower() in ("<tg-spoiler>", "</tg-spoiler>"):  # ||spoiler||
@@ -249,6 +232,30 @@ class _Walker(_converter.EventWalker):
         return "\n".join(lines)
 
 
+class _HtmlWalker(_Walker):
+    """For a text with HTML in it: blocks of raw HTML kept as the text they are too (the
+    check per event is only paid when there can be one)."""
+
+    def _handle_event(self, event: Any) -> None:
+        payload = event[0] if isinstance(event, tuple) else event
+        if isinstance(payload, dict) and "Html" in payload:
+            self._on_text(payload["Html"])
+            return
+        super()._handle_event(event)
+
+    def _on_start(self, tag: Any, source_range: dict[str, int] | None = None) -> None:
+        if tag == "HtmlBlock":
+            self._ensure_block_spacing(self._source_start(source_range))
+        super()._on_start(tag, source_range)
+
+    def _on_end(self, tag: Any) -> None:
+        if tag == "HtmlBlock":
+            last = self._buf.pop_last()
+            self._buf.write(last.rstrip("\n"))
+            self._mark_block_end()
+        super()._on_end(tag)
+
+
 # Spans are [start, end) in UTF-16 units, mutable while the entities are made valid.
 _Span = list  # [start, end, type, url, language]
 
@@ -256,7 +263,8 @@ _Span = list  # [start, end, type, url, language]
 def _convert(markdown: str) -> tuple[str, list[_Span]]:
     source, events = _converter._parse(markdown, _converter.STANDARD_OPTIONS,
                                        latex_escape=True)
-    text, entities, _segments = _Walker(_CONFIG, source).walk(events)
+    walker = _HtmlWalker if "<" in source else _Walker
+    text, entities, _segments = walker(_CONFIG, source).walk(events)
     spans = [[e.offset, e.offset + e.length, e.type, e.url, e.language or None]
              for e in entities if e.type in KNOWN and e.type != "custom_emoji"]
     return text, spans
@@ -342,15 +350,16 @@ def _without_code(spans: list[_Span]) -> list[_Span]:
 def _valid(spans: list[_Span], total: int, units: _Units | None) -> list[_Span]:
     """The spans cut, merged or dropped so that Telegram accepts them (see :func:`check`)."""
     spans = _without_code(spans)
-    queue = []
+    ordered = []
     for n, span in enumerate(spans):
         start, end = max(span[0], 0), min(span[1], total)
         if units is not None:  # never between the halves of an emoji
             start += units.inside_pair(start)
             end -= units.inside_pair(end)
         if end > start and span[2] in KNOWN:
-            queue.append((start, -end, _rank(span[2]), n, [start, end, *span[2:]]))
-    heapq.heapify(queue)
+            ordered.append((start, -end, _rank(span[2]), n, [start, end, *span[2:]]))
+    ordered.sort(reverse=True)  # popped from the end: in order
+    pieces: list[tuple[int, int, int, int, _Span]] = []  # cut off on the way: a heap
     serial = len(spans)
     stack: list[_Span] = []
     out: list[_Span] = []
@@ -359,10 +368,14 @@ def _valid(spans: list[_Span], total: int, units: _Units | None) -> list[_Span]:
         nonlocal serial
         if end > start:
             serial += 1
-            heapq.heappush(queue, (start, -end, _rank(like[2]), serial, [start, end, *like[2:]]))
+            heapq.heappush(pieces, (start, -end, _rank(like[2]), serial, [start, end, *like[2:]]))
 
-    while queue:
-        start, _, _, _, span = heapq.heappop(queue)
+    while ordered or pieces:
+        if pieces and (not ordered or pieces[0] < ordered[-1]):
+            span = heapq.heappop(pieces)[4]
+        else:
+            span = ordered.pop()[4]
+        start = span[0]
         end, kind = span[1], span[2]
         while stack and stack[-1][1] <= start:
             stack.pop()
