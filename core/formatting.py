@@ -10,15 +10,17 @@ task lists), with tgmux's choices on top:
   link whose text is its URL is a ``url``), ``> quotes`` (``blockquote``; over 200 UTF-16
   units ``expandable_blockquote``), fenced code (``pre`` with its language).
 - Headings: the heading's text, ``bold`` (every level; no emoji before it).
-- Lists: ``•`` bullets, ``1.`` numbers as written, two spaces of indent per nested level;
-  task items ``☐`` / ``☑``.
+- Lists: ``•`` bullets, ``1.`` numbers as written, two spaces of indent per nested level
+  (six levels at most); task items ``☐`` / ``☑``.
 - Tables: a ``pre`` block (monospace), cells padded to the column's width (wide characters
-  count 2), `` | `` between cells and ``-+-`` under the header row: columns stay aligned.
+  count 2), `` | `` between cells and ``-+-`` under the header row: columns stay aligned. A
+  table wider than 80 characters is its rows with `` | `` between cells, unpadded.
 - A horizontal rule: ``————————``.
 - Raw HTML (``<div>``, ``a <br> b``) stays as the text it is (Telegram shows no HTML).
 - Single stars and underscores that do not format (``5 * 3``, ``snake_case``) stay as written.
 - A link Telegram would refuse (relative, ``javascript:``, ``mailto:``, no host...) is plain
-  text with its URL shown: ``text (url)``.
+  text with its URL shown: ``text (url)`` (URLs shown add at most as many characters as the
+  text has).
 
 Entities always satisfy Telegram's nesting rules (:func:`check`): two entities sharing text
 nest; nothing inside ``pre``/``code``; ``bold``-like entities never cover code (they are cut
@@ -28,9 +30,10 @@ underline, strikethrough, spoiler. Leading and trailing whitespace is trimmed (T
 it), except the indentation of a code block.
 
 ``render(text, partial=True)`` renders a reply still being streamed: an open code fence is a
-``pre``; an unclosed ``**``, ``*``, ``_``, ``~~`` or backtick at the end is closed (shown as
-formatting) when that parses, else left as written; a half-written link ``[abc](htt`` shows
-its text; a marker just typed (``**`` at the end) is not shown yet. The final text rendered
+``pre``; an unclosed ``**``, ``*``, ``_``, ``~~`` or backtick in the last paragraph is closed
+(shown as formatting) when that parses and at most four are open, else left as written; a
+half-written link ``[abc](htt`` shows its text; a marker just typed (``**`` at the end) is not
+shown yet. The final text rendered
 without ``partial`` is exact. No input makes :func:`render` raise: on an internal failure the
 text goes out plain (logged once per process).
 
@@ -193,6 +196,12 @@ def _config() -> RenderConfig:
 
 
 _CONFIG = _config()
+#: nested list levels indented (deeper ones are indented as this one)
+LIST_DEPTH = 6
+#: a table is aligned (cells padded) when its lines are at most this wide
+TABLE_WIDTH = 80
+#: at most this many markers are closed in a streamed text's last paragraph
+OPEN_MARKERS = 4
 
 
 def _cell_width(text: str) -> int:
@@ -202,11 +211,40 @@ def _cell_width(text: str) -> int:
                0 if unicodedata.combining(ch) else 1 for ch in text)
 
 
+class _Buffer(_converter._TextBuffer):
+    """The library's text buffer, keeping no empty part: it looks back over its parts for
+    trailing newlines, and 2 000 empty code blocks made that take 0.2 s."""
+
+    __slots__ = ()
+
+    def write(self, text: str) -> None:
+        if text:
+            super().write(text)
+
+
 class _Walker(_converter.EventWalker):
     """The library's walker with tgmux's choices: every heading bold, inline HTML kept as
     text, tables aligned by display width."""
 
     _HEADING_ENTITIES = {f"H{level}": ["bold"] for level in range(1, 7)}
+
+    def __init__(self, config: RenderConfig, source_markdown: str) -> None:
+        super().__init__(config, source_markdown)
+        self._buf = _Buffer()
+
+    def _on_start_item(self) -> None:
+        # Indent at most LIST_DEPTH levels: "1. 1. 1. ..." nests 5 000 lists in 15 000
+        # characters, and an indent per level made 25 million characters of it.
+        lists = self._list_stack
+        if len(lists) <= LIST_DEPTH:
+            super()._on_start_item()
+            return
+        self._list_stack = lists[-LIST_DEPTH:]
+        try:
+            super()._on_start_item()
+        finally:
+            lists[-1] = self._list_stack[-1]  # the next item's number
+            self._list_stack = lists
 
     def _on_inline_html(self, html: str) -> None:
         if html.strip().lower() in ("<tg-spoiler>", "</tg-spoiler>"):  # ||spoiler||
@@ -222,6 +260,9 @@ class _Walker(_converter.EventWalker):
         for row in rows:
             for i, cell in enumerate(row):
                 widths[i] = max(widths[i], _cell_width(cell))
+        if sum(widths) + 3 * (columns - 1) > TABLE_WIDTH:
+            # too wide to align (and padding would multiply a long cell by the rows)
+            return "\n".join(" | ".join(row) for row in rows)
         lines = []
         for n, row in enumerate(rows):
             cells = [*row, *[""] * (columns - len(row))]
@@ -275,6 +316,7 @@ def _fix_links(text: str, spans: list[_Span]) -> str:
     its URL is a ``url``."""
     units: _Units | None = None
     inserts: list[tuple[int, str]] = []
+    budget = max(len(text), 1000)  # characters of URLs shown at most
     for span in spans:
         if span[2] != "text_link":
             continue
@@ -285,21 +327,28 @@ def _fix_links(text: str, spans: list[_Span]) -> str:
             span[2], span[3] = ("url", None) if link_url_ok(url) else ("drop", None)
         elif not link_url_ok(url):
             span[2] = "drop"
-            inserts.append((span[1], f" ({url})"))
+            if budget >= len(url):  # shown, unless that would multiply the text
+                budget -= len(url) + 3
+                inserts.append((span[1], f" ({url})"))
     if not inserts:
         return text
+    # One pass, however many links: the text rebuilt in pieces, each offset moved by the
+    # inserts before it (an entity ending where a link ends does not take its URL).
     units = units or _Units(text)
-    for at, added in sorted(inserts, reverse=True):  # from the end: earlier offsets hold
-        size = utf16_len(added)
+    inserts.sort()
+    ats = [at for at, _ in inserts]
+    moved = [0]
+    parts, last = [], 0
+    for at, added in inserts:
         index = units.index(at)
-        text = text[:index] + added + text[index:]
-        for span in spans:
-            if span[0] >= at:  # after the link (or starting where it ends)
-                span[0] += size
-                span[1] += size
-            elif span[1] > at:  # around the link: holds its URL too
-                span[1] += size
-    return text
+        parts += (text[last:index], added)
+        last = index
+        moved.append(moved[-1] + utf16_len(added))
+    parts.append(text[last:])
+    for span in spans:
+        span[0] += moved[bisect_right(ats, span[0])]
+        span[1] += moved[bisect_left(ats, span[1])]
+    return "".join(parts)
 
 
 def _trim(text: str, spans: list[_Span]) -> tuple[str, list[_Span]]:
@@ -492,6 +541,8 @@ def _closers(tail: str) -> str:
             opened.pop()
         elif not after.isspace():
             opened.append(run)
+    if len(opened) > OPEN_MARKERS:  # not formatting being written: leave it as it is
+        opened = []
     return code + "".join(reversed(opened))
 
 

@@ -125,6 +125,37 @@ def test_the_process_wide_config_of_the_library_is_untouched():
     assert text.startswith("\N{PUSHPIN}") and "\N{Z NOTATION SPOT}" in text
 
 
+# -- no reply grows out of bounds ----------------------------------------------------------
+
+
+def test_nested_lists_are_indented_six_levels_at_most():
+    # "1. 1. 1. ..." (5 000 nested lists in 15 000 characters) made 25 million characters
+    markdown = "\n".join("  " * i + f"- l{i + 1}" for i in range(8))
+    assert rendered(markdown) == ("• l1\n  • l2\n    • l3\n      • l4\n        • l5\n"
+                                  "          • l6\n          • l7\n          • l8", [])
+    assert units(render("1. " * 5000).text) < 5 * 15_000
+
+
+def test_a_table_too_wide_to_align_is_not_padded():
+    # padding a long cell's width into every row multiplied the text by the rows
+    long = "y" * 90
+    text, entities = rendered(f"| a | b |\n|---|---|\n| {long} | z |\n| x | x |")
+    assert (text, entities) == (f"a | b\n{long} | z\nx | x", [("pre", 0, 106)])
+
+
+def test_urls_of_refused_links_are_shown_up_to_the_texts_length():
+    # one reference definition used 300 times: its URL would be shown 300 times
+    markdown = "[r]: /" + "u" * 300 + "\n\n" + "[x][r] " * 300
+    text = render(markdown).text
+    assert text.startswith(f"x (/{'u' * 300}) x (/uuu") and text.endswith(" x x")
+    # URLs add at most as many characters as the text has (at least 1 000): 3 of them
+    assert text.count(" (/") == 3 and len(text) == 300 * 2 - 1 + 3 * 304
+
+
+def test_a_streamed_paragraph_with_many_open_markers_is_left_as_written():
+    assert rendered("*a _b " * 3, partial=True) == ("*a _b *a _b *a _b", [])
+
+
 # -- check: what Telegram refuses ----------------------------------------------------------
 
 
