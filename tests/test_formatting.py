@@ -385,3 +385,35 @@ def test_an_internal_failure_gives_the_text_plain(monkeypatch, caplog):
     monkeypatch.setattr(formatting, "_convert", broken)
     assert render("**x**") == plain("**x**")
     assert render("**x", partial=True) == plain("**x")
+
+
+def test_the_librarys_own_split_is_not_what_tgmux_needs():
+    # Why split() is tgmux's own: telegramify-markdown's split_entities cuts mid-word, inside
+    # an emoji sequence, and keeps the newline at a cut inside its pre entity.
+    family = "👨\u200d👩\u200d👧"
+    words = "word " * 1000
+    theirs = telegramify_markdown.split_entities(words, [], 4096)
+    assert theirs[0][0].endswith(" w")
+    assert [p.text[-4:] for p in split(plain(words))] == ["word", "word"]
+    theirs = telegramify_markdown.split_entities("x" + family * 600, [], 4096)
+    assert not theirs[1][0].startswith(family)  # the family cut in two
+    assert split(plain("x" + family * 600))[1].text.startswith(family)
+    text, entities = telegramify_markdown.convert("```\n" + "line\n" * 1000 + "```")
+    theirs = telegramify_markdown.split_entities(text, entities, 4096)
+    assert theirs[0][0].endswith("\n") and theirs[0][1][0].length == len(theirs[0][0])
+    assert not any(p.text.endswith("\n") for p in split(render("```\n" + "line\n" * 1000)))
+
+
+def test_the_module_imports_no_other_part_of_tgmux_than_its_types():
+    import ast
+    from pathlib import Path
+
+    import tgmux.formatting as formatting
+
+    tree = ast.parse(Path(formatting.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names}
+    assert {name for name in imported if name.startswith("tgmux")} == {"tgmux.types"}
+    assert not any(name.startswith("pyrogram") for name in imported)
