@@ -17,7 +17,8 @@ task lists), with tgmux's choices on top:
   table wider than 80 characters is its rows with `` | `` between cells, unpadded.
 - A horizontal rule: ``————————``.
 - Raw HTML (``<div>``, ``a <br> b``) stays as the text it is (Telegram shows no HTML).
-- Single stars and underscores that do not format (``5 * 3``, ``snake_case``) stay as written.
+- Single stars and underscores that do not format (``5 * 3``, ``snake_case``) stay as written,
+  and so do stars between digits (``5*3 and 4*2``, which CommonMark would read as italic).
 - A link Telegram would refuse (relative, ``javascript:``, ``mailto:``, no host...) is plain
   text with its URL shown: ``text (url)`` (URLs shown add at most as many characters as the
   text has).
@@ -302,7 +303,27 @@ class _HtmlWalker(_Walker):
 _Span = list  # [start, end, type, url, language]
 
 
+_DIGIT_STARS = re.compile(rb"(?<=[0-9])\*{1,2}(?=[0-9])")
+
+
+def _literal_stars(markdown: str) -> str:
+    """Stars between digits escaped outside code: ``5*3 and 4*2`` is arithmetic, where
+    CommonMark reads ``*3 and 4*`` as italic and the stars would be lost."""
+    if _DIGIT_STARS.search(markdown.encode("utf-8")) is None:
+        return markdown
+    data = markdown.encode("utf-8")
+    parts, last = [], 0
+    # byte ranges, as the parser reports them
+    for start, end in [*_converter._code_regions(markdown, _converter.STANDARD_OPTIONS),
+                       (len(data), len(data))]:
+        parts += (_DIGIT_STARS.sub(lambda m: b"\\*" * len(m.group()), data[last:start]),
+                  data[start:end])
+        last = end
+    return b"".join(parts).decode("utf-8")
+
+
 def _convert(markdown: str) -> tuple[str, list[_Span]]:
+    markdown = _literal_stars(markdown)
     source, events = _converter._parse(markdown, _converter.STANDARD_OPTIONS,
                                        latex_escape=True)
     walker = _HtmlWalker if "<" in source else _Walker
@@ -501,7 +522,7 @@ def render(markdown: str, *, partial: bool = False) -> Formatted:
 # -- streaming -----------------------------------------------------------------------------
 
 _FENCE = re.compile(r"^(?:[ \t]*>)*[ \t]*(?:[-*+]|\d+[.)])?[ \t]*(`{3,}|~{3,})(.*)$", re.M)
-_HALF_LINK = re.compile(r"\[([^\[\]\n]*)\]\([^()\s]*\Z")
+_HALF_LINK = re.compile(r"!?\[([^\[\]\n]*)\]\([^()\s]*\Z")
 _DANGLING = re.compile(r"(^|\s)[*_~`]+\Z")
 _MARKER = re.compile(r"\\.|`+|\*{1,3}|_{1,3}|~~")
 

@@ -72,6 +72,9 @@ CORPUS = [
     ("zwj_before", "👨\u200d👩\u200d👧 `x` **y**", "👨\u200d👩\u200d👧 x y",
      [("code", 9, 1), ("bold", 11, 1)]),
     ("stars_kept", "5 * 3 = 15, and *smiles*", "5 * 3 = 15, and smiles", [("italic", 16, 6)]),
+    # CommonMark reads "*3 = 15 and 4*" as italic: stars between digits are arithmetic
+    ("digit_stars", "5*3 = 15 and 4*2 = 8, `2*3*4`, 2**10", "5*3 = 15 and 4*2 = 8, 2*3*4, 2**10",
+     [("code", 22, 5)]),
     ("escaped", r"\*not italic\* and snake_case_name", "*not italic* and snake_case_name", []),
     ("html_kept", "Use the <br> tag.\n\n<div>\nraw\n</div>",
      "Use the <br> tag.\n\n<div>\nraw\n</div>", []),
@@ -316,6 +319,7 @@ PARTIAL = [
     ("```py\nx = 1\n``", "x = 1\n``", [("pre", 0, 8, "py")]),  # the closing fence in progress
     ("para\n\n```", "para", []),
     ("see [docs](https://exa", "see docs", []),
+    ("see ![chart](https://exa", "see chart", []),
     ("5 * 3 = ", "5 * 3 =", []),
     ("snake_ca", "snake_ca", []),
     ("**done** and *", "done and", [("bold", 0, 4)]),
@@ -351,7 +355,7 @@ FRAGMENTS = [
     "1. ", "  - ", "| a | b |\n|---|---|\n", "|", "||", "<b>", "</b>", "<div>\n", "😀",
     "👨\u200d👩\u200d👧", "🇩🇪", "e\u0301", "日本", "\\", "$", "$$", "\\(", "\\alpha", "\\)",
     "word", "text ", "    ", "\t", "![a](", "<https://a.example>", "&amp;", "\r\n", "- [ ] ",
-    "---\n", "\ud800", "\udfff", "\u200d", "x" * 40,
+    "---\n", "\ud800", "\udfff", "\u200d", "x" * 40, "5*3", "4**", "2",
 ]
 
 
