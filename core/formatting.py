@@ -67,6 +67,7 @@ from tgmux.types import Entity
 __all__ = [
     "Formatted",
     "check",
+    "link_url_ok",
     "plain",
     "render",
     "split",
@@ -145,8 +146,8 @@ def link_url_ok(url: str) -> bool:
 _ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 
 
-def utf16_len(text: str) -> int:
-    """Length as Telegram counts it (UTF-16 code units)."""
+def _utf16_len(text: str) -> int:
+    # tgmux.text has the same; this module imports tgmux.types only
     return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
@@ -164,7 +165,8 @@ class _Units:
         return index + bisect_left(self.astral, index) if self.astral else index
 
     def index(self, units: int) -> int:
-        """The character at UTF-16 offset ``units`` (the pair's first half for a second)."""
+        """The character at UTF-16 offset ``units`` (an offset between the halves of a
+        surrogate pair gives that character)."""
         return units - bisect_left(self.astral_units, units) if self.astral else units
 
     def index_within(self, start: int, limit: int) -> int:
@@ -365,7 +367,7 @@ def _fix_links(text: str, spans: list[_Span]) -> str:
         index = units.index(at)
         parts += (text[last:index], added)
         last = index
-        moved.append(moved[-1] + utf16_len(added))
+        moved.append(moved[-1] + _utf16_len(added))
     parts.append(text[last:])
     for span in spans:
         span[0] += moved[bisect_right(ats, span[0])]
