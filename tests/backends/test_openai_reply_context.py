@@ -24,6 +24,7 @@ from tgmux.types import ChatLine, RepliedTo
 
 KEY = "sk-reply-test"
 GROUP = -4001234567
+FORUM = -1001234567890
 CONFIG = """
 telegram: {flood: {private_per_second: 100, group_per_minute: 6000}}
 store: memory://
@@ -48,10 +49,12 @@ async def sim() -> AsyncIterator[OpenAISimulator]:
 
 
 async def simulate(sim: OpenAISimulator, tmp_path: Path, lines: list[dict[str, Any]],
-                   extra: str = "", ok: bool = True) -> tuple[list[dict[str, Any]], str]:
-    """``tgmux simulate`` with these input lines: its output actions and its stderr."""
+                   extra: str = "", ok: bool = True, routes: str = ""
+                   ) -> tuple[list[dict[str, Any]], str]:
+    """``tgmux simulate`` with these input lines (``extra``: more keys of the backend;
+    ``routes``: a ``routes:`` section): its output actions and its stderr."""
     config = tmp_path / "config.yaml"
-    config.write_text(CONFIG % {"url": sim.base_url, "key": KEY, "extra": extra})
+    config.write_text(CONFIG % {"url": sim.base_url, "key": KEY, "extra": extra} + routes)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tgmux", "simulate", "-c", str(config),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -181,3 +184,31 @@ default: gpt
         {"role": "user", "content": "Anna: Lunch at noon?"},
         {"role": "user", "content": "Bob: Yes, at Luigi's"},
         {"role": "user", "content": "[In reply to Bob: \"Yes, at Luigi's\"]\n\nwhere is that?"}]
+
+
+
+async def test_the_groups_recent_messages_reach_the_model_through_simulate(
+        sim: OpenAISimulator, tmp_path: Path) -> None:
+    # end to end: a forum topic's lines kept by tgmux (route key group_context: 2), given once
+    # to the next message the bot answers in that topic; another topic's lines are not
+    forum = {"chat_id": FORUM, "chat_type": "supergroup"}
+    actions, _ = await simulate(sim, tmp_path, [
+        {**forum, "user_id": 43, "first_name": "Anna", "text": "too old", "thread_id": 5},
+        {**forum, "user_id": 43, "first_name": "Anna", "text": "Lunch at noon?",
+         "thread_id": 5},
+        {**forum, "user_id": 44, "username": "bob", "text": "Yes, at Luigi's", "thread_id": 5},
+        {**forum, "user_id": 45, "first_name": "Cy", "text": "other topic", "thread_id": 9},
+        {**forum, "user_id": 42, "text": "@tgmux_bot where is that?", "thread_id": 5},
+        {**forum, "user_id": 42, "text": "@tgmux_bot and when?", "thread_id": 5}],
+        routes=f"routes:\n  - match: {{chat_id: [{FORUM}]}}\n    backend: gpt\n"
+               "    group_context: 2\n")
+    assert len(sent(actions)) == 2
+    assert [c.messages for c in sim.completions] == [
+        [SYSTEM, {"role": "user", "content": "Anna: Lunch at noon?"},
+         {"role": "user", "content": "bob: Yes, at Luigi's"},
+         {"role": "user", "content": "where is that?"}],
+        # each line is given once (the memory keeps what the user wrote)
+        [SYSTEM, {"role": "user", "content": "where is that?"},
+         {"role": "assistant", "content": "You said: where is that? (I remember 2 earlier "
+                                          "messages; the first was: Anna: Lunch at noon?)"},
+         {"role": "user", "content": "and when?"}]]
