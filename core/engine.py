@@ -19,7 +19,8 @@ a reload's swap of backends share the slot, worker and backend state and must ch
 its turns are over). What stands apart lives apart: routing (``tgmux.router``), the built-in
 commands (``tgmux.chat_commands``), reply shaping (``tgmux.reply``), metrics
 (``tgmux.metrics``), the backends in use and the step deadline (``tgmux.backend_use``), the
-message types (``tgmux.types``), reading a new config file (``tgmux.reload``).
+message types (``tgmux.types``), reading a new config file (``tgmux.reload``), which queued
+messages are one turn (an album, a burst: ``tgmux.merging``).
 """
 
 from __future__ import annotations

@@ -269,3 +269,27 @@ async def test_an_album_cut_off_by_a_crash_is_told_once_and_all_of_it_is_done(tm
     await store.open()
     assert await store.inbox_unanswered() == []
     await store.close()
+
+
+async def test_a_reload_applies_merge_window_from_the_next_message(tmp_path, caplog) -> None:
+    import logging
+
+    from tgmux.bootstrap import load
+    from tgmux.reload import Reloader
+
+    path = tmp_path / "config.yaml"
+    text = "store: memory://\nbackends:\n  echo: {type: echo}\ndefault: echo\n"
+    path.write_text(text)
+    config, pm = load(path)
+    async with EngineHarness(config, store=open_store("memory://"), plugin_manager=pm) as h:
+        assert await h.say("one", user_id=3) == [Text("one")]
+        assert await h.say("two", user_id=3) == [Text("two")]
+        path.write_text(text + "engine: {merge_window: 30}\n")
+        with caplog.at_level(logging.INFO, "tgmux.reload"):
+            assert await Reloader(h.engine, pm, path).reload()
+        assert "engine.merge_window: 0 → 30" in caplog.text
+        first, first_done = await h.submit("three", user_id=3)
+        _, second_done = await h.submit("four", user_id=3)
+        _, command_done = await h.submit("/help", user_id=3)
+        await asyncio.wait_for(asyncio.gather(first_done, second_done, command_done), 20)
+        assert h.frontend.by_message[(3, first.chat.message_id)] == [Text("three\nfour")]
