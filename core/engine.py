@@ -344,6 +344,8 @@ class Engine:
         if not self._started:
             return
         self._accepting = False
+        for queue in self._queues.values():  # a turn waiting for more of a burst: no more
+            queue.close()
         workers = [t for t in self._workers.values() if not t.done()]
         if workers:
             _, pending = await asyncio.wait(workers, timeout=timeout)

@@ -84,9 +84,15 @@ class ChatQueue(deque[Q]):
     def __init__(self, items: Iterable[Q] = ()) -> None:
         super().__init__(items)
         self.arrived = asyncio.Event()
+        #: nothing more will come (the engine stops): a turn waits for nothing
+        self.closed = False
 
     def append(self, item: Q) -> None:
         super().append(item)
+        self.arrived.set()
+
+    def close(self) -> None:
+        self.closed = True
         self.arrived.set()
 
 
@@ -142,6 +148,8 @@ async def take_turn(queue: ChatQueue[Q], window: float, *,
     album_items = 1 if message.media_group_id is not None else 0
     while count < MERGE_MAX:
         if len(taken) == len(queue):
+            if queue.closed:
+                break
             queue.arrived.clear()
             left = min(_wait_until(last, window, album_items) - clock(),
                        max(window, ALBUM_WAIT))  # a clock set back: still bounded

@@ -293,3 +293,14 @@ async def test_a_reload_applies_merge_window_from_the_next_message(tmp_path, cap
         _, command_done = await h.submit("/help", user_id=3)
         await asyncio.wait_for(asyncio.gather(first_done, second_done, command_done), 20)
         assert h.frontend.by_message[(3, first.chat.message_id)] == [Text("three\nfour")]
+
+
+async def test_stopping_ends_the_wait_for_more_and_answers_what_came() -> None:
+    cfg = ("backends:\n  echo: {type: echo}\ndefault: echo\n"
+           "engine: {merge_window: 30}\n")
+    h = EngineHarness.from_yaml(cfg)
+    await h.__aenter__()
+    first, _ = await h.submit("nearly", user_id=4)
+    await h.submit("done", user_id=4)
+    await h.engine.stop(timeout=10)  # not 30 s: nothing more can come
+    assert h.frontend.by_message[(4, first.chat.message_id)] == [Text("nearly\ndone")]
