@@ -146,13 +146,17 @@ async def take_turn(queue: ChatQueue[Q], window: float, *,
         return taken
     last, count, chars = message, 1, len(message.text)
     album_items = 1 if message.media_group_id is not None else 0
+    loop = asyncio.get_running_loop()
+    # the longest wait after each message, by the loop's clock: a wall clock set back (which
+    # dates messages) must not make it longer
+    longest = loop.time() + max(window, ALBUM_WAIT)
     while count < MERGE_MAX:
         if len(taken) == len(queue):
             if queue.closed:
                 break
             queue.arrived.clear()
             left = min(_wait_until(last, window, album_items) - clock(),
-                       max(window, ALBUM_WAIT))  # a clock set back: still bounded
+                       longest - loop.time())
             if left <= 0:
                 break
             with contextlib.suppress(TimeoutError):
@@ -177,6 +181,7 @@ async def take_turn(queue: ChatQueue[Q], window: float, *,
             album_items = 1 if candidate.media_group_id is not None else 0
         taken.append(following)
         last, count, chars = candidate, count + 1, chars + 1 + len(candidate.text)
+        longest = loop.time() + max(window, ALBUM_WAIT)
     return taken
 
 

@@ -304,3 +304,10 @@ async def test_stopping_ends_the_wait_for_more_and_answers_what_came() -> None:
     await h.submit("done", user_id=4)
     await h.engine.stop(timeout=10)  # not 30 s: nothing more can come
     assert h.frontend.by_message[(4, first.chat.message_id)] == [Text("nearly\ndone")]
+
+
+async def test_a_wall_clock_set_back_does_not_make_the_wait_longer() -> None:
+    queue = queue_of(msg("first", at=T0))
+    # an hour back: by the wall clock the window is far from over; by the loop's, it ends
+    taken = await asyncio.wait_for(take_turn(queue, 0.05, clock=Clock(T0 - 3600)), 30)
+    assert [s.message.text for s in taken] == ["first"]
