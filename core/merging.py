@@ -8,11 +8,12 @@ message, takes with it the queued messages of the same chat that belong to it:
 
 - the further items of its album (same ``media_group_id``; at most :data:`ALBUM_MAX`, as on
   Telegram), waiting up to :data:`ALBUM_WAIT` seconds after the last one came for the next;
-- with ``engine.merge_window`` > 0, the messages of the same user (in the same topic) that came
-  within the window of the previous one — by tgmux's clock and, where the frontend knows when
-  they were sent (Telegram's whole seconds), by that too: messages fetched together after an
-  outage, sent minutes apart, stay apart. It waits until the window after the last one has
-  passed with nothing new.
+- with ``engine.merge_window`` > 0, the text messages of the same user (in the same topic)
+  that came within the window of the previous one — by tgmux's clock and, where the frontend
+  knows when they were sent (Telegram's whole seconds), by that too: messages fetched together
+  after an outage, sent minutes apart, stay apart. It waits until the window after the last
+  one has passed with nothing new. A media is not merged with texts: a backend that does not
+  take its kind would refuse the texts with it.
 
 A command (``/...``) is never merged with anything; a message of someone else (or a command)
 ends the merge, so the chat's order is kept. A merge takes at most :data:`MERGE_MAX` messages
@@ -115,8 +116,8 @@ def joins(last: IncomingMessage, candidate: IncomingMessage, *, window: float,
         return False
     if candidate.media_group_id is not None and candidate.media_group_id == last.media_group_id:
         return album_items < ALBUM_MAX
-    if window <= 0:
-        return False
+    if window <= 0 or last.media is not None or candidate.media is not None:
+        return False  # a burst is of texts: a backend that takes no such media refuses it all
     user = last.chat.user_id
     if user is None or candidate.chat.user_id != user:
         return False
@@ -128,7 +129,8 @@ def joins(last: IncomingMessage, candidate: IncomingMessage, *, window: float,
 
 def _wait_until(last: IncomingMessage, window: float, album_items: int) -> float:
     """Until when (unix time) a message may still come that joins ``last``."""
-    until = last.received_at + window if window > 0 and last.command is None else 0.0
+    bursts = window > 0 and last.command is None and last.media is None
+    until = last.received_at + window if bursts else 0.0
     if last.media_group_id is not None and album_items < ALBUM_MAX:
         until = max(until, last.received_at + ALBUM_WAIT)
     return until

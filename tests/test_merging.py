@@ -104,7 +104,8 @@ async def test_sent_apart_by_telegrams_dates_stays_apart_even_if_fetched_togethe
 
 @pytest.mark.parametrize("second", [
     msg("other user", user=2), msg("/help"), msg("other topic", thread=9),
-], ids=["other user", "command", "topic"])
+    msg("a photo", photo=True),
+], ids=["other user", "command", "topic", "media"])
 async def test_what_never_joins_a_burst(second: IncomingMessage) -> None:
     queue = queue_of(msg("first"), second, msg("same user again"))
     assert await taken_texts(queue, 5, now=T0 + 1) == ["first"]
