@@ -167,14 +167,15 @@ async def take_turn(queue: ChatQueue[Q], window: float, *,
             if len(taken) == len(queue):
                 continue  # the time is checked again (a clock, not the event, says it is over)
         following = queue[len(taken)]
+        candidate = following.message
+        if chars + 1 + len(candidate.text) > MERGE_MAX_CHARS or \
+                not joins(last, candidate, window=window, album_items=album_items):
+            break  # (decided before its inbox accept: a message that cannot join waits for none)
         await following.ready.wait()  # being accepted in the inbox: soon (the store's timeout)
         if not following.fresh:  # a message handled before (a duplicate): passed over
             taken.append(following)
             continue
-        candidate = following.message
-        if following.interrupted != first.interrupted or \
-                chars + 1 + len(candidate.text) > MERGE_MAX_CHARS or \
-                not joins(last, candidate, window=window, album_items=album_items):
+        if following.interrupted != first.interrupted:
             break
         if candidate.media_group_id is not None and \
                 candidate.media_group_id == last.media_group_id:

@@ -312,3 +312,13 @@ async def test_a_wall_clock_set_back_does_not_make_the_wait_longer() -> None:
     # an hour back: by the wall clock the window is far from over; by the loop's, it ends
     taken = await asyncio.wait_for(take_turn(queue, 0.05, clock=Clock(T0 - 3600)), 30)
     assert [s.message.text for s in taken] == ["first"]
+
+
+async def test_a_message_that_cannot_join_is_not_waited_for_while_the_store_takes_it() -> None:
+    queue = queue_of(msg("a"))
+    pending = Slot(msg("b"))
+    pending.ready.clear()  # the store is still taking it (a slow store)
+    queue.append(pending)
+    # without a window it cannot join: the first goes on at once
+    taken = await asyncio.wait_for(take_turn(queue, 0, clock=Clock(T0 + 100)), 10)
+    assert [s.message.text for s in taken] == ["a"]
