@@ -19,7 +19,8 @@ a reload's swap of backends share the slot, worker and backend state and must ch
 its turns are over). What stands apart lives apart: routing (``tgmux.router``), the built-in
 commands (``tgmux.chat_commands``), reply shaping (``tgmux.reply``), metrics
 (``tgmux.metrics``), the backends in use and the step deadline (``tgmux.backend_use``), the
-message types (``tgmux.types``), reading a new config file (``tgmux.reload``).
+message types (``tgmux.types``), reading a new config file (``tgmux.reload``), which queued
+messages are one turn (an album, a burst: ``tgmux.merging``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from tgmux.hooks import PluginManager, await_me_maybe, call_all, call_chained, c
 from tgmux.logs import log_fields
 from tgmux.media_links import MediaLinks
 from tgmux.menu_publisher import MenuPublisher
+from tgmux.merging import ChatQueue, abandon, finish, merged, message_ids, take_turn
 from tgmux.metrics import Metrics
 from tgmux.redact import redact_urls
 from tgmux.reply import ReplyShaper, clean_part
@@ -142,7 +144,7 @@ class Engine:
         self.menus = MenuPublisher(self)  # Telegram's command menus, by scope
         self._overrides: dict[tuple[str, int], str | None] = {}
         # Keyed by (account, chat id): one user talking to two accounts is two chats.
-        self._queues: dict[tuple[str, int], deque[_Slot]] = {}
+        self._queues: dict[tuple[str, int], ChatQueue[_Slot]] = {}
         self._workers: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._limit = asyncio.Semaphore(config.data.engine.concurrency)
         self._started = False
@@ -342,6 +344,8 @@ class Engine:
         if not self._started:
             return
         self._accepting = False
+        for queue in self._queues.values():  # a turn waiting for more of a burst: no more
+            queue.close()
         workers = [t for t in self._workers.values() if not t.done()]
         if workers:
             _, pending = await asyncio.wait(workers, timeout=timeout)
@@ -404,7 +408,7 @@ class Engine:
     def _reserve(self, message: IncomingMessage) -> _Slot:
         slot = _Slot(message)
         key = (message.chat.account, message.chat.chat_id)
-        self._queues.setdefault(key, deque()).append(slot)
+        self._queues.setdefault(key, ChatQueue()).append(slot)
         worker = self._workers.get(key)
         if worker is None or worker.done():
             self._workers[key] = asyncio.create_task(self._chat_worker(key),
@@ -445,20 +449,19 @@ class Engine:
         while queue:
             slot = queue[0]
             await slot.ready.wait()
+            taken = [slot]  # and the messages of its album or burst (tgmux.merging)
             try:
                 if slot.fresh and key[0] not in self._given_up:  # else left in the inbox
+                    taken = await take_turn(queue, self.config.data.engine.merge_window)
                     async with self._limit:
-                        await self._handle(slot.message, interrupted=slot.interrupted)
+                        await self._handle(merged(taken), interrupted=slot.interrupted)
             except asyncio.CancelledError:
-                if not slot.done.done():
-                    slot.done.cancel()
+                abandon(taken)
                 raise
             except Exception:
                 log.exception("chat %s (%s): unhandled error", key[1], key[0])
             finally:
-                queue.popleft()
-                if not slot.done.done():
-                    slot.done.set_result(None)
+                finish(queue, taken)
         self._queues.pop(key, None)
         self._workers.pop(key, None)
 
@@ -482,12 +485,12 @@ class Engine:
             text = await call_first(self.pm, "tgmux_error", turn=None, error=exc,
                                     message=message)
             await self._send(chat, [Notice(text or INTERNAL_ERROR)], chat.message_id)
-        if chat.message_id is not None:
+        for message_id in message_ids(message):
             try:
-                await self.store.inbox_done(chat.chat_id, chat.message_id, account=chat.account)
+                await self.store.inbox_done(chat.chat_id, message_id, account=chat.account)
             except Exception:  # answered all the same; at worst flagged again after a restart
                 log.exception("chat %s message %s: could not mark it answered", chat.chat_id,
-                              chat.message_id)
+                              message_id)
 
     async def decide(self, message: IncomingMessage) -> RouteDecision | None:
         chosen = await call_first(self.pm, "tgmux_route", message=message, engine=self)
@@ -662,9 +665,8 @@ class Engine:
             return
         turn = await take_context(self.store, self.turn_for(message, decision, backend), decision)
         turn = await call_chained(self.pm, "tgmux_before_backend", "turn", turn, backend=backend)
-        if chat.message_id is not None:
-            await self.store.inbox_dispatched(chat.chat_id, chat.message_id,
-                                              account=chat.account)
+        for message_id in message_ids(message):
+            await self.store.inbox_dispatched(chat.chat_id, message_id, account=chat.account)
         answered = [turn]  # the turn of the backend that answered (a fallback's, maybe)
         completed: list[Turn] = []  # the answering turn, once its reply came whole
         # aclosing: the stream is finished in this task even if the frontend stops early.

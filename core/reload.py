@@ -5,8 +5,8 @@ The new file is validated in full first (against the backend types and plugin se
 the running process has): when it is invalid, each problem is logged with its file:line and the
 old config keeps running.
 Routes, defaults, admins, access, limits, fallback chains, ``engine.turn_timeout``,
-``engine.max_reply_chars`` and ``log_level`` apply at once; backends follow
-:meth:`tgmux.engine.Engine.reload` (unchanged ones keep their instance), and a bot's
+``engine.max_reply_chars``, ``engine.merge_window`` and ``log_level`` apply at once; backends
+follow :meth:`tgmux.engine.Engine.reload` (unchanged ones keep their instance), and a bot's
 command menus are published again where they changed (:mod:`tgmux.menu_publisher`). What a
 running process cannot change — the store, the Telegram accounts and their settings,
 ``plugins`` and the plugins' settings sections, ``server``, ``engine.concurrency``,
@@ -93,7 +93,7 @@ def describe_changes(old: Config, new: Config) -> list[str]:
         for key in ("admins", "access", "limits"):
             if getattr(before, key) != getattr(after, key):
                 changes.append(f"{prefix}{key}: changed")
-    for key in ("turn_timeout", "max_reply_chars"):
+    for key in ("turn_timeout", "max_reply_chars", "merge_window"):
         was, now = getattr(old.data.engine, key), getattr(new.data.engine, key)
         if was != now:
             changes.append(f"engine.{key}: {was:g} → {now:g}")

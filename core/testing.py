@@ -362,8 +362,9 @@ class TgmuxBot:
     async def send_nowait(self, text: str = "", *, user_id: int = 1, **fields: Any) -> Sent:
         """Deliver a message to tgmux (fields as in a ``tgmux simulate`` input line:
         chat_id, chat_type, username, first_name, message_id, thread_id, reply_to_bot,
-        photo, voice, sticker, document) without waiting for the reply. While the bot is
-        stopped the message waits on Telegram's side and is caught up at the next start."""
+        photo, voice, sticker, document, media_group_id) without waiting for the reply. While
+        the bot is stopped the message waits on Telegram's side and is caught up at the next
+        start."""
         fields = {k: v for k, v in fields.items() if v is not None}
         updates, chat_id, message_id = self.telegram.build_incoming(user_id=user_id, text=text,
                                                                     **fields)

@@ -310,6 +310,9 @@ class IncomingMessage:
     media_group_id: str | None = None
     album: tuple[Media, ...] = ()
     merged: tuple[int, ...] = ()
+    #: when the user sent it, by the frontend's clock (unix time; Telegram's is in whole
+    #: seconds); None when unknown. ``received_at`` is when tgmux got it.
+    sent_at: float | None = None
 
     @property
     def command(self) -> str | None:
@@ -342,6 +345,7 @@ class IncomingMessage:
             **({"media_group_id": self.media_group_id} if self.media_group_id else {}),
             **({"album": [m.to_payload() for m in self.album]} if self.album else {}),
             **({"merged": list(self.merged)} if self.merged else {}),
+            **({"sent_at": self.sent_at} if self.sent_at is not None else {}),
         }
 
     @classmethod
@@ -361,6 +365,7 @@ class IncomingMessage:
             media_group_id=payload.get("media_group_id"),
             album=tuple(Media.from_payload(m, fetch_media) for m in payload.get("album", ())),
             merged=tuple(payload.get("merged", ())),
+            sent_at=payload.get("sent_at"),
         )
 
 

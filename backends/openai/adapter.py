@@ -180,7 +180,8 @@ class OpenAIBackend(HttpBackend[OpenAIClient]):
 
     def remembered_text(self, turn: Turn) -> str:
         if _is_photo(turn.media) and self._options(turn).vision:
-            return f"[photo] {turn.text}".rstrip()
+            count = 1 + sum(1 for m in turn.album[1:] if _is_photo(m))
+            return f"[{'photo' if count == 1 else f'{count} photos'}] {turn.text}".rstrip()
         return turn.text
 
     def commands(self) -> list[CommandSpec]:
@@ -220,10 +221,13 @@ class OpenAIBackend(HttpBackend[OpenAIClient]):
         if not turn.text.strip() and photo is None:
             yield Notice(EMPTY_MESSAGE)
             return
-        if photo is not None and photo.data is None and photo.readable:
-            # fetched now, not when the message came (MediaUnavailable tells the user)
-            photo = dataclasses.replace(photo, data=await photo.read())
-        user = new_message(with_reply(turn.text, turn), photo)
+        # an album: every photo of it, in one message (turn.album[0] is turn.media)
+        photos = [photo, *(m for m in turn.album[1:] if _is_photo(m))] if photo else []
+        for i, each in enumerate(photos):
+            if each.data is None and each.readable:
+                # fetched now, not when the message came (MediaUnavailable tells the user)
+                photos[i] = dataclasses.replace(each, data=await each.read())
+        user = new_message(with_reply(turn.text, turn), *photos)
         remembered = await turn.history.read() if turn.history is not None else []
         kept = len(remembered)
         for attempt in range(CONTEXT_RETRIES + 1):
@@ -327,14 +331,15 @@ def image_url(media: Media) -> str:
     return f"data:{mime};base64,{base64.b64encode(media.data).decode('ascii')}"
 
 
-def new_message(text: str, photo: Media | None = None) -> dict[str, Any]:
-    """The new message: its text, or (a photo) text and image parts."""
-    if photo is None:
+def new_message(text: str, *photos: Media | None) -> dict[str, Any]:
+    """The new message: its text, or (photos: one, or an album's) text and image parts."""
+    shown = [photo for photo in photos if photo is not None]
+    if not shown:
         return {"role": "user", "content": text}
     content: list[dict[str, Any]] = []
     if text.strip():
         content.append({"type": "text", "text": text})
-    content.append({"type": "image_url", "image_url": {"url": image_url(photo)}})
+    content += [{"type": "image_url", "image_url": {"url": image_url(photo)}} for photo in shown]
     return {"role": "user", "content": content}
 
 

@@ -188,6 +188,9 @@ class EngineConfig(Strict):
     max_reply_chars: Int = Field(
         16384, ge=100, description="characters of one reply shown; the rest is cut, with a note"
     )
+    merge_window: float = Field(
+        0.0, ge=0, le=30, description="seconds: messages of one user in one chat that come "
+        "within this of each other are one turn, answered once (0: off)")
 
 
 class RouteMatch(Strict):

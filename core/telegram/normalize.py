@@ -341,4 +341,7 @@ def normalize(message: Message, me: User, sent: RecentIds | None = None,
         addressed=addressed,
         entities=_entities(message, original, text),
         reply_to=replied_to(message, me, sent),
+        # an album's items come as messages of their own: one turn (tgmux.merging)
+        media_group_id=None if message.media_group_id is None else str(message.media_group_id),
+        sent_at=float(message.date.timestamp()) if message.date else None,
     )

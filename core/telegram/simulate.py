@@ -54,6 +54,7 @@ _INPUT_FIELDS: dict[str, type] = {
     "text": str, "message_id": int, "thread_id": int, "reply_to_bot": bool, "photo": str,
     "voice": str, "sticker": str, "document": str, "account": str, "chat_title": str,
     "delivery": str, "date": int, "entities": list, "reply_to_message_id": int, "quote": str,
+    "media_group_id": str,
 }
 #: control lines (``{"telegram": ...}``): their fields, and which are required
 _CONTROL_FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
@@ -187,6 +188,9 @@ def parse_input_line(line: str) -> dict[str, Any]:
                              "message (push, gap or too_long)")
     if "date" in fields and not 0 <= fields["date"] < 2**31:
         raise ValueError(f"date: a unix time (0 to {2**31 - 1}), not {fields['date']}")
+    if "media_group_id" in fields and not any(k in fields for k in _MEDIA_FIELDS):
+        raise ValueError("media_group_id: only a media (photo, voice, sticker, document) is "
+                         "in an album; give one of them too")
     if "chat_title" in fields and chat_type == "private":
         raise ValueError("chat_title: a private chat has no title")
     for key in ("photo", "voice", "document"):

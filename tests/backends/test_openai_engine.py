@@ -289,6 +289,25 @@ async def test_with_vision_a_photo_goes_as_a_data_url(sim: OpenAISimulator) -> N
     assert second[1] == {"role": "user", "content": "[photo] what is this?"}
 
 
+async def test_an_albums_photos_go_in_one_message_and_are_remembered_as_photos(
+        sim: OpenAISimulator) -> None:
+    import dataclasses
+
+    photos = [Media("photo", data=PNG + bytes([n])) for n in range(3)]
+    async with harness(sim, "    vision: true", model="eyes") as h:
+        album = dataclasses.replace(h.message("which one?", user_id=18, media=photos[0]),
+                                    album=tuple(photos[1:]))
+        await (await h.engine.submit(album))
+        await h.say("thanks", user_id=18)
+    first, second = sent_messages(sim)
+    assert first[-1] == {"role": "user", "content": [
+        {"type": "text", "text": "which one?"},
+        *({"type": "image_url", "image_url": {
+            "url": "data:image/png;base64," + base64.b64encode(p.data or b"").decode()}}
+          for p in photos)]}
+    assert second[1] == {"role": "user", "content": "[3 photos] which one?"}
+
+
 # -- config ------------------------------------------------------------------------------------
 
 

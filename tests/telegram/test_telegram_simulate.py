@@ -129,6 +129,8 @@ def test_input_line_validation():
         ('{"user_id": 1, "chat_id": -5, "chat_type": "supergroup", "text": "x"}', "-100"),
         ('{"user_id": 1, "chat_id": -5, "thread_id": 3, "text": "x"}', "a group has no topics"),
         ('{"user_id": 1, "photo": "/nonexistent.png"}', "no such file"),
+        ('{"user_id": 1, "text": "x", "media_group_id": "a1"}', "only a media"),
+        ('{"user_id": 1, "sticker": "x", "media_group_id": 7}', "media_group_id: expected str"),
     ]:
         with pytest.raises(ValueError, match=problem.replace("(", r"\(")):
             parse_input_line(line)

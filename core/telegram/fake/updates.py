@@ -30,6 +30,7 @@ __all__ = [
     "World",
     "check_chat",
     "check_entities",
+    "grouped_id",
     "infer_chat_type",
     "is_url",
     "wire",
@@ -173,6 +174,16 @@ def _digest(data: bytes) -> bytes:
 
 def _preview(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def grouped_id(media_group_id: str) -> int:
+    """The raw ``grouped_id`` (a 64-bit number) of an input's ``media_group_id``: the number
+    itself when it is one (Telegram's are; Pyrogram shows them as ``media_group_id``), else
+    one derived from the string (the same string, the same album)."""
+    if re.fullmatch(r"-?[0-9]{1,19}", media_group_id) and \
+            -2**63 <= int(media_group_id) < 2**63:
+        return int(media_group_id)
+    return int.from_bytes(_digest(media_group_id.encode()), "big") >> 1
 
 
 def infer_chat_type(chat_id: int) -> str:
@@ -390,7 +401,8 @@ class World:
                        delivery: str | None = None,
                        entities: list[dict[str, Any]] | None = None,
                        reply_to_message_id: int | None = None,
-                       quote: str | None = None) -> tuple[TLObject | None, int, int]:
+                       quote: str | None = None, media_group_id: str | None = None,
+                       ) -> tuple[TLObject | None, int, int]:
         """Log one incoming message; the raw updates that carry it to the client (None when
         ``delivery`` is ``"gap"``), its chat id and message id.
 
@@ -402,7 +414,9 @@ class World:
         peer the account has seen, else full). ``date``: the message's unix time (now).
         ``entities``: the user's formatting (Bot API form); ``reply_to_message_id``: a message
         of the chat it replies to (an input one, or one the bot sent), ``quote`` the part of it
-        quoted. ValueError: a message Telegram would not take (nothing is logged then)."""
+        quoted; ``media_group_id``: the album the message (a media) belongs to: Telegram sends
+        each item of an album as a message of its own with the album's ``grouped_id``.
+        ValueError: a message Telegram would not take (nothing is logged then)."""
         if delivery not in (None, *DELIVERIES):
             raise ValueError(f"delivery: one of {', '.join(DELIVERIES)}, not {delivery!r}")
         chat_type = chat_type or infer_chat_type(user_id if chat_id is None else chat_id)
@@ -461,6 +475,9 @@ class World:
             state.topics.add(thread_id)
             self._thread_of[(chat_id, message_id)] = thread_id
         media = self._media(photo, voice, sticker, document)
+        if media_group_id is not None and media is None:
+            raise ValueError("media_group_id: only a media (photo, voice, sticker, document) "
+                             "is in an album")
         entities = self._entities(text, entities)
         date = int(time.time()) if date is None else date
         message = raw.types.Message(
@@ -468,7 +485,8 @@ class World:
             message=text, out=False, mentioned=mentioned or None,
             from_id=None if chat_type == "channel" else raw.types.PeerUser(user_id=user_id),
             post=chat_type == "channel" or None, reply_to=reply_to, media=media,
-            entities=entities or None)
+            entities=entities or None,
+            grouped_id=None if media_group_id is None else grouped_id(media_group_id))
         self._messages[(chat_id, message_id)] = message
         self.dirty.add(("message", (chat_id, message_id)))
         self.dirty.add(("chat", chat_id))
