@@ -31,15 +31,17 @@ def clean_part(part: ReplyPart) -> ReplyPart:
     return part
 
 
-def text_format_of(settings: Any) -> TextFormat:
-    """A backend's ``format`` setting (plain for settings without one)."""
-    return "markdown" if getattr(settings, "format", None) == "markdown" else "plain"
+def text_format_of(settings: Any) -> TextFormat | None:
+    """The format a backend's parts get: "markdown" when its ``format`` setting says so;
+    None (shown as plain text) otherwise."""
+    return "markdown" if getattr(settings, "format", None) == "markdown" else None
 
 
-def with_format(part: ReplyPart, text_format: TextFormat) -> ReplyPart:
+def with_format(part: ReplyPart, text_format: TextFormat | None) -> ReplyPart:
     """``part`` with ``text_format`` when it says none of its own (a part without text: as
-    it is)."""
-    if isinstance(part, Text | TextDelta | Image | Audio) and part.format is None:
+    it is). A frontend shows a part without a format as plain text: plain needs no mark."""
+    if (text_format == "markdown" and isinstance(part, Text | TextDelta | Image | Audio)
+            and part.format is None):
         return dataclasses.replace(part, format=text_format)
     return part
 
