@@ -51,12 +51,15 @@ class ReplyShaper:
 
     ``cut`` turns True once the reply reached ``max_chars``; the engine then stops reading
     the backend (a provider streaming megabytes must not hold the chat). ``settings``: the
-    backend's, whose ``format`` its parts get (:meth:`own`, and every delta).
+    backend's, whose ``format`` its parts get (:meth:`own`, and every delta); not the
+    answer to a ``command`` (tgmux's texts about the chat: a history, a confirmation), plain
+    unless its parts say otherwise.
     """
 
-    def __init__(self, max_chars: int, settings: Any = None) -> None:
+    def __init__(self, max_chars: int, settings: Any = None, *,
+                 command: str | None = None) -> None:
         self.max_chars = max_chars
-        self.text_format = text_format_of(settings)
+        self.text_format = None if command else text_format_of(settings)
         self.cut = False
         self._joiner = DeltaJoiner()
         self._streamed = 0  # characters of deltas shown since the last complete text

@@ -56,6 +56,7 @@ __all__ = [
 ChatType = Literal["private", "group", "supergroup", "channel"]
 #: How a reply's text is meant: Markdown (rendered as formatting by the frontend) or plain text.
 #: None on a part: as its backend's ``format`` setting says (plain for tgmux's own texts).
+#: Parts compare by what they say, not by how it is shown (``format`` is not compared).
 TextFormat = Literal["plain", "markdown"]
 
 
@@ -352,7 +353,7 @@ class TextDelta:
     """A piece of a streamed reply; frontends show the growing text, then the final Text."""
 
     text: str
-    format: TextFormat | None = None
+    format: TextFormat | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -361,7 +362,7 @@ class Text:
     frontend renders, or plain text; None: as the backend's ``format`` setting says."""
 
     text: str
-    format: TextFormat | None = None
+    format: TextFormat | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -371,7 +372,7 @@ class Image:
     caption: str | None = None
     filename: str | None = None
     #: how the caption is meant (see :class:`Text`)
-    format: TextFormat | None = None
+    format: TextFormat | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -389,7 +390,7 @@ class Audio:
     mime_type: str | None = None
     text: str | None = None
     #: how the caption and text are meant (see :class:`Text`)
-    format: TextFormat | None = None
+    format: TextFormat | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
