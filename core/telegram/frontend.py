@@ -35,7 +35,7 @@ from tgmux.backend import (
 )
 from tgmux.command_menus import Scope
 from tgmux.config import TelegramConfig
-from tgmux.formatting import Formatted, plain, render, split_caption
+from tgmux.formatting import Formatted, plain, render
 from tgmux.telegram.normalize import SERVICE_USER_ID, RecentIds
 from tgmux.telegram.outbox import Entities, Outbox, topic_of, with_plain_fallback
 from tgmux.telegram.sender import (
@@ -46,8 +46,7 @@ from tgmux.telegram.sender import (
     Sender,
 )
 from tgmux.telegram.streaming import DRAFT_KEEPALIVE, Pacing, Stream
-from tgmux.telegram.textsplit import split_caption as split_plain_caption
-from tgmux.telegram.textsplit import split_formatted
+from tgmux.telegram.textsplit import split_formatted, split_formatted_caption
 from tgmux.types import TextFormat
 
 __all__ = ["TelegramFrontend"]
@@ -374,11 +373,7 @@ class TelegramFrontend:
                           caption: Formatted, filename: str, **extra: Any) -> bool:
         """``caption``: as shown (rendered when Markdown); its first 1024 UTF-16 units go
         with the media, the rest in messages after it."""
-        if caption.entities:
-            first, rest = split_caption(caption)
-        else:  # plain: split as any plain text
-            head, tail = split_plain_caption(caption.text)
-            first, rest = plain(head), [plain(chunk) for chunk in tail]
+        first, rest = split_formatted_caption(caption)
         client = self.client
         method = {"photo": client.send_photo, "voice": client.send_voice,
                   "audio": client.send_audio, "document": client.send_document}[kind]

@@ -7,6 +7,7 @@ A formatted text is split by :func:`tgmux.formatting.split` (its entities kept w
 
 from __future__ import annotations
 
+from tgmux import formatting
 from tgmux import text as _text
 from tgmux.formatting import Formatted, plain, split
 from tgmux.text import utf16_len
@@ -16,6 +17,7 @@ __all__ = [
     "MESSAGE_LIMIT",
     "split_caption",
     "split_formatted",
+    "split_formatted_caption",
     "split_pieces",
     "split_text",
     "utf16_len",
@@ -53,3 +55,13 @@ def split_formatted(shown: Formatted, limit: int = MESSAGE_LIMIT) -> list[Format
     if shown.entities:
         return split(shown, limit)
     return [plain(chunk) for chunk in split_text(shown.text, limit)]
+
+
+def split_formatted_caption(shown: Formatted, caption_limit: int = CAPTION_LIMIT,
+                            limit: int = MESSAGE_LIMIT) -> tuple[Formatted, list[Formatted]]:
+    """:func:`split_caption` for a formatted text (entities kept whole); one without entities
+    exactly as :func:`split_caption` splits it."""
+    if shown.entities:
+        return formatting.split_caption(shown, caption_limit, limit)
+    caption, rest = split_caption(shown.text, caption_limit, limit)
+    return plain(caption), [plain(chunk) for chunk in rest]
