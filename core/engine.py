@@ -768,7 +768,8 @@ class Engine:
         first: float | None = None
         failure: Exception | None = None
         notice: str | None = None
-        shaper = ReplyShaper(self.config.data.engine.max_reply_chars)
+        shaper = ReplyShaper(self.config.data.engine.max_reply_chars, backend.settings,
+                             command=turn.command)
         finished = False
         source: Any = None
         steps = StepDeadline(loop, deadline)
@@ -791,7 +792,7 @@ class Engine:
                         yield out
                 else:
                     result = await call_chained(self.pm, "tgmux_after_backend", "part",
-                                                clean_part(part), turn=turn, engine=self)
+                                                shaper.own(part), turn=turn, engine=self)
                     for out in result if isinstance(result, list) else [result]:
                         for shaped in shaper.complete(out):
                             yield shaped

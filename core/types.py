@@ -57,6 +57,7 @@ __all__ = [
 ChatType = Literal["private", "group", "supergroup", "channel"]
 #: How a reply's text is meant: Markdown (rendered as formatting by the frontend) or plain text.
 #: None on a part: as its backend's ``format`` setting says (plain for tgmux's own texts).
+#: Parts compare by what they say, not by how it is shown (``format`` is not compared).
 TextFormat = Literal["plain", "markdown"]
 #: Chats whose messages can be in a topic: forums (supergroups) and private chats in threaded
 #: mode. Each topic is a conversation of its own (memory, /reset, a provider's session).
@@ -381,7 +382,7 @@ class TextDelta:
     """A piece of a streamed reply; frontends show the growing text, then the final Text."""
 
     text: str
-    format: TextFormat | None = None
+    format: TextFormat | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -390,7 +391,7 @@ class Text:
     frontend renders, or plain text; None: as the backend's ``format`` setting says."""
 
     text: str
-    format: TextFormat | None = None
+    format: TextFormat | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -400,7 +401,7 @@ class Image:
     caption: str | None = None
     filename: str | None = None
     #: how the caption is meant (see :class:`Text`)
-    format: TextFormat | None = None
+    format: TextFormat | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -418,7 +419,7 @@ class Audio:
     mime_type: str | None = None
     text: str | None = None
     #: how the caption and text are meant (see :class:`Text`)
-    format: TextFormat | None = None
+    format: TextFormat | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

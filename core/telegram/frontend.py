@@ -35,8 +35,9 @@ from tgmux.backend import (
 )
 from tgmux.command_menus import Scope
 from tgmux.config import TelegramConfig
+from tgmux.formatting import Formatted, plain, render
 from tgmux.telegram.normalize import SERVICE_USER_ID, RecentIds
-from tgmux.telegram.outbox import Outbox, topic_of
+from tgmux.telegram.outbox import Entities, Outbox, topic_of, with_plain_fallback
 from tgmux.telegram.sender import (
     ChatUnavailable,
     DeliveryFailed,
@@ -45,7 +46,8 @@ from tgmux.telegram.sender import (
     Sender,
 )
 from tgmux.telegram.streaming import DRAFT_KEEPALIVE, Pacing, Stream
-from tgmux.telegram.textsplit import split_caption, split_text
+from tgmux.telegram.textsplit import split_formatted, split_formatted_caption
+from tgmux.types import TextFormat
 
 __all__ = ["TelegramFrontend"]
 
@@ -257,15 +259,16 @@ class TelegramFrontend:
                         if stream is None:
                             stream = Stream(out, self.pacing, drafts=self._drafts_for(chat),
                                             on_drafts_refused=self._drafts_refused,
-                                            keepalive=self.draft_keepalive)
+                                            keepalive=self.draft_keepalive,
+                                            text_format=part.format)
                         stream.push(part.text)
                         continue
                     if stream is not None:
                         final = part.text if isinstance(part, Text) else None
                         text, ok = await stream.finish(final)
-                        stream = None
+                        shown_as, stream = stream.text_format, None
                         if ok and text.strip():
-                            delivered.append(Text(text))
+                            delivered.append(Text(text, shown_as))
                             if isinstance(part, Audio):  # its text is shown: not again
                                 part = dataclasses.replace(part, text=None)
                         if isinstance(part, Text):
@@ -278,9 +281,9 @@ class TelegramFrontend:
                     pass  # logged by the sender; the reply goes on
             if stream is not None and not out.dead:  # deltas and no final Text: as shown
                 text, ok = await stream.finish(None)
-                stream = None
                 if ok and text.strip():
-                    delivered.append(Text(text))
+                    delivered.append(Text(text, stream.text_format))
+                stream = None
         except ChatUnavailable:
             out.dead = True
         finally:
@@ -307,12 +310,13 @@ class TelegramFrontend:
         try:
             if isinstance(part, Text | Notice):
                 sent = False
-                for chunk in split_text(part.text):
+                for chunk in _messages(part.text, getattr(part, "format", None)):
                     sent = await out.send_text(chunk) is not None or sent
                 return sent
             if isinstance(part, Image):
                 actions.set(enums.ChatAction.UPLOAD_PHOTO)
-                return await self._send_media(out, "photo", part.url, part.data, part.caption,
+                return await self._send_media(out, "photo", part.url, part.data,
+                                              _shown(part.caption, part.format),
                                               part.filename or _image_name(part.data))
             if isinstance(part, Audio):
                 return await self._send_audio_or_text(out, actions, part)
@@ -338,7 +342,7 @@ class TelegramFrontend:
         if not part.text:
             return False
         log.warning("chat %s: the audio could not be sent; sending its text", out.chat.chat_id)
-        return await self._deliver_part(out, actions, Text(part.text))
+        return await self._deliver_part(out, actions, Text(part.text, part.format))
 
     async def _send_audio(self, out: Outbox, actions: _ChatActions, part: Audio) -> bool:
         """A voice note when asked for and possible, else an audio file. Telegram shows a
@@ -350,21 +354,26 @@ class TelegramFrontend:
         if part.voice:
             actions.set(enums.ChatAction.RECORD_AUDIO)
             if part.data is None:
-                return await self._send_media(out, "voice", part.url, None, part.caption,
+                return await self._send_media(out, "voice", part.url, None,
+                                              _shown(part.caption, part.format),
                                               part.filename or "voice.ogg")
             note = await to_voice_note(part.data, max_bytes=self.voice_max_bytes,
                                        max_seconds=self.voice_max_seconds,
                                        name=f"chat {out.chat.chat_id}")
             if note is not None:
-                return await self._send_media(out, "voice", None, note.data, part.caption,
+                return await self._send_media(out, "voice", None, note.data,
+                                              _shown(part.caption, part.format),
                                               "voice.ogg", duration=note.whole_seconds)
         actions.set(enums.ChatAction.UPLOAD_AUDIO)
-        return await self._send_media(out, "audio", part.url, part.data, part.caption,
+        return await self._send_media(out, "audio", part.url, part.data,
+                                      _shown(part.caption, part.format),
                                       part.filename or _audio_name(part.mime_type))
 
     async def _send_media(self, out: Outbox, kind: str, url: str | None, data: bytes | None,
-                          caption: str | None, filename: str, **extra: Any) -> bool:
-        caption_text, rest = split_caption(caption or "")
+                          caption: Formatted, filename: str, **extra: Any) -> bool:
+        """``caption``: as shown (rendered when Markdown); its first 1024 UTF-16 units go
+        with the media, the rest in messages after it."""
+        first, rest = split_formatted_caption(caption)
         client = self.client
         method = {"photo": client.send_photo, "voice": client.send_voice,
                   "audio": client.send_audio, "document": client.send_document}[kind]
@@ -380,12 +389,16 @@ class TelegramFrontend:
             log.warning("chat %s: a %s without url or bytes was not sent", out.chat.chat_id, kind)
             return False
 
-        async def call(kwargs: dict[str, Any]) -> Any:
-            return await method(out.chat.chat_id, source(), caption=caption_text or None,
-                                parse_mode=enums.ParseMode.DISABLED, **extra, **kwargs)
+        async def send(entities: Entities) -> Any:
+            async def call(kwargs: dict[str, Any]) -> Any:
+                return await method(out.chat.chat_id, source(), caption=first.text or None,
+                                     parse_mode=enums.ParseMode.DISABLED,
+                                     caption_entities=entities, **extra, **kwargs)
+
+            return await out.send(f"send_{kind}", call)
 
         try:
-            await out.send(f"send_{kind}", call)
+            await with_plain_fallback(first, send)
         except DeliveryFailed as exc:
             cause = exc.args[0] if exc.args else ""
             if cause not in MEDIA_REJECTED:
@@ -396,13 +409,25 @@ class TelegramFrontend:
                 log.info("chat %s: %s refused (%s); sending it as a file", out.chat.chat_id,
                          kind, cause)
                 return await self._send_media(out, "document", None, data, caption, filename)
-            text = f"{caption}\n{url}" if caption else (url or "")
-            for chunk in split_text(text):
-                await out.send_text(chunk)
+            text = f"{caption.text}\n{url}" if caption.text else (url or "")
+            for shown in split_formatted(Formatted(text, caption.entities)):
+                await out.send_text(shown)
             return True
         for chunk in rest:
             await out.send_text(chunk)
         return True
+
+
+def _shown(text: str | None, text_format: TextFormat | None) -> Formatted:
+    """What a text of a part shows: Markdown rendered as text and entities, plain as it is."""
+    if not text:
+        return plain("")
+    return render(text) if text_format == "markdown" else plain(text)
+
+
+def _messages(text: str, text_format: TextFormat | None) -> list[Formatted]:
+    """The messages that show a complete text (at most 4096 UTF-16 units each)."""
+    return split_formatted(render(text) if text_format == "markdown" else plain(text))
 
 
 def _image_name(data: bytes | None) -> str:

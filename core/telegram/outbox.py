@@ -1,23 +1,42 @@
-"""One reply to one chat: where its messages go, what was sent, whether the chat is reachable."""
+"""One reply to one chat: where its messages go, what was sent, whether the chat is reachable.
+
+A text goes with its formatting as entities (:mod:`tgmux.telegram.entities`); should Telegram
+refuse them (the sender's :class:`~tgmux.telegram.sender.FormattingRefused`, logged once), the
+same text goes again once without them: a reply is never lost to formatting."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from pyrogram import Client, enums, types
+from pyrogram import Client, enums, raw, types, utils
 
 from tgmux.backend import ChatIdentity
+from tgmux.formatting import Formatted
+from tgmux.telegram.entities import as_formatted, to_pyrogram
 from tgmux.telegram.normalize import RecentIds
-from tgmux.telegram.sender import ReplyGone, Sender
+from tgmux.telegram.sender import FormattingRefused, ReplyGone, Sender
 
-__all__ = ["Outbox", "topic_of"]
+__all__ = ["Outbox", "topic_of", "with_plain_fallback"]
+
+T = TypeVar("T")
+Entities = list[types.MessageEntity] | None
 
 
 def topic_of(chat: ChatIdentity) -> int | None:
     """The topic a reply to ``chat`` goes to (its messages, typing and drafts), if any: a
     forum's, or (Bot API 9.3) a private chat's in threaded mode (:attr:`ChatIdentity.topic`)."""
     return chat.topic
+
+
+async def with_plain_fallback(shown: Formatted,
+                              send: Callable[[Entities], Awaitable[T]]) -> T:
+    """``send(entities)`` with ``shown``'s formatting; when Telegram refuses the formatting,
+    ``send(None)`` once: the same text, plain."""
+    try:
+        return await send(to_pyrogram(shown.entities))
+    except FormattingRefused:
+        return await send(None)
 
 
 class Outbox:
@@ -64,21 +83,53 @@ class Outbox:
             self.sent_ids.add(chat_id, message_id)
         return result
 
-    async def send_text(self, text: str) -> int | None:
+    async def send_text(self, text: str | Formatted) -> int | None:
+        """Send a message (a str: plain text); its id (None: Telegram gave none)."""
         client = self.client
-        result = await self.send("send_message", lambda kw: client.send_message(
-            self.chat.chat_id, text, parse_mode=enums.ParseMode.DISABLED,
-            link_preview_options=self.link_preview, **kw))
-        return getattr(result, "id", None)
+        shown = as_formatted(text)
 
-    async def edit_text(self, message_id: int, text: str) -> None:
+        async def send(entities: Entities) -> Any:
+            return await self.send("send_message", lambda kw: client.send_message(
+                self.chat.chat_id, shown.text, parse_mode=enums.ParseMode.DISABLED,
+                entities=entities, link_preview_options=self.link_preview, **kw))
+
+        return getattr(await with_plain_fallback(shown, send), "id", None)
+
+    async def edit_text(self, message_id: int, text: str | Formatted) -> None:
         client = self.client
-        await self.sender.call(
-            self.chat.chat_id, "edit_message",
-            lambda: client.edit_message_text(self.chat.chat_id, message_id, text,
-                                             parse_mode=enums.ParseMode.DISABLED,
-                                             link_preview_options=self.link_preview),
-            idempotent=True)  # the same text again: MESSAGE_NOT_MODIFIED at worst
+        shown = as_formatted(text)
+
+        async def edit(entities: Entities) -> Any:
+            async def request() -> Any:
+                # The raw request: kurigram's edit_message_text (2.2.x) drops ``entities``.
+                written = await utils.parse_text_entities(client, shown.text,
+                                                          enums.ParseMode.DISABLED, entities)
+                return await client.invoke(raw.functions.messages.EditMessage(
+                    peer=await client.resolve_peer(self.chat.chat_id), id=message_id,
+                    no_webpage=self.link_preview.is_disabled if self.link_preview else None,
+                    message=written["message"], entities=written["entities"] or None))
+
+            return await self.sender.call(
+                self.chat.chat_id, "edit_message", request,
+                idempotent=True)  # the same text again: MESSAGE_NOT_MODIFIED at worst
+
+        await with_plain_fallback(shown, edit)
+
+    async def draft(self, draft_id: int, text: str | Formatted) -> None:
+        """Show a message draft (bots, private chats); raises as the sender does."""
+        client = self.client
+        shown = as_formatted(text)
+
+        async def draft(entities: Entities) -> Any:
+            return await self.sender.call(
+                self.chat.chat_id, "send_draft",
+                lambda: client.send_message_draft(
+                    self.chat.chat_id, draft_id, shown.text, message_thread_id=self.thread,
+                    parse_mode=enums.ParseMode.DISABLED, entities=entities),
+                idempotent=True,  # same draft id: shown once
+                draft=True, wait_floods=False)  # a later draft replaces this one anyway
+
+        await with_plain_fallback(shown, draft)
 
     async def delete(self, message_ids: list[int]) -> None:
         client = self.client

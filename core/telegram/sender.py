@@ -10,6 +10,9 @@ the flood out, give up, or take it as done. In words:
 - ``MESSAGE_NOT_MODIFIED`` is success;
 - errors that will not go away (bot blocked, chat write forbidden, peer invalid...) become one
   log line with the chat id and :class:`ChatUnavailable`, never a crash;
+- Telegram refusing a text's formatting (``ENTITY_BOUNDS_INVALID``, ``ENTITIES_TOO_LONG``...)
+  is one warning line and :class:`FormattingRefused`: the same text goes again without its
+  entities (the outbox's job), so a reply is never lost to formatting;
 - a new message is never sent a second time after a timeout or a server error: Pyrogram's
   session has already retried that very request (same ``random_id``, which Telegram
   deduplicates), and a fresh ``send_message`` would carry a new one, so a message whose answer
@@ -24,6 +27,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -34,8 +38,8 @@ from tgmux.config import FloodLimits
 from tgmux.ratelimit import KeyedLimiter, SlidingWindowLimiter
 
 __all__ = ["Attempt", "ChatUnavailable", "Decision", "DeliveryFailed", "FloodControl",
-           "FloodWaitRequired", "OutcomeUnknown", "ReplyGone", "Sender", "Verdict", "error_id",
-           "retry_policy"]
+           "FloodWaitRequired", "FormattingRefused", "OutcomeUnknown", "ReplyGone", "Sender",
+           "Verdict", "error_id", "retry_policy"]
 
 log = logging.getLogger("tgmux.telegram")
 
@@ -52,14 +56,25 @@ CHAT_GONE = frozenset({
 #: The message we reply to is gone: send without the reply.
 REPLY_GONE = frozenset({"REPLY_MESSAGE_ID_INVALID", "REPLY_TO_INVALID", "MESSAGE_ID_INVALID"})
 FLOOD = frozenset({"FLOOD_WAIT_X", "FLOOD_PREMIUM_WAIT_X", "SLOWMODE_WAIT_X"})
+#: Telegram refused a text's entities (ENTITY_BOUNDS_INVALID, ENTITY_TEXTURL_INVALID,
+#: ENTITY_MENTION_USER_INVALID, ENTITIES_TOO_LONG...), not the text
+FORMATTING_PREFIXES = ("ENTITY_", "ENTITIES_")
 
 MAX_FLOOD_RETRIES = 5
 MAX_FLOOD_WAIT = 3600.0  # seconds; beyond that the message is dropped (and logged)
 MAX_TRANSIENT_RETRIES = 3
 
 
+#: an error kurigram has no class for carries it in its value: "[400 ENTITY_TEXTURL_INVALID]"
+_UNKNOWN_ID = re.compile(r"\[\d+ ([A-Z][A-Z0-9_]*)\]")
+
+
 def error_id(exc: BaseException) -> str:
-    return str(getattr(exc, "ID", None) or getattr(exc, "NAME", None) or type(exc).__name__)
+    code = getattr(exc, "ID", None)
+    if code is None and isinstance(exc, RPCError):
+        found = _UNKNOWN_ID.search(str(getattr(exc, "value", "") or ""))
+        code = found.group(1) if found else None
+    return str(code or getattr(exc, "NAME", None) or type(exc).__name__)
 
 
 class ChatUnavailable(Exception):
@@ -68,6 +83,10 @@ class ChatUnavailable(Exception):
 
 class DeliveryFailed(Exception):
     """This one request failed for good (logged); the reply goes on with its other parts."""
+
+
+class FormattingRefused(DeliveryFailed):
+    """Telegram refused the entities of a text (logged): send it again without them."""
 
 
 class OutcomeUnknown(DeliveryFailed):
@@ -211,6 +230,7 @@ class Why(enum.Enum):
     REPLY_GONE = "reply_gone"
     SERVER_ERROR = "server_error"  # a 5xx answer
     NO_ANSWER = "no_answer"  # a timeout, a connection error
+    FORMATTING = "formatting"  # the text's entities were refused
     REFUSED = "refused"  # any other error Telegram answered with
     BUG = "bug"  # not an error from Telegram at all
     QUIET = "quiet"  # nothing to log
@@ -257,6 +277,8 @@ def retry_policy(exc: Exception, attempt: Attempt) -> Decision:
             return Decision(Verdict.GIVE_UP, Why.CHAT_GONE, error=ChatUnavailable(code))
         if attempt.replying and code in REPLY_GONE:
             return Decision(Verdict.GIVE_UP, Why.QUIET, error=ReplyGone(code))
+        if code.startswith(FORMATTING_PREFIXES):
+            return Decision(Verdict.GIVE_UP, Why.FORMATTING, error=FormattingRefused(code))
         if (exc.CODE or 0) >= 500:
             return _unanswered(exc, attempt, Why.SERVER_ERROR)
         return Decision(Verdict.GIVE_UP, Why.REFUSED, error=DeliveryFailed(code))
@@ -363,6 +385,9 @@ def _log(decision: Decision, chat_id: int | None, what: str, exc: Exception,
         else:
             log.error("chat %s: %s may or may not have reached the chat (%s); not sent again, "
                       "so that it cannot appear twice", chat_id, what, cause)
+    elif why is Why.FORMATTING:
+        log.warning("chat %s: %s: Telegram refused the formatting (%s); sending it as "
+                    "plain text", chat_id, what, code)
     elif why is Why.REFUSED:
         log.error("chat %s: %s failed: %s", chat_id, what, exc)
     elif why is Why.BUG:

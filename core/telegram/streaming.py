@@ -11,7 +11,12 @@ plugin changed the final text's beginning): the bubble turns into the final text
 message replaces it. That costs one draft (an overall slot, never the chat's message budget)
 and only when the start changed; clearing the draft instead would flash Telegram's "Thinking…"
 placeholder. Should that draft not get through (a flood wait), the message is sent anyway and
-the stale bubble goes when the apps drop it."""
+the stale bubble goes when the apps drop it.
+
+A Markdown stream is shown formatted: each update renders the text so far as a still-growing
+text (:func:`tgmux.formatting.render` with ``partial``: an unclosed ``**`` or code fence never
+makes broken entities), the final text exactly; drafts and messages are compared by what they
+show (the rendered text and its entities)."""
 
 from __future__ import annotations
 
@@ -22,8 +27,7 @@ import random
 import time
 from collections.abc import Callable
 
-from pyrogram import enums
-
+from tgmux.formatting import Formatted, plain, render
 from tgmux.telegram.outbox import Outbox
 from tgmux.telegram.sender import (
     ChatUnavailable,
@@ -32,7 +36,8 @@ from tgmux.telegram.sender import (
     FloodWaitRequired,
     OutcomeUnknown,
 )
-from tgmux.telegram.textsplit import split_text
+from tgmux.telegram.textsplit import split_formatted
+from tgmux.types import TextFormat
 
 __all__ = ["Pacing", "Stream"]
 
@@ -46,6 +51,9 @@ DRAFT_KEEPALIVE = 20.0
 #: An edit that cannot be made: the message is gone or too old; its text goes in a new one.
 EDIT_GONE = frozenset({"MESSAGE_ID_INVALID", "MESSAGE_EDIT_TIME_EXPIRED",
                        "MESSAGE_AUTHOR_REQUIRED"})
+
+
+_NO_DRAFT = Formatted("")
 
 
 class Pacing:
@@ -97,17 +105,20 @@ class Stream:
 
     def __init__(self, out: Outbox, pacing: Pacing, *, drafts: bool,
                  on_drafts_refused: Callable[[], None],
-                 keepalive: float = DRAFT_KEEPALIVE) -> None:
+                 keepalive: float = DRAFT_KEEPALIVE,
+                 text_format: TextFormat | None = None) -> None:
         self.out = out
+        self.text_format = text_format
+        self.markdown = text_format == "markdown"
         self.pacing = pacing
         self.drafts = drafts
         self.on_drafts_refused = on_drafts_refused
         self.keepalive = keepalive
         self.draft_id = random.randint(1, 2**62)
         self.text = ""
-        self.messages: list[tuple[int, str]] = []  # (message id, text shown in it)
-        #: the draft the chat shows now ("" when none: not yet, or a message replaced it)
-        self.draft_shown = ""
+        self.messages: list[tuple[int, Formatted]] = []  # (message id, what it shows)
+        #: the draft the chat shows now (no text when none: not yet, or a message replaced it)
+        self.draft_shown = _NO_DRAFT
         self._draft_at = 0.0  # when Telegram last took a draft of this stream
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -132,7 +143,7 @@ class Stream:
         """Wait for more text; meanwhile keep a shown draft from being dropped."""
         chat_id = self.out.chat.chat_id
         while not self._wake.is_set() and not self.out.dead:
-            if not (self.drafts and self.draft_shown):
+            if not (self.drafts and self.draft_shown.text):
                 await self._wake.wait()
                 return
             due = self._draft_at + self.keepalive - time.monotonic()
@@ -143,7 +154,7 @@ class Stream:
                 continue
             await self.pacing.pace(chat_id, drafting=True)  # a flood wait holds it too
             async with self._lock:
-                if self._wake.is_set() or not (self.drafts and self.draft_shown):
+                if self._wake.is_set() or not (self.drafts and self.draft_shown.text):
                     continue
                 self.pacing.mark_update(chat_id)
                 try:
@@ -166,10 +177,16 @@ class Stream:
             return False
         return True
 
+    def _chunks(self, text: str, *, final: bool) -> list[Formatted]:
+        """The messages that show ``text`` (a Markdown stream rendered: as it grows, or
+        exactly when ``final``)."""
+        return split_formatted(render(text, partial=not final) if self.markdown
+                               else plain(text))
+
     async def _update(self, text: str, *, final: bool) -> None:
         if self.out.dead:
             return
-        chunks = split_text(text)
+        chunks = self._chunks(text, final=final)
         if not chunks:
             return
         self.updates += 1
@@ -192,13 +209,14 @@ class Stream:
                         message_id = new_id
                     self.messages[i] = (message_id, chunk)
             else:
-                if self.drafts and self.draft_shown and not chunk.startswith(self.draft_shown):
+                if (self.drafts and self.draft_shown.text
+                        and not chunk.text.startswith(self.draft_shown.text)):
                     # the apps replace a draft only by a message that starts with its text
                     await self._draft(chunk)
                 message_id = await self.out.send_text(chunk)
                 if message_id is not None:
                     self.messages.append((message_id, chunk))
-                    self.draft_shown = ""  # that message took the draft's place
+                    self.draft_shown = _NO_DRAFT  # that message took the draft's place
         if final and len(self.messages) > len(chunks):  # the final text is shorter
             extra = [m for m, _ in self.messages[len(chunks):]]
             del self.messages[len(chunks):]
@@ -209,17 +227,11 @@ class Stream:
                 self.drafts = False
                 await self._update(text, final=False)
 
-    async def _draft(self, text: str) -> bool:
+    async def _draft(self, text: Formatted) -> bool:
         out = self.out
         chat = out.chat
         try:
-            await out.sender.call(
-                chat.chat_id, "send_draft",
-                lambda: out.client.send_message_draft(
-                    chat.chat_id, self.draft_id, text, message_thread_id=out.thread,
-                    parse_mode=enums.ParseMode.DISABLED),
-                idempotent=True,  # same draft id: shown once
-                draft=True, wait_floods=False)  # a later draft replaces this one anyway
+            await out.draft(self.draft_id, text)
         except OutcomeUnknown:
             # the network, not a refusal (logged): the next update drafts again; a keepalive
             # tries again after its interval, not at once

@@ -1,18 +1,23 @@
 """Telegram's text limits on top of :mod:`tgmux.text`.
 
 Telegram limits a message to 4096 and a caption to 1024 characters as UTF-16 code units (after
-entity parsing; tgmux sends plain text, so the text is what is measured).
+entity parsing: tgmux sends text and entities, never markup, so the text is what is measured).
+A formatted text is split by :func:`tgmux.formatting.split` (its entities kept whole).
 """
 
 from __future__ import annotations
 
+from tgmux import formatting
 from tgmux import text as _text
+from tgmux.formatting import Formatted, plain, split
 from tgmux.text import utf16_len
 
 __all__ = [
     "CAPTION_LIMIT",
     "MESSAGE_LIMIT",
     "split_caption",
+    "split_formatted",
+    "split_formatted_caption",
     "split_pieces",
     "split_text",
     "utf16_len",
@@ -42,3 +47,21 @@ def split_caption(text: str, caption_limit: int = CAPTION_LIMIT,
     caption = pieces[0][0]
     rest = "".join(c + s for c, s in pieces[1:])
     return caption, split_text(rest, limit)
+
+
+def split_formatted(shown: Formatted, limit: int = MESSAGE_LIMIT) -> list[Formatted]:
+    """The messages to send for ``shown``: with entities, split keeping them whole; without,
+    exactly as :func:`split_text` splits a plain text."""
+    if shown.entities:
+        return split(shown, limit)
+    return [plain(chunk) for chunk in split_text(shown.text, limit)]
+
+
+def split_formatted_caption(shown: Formatted, caption_limit: int = CAPTION_LIMIT,
+                            limit: int = MESSAGE_LIMIT) -> tuple[Formatted, list[Formatted]]:
+    """:func:`split_caption` for a formatted text (entities kept whole); one without entities
+    exactly as :func:`split_caption` splits it."""
+    if shown.entities:
+        return formatting.split_caption(shown, caption_limit, limit)
+    caption, rest = split_caption(shown.text, caption_limit, limit)
+    return plain(caption), [plain(chunk) for chunk in rest]

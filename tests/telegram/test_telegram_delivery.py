@@ -158,7 +158,8 @@ async def test_a_photo_telegram_cannot_fetch_is_sent_as_a_link(tgmux_bot):
     bot.telegram.fail("send_photo", "WEBPAGE_CURL_FAILED")
     reply = await bot.send("photo url", user_id=77)
     assert reply.messages == [{"action": "send_message", "chat_id": 77, "message_id": 1001,
-                               "text": "a cat\nhttps://example.com/cat.jpg"}]
+                               "text": "a cat\nhttps://example.com/cat.jpg",
+                               "link_preview": False}]
 
 
 async def test_provider_errors_reach_the_user_as_plain_messages(tgmux_bot):

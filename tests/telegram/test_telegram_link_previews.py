@@ -1,6 +1,7 @@
 """Link previews: Telegram builds one for the first link of a message, and again on every
 edit. AI replies go out without them unless ``telegram.link_previews: true`` (per account).
-The fake Telegram marks a message or edit that gets a preview with ``"link_preview": true``."""
+The fake Telegram marks a message or edit with a link that gets a preview with
+``"link_preview": true``, one sent without with ``"link_preview": false``."""
 
 from __future__ import annotations
 
@@ -27,11 +28,14 @@ async def test_replies_with_links_ask_for_no_preview_by_default(tgmux_bot):
     bot = await tgmux_bot(CONFIG, plugins=PLUGINS, edit_interval=0.2)
     reply = await bot.send(LINKED, user_id=42)
     assert reply.messages == [{"action": "send_message", "chat_id": 42, "message_id": 1001,
-                               "text": LINKED}]
+                               "text": LINKED, "link_preview": False}]
+    plain = await bot.send("no link here", user_id=42)
+    assert "link_preview" not in plain.messages[0]  # nothing to preview
     streamed = await bot.send(f"@tgmux_bot {LINKED}", user_id=42, chat_id=GROUP)
     edits = streamed.of("edit_message")
     assert edits and streamed.texts == [LINKED]
-    assert all("link_preview" not in a for a in streamed.actions)
+    assert all(a.get("link_preview") is not True for a in streamed.actions)
+    assert edits[-1]["link_preview"] is False
 
 
 async def test_link_previews_true_lets_telegram_build_them(tgmux_bot):
@@ -69,4 +73,4 @@ async def test_link_previews_are_set_per_account(tgmux_bot):
     quiet = await tgmux_bot("accounts:" + QUIET + SHOWY + BACKENDS)
     assert list(quiet.config.accounts) == ["quiet", "showy"]
     reply = await quiet.send(LINKED, user_id=42)
-    assert "link_preview" not in reply.messages[0]
+    assert reply.messages[0]["link_preview"] is False

@@ -4,6 +4,7 @@ tried → wait N s / try again after N s / give up with this error / done / skip
 from __future__ import annotations
 
 import pytest
+from pyrogram import raw
 from pyrogram.errors import (
     ChatWriteForbidden,
     FloodPremiumWait,
@@ -13,6 +14,7 @@ from pyrogram.errors import (
     MessageNotModified,
     ReplyMessageIdInvalid,
     RpcCallFail,
+    RPCError,
     SlowmodeWait,
     UserIsBlocked,
 )
@@ -25,9 +27,11 @@ from tgmux.telegram.sender import (
     ChatUnavailable,
     DeliveryFailed,
     FloodWaitRequired,
+    FormattingRefused,
     OutcomeUnknown,
     ReplyGone,
     Verdict,
+    error_id,
     retry_policy,
 )
 
@@ -136,3 +140,24 @@ def test_retry_policy(error: Exception, attempt: Attempt, verdict: Verdict, dela
         assert decision.error.args[0] == first
     if isinstance(decision.error, FloodWaitRequired):
         assert decision.error.seconds == flood
+
+
+def _refused(error: str) -> Exception:
+    """Telegram's error as kurigram raises it (a generic BadRequest for one it does not know)."""
+    try:
+        RPCError.raise_it(raw.types.RpcError(error_code=400, error_message=error),
+                          raw.functions.messages.SendMessage)
+    except RPCError as exc:
+        return exc
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("error", ["ENTITY_BOUNDS_INVALID", "ENTITY_TEXTURL_INVALID",
+                                   "ENTITIES_TOO_LONG", "ENTITY_MENTION_USER_INVALID"])
+@pytest.mark.parametrize("attempt", [MESSAGE, REPLY, EDIT])
+def test_refused_formatting_gives_up_for_a_plain_resend(error: str, attempt: Attempt):
+    exc = _refused(error)
+    assert error_id(exc) == error  # also for errors kurigram has no class for
+    decision = retry_policy(exc, attempt)
+    assert decision.verdict is Verdict.GIVE_UP
+    assert isinstance(decision.error, FormattingRefused) and decision.error.args == (error,)

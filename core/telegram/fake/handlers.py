@@ -14,6 +14,7 @@ from typing import Any
 from pyrogram import raw
 from pyrogram.raw.core import TLObject
 
+from tgmux.telegram.fake.entities import bot_api_entities, has_link, raw_entities
 from tgmux.telegram.fake.faults import UnknownRequest, refuse
 from tgmux.telegram.fake.updates import (
     CHANNEL_ID_BASE,
@@ -58,10 +59,14 @@ _CHAT_ACTIONS = {
 _LINK = re.compile(r"(?i)\b(?:https?://|www\.)[^\s/$.?#]\S*")
 
 
-def previewed(text: str, no_webpage: bool | None) -> bool | None:
-    """True when Telegram would show a link preview under a message with this text (it has a
-    link, and the request did not ask for no preview); None (left out of the action) else."""
-    return True if not no_webpage and _LINK.search(text) else None
+def previewed(text: str, no_webpage: bool | None,
+              entities: list[dict[str, Any]] | None = None) -> bool | None:
+    """For a message with a link (in its text, or behind a text link): True when Telegram
+    would show a link preview under it, False when the request asked for none; None (left
+    out of the action) for a message with nothing to preview."""
+    if not has_link(text, _LINK, entities):
+        return None
+    return not no_webpage
 
 
 def chat_action_name(action: TLObject) -> str:
@@ -71,6 +76,11 @@ def chat_action_name(action: TLObject) -> str:
         return _CHAT_ACTIONS[name]
     snake = re.sub(r"(?<!^)(?=[A-Z])", "_", name.removeprefix("SendMessage")).lower()
     return snake.removesuffix("_action")
+
+
+def _same(a: list[TLObject] | None, b: list[TLObject] | None) -> bool:
+    """The same formatting (as Telegram compares an edit's with the message's)."""
+    return [e.write() for e in a or ()] == [e.write() for e in b or ()]
 
 
 class Handlers(World):
@@ -179,9 +189,12 @@ class Handlers(World):
         if again is not None:  # the same request again (a retry): sent once, as Telegram does
             return again
         self._check_text(query.message)
-        message, info = self._new_outgoing(chat_id, query.message, query.reply_to)
+        entities = bot_api_entities(query.message, query.entities, type(query))
+        message, info = self._new_outgoing(chat_id, query.message, query.reply_to,
+                                           entities=raw_entities(query.entities))
         self._record({"action": "send_message", **info, "text": query.message,
-                      "link_preview": previewed(query.message, query.no_webpage)})
+                      "entities": entities,
+                      "link_preview": previewed(query.message, query.no_webpage, entities)})
         state = self._state_for(chat_id)
         if state.chat_type == "private":
             entry = self.log.add(raw.types.UpdateNewMessage(message=message, pts=0,
@@ -202,12 +215,17 @@ class Handlers(World):
             refuse("MESSAGE_ID_INVALID", type(query))
         text = query.message if query.message is not None else old.message
         self._check_text(text, 4096 if old.media is None else 1024)
-        if text == old.message:
+        given = query.entities if query.message is not None else old.entities
+        entities = bot_api_entities(text, given, type(query))
+        kept = raw_entities(given)
+        if text == old.message and _same(kept, old.entities):
             refuse("MESSAGE_NOT_MODIFIED", type(query))
         old.message = text
+        old.entities = kept
         old.edit_date = int(time.time())
         self._record({"action": "edit_message", "chat_id": chat_id, "message_id": query.id,
-                      "text": text, "link_preview": previewed(text, query.no_webpage)})
+                      "text": text, "entities": entities,
+                      "link_preview": previewed(text, query.no_webpage, entities)})
         return self._updates(chat_id, old, edit=True)
 
     async def _on_messages_SetTyping(self, query: TLObject) -> bool:
@@ -220,9 +238,10 @@ class Handlers(World):
             text = query.action.text.text
             if utf16_len(text) > 4096:
                 refuse("MESSAGE_TOO_LONG", type(query))
+            entities = bot_api_entities(text, query.action.text.entities, type(query))
             self._record({"action": "send_draft", "chat_id": chat_id,
                           "draft_id": query.action.random_id, "text": text,
-                          "message_thread_id": query.top_msg_id})
+                          "entities": entities, "message_thread_id": query.top_msg_id})
             return True
         self._record({"action": "chat_action", "chat_id": chat_id,
                       "chat_action": chat_action_name(query.action),
@@ -236,6 +255,7 @@ class Handlers(World):
             return again
         if query.message:
             self._check_text(query.message, 1024)
+        entities = bot_api_entities(query.message or "", query.entities, type(query))
         media = query.media
         now = int(time.time())
         if isinstance(media, (raw.types.InputMediaPhotoExternal,
@@ -266,10 +286,11 @@ class Handlers(World):
                     mime_type=getattr(media, "mime_type", None) or "application/octet-stream",
                     size=1, dc_id=2, attributes=attributes))
         message, info = self._new_outgoing(chat_id, query.message or "", query.reply_to,
-                                           media=stored)
+                                           media=stored, entities=raw_entities(query.entities))
         audio = next((a for a in getattr(media, "attributes", None) or []
                       if isinstance(a, raw.types.DocumentAttributeAudio)), None)
         self._record({"action": action, **info, "media": shown, "text": query.message or None,
+                      "entities": entities,
                       "mime_type": getattr(media, "mime_type", None),
                       "duration": audio.duration if audio is not None else None})
         answer = self._updates(chat_id, message, random_id=query.random_id)

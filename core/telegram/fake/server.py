@@ -50,9 +50,9 @@ _FLOOD_COUNTED = frozenset({"send_message", "edit_message", "send_photo", "send_
                             "send_audio", "send_document"})
 
 #: Keys of an action, in the order they are written (absent when not set).
-_KEY_ORDER = ("action", "chat_id", "message_id", "draft_id", "chat_action", "text", "media",
-              "mime_type", "duration", "reply_to_message_id", "message_thread_id", "scope",
-              "user_id", "language_code", "commands", "link_preview")
+_KEY_ORDER = ("action", "chat_id", "message_id", "draft_id", "chat_action", "text", "entities",
+              "media", "mime_type", "duration", "reply_to_message_id", "message_thread_id",
+              "scope", "user_id", "language_code", "commands", "link_preview")
 
 #: (chat id, message id) of the message whose reply is being delivered, for the requests made
 #: meanwhile: each action is filed under it (``FakeTelegram.action_origins``). Set by a

@@ -632,7 +632,8 @@ class World:
         return target, self._thread_of.get((chat_id, target))
 
     def _new_outgoing(self, chat_id: int, text: str, reply_to: TLObject | None,
-                      media: TLObject | None = None) -> tuple[TLObject, dict[str, Any]]:
+                      media: TLObject | None = None,
+                      entities: list[TLObject] | None = None) -> tuple[TLObject, dict[str, Any]]:
         state = self._state_for(chat_id)
         message_id = self._outgoing_id(state)
         reply_id, thread = self._reply(chat_id, reply_to)
@@ -645,7 +646,7 @@ class World:
         message = raw.types.Message(
             id=message_id, peer_id=self.peer(chat_id, state.chat_type), date=int(time.time()),
             message=text, out=True, from_id=raw.types.PeerUser(user_id=self.me.id),
-            reply_to=header, media=media)
+            reply_to=header, media=media, entities=entities)
         self._messages[(chat_id, message_id)] = message
         if thread is not None:
             self._thread_of[(chat_id, message_id)] = thread
