@@ -622,6 +622,9 @@ def check(formatted: Formatted) -> None:
 
 #: A boundary of a level is only used when it keeps at least this share of the message.
 MIN_FILL = 0.3
+#: Entities Telegram shows in one message at most: it drops the rest silently
+#: (tdlib/telegram-bot-api#820), so a piece holds no more.
+MAX_ENTITIES = 100
 
 _LEVELS = (
     (re.compile(r"\n[ \t\r\f\v]*\n\s*"), 0),  # a blank line
@@ -712,6 +715,21 @@ class _Cutter:
         cut = _safe_cut(text, end, pos)
         return cut, cut
 
+    def entity_room(self, pos: int, end: int) -> int:
+        """``end``, or before it where the piece from ``pos`` would hold more than
+        :data:`MAX_ENTITIES` entities (those continuing into it count too)."""
+        low, high = self.units.units(pos), self.units.units(end)
+        count = 0
+        for e in self.entities:  # by offset
+            if e.offset >= high:
+                break
+            if e.offset + e.length <= low:
+                continue
+            count += 1
+            if count > MAX_ENTITIES and e.offset > low:
+                return self.units.index(e.offset)
+        return end
+
     def next_start(self, cut: int, after: int) -> int:
         """Where the piece after a cut starts: past the whitespace, but a code line's
         indentation is code."""
@@ -743,10 +761,13 @@ class _Cutter:
         pos = self.next_start(0, 0)
         room = first_limit
         while pos < len(text):
-            if self.units.total - self.units.units(pos) <= room:
+            fits = self.units.total - self.units.units(pos) <= room
+            end = self.entity_room(pos, len(text) if fits else
+                                   self.units.index_within(pos, room))
+            if end == len(text):
                 cut = after = len(text)
             else:
-                cut, after = self.best_cut(pos, self.units.index_within(pos, room))
+                cut, after = self.best_cut(pos, end)
             end = cut
             while end > pos and text[end - 1].isspace():
                 end -= 1
@@ -758,10 +779,12 @@ class _Cutter:
 
 
 def split(formatted: Formatted, limit: int = 4096) -> list[Formatted]:
-    """``formatted`` as messages of at most ``limit`` UTF-16 units each (none when blank);
-    an entity cut by a boundary continues in the next message."""
+    """``formatted`` as messages of at most ``limit`` UTF-16 units and
+    :data:`MAX_ENTITIES` entities each (none when blank); an entity cut by a boundary
+    continues in the next message."""
     if formatted.text.isascii() and len(formatted.text) <= limit and \
-            formatted.text == formatted.text.strip():
+            formatted.text == formatted.text.strip() and \
+            len(formatted.entities) <= MAX_ENTITIES:
         return [formatted] if formatted.text else []
     return _Cutter(formatted).pieces(limit, limit)
 

@@ -421,3 +421,17 @@ def test_the_module_imports_no_other_part_of_tgmux_than_its_types():
                  for alias in node.names}
     assert {name for name in imported if name.startswith("tgmux")} == {"tgmux.types"}
     assert not any(name.startswith("pyrogram") for name in imported)
+
+
+def test_a_reply_dense_with_formatting_is_split_at_100_entities_a_message():
+    # Telegram shows 100 entities of a message and drops the rest silently: a short reply
+    # with 250 bold words goes as messages of 100 entities at most, every entity kept
+    formatted = render(" ".join(f"**w{i}**" for i in range(250)))
+    assert len(formatted.entities) == 250 and len(formatted.text) < 4096
+    pieces = split(formatted)
+    assert [len(p.entities) for p in pieces] == [100, 100, 50]
+    for piece in pieces:
+        check(piece)
+        assert all(piece.text[e.offset:e.offset + e.length].startswith("w")
+                   for e in piece.entities)
+    assert " ".join(p.text for p in pieces) == formatted.text
