@@ -35,7 +35,7 @@ from tgmux.backend import (
 )
 from tgmux.command_menus import Scope
 from tgmux.config import TelegramConfig
-from tgmux.formatting import Formatted, plain, render
+from tgmux.formatting import Formatted
 from tgmux.telegram.normalize import SERVICE_USER_ID, RecentIds
 from tgmux.telegram.outbox import Entities, Outbox, topic_of, with_plain_fallback
 from tgmux.telegram.sender import (
@@ -46,8 +46,12 @@ from tgmux.telegram.sender import (
     Sender,
 )
 from tgmux.telegram.streaming import DRAFT_KEEPALIVE, Pacing, Stream
-from tgmux.telegram.textsplit import split_formatted, split_formatted_caption
-from tgmux.types import TextFormat
+from tgmux.telegram.textsplit import (
+    formatted_messages,
+    rendered,
+    split_formatted,
+    split_formatted_caption,
+)
 
 __all__ = ["TelegramFrontend"]
 
@@ -310,13 +314,14 @@ class TelegramFrontend:
         try:
             if isinstance(part, Text | Notice):
                 sent = False
-                for chunk in _messages(part.text, getattr(part, "format", None)):
+                for chunk in await formatted_messages(
+                        part.text, getattr(part, "format", None) == "markdown"):
                     sent = await out.send_text(chunk) is not None or sent
                 return sent
             if isinstance(part, Image):
                 actions.set(enums.ChatAction.UPLOAD_PHOTO)
                 return await self._send_media(out, "photo", part.url, part.data,
-                                              _shown(part.caption, part.format),
+                                              await _caption(part),
                                               part.filename or _image_name(part.data))
             if isinstance(part, Audio):
                 return await self._send_audio_or_text(out, actions, part)
@@ -355,18 +360,18 @@ class TelegramFrontend:
             actions.set(enums.ChatAction.RECORD_AUDIO)
             if part.data is None:
                 return await self._send_media(out, "voice", part.url, None,
-                                              _shown(part.caption, part.format),
+                                              await _caption(part),
                                               part.filename or "voice.ogg")
             note = await to_voice_note(part.data, max_bytes=self.voice_max_bytes,
                                        max_seconds=self.voice_max_seconds,
                                        name=f"chat {out.chat.chat_id}")
             if note is not None:
                 return await self._send_media(out, "voice", None, note.data,
-                                              _shown(part.caption, part.format),
+                                              await _caption(part),
                                               "voice.ogg", duration=note.whole_seconds)
         actions.set(enums.ChatAction.UPLOAD_AUDIO)
         return await self._send_media(out, "audio", part.url, part.data,
-                                      _shown(part.caption, part.format),
+                                      await _caption(part),
                                       part.filename or _audio_name(part.mime_type))
 
     async def _send_media(self, out: Outbox, kind: str, url: str | None, data: bytes | None,
@@ -418,16 +423,11 @@ class TelegramFrontend:
         return True
 
 
-def _shown(text: str | None, text_format: TextFormat | None) -> Formatted:
-    """What a text of a part shows: Markdown rendered as text and entities, plain as it is."""
-    if not text:
-        return plain("")
-    return render(text) if text_format == "markdown" else plain(text)
 
 
-def _messages(text: str, text_format: TextFormat | None) -> list[Formatted]:
-    """The messages that show a complete text (at most 4096 UTF-16 units each)."""
-    return split_formatted(render(text) if text_format == "markdown" else plain(text))
+async def _caption(part: Image | Audio) -> Formatted:
+    """What a media part's caption shows (Markdown rendered)."""
+    return await rendered(part.caption, part.format == "markdown")
 
 
 def _image_name(data: bytes | None) -> str:

@@ -27,7 +27,7 @@ import random
 import time
 from collections.abc import Callable
 
-from tgmux.formatting import Formatted, plain, render
+from tgmux.formatting import Formatted
 from tgmux.telegram.outbox import Outbox
 from tgmux.telegram.sender import (
     ChatUnavailable,
@@ -36,7 +36,7 @@ from tgmux.telegram.sender import (
     FloodWaitRequired,
     OutcomeUnknown,
 )
-from tgmux.telegram.textsplit import split_formatted
+from tgmux.telegram.textsplit import formatted_messages
 from tgmux.types import TextFormat
 
 __all__ = ["Pacing", "Stream"]
@@ -177,16 +177,11 @@ class Stream:
             return False
         return True
 
-    def _chunks(self, text: str, *, final: bool) -> list[Formatted]:
-        """The messages that show ``text`` (a Markdown stream rendered: as it grows, or
-        exactly when ``final``)."""
-        return split_formatted(render(text, partial=not final) if self.markdown
-                               else plain(text))
-
     async def _update(self, text: str, *, final: bool) -> None:
         if self.out.dead:
             return
-        chunks = self._chunks(text, final=final)
+        # a Markdown stream rendered: as it grows, or exactly when final
+        chunks = await formatted_messages(text, self.markdown, partial=not final)
         if not chunks:
             return
         self.updates += 1

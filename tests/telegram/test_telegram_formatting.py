@@ -432,3 +432,24 @@ async def test_a_plugins_own_part_is_plain_an_edited_part_keeps_its_format(tgmux
     assert edited.messages[0]["text"] == "x edited"
     assert entities_of(edited.messages[0]) == [{"type": "italic", "offset": 0, "length": 1},
                                                {"type": "bold", "offset": 2, "length": 6}]
+
+
+async def test_a_long_markdown_text_is_rendered_off_the_event_loop(monkeypatch):
+    # odd Markdown (thousands of nested lists) costs up to ~170 ms to render: never on the loop
+    import threading
+
+    from tgmux.telegram import textsplit
+
+    threads: list[str] = []
+
+    def recording(text: str, *, partial: bool = False):
+        threads.append(threading.current_thread().name)
+        return render(text, partial=partial)
+
+    monkeypatch.setattr(textsplit, "render", recording)
+    short = "**short**"
+    long = "**long** " * (textsplit.RENDER_ON_LOOP // 8)
+    assert (await textsplit.rendered(short, True)).entities
+    assert len(await textsplit.formatted_messages(long, True, partial=True)) == 1
+    assert threads[0] == threading.main_thread().name
+    assert threads[1] != threading.main_thread().name
