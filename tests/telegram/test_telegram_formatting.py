@@ -448,7 +448,7 @@ async def test_a_long_markdown_text_is_rendered_off_the_event_loop(monkeypatch):
 
     monkeypatch.setattr(textsplit, "render", recording)
     short = "**short**"
-    long = "**long** " * (textsplit.RENDER_ON_LOOP // 8)
+    long = "**long** " + "word " * (textsplit.RENDER_ON_LOOP // 5)
     assert (await textsplit.rendered(short, True)).entities
     assert len(await textsplit.formatted_messages(long, True, partial=True)) == 1
     assert threads[0] == threading.main_thread().name
