@@ -37,6 +37,7 @@ from tgmux.types import (
     ReplyPart,
     Text,
     TextDelta,
+    Usage,
 )
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "Text",
     "TextDelta",
     "Turn",
+    "Usage",
 ]
 
 log = logging.getLogger("tgmux.backend")

@@ -26,6 +26,7 @@ from tgmux.backend import (
     ReplyPart,
     Text,
     TextDelta,
+    Usage,
 )
 from tgmux.config import Config
 from tgmux.engine import Engine
@@ -80,7 +81,7 @@ class ConsoleFrontend:
             elif isinstance(part, Audio):
                 kind = "voice" if part.voice else "audio"
                 self._print(_media_line(kind, part.url, part.data, part.caption))
-            elif isinstance(part, Metadata):
+            elif isinstance(part, Metadata | Usage):
                 continue
             sent.append(part)
         if streamed:

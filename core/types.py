@@ -51,6 +51,8 @@ __all__ = [
     "Text",
     "TextDelta",
     "TextFormat",
+    "Usage",
+    "UsageRow",
     "delay_notifier",
 ]
 
@@ -436,7 +438,23 @@ class Metadata:
     data: dict[str, Any]
 
 
-ReplyPart = TextDelta | Text | Image | Audio | Notice | Metadata
+@dataclass(frozen=True)
+class Usage:
+    """What a reply used at the provider, as the provider reported it (tokens; a backend
+    whose API reports none yields none). Frontends do not show it; the engine records it
+    with its cost. ``model`` is the model as the provider names it (prices are looked up by
+    it); ``input_tokens`` counts every prompt token, ``cached_input_tokens`` those of them
+    the provider served from its cache, ``reasoning_tokens`` those of ``output_tokens``
+    spent on reasoning."""
+
+    model: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+ReplyPart = TextDelta | Text | Image | Audio | Notice | Metadata | Usage
 
 
 @dataclass(frozen=True)
@@ -463,6 +481,30 @@ class Exchange:
     def chars(self) -> int:
         """What it counts against a ``max_chars`` budget."""
         return len(self.user) + len(self.reply)
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """What one user used with one backend and model in one chat on one UTC day (``day``:
+    ``YYYY-MM-DD``): the store adds rows of the same key together. ``cost`` is in the
+    config's ``currency``, computed when it was recorded (None: the price was not known)."""
+
+    day: str
+    account: str
+    user_id: int | None
+    chat_id: int
+    backend: str
+    model: str
+    messages: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost: float | None = None
+
+    @property
+    def key(self) -> tuple[str, str, int | None, int, str, str]:
+        return (self.day, self.account, self.user_id, self.chat_id, self.backend, self.model)
 
 
 # -- commands ----------------------------------------------------------------------------------

@@ -14,6 +14,8 @@
 * group context (:meth:`Store.context_add`): a group's recent messages not addressed to the
   bot, per (account, chat, topic), kept until the next turn there takes them (bounded: the
   newest ``keep``; pruned by age);
+* usage (:meth:`Store.usage_add`): messages, tokens and cost per (day, account, user, chat,
+  backend, model), one row each, added to; read for budgets and reports, pruned by age;
 * per account, its Telegram session (:meth:`Store.session_read`) and where it is in Telegram's
   update stream (:meth:`Store.position_read`; written with the inbox accept that moves it,
   :meth:`Store.inbox_accept`): a standby takes an account over with nothing but the store.
@@ -33,7 +35,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tgmux.types import ChatIdentity, ChatLine, Exchange, StreamPosition
+from tgmux.types import ChatIdentity, ChatLine, Exchange, StreamPosition, UsageRow
 
 log = logging.getLogger("tgmux.store")
 
@@ -325,6 +327,24 @@ class Store(ABC):
     @abstractmethod
     async def context_prune(self, older_than: float) -> int:
         """Forget lines written before ``older_than`` (a timestamp); how many."""
+
+    # usage: what each user used, per day, backend and model
+    @abstractmethod
+    async def usage_add(self, row: UsageRow) -> None:
+        """Add ``row`` to the stored row of its key (:attr:`UsageRow.key`), creating it: its
+        counts and cost are added (a cost of None adds nothing). One round trip."""
+
+    @abstractmethod
+    async def usage_rows(self, *, since: str, until: str | None = None,
+                         account: str | None = None,
+                         user_id: int | None = None) -> list[UsageRow]:
+        """The stored rows of days ``since`` to ``until`` (``YYYY-MM-DD``, both included;
+        None: to the last), of ``account`` and ``user_id`` when given, ordered by day. One
+        round trip."""
+
+    @abstractmethod
+    async def usage_prune(self, before: str) -> int:
+        """Forget the rows of days before ``before`` (``YYYY-MM-DD``); how many."""
 
     def namespace(self, name: str) -> Namespace:
         return Namespace(self, name)

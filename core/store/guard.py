@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tgmux.store.base import DEFAULT_ACCOUNT, AccountLease, Store, StreamPosition, Unanswered
-from tgmux.types import ChatLine, Exchange
+from tgmux.types import ChatLine, Exchange, UsageRow
 
 __all__ = ["MAX_PENDING", "GuardedStore", "StoreUnavailable"]
 
@@ -424,3 +424,15 @@ class GuardedStore(Store):
 
     async def context_prune(self, older_than: float) -> int:
         return await self._call(lambda: self.inner.context_prune(older_than))
+
+    async def usage_add(self, row: UsageRow) -> None:
+        await self._call(lambda: self.inner.usage_add(row))
+
+    async def usage_rows(self, *, since: str, until: str | None = None,
+                         account: str | None = None,
+                         user_id: int | None = None) -> list[UsageRow]:
+        return await self._call(lambda: self.inner.usage_rows(
+            since=since, until=until, account=account, user_id=user_id))
+
+    async def usage_prune(self, before: str) -> int:
+        return await self._call(lambda: self.inner.usage_prune(before))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict, deque
 from typing import Any
@@ -14,7 +15,7 @@ from tgmux.store.base import (
     StreamPosition,
     Unanswered,
 )
-from tgmux.types import ChatLine, Exchange
+from tgmux.types import ChatLine, Exchange, UsageRow
 
 _Key = tuple[str, int, int]  # (account, chat_id, message_id)
 
@@ -49,6 +50,8 @@ class MemoryStore(Store):
         self.sessions: dict[str, str] = {}
         self.positions: dict[str, StreamPosition] = {}
         self.context: OrderedDict[tuple[str, int, int], deque[ChatLine]] = OrderedDict()
+        #: usage rows by key (bounded by days x users x chats x models; pruned by age)
+        self.usage: dict[tuple[str, str, int | None, int, str, str], UsageRow] = {}
 
     async def open(self) -> None:
         return None
@@ -211,6 +214,33 @@ class MemoryStore(Store):
             if not lines:
                 del self.context[key]
         return pruned
+
+    async def usage_add(self, row: UsageRow) -> None:
+        old = self.usage.get(row.key)
+        if old is not None:
+            cost = row.cost if old.cost is None else old.cost + (row.cost or 0.0)
+            row = dataclasses.replace(
+                row, messages=old.messages + row.messages,
+                input_tokens=old.input_tokens + row.input_tokens,
+                output_tokens=old.output_tokens + row.output_tokens,
+                cached_input_tokens=old.cached_input_tokens + row.cached_input_tokens,
+                reasoning_tokens=old.reasoning_tokens + row.reasoning_tokens, cost=cost)
+        self.usage[row.key] = row
+
+    async def usage_rows(self, *, since: str, until: str | None = None,
+                         account: str | None = None,
+                         user_id: int | None = None) -> list[UsageRow]:
+        return sorted((r for r in self.usage.values()
+                       if since <= r.day and (until is None or r.day <= until)
+                       and (account is None or r.account == account)
+                       and (user_id is None or r.user_id == user_id)),
+                      key=lambda r: (r.day, r.account, r.chat_id, r.backend, r.model))
+
+    async def usage_prune(self, before: str) -> int:
+        old = [key for key, row in self.usage.items() if row.day < before]
+        for key in old:
+            del self.usage[key]
+        return len(old)
 
     async def hold_account(self, account: str) -> MemoryLease:
         return MemoryLease(self, account)

@@ -41,7 +41,7 @@ from tgmux.store.base import (
     StreamPosition,
     Unanswered,
 )
-from tgmux.types import ChatLine, Exchange
+from tgmux.types import ChatLine, Exchange, UsageRow
 
 log = logging.getLogger("tgmux.store")
 
@@ -551,6 +551,18 @@ class PostgresStore(Store):
             "RETURNING id, line", account, chat_id, thread_id or 0)
         return [ChatLine.from_json(json.loads(r["line"]))
                 for r in sorted(rows, key=lambda r: r["id"])]
+
+    # usage: written by issue 23's usage work (these stubs say so until then)
+    async def usage_add(self, row: UsageRow) -> None:
+        raise NotImplementedError("usage is not kept in this store yet")
+
+    async def usage_rows(self, *, since: str, until: str | None = None,
+                         account: str | None = None,
+                         user_id: int | None = None) -> list[UsageRow]:
+        raise NotImplementedError("usage is not kept in this store yet")
+
+    async def usage_prune(self, before: str) -> int:
+        return 0
 
     async def context_prune(self, older_than: float) -> int:
         status = await self.pool.execute("DELETE FROM tgmux_group_context WHERE at < $1",

@@ -33,7 +33,7 @@ from tgmux.store.base import (
     StreamPosition,
     Unanswered,
 )
-from tgmux.types import ChatLine, Exchange
+from tgmux.types import ChatLine, Exchange, UsageRow
 
 log = logging.getLogger("tgmux.store")
 
@@ -629,6 +629,18 @@ class SQLiteStore(Store):
         db = self.db
         lines = await db._execute(_context_take, db._conn, (account, chat_id, thread_id or 0))
         return [ChatLine.from_json(json.loads(line)) for line in lines]
+
+    # usage: written by issue 23's usage work (these stubs say so until then)
+    async def usage_add(self, row: UsageRow) -> None:
+        raise NotImplementedError("usage is not kept in this store yet")
+
+    async def usage_rows(self, *, since: str, until: str | None = None,
+                         account: str | None = None,
+                         user_id: int | None = None) -> list[UsageRow]:
+        raise NotImplementedError("usage is not kept in this store yet")
+
+    async def usage_prune(self, before: str) -> int:
+        return 0
 
     async def context_prune(self, older_than: float) -> int:
         cursor = await self.db.execute("DELETE FROM group_context WHERE at < ?", (older_than,))

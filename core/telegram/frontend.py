@@ -32,6 +32,7 @@ from tgmux.backend import (
     ReplyPart,
     Text,
     TextDelta,
+    Usage,
 )
 from tgmux.command_menus import Scope
 from tgmux.config import TelegramConfig
@@ -325,7 +326,7 @@ class TelegramFrontend:
                                               part.filename or _image_name(part.data))
             if isinstance(part, Audio):
                 return await self._send_audio_or_text(out, actions, part)
-            if isinstance(part, Metadata):
+            if isinstance(part, Metadata | Usage):  # for plugins and the engine, not shown
                 return False
             log.warning("chat %s: cannot show a %s", out.chat.chat_id, type(part).__name__)
             return False
