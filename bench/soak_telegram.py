@@ -182,6 +182,7 @@ def _run(cmd: list[str], lines: list[dict], kill_after: int | None, deadline: fl
     threading.Thread(target=_feed, args=(proc.stdin, lines, kill_after is None),
                      daemon=True).start()
     seen = 0
+    killed = False
     try:
         while True:
             left = deadline - time.monotonic()
@@ -197,9 +198,11 @@ def _run(cmd: list[str], lines: list[dict], kill_after: int | None, deadline: fl
             if action["action"] == "send_message":
                 replies.append((action["chat_id"], action["text"]))
                 seen += 1
-                if kill_after is not None and seen >= kill_after:
+                if kill_after is not None and seen >= kill_after and not killed:
+                    # what it wrote before it died is still in the pipe: read on to the end
+                    # (those replies reached Telegram; dropping them counted them as lost)
                     proc.send_signal(signal.SIGKILL)
-                    break
+                    killed = True
         return proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     finally:
         if proc.poll() is None:

@@ -375,7 +375,9 @@ async def _caught_up(fakes: dict[str, FakeTelegram], stopped: asyncio.Future[Any
                      timeout: float, streams: tuple[Any, ...] | list[Any] = ()) -> int:
     """Wait (up to ``timeout`` s, or a signal) until every account's client was served what
     its Telegram holds for it, and its update stream holds nothing back (a gap, a new
-    channel's start); say on stderr what was not, and return how many."""
+    channel's start, the catch-up at start: what a killed run was sent but never took is
+    fetched by it, and the fake cannot know of it); say on stderr what was not, and return
+    how many."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     for fake in fakes.values():
@@ -385,6 +387,12 @@ async def _caught_up(fakes: dict[str, FakeTelegram], stopped: asyncio.Future[Any
             and loop.time() < deadline and not stopped.done():
         await asyncio.wait([stopped], timeout=0.05)
     owed = 0
+    if not stopped.done():
+        for stream in streams:
+            if stream is not None and stream.holding:
+                owed += 1
+                print(f"account {stream.account}: the update stream was still fetching what "
+                      f"arrived while it was down after {timeout:g} s", file=sys.stderr)
     for name, fake in fakes.items():
         if fake.undelivered and fake.account_error is None:
             keys = list(fake.undelivered)

@@ -145,6 +145,8 @@ class UpdateStream:
         self.last_heard = time.monotonic()
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(MAX_QUEUED)
         self._held: dict[int, dict[int, _Held]] = {}  # box → pts → update
+        #: the catch-up at start is under way (what arrived while down is still being fetched)
+        self._catching_up = False
         self._deadlines: dict[int, float] = {}  # box → when its gap is fetched
         #: boxes whose difference is due whatever is held (a qts gap, Telegram's state ahead,
         #: an update that could not be read): kept until fetched
@@ -221,6 +223,7 @@ class UpdateStream:
             await self.positions.save(position)
             catch_up = False
         self.position = position
+        self._catching_up = catch_up
         self._task = asyncio.create_task(self._run(catch_up), name=f"tgmux-updates-{self.account}")
         if self.probe_interval is not None:
             self._probe = asyncio.create_task(self._watch(), name=f"tgmux-probe-{self.account}")
@@ -275,6 +278,8 @@ class UpdateStream:
                 except Exception:  # a bug or an object we cannot read: asked again
                     log.exception("%s: the catch-up failed; asking again", self.account)
                     self._force(_COMMON, RETRY_FIRST)
+                finally:
+                    self._catching_up = False
             while True:
                 await self._step()
         except AccountRevoked:
@@ -514,8 +519,9 @@ class UpdateStream:
 
     @property
     def holding(self) -> bool:
-        """Updates wait for a gap (or a new channel's start) to be filled."""
-        return bool(self._held)
+        """Updates wait for a gap (or a new channel's start) to be filled, or the catch-up at
+        start is still fetching what arrived while the account was down."""
+        return bool(self._held) or self._catching_up
 
     def _pts(self, box: int) -> int | None:
         assert self.position is not None
