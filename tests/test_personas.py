@@ -14,7 +14,7 @@ import pytest
 
 from tgmux.bootstrap import load_text
 from tgmux.chat_commands import BUILTIN_COMMANDS
-from tgmux.command_menus import Scope, account_menus
+from tgmux.command_menus import Scope, account_menus, chat_menu
 from tgmux.errors import ConfigError
 from tgmux.harness import EngineHarness
 from tgmux.router import Router
@@ -197,3 +197,46 @@ async def test_choices_are_kept_in_memory_bounded_and_not_read_without_personas(
         h.engine.personas.kv.get = lambda key: reads.append(key)  # type: ignore[method-assign]
         assert await h.say("hi", user_id=5) == [Text("hi")]
         assert reads == []
+
+
+def test_a_groups_own_menu_lists_persona_where_its_route_offers_them() -> None:
+    config, _ = load_text(ECHOES + """
+personas: {tutor: {backend: b}}
+routes:
+  - match: {chat_id: -100}
+    backend: a
+    personas: [tutor]
+default: a
+""")
+    account = config.account()
+    common = list(BUILTIN_COMMANDS)
+    offering = chat_menu(account, common, {}, "supergroup", -100, None)
+    other = chat_menu(account, common, {}, "supergroup", -200, None)
+    assert "persona" in [c.name for c in offering.commands]
+    assert "persona" not in [c.name for c in other.commands]
+
+
+async def test_an_account_offers_its_own_default_personas() -> None:
+    text = ECHOES + """
+personas:
+  tutor: {backend: b, description: "A tutor"}
+  plain: {backend: a}
+default: a
+default_personas: [plain]
+persona_switch: admins
+accounts:
+  one:
+    telegram: {session_name: one}
+    default_personas: [tutor]
+    persona_switch: everyone
+  two:
+    telegram: {session_name: two}
+"""
+    async with EngineHarness.from_yaml(text) as h:
+        group = {"chat_id": -5, "chat_type": "group", "user_id": 9}
+        assert await h.say("/persona tutor", account="one", **group) == [
+            Text("This chat now talks to tutor.")]
+        assert await h.say("/persona plain", account="two", **group) == [
+            Notice("Only the bot's admins can switch the persona in this chat.")]
+        assert await h.say("/persona tutor", account="two", user_id=9) == [
+            Notice("The persona 'tutor' is not available in this chat. Choose one of: plain")]
