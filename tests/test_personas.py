@@ -17,6 +17,7 @@ from tgmux.chat_commands import BUILTIN_COMMANDS
 from tgmux.command_menus import Scope, account_menus, chat_menu
 from tgmux.errors import ConfigError
 from tgmux.harness import EngineHarness
+from tgmux.reload import describe_changes
 from tgmux.router import Router
 from tgmux.types import Notice, Text
 
@@ -240,3 +241,11 @@ accounts:
             Notice("Only the bot's admins can switch the persona in this chat.")]
         assert await h.say("/persona tutor", account="two", user_id=9) == [
             Notice("The persona 'tutor' is not available in this chat. Choose one of: plain")]
+
+
+def test_a_reload_says_the_personas_changed() -> None:
+    old, _ = load_text(CONFIG)
+    new, _ = load_text(CONFIG.replace('"A patient tutor"', '"Patient"'))
+    offered, _ = load_text(CONFIG.replace("personas: [tutor, plain]", "personas: [tutor]"))
+    assert describe_changes(old, new) == ["personas: changed"]
+    assert describe_changes(old, offered) == ["routes: changed", "personas: changed"]
