@@ -1,5 +1,6 @@
 """The built-in chat commands every chat has: ``/start``, ``/help``, ``/reset``, ``/backend``,
-``/usage``, ``/status`` (admins), and the texts the engine answers commands with."""
+``/persona`` (where personas are offered: :mod:`tgmux.personas`), ``/usage``, ``/status``
+(admins), and the texts the engine answers commands with."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import statistics
 from typing import TYPE_CHECKING
 
 from tgmux.errors import BackendError
+from tgmux.personas import offers_personas, persona_command, persona_status
 from tgmux.store.guard import StoreUnavailable
 from tgmux.text import shorten
 from tgmux.types import CommandSpec, IncomingMessage, Notice, ReplyPart, Text
@@ -20,6 +22,7 @@ BUILTIN_COMMANDS = (
     CommandSpec("help", "What this bot can do"),
     CommandSpec("reset", "Forget this conversation"),
     CommandSpec("backend", "Show or switch the AI behind this chat", usage="[name]"),
+    CommandSpec("persona", "Show or choose who you talk to", usage="[name]"),
     CommandSpec("usage", "Your messages and their limits"),
     CommandSpec("status", "Each AI's health in this process", admin_only=True),
 )
@@ -60,7 +63,8 @@ async def run_builtin(engine: Engine, command: str, message: IncomingMessage,
     if command == "status":
         if not engine.is_admin(message.chat.user_id, message.chat.account):
             return [Notice(admin_only_notice(command))]
-        return [Text(status_text(engine))]
+        persona = persona_status(engine, message, decision)
+        return [Text(status_text(engine) + (f"\n\n{persona}" if persona else ""))]
     if command == "reset":
         backend = engine.backends.get(decision.backend) if decision is not None else None
         if decision is None or backend is None:
@@ -71,6 +75,8 @@ async def run_builtin(engine: Engine, command: str, message: IncomingMessage,
             return [Notice(exc.user_message)]
         return [Text(said or "This AI keeps no conversation I can reset.")]
     try:
+        if command == "persona":
+            return await persona_command(engine, message, decision)
         return await _backend_command(engine, message, decision)
     except StoreUnavailable:  # only the switch writes: the listing answers during an outage
         return [Notice(STORE_UNAVAILABLE)]
@@ -101,7 +107,9 @@ async def _backend_command(engine: Engine, message: IncomingMessage,
 
 def help_text(engine: Engine, decision: RouteDecision | None, account: str = "main") -> str:
     lines = ["Send me a message and I will answer.", ""]
-    specs = list(BUILTIN_COMMANDS) + [c.spec for c in engine.plugin_commands.values()]
+    specs = [c for c in BUILTIN_COMMANDS
+             if c.name != "persona" or offers_personas(engine, decision, account)]
+    specs += [c.spec for c in engine.plugin_commands.values()]
     if decision is not None:
         specs += engine.backends[decision.backend].commands()
     for spec in specs:

@@ -168,6 +168,7 @@ def check(config_file: str | None, config_path: str) -> None:
     from tgmux.redact import redact_urls
     from tgmux.router import Router
     from tgmux.store import check_store
+    from tgmux.text import shorten
 
     config, _ = _load(config_file or config_path)
     for warning in access_warnings(config):
@@ -175,14 +176,20 @@ def check(config_file: str | None, config_path: str) -> None:
     click.echo("backends:")
     for name, settings in config.backend_settings.items():
         click.echo(f"  {name}: {settings.type}{proxy_note(settings)}")
+    if config.data.personas:
+        click.echo("personas:")
+    for name, persona in config.data.personas.items():
+        click.echo(f"  {name} -> {persona.backend}"
+                   + "".join(f", {k}={shorten(repr(v), 60)}" for k, v in persona.options.items()))
     for name, account in config.accounts.items():
         tg = account.telegram
         mode = ("bot" if tg.bot_token else "user account"
                 if tg.session_string or tg.user_account else "not configured")
         click.echo(f"\naccount {name} (telegram: {mode}{proxy_note(tg)}), routes (first match "
                    "wins):")
-        for i, (match, backend, options, trigger) in enumerate(Router(config, name).table()):
-            extra = f"  options: {options}" if options else ""
+        router = Router(config, name)
+        for i, (match, backend, options, trigger) in enumerate(router.table()):
+            extra = (f"  options: {options}" if options else "") + router.personas_shown(i)
             click.echo(f"  {i + 1}. {match} -> {backend}  (groups: {trigger}){extra}")
     click.echo(f"\nstore: {redact_urls(config.data.store.url)}")
     problem = _run(check_store(config.data.store.url))

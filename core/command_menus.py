@@ -52,15 +52,15 @@ class Menu:
     commands: tuple[CommandSpec, ...]
 
 
-def _outcomes(account: Account, chat_type: ChatType, chat_id: int | None,
-              user_id: int | None, command: str) -> set[str | None]:
-    """The backends that may answer ``/command`` in such a chat (None: nothing answers),
-    following the routes as :class:`tgmux.router.Router` does. ``chat_id`` / ``user_id``
+def _reached(account: Account, chat_type: ChatType, chat_id: int | None,
+             user_id: int | None, command: str) -> set[int | None]:
+    """The routes (their index; None: ``default``) that may answer ``/command`` in such a
+    chat, following them as :class:`tgmux.router.Router` does. ``chat_id`` / ``user_id``
     None: any chat of that type / any member. A condition on what cannot be known here (a
-    text pattern, a username, another member) makes a route a maybe: its backend is
-    possible, and so is what comes after it."""
-    found: set[str | None] = set()
-    for route in account.routes:
+    text pattern, a username, another member) makes a route a maybe: it is possible, and so
+    is what comes after it."""
+    found: set[int | None] = set()
+    for index, route in enumerate(account.routes):
         m = route.match
         if m.chat_type is not None and chat_type not in m.chat_type:
             continue
@@ -78,11 +78,25 @@ def _outcomes(account: Account, chat_type: ChatType, chat_id: int | None,
             if known is None:
                 certain = False
         else:
-            found.add(route.backend)
+            found.add(index)
             if certain:
                 return found
-    found.add(account.default)
+    found.add(None)
     return found
+
+
+def _outcomes(account: Account, chat_type: ChatType, chat_id: int | None,
+              user_id: int | None, command: str) -> set[str | None]:
+    """The backends that may answer ``/command`` in such a chat (None: nothing answers)."""
+    return {account.default if index is None else account.routes[index].backend
+            for index in _reached(account, chat_type, chat_id, user_id, command)}
+
+
+def _offers_personas(account: Account, chat_type: ChatType, chat_id: int | None,
+                     user_id: int | None) -> bool:
+    """Whether every route such a chat may be on offers personas (``/persona`` is listed)."""
+    return all(account.personas.get(index)
+               for index in _reached(account, chat_type, chat_id, user_id, "persona"))
 
 
 def _commands(common: Sequence[CommandSpec], backends: Mapping[str, Sequence[CommandSpec]],
@@ -92,7 +106,8 @@ def _commands(common: Sequence[CommandSpec], backends: Mapping[str, Sequence[Com
     every such chat; admin-only ones only for an admin."""
     seen: dict[str, CommandSpec] = {}
     for spec in common:
-        seen.setdefault(spec.name, spec)
+        if spec.name != "persona" or _offers_personas(account, chat_type, chat_id, user_id):
+            seen.setdefault(spec.name, spec)
     names = dict.fromkeys(spec.name for specs in backends.values() for spec in specs)
     for name in names:
         if name in seen:

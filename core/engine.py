@@ -57,6 +57,7 @@ from tgmux.media_links import MediaLinks
 from tgmux.menu_publisher import MenuPublisher
 from tgmux.merging import ChatQueue, abandon, finish, merged, message_ids, take_turn
 from tgmux.metrics import Metrics
+from tgmux.personas import PersonaChoices
 from tgmux.redact import redact_urls
 from tgmux.reply import ReplyShaper, clean_part
 from tgmux.router import RouteDecision, Router
@@ -143,6 +144,7 @@ class Engine:
         self.plugin_commands: dict[str, PluginCommand] = {}
         self.menus = MenuPublisher(self)  # Telegram's command menus, by scope
         self._overrides: dict[tuple[str, int], str | None] = {}
+        self.personas = PersonaChoices(self.store)  # each chat's /persona (tgmux.personas)
         # Keyed by (account, chat id): one user talking to two accounts is two chats.
         self._queues: dict[tuple[str, int], ChatQueue[_Slot]] = {}
         self._workers: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -310,6 +312,7 @@ class Engine:
         if account not in self.served:
             for key in [k for k in self._overrides if k[0] == account]:
                 del self._overrides[key]  # another process ran it meanwhile
+            self.personas.forget(account)
             self.served.append(account)
             self._given_up.discard(account)
             await self._resume(account)
@@ -494,9 +497,10 @@ class Engine:
 
     async def decide(self, message: IncomingMessage) -> RouteDecision | None:
         chosen = await call_first(self.pm, "tgmux_route", message=message, engine=self)
-        override = await self.override(message.chat.account, message.chat.chat_id)
-        return self.router_for(message.chat.account).decide(message, override=override,
-                                                            chosen=chosen)
+        account, chat_id = message.chat.account, message.chat.chat_id
+        return self.router_for(account).decide(
+            message, override=await self.override(account, chat_id), chosen=chosen,
+            persona=await self.personas.choice(account, chat_id, self.config))
 
     async def override(self, account: str, chat_id: int) -> str | None:
         """The chat's ``/backend`` choice. Kept in memory once read (bounded): only the process

@@ -138,10 +138,12 @@ def tgmux_pre_route(message: IncomingMessage, engine: Engine, triggered: bool) -
 
 @hookspec(firstresult=True)
 def tgmux_route(message: IncomingMessage, engine: Engine) -> str | None:
-    """Choose the backend for a message, ahead of the chat's override and the config's routes.
+    """Choose the backend for a message, ahead of the chat's override, its persona and the
+    config's routes.
 
     Return a backend name from the config, or ``None`` to let the normal routing decide
-    (override set with ``/backend``, then the first matching route, then ``default``).
+    (override set with ``/backend``, then the chat's persona (``/persona``), then the first
+    matching route, then ``default``).
     """
 
 

@@ -87,8 +87,9 @@ class MenuPublisher:
         if sink is None or chat.chat_type == "channel":
             return
         key = (chat.account, chat.chat_id)
-        override = decision.backend if decision is not None and decision.reason == "override" \
-            else None
+        # a persona's backend, as a /backend choice, may have commands of its own
+        override = decision.backend if decision is not None and decision.reason in (
+            "override", "persona") else None
         account = self.engine.router_for(chat.account).account
         known = self._chats.get(key)
         _, _, members = known or (chat.chat_type, None, frozenset())
@@ -147,8 +148,9 @@ class MenuPublisher:
     def unavailable(self, message: IncomingMessage, decision: RouteDecision | None) -> str:
         """The answer to a command this chat cannot use: the ones it can."""
         chat = message.chat
-        override = decision.backend if decision is not None and decision.reason == "override" \
-            else None
+        # a persona's backend, as a /backend choice, may have commands of its own
+        override = decision.backend if decision is not None and decision.reason in (
+            "override", "persona") else None
         common, backends = self.commands()
         available = available_commands(self.engine.router_for(chat.account).account, common,
                                        backends, chat.chat_type, chat.chat_id, chat.user_id,

@@ -4,7 +4,7 @@ file again and run on it from the next message on.
 The new file is validated in full first (against the backend types and plugin settings sections
 the running process has): when it is invalid, each problem is logged with its file:line and the
 old config keeps running.
-Routes, defaults, admins, access, limits, fallback chains, ``engine.turn_timeout``,
+Routes, defaults, admins, access, limits, personas, fallback chains, ``engine.turn_timeout``,
 ``engine.max_reply_chars``, ``engine.merge_window`` and ``log_level`` apply at once; backends
 follow :meth:`tgmux.engine.Engine.reload` (unchanged ones keep their instance), and a bot's
 command menus are published again where they changed (:mod:`tgmux.menu_publisher`). What a
@@ -90,9 +90,11 @@ def describe_changes(old: Config, new: Config) -> list[str]:
                                                   len(after.routes) else "changed"))
         if before.default != after.default:
             changes.append(f"{prefix}default: {before.default or '-'} → {after.default or '-'}")
-        for key in ("admins", "access", "limits"):
+        for key in ("admins", "access", "limits", "personas", "persona_switch"):
             if getattr(before, key) != getattr(after, key):
                 changes.append(f"{prefix}{key}: changed")
+    if old.data.personas != new.data.personas and not any("personas" in c for c in changes):
+        changes.append("personas: changed")
     for key in ("turn_timeout", "max_reply_chars", "merge_window"):
         was, now = getattr(old.data.engine, key), getattr(new.data.engine, key)
         if was != now:

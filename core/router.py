@@ -1,12 +1,15 @@
-"""Which backend answers a message: the chat's override, else the first matching route, else
-``default``."""
+"""Which backend answers a message: a plugin's choice, the chat's override, the chat's persona
+(where its route offers it), else the first matching route, else ``default``."""
 
 from __future__ import annotations
 
+import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from tgmux.backend import BackendSettings
 from tgmux.config import Config, GroupTrigger, RouteConfig
+from tgmux.config.schema import PersonaSwitch
 from tgmux.route_patterns import compile_route_pattern
 from tgmux.types import IncomingMessage
 
@@ -23,6 +26,11 @@ class RouteDecision:
     fallback: tuple[str, ...] = ()
     #: the matched route's ``group_context``: group messages kept for the next turn (0: off)
     group_context: int = 0
+    #: the chat's persona, when it answers (reason "persona")
+    persona: str | None = None
+
+
+log = logging.getLogger("tgmux.router")
 
 
 class Router:
@@ -34,6 +42,8 @@ class Router:
         self.routes = self.account.routes
         self._regex = [compile_route_pattern(r.match.text) if r.match.text else None
                        for r in self.routes]
+        #: (chat id, persona) whose choice was not followed, said once (bounded)
+        self._ignored: OrderedDict[tuple[int, str], None] = OrderedDict()
 
     def matches(self, index: int, message: IncomingMessage) -> bool:
         route: RouteConfig = self.routes[index]
@@ -59,8 +69,9 @@ class Router:
         return None
 
     def decide(self, message: IncomingMessage, override: str | None = None,
-               chosen: str | None = None) -> RouteDecision | None:
-        """The decision, or None when nothing answers (no route, no default)."""
+               chosen: str | None = None, persona: str | None = None) -> RouteDecision | None:
+        """The decision, or None when nothing answers (no route, no default). ``persona``: the
+        chat's choice, followed where its route (or ``default``) offers it."""
         index = self.first_match(message)
         trigger: GroupTrigger = self.routes[index].group_trigger if index is not None else "mention"
         # the chat's context follows the chat's route, whichever backend answers
@@ -69,6 +80,9 @@ class Router:
             if name is not None and name in self.config.backend_settings:
                 return RouteDecision(name, self.config.backend_settings[name], index, trigger,
                                      reason, self._chain(name), context)
+        if persona is not None and (chosen_persona := self._persona(
+                message, index, persona, trigger, context)) is not None:
+            return chosen_persona
         if index is not None:
             route = self.routes[index]
             chain = (tuple(route.fallback) if route.fallback is not None
@@ -81,9 +95,52 @@ class Router:
         return RouteDecision(default, self.config.backend_settings[default], None, trigger,
                              "default", self._chain(default))
 
+    #: chats whose ignored persona choice was logged, remembered at most
+    IGNORED_KEPT = 10_000
+
+    def offered(self, route_index: int | None) -> dict[str, BackendSettings]:
+        """The personas chats of that route (None: that fall to ``default``) may choose, in the
+        order listed, with the settings each runs with there."""
+        return self.account.personas.get(route_index, {})
+
+    def persona_switch(self, route_index: int | None) -> PersonaSwitch:
+        """Who may switch the persona of a group on that route."""
+        own = self.routes[route_index].persona_switch if route_index is not None else None
+        return own or self.account.persona_switch
+
+    def _persona(self, message: IncomingMessage, index: int | None, name: str,
+                 trigger: GroupTrigger, context: int) -> RouteDecision | None:
+        settings = self.offered(index).get(name)
+        persona = self.config.data.personas.get(name)
+        if settings is None or persona is None or persona.backend not in \
+                self.config.backend_settings:
+            # the config changed since it was chosen: the route answers, said once per chat
+            key = (message.chat.chat_id, name)
+            if key not in self._ignored:
+                self._ignored[key] = None
+                if len(self._ignored) > self.IGNORED_KEPT:
+                    self._ignored.popitem(last=False)
+                log.info("chat %s: persona %r is not offered here any more; the chat's "
+                         "route answers", message.chat.chat_id, name)
+            return None
+        route = self.routes[index] if index is not None else None
+        chain = (tuple(route.fallback) if route is not None and route.fallback is not None
+                 and route.backend == persona.backend else self._chain(persona.backend))
+        return RouteDecision(persona.backend, settings, index, trigger, "persona", chain,
+                             context, persona=name)
+
     def _chain(self, backend: str) -> tuple[str, ...]:
         core = self.config.backend_core.get(backend)
         return tuple(core.fallback) if core is not None else ()
+
+    def personas_shown(self, row: int) -> str:
+        """What row ``row`` of :meth:`table` offers, for ``tgmux check`` ("" when nothing)."""
+        index = row if row < len(self.routes) else None
+        offered = self.offered(index)
+        if not offered:
+            return ""
+        return (f"  personas: {', '.join(offered)} (switch in groups: "
+                f"{self.persona_switch(index)})")
 
     def table(self) -> list[tuple[str, str, str, GroupTrigger]]:
         """(match, backend, options, group trigger) rows for ``tgmux check``."""

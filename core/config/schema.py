@@ -21,6 +21,8 @@ from tgmux.route_patterns import compile_route_pattern
 from tgmux.types import ChatType
 
 GroupTrigger = Literal["mention", "always", "command"]
+#: Who may switch a group's persona with ``/persona NAME`` (in a private chat: its user).
+PersonaSwitch = Literal["admins", "everyone"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -237,11 +239,38 @@ class RouteConfig(Strict):
         description="in groups: the last N messages not addressed to the bot (of the topic, "
         "in a forum) are kept and given to the backend with the next message it answers, "
         f"each once; 0 (default): off; at most {MAX_GROUP_CONTEXT}")
+    personas: list[str] = Field(
+        default_factory=list, description="the personas (of personas:) this route's chats may "
+        "choose with /persona NAME; none listed: none offered")
+    persona_switch: PersonaSwitch | None = Field(
+        None, description="in groups: who may switch the chat's persona (default: the top "
+        "level's persona_switch)")
 
     @field_validator("fallback", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("personas", mode="before")
+    @classmethod
+    def _one_persona_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+#: A persona's name: one word a user types after /persona.
+PERSONA_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\Z")
+#: What /persona takes to go back to the route's backend (no persona can be called so).
+PERSONA_OFF = "default"
+
+
+class PersonaConfig(Strict):
+    """One of ``personas:``: a backend with options a user may choose (``/persona NAME``)."""
+
+    backend: str
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="the backend's settings a route may override "
+        "(model, system_prompt, replica_uuid...), over the route's")
+    description: str = Field("", max_length=200, description="shown by /persona")
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -322,6 +351,8 @@ class AccountConfig(Strict):
     admins: list[Int] | None = None
     access: AccessConfig | None = None
     limits: LimitsConfig | None = None
+    default_personas: list[str] | None = None
+    persona_switch: PersonaSwitch | None = None
 
 
 def check_store_url(value: str) -> str:
@@ -385,6 +416,14 @@ class TgmuxConfig(Strict):
     log_level: LogLevel = "INFO"
     log_format: Literal["text", "json"] = Field("text", description="json: one object a line")
     server: ServerConfig = Field(default_factory=ServerConfig)
+    personas: dict[str, PersonaConfig] = Field(
+        default_factory=dict, description="named presets (a backend and options) users may "
+        "choose with /persona where a route lists them")
+    default_personas: list[str] = Field(
+        default_factory=list, description="the personas chats that fall to default may choose")
+    persona_switch: PersonaSwitch = Field(
+        "admins", description="in groups: who may switch a chat's persona (admins: the "
+        "config's admins; everyone); a route's persona_switch wins")
 
     @model_validator(mode="before")
     @classmethod
@@ -402,6 +441,22 @@ class TgmuxConfig(Strict):
             for name in value:
                 if not ACCOUNT_NAME.match(str(name)):
                     raise ValueError(f"account name {name!r}: letters, digits, _ . - only")
+        return value
+
+    @field_validator("personas")
+    @classmethod
+    def _persona_names(cls, value: dict[str, PersonaConfig]) -> dict[str, PersonaConfig]:
+        seen: dict[str, str] = {}
+        for name in value:
+            if not PERSONA_NAME.match(str(name)):
+                raise ValueError(f"persona name {name!r}: one word of letters, digits, _ . - "
+                                 "(at most 32)")
+            if str(name).lower() == PERSONA_OFF:
+                raise ValueError(f"persona name {name!r}: /persona {PERSONA_OFF} goes back to "
+                                 "the route's backend; choose another name")
+            if (other := seen.setdefault(str(name).lower(), name)) != name:
+                raise ValueError(f"persona names {other!r} and {name!r} differ only in case "
+                                 "(/persona NAME ignores case)")
         return value
 
     @field_validator("log_level", mode="before")

@@ -17,18 +17,27 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from tgmux.backend import Backend, BackendSettings, HttpBackendSettings
+from tgmux.config.options import overridden
 from tgmux.config.parse import KeyPath, ParsedConfig, where
+from tgmux.config.personas import (
+    PersonaSettings,
+    check_personas,
+    offered_by_default,
+    offered_on_routes,
+)
+from tgmux.config.problems import pydantic_problems
 from tgmux.config.schema import (
     CORE_BACKEND_KEYS,
     AccessConfig,
     BackendCore,
     LimitsConfig,
+    PersonaSwitch,
     RouteConfig,
     TelegramConfig,
     TgmuxConfig,
 )
 from tgmux.errors import ConfigError
-from tgmux.redact import SECRET_KEY, redact_urls, remember_config_secrets
+from tgmux.redact import SECRET_KEY, remember_config_secrets  # noqa: F401 (tgmux.config has it)
 
 SettingsT = TypeVar("SettingsT", bound=BaseModel)
 
@@ -54,6 +63,10 @@ class Account:
     admins: list[int]
     access: AccessConfig = field(default_factory=AccessConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    #: the personas its chats may choose, per route index (None: chats that fall to default)
+    personas: PersonaSettings = field(default_factory=dict)
+    #: in groups: who may switch a chat's persona (a route's ``persona_switch`` wins)
+    persona_switch: PersonaSwitch = "admins"
 
     @property
     def telegram_path(self) -> KeyPath:
@@ -149,6 +162,12 @@ def validate_config(parsed: ParsedConfig, backend_types: dict[str, type[Backend]
     route_options, route_problems = _check_routes(
         parsed, ("routes",), schema.routes if schema else None, settings, classes)
     problems += route_problems + _check_default(parsed) + _check_server(parsed, schema)
+    personas = schema.personas if schema is not None else {}
+    resolved, persona_problems = check_personas(parsed, personas, settings, classes)
+    route_personas, more_problems = offered_on_routes(
+        parsed, ("routes",), schema.routes if schema else [], route_options, personas,
+        resolved, classes)
+    problems += persona_problems + more_problems
     problems += _check_accounts_apart(parsed, schema)
     accounts: dict[str, Account] = {}
     raw_accounts = parsed.data.get("accounts")
@@ -157,12 +176,22 @@ def validate_config(parsed: ParsedConfig, backend_types: dict[str, type[Backend]
         problems += _check_default(parsed, prefix)
         account = schema.accounts.get(name) if schema and schema.accounts else None
         own_routes = account.routes if account else None
-        options = route_options
+        options, offered = route_options, route_personas
         if own_routes is not None or account is None:
             options, more = _check_routes(parsed, (*prefix, "routes"), own_routes, settings,
                                           classes)
             problems += more
+            offered, more = offered_on_routes(parsed, (*prefix, "routes"), own_routes or [],
+                                              options, personas, resolved, classes)
+            problems += more
         if account is not None and schema is not None:
+            own_default = account.default_personas is not None
+            by_default, more = offered_by_default(
+                parsed, (*prefix, "default_personas") if own_default else ("default_personas",),
+                account.default_personas if own_default else schema.default_personas,
+                account.default if account.default is not None else schema.default,
+                personas, resolved)
+            problems += more
             accounts[name] = Account(
                 name=name, path=prefix, telegram=account.telegram,
                 routes=schema.routes if own_routes is None else own_routes,
@@ -170,14 +199,24 @@ def validate_config(parsed: ParsedConfig, backend_types: dict[str, type[Backend]
                 default=account.default if account.default is not None else schema.default,
                 admins=schema.admins if account.admins is None else account.admins,
                 access=schema.access if account.access is None else account.access,
-                limits=schema.limits if account.limits is None else account.limits)
+                limits=schema.limits if account.limits is None else account.limits,
+                personas={**offered, None: by_default} if by_default else offered,
+                persona_switch=account.persona_switch or schema.persona_switch)
+    by_default: dict[str, BackendSettings] = {}
+    if schema is not None and not schema.accounts:
+        by_default, more = offered_by_default(parsed, ("default_personas",),
+                                              schema.default_personas, schema.default,
+                                              personas, resolved)
+        problems += more
     if problems or schema is None:
         raise ConfigError(problems)
     if not accounts:  # the single `telegram:` form: one account, `main`
         accounts[MAIN] = Account(name=MAIN, path=("telegram",), telegram=schema.telegram,
                                  routes=schema.routes, route_options=route_options,
                                  default=schema.default, admins=schema.admins,
-                                 access=schema.access, limits=schema.limits)
+                                 access=schema.access, limits=schema.limits,
+                                 personas={**route_personas, None: by_default} if by_default
+                                 else route_personas, persona_switch=schema.persona_switch)
     remember_config_secrets(parsed.data)  # masked in every log line and message from now on
     return Config(data=schema, backend_settings=settings, backend_classes=classes,
                   route_options=route_options, source=parsed.source, lines=parsed.lines,
@@ -365,19 +404,11 @@ def _check_routes(
     for i, route in enumerate(routes):
         if unknown(i, route.backend) or route.backend not in settings:
             continue
-        base = settings[route.backend]
-        allowed = classes[route.backend].route_options
-        for key in route.options:
-            if key == "type" or (allowed is not None and key not in allowed):
-                hint = ", ".join(sorted(allowed)) if allowed is not None else "none"
-                problems.append(f"{parsed.where((*prefix, i, 'options', key))}: {key!r} cannot "
-                                f"be set per route for {base.type} (can: {hint})")
-        overrides = {k: v for k, v in route.options.items()
-                     if k != "type" and (allowed is None or k in allowed)}
-        try:
-            route_options.append(type(base).model_validate({**base.model_dump(), **overrides}))
-        except ValidationError as exc:
-            problems += pydantic_problems(exc, parsed, (*prefix, i, "options"))
+        resolved, more = overridden(parsed, (*prefix, i, "options"), settings[route.backend],
+                                    classes[route.backend], route.options)
+        problems += more
+        if resolved is not None:
+            route_options.append(resolved)
     return route_options, problems
 
 
@@ -410,28 +441,3 @@ def _check_default(parsed: ParsedConfig, prefix: KeyPath = ()) -> list[str]:
         return [f"{where}: default: required when there are no routes "
                 f"(name one of: {names})"]
     return []
-
-
-def pydantic_problems(exc: ValidationError, parsed: ParsedConfig, prefix: KeyPath) -> list[str]:
-    """pydantic's errors as ``file:line: key.path: what`` lines, secrets not shown."""
-    problems = []
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-        path = (*prefix, *loc)
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            problems.append(f"{parsed.where(path)}: unknown key {path[-1]!r}")
-        elif kind == "missing":
-            problems.append(f"{parsed.where(path)}: required key is missing")
-        else:
-            got = err.get("input")
-            if isinstance(got, dict | list):
-                shown = ""
-            elif SECRET_KEY.search(str(path[-1] if path else "")) or path[-1:] == ("proxy",):
-                # (a proxy URL that does not parse may hide its password from redact_urls)
-                shown = f" (got a {type(got).__name__}; value not shown)"
-            else:
-                shown = f" (got {redact_urls(repr(got))})"
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{parsed.where(path)}: {msg}{shown}")
-    return problems

@@ -264,3 +264,24 @@ async def test_pruning_the_inbox_during_an_outage_logs_no_traceback(mode: str, c
     finally:
         store.mode = None
         await bot.engine.stop()
+
+
+async def test_a_persona_during_an_outage() -> None:
+    # a choice not known yet reads as none (the route answers); one made meanwhile applies at
+    # once and is written when the store is back (as a backend's key-values are)
+    config, pm = load_text(CONFIG.replace("backends:\n", "backends:\n  other: {type: echo, "
+                                          "prefix: 'other: '}\n")
+                           + "personas: {a: {backend: other}, b: {backend: echo}}\n"
+                           "default_personas: [a, b]\n", source="<test>")
+    store = FaultyStore()
+    await store.kv_set("persona", "main:1", "a")
+    async with EngineHarness(config, store=store, plugin_manager=pm) as h:
+        store.mode = "raise"
+        assert texts(await h.say("hi", message_id=1)) == ["echo: hi"]  # unknown: the route's
+        assert texts(await h.say("/persona a", message_id=2, user_id=2)) == [
+            "This chat now talks to a."]
+        assert texts(await h.say("hi", message_id=3, user_id=2)) == ["other: hi"]
+        store.mode = None
+        await wait_for(lambda: h.engine.store.degraded is None, "the store back")
+        assert texts(await h.say("hi", message_id=4)) == ["other: hi"]
+        assert await store.kv_get("persona", "main:2") == "a"
