@@ -195,6 +195,24 @@ async def test_a_store_failure_while_recording_still_delivers_the_reply(
     assert "store: OSError: disk full" in caplog.text  # said once, by the store's guard
 
 
+class NoUsageStore(MemoryStore):
+    async def usage_add(self, row: UsageRow) -> None:
+        raise NotImplementedError("usage is not kept in this store yet")
+
+
+async def test_a_store_that_keeps_no_usage_is_not_an_outage(
+        sim: OpenAISimulator, caplog: pytest.LogCaptureFixture) -> None:
+    async with EngineHarness.from_yaml(config(sim)) as h:
+        h.store = h.engine.store.inner = NoUsageStore()
+        for text in ("Hi", "Again"):
+            parts = await h.say(text, user_id=42)
+            [shown] = [p.text for p in parts if isinstance(p, Text)]
+            assert shown.startswith(f"You said: {text}")
+        assert h.engine.store.degraded is None  # /readyz: the store is fine
+    said = [r.message for r in caplog.records if "usage is not recorded" in r.message]
+    assert said == ["usage is not recorded: usage is not kept in this store yet"]
+
+
 async def test_rows_older_than_the_retention_are_pruned(sim: OpenAISimulator) -> None:
     async with EngineHarness.from_yaml(config(sim, top="usage_retention: 30")) as h:
         store = h.store
