@@ -268,3 +268,25 @@ async def test_simulate_sends_stream_options_and_shows_no_usage(
     assert completion.body == {"model": "sim-gpt", "stream": True,
                                "stream_options": {"include_usage": True},
                                "messages": [{"role": "user", "content": "Hello"}]}
+
+
+def test_the_fast_flat_prices_are_the_librarys_for_every_model_it_knows() -> None:
+    """A flat-priced model is priced without calc_price (~0.1 ms a reply): for every model
+    genai-prices knows, the cost is its calc_price to the last digit that matters."""
+    from genai_prices.data_snapshot import get_snapshot
+
+    from tgmux.prices import UNKNOWN, library_cost
+
+    prices = Prices({})
+    prices._loaded = True  # imported here already
+    models = {model.id for provider in get_snapshot().providers for model in provider.models}
+    fast = 0
+    for model in sorted(models):
+        for usage in (Usage(model, 1234, 567, 0), Usage(model, 250_000, 3000, 200_000)):
+            expected = library_cost(usage)
+            got = prices.cost(usage)
+            if expected is None:
+                continue  # the id alone does not find it (a provider-prefixed one)
+            assert got == pytest.approx(expected, rel=1e-9, abs=1e-12), (model, usage)
+        fast += prices._flat_price(model) not in (None, UNKNOWN)
+    assert fast > 300  # most are flat
