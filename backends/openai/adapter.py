@@ -294,8 +294,11 @@ class OpenAIBackend(HttpBackend[OpenAIClient]):
             whole = await self.client.complete(body)
             text, finish, usage = valid_unicode(whole.text), whole.finish_reason, whole.usage
             model = whole.model
-        if usage is not None:  # before the text: a reply cut at max_reply_chars is not read on
-            yield usage_part(usage, model or opts.model)  # recorded by the engine, not shown
+        if usage is not None and not opts.stream:
+            # before the text: a reply cut at max_reply_chars is not read on (after a stream's
+            # deltas only after its final text: a part between them would end the streamed
+            # message on Telegram). Recorded by the engine, not shown.
+            yield usage_part(usage, model or opts.model)
         if not text.strip():
             raise ProtocolError(f"openai: empty reply (finish_reason {finish})",
                                 details={"finish_reason": finish},
@@ -307,6 +310,8 @@ class OpenAIBackend(HttpBackend[OpenAIClient]):
         elif finish == "content_filter":
             yield Notice(FILTERED_NOTE)
         log.debug("%s: finish_reason=%s usage=%s", self.name, finish, usage)
+        if usage is not None and opts.stream:
+            yield usage_part(usage, model or opts.model)
         if usage is not None:  # for plugins (billing); frontends do not show it
             yield Metadata({"usage": usage, "model": opts.model, "finish_reason": finish})
 
