@@ -19,7 +19,7 @@ from typing import Any
 from tgmux.config.schema import ModelPrice
 from tgmux.types import Usage
 
-__all__ = ["LIBRARY_CURRENCY", "Prices", "configured_cost"]
+__all__ = ["LIBRARY_CURRENCY", "Prices", "configured_cost", "price_warnings"]
 
 log = logging.getLogger("tgmux.prices")
 
@@ -157,3 +157,27 @@ class Prices:
         if model in self.configured:
             return True
         return self.use_library and library_cost(Usage(model=model)) is not None
+
+
+def price_warnings(config: Any) -> list[str]:
+    """What ``tgmux check`` warns about: each model a backend that reports usage is set to
+    (its own ``model``, a route's ``options.model``) without a price (blocking: the CLI's)."""
+    prices = Prices.of(config)
+    found: dict[str, None] = {}
+    routes = [(("routes", i), r) for i, r in enumerate(config.data.routes)]
+    for account, data in (config.data.accounts or {}).items():
+        routes += [(("accounts", account, "routes", i), r)
+                   for i, r in enumerate(data.routes or [])]
+    uses = [(("backends", name), name, getattr(settings, "model", None))
+            for name, settings in config.backend_settings.items()]
+    uses += [((*path, "options", "model"), route.backend, route.options.get("model"))
+             for path, route in routes if isinstance(route.options.get("model"), str)]
+    for path, backend, model in uses:
+        cls = config.backend_classes.get(backend)
+        if cls is None or not cls.reports_usage or not isinstance(model, str) or not model:
+            continue
+        if not prices.known(model):
+            where = config.where(path) if path in config.lines else config.where(path[:2])
+            found[f"{where}: model {model} has no price in {prices.currency}: its replies' "
+                  f"tokens are recorded without a cost (add it to prices:)"] = None
+    return list(found)

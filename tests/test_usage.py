@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -290,3 +291,31 @@ def test_the_fast_flat_prices_are_the_librarys_for_every_model_it_knows() -> Non
             assert got == pytest.approx(expected, rel=1e-9, abs=1e-12), (model, usage)
         fast += prices._flat_price(model) not in (None, UNKNOWN)
     assert fast > 300  # most are flat
+
+
+def test_check_warns_about_a_model_without_a_price(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("""\
+store: memory://
+admins: [1]
+backends:
+  gpt: {type: openai, api_key: sk-x, model: gpt-4o-mini}
+  local: {type: openai, base_url: "http://127.0.0.1:9/v1", model: llama3.2}
+  mine: {type: openai, base_url: "http://127.0.0.1:9/v1", model: my-model}
+  echo: {type: echo}
+routes:
+  - match: {text: "^x"}
+    backend: gpt
+    options: {model: gpt-9-unknown}
+default: gpt
+prices: {my-model: {input: 1, output: 2}}
+""")
+    result = subprocess.run([sys.executable, "-m", "tgmux", "check", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "price" in line]
+    assert warnings == [
+        f"warning: {path}:5: backends.local: model llama3.2 has no price in USD: its "
+        "replies' tokens are recorded without a cost (add it to prices:)",
+        f"warning: {path}:11: routes[0].options.model: model gpt-9-unknown has no price in "
+        "USD: its replies' tokens are recorded without a cost (add it to prices:)"]

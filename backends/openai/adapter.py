@@ -156,6 +156,7 @@ class OpenAIBackend(HttpBackend[OpenAIClient]):
     description = "Any OpenAI-compatible Chat Completions server, conversation kept by tgmux"
     # Photos are taken whatever `vision` says: without it the caption is answered.
     accepts_media = frozenset({"photo"})
+    reports_usage = True
     route_options = frozenset({"model", "system_prompt", "stream", "history", "vision",
                                *SAMPLING_KEYS})
 
