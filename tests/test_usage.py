@@ -319,3 +319,15 @@ prices: {my-model: {input: 1, output: 2}}
         "replies' tokens are recorded without a cost (add it to prices:)",
         f"warning: {path}:11: routes[0].options.model: model gpt-9-unknown has no price in "
         "USD: its replies' tokens are recorded without a cost (add it to prices:)"]
+
+
+async def test_a_reloaded_price_applies_to_the_next_replies(sim: OpenAISimulator) -> None:
+    from tgmux.bootstrap import load_config_text
+
+    async with EngineHarness.from_yaml(config(sim)) as h:
+        await h.say("Hi", user_id=1)  # 5 in, 3 out at 2 and 8 a million
+        cheaper = config(sim, top="prices: {sim-gpt: {input: 1, output: 1}}")
+        await h.engine.reload(load_config_text(cheaper, plugin_manager=h.pm))
+        await h.say("Hi", user_id=2)
+        costs = {row.user_id: row.cost for row in rows(h)}
+    assert costs == {1: pytest.approx((5 * 2 + 3 * 8) / 1e6), 2: pytest.approx(8 / 1e6)}
