@@ -15,6 +15,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tgmux.backend import Backend, Turn
+from tgmux.config import Config
 from tgmux.metrics import Metrics
 from tgmux.prices import Prices
 from tgmux.store.base import Store
@@ -35,7 +37,7 @@ def utc_day(now: float | None = None) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
 
 
-def configured_model(turn: Any, backend: Any) -> str:
+def configured_model(turn: Turn, backend: Backend) -> str:
     """The model a backend is set to use for ``turn`` (the route's, else its own), or ""."""
     for settings in (getattr(turn, "options", None), getattr(backend, "settings", None)):
         model = getattr(settings, "model", None)
@@ -44,7 +46,7 @@ def configured_model(turn: Any, backend: Any) -> str:
     return ""
 
 
-def reply_row(turn: Any, backend: Any, usage: list[Usage], prices: Prices, *,
+def reply_row(turn: Turn, backend: Backend, usage: list[Usage], prices: Prices, *,
               replied: bool, day: str | None = None) -> UsageRow:
     """The row of one reply: ``usage`` summed (its model: the last part's that names one,
     else the configured one), its cost (None when a part's price is not known and it used
@@ -80,13 +82,13 @@ class UsageRecorder:
         self._prices: tuple[Any, Prices] | None = None
         self._unsupported_said = False
 
-    def prices(self, config: Any) -> Prices:
+    def prices(self, config: Config) -> Prices:
         """The prices of ``config`` (made again when a reload changed them)."""
         if self._prices is None or self._prices[0] is not config.data:
             self._prices = (config.data, Prices.of(config))
         return self._prices[1]
 
-    async def record(self, config: Any, turn: Any, backend: Any, usage: list[Usage],
+    async def record(self, config: Config, turn: Turn, backend: Backend, usage: list[Usage],
                      failure: BaseException | None, moved_on: bool = False) -> None:
         """Record one backend reply: one that was given (``failure`` None; not one that
         ``moved_on`` to a fallback), or one that reported usage anyway. A command of the
@@ -117,7 +119,7 @@ class UsageRecorder:
         if row.cost:
             of(metrics.cost, row.backend, row.model).inc(row.cost)
 
-    async def prune(self, config: Any, now: float | None = None) -> int:
+    async def prune(self, config: Config, now: float | None = None) -> int:
         """Forget the rows older than ``usage_retention`` days; how many."""
         today = datetime.fromtimestamp(time.time() if now is None else now, UTC).date()
         before = today - timedelta(days=config.data.usage_retention)
