@@ -289,6 +289,9 @@ class Backend(ABC):
     accepts_media: ClassVar[frozenset[str]] = frozenset()
     #: Options a route may override (None: any settings key but ``type``).
     route_options: ClassVar[frozenset[str] | None] = None
+    #: Whether its replies carry :class:`Usage` (tokens) for its ``model``: ``tgmux check``
+    #: then warns about a model without a price.
+    reports_usage: ClassVar[bool] = False
 
     def __init__(self, name: str, settings: BackendSettings, kv: KeyValue) -> None:
         self.name = name

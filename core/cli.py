@@ -164,6 +164,7 @@ def demo(backend: str | None) -> None:
 def check(config_file: str | None, config_path: str) -> None:
     """Validate a config, print its routing table, and check that the store opens."""
     from tgmux.access import access_warnings
+    from tgmux.prices import price_warnings
     from tgmux.proxy import proxy_note
     from tgmux.redact import redact_urls
     from tgmux.router import Router
@@ -171,7 +172,7 @@ def check(config_file: str | None, config_path: str) -> None:
     from tgmux.text import shorten
 
     config, _ = _load(config_file or config_path)
-    for warning in access_warnings(config):
+    for warning in [*access_warnings(config), *price_warnings(config)]:
         click.echo(f"warning: {warning}", err=True)
     click.echo("backends:")
     for name, settings in config.backend_settings.items():

@@ -81,6 +81,7 @@ from tgmux.types import (
     TextDelta,
     delay_notifier,
 )
+from tgmux.usage import UsageRecorder
 
 __all__ = [  # the message types are re-exported: plugins have imported them from here
     "DROP",
@@ -141,6 +142,7 @@ class Engine:
         self._in_use = BackendsInUse()
         self._retiring: set[asyncio.Task[None]] = set()
         self.gate = Gate(self.store)
+        self.usage = UsageRecorder(self.store, self.metrics)  # what each reply used and cost
         self.plugin_commands: dict[str, PluginCommand] = {}
         self.menus = MenuPublisher(self)  # Telegram's command menus, by scope
         self._overrides: dict[tuple[str, int], str | None] = {}
@@ -382,6 +384,7 @@ class Engine:
         try:
             await self.store.inbox_prune(time.time() - self.INBOX_RETENTION)
             await prune_context(self.store)
+            await self.usage.prune(self.config)
         except StoreUnavailable:  # the outage is said once by the guard; the next round retries
             log.debug("inbox not pruned: the store is not answering")
         except Exception as exc:  # the next round tries again; answering matters more
@@ -832,6 +835,7 @@ class Engine:
             # (a send failed) or the worker was cancelled at shutdown
             self._count_reply(turn, backend, loop.time() - started, failure, finished,
                               moves_on)
+            await self.usage.record(self.config, turn, backend, shaper.usage, failure, moves_on)
             if circuit is None:
                 pass
             elif isinstance(failure, BackendError | TimeoutError) and \

@@ -120,9 +120,16 @@ class Metrics:
         self.stale_messages = _Family(
             "tgmux_stale_messages", "Messages older than telegram.catch_up_max_age when they "
             "arrived: not answered, their user told", ["account"])
+        self.tokens = _Family(
+            "tgmux_tokens", "Tokens the providers reported, by kind: input (cached included), "
+            "output (reasoning included), cached_input, reasoning", ["backend", "model", "kind"])
+        self.cost = _Family(
+            "tgmux_cost", "What replies cost, in the config's currency (replies of a model "
+            "without a price add nothing)", ["backend", "model"])
         r.register(_Collector([self.messages_received, self.replies, self.backend_latency,
                                self.first_token, self.provider_errors, self.flood_wait,
-                               self.updates_skipped, self.stale_messages]))
+                               self.updates_skipped, self.stale_messages, self.tokens,
+                               self.cost]))
         self.circuit_state = Gauge(
             "tgmux_circuit_state", "A backend's circuit: 0 closed, 1 half open, 2 open",
             ["backend"], registry=r)

@@ -3,7 +3,9 @@ halves joined across deltas, lone halves replaced), a cap on the characters one 
 shows (``engine.max_reply_chars``), with a note to the user when it was cut, and the text
 format of the backend's parts (its ``format`` setting: Markdown the frontend renders, or
 plain text) on each part that does not say its own. tgmux's notices stay plain; a part a
-plugin makes is plain unless it says otherwise (it is stamped before the plugins see it)."""
+plugin makes is plain unless it says otherwise (it is stamped before the plugins see it).
+It also keeps the reply's :class:`Usage` parts as they pass (after the plugins: what they let
+through is what is recorded)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import dataclasses
 from typing import Any
 
 from tgmux.text import DeltaJoiner, valid_unicode
-from tgmux.types import Audio, Image, Notice, ReplyPart, Text, TextDelta, TextFormat
+from tgmux.types import Audio, Image, Notice, ReplyPart, Text, TextDelta, TextFormat, Usage
 
 __all__ = ["ReplyShaper", "clean_part", "cut_notice", "text_format_of", "with_format"]
 
@@ -61,6 +63,8 @@ class ReplyShaper:
         self.max_chars = max_chars
         self.text_format = None if command else text_format_of(settings)
         self.cut = False
+        #: the reply's usage parts, as they passed (:meth:`complete`)
+        self.usage: list[Usage] = []
         self._joiner = DeltaJoiner()
         self._streamed = 0  # characters of deltas shown since the last complete text
 
@@ -83,6 +87,8 @@ class ReplyShaper:
         tail = self._joiner.flush()
         if isinstance(part, Text):
             self._streamed = 0
+        elif isinstance(part, Usage):
+            self.usage.append(part)
         part = clean_part(part)
         if isinstance(part, Text) and len(part.text) > self.max_chars:
             self.cut = True

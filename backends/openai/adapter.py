@@ -32,6 +32,7 @@ from tgmux.backend import (
     Text,
     TextDelta,
     Turn,
+    Usage,
     api_root,
     optional_secret,
 )
@@ -92,6 +93,8 @@ class OpenAISettings(HttpBackendSettings):
                                       "message of every request (per route too)")
     stream: bool = Field(True, description="stream replies (server-sent events) instead of "
                          "waiting for the whole answer")
+    stream_usage: bool = Field(True, description="ask a stream for its usage (stream_options: "
+                               "{include_usage: true}); false for a server that refuses it")
     temperature: float | None = Field(None, ge=0, le=2, description="sampling temperature "
                                       "(passed through when set)")
     top_p: float | None = Field(None, ge=0, le=1, description="nucleus sampling (passed "
@@ -153,6 +156,7 @@ class OpenAIBackend(HttpBackend[OpenAIClient]):
     description = "Any OpenAI-compatible Chat Completions server, conversation kept by tgmux"
     # Photos are taken whatever `vision` says: without it the caption is answered.
     accepts_media = frozenset({"photo"})
+    reports_usage = True
     route_options = frozenset({"model", "system_prompt", "stream", "history", "vision",
                                *SAMPLING_KEYS})
 
@@ -233,7 +237,8 @@ class OpenAIBackend(HttpBackend[OpenAIClient]):
         for attempt in range(CONTEXT_RETRIES + 1):
             messages = build_messages(opts.system_prompt, remembered[len(remembered) - kept:],
                                       user, group_messages(turn))
-            body = chat_body(opts.model, messages, stream=opts.stream, **opts.sampling())
+            body = chat_body(opts.model, messages, stream=opts.stream,
+                             stream_usage=opts.stream_usage, **opts.sampling())
             try:
                 async for part in self._ask(body, opts):
                     yield part
@@ -263,6 +268,7 @@ class OpenAIBackend(HttpBackend[OpenAIClient]):
         """One request: its text (deltas, then the whole), its notes, its usage."""
         finish: str | None = None
         usage: dict[str, Any] | None = None
+        model: str | None = None  # as the response names it
         if opts.stream:
             pieces: list[str] = []
             try:
@@ -271,7 +277,7 @@ class OpenAIBackend(HttpBackend[OpenAIClient]):
                         pieces.append(chunk.content)
                         yield TextDelta(chunk.content)
                     finish = chunk.finish_reason or finish
-                    usage = chunk.usage or usage
+                    usage, model = chunk.usage or usage, chunk.model or model
             except BackendError as exc:
                 partial = valid_unicode("".join(pieces))
                 if not partial.strip():
@@ -288,6 +294,12 @@ class OpenAIBackend(HttpBackend[OpenAIClient]):
         else:
             whole = await self.client.complete(body)
             text, finish, usage = valid_unicode(whole.text), whole.finish_reason, whole.usage
+            model = whole.model
+        if usage is not None and not opts.stream:
+            # before the text: a reply cut at max_reply_chars is not read on (after a stream's
+            # deltas only after its final text: a part between them would end the streamed
+            # message on Telegram). Recorded by the engine, not shown.
+            yield usage_part(usage, model or opts.model)
         if not text.strip():
             raise ProtocolError(f"openai: empty reply (finish_reason {finish})",
                                 details={"finish_reason": finish},
@@ -299,8 +311,28 @@ class OpenAIBackend(HttpBackend[OpenAIClient]):
         elif finish == "content_filter":
             yield Notice(FILTERED_NOTE)
         log.debug("%s: finish_reason=%s usage=%s", self.name, finish, usage)
-        if usage is not None:  # for plugins (billing, /usage); frontends do not show it
+        if usage is not None and opts.stream:
+            yield usage_part(usage, model or opts.model)
+        if usage is not None:  # for plugins (billing); frontends do not show it
             yield Metadata({"usage": usage, "model": opts.model, "finish_reason": finish})
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def usage_part(usage: dict[str, Any], model: str | None) -> Usage:
+    """A response's ``usage`` as a :class:`Usage`: ``prompt_tokens``, ``completion_tokens``,
+    ``prompt_tokens_details.cached_tokens``, ``completion_tokens_details.reasoning_tokens``
+    (what a server leaves out, or sends as something else than a count, is 0)."""
+    prompt = usage.get("prompt_tokens_details")
+    completion = usage.get("completion_tokens_details")
+    return Usage(model=model, input_tokens=_count(usage.get("prompt_tokens")),
+                 output_tokens=_count(usage.get("completion_tokens")),
+                 cached_input_tokens=_count(prompt.get("cached_tokens"))
+                 if isinstance(prompt, dict) else 0,
+                 reasoning_tokens=_count(completion.get("reasoning_tokens"))
+                 if isinstance(completion, dict) else 0)
 
 
 # -- messages ----------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ LiteLLM proxy, …). Usable without the engine: it needs only :mod:`tgmux.http` 
 ``POST {base_url}/chat/completions`` with ``Authorization: Bearer KEY`` (when there is a key).
 ``stream: false`` answers ``{"choices": [{"message": {"content": …}, "finish_reason": …}],
 "usage": {…}}``; ``stream: true`` answers server-sent events, each ``data:`` a chunk
-``{"choices": [{"delta": {"content": …}, "finish_reason": …}]}``, then ``data: [DONE]``.
+``{"choices": [{"delta": {"content": …}, "finish_reason": …}]}``, then ``data: [DONE]``; with
+``stream_options: {include_usage: true}`` the last chunk before it has no choices and the
+``usage``.
 
 What is not the answer's text is never passed on as text: reasoning (``reasoning_content``,
 ``reasoning``), tool calls, refusals' metadata, role-only deltas. Errors are read from the
@@ -66,10 +68,13 @@ SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "max_completion_tokens",
 
 
 def chat_body(model: str, messages: list[dict[str, Any]], *, stream: bool = False,
-              **sampling: Any) -> dict[str, Any]:
+              stream_usage: bool = False, **sampling: Any) -> dict[str, Any]:
     """The request body: ``model``, ``messages``, ``stream`` and the sampling settings that
-    are not None."""
+    are not None. ``stream_usage``: a stream ends with a chunk carrying the usage
+    (``stream_options: {include_usage: true}``; some compatible servers refuse the key)."""
     body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
+    if stream and stream_usage:
+        body["stream_options"] = {"include_usage": True}
     for key, value in sampling.items():
         if key not in SAMPLING_KEYS:
             raise ValueError(f"unknown sampling setting {key!r}")
@@ -94,11 +99,13 @@ class Completion:
 @dataclass(frozen=True)
 class ChatChunk:
     """What one streamed event carried that matters: answer text (possibly empty), the
-    finish reason when this choice ended, usage when the server reports it."""
+    finish reason when this choice ended, usage when the server reports it (with the model
+    the chunk names)."""
 
     content: str = ""
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
+    model: str | None = None
 
 
 def _text_of(value: Any) -> str:
@@ -163,7 +170,7 @@ def parse_chunk(data: str) -> ChatChunk | None:
     usage = _usage(body)
     if not content and finish is None and usage is None:
         return None
-    return ChatChunk(content, finish, usage)
+    return ChatChunk(content, finish, usage, str_or_none(body.get("model")) if usage else None)
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -323,7 +330,7 @@ class OpenAIClient:
                 if ctype == "application/json" or ctype.endswith("+json"):
                     await response.aread()
                     whole = parse_completion(response)
-                    yield ChatChunk(whole.text, whole.finish_reason, whole.usage)
+                    yield ChatChunk(whole.text, whole.finish_reason, whole.usage, whole.model)
                     return
                 if ctype != "text/event-stream":
                     raise ProtocolError(f"{self.name}: the stream came as {ctype or 'nothing'}"

@@ -22,8 +22,12 @@ The reply is deterministic (:func:`default_reply`: it quotes what the conversati
 remembered conversation shows); ``max_tokens`` cuts it (``finish_reason: "length"``). JSON
 answers carry ``usage``; ``stream: true`` answers server-sent events: a role delta, the text in
 pieces of ``chunk_size`` characters ``chunk_delay`` seconds apart, a finish chunk, a usage chunk
-when ``stream_options.include_usage``, then ``data: [DONE]``. ``reasoning`` adds
-``reasoning_content`` deltas first and a tool-call delta (clients must not show either).
+(``choices: []``) when ``stream_options.include_usage`` (none without), then ``data: [DONE]``.
+``reasoning`` adds ``reasoning_content`` deltas first and a tool-call delta (clients must not
+show either). Usage is OpenAI's: ``prompt_tokens`` (:func:`prompt_tokens`),
+``completion_tokens`` (the reply's, plus the reasoning's), ``total_tokens``,
+``prompt_tokens_details.cached_tokens`` (see :meth:`OpenAISimulator.cached_tokens`) and
+``completion_tokens_details.reasoning_tokens`` (:data:`REASONING_TOKENS` with ``reasoning``).
 :meth:`OpenAISimulator.fail` answers the next request(s) with an error,
 :meth:`OpenAISimulator.fail_stream` breaks the next stream.
 
@@ -33,12 +37,13 @@ Run it alone: ``python -m tgmux.backends.openai.simulator --port 8094``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import math
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +54,10 @@ from tgmux.simulator import Fault, SimulatorServer, run_cli
 
 DEMO_KEY = "sk-demo-openai"
 DEMO_MODEL = "sim-gpt"
+#: The reasoning a ``reasoning`` simulator streams (and counts as reasoning tokens).
+REASONING = ("Let me think", " about that.")
+#: Prompt prefixes remembered for the cache (OpenAI keeps its cache minutes to an hour).
+CACHE_KEPT = 10_000
 
 #: The parameters the simulator takes, with the JSON types each may have.
 PARAMETERS: dict[str, tuple[type, ...]] = {
@@ -93,6 +102,9 @@ def default_reply(messages: list[dict[str, Any]]) -> str:
 
 def count_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
+
+
+REASONING_TOKENS = count_tokens("".join(REASONING))
 
 
 def prompt_tokens(messages: list[dict[str, Any]]) -> int:
@@ -149,8 +161,9 @@ class OpenAISimulator(SimulatorServer):
     def __init__(self, *, api_keys: set[str] | None = None, models: list[Model] | None = None,
                  chunk_size: int = 4, chunk_delay: float = 0.0, first_token_delay: float = 0.0,
                  reasoning: bool = False, rate_limit: int | None = None,
-                 rate_window: float = 60.0, latency: float = 0.0, host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+                 rate_window: float = 60.0, cache_min_tokens: int = 1024,
+                 cache_block_tokens: int = 128, latency: float = 0.0,
+                 host: str = "127.0.0.1", port: int = 0) -> None:
         super().__init__(latency=latency, host=host, port=port)
         self.api_keys = api_keys
         self.models = {m.name: m for m in models or [Model(DEMO_MODEL, vision=True)]}
@@ -164,6 +177,9 @@ class OpenAISimulator(SimulatorServer):
         self.stream_faults: list[StreamFault] = []
         self._taken: deque[float] = deque()
         self._ids = itertools.count(1)
+        self.cache_min_tokens = cache_min_tokens
+        self.cache_block_tokens = max(1, cache_block_tokens)
+        self._prefixes: OrderedDict[str, None] = OrderedDict()  # prompt prefixes seen
 
     @property
     def base_url(self) -> str:
@@ -188,6 +204,29 @@ class OpenAISimulator(SimulatorServer):
         fault = StreamFault(after, message, drop, times)
         self.stream_faults.append(fault)
         return fault
+
+    def cached_tokens(self, model: str, messages: list[dict[str, Any]]) -> int:
+        """The prompt tokens served from the cache, as OpenAI counts them: the longest run
+        of leading messages an earlier request to ``model`` began with too, when the prompt
+        has ``cache_min_tokens`` at least (OpenAI: 1024), rounded down to whole
+        ``cache_block_tokens`` (OpenAI: 128). Remembers this request's prefixes."""
+        cached, running = 0, 0
+        keys, key = [], hashlib.sha256(model.encode()).hexdigest()
+        for i, message in enumerate(messages, 1):
+            key = hashlib.sha256((key + json.dumps(message, sort_keys=True)).encode()
+                                 ).hexdigest()  # the prefix up to this message
+            keys.append(key)
+            running += prompt_tokens([message])
+            if i < len(messages) and key in self._prefixes:
+                cached = running
+        for key in keys:
+            self._prefixes[key] = None
+            self._prefixes.move_to_end(key)
+        while len(self._prefixes) > CACHE_KEPT:
+            self._prefixes.popitem(last=False)
+        if prompt_tokens(messages) < self.cache_min_tokens:
+            return 0
+        return cached - cached % self.cache_block_tokens
 
     def _request_id(self) -> str:
         return f"req_{next(self._ids):06d}{secrets.token_hex(4)}"
@@ -269,8 +308,17 @@ class OpenAISimulator(SimulatorServer):
         completion = Completion(model.name, messages, bool(body.get("stream")), reply, finish,
                                 self._request_id(), body, received)
         self.completions.append(completion)
-        usage = {"prompt_tokens": prompt, "completion_tokens": count_tokens(reply),
-                 "total_tokens": prompt + count_tokens(reply)}
+        reasoning = REASONING_TOKENS if self.reasoning else 0
+        completion_tokens = count_tokens(reply) + reasoning
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt + completion_tokens,
+                 "prompt_tokens_details": {"cached_tokens": self.cached_tokens(model.name,
+                                                                               messages),
+                                           "audio_tokens": 0},
+                 "completion_tokens_details": {"reasoning_tokens": reasoning,
+                                               "audio_tokens": 0,
+                                               "accepted_prediction_tokens": 0,
+                                               "rejected_prediction_tokens": 0}}
         if not completion.stream:
             return web.json_response({
                 "id": f"chatcmpl-{completion.request_id}", "object": "chat.completion",
@@ -337,7 +385,7 @@ class OpenAISimulator(SimulatorServer):
         return fault
 
     async def _stream(self, request: web.Request, completion: Completion,
-                      usage: dict[str, int] | None) -> web.StreamResponse:
+                      usage: dict[str, Any] | None) -> web.StreamResponse:
         fault = self._take_stream_fault()
         response = web.StreamResponse(status=200, headers={
             "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
@@ -356,7 +404,7 @@ class OpenAISimulator(SimulatorServer):
 
         await send(delta(role="assistant", content=""))
         if self.reasoning:
-            for thought in ("Let me think", " about that."):
+            for thought in REASONING:
                 await send(delta(reasoning_content=thought))
             await send(delta(tool_calls=[{"index": 0, "id": "call_1", "type": "function",
                                           "function": {"name": "noop", "arguments": ""}}]))

@@ -47,6 +47,7 @@ from tgmux.backend import (
     Text,
     TextDelta,
     Turn,
+    Usage,
 )
 from tgmux.context import with_context
 from tgmux.errors import BackendError, ProtocolError
@@ -441,9 +442,11 @@ class SensayBackend(HttpBackend[SensayClient]):
                         kind: str | None, skip: bool,
                         image_url: str | None) -> AsyncIterator[ReplyPart]:
         parts: list[str] = []
+        reported: list[dict[str, int]] = []
         try:
             async for delta in self.client.stream(replica, content, data, skip, user_id=user,
-                                                  user_id_type=kind, image_url=image_url):
+                                                  user_id_type=kind, image_url=image_url,
+                                                  usage=reported):
                 parts.append(delta)
                 yield TextDelta(delta)
         except BackendError as exc:
@@ -464,3 +467,8 @@ class SensayBackend(HttpBackend[SensayClient]):
         if not full.strip():
             raise ProtocolError("sensay: empty streamed completion", user_message=EMPTY_REPLY)
         yield Text(full)
+        # after the final text (a part between the deltas and it would end the streamed
+        # message on Telegram): recorded by the engine (Sensay names no model), not shown
+        for tokens in reported:
+            yield Usage(input_tokens=tokens.get("promptTokens", 0),
+                        output_tokens=tokens.get("completionTokens", 0))

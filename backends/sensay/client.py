@@ -431,8 +431,10 @@ class SensayClient:
         user_id: str | None = None,
         user_id_type: str | None = None,
         image_url: str | None = None,
+        usage: list[dict[str, int]] | None = None,
     ) -> AsyncIterator[str]:
-        """Ask for a streamed completion; yield text deltas as they arrive.
+        """Ask for a streamed completion; yield text deltas as they arrive. ``usage`` gets
+        the tokens a data stream reported at its end (``promptTokens``, ``completionTokens``).
 
         Raises :class:`~.streams.StreamPartError` (an :class:`UnavailableError`) when the
         stream carries an error part, after the text before it was yielded; a connection lost
@@ -454,6 +456,8 @@ class SensayClient:
                 parser = StreamParser(_stream_flavor(response), name=self.name)
                 async for delta in parser.parse(response.aiter_bytes()):
                     yield delta
+                if usage is not None and parser.usage is not None:
+                    usage.append(parser.usage)
             except BackendError as exc:
                 exc.request_id = exc.request_id or request_id
                 raise

@@ -65,6 +65,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import re
 import secrets
 import time
@@ -138,6 +139,12 @@ class StreamFault:
     drop: bool = False
     replica: str | None = None
     times: int = 1
+
+
+def usage_tokens(prompt: str, reply: str) -> dict[str, int]:
+    """The usage a data stream reports: 4 characters a token, rounded up (deterministic)."""
+    return {"promptTokens": math.ceil(len(prompt) / 4),
+            "completionTokens": math.ceil(len(reply) / 4)}
 
 
 @dataclass
@@ -573,9 +580,11 @@ class SensaySimulator(SimulatorServer):
         return [units[i:i + 2 * size].decode("utf-16-le", "surrogatepass")
                 for i in range(0, len(units), 2 * size)]
 
-    def _frames(self, replica: Replica, reply: str,
-                fault: StreamFault | None) -> list[tuple[str | bytes, bool]]:
-        """(frame, is_text) in order; the wire form of the reply."""
+    def _frames(self, replica: Replica, reply: str, fault: StreamFault | None,
+                prompt: str = "") -> list[tuple[str | bytes, bool]]:
+        """(frame, is_text) in order; the wire form of the reply. The data stream's finish
+        parts carry the Vercel AI SDK's ``usage`` (:func:`usage_tokens` of the message and the
+        reply); the UI stream's carry none (the SDK's v5 sends none)."""
         eol = "\r\n" if replica.crlf else "\n"
         size = max(1, self.chunk_size)
         pieces = self._pieces(reply)
@@ -588,7 +597,8 @@ class SensaySimulator(SimulatorServer):
             if fault is not None and not fault.drop:
                 frames.append((f"3:{json.dumps(fault.message)}{eol}", False))
             elif fault is None and replica.finish:
-                usage = '"usage":{"promptTokens":1,"completionTokens":1}'
+                usage = '"usage":' + json.dumps(usage_tokens(prompt, reply),
+                                                separators=(",", ":"))
                 frames.append((f'e:{{"finishReason":"stop",{usage},"isContinued":false}}{eol}',
                                False))
                 frames.append((f'd:{{"finishReason":"stop",{usage}}}{eol}', False))
@@ -628,7 +638,8 @@ class SensaySimulator(SimulatorServer):
         await response.prepare(request)
         first = True
         loop = asyncio.get_running_loop()
-        for frame, is_text in self._frames(replica, reply, fault):
+        for frame, is_text in self._frames(replica, reply, fault,
+                                           turn.content if turn is not None else ""):
             if is_text:
                 delay = self.first_token_delay if first else self.chunk_delay
                 if delay:

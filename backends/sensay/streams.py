@@ -165,13 +165,23 @@ class _Replay(httpx.AsyncByteStream):
             await close()
 
 
+def _usage(value: Any) -> dict[str, int] | None:
+    if not isinstance(value, dict):
+        return None
+    counts = {key: value[key] for key in ("promptTokens", "completionTokens")
+              if isinstance(value.get(key), int) and not isinstance(value[key], bool)
+              and value[key] >= 0}
+    return counts or None
+
+
 class StreamParser:
     """Turns the bytes of a streamed reply into text deltas.
 
     ``flavor`` forces a flavor (from the headers); None detects it from the body. After
     :meth:`parse` finished: :attr:`flavor` is what was read, :attr:`finished` says a finish
-    part (or ``[DONE]``) arrived, :attr:`finish_reason` is the provider's, :attr:`skipped`
-    counts parts that carried no text.
+    part (or ``[DONE]``) arrived, :attr:`finish_reason` is the provider's, :attr:`usage` the
+    tokens the data stream's finish part reported, :attr:`skipped` counts parts that carried
+    no text.
     """
 
     def __init__(self, flavor: Flavor | None = None, *, name: str = "stream") -> None:
@@ -179,6 +189,9 @@ class StreamParser:
         self.name = name
         self.finished = False
         self.finish_reason: str | None = None
+        #: the data stream's finish ``usage`` (``promptTokens``, ``completionTokens``), when
+        #: it carries counts (the SDK writes null for counts it does not know)
+        self.usage: dict[str, int] | None = None
         self.skipped = 0
         self.text = ""  # everything yielded so far
 
@@ -278,6 +291,7 @@ class StreamParser:
             self.finished = True
             if isinstance(value, dict):
                 self.finish_reason = str_or_none(value.get("finishReason"))
+                self.usage = _usage(value.get("usage"))
         else:
             log.debug("%s: skipping part %s", self.name, code)
         self.skipped += 1

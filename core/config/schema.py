@@ -400,6 +400,16 @@ class StoreConfig(Strict):
         return check_store_url(value)
 
 
+class ModelPrice(Strict):
+    """``prices.MODEL``: what a model costs, in ``currency`` per million tokens."""
+
+    input: float = Field(ge=0, description="per million prompt tokens")
+    output: float = Field(ge=0, description="per million reply tokens (reasoning included)")
+    cached_input: float | None = Field(
+        None, ge=0, description="per million prompt tokens served from the provider's cache "
+        "(default: the input price)")
+
+
 class TgmuxConfig(Strict):
     telegram: TelegramConfig = Field(default_factory=TelegramConfig)
     accounts: dict[str, AccountConfig] | None = Field(
@@ -424,6 +434,13 @@ class TgmuxConfig(Strict):
     persona_switch: PersonaSwitch = Field(
         "admins", description="in groups: who may switch a chat's persona (admins: the "
         "config's admins; everyone); a route's persona_switch wins")
+    # usage and its cost (issue 23)
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict, description="per model name as the provider reports it: "
+        "its price per million tokens in currency (overrides the built-in USD prices)")
+    currency: str = Field("USD", min_length=1, max_length=10,
+                          description="of prices (and budgets); built-in prices are USD only")
+    usage_retention: Int = Field(400, ge=1, description="days usage rows are kept")
 
     @model_validator(mode="before")
     @classmethod

@@ -127,6 +127,8 @@ class GuardedStore(Store):
         try:
             async with asyncio.timeout(self.timeout):
                 return await call()
+        except NotImplementedError:  # a store without this feature: not an outage
+            raise
         except (Exception, TimeoutError) as exc:
             self._outage(exc)
             raise StoreUnavailable(self._why) from exc

@@ -18,7 +18,7 @@ from tgmux.backends.openai.client import (
     parse_error,
     retry_after_from,
 )
-from tgmux.backends.openai.simulator import Model, OpenAISimulator
+from tgmux.backends.openai.simulator import REASONING_TOKENS, Model, OpenAISimulator
 from tgmux.errors import (
     AuthError,
     BadRequestError,
@@ -52,7 +52,13 @@ async def test_a_json_completion_sends_exactly_the_body_and_headers(
         answer = await api.complete(body)
     assert answer.text == "You said: Hello!"
     assert answer.finish_reason == "stop"
-    assert answer.usage == {"prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10}
+    assert answer.usage == {
+        "prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                      "accepted_prediction_tokens": 0,
+                                      "rejected_prediction_tokens": 0}}
+    assert answer.model == "small"
     (request,) = sim.requests
     assert (request.method, request.path) == ("POST", "/v1/chat/completions")
     assert request.json == {"model": "small", "messages": HELLO, "stream": False,
@@ -86,7 +92,44 @@ async def test_usage_chunk_when_asked_and_reasoning_never_shown(sim: OpenAISimul
         chunks = [c async for c in api.stream(body)]
     assert "".join(c.content for c in chunks) == "You said: Hello!"
     assert not any("think" in c.content for c in chunks)
-    assert chunks[-1].usage == {"prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10}
+    # as OpenAI: the last chunk has no choices, the usage (reasoning counted in completion)
+    assert chunks[-1] == ChatChunk("", None, {
+        "prompt_tokens": 6, "completion_tokens": 4 + REASONING_TOKENS,
+        "total_tokens": 10 + REASONING_TOKENS,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": REASONING_TOKENS, "audio_tokens": 0,
+                                      "accepted_prediction_tokens": 0,
+                                      "rejected_prediction_tokens": 0}}, "small")
+    assert REASONING_TOKENS == 6
+
+
+async def test_no_usage_chunk_unless_asked(sim: OpenAISimulator) -> None:
+    async with client(sim) as api:
+        chunks = [c async for c in api.stream(chat_body("small", HELLO))]
+    assert "".join(c.content for c in chunks) == "You said: Hello!"
+    assert [c.usage for c in chunks] == [None] * len(chunks)
+    assert "stream_options" not in sim.requests[0].json
+
+
+def test_chat_body_asks_a_stream_for_its_usage() -> None:
+    assert chat_body("m", HELLO, stream=True, stream_usage=True)["stream_options"] == \
+        {"include_usage": True}
+    assert "stream_options" not in chat_body("m", HELLO, stream=False, stream_usage=True)
+
+
+async def test_cached_tokens_as_openai_counts_them() -> None:
+    """The simulator serves a prompt's repeated leading messages from its cache, in whole
+    blocks and above a minimum (OpenAI: 1024 tokens, blocks of 128); here 1 and 1."""
+    async with OpenAISimulator(models=[Model("small")], cache_min_tokens=0,
+                               cache_block_tokens=1) as server:
+        async with OpenAIClient(server.base_url) as api:
+            system = {"role": "system", "content": "x" * 40}  # 4 + 10 tokens
+            first = await api.complete(chat_body("small", [system, *HELLO]))
+            again = await api.complete(chat_body("small", [system, *HELLO]))
+    assert first.usage is not None and again.usage is not None
+    assert first.usage["prompt_tokens_details"]["cached_tokens"] == 0
+    assert again.usage["prompt_tokens"] == 20
+    assert again.usage["prompt_tokens_details"]["cached_tokens"] == 14
 
 
 def test_chunks_that_carry_no_answer_text() -> None:

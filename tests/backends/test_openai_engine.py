@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 import tgmux.backends.openai as openai_plugin
-from tgmux.backend import Media, Metadata, Notice, Text, TextDelta
+from tgmux.backend import Media, Metadata, Notice, Text, TextDelta, Usage
 from tgmux.backends.openai.adapter import (
     CUT_OFF,
     LENGTH_NOTE,
@@ -372,7 +372,8 @@ async def test_demo_backend_remembers_the_conversation() -> None:
             parts = await h.say("what is my name?", user_id=42)
     finally:
         await stop()
-    assert parts[-1] == Text("You said: what is my name? (I remember 1 earlier message; the "
+    shown = [p for p in parts if not isinstance(p, Metadata | Usage)]
+    assert shown[-1] == Text("You said: what is my name? (I remember 1 earlier message; the "
                              "first was: my name is Ann)")
 
 

@@ -177,7 +177,8 @@ default: gpt
         message = dataclasses.replace(message, reply_to=RepliedTo(
             text="Yes, at Luigi's", author="Bob", message_id=7))
         await (await h.engine.submit(message))
-        assert h.frontend.by_message[(GROUP, message.chat.message_id)][-1] == \
+        assert [p for p in h.frontend.by_message[(GROUP, message.chat.message_id)]
+                if isinstance(p, Text)][-1] == \
             Text("You said: [In reply to Bob: \"Yes, at Luigi's\"]\n\nwhere is that? "
                  "(I remember 2 earlier messages; the first was: Anna: Lunch at noon?)")
     assert sim.completions[0].messages == [

@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 
 import tgmux.backends.sensay as sensay_plugin
-from tgmux.backend import Notice, Text, TextDelta
+from tgmux.backend import Notice, Text, TextDelta, Usage
 from tgmux.backends.sensay.adapter import CUT_OFF, NO_RESET, SensayBackend
 from tgmux.backends.sensay.simulator import Replica, SensaySimulator
 from tgmux.errors import USER_MESSAGES, ConfigError, ErrorKind
 from tgmux.harness import EngineHarness
+from tgmux.store.memory import MemoryStore
 
 SECRET = "org-secret-9"
 R_DATA = "11111111-1111-4111-8111-111111111111"
@@ -128,7 +129,24 @@ async def test_stream_flavors_end_to_end(sim: SensaySimulator, replica: str) -> 
     async with harness(sim, replica=replica) as h:
         parts = await h.say("Grüße 😀 \"q\"", user_id=42)
     full = f'[{name}] Grüße 😀 "q" (history: 0)'
-    assert parts == [*chunks(full), Text(full)]
+    # the v4 data stream's finish part carries usage (11 and 27 characters: 3 and 7 tokens)
+    usage = [Usage(input_tokens=3, output_tokens=7)] if replica == R_DATA else []
+    assert parts == [*chunks(full), Text(full), *usage]
+
+
+@pytest.mark.parametrize(("replica", "stream"), [(R_DATA, True), (R_UI, True),
+                                                 (R_DATA, False)])
+async def test_usage_of_the_data_stream_is_recorded(sim: SensaySimulator, replica: str,
+                                                    stream: bool) -> None:
+    """Only the v4 data stream reports tokens; the others (and JSON) count messages only."""
+    async with harness(sim, replica=replica, stream=stream) as h:
+        await h.say("hello", user_id=42)
+        assert isinstance(h.store, MemoryStore)
+        [row] = h.store.usage.values()
+    # "hello" (5 characters: 2 tokens), "[D] hello (history: 0)" (22: 6)
+    tokens = (2, 6) if replica == R_DATA and stream else (0, 0)
+    assert (row.backend, row.model, row.messages, row.cost) == ("replica", "", 1, None)
+    assert (row.input_tokens, row.output_tokens) == tokens
 
 
 async def test_plain_text_stream_end_to_end(sim: SensaySimulator) -> None:
@@ -157,7 +175,8 @@ async def test_error_mid_stream_keeps_what_streamed(sim: SensaySimulator, replic
         partial = f"[{name}] abcdefgh"[:8]
         assert parts == [*chunks(partial), Text(partial), Notice(CUT_OFF)]
         # The broken turn is not in the replica's history; the next one works.
-        assert await h.say("again", user_id=42) == [
+        again = [p for p in await h.say("again", user_id=42) if not isinstance(p, Usage)]
+        assert again == [
             *chunks(f"[{name}] again (history: 0)"), Text(f"[{name}] again (history: 0)")]
 
 
@@ -244,7 +263,8 @@ async def test_long_message_split(sim: SensaySimulator) -> None:
     assert [r.header("Accept") for r in sim.requests] == ["application/json",
                                                           "text/event-stream"]
     last = f"[D] {second} (history: 2)"
-    assert parts == [Text(f"[D] {first} (history: 0)"), *chunks(last), Text(last)]
+    assert parts == [Text(f"[D] {first} (history: 0)"), *chunks(last), Text(last),
+                     Usage(input_tokens=-(-len(second) // 4), output_tokens=-(-len(last) // 4))]
 
 
 # -- errors reaching the user ------------------------------------------------------------------
@@ -341,5 +361,6 @@ async def test_demo_backend_answers() -> None:
             parts = await h.say("hello demo", user_id=42)
     finally:
         await stop()
-    assert parts[-1] == Text("[Sensay demo replica] hello demo (history: 0)")
+    assert [p for p in parts if isinstance(p, Text)][-1] == \
+        Text("[Sensay demo replica] hello demo (history: 0)")
     assert any(isinstance(p, TextDelta) for p in parts)

@@ -72,6 +72,9 @@ async def test_each_flavor_whole(body: str, flavor: Flavor, forced: bool) -> Non
     if flavor is Flavor.DATA:
         assert deltas == ["Hel", 'lo, "wörld" 😀', "!\n"]
         assert parser.finish_reason == "stop"
+        assert parser.usage == {"promptTokens": 1, "completionTokens": 2}
+    else:
+        assert parser.usage is None  # the v5 UI stream and plain text carry no usage
     if flavor is Flavor.UI:
         assert deltas == ["Hel", 'lo, "wörld" 😀', "!\n"]
 
@@ -234,3 +237,15 @@ async def test_garbage_lines_in_a_data_stream_are_skipped() -> None:
 async def test_empty_body() -> None:
     deltas, parser = await parse([])
     assert deltas == [] and parser.flavor is Flavor.TEXT
+
+
+@pytest.mark.parametrize(("finish", "usage"), [
+    ('{"finishReason":"stop","usage":{"promptTokens":null,"completionTokens":null}}', None),
+    ('{"finishReason":"stop","usage":{"promptTokens":5,"completionTokens":"x"}}',
+     {"promptTokens": 5}),
+    ('{"finishReason":"stop"}', None),
+])
+async def test_data_stream_usage_only_as_counts(finish: str, usage: object) -> None:
+    """The SDK writes null (its NaN) for counts the model did not report."""
+    _, parser = await parse(f'0:"hi"\nd:{finish}\n'.encode())
+    assert parser.usage == usage

@@ -1,0 +1,126 @@
+"""What each reply used, recorded: one store write per reply (:meth:`Store.usage_add`), into the
+row of its (UTC day, account, user, chat, backend, model), with its cost at today's price.
+
+Called by the engine once per backend reply, after the backend's last part, with the
+:class:`Usage` parts the reply carried (:attr:`tgmux.reply.ReplyShaper.usage`: after the
+``tgmux_after_backend`` hooks). A reply without usage counts as a message only, under the
+backend's configured model. Recording never fails a reply: a store error is logged. Rows older
+than ``usage_retention`` days are forgotten by the engine's periodic prune.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tgmux.backend import Backend, Turn
+from tgmux.config import Config
+from tgmux.metrics import Metrics
+from tgmux.prices import Prices
+from tgmux.store.base import Store
+from tgmux.store.guard import StoreUnavailable
+from tgmux.types import Usage, UsageRow
+
+__all__ = ["UsageRecorder", "reply_row", "utc_day"]
+
+log = logging.getLogger("tgmux.usage")
+
+#: (/metrics kind, Usage field) of each token count
+TOKEN_KINDS = (("input", "input_tokens"), ("output", "output_tokens"),
+               ("cached_input", "cached_input_tokens"), ("reasoning", "reasoning_tokens"))
+
+
+def utc_day(now: float | None = None) -> str:
+    """``YYYY-MM-DD`` of ``now`` (a timestamp; default: now) in UTC."""
+    return time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
+
+
+def configured_model(turn: Turn, backend: Backend) -> str:
+    """The model a backend is set to use for ``turn`` (the route's, else its own), or ""."""
+    for settings in (getattr(turn, "options", None), getattr(backend, "settings", None)):
+        model = getattr(settings, "model", None)
+        if isinstance(model, str) and model:
+            return model
+    return ""
+
+
+def reply_row(turn: Turn, backend: Backend, usage: list[Usage], prices: Prices, *,
+              replied: bool, day: str | None = None) -> UsageRow:
+    """The row of one reply: ``usage`` summed (its model: the last part's that names one,
+    else the configured one), its cost (None when a part's price is not known and it used
+    tokens), ``messages`` 1 when it ``replied``."""
+    model = next((u.model for u in reversed(usage) if u.model), None)
+    if model is None:
+        model = configured_model(turn, backend)
+    cost: float | None = 0.0 if usage else None
+    for part in usage:
+        priced = prices.cost(part if part.model else Usage(
+            model, part.input_tokens, part.output_tokens, part.cached_input_tokens,
+            part.reasoning_tokens))
+        if priced is None and (part.input_tokens or part.output_tokens):
+            cost = None
+            break
+        cost = (cost or 0.0) + (priced or 0.0)
+    chat = turn.chat
+    return UsageRow(
+        day=day or utc_day(), account=chat.account, user_id=chat.user_id, chat_id=chat.chat_id,
+        backend=backend.name, model=model, messages=1 if replied else 0,
+        input_tokens=sum(u.input_tokens for u in usage),
+        output_tokens=sum(u.output_tokens for u in usage),
+        cached_input_tokens=sum(u.cached_input_tokens for u in usage),
+        reasoning_tokens=sum(u.reasoning_tokens for u in usage), cost=cost)
+
+
+class UsageRecorder:
+    """Records replies' usage in ``store`` and counts it in ``metrics``."""
+
+    def __init__(self, store: Store, metrics: Metrics) -> None:
+        self.store = store
+        self.metrics = metrics
+        self._prices: tuple[Any, Prices] | None = None
+        self._unsupported_said = False
+
+    def prices(self, config: Config) -> Prices:
+        """The prices of ``config`` (made again when a reload changed them)."""
+        if self._prices is None or self._prices[0] is not config.data:
+            self._prices = (config.data, Prices.of(config))
+        return self._prices[1]
+
+    async def record(self, config: Config, turn: Turn, backend: Backend, usage: list[Usage],
+                     failure: BaseException | None, moved_on: bool = False) -> None:
+        """Record one backend reply: one that was given (``failure`` None; not one that
+        ``moved_on`` to a fallback), or one that reported usage anyway. A command of the
+        backend (/history) that reported none is not a reply of the AI: not recorded."""
+        replied = failure is None and not moved_on
+        if not usage and (not replied or turn.command):
+            return
+        try:
+            prices = self.prices(config)
+            await prices.load()
+            row = reply_row(turn, backend, usage, prices, replied=replied)
+            self._count(row)
+            await self.store.usage_add(row)
+        except StoreUnavailable as exc:  # the outage was said by the guard
+            log.debug("chat %s: usage not recorded: %s", turn.chat.chat_id, exc)
+        except NotImplementedError as exc:  # a store that keeps no usage: said once
+            if not self._unsupported_said:
+                self._unsupported_said = True
+                log.warning("usage is not recorded: %s", exc)
+        except Exception:  # the user has the reply: usage is not worth failing it
+            log.exception("chat %s: usage not recorded", turn.chat.chat_id)
+
+    def _count(self, row: UsageRow) -> None:
+        of, metrics = self.metrics.of, self.metrics
+        for kind, field in TOKEN_KINDS:
+            if count := getattr(row, field):
+                of(metrics.tokens, row.backend, row.model, kind).inc(count)
+        if row.cost:
+            of(metrics.cost, row.backend, row.model).inc(row.cost)
+
+    async def prune(self, config: Config, now: float | None = None) -> int:
+        """Forget the rows older than ``usage_retention`` days; how many."""
+        today = datetime.fromtimestamp(time.time() if now is None else now, UTC).date()
+        before = today - timedelta(days=config.data.usage_retention)
+        return await self.store.usage_prune(before.isoformat())
