@@ -268,6 +268,8 @@ class TelegramFrontend:
                                             text_format=part.format)
                         stream.push(part.text)
                         continue
+                    if isinstance(part, Metadata | Usage):
+                        continue  # not shown: a stream goes on past it
                     if stream is not None:
                         final = part.text if isinstance(part, Text) else None
                         text, ok = await stream.finish(final)
@@ -326,8 +328,6 @@ class TelegramFrontend:
                                               part.filename or _image_name(part.data))
             if isinstance(part, Audio):
                 return await self._send_audio_or_text(out, actions, part)
-            if isinstance(part, Metadata | Usage):  # for plugins and the engine, not shown
-                return False
             log.warning("chat %s: cannot show a %s", out.chat.chat_id, type(part).__name__)
             return False
         except DeliveryFailed:

@@ -19,7 +19,17 @@ import tg_test_backends
 from pyrogram import raw
 from pyrogram.errors import RPCError
 
-from tgmux.backend import Backend, BackendSettings, Image, ReplyPart, Text, TextDelta, Turn
+from tgmux.backend import (
+    Backend,
+    BackendSettings,
+    Image,
+    Metadata,
+    ReplyPart,
+    Text,
+    TextDelta,
+    Turn,
+    Usage,
+)
 from tgmux.backends.openai.simulator import Model, OpenAISimulator
 from tgmux.formatting import Formatted, check, render
 from tgmux.hooks import hookimpl
@@ -49,6 +59,13 @@ class ScriptBackend(Backend):
             yield Text(LONG)
         elif text.startswith("caption "):
             yield Image(data=PNG, caption=text.removeprefix("caption "))
+        elif text.startswith("hidden "):  # parts nobody sees between the deltas and the text
+            words = text.removeprefix("hidden ").split(" ")
+            for i, word in enumerate(words):
+                yield TextDelta(word if i == 0 else " " + word)
+            yield Metadata({"id": "x"})
+            yield Usage(model="m", input_tokens=3, output_tokens=len(words))
+            yield Text(text.removeprefix("hidden "))
         elif text.startswith("stream "):
             words = text.removeprefix("stream ").split(" ")
             for i, word in enumerate(words):
@@ -453,3 +470,18 @@ async def test_a_long_markdown_text_is_rendered_off_the_event_loop(monkeypatch):
     assert len(await textsplit.formatted_messages(long, True, partial=True)) == 1
     assert threads[0] == threading.main_thread().name
     assert threads[1] != threading.main_thread().name
+
+
+@pytest.mark.parametrize("chat", [{"user_id": 42}, {"user_id": 42, "chat_id": GROUP,
+                                                   "chat_type": "supergroup"}])
+async def test_parts_nobody_sees_do_not_end_a_streamed_message(tgmux_bot, chat):
+    # Metadata and Usage between the deltas and the final text: one message, the final text
+    # (they ended the stream: the text came again in a second message)
+    bot = await tgmux_bot(CONFIG.replace("  - match: {chat_type: supergroup}\n    backend: "
+                                         "drip\n", ""), plugins=PLUGINS)
+    text = "hidden one two three" if "chat_id" not in chat else "@tgmux_bot hidden one two"
+    reply = await bot.send(text, **chat)
+    sent = reply.of("send_message")
+    assert len(sent) == 1
+    final = (reply.of("edit_message") or sent)[-1]
+    assert final["text"] == text.split("hidden ", 1)[1]
