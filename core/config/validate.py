@@ -54,6 +54,8 @@ class Account:
     admins: list[int]
     access: AccessConfig = field(default_factory=AccessConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    #: the top level's ``currency``: what ``limits``' costs are in
+    currency: str = "USD"
 
     @property
     def telegram_path(self) -> KeyPath:
@@ -170,14 +172,16 @@ def validate_config(parsed: ParsedConfig, backend_types: dict[str, type[Backend]
                 default=account.default if account.default is not None else schema.default,
                 admins=schema.admins if account.admins is None else account.admins,
                 access=schema.access if account.access is None else account.access,
-                limits=schema.limits if account.limits is None else account.limits)
+                limits=schema.limits if account.limits is None else account.limits,
+                currency=schema.currency)
     if problems or schema is None:
         raise ConfigError(problems)
     if not accounts:  # the single `telegram:` form: one account, `main`
         accounts[MAIN] = Account(name=MAIN, path=("telegram",), telegram=schema.telegram,
                                  routes=schema.routes, route_options=route_options,
                                  default=schema.default, admins=schema.admins,
-                                 access=schema.access, limits=schema.limits)
+                                 access=schema.access, limits=schema.limits,
+                                 currency=schema.currency)
     remember_config_secrets(parsed.data)  # masked in every log line and message from now on
     return Config(data=schema, backend_settings=settings, backend_classes=classes,
                   route_options=route_options, source=parsed.source, lines=parsed.lines,
