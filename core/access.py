@@ -241,18 +241,13 @@ class Gate:
     @staticmethod
     def _used(what: str, totals: Totals, limit: float | None, ends_in: float,
               currency: str) -> str:
-        tokens = f"{totals.input_tokens:,} in, {totals.output_tokens:,} out"
-        if totals.cached_input_tokens:
-            tokens += f", {totals.cached_input_tokens:,} cached"
-        if totals.reasoning_tokens:
-            tokens += f", {totals.reasoning_tokens:,} reasoning"
         cost = format_money(totals.cost, currency)
         if limit is not None:
             cost += f" of {format_money(limit, currency)} (resets in {format_reset(ends_in)})"
         if totals.unpriced:
-            cost += f"; {totals.unpriced} at no known price"
-        return (f"{what}: {totals.messages} messages, {totals.tokens:,} tokens ({tokens}), "
-                f"{cost}")
+            cost += f"; {totals.unpriced} of unknown price"
+        return (f"{what}: {totals.messages} messages, {totals.tokens:,} tokens "
+                f"({totals.input_tokens:,} in, {totals.output_tokens:,} out), {cost}")
 
     async def _told_once(self, key: str, window: float, verdict: Verdict) -> Verdict:
         if await self.store.rate_take(key, 1, window) > 0:

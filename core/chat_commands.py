@@ -85,7 +85,7 @@ async def _usage_command(engine: Engine, message: IncomingMessage) -> list[Reply
     if not engine.is_admin(message.chat.user_id, message.chat.account):
         return [Notice("Only the bot's admins can see another user's usage.")]
     if wanted.lstrip("-").isdigit():
-        return [Text(await engine.gate.usage(account, message, int(wanted), wanted))]
+        return [Text(await engine.gate.usage(account, message, int(wanted), f"user {wanted}"))]
     if wanted.startswith("@") and len(wanted) > 1 and " " not in wanted:
         user_id = await engine.gate.user_by_name(wanted)
         if user_id is None:
