@@ -10,20 +10,35 @@ any backend is called.
   commands are never counted. The counters live in the store (``Store.rate_take``), so they
   hold across restarts and across processes sharing PostgreSQL. The limit reply itself is sent
   at most once per user per window, so a flood does not become a flood of replies.
+- budgets (``limits.daily_cost_per_user``, ``monthly_cost_per_user``, :mod:`tgmux.budgets`)
+  cost one store read per message, and only when one is set.
+- usernames: the first time this process sees a user's ``@username`` (or sees it with another
+  user id) it writes ``username -> user id`` to the store's kv (namespace ``usernames``), so
+  that an admin's ``/usage @name`` finds the user; remembered in a bounded map, so not a
+  write per message.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
+from tgmux.budgets import Totals, budgeted, format_money, over_budget, periods, spent
 from tgmux.config.validate import Account, Config
 from tgmux.store import Store
 from tgmux.types import IncomingMessage
 
-__all__ = ["Gate", "Verdict", "access_warnings", "format_wait", "is_admin"]
+__all__ = ["Gate", "Verdict", "access_warnings", "format_reset", "format_wait", "is_admin"]
+
+log = logging.getLogger("tgmux.access")
 
 DAY = 86400.0
+#: The kv namespace of ``username -> user id`` (usernames lowercased, without ``@``).
+USERNAMES = "usernames"
+#: How many (username, user id) pairs a process remembers having written.
+KNOWN_USERNAMES = 10_000
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,14 @@ def format_wait(seconds: float) -> str:
     if seconds < 5400:
         return f"{round(seconds / 60)} min"
     return f"{round(seconds / 3600)} h"
+
+
+def format_reset(seconds: float) -> str:
+    """:func:`format_wait`, in days from 36 h (a month's budget resets in up to 31 days)."""
+    if seconds < 1.5 * DAY:
+        return format_wait(seconds)
+    days = round(seconds / DAY)
+    return f"{days} days"
 
 
 def is_admin(account: Account, user_id: int | None) -> bool:
@@ -71,6 +94,31 @@ def access_warnings(config: Config) -> list[str]:
 class Gate:
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._usernames: OrderedDict[str, int] = OrderedDict()  # written by this process
+
+    async def remember(self, message: IncomingMessage) -> None:
+        """Write the sender's ``@username -> user id`` the first time this process sees the
+        pair (a failing store is logged, not raised: the message goes on)."""
+        chat = message.chat
+        if not chat.username or chat.user_id is None:
+            return
+        name = chat.username.lower().lstrip("@")
+        if self._usernames.get(name) == chat.user_id:
+            self._usernames.move_to_end(name)
+            return
+        try:
+            await self.store.kv_set(USERNAMES, name, str(chat.user_id))
+        except Exception as exc:  # the store's outage is said where it matters
+            log.debug("@%s not remembered: %s", name, exc)
+            return
+        self._usernames[name] = chat.user_id
+        while len(self._usernames) > KNOWN_USERNAMES:
+            self._usernames.popitem(last=False)
+
+    async def user_by_name(self, username: str) -> int | None:
+        """The user id last seen with ``@username`` (None: never seen)."""
+        value = await self.store.kv_get(USERNAMES, username.lower().lstrip("@"))
+        return int(value) if value is not None and value.lstrip("-").isdigit() else None
 
     @staticmethod
     def exempt(account: Account, user_id: int | None) -> bool:
@@ -111,8 +159,13 @@ class Gate:
         window)."""
         chat = message.chat
         limits = account.limits
+        await self.remember(message)
         if self.exempt(account, chat.user_id):
             return None
+        if budgeted(limits) and chat.user_id is not None:
+            # before the windows: a message the budget refuses uses no slot
+            if (refused := await self._budget(account, chat.user_id)) is not None:
+                return refused
         windows = self._windows(account, message)
         daily = limits.daily_per_user if chat.user_id is not None else None
         if daily is not None and windows:
@@ -133,28 +186,68 @@ class Gate:
                 return await self._quota(key, reset_in, daily, limits.quota_reply)
         return None
 
+    async def _budget(self, account: Account, user_id: int) -> Verdict | None:
+        now = periods(time.time())
+        today, month = await spent(self.store, account.name, user_id, now)
+        over = over_budget(account.limits, today, month, now)
+        if over is None:
+            return None
+        reply = account.limits.cost_reply.format(
+            limit=format_money(over.limit, account.currency), period=over.period,
+            reset_in=format_reset(over.reset_in))
+        return await self._told_once(f"budget:{account.name}:user:{user_id}:{over.key}:told",
+                                     over.reset_in, Verdict("budget", reply))
+
     async def _quota(self, key: str, reset_in: float, daily: int, reply: str) -> Verdict:
         return await self._told_once(f"{key}:told", reset_in, Verdict("quota", reply.format(
             limit=daily, reset_in=format_wait(reset_in))))
 
-    async def usage(self, account: Account, message: IncomingMessage) -> str:
-        """What ``/usage`` tells a user: their counts against each limit, counting nothing."""
+    async def usage(self, account: Account, message: IncomingMessage,
+                    user_id: int | None = None, shown_as: str | None = None) -> str:
+        """What ``/usage`` tells a user (or an admin about ``user_id``, called ``shown_as``):
+        their counts against each limit and what they used today and this month (one store
+        read of the month's usage rows), counting nothing."""
         chat, limits = message.chat, account.limits
-        if self.exempt(account, chat.user_id):
-            return "You are an admin here: no limits apply to you."
-        lines = []
-        for what, key, count, window in self._windows(account, message):
+        own = user_id is None
+        who = chat.user_id if own else user_id
+        exempt = self.exempt(account, who)
+        lines = ["Your usage:" if own else f"Usage of {shown_as or who}:"]
+        windows = self._windows(account, message) if own and not exempt else []
+        for what, key, count, window in windows:
             used = await self.store.rate_count(key, window)
             lines.append(f"{'You' if what == 'you' else 'This chat'}: {used} of {count} "
                          f"messages per {format_wait(window)}")
-        if limits.daily_per_user is not None and chat.user_id is not None:
-            key, reset_in = self._day(account, chat.user_id)
+        if limits.daily_per_user is not None and who is not None and not exempt:
+            key, reset_in = self._day(account, who)
             used = await self.store.rate_count(key, DAY)
             lines.append(f"Today: {used} of {limits.daily_per_user} messages (resets in "
                          f"{format_wait(reset_in)})")
-        if not lines:
-            return "There are no message limits here."
-        return "Your usage:\n" + "\n".join(lines)
+        if who is not None:
+            now = periods(time.time())
+            today, month = await spent(self.store, account.name, who, now)
+            daily, monthly = ((None, None) if exempt else
+                              (limits.daily_cost_per_user, limits.monthly_cost_per_user))
+            lines.append(self._used("Used today", today, daily, now.day_ends_in,
+                                    account.currency))
+            lines.append(self._used("Used this month", month, monthly, now.month_ends_in,
+                                    account.currency))
+        if exempt:
+            lines.append("You are an admin here: no limits apply to you." if own else
+                         "An admin here: no limits apply.")
+        elif not windows and limits.daily_per_user is None and not budgeted(limits):
+            lines.append("There are no limits here.")
+        return "\n".join(lines)
+
+    @staticmethod
+    def _used(what: str, totals: Totals, limit: float | None, ends_in: float,
+              currency: str) -> str:
+        cost = format_money(totals.cost, currency)
+        if limit is not None:
+            cost += f" of {format_money(limit, currency)} (resets in {format_reset(ends_in)})"
+        if totals.unpriced:
+            cost += f"; {totals.unpriced} of unknown price"
+        return (f"{what}: {totals.messages} messages, {totals.tokens:,} tokens "
+                f"({totals.input_tokens:,} in, {totals.output_tokens:,} out), {cost}")
 
     async def _told_once(self, key: str, window: float, verdict: Verdict) -> Verdict:
         if await self.store.rate_take(key, 1, window) > 0:

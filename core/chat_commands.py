@@ -23,7 +23,7 @@ BUILTIN_COMMANDS = (
     CommandSpec("reset", "Forget this conversation"),
     CommandSpec("backend", "Show or switch the AI behind this chat", usage="[name]"),
     CommandSpec("persona", "Show or choose who you talk to", usage="[name]"),
-    CommandSpec("usage", "Your messages and their limits"),
+    CommandSpec("usage", "Your messages, tokens and cost, and their limits"),
     CommandSpec("status", "Each AI's health in this process", admin_only=True),
 )
 #: What a command that needs the store answers while it does not answer (tgmux.store.guard).
@@ -56,8 +56,7 @@ async def run_builtin(engine: Engine, command: str, message: IncomingMessage,
         return [Text(help_text(engine, decision, message.chat.account))]
     if command == "usage":
         try:
-            return [Text(await engine.gate.usage(engine.router_for(message.chat.account).account,
-                                                 message))]
+            return await _usage_command(engine, message)
         except StoreUnavailable:
             return [Notice(STORE_UNAVAILABLE)]
     if command == "status":
@@ -80,6 +79,27 @@ async def run_builtin(engine: Engine, command: str, message: IncomingMessage,
         return await _backend_command(engine, message, decision)
     except StoreUnavailable:  # only the switch writes: the listing answers during an outage
         return [Notice(STORE_UNAVAILABLE)]
+
+
+async def _usage_command(engine: Engine, message: IncomingMessage) -> list[ReplyPart]:
+    """``/usage``: the sender's; ``/usage @user`` or ``/usage USER_ID``: an admin's look at
+    another user's (a username is known once this process or another saw the user write)."""
+    account = engine.router_for(message.chat.account).account
+    wanted = message.args.strip()
+    if not wanted:
+        return [Text(await engine.gate.usage(account, message))]
+    if not engine.is_admin(message.chat.user_id, message.chat.account):
+        return [Notice("Only the bot's admins can see another user's usage.")]
+    if wanted.lstrip("-").isdigit():
+        return [Text(await engine.gate.usage(account, message, int(wanted), f"user {wanted}"))]
+    if wanted.startswith("@") and len(wanted) > 1 and " " not in wanted:
+        user_id = await engine.gate.user_by_name(wanted)
+        if user_id is None:
+            return [Notice(f"I have not seen {shorten(wanted, 40)} write here yet; try "
+                           "/usage USER_ID.")]
+        return [Text(await engine.gate.usage(account, message, user_id,
+                                             f"{shorten(wanted, 40)} ({user_id})"))]
+    return [Notice("Use /usage, /usage @username or /usage USER_ID.")]
 
 
 async def _backend_command(engine: Engine, message: IncomingMessage,

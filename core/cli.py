@@ -324,6 +324,56 @@ def run(config_path: str, accounts: tuple[str, ...]) -> None:
 
 @cli.command()
 @CONFIG_OPTION
+@click.option("--since", metavar="DATE", help="YYYY-MM-DD, UTC [default: the first of this "
+              "month]")
+@click.option("--by", "by", type=click.Choice(["user", "chat", "backend", "model", "day"]),
+              default="user", show_default=True, help="Sum the rows of each.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True)
+def usage(config_path: str, since: str | None, by: str, fmt: str) -> None:
+    """Messages, tokens and cost from the store, summed by user, chat, backend, model or day."""
+    import datetime as dt
+
+    if since is None:
+        since = dt.datetime.now(dt.UTC).date().replace(day=1).isoformat()
+    else:
+        try:
+            since = dt.date.fromisoformat(since.strip()).isoformat()
+        except ValueError:
+            click.echo(f"error: --since: expected a date as YYYY-MM-DD, got {since!r}",
+                       err=True)
+            sys.exit(2)
+    config, _ = _load(config_path)
+    _setup_logging("WARNING")
+    sys.exit(_run(_usage(config, since, by, fmt)))
+
+
+async def _usage(config: Config, since: str, by: str, fmt: str) -> int:
+    from tgmux.redact import redact_urls
+    from tgmux.store import open_store
+    from tgmux.usage_report import group_rows, render
+
+    store = open_store(config.data.store.url)
+    try:
+        await store.open()
+    except Exception as exc:
+        raise ConfigError(f"{config.where(('store',))}: cannot open "
+                          f"{redact_urls(config.data.store.url)}: {exc}") from exc
+    try:
+        rows = await store.usage_rows(since=since)
+    except Exception as exc:
+        raise ConfigError(f"{config.where(('store',))}: cannot read the usage from "
+                          f"{redact_urls(config.data.store.url)}: {exc}") from exc
+    finally:
+        await store.close()
+    groups, total = group_rows(rows, by)  # type: ignore[arg-type]
+    click.echo(render(groups, total, by=by, fmt=fmt, since=since,  # type: ignore[arg-type]
+                      currency=config.data.currency), nl=False)
+    return 0
+
+
+@cli.command()
+@CONFIG_OPTION
 def status(config_path: str) -> None:
     """Each account: who runs it (host, pid, since) and how many messages wait."""
     config, _ = _load(config_path)

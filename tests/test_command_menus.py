@@ -142,7 +142,8 @@ def test_the_answer_to_an_unavailable_command_lists_the_available_ones() -> None
         "/start — Start talking\n/help — What this bot can do\n"
         "/reset — Forget this conversation\n"
         "/backend [name] — Show or switch the AI behind this chat\n"
-        "/usage — Your messages and their limits\n/profile — the profile")
+        "/usage — Your messages, tokens and cost, and their limits\n"
+        "/profile — the profile")
     assert unavailable_notice("nosuch", available, known=False).startswith(
         "Unknown command /nosuch. Commands here:\n/start")
     admin = available_commands(acc, COMMON, BACKENDS, "private", 7, 7, None)

@@ -196,7 +196,7 @@ async def test_help_lists_builtin_and_backend_commands() -> None:
             "/help — What this bot can do",
             "/reset — Forget this conversation",
             "/backend [name] — Show or switch the AI behind this chat",
-            "/usage — Your messages and their limits",
+            "/usage — Your messages, tokens and cost, and their limits",
             "/status — Each AI's health in this process (admins only)",
             "/shout <text> — Echo in capitals",
         ]
@@ -205,7 +205,8 @@ async def test_help_lists_builtin_and_backend_commands() -> None:
             Notice("Unknown command /nosuch. Commands here:\n/start — Start talking\n"
                    "/help — What this bot can do\n/reset — Forget this conversation\n"
                    "/backend [name] — Show or switch the AI behind this chat\n"
-                   "/usage — Your messages and their limits\n/shout <text> — Echo in capitals")
+                   "/usage — Your messages, tokens and cost, and their limits\n"
+                   "/shout <text> — Echo in capitals")
         ]
 
 

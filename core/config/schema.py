@@ -338,8 +338,24 @@ class LimitsConfig(Strict):
     per_user: WindowLimit | None = None
     per_chat: WindowLimit | None = None
     daily_per_user: Int | None = Field(None, ge=1, description="messages per UTC day")
+    daily_cost_per_user: float | None = Field(
+        None, gt=0, description="what one user's replies may cost per UTC day, in currency")
+    monthly_cost_per_user: float | None = Field(
+        None, gt=0, description="what one user's replies may cost per UTC month, in currency")
     reply: str = "You are sending messages too fast; try again in {retry_after}."
     quota_reply: str = ("You have used your {limit} messages for today; more in {reset_in}.")
+    cost_reply: str = ("You have used your {period} budget of {limit}; you can write again in "
+                       "{reset_in}.")
+
+    @field_validator("cost_reply")
+    @classmethod
+    def _cost_placeholders(cls, value: str) -> str:
+        try:
+            value.format(limit="", reset_in="", period="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"{exc}: the placeholders are {{limit}}, {{reset_in}} and "
+                             "{period}") from None
+        return value
 
 
 class AccountConfig(Strict):

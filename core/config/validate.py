@@ -67,6 +67,8 @@ class Account:
     personas: PersonaSettings = field(default_factory=dict)
     #: in groups: who may switch a chat's persona (a route's ``persona_switch`` wins)
     persona_switch: PersonaSwitch = "admins"
+    #: the top level's ``currency``: what ``limits``' costs are in
+    currency: str = "USD"
 
     @property
     def telegram_path(self) -> KeyPath:
@@ -201,7 +203,8 @@ def validate_config(parsed: ParsedConfig, backend_types: dict[str, type[Backend]
                 access=schema.access if account.access is None else account.access,
                 limits=schema.limits if account.limits is None else account.limits,
                 personas={**offered, None: by_default} if by_default else offered,
-                persona_switch=account.persona_switch or schema.persona_switch)
+                persona_switch=account.persona_switch or schema.persona_switch,
+                currency=schema.currency)
     by_default: dict[str, BackendSettings] = {}
     if schema is not None and not schema.accounts:
         by_default, more = offered_by_default(parsed, ("default_personas",),
@@ -216,7 +219,8 @@ def validate_config(parsed: ParsedConfig, backend_types: dict[str, type[Backend]
                                  default=schema.default, admins=schema.admins,
                                  access=schema.access, limits=schema.limits,
                                  personas={**route_personas, None: by_default} if by_default
-                                 else route_personas, persona_switch=schema.persona_switch)
+                                 else route_personas, persona_switch=schema.persona_switch,
+                                 currency=schema.currency)
     remember_config_secrets(parsed.data)  # masked in every log line and message from now on
     return Config(data=schema, backend_settings=settings, backend_classes=classes,
                   route_options=route_options, source=parsed.source, lines=parsed.lines,

@@ -423,3 +423,19 @@ class Conversation:
     async def clear(self) -> int:
         """Forget everything; how many exchanges there were."""
         return await self.store.history_clear(self.key)
+
+
+def usage_values(row: UsageRow) -> tuple[Any, ...]:
+    """``row`` as the usage table's columns (no user: 0, a key column cannot be NULL)."""
+    return (row.day, row.account, row.user_id or 0, row.chat_id, row.backend, row.model,
+            row.messages, row.input_tokens, row.output_tokens, row.cached_input_tokens,
+            row.reasoning_tokens, row.cost)
+
+
+def usage_row(values: Any) -> UsageRow:
+    """A usage table row (its columns in the order of :func:`usage_values`) as a UsageRow."""
+    (day, account, user_id, chat_id, backend, model, messages, input_tokens, output_tokens,
+     cached, reasoning, cost) = tuple(values)
+    return UsageRow(day, account, user_id or None, chat_id, backend, model, messages,
+                    input_tokens, output_tokens, cached, reasoning,
+                    None if cost is None else float(cost))

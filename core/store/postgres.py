@@ -40,12 +40,14 @@ from tgmux.store.base import (
     Store,
     StreamPosition,
     Unanswered,
+    usage_row,
+    usage_values,
 )
 from tgmux.types import ChatLine, Exchange, UsageRow
 
 log = logging.getLogger("tgmux.store")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: Seconds to wait for a connection (DNS, TCP, TLS, authentication) unless ?connect_timeout=.
 CONNECT_TIMEOUT = 5.0
@@ -134,7 +136,42 @@ CREATE TABLE tgmux_group_context (
 CREATE INDEX tgmux_group_context_chat ON tgmux_group_context (account, chat_id, thread_id, id);
 CREATE INDEX tgmux_group_context_at ON tgmux_group_context (at);
 """,
+    6: """
+CREATE TABLE tgmux_usage (
+    day TEXT COLLATE "C" NOT NULL,  -- the UTC day, YYYY-MM-DD
+    account TEXT NOT NULL,
+    user_id BIGINT NOT NULL,        -- 0: no user (a key column cannot be NULL)
+    chat_id BIGINT NOT NULL,
+    backend TEXT NOT NULL,
+    model TEXT NOT NULL,
+    messages BIGINT NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    cached_input_tokens BIGINT NOT NULL,
+    reasoning_tokens BIGINT NOT NULL,
+    cost DOUBLE PRECISION,          -- in the config's currency, NULL: no price known
+    PRIMARY KEY (day, account, user_id, chat_id, backend, model)
+);
+CREATE INDEX tgmux_usage_user ON tgmux_usage (account, user_id, day);
+""",
 }
+
+_USAGE_COLUMNS = ("day, account, user_id, chat_id, backend, model, messages, input_tokens, "
+                  "output_tokens, cached_input_tokens, reasoning_tokens, cost")
+#: Adds a UsageRow to its key's row: counts add up; a cost adds to a NULL one as to 0, a NULL
+#: cost adds nothing.
+_USAGE_UPSERT = (
+    f"INSERT INTO tgmux_usage AS u ({_USAGE_COLUMNS}) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
+    "ON CONFLICT (day, account, user_id, chat_id, backend, model) DO UPDATE SET "
+    "messages=u.messages + excluded.messages, "
+    "input_tokens=u.input_tokens + excluded.input_tokens, "
+    "output_tokens=u.output_tokens + excluded.output_tokens, "
+    "cached_input_tokens=u.cached_input_tokens + excluded.cached_input_tokens, "
+    "reasoning_tokens=u.reasoning_tokens + excluded.reasoning_tokens, "
+    "cost=CASE WHEN excluded.cost IS NULL THEN u.cost ELSE coalesce(u.cost, 0) + excluded.cost "
+    "END"
+)
 
 #: Writes a position ($1 account, $2 value, $3 order) unless the kept one is as new.
 _POSITION_UPSERT = (
@@ -552,17 +589,28 @@ class PostgresStore(Store):
         return [ChatLine.from_json(json.loads(r["line"]))
                 for r in sorted(rows, key=lambda r: r["id"])]
 
-    # usage: written by issue 23's usage work (these stubs say so until then)
+    # -- usage -------------------------------------------------------------------------------
+
     async def usage_add(self, row: UsageRow) -> None:
-        raise NotImplementedError("usage is not kept in this store yet")
+        await self.pool.execute(_USAGE_UPSERT, *usage_values(row))
 
     async def usage_rows(self, *, since: str, until: str | None = None,
                          account: str | None = None,
                          user_id: int | None = None) -> list[UsageRow]:
-        raise NotImplementedError("usage is not kept in this store yet")
+        where, args = ["day >= $1"], [since]
+        for column, value in (("day <=", until), ("account =", account),
+                              ("user_id =", user_id)):
+            if value is not None:
+                args.append(value)
+                where.append(f"{column} ${len(args)}")
+        rows = await self.pool.fetch(
+            f"SELECT {_USAGE_COLUMNS} FROM tgmux_usage WHERE {' AND '.join(where)} "
+            "ORDER BY day, account, chat_id, backend, model, user_id", *args)
+        return [usage_row(row.values()) for row in rows]
 
     async def usage_prune(self, before: str) -> int:
-        return 0
+        status = await self.pool.execute("DELETE FROM tgmux_usage WHERE day < $1", before)
+        return int(status.rsplit(" ", 1)[-1])
 
     async def context_prune(self, older_than: float) -> int:
         status = await self.pool.execute("DELETE FROM tgmux_group_context WHERE at < $1",

@@ -32,6 +32,8 @@ from tgmux.store.base import (
     Store,
     StreamPosition,
     Unanswered,
+    usage_row,
+    usage_values,
 )
 from tgmux.types import ChatLine, Exchange, UsageRow
 
@@ -39,7 +41,7 @@ log = logging.getLogger("tgmux.store")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 #: Version 1 (before accounts); kept to test the migration from it.
 SCHEMA_V1 = """
@@ -143,9 +145,28 @@ CREATE INDEX group_context_chat ON group_context (account, chat_id, thread_id, i
 CREATE INDEX group_context_at ON group_context (at);
 """
 
+_USAGE_V7 = """
+CREATE TABLE usage (
+    day TEXT NOT NULL,              -- the UTC day, YYYY-MM-DD
+    account TEXT NOT NULL,
+    user_id INTEGER NOT NULL,       -- 0: no user (a key column cannot be NULL)
+    chat_id INTEGER NOT NULL,
+    backend TEXT NOT NULL,
+    model TEXT NOT NULL,
+    messages INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cached_input_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL,
+    cost REAL,                      -- in the config's currency, NULL: no price known
+    PRIMARY KEY (day, account, user_id, chat_id, backend, model)
+);
+CREATE INDEX usage_user ON usage (account, user_id, day);
+"""
+
 #: The current schema, for a new file.
 SCHEMA = (_OVERRIDE_V2 + _KV + _INBOX_V2 + _RATE_V3 + _HISTORY_V4 + _ACCOUNT_STATE_V5
-          + _GROUP_CONTEXT_V6)
+          + _GROUP_CONTEXT_V6 + _USAGE_V7)
 
 #: version -> the script taking the schema from version - 1 to it (run in one transaction).
 MIGRATIONS = {
@@ -164,7 +185,26 @@ MIGRATIONS = {
     4: _HISTORY_V4,
     5: _ACCOUNT_STATE_V5,
     6: _GROUP_CONTEXT_V6,
+    7: _USAGE_V7,
 }
+
+#: Adds a UsageRow to its key's row: counts add up; a cost adds to a NULL one as to 0, a NULL
+#: cost adds nothing.
+_USAGE_UPSERT = (
+    "INSERT INTO usage (day, account, user_id, chat_id, backend, model, messages, input_tokens, "
+    "output_tokens, cached_input_tokens, reasoning_tokens, cost) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(day, account, user_id, chat_id, backend, model) DO UPDATE SET "
+    "messages=messages + excluded.messages, "
+    "input_tokens=input_tokens + excluded.input_tokens, "
+    "output_tokens=output_tokens + excluded.output_tokens, "
+    "cached_input_tokens=cached_input_tokens + excluded.cached_input_tokens, "
+    "reasoning_tokens=reasoning_tokens + excluded.reasoning_tokens, "
+    "cost=CASE WHEN excluded.cost IS NULL THEN cost ELSE coalesce(cost, 0) + excluded.cost END"
+)
+_USAGE_COLUMNS = ("day, account, user_id, chat_id, backend, model, messages, input_tokens, "
+                  "output_tokens, cached_input_tokens, reasoning_tokens, cost")
+
 
 #: Writes a position unless the kept one is as new (its order): (account, value, order).
 _POSITION_UPSERT = (
@@ -630,17 +670,29 @@ class SQLiteStore(Store):
         lines = await db._execute(_context_take, db._conn, (account, chat_id, thread_id or 0))
         return [ChatLine.from_json(json.loads(line)) for line in lines]
 
-    # usage: written by issue 23's usage work (these stubs say so until then)
+    # -- usage -------------------------------------------------------------------------------
+
     async def usage_add(self, row: UsageRow) -> None:
-        raise NotImplementedError("usage is not kept in this store yet")
+        await self.db.execute(_USAGE_UPSERT, usage_values(row))
 
     async def usage_rows(self, *, since: str, until: str | None = None,
                          account: str | None = None,
                          user_id: int | None = None) -> list[UsageRow]:
-        raise NotImplementedError("usage is not kept in this store yet")
+        where, args = ["day >= ?"], [since]
+        for column, value in (("day <=", until), ("account =", account),
+                              ("user_id =", user_id)):
+            if value is not None:
+                where.append(f"{column} ?")
+                args.append(value)
+        # execute_fetchall: one trip to the database thread
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_USAGE_COLUMNS} FROM usage WHERE {' AND '.join(where)} "
+            "ORDER BY day, account, chat_id, backend, model, user_id", args)
+        return [usage_row(row) for row in rows]
 
     async def usage_prune(self, before: str) -> int:
-        return 0
+        cursor = await self.db.execute("DELETE FROM usage WHERE day < ?", (before,))
+        return cursor.rowcount
 
     async def context_prune(self, older_than: float) -> int:
         cursor = await self.db.execute("DELETE FROM group_context WHERE at < ?", (older_than,))

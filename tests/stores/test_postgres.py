@@ -29,7 +29,7 @@ from tgmux.store.postgres import (
     StoreOpenError,
     Target,
 )
-from tgmux.types import ChatLine, Exchange
+from tgmux.types import ChatLine, Exchange, UsageRow
 
 WRONG_PASSWORD = "wrong'\"@pw"
 #: The test server's password (ours, or the one in $TGMUX_TEST_POSTGRES_URL) and the wrong one.
@@ -106,9 +106,9 @@ def test_store_migrate_and_check(tmp_path: Path, pg_url: str) -> None:
     assert check.returncode == 0, check.stderr
     assert f"store: {shown}" in check.stdout
     first = tgmux("store", "migrate", "-c", str(path))
-    assert (first.returncode, first.stdout) == (0, f"store: {shown}: schema version 5 (created)\n")
+    assert (first.returncode, first.stdout) == (0, f"store: {shown}: schema version 6 (created)\n")
     second = tgmux("store", "migrate", "-c", str(path))
-    assert (second.returncode, second.stdout) == (0, f"store: {shown}: schema version 5\n")
+    assert (second.returncode, second.stdout) == (0, f"store: {shown}: schema version 6\n")
     for result in (check, first, second):
         assert_no_password(result.stdout + result.stderr)
 
@@ -299,5 +299,9 @@ async def test_a_version_1_schema_gains_the_rate_tables(pg_url: str) -> None:
         # version 5: the group context
         await store.context_add("main", -5, None, ChatLine("Anna", "hi", 1.0), keep=2)
         assert await store.context_take("main", -5, None) == [ChatLine("Anna", "hi", 1.0)]
+        # version 6: the usage table
+        row = UsageRow("2026-01-02", "main", 5, 5, "gpt", "gpt-4o", 1, 10, 20, cost=0.5)
+        await store.usage_add(row)
+        assert await store.usage_rows(since="2026-01-01") == [row]
     finally:
         await store.close()

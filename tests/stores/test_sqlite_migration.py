@@ -1,5 +1,6 @@
 """SQLite schema v1 (before accounts) is migrated to the current one at open: the rows are kept,
-as account "main"; v2 gains the rate-limit tables (v3), v3 the conversation memory (v4)."""
+as account "main"; v2 gains the rate-limit tables (v3), v3 the conversation memory (v4), ...,
+v6 the usage table (v7)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,14 @@ from tgmux.store import (
     StreamPosition,
     Unanswered,
 )
-from tgmux.store.sqlite import _ACCOUNT_STATE_V5, _GROUP_CONTEXT_V6, _HISTORY_V4, _RATE_V3
-from tgmux.types import ChatLine, Exchange
+from tgmux.store.sqlite import (
+    _ACCOUNT_STATE_V5,
+    _GROUP_CONTEXT_V6,
+    _HISTORY_V4,
+    _RATE_V3,
+    _USAGE_V7,
+)
+from tgmux.types import ChatLine, Exchange, UsageRow
 
 
 def make_v1(path: Path) -> None:
@@ -44,7 +51,7 @@ async def test_a_v1_file_is_migrated_keeping_everything_as_account_main(tmp_path
     store = SQLiteStore(path)
     await store.open()
     try:
-        assert (store.schema_version, store.migrated) == (SCHEMA_VERSION, (1, 6))
+        assert (store.schema_version, store.migrated) == (SCHEMA_VERSION, (1, 7))
         assert await store.get_override(5) == "lucy"
         assert await store.get_override(6) == "sensay"
         assert await store.get_override(5, account="other") is None
@@ -58,10 +65,10 @@ async def test_a_v1_file_is_migrated_keeping_everything_as_account_main(tmp_path
     finally:
         await store.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (6,)
+    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (7,)
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert tables == {"chat_override", "kv", "inbox", "rate_event", "rate_block", "history",
-                      "account_state", "group_context"}
+                      "account_state", "group_context", "usage"}
     assert db.execute("PRAGMA index_list(inbox)").fetchall()  # the index is back
     db.close()
     again = SQLiteStore(path)
@@ -87,16 +94,17 @@ def test_store_migrate_migrates_a_v1_file_and_says_so(tmp_path: Path) -> None:
     run = [sys.executable, "-m", "tgmux", "store", "migrate", "-c", str(config)]
     first = subprocess.run(run, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
-    assert first.stdout == f"store: sqlite:///{path}: schema version 6 (migrated from 1)\n"
+    assert first.stdout == f"store: sqlite:///{path}: schema version 7 (migrated from 1)\n"
     second = subprocess.run(run, capture_output=True, text=True, timeout=60)
-    assert second.stdout == f"store: sqlite:///{path}: schema version 6\n"
+    assert second.stdout == f"store: sqlite:///{path}: schema version 7\n"
 
 
 async def test_a_v2_file_gains_the_rate_tables(tmp_path: Path) -> None:
     path = tmp_path / "v2.db"
     db = sqlite3.connect(path)
     db.executescript(SCHEMA.replace(_RATE_V3, "").replace(_HISTORY_V4, "")
-                     .replace(_ACCOUNT_STATE_V5, "").replace(_GROUP_CONTEXT_V6, ""))
+                     .replace(_ACCOUNT_STATE_V5, "").replace(_GROUP_CONTEXT_V6, "")
+                     .replace(_USAGE_V7, ""))
     db.execute("INSERT INTO kv VALUES ('backend:a', 'k', 'v')")
     db.execute("PRAGMA user_version=2")
     db.commit()
@@ -104,7 +112,7 @@ async def test_a_v2_file_gains_the_rate_tables(tmp_path: Path) -> None:
     store = SQLiteStore(path)
     await store.open()
     try:
-        assert store.migrated == (2, 6)
+        assert store.migrated == (2, 7)
         assert await store.kv_get("backend:a", "k") == "v"
         assert await store.rate_take("k", 1, 1.0) == 0.0
         assert await store.rate_take("k", 1, 1.0) > 0
@@ -116,7 +124,7 @@ async def test_a_v3_file_gains_the_conversation_memory(tmp_path: Path) -> None:
     path = tmp_path / "v3.db"
     db = sqlite3.connect(path)
     db.executescript(SCHEMA.replace(_HISTORY_V4, "").replace(_ACCOUNT_STATE_V5, "")
-                     .replace(_GROUP_CONTEXT_V6, ""))
+                     .replace(_GROUP_CONTEXT_V6, "").replace(_USAGE_V7, ""))
     db.execute("INSERT INTO rate_block VALUES ('k', 1.0)")
     db.execute("PRAGMA user_version=3")
     db.commit()
@@ -124,7 +132,7 @@ async def test_a_v3_file_gains_the_conversation_memory(tmp_path: Path) -> None:
     store = SQLiteStore(path)
     await store.open()
     try:
-        assert store.migrated == (3, 6)
+        assert store.migrated == (3, 7)
         await store.history_append("gpt/main/1", Exchange("q", "a"), max_turns=2, max_chars=99)
         assert await store.history_read("gpt/main/1", max_turns=2, max_chars=99) == \
             [Exchange("q", "a")]
@@ -135,7 +143,8 @@ async def test_a_v3_file_gains_the_conversation_memory(tmp_path: Path) -> None:
 async def test_a_v4_file_gains_the_account_state(tmp_path: Path) -> None:
     path = tmp_path / "v4.db"
     db = sqlite3.connect(path)
-    db.executescript(SCHEMA.replace(_ACCOUNT_STATE_V5, "").replace(_GROUP_CONTEXT_V6, ""))
+    db.executescript(SCHEMA.replace(_ACCOUNT_STATE_V5, "").replace(_GROUP_CONTEXT_V6, "")
+                     .replace(_USAGE_V7, ""))
     db.execute("INSERT INTO kv VALUES ('backend:a', 'k', 'v')")
     db.execute("PRAGMA user_version=4")
     db.commit()
@@ -143,7 +152,7 @@ async def test_a_v4_file_gains_the_account_state(tmp_path: Path) -> None:
     store = SQLiteStore(path)
     await store.open()
     try:
-        assert store.migrated == (4, 6)
+        assert store.migrated == (4, 7)
         assert await store.kv_get("backend:a", "k") == "v"
         assert await store.session_read("main") is None
         await store.position_write(StreamPosition(1, "{}"), account="main")
@@ -155,7 +164,7 @@ async def test_a_v4_file_gains_the_account_state(tmp_path: Path) -> None:
 async def test_a_v5_file_gains_the_group_context(tmp_path: Path) -> None:
     path = tmp_path / "v5.db"
     db = sqlite3.connect(path)
-    db.executescript(SCHEMA.replace(_GROUP_CONTEXT_V6, ""))
+    db.executescript(SCHEMA.replace(_GROUP_CONTEXT_V6, "").replace(_USAGE_V7, ""))
     db.execute("INSERT INTO kv VALUES ('backend:a', 'k', 'v')")
     db.execute("PRAGMA user_version=5")
     db.commit()
@@ -163,9 +172,32 @@ async def test_a_v5_file_gains_the_group_context(tmp_path: Path) -> None:
     store = SQLiteStore(path)
     await store.open()
     try:
-        assert store.migrated == (5, 6)
+        assert store.migrated == (5, 7)
         assert await store.kv_get("backend:a", "k") == "v"
         await store.context_add("main", -5, None, ChatLine("Anna", "hi", 1.0), keep=3)
         assert await store.context_take("main", -5, None) == [ChatLine("Anna", "hi", 1.0)]
     finally:
         await store.close()
+
+
+async def test_a_v6_file_gains_the_usage_table(tmp_path: Path) -> None:
+    path = tmp_path / "v6.db"
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA.replace(_USAGE_V7, ""))
+    db.execute("INSERT INTO kv VALUES ('backend:a', 'k', 'v')")
+    db.execute("PRAGMA user_version=6")
+    db.commit()
+    db.close()
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert store.migrated == (6, 7)
+        assert await store.kv_get("backend:a", "k") == "v"
+        row = UsageRow("2026-01-02", "main", 5, 5, "gpt", "gpt-4o", 1, 10, 20, cost=0.5)
+        await store.usage_add(row)
+        assert await store.usage_rows(since="2026-01-01") == [row]
+    finally:
+        await store.close()
+    db = sqlite3.connect(path)
+    assert ("usage_user",) in {(r[1],) for r in db.execute("PRAGMA index_list(usage)")}
+    db.close()

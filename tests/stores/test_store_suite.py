@@ -8,7 +8,7 @@ import time
 from conftest import OpenStore
 
 from tgmux.store import Store, StreamPosition, Unanswered
-from tgmux.types import ChatLine
+from tgmux.types import ChatLine, UsageRow
 
 
 def payload(n: int) -> dict[str, object]:
@@ -287,3 +287,73 @@ async def test_group_context_keeps_odd_text_as_it_was(store: Store) -> None:
     odd = ChatLine("Zoë 🦊 \"x\"", "quote ' \" \\ %_ 🦊\nnew line", 1.5, user_id=2**40)
     await store.context_add("main", -1001234567890, 2**31 + 1, odd, keep=1)
     assert await store.context_take("main", -1001234567890, 2**31 + 1) == [odd]
+
+
+def usage(day: str = "2026-03-04", user_id: int | None = 7, *, account: str = "main",
+          chat_id: int = 7, backend: str = "gpt", model: str = "gpt-4o",
+          cost: float | None = 0.25, tokens: int = 100) -> UsageRow:
+    return UsageRow(day, account, user_id, chat_id, backend, model, messages=1,
+                    input_tokens=tokens, output_tokens=tokens // 2, cached_input_tokens=3,
+                    reasoning_tokens=2, cost=cost)
+
+
+async def test_usage_of_one_key_adds_up(store: Store) -> None:
+    await store.usage_add(usage())
+    await store.usage_add(usage(tokens=10, cost=0.5))
+    assert await store.usage_rows(since="2026-03-01") == [UsageRow(
+        "2026-03-04", "main", 7, 7, "gpt", "gpt-4o", messages=2, input_tokens=110,
+        output_tokens=55, cached_input_tokens=6, reasoning_tokens=4, cost=0.75)]
+
+
+async def test_an_unknown_cost_stays_unknown_until_a_known_one_is_added(store: Store) -> None:
+    await store.usage_add(usage(cost=None))
+    assert [r.cost for r in await store.usage_rows(since="2026-03-04")] == [None]
+    await store.usage_add(usage(cost=None))
+    assert [r.cost for r in await store.usage_rows(since="2026-03-04")] == [None]
+    await store.usage_add(usage(cost=0.125))
+    await store.usage_add(usage(cost=None))  # adds nothing to a known cost
+    [row] = await store.usage_rows(since="2026-03-04")
+    assert (row.messages, row.cost) == (4, 0.125)
+
+
+async def test_usage_rows_are_kept_per_key_and_filtered(store: Store) -> None:
+    rows = [usage("2026-03-01"), usage("2026-03-02"), usage("2026-03-03"),
+            usage("2026-03-02", user_id=8), usage("2026-03-02", account="other"),
+            usage("2026-03-02", chat_id=-100123, backend="lucy", model="lucy-1"),
+            usage("2026-03-02", model="gpt-4o-mini"), usage("2026-03-02", user_id=None,
+                                                           chat_id=-5)]
+    for row in rows:
+        await store.usage_add(row)
+    everything = await store.usage_rows(since="2026-01-01")
+    assert sorted(everything, key=repr) == sorted(rows, key=repr)
+    assert [r.day for r in everything] == sorted(r.day for r in everything)  # by day
+    assert await store.usage_rows(since="2026-03-03") == [usage("2026-03-03")]
+    assert await store.usage_rows(since="2026-03-01", until="2026-03-01") == \
+        [usage("2026-03-01")]
+    assert await store.usage_rows(since="2026-03-01", user_id=8) == \
+        [usage("2026-03-02", user_id=8)]
+    assert await store.usage_rows(since="2026-03-01", account="other") == \
+        [usage("2026-03-02", account="other")]
+    mine = await store.usage_rows(since="2026-03-02", until="2026-03-02", account="main",
+                                  user_id=7)
+    assert sorted(mine, key=repr) == sorted(
+        [usage("2026-03-02"), usage("2026-03-02", chat_id=-100123, backend="lucy",
+                                    model="lucy-1"), usage("2026-03-02", model="gpt-4o-mini")],
+        key=repr)
+    assert None in {r.user_id for r in everything}  # no user comes back as no user
+
+
+async def test_usage_prune_forgets_days_before(store: Store) -> None:
+    for day in ("2025-12-31", "2026-01-01", "2026-01-02"):
+        await store.usage_add(usage(day))
+        await store.usage_add(usage(day, user_id=9))
+    assert await store.usage_prune("2026-01-02") == 4
+    assert [r.day for r in await store.usage_rows(since="2000-01-01")] == ["2026-01-02"] * 2
+    assert await store.usage_prune("2026-01-02") == 0
+
+
+async def test_usage_keeps_big_ids_and_counts(store: Store) -> None:
+    row = UsageRow("2026-03-04", "main", 2**40, -1001234567890, "é/b", "m:😀", 3, 2**33,
+                   2**32, 0, 0, 1234.5678)
+    await store.usage_add(row)
+    assert await store.usage_rows(since="2026-03-04", user_id=2**40) == [row]

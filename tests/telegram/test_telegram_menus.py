@@ -96,7 +96,7 @@ async def test_a_chat_routed_to_lucydream_gets_lucydreams_commands(tgmux_bot, co
         "/start — Start talking\n/help — What this bot can do\n"
         "/reset — Forget this conversation\n"
         "/backend [name] — Show or switch the AI behind this chat\n"
-        "/usage — Your messages and their limits\n"
+        "/usage — Your messages, tokens and cost, and their limits\n"
         "/image — get a picture from the chatbot\n"
         "/history — show your recent conversation with the chatbot")
     # a group that follows the default (BambiSleep): the groups' menu cannot list /profile
