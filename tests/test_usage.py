@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
@@ -331,3 +332,32 @@ async def test_a_reloaded_price_applies_to_the_next_replies(sim: OpenAISimulator
         await h.say("Hi", user_id=2)
         costs = {row.user_id: row.cost for row in rows(h)}
     assert costs == {1: pytest.approx((5 * 2 + 3 * 8) / 1e6), 2: pytest.approx(8 / 1e6)}
+
+
+async def test_replies_priced_by_the_recorder_spend_a_budget_that_holds_across_a_restart(
+        sim: OpenAISimulator, tmp_path: Path) -> None:
+    # end to end through tgmux simulate: a reply's usage recorded with its configured price
+    # in the SQLite store; after a restart the user is over daily_cost_per_user and told when
+    # to come back, and the provider is not asked
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(
+        config(sim, extra="stream: false",
+               top="prices: {sim-gpt: {input: 100000, output: 100000}}\n"
+                   "limits: {daily_cost_per_user: 1.0}\n")
+        .replace("store: memory://", f"store: sqlite:///{tmp_path / 'tgmux.db'}"))
+
+    async def run(line: dict[str, Any]) -> list[str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tgmux", "simulate", "-c", str(config_file),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(process.communicate(json.dumps(line).encode()), 120)
+        assert process.returncode == 0, err.decode()
+        return [json.loads(a)["text"] for a in out.decode().splitlines()
+                if json.loads(a)["action"] == "send_message"]
+
+    assert await run({"user_id": 42, "text": "Hello", "message_id": 1}) == ["You said: Hello"]
+    [refused] = await run({"user_id": 42, "text": "Again", "message_id": 2})
+    assert re.fullmatch(r"You have used your daily budget of USD 1\.00; you can write again "
+                        r"in \d+ (h|min)\.", refused), refused
+    assert len(sim.completions) == 1

@@ -27,6 +27,11 @@ def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = types.SimpleNamespace(time=lambda: float(NOW), gmtime=time.gmtime,
                                   strftime=time.strftime)
     monkeypatch.setattr("tgmux.access.time", clock)
+    # the replies these tests get are recorded too (messages of an unknown price): on a day
+    # far from the fixed clock's month, so that /usage shows the rows record() writes alone
+    elsewhere = types.SimpleNamespace(time=lambda: float(calendar.timegm((2025, 1, 1, 0, 0, 0))),
+                                      gmtime=time.gmtime, strftime=time.strftime)
+    monkeypatch.setattr("tgmux.usage.time", elsewhere)
 
 
 def harness(extra: str = "") -> EngineHarness:
