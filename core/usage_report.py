@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tgmux.budgets import Totals
 from tgmux.types import UsageRow
 
 __all__ = ["BY", "FIELDS", "Group", "group_rows", "render"]
@@ -29,32 +30,28 @@ FIELDS = ("messages", "input_tokens", "output_tokens", "cached_input_tokens",
 _TITLES = ("messages", "input", "output", "cached", "reasoning", "unpriced", "cost")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Group:
-    key: str | int | None
-    messages: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_input_tokens: int = 0
-    reasoning_tokens: int = 0
-    unpriced_messages: int = 0
-    cost: float | None = None
+    """One group's rows summed (:class:`tgmux.budgets.Totals`: the one way rows are added)."""
 
-    def add(self, row: UsageRow) -> None:
-        self.messages += row.messages
-        self.input_tokens += row.input_tokens
-        self.output_tokens += row.output_tokens
-        self.cached_input_tokens += row.cached_input_tokens
-        self.reasoning_tokens += row.reasoning_tokens
-        if row.cost is None:
-            self.unpriced_messages += row.messages
-        else:
-            self.cost = (self.cost or 0.0) + row.cost
+    key: str | int | None
+    totals: Totals
+
+    @property
+    def messages(self) -> int:
+        return self.totals.messages
+
+    @property
+    def cost(self) -> float | None:
+        """The known costs summed; None when no row of the group had a known price."""
+        totals = self.totals
+        return None if totals.unpriced == totals.messages and not totals.cost else totals.cost
 
     def values(self) -> list[Any]:
         """:data:`FIELDS`' values (the cost rounded to 6 decimals: no float noise)."""
-        cost = None if self.cost is None else round(self.cost, 6)
-        return [getattr(self, name) for name in FIELDS[:-1]] + [cost]
+        t, cost = self.totals, self.cost
+        return [t.messages, t.input_tokens, t.output_tokens, t.cached_input_tokens,
+                t.reasoning_tokens, t.unpriced, None if cost is None else round(cost, 6)]
 
 
 def _key(row: UsageRow, by: By) -> str | int | None:
@@ -64,12 +61,12 @@ def _key(row: UsageRow, by: By) -> str | int | None:
 
 def group_rows(rows: Iterable[UsageRow], by: By) -> tuple[list[Group], Group]:
     """The groups (days in order; the rest the costliest first) and their total."""
-    groups: dict[str | int | None, Group] = {}
-    total = Group("total")
+    rows = list(rows)
+    grouped: dict[str | int | None, list[UsageRow]] = {}
     for row in rows:
-        key = _key(row, by)
-        groups.setdefault(key, Group(key)).add(row)
-        total.add(row)
+        grouped.setdefault(_key(row, by), []).append(row)
+    groups = {key: Group(key, Totals.of(members)) for key, members in grouped.items()}
+    total = Group("total", Totals.of(rows))
     found = list(groups.values())
     if by == "day":
         found.sort(key=lambda g: str(g.key))
