@@ -246,7 +246,8 @@ class Gate:
             cost += f" of {format_money(limit, currency)} (resets in {format_reset(ends_in)})"
         if totals.unpriced:
             cost += f"; {totals.unpriced} of unknown price"
-        return (f"{what}: {totals.messages} messages, {totals.tokens:,} tokens "
+        messages = "1 message" if totals.messages == 1 else f"{totals.messages} messages"
+        return (f"{what}: {messages}, {totals.tokens:,} tokens "
                 f"({totals.input_tokens:,} in, {totals.output_tokens:,} out), {cost}")
 
     async def _told_once(self, key: str, window: float, verdict: Verdict) -> Verdict:
