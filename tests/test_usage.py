@@ -272,6 +272,23 @@ async def test_simulate_sends_stream_options_and_shows_no_usage(
                                "messages": [{"role": "user", "content": "Hello"}]}
 
 
+async def test_a_server_that_refuses_stream_options_is_asked_without_them(
+        sim: OpenAISimulator, caplog: pytest.LogCaptureFixture) -> None:
+    # an older compatible server answers 400 to stream_options (tgmux did not send them
+    # before usage was recorded): the reply still comes, and the next request goes without
+    sim.refuse_stream_options = True
+    async with EngineHarness.from_yaml(config(sim)) as h:
+        first = await h.say("Hello", user_id=42)
+        second = await h.say("Again", user_id=42)
+        [row] = rows(h)
+    assert first[-1] == Text("You said: Hello") and second[-1].text.startswith("You said: Again")
+    assert ["stream_options" in c.body for c in sim.completions] == [False, False]
+    assert [r.message for r in caplog.records if "refuses" in r.message] == [
+        "gpt: the server refuses stream_options: streaming without usage from now on (set "
+        "stream_usage: false to say so)"]  # once (the HTTP layer logged its 400 once too)
+    assert (row.messages, row.input_tokens, row.cost) == (2, 0, None)
+
+
 def test_the_fast_flat_prices_are_the_librarys_for_every_model_it_knows() -> None:
     """A flat-priced model is priced without calc_price (~0.1 ms a reply): for every model
     genai-prices knows, the cost is its calc_price to the last digit that matters."""

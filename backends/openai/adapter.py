@@ -161,6 +161,8 @@ class OpenAIBackend(HttpBackend[OpenAIClient]):
                                *SAMPLING_KEYS})
 
     settings: OpenAISettings
+    #: the server refused ``stream_options`` once: streams are asked without it from then on
+    stream_options_refused = False
 
     def make_client(self) -> OpenAIClient:
         s = self.settings
@@ -264,6 +266,28 @@ class OpenAIBackend(HttpBackend[OpenAIClient]):
                 await turn.history.keep_newest(kept)  # what did not fit is not sent again
             return
 
+    async def _stream(self, body: dict[str, Any]) -> AsyncIterator[Any]:
+        """The chunks of a streamed request. A compatible server that refuses
+        ``stream_options`` (``stream_usage``, on by default; an older tgmux never sent it)
+        answers 400 naming it before any chunk: the request goes again without it, and so do
+        the next ones (logged once): an upgrade must not break a working backend."""
+        if self.stream_options_refused:
+            body = {k: v for k, v in body.items() if k != "stream_options"}
+        try:
+            async for chunk in self.client.stream(body):
+                yield chunk
+            return
+        except BadRequestError as exc:
+            said = f"{exc.provider_message or ''} {exc}"
+            if "stream_options" not in body or "stream_options" not in said:
+                raise
+        self.stream_options_refused = True
+        log.warning("%s: the server refuses stream_options: streaming without usage from now "
+                    "on (set stream_usage: false to say so)", self.name)
+        async for chunk in self.client.stream({k: v for k, v in body.items()
+                                               if k != "stream_options"}):
+            yield chunk
+
     async def _ask(self, body: dict[str, Any], opts: OpenAISettings) -> AsyncIterator[ReplyPart]:
         """One request: its text (deltas, then the whole), its notes, its usage."""
         finish: str | None = None
@@ -272,7 +296,7 @@ class OpenAIBackend(HttpBackend[OpenAIClient]):
         if opts.stream:
             pieces: list[str] = []
             try:
-                async for chunk in self.client.stream(body):
+                async for chunk in self._stream(body):
                     if chunk.content:
                         pieces.append(chunk.content)
                         yield TextDelta(chunk.content)

@@ -180,6 +180,8 @@ class OpenAISimulator(SimulatorServer):
         self.cache_min_tokens = cache_min_tokens
         self.cache_block_tokens = max(1, cache_block_tokens)
         self._prefixes: OrderedDict[str, None] = OrderedDict()  # prompt prefixes seen
+        #: answer 400 to a request with stream_options (a compatible server without them)
+        self.refuse_stream_options = False
 
     @property
     def base_url(self) -> str:
@@ -281,6 +283,10 @@ class OpenAISimulator(SimulatorServer):
             body = json.loads(await request.read())
         except ValueError:
             return self._error(400, "We could not parse the JSON body of your request.")
+        if self.refuse_stream_options and isinstance(body, dict) and "stream_options" in body:
+            # an older compatible server: it knows no stream_options
+            return self._error(400, "Unrecognized request argument supplied: stream_options",
+                               param="stream_options")
         problem = self.validate(body)
         if problem is not None:
             return self._error(400, problem[1], param=problem[0])
