@@ -13,7 +13,7 @@ import struct
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 
 from tgmux.backend import Int, Strict
 from tgmux.proxy import TELEGRAM_SCHEMES, check_proxy
@@ -281,6 +281,24 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class ConsoleConfig(Strict):
+    """``server.console``: the operator's console in the browser and its JSON admin API
+    (``/api/v1/``), on the process's own server (see docs/console.md)."""
+
+    token: SecretStr = Field(description="what signs an operator in (the console's sign-in "
+                             "form, or Authorization: Bearer TOKEN); keep it long and secret")
+    show_messages: bool = Field(False, description="a chat's page shows its last exchanges "
+                                "from the conversation memory (off: operators see no messages)")
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value().strip()) < 16:
+            raise ValueError("a console token of at least 16 characters (e.g. the output of "
+                             "`openssl rand -hex 24`)")
+        return value
+
+
 class ServerConfig(Strict):
     """The operator's endpoints: /healthz, /readyz, /metrics (and /media with public_url)."""
 
@@ -291,6 +309,8 @@ class ServerConfig(Strict):
         "a TLS reverse proxy); set, backends may publish media at {public_url}/media/{token} "
         "for a few minutes (Sensay's imageURL). Needs listen",
     )
+    console: ConsoleConfig | None = Field(
+        None, description="the operator's console and admin API; none without a token")
 
     @field_validator("listen")
     @classmethod
