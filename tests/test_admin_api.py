@@ -313,3 +313,12 @@ async def test_secure_cookie_with_https_and_a_warning_when_reachable_in_clear(
         assert auth.secure_cookie is secure
         said = [r.getMessage() for r in caplog.records if r.name == "tgmux.console"]
         assert bool([m for m in said if "in clear" in m and "0.0.0.0:8080" in m]) is warned
+
+
+async def test_a_body_too_large_is_refused_in_json(console: Console) -> None:
+    status, answer, _ = await console.call("POST", "/api/v1/chats/main/7/backend",
+                                           {"backend": "x" * 100_000}, bearer=TOKEN)
+    assert status == 413 and "error" in answer
+    status, answer, _ = await console.call("POST", "/console/sign-in",
+                                           {"token": "x" * 100_000})
+    assert status == 413 and "error" in answer

@@ -145,9 +145,9 @@ def _user_id(request: web.Request) -> int:
 
 @web.middleware
 async def api_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Under /api/ and /console/: every error as JSON ``{"error": ...}`` (not aiohttp's text),
-    and never a traceback."""
-    if not request.path.startswith(("/api/", "/console/")):
+    """Under /api/ (and the sign-in and sign-out): every error as JSON ``{"error": ...}`` (not
+    aiohttp's text), and never a traceback."""
+    if not request.path.startswith(("/api/", "/console/sign-")):
         return await handler(request)
     try:
         return await handler(request)
@@ -156,8 +156,6 @@ async def api_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        if request.path.startswith("/console/") and exc.status == 404:
-            raise  # the pages' own
         return json_error(exc.status, exc.reason or "refused")
     except Exception as exc:
         log.exception("console: %s %s failed", request.method, request.path)
