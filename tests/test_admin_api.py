@@ -374,3 +374,28 @@ async def test_the_curl_examples_in_the_docs_run(tmp_path: Path) -> None:
             if example["json"]:
                 same_shape(json.loads(example["json"]), json.loads(out.decode().splitlines()[-1]),
                            f"docs/console.md:{line}")
+
+
+def test_sessions_expire_and_their_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    import tgmux.admin.auth as auth_module
+
+    now = [1000.0]
+    auth = auth_module.ConsoleAuth(TOKEN, clock=lambda: now[0])
+
+    def request(sid: str) -> web.Request:
+        return make_mocked_request("GET", "/api/v1/session",
+                                   headers={"Cookie": f"{auth_module.COOKIE}={sid}"})
+
+    sid, session = auth.open_session()
+    assert sid not in str(session) and auth.session_of(request(sid)) is session
+    now[0] += auth_module.SESSION_IDLE - 1
+    assert auth.session_of(request(sid)) is session  # used: its idle time starts again
+    now[0] += auth_module.SESSION_IDLE + 1
+    assert auth.session_of(request(sid)) is None and not auth.sessions
+    monkeypatch.setattr(auth_module, "MAX_SESSIONS", 3)
+    first, _ = auth.open_session()
+    for _ in range(3):
+        auth.open_session()
+    assert len(auth.sessions) == 3 and auth.session_of(request(first)) is None
