@@ -1,0 +1,347 @@
+"""The console's HTML pages under ``/console/``: server-rendered, no script at all.
+
+Every page reads :class:`tgmux.admin.service.AdminService` (the same reads and actions as the
+JSON API); signing in, the session cookie and the CSRF token are :mod:`tgmux.admin.auth`'s
+(through the small :class:`PageAuth` interface below). A form that changes state POSTs to a
+page route with the session's CSRF token, which calls the service and redirects
+(POST/redirect/GET); what the action did is shown once on the next page.
+
+Templates are Jinja2 with autoescaping on (every value is HTML-escaped unless a template says
+otherwise, which none does). Nothing secret is rendered: the service redacts, and the token
+never goes into a page (the sign-in form posts it and gets a cookie back).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
+
+import jinja2
+from aiohttp import web
+
+from tgmux.admin.service import AdminService
+
+__all__ = ["PAGE_HEADERS", "PageAuth", "PageSession", "add_console_pages", "chart_bars"]
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+#: Sent with every page: no script runs, nothing loads from elsewhere, no page frames it.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+#: One notice per session waits for the next page; bounded (old ones are dropped).
+MAX_NOTICES = 1000
+
+
+@dataclass(frozen=True)
+class PageSession:
+    """A signed-in browser: ``who`` names it in the audit log, ``csrf`` goes into its forms."""
+
+    who: str
+    csrf: str
+
+
+class PageAuth(Protocol):
+    """What the pages need of :mod:`tgmux.admin.auth` (its sessions, not a second auth)."""
+
+    async def page_session(self, request: web.Request) -> PageSession | None:
+        """The request's signed-in session (its cookie), or None."""
+
+    async def page_sign_in(self, request: web.Request, token: str,
+                           response: web.StreamResponse) -> str | None:
+        """Check ``token`` (rate-limited); on success set the session cookie on
+        ``response`` and return None, else what to tell the user."""
+
+    async def page_sign_out(self, request: web.Request, response: web.StreamResponse) -> None:
+        """End the request's session and clear its cookie."""
+
+    def page_csrf_ok(self, session: PageSession, token: str) -> bool:
+        """``token`` is the session's CSRF token (compared in constant time)."""
+
+
+def chart_bars(per_minute: list[int], *, width: int = 600, height: int = 80) -> dict[str, Any]:
+    """The messages-per-minute chart as SVG bars (an inline ``<svg>``: no script, no image)."""
+    counts = list(per_minute)[-60:] or [0]
+    top = max(max(counts), 1)
+    step = width / len(counts)
+    bars = []
+    for index, count in enumerate(counts):
+        bar_height = round(count / top * (height - 2), 1) if count else 0
+        bars.append({"x": round(index * step, 1), "y": round(height - bar_height, 1),
+                     "width": round(max(step - 1, 1), 1), "height": bar_height,
+                     "count": count, "minutes_ago": len(counts) - index})
+    return {"width": width, "height": height, "bars": bars, "top": top,
+            "total": sum(counts)}
+
+
+def _when(value: float | None) -> str:
+    if value is None:
+        return "—"
+    ago = max(0, int(time.time() - value))
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(value))
+    if ago < 120:
+        return f"{stamp} ({ago} s ago)"
+    if ago < 7200:
+        return f"{stamp} ({ago // 60} min ago)"
+    return f"{stamp} ({ago // 3600} h ago)"
+
+
+def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """A config as (dotted key path, value) rows, leaves only."""
+    if isinstance(data, dict) and data:
+        rows: list[tuple[str, Any]] = []
+        for key, value in data.items():
+            rows += _flatten(value, f"{prefix}.{key}" if prefix else str(key))
+        return rows
+    if isinstance(data, list) and data:
+        rows = []
+        for index, value in enumerate(data):
+            rows += _flatten(value, f"{prefix}.{index}" if prefix else str(index))
+        return rows
+    return [(prefix, data)]
+
+
+def _where(lines: dict[str, str], path: str) -> str:
+    """file:line of ``path`` or of its nearest parent that has one."""
+    parts = path.split(".")
+    while parts:
+        found = lines.get(".".join(parts))
+        if found:
+            return found
+        parts.pop()
+    return ""
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,  # every value escaped: chat titles and usernames come from strangers
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["when"] = _when
+    env.filters["json"] = lambda value: json.dumps(value, ensure_ascii=False)
+    env.filters["seconds"] = lambda value: "—" if value is None else f"{value * 1000:.0f} ms"
+    return env
+
+
+class ConsolePages:
+    def __init__(self, service: AdminService, auth: PageAuth) -> None:
+        self.service = service
+        self.auth = auth
+        self.templates = _environment()
+        self._notices: OrderedDict[str, tuple[str, Any]] = OrderedDict()
+
+    # -- plumbing
+
+    def _page(self, name: str, *, status: int = 200, **context: Any) -> web.Response:
+        body = self.templates.get_template(name).render(**context)
+        return web.Response(text=body, status=status, content_type="text/html",
+                            charset="utf-8", headers=PAGE_HEADERS)
+
+    async def _session(self, request: web.Request) -> PageSession:
+        session = await self.auth.page_session(request)
+        if session is None:
+            target = request.path_qs if request.method == "GET" else "/console"
+            raise web.HTTPSeeOther(f"/console/sign-in?next={quote(target)}",
+                                   headers=PAGE_HEADERS)
+        return session
+
+    async def _form(self, request: web.Request) -> tuple[PageSession, Any]:
+        """A state-changing POST: signed in, and the form carries the session's CSRF token."""
+        session = await self._session(request)
+        form = await request.post()
+        token = form.get("csrf")
+        if not isinstance(token, str) or not self.auth.page_csrf_ok(session, token):
+            raise web.HTTPForbidden(text="the form's CSRF token is missing or wrong: reload "
+                                    "the page and try again", headers=PAGE_HEADERS)
+        return session, form
+
+    def _notice(self, session: PageSession, kind: str, payload: Any) -> None:
+        self._notices[session.csrf] = (kind, payload)
+        self._notices.move_to_end(session.csrf)
+        while len(self._notices) > MAX_NOTICES:
+            self._notices.popitem(last=False)
+
+    def _take_notice(self, session: PageSession) -> tuple[str, Any] | None:
+        return self._notices.pop(session.csrf, None)
+
+    async def _render(self, request: web.Request, session: PageSession, name: str,
+                      **context: Any) -> web.Response:
+        return self._page(name, session=session, notice=self._take_notice(session),
+                          path=request.path, **context)
+
+    # -- signing in
+
+    async def css(self, request: web.Request) -> web.Response:
+        return web.Response(text=(TEMPLATES / "console.css").read_text(), content_type="text/css",
+                            headers={**PAGE_HEADERS, "Cache-Control": "max-age=300"})
+
+    async def sign_in_page(self, request: web.Request) -> web.Response:
+        return self._page("sign-in.html", error=None, next=_local(request.query.get("next")),
+                          session=None, notice=None, path=request.path)
+
+    async def sign_in(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        token = form.get("token")
+        target = _local(form.get("next"))
+        response = _see_other(target)
+        refused = await self.auth.page_sign_in(request, token if isinstance(token, str) else "",
+                                               response)
+        if refused is not None:
+            return self._page("sign-in.html", status=401, error=refused, next=target,
+                              session=None, notice=None, path=request.path)
+        return response
+
+    async def sign_out(self, request: web.Request) -> web.StreamResponse:
+        await self._form(request)
+        response = _see_other("/console/sign-in")
+        await self.auth.page_sign_out(request, response)
+        return response
+
+    # -- pages
+
+    async def overview(self, request: web.Request) -> web.Response:
+        session = await self._session(request)
+        return await self._render(
+            request, session, "overview.html", accounts=await self.service.accounts(),
+            backends=await self.service.backends(),
+            chart=chart_bars(await self.service.messages_per_minute()))
+
+    async def chats(self, request: web.Request) -> web.Response:
+        session = await self._session(request)
+        query = request.query.get("q", "")[:200]
+        return await self._render(request, session, "chats.html", query=query,
+                                  chats=await self.service.chats(query))
+
+    async def chat(self, request: web.Request) -> web.Response:
+        session = await self._session(request)
+        account, chat_id = _chat_key(request)
+        detail = await self.service.chat(account, chat_id)
+        if detail is None:
+            return self._page("missing.html", status=404, session=session, notice=None,
+                              path=request.path, what=f"no chat {chat_id} on account {account}")
+        backends = [backend.name for backend in await self.service.backends()]
+        return await self._render(request, session, "chat.html", detail=detail, chat=detail.chat,
+                                  backends=backends, show_messages=self.service.show_messages)
+
+    async def set_backend(self, request: web.Request) -> web.StreamResponse:
+        session, form = await self._form(request)
+        account, chat_id = _chat_key(request)
+        backend = form.get("backend") or None
+        try:
+            view = await self.service.set_backend(account, chat_id, backend, who=session.who)
+        except ValueError as exc:
+            self._notice(session, "error", str(exc))
+        else:
+            done = f"backend set to {backend}" if backend else "backend choice cleared"
+            self._notice(session, "done", f"chat {chat_id}: {done}; it is now answered by "
+                         f"{view.backend or 'nothing'}")
+        raise web.HTTPSeeOther(_chat_path(account, chat_id), headers=PAGE_HEADERS)
+
+    async def reset(self, request: web.Request) -> web.StreamResponse:
+        session, _ = await self._form(request)
+        account, chat_id = _chat_key(request)
+        forgotten = await self.service.reset(account, chat_id, who=session.who)
+        self._notice(session, "done", f"chat {chat_id}: conversation reset "
+                     f"({forgotten} exchange{'s' if forgotten != 1 else ''} forgotten)")
+        raise web.HTTPSeeOther(_chat_path(account, chat_id), headers=PAGE_HEADERS)
+
+    async def users(self, request: web.Request) -> web.Response:
+        session = await self._session(request)
+        query = request.query.get("q", "")[:200]
+        return await self._render(request, session, "users.html", query=query,
+                                  users=await self.service.users(query))
+
+    async def block(self, request: web.Request) -> web.StreamResponse:
+        return await self._block(request, block=True)
+
+    async def unblock(self, request: web.Request) -> web.StreamResponse:
+        return await self._block(request, block=False)
+
+    async def _block(self, request: web.Request, *, block: bool) -> web.StreamResponse:
+        session, _ = await self._form(request)
+        user_id = _int(request.match_info["user_id"], "user id")
+        action = self.service.block if block else self.service.unblock
+        try:
+            view = await action(user_id, who=session.who)
+        except ValueError as exc:
+            self._notice(session, "error", str(exc))
+        else:
+            self._notice(session, "done", f"user {user_id} "
+                         f"{'blocked' if block else 'unblocked'}: now {view.verdict}")
+        raise web.HTTPSeeOther("/console/users", headers=PAGE_HEADERS)
+
+    async def config(self, request: web.Request) -> web.Response:
+        session = await self._session(request)
+        view = await self.service.config()
+        rows = [(path, value, _where(view.lines, path)) for path, value in _flatten(view.data)]
+        return await self._render(request, session, "config.html", config=view, rows=rows)
+
+    async def reload(self, request: web.Request) -> web.StreamResponse:
+        session, _ = await self._form(request)
+        report = await self.service.reload(who=session.who)
+        self._notice(session, "reload", report)
+        raise web.HTTPSeeOther("/console/config", headers=PAGE_HEADERS)
+
+
+def _see_other(target: str) -> web.Response:
+    """A redirect the auth layer can set a cookie on (POST/redirect/GET)."""
+    return web.Response(status=303, headers={**PAGE_HEADERS, "Location": target})
+
+
+def _local(target: object) -> str:
+    """Where to go after signing in: a console path only (no open redirect)."""
+    if isinstance(target, str) and target.startswith("/console"):
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc and "\\" not in target:
+            return target
+    return "/console"
+
+
+def _int(value: str, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise web.HTTPNotFound(text=f"not a {what}: {value[:40]!r}",
+                               headers=PAGE_HEADERS) from None
+
+
+def _chat_key(request: web.Request) -> tuple[str, int]:
+    return request.match_info["account"], _int(request.match_info["chat_id"], "chat id")
+
+
+def _chat_path(account: str, chat_id: int) -> str:
+    return f"/console/chats/{quote(account, safe='')}/{chat_id}"
+
+
+def add_console_pages(app: web.Application, service: AdminService, auth: PageAuth) -> None:
+    """Mount the pages under ``/console/`` on ``app`` (the ops server's)."""
+    pages = ConsolePages(service, auth)
+    app.router.add_get("/console", pages.overview)
+    app.router.add_get("/console/", pages.overview)
+    app.router.add_get("/console/console.css", pages.css)
+    app.router.add_get("/console/sign-in", pages.sign_in_page)
+    app.router.add_post("/console/sign-in", pages.sign_in)
+    app.router.add_post("/console/sign-out", pages.sign_out)
+    app.router.add_get("/console/chats", pages.chats)
+    app.router.add_get("/console/chats/{account}/{chat_id}", pages.chat)
+    app.router.add_post("/console/chats/{account}/{chat_id}/backend", pages.set_backend)
+    app.router.add_post("/console/chats/{account}/{chat_id}/reset", pages.reset)
+    app.router.add_get("/console/users", pages.users)
+    app.router.add_post("/console/users/{user_id}/block", pages.block)
+    app.router.add_post("/console/users/{user_id}/unblock", pages.unblock)
+    app.router.add_get("/console/config", pages.config)
+    app.router.add_post("/console/config/reload", pages.reload)

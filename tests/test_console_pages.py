@@ -1,0 +1,219 @@
+"""The console's pages (tgmux.admin.pages) on a fake service: what each page shows, that every
+value is escaped, that forms need the CSRF token, the headers. The browser tests
+(tests/browser) drive the real thing."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from tgmux.admin.pages import PageSession, add_console_pages, chart_bars
+from tgmux.admin.service import (
+    AccountView,
+    AdminService,
+    BackendView,
+    ChatDetail,
+    ChatView,
+    ConfigView,
+    ReloadReport,
+    UserView,
+)
+
+TOKEN = "a-console-token-of-some-length"
+EVIL = "<script>alert(1)</script>"
+
+
+class FakeAuth:
+    """One session, its cookie the literal "signed-in"."""
+
+    session = PageSession(who="session-1", csrf="csrf-1")
+
+    async def page_session(self, request: web.Request) -> PageSession | None:
+        return self.session if request.cookies.get("s") == "signed-in" else None
+
+    async def page_sign_in(self, request: web.Request, token: str,
+                           response: web.StreamResponse) -> str | None:
+        if token != TOKEN:
+            return "wrong token"
+        response.set_cookie("s", "signed-in", httponly=True, samesite="Strict")
+        return None
+
+    async def page_sign_out(self, request: web.Request, response: web.StreamResponse) -> None:
+        response.del_cookie("s")
+
+    def page_csrf_ok(self, session: PageSession, token: str) -> bool:
+        return token == session.csrf
+
+
+class FakeService(AdminService):
+    def __init__(self) -> None:
+        super().__init__(engine=None, show_messages=False)  # type: ignore[arg-type]
+        self.calls: list[tuple[Any, ...]] = []
+        self.chat_view = ChatView(account="main", chat_id=42, type="group", title=EVIL,
+                                  backend="e", reason="default", last_message_at=time.time())
+
+    async def accounts(self) -> list[AccountView]:
+        return [AccountView(name="main", kind="bot", holder_host="host-a", holder_pid=7,
+                            held_since=time.time() - 60, held_here=True, ready=True),
+                AccountView(name="second", kind="user", not_ready_because="not connected")]
+
+    async def backends(self) -> list[BackendView]:
+        return [BackendView(name="e", type="echo", circuit="closed", p50_seconds=0.012,
+                            replies_last_hour=5),
+                BackendView(name="o", type="openai", circuit="open", last_error="HTTP 500",
+                            last_error_at=time.time() - 30, errors_last_hour=3)]
+
+    async def messages_per_minute(self) -> list[int]:
+        return [0] * 58 + [3, 1]
+
+    async def chats(self, query: str = "", *, limit: int = 200) -> list[ChatView]:
+        self.calls.append(("chats", query))
+        return [self.chat_view] if query in ("", "42") else []
+
+    async def chat(self, account: str, chat_id: int) -> ChatDetail | None:
+        if (account, chat_id) != ("main", 42):
+            return None
+        return ChatDetail(chat=self.chat_view, memory_exchanges=3,
+                          limits={"messages today": "4 / 100"},
+                          exchanges=[{"user": "hi", "assistant": "hello"}])
+
+    async def set_backend(self, account: str, chat_id: int, backend: str | None, *,
+                          who: str) -> ChatView:
+        self.calls.append(("set_backend", account, chat_id, backend, who))
+        if backend not in (None, "e", "o"):
+            raise ValueError(f"no backend {backend!r}")
+        return ChatView(account=account, chat_id=chat_id, type="group", backend=backend or "e",
+                        override=backend, reason="override" if backend else "default")
+
+    async def reset(self, account: str, chat_id: int, *, who: str) -> int:
+        self.calls.append(("reset", account, chat_id, who))
+        return 3
+
+    async def users(self, query: str = "", *, limit: int = 200) -> list[UserView]:
+        return [UserView(user_id=5, username="bob", verdict="allowed",
+                         usage={"today": "2 / 50"})]
+
+    async def block(self, user_id: int, *, who: str) -> UserView:
+        self.calls.append(("block", user_id, who))
+        return UserView(user_id=user_id, verdict="blocked", blocked_in_console=True)
+
+    async def unblock(self, user_id: int, *, who: str) -> UserView:
+        return UserView(user_id=user_id)
+
+    async def config(self) -> ConfigView:
+        return ConfigView(source="tgmux.yaml",
+                          data={"backends": {"o": {"type": "openai", "api_key": "***"}},
+                                "default": "e"},
+                          lines={"backends.o": "tgmux.yaml:3", "backends.o.api_key":
+                                 "tgmux.yaml:4", "default": "tgmux.yaml:6"})
+
+    async def reload(self, *, who: str) -> ReloadReport:
+        return ReloadReport(applied=False, errors=["tgmux.yaml:6: default: no backend 'x'"])
+
+
+@pytest.fixture
+async def console() -> Any:
+    service = FakeService()
+    app = web.Application()
+    add_console_pages(app, service, FakeAuth())
+    async with TestClient(TestServer(app)) as client:
+        client.service = service
+        yield client
+
+
+async def signed_in(client: TestClient) -> None:
+    response = await client.post("/console/sign-in", data={"token": TOKEN},
+                                 allow_redirects=False)
+    assert response.status == 303
+
+
+async def test_a_page_without_a_session_sends_to_the_sign_in_form(console: TestClient) -> None:
+    response = await console.get("/console/chats?q=4", allow_redirects=False)
+    assert response.status == 303
+    location = response.headers["Location"]
+    assert location.startswith("/console/sign-in?next=")
+    form = await (await console.get(location)).text()
+    assert 'name="next" value="/console/chats?q=4"' in form  # back there once signed in
+    response = await console.post("/console/sign-in", data={"token": "wrong"})
+    assert response.status == 401 and "wrong token" in await response.text()
+    response = await console.post("/console/sign-in",
+                                  data={"token": TOKEN, "next": "https://elsewhere/"},
+                                  allow_redirects=False)
+    assert response.headers["Location"] == "/console"  # never away from the console
+
+
+async def test_each_page_renders_escaped_with_its_headers(console: TestClient) -> None:
+    await signed_in(console)
+    for path, expected in [("/console", "host-a pid 7 (this process)"),
+                           ("/console/chats", "/console/chats/main/42"),
+                           ("/console/chats/main/42", "3 exchanges"),
+                           ("/console/users", "2 / 50"),
+                           ("/console/config", "tgmux.yaml:4")]:
+        response = await console.get(path)
+        body = await response.text()
+        assert response.status == 200, path
+        assert expected in body, path
+        assert "<script" not in body, path  # no script of ours, and a stranger's is escaped
+        assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert TOKEN not in body
+    body = await (await console.get("/console/chats")).text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body
+    overview = await (await console.get("/console")).text()
+    assert "not ready: not connected" in overview and "HTTP 500" in overview
+    assert overview.count("<rect") == 1 + 2  # the background and two minutes with messages
+    # no messages shown unless show_messages
+    assert "hello" not in await (await console.get("/console/chats/main/42")).text()
+    console.service.show_messages = True
+    assert "hello" in await (await console.get("/console/chats/main/42")).text()
+    assert (await console.get("/console/chats/main/43")).status == 404
+
+
+async def test_a_form_without_the_csrf_token_is_refused(console: TestClient) -> None:
+    await signed_in(console)
+    for path in ["/console/chats/main/42/backend", "/console/chats/main/42/reset",
+                 "/console/users/5/block", "/console/config/reload"]:
+        for data in ({}, {"csrf": "forged"}):
+            response = await console.post(path, data=data, allow_redirects=False)
+            assert response.status == 403, path
+    assert [c for c in console.service.calls if c[0] != "chats"] == []
+
+
+async def test_actions_call_the_service_and_redirect_with_what_they_did(
+        console: TestClient) -> None:
+    await signed_in(console)
+    response = await console.post("/console/chats/main/42/backend",
+                                  data={"csrf": "csrf-1", "backend": "o"})
+    assert str(response.url).endswith("/console/chats/main/42")
+    assert "chat 42: backend set to o; it is now answered by o" in await response.text()
+    response = await console.post("/console/chats/main/42/backend",
+                                  data={"csrf": "csrf-1", "backend": "nope"})
+    assert "no backend &#39;nope&#39;" in await response.text()
+    await console.post("/console/chats/main/42/backend", data={"csrf": "csrf-1", "backend": ""})
+    response = await console.post("/console/chats/main/42/reset", data={"csrf": "csrf-1"})
+    assert "3 exchanges forgotten" in await response.text()
+    response = await console.post("/console/users/5/block", data={"csrf": "csrf-1"})
+    assert "user 5 blocked: now blocked" in await response.text()
+    response = await console.post("/console/config/reload", data={"csrf": "csrf-1"})
+    assert str(response.url).endswith("/console/config")
+    assert "tgmux.yaml:6: default: no backend &#39;x&#39;" in await response.text()
+    assert [c for c in console.service.calls if c[0] != "chats"] == [
+        ("set_backend", "main", 42, "o", "session-1"),
+        ("set_backend", "main", 42, "nope", "session-1"),
+        ("set_backend", "main", 42, None, "session-1"),
+        ("reset", "main", 42, "session-1"),
+        ("block", 5, "session-1")]
+    # a notice shows once
+    assert "forgotten" not in await (await console.get("/console/chats/main/42")).text()
+
+
+def test_the_chart_scales_to_the_busiest_minute() -> None:
+    chart = chart_bars([0] * 59 + [4])
+    assert chart["top"] == 4 and chart["total"] == 4
+    assert chart["bars"][-1]["height"] == 78 and chart["bars"][0]["height"] == 0
+    assert re.fullmatch(r"\d+(\.\d)?", str(chart["bars"][-1]["x"]))
