@@ -127,6 +127,7 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=True,  # every value escaped: chat titles and usernames come from strangers
+        auto_reload=False,  # read once: no file check on a page's way
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -134,6 +135,8 @@ def _environment() -> jinja2.Environment:
     env.filters["when"] = _when
     env.filters["json"] = lambda value: json.dumps(value, ensure_ascii=False)
     env.filters["seconds"] = lambda value: "—" if value is None else f"{value * 1000:.0f} ms"
+    for name in env.list_templates(extensions=["html"]):
+        env.get_template(name)  # compiled at startup: a page never reads a file
     return env
 
 
@@ -143,6 +146,7 @@ class ConsolePages:
         self.auth = auth
         self.templates = _environment()
         self._notices: OrderedDict[str, tuple[str, Any]] = OrderedDict()
+        self._css = (TEMPLATES / "console.css").read_text()  # at startup, not on the loop's way
 
     # -- plumbing
 
@@ -186,7 +190,7 @@ class ConsolePages:
     # -- signing in
 
     async def css(self, request: web.Request) -> web.Response:
-        return web.Response(text=(TEMPLATES / "console.css").read_text(), content_type="text/css",
+        return web.Response(text=self._css, content_type="text/css",
                             headers={**PAGE_HEADERS, "Cache-Control": "max-age=300"})
 
     async def sign_in_page(self, request: web.Request) -> web.Response:
