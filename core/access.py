@@ -12,6 +12,12 @@ any backend is called.
   at most once per user per window, so a flood does not become a flood of replies.
 - budgets (``limits.daily_cost_per_user``, ``monthly_cost_per_user``, :mod:`tgmux.budgets`)
   cost one store read per message, and only when one is set.
+- blocked users (the operator's console, ``POST /api/v1/users/{id}/block``): a runtime addition
+  to ``access`` kept in the store (kv namespace ``blocked``), loaded at start and checked in
+  memory (:meth:`Gate.set_blocked` keeps the set; another process sharing the store is told by
+  whoever blocks). A blocked user is refused everywhere, admins included, with the account's
+  ``denied_reply``; the config never clears a block (an allow list naming the user neither):
+  only an unblock does.
 - usernames: the first time this process sees a user's ``@username`` (or sees it with another
   user id) it writes ``username -> user id`` to the store's kv (namespace ``usernames``), so
   that an admin's ``/usage @name`` finds the user; remembered in a bounded map, so not a
@@ -20,6 +26,7 @@ any backend is called.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -37,6 +44,8 @@ log = logging.getLogger("tgmux.access")
 DAY = 86400.0
 #: The kv namespace of ``username -> user id`` (usernames lowercased, without ``@``).
 USERNAMES = "usernames"
+#: The kv namespace of the console's blocks: user id -> JSON {"at": unix time, "by": who}.
+BLOCKED = "blocked"
 #: How many (username, user id) pairs a process remembers having written.
 KNOWN_USERNAMES = 10_000
 
@@ -95,6 +104,35 @@ class Gate:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._usernames: OrderedDict[str, int] = OrderedDict()  # written by this process
+        #: users the console blocked (the store's ``blocked`` namespace, kept here)
+        self.blocked: set[int] = set()
+
+    async def load_blocked(self) -> None:
+        """Read the console's blocks from the store (at start; a failing store is logged and
+        the blocks known so far are kept)."""
+        try:
+            rows = await self.store.kv_items(BLOCKED)
+        except Exception as exc:
+            log.warning("blocked users not read: the store failed: %s", exc)
+            return
+        self.blocked = {int(key) for key, _ in rows if key.lstrip("-").isdigit()}
+
+    def set_blocked(self, user_id: int, blocked: bool) -> None:
+        """Refuse (or let through again) ``user_id`` from now on, in this process (the store
+        is written by :meth:`block`; a process told of another's block calls this)."""
+        if blocked:
+            self.blocked.add(user_id)
+        else:
+            self.blocked.discard(user_id)
+
+    async def block(self, user_id: int, blocked: bool, *, by: str) -> None:
+        """Keep the block in the store (or remove it), then apply it here."""
+        if blocked:
+            await self.store.kv_set(BLOCKED, str(user_id),
+                                    json.dumps({"at": time.time(), "by": by}))
+        else:
+            await self.store.kv_delete(BLOCKED, str(user_id))
+        self.set_blocked(user_id, blocked)
 
     async def remember(self, message: IncomingMessage) -> None:
         """Write the sender's ``@username -> user id`` the first time this process sees the
@@ -126,6 +164,8 @@ class Gate:
 
     def denied(self, account: Account, message: IncomingMessage) -> Verdict | None:
         chat = message.chat
+        if self.blocked and chat.user_id in self.blocked:  # the console's: admins too
+            return Verdict("blocked", account.access.denied_reply)
         if self.exempt(account, chat.user_id):
             return None
         rules = account.access

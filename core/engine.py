@@ -180,6 +180,7 @@ class Engine:
                 continue
             self.plugin_commands[name] = command
         await self._prune()
+        await self.gate.load_blocked()  # the console's blocks (tgmux.access), kept in the store
         self._pruner = asyncio.create_task(self._prune_periodically(), name="tgmux-inbox-prune")
         self._started = True
         self._accepting = True
@@ -429,6 +430,7 @@ class Engine:
         if not self._accepting:
             raise RuntimeError("engine is not accepting messages (not started or stopping)")
         self.metrics.of(self.metrics.messages_received, message.chat.account).inc()
+        self.metrics.activity.seen(message)  # the console's last hour (tgmux.activity): O(1)
         slot = self._reserve(message)
         try:
             if message.chat.message_id is None:
@@ -872,6 +874,7 @@ class Engine:
         outcome = ("fell_back" if moved_on else "error" if failure is not None
                    else "ok" if finished else "cancelled")
         metrics.of(metrics.replies, turn.chat.account, backend.name, outcome).inc()
+        metrics.activity.replied(backend.name, outcome, failure, _kind_of)
         if failure is not None:
             metrics.of(metrics.provider_errors, backend.name, _kind_of(failure)).inc()
 

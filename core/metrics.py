@@ -19,6 +19,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
+from tgmux.activity import Activity
+
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -136,6 +138,8 @@ class Metrics:
         self.inbox_pending = Gauge(
             "tgmux_inbox_pending", "Messages taken but not answered yet", ["account"],
             registry=r)
+        #: the last hour, for the operator's console (tgmux.activity): not exported here
+        self.activity = Activity()
         self._before_scrape: list[Callable[[], Awaitable[None]]] = []
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 

@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import os
 import signal
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +34,8 @@ from tgmux.errors import ConfigError
 from tgmux.hangup import hand_back, take_pending
 from tgmux.hooks import PluginManager
 
-__all__ = ["Reloader", "applicable", "describe_changes", "reloading"]
+__all__ = ["Reloaded", "Reloader", "applicable", "describe_changes", "reloader_for",
+           "reloading"]
 
 log = logging.getLogger("tgmux.reload")
 
@@ -104,6 +106,28 @@ def describe_changes(old: Config, new: Config) -> list[str]:
     return changes
 
 
+@dataclasses.dataclass(frozen=True)
+class Reloaded:
+    """What one reload did (what its log lines say)."""
+
+    applied: bool
+    changes: list[str] = dataclasses.field(default_factory=list)
+    needs_restart: list[str] = dataclasses.field(default_factory=list)
+    errors: list[str] = dataclasses.field(default_factory=list)  # file:line: key: what
+
+
+#: The reloader of each engine: SIGHUP and the console's reload share one (one at a time).
+_reloaders: weakref.WeakKeyDictionary[Engine, Reloader] = weakref.WeakKeyDictionary()
+
+
+def reloader_for(engine: Engine, plugin_manager: PluginManager | None = None) -> Reloader:
+    """The engine's reloader, made on first use (on the engine's config file)."""
+    reloader = _reloaders.get(engine)
+    if reloader is None:
+        reloader = _reloaders[engine] = Reloader(engine, plugin_manager or engine.pm)
+    return reloader
+
+
 class Reloader:
     """Reads ``path`` again and applies it to ``engine``, on :meth:`reload` or on SIGHUP while
     :meth:`on_sighup` is entered. Reloads run one at a time; signals that come during one make
@@ -139,6 +163,10 @@ class Reloader:
     async def reload(self) -> bool:
         """Read the file, validate it, apply it; False (and the problems logged) when it is
         not valid or a backend of it could not start."""
+        return (await self.apply()).applied
+
+    async def apply(self) -> Reloaded:
+        """:meth:`reload`, saying what it did."""
         async with self._lock:
             old = self.engine.config
             try:
@@ -153,7 +181,7 @@ class Reloader:
                     log.error("%s", problem)
                 log.error("config not reloaded (%d problem(s) above); the old config keeps "
                           "running", len(exc.problems))
-                return False
+                return Reloaded(False, errors=list(exc.problems))
             if "log_level" not in restart and old.data.log_level != new.data.log_level:
                 logging.getLogger().setLevel(new.data.log_level)
             said = "; ".join(changes) or "nothing changed"
@@ -162,7 +190,7 @@ class Reloader:
                             self.path, said, ", ".join(restart))
             else:
                 log.info("config reloaded from %s: %s", self.path, said)
-            return True
+            return Reloaded(True, changes, restart)
 
     async def _serve(self) -> None:
         while True:
@@ -204,6 +232,6 @@ def reloading(engine: Engine, plugin_manager: PluginManager) -> Iterator[Reloade
     if not source.is_file():
         yield None
         return
-    reloader = Reloader(engine, plugin_manager, source)
+    reloader = reloader_for(engine, plugin_manager)
     with reloader.on_sighup():
         yield reloader
