@@ -12,7 +12,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from tgmux.admin.pages import PageSession, add_console_pages, chart_bars
+from tgmux.admin.pages import (
+    PageSession,
+    _flatten,
+    _where,
+    add_console_pages,
+    chart_bars,
+    usage_lines,
+)
 from tgmux.admin.service import (
     AccountView,
     AdminService,
@@ -25,6 +32,13 @@ from tgmux.admin.service import (
 )
 
 TOKEN = "a-console-token-of-some-length"
+#: A user's usage on one account, as the service gives it.
+USAGE = {"today": {"messages": 2, "input_tokens": 10, "output_tokens": 20, "cost": 0.0125,
+                   "unpriced_messages": 0},
+         "month": {"messages": 1, "input_tokens": 1, "output_tokens": 1, "cost": 0,
+                   "unpriced_messages": 0},
+         "currency": "USD", "daily_cost_limit": 0.5, "monthly_cost_limit": None,
+         "exempt": False, "per_user": {"used": 2, "messages": 50, "per_seconds": 3600}}
 EVIL = "<script>alert(1)</script>"
 
 
@@ -79,8 +93,9 @@ class FakeService(AdminService):
         if (account, chat_id) != ("main", 42):
             return None
         return ChatDetail(chat=self.chat_view, memory_exchanges=3,
-                          limits={"messages today": "4 / 100"},
-                          exchanges=[{"user": "hi", "assistant": "hello"}])
+                          limits={"per_chat": {"used": 4, "messages": 100,
+                                               "per_seconds": 60}},
+                          exchanges=[{"user": "hi", "reply": "hello"}])
 
     async def set_backend(self, account: str, chat_id: int, backend: str | None, *,
                           who: str) -> ChatView:
@@ -95,8 +110,7 @@ class FakeService(AdminService):
         return 3
 
     async def users(self, query: str = "", *, limit: int = 200) -> list[UserView]:
-        return [UserView(user_id=5, username="bob", verdict="allowed",
-                         usage={"today": "2 / 50"})]
+        return [UserView(user_id=5, username="bob", verdict="allowed", usage={"main": USAGE})]
 
     async def block(self, user_id: int, *, who: str) -> UserView:
         self.calls.append(("block", user_id, who))
@@ -151,8 +165,8 @@ async def test_each_page_renders_escaped_with_its_headers(console: TestClient) -
     await signed_in(console)
     for path, expected in [("/console", "host-a pid 7 (this process)"),
                            ("/console/chats", "/console/chats/main/42"),
-                           ("/console/chats/main/42", "3 exchanges"),
-                           ("/console/users", "2 / 50"),
+                           ("/console/chats/main/42", "in this chat: 4 of 100 messages per 60 s"),
+                           ("/console/users", "per user: 2 of 50 messages per 3600 s"),
                            ("/console/config", "tgmux.yaml:4")]:
         response = await console.get(path)
         body = await response.text()
@@ -210,6 +224,21 @@ async def test_actions_call_the_service_and_redirect_with_what_they_did(
         ("block", 5, "session-1")]
     # a notice shows once
     assert "forgotten" not in await (await console.get("/console/chats/main/42")).text()
+
+
+def test_usage_reads_as_sentences() -> None:
+    assert usage_lines(USAGE) == ["today: 2 messages, 0.0125 USD (limit 0.5 USD)",
+                                  "month: 1 message", "per user: 2 of 50 messages per 3600 s"]
+    assert usage_lines({"daily": {"used": 3, "messages": 9}, "exempt": True}) == [
+        "daily messages: 3 of 9 messages today", "an admin: exempt from the limits"]
+
+
+def test_config_rows_name_where_each_value_came_from() -> None:
+    rows = _flatten({"routes": [{"backend": "e", "match": {"chat": 5}}], "default": "e"})
+    assert rows == [("routes[0].backend", "e"), ("routes[0].match.chat", 5), ("default", "e")]
+    lines = {"routes[0]": "c.yaml:3", "default": "c.yaml:9"}
+    assert [_where(lines, path) for path, _ in rows] == ["c.yaml:3", "c.yaml:3", "c.yaml:9"]
+    assert _where(lines, "engine.concurrency") == ""
 
 
 def test_the_chart_scales_to_the_busiest_minute() -> None:

@@ -14,6 +14,7 @@ never goes into a page (the sign-in form posts it and gets a cookie back).
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from aiohttp import web
 
 from tgmux.admin.service import AdminService
 
-__all__ = ["PAGE_HEADERS", "PageAuth", "PageSession", "add_console_pages", "chart_bars"]
+__all__ = ["PAGE_HEADERS", "PageAuth", "PageSession", "add_console_pages", "chart_bars",
+           "usage_lines"]
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -98,7 +100,8 @@ def _when(value: float | None) -> str:
 
 
 def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """A config as (dotted key path, value) rows, leaves only."""
+    """A config as (key path, value) rows, leaves only; paths as the service's ``lines``
+    spell them (``routes[0].backend``)."""
     if isinstance(data, dict) and data:
         rows: list[tuple[str, Any]] = []
         for key, value in data.items():
@@ -107,20 +110,60 @@ def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
     if isinstance(data, list) and data:
         rows = []
         for index, value in enumerate(data):
-            rows += _flatten(value, f"{prefix}.{index}" if prefix else str(index))
+            rows += _flatten(value, f"{prefix}[{index}]")
         return rows
     return [(prefix, data)]
 
 
+#: The last segment of a key path: ``.name`` or ``[index]``.
+_LAST_SEGMENT = re.compile(r"(\.[^.\[]*|\[\d+\])$")
+
+
 def _where(lines: dict[str, str], path: str) -> str:
-    """file:line of ``path`` or of its nearest parent that has one."""
-    parts = path.split(".")
-    while parts:
-        found = lines.get(".".join(parts))
-        if found:
+    """file:line of ``path`` or of its nearest parent that has one ("" for a default)."""
+    while path:
+        if found := lines.get(path):
             return found
-        parts.pop()
+        shorter = _LAST_SEGMENT.sub("", path)
+        if shorter == path:
+            break
+        path = shorter
     return ""
+
+
+_COUNTER_LABELS = {"per_user": "per user", "per_chat": "in this chat",
+                   "daily": "daily messages"}
+_COST_LIMITS = {"today": "daily_cost_limit", "month": "monthly_cost_limit"}
+_SHOWN_WITH_OTHERS = {"currency", "exempt", *_COST_LIMITS.values()}
+
+
+def usage_lines(usage: dict[str, Any]) -> list[str]:
+    """The service's usage against limits (a user's per account, a chat's) as short lines."""
+    currency = usage.get("currency") or ""
+    lines = []
+    for key, value in usage.items():
+        if key in _SHOWN_WITH_OTHERS:
+            continue
+        if isinstance(value, dict) and {"used", "messages"} <= value.keys():
+            per = value.get("per_seconds")
+            window = f" per {per:g} s" if isinstance(per, int | float) else " today"
+            lines.append(f"{_COUNTER_LABELS.get(key, key)}: {value['used']} of "
+                         f"{value['messages']} messages{window}")
+        elif isinstance(value, dict) and {"messages", "cost"} <= value.keys():
+            text = f"{key}: {value['messages']} message{'s' if value['messages'] != 1 else ''}"
+            if value["cost"]:
+                text += f", {value['cost']:g} {currency}".rstrip()
+            limit = usage.get(_COST_LIMITS.get(key, ""))
+            if limit is not None:
+                text += f" (limit {limit:g} {currency})".replace(" )", ")")
+            lines.append(text)
+        elif isinstance(value, dict):
+            lines += [f"{key}: {line}" for line in usage_lines(value)]
+        else:
+            lines.append(f"{key}: {json.dumps(value, ensure_ascii=False)}")
+    if usage.get("exempt"):
+        lines.append("an admin: exempt from the limits")
+    return lines
 
 
 def _environment() -> jinja2.Environment:
@@ -134,6 +177,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["when"] = _when
     env.filters["json"] = lambda value: json.dumps(value, ensure_ascii=False)
+    env.filters["usage"] = usage_lines
     env.filters["seconds"] = lambda value: "—" if value is None else f"{value * 1000:.0f} ms"
     for name in env.list_templates(extensions=["html"]):
         env.get_template(name)  # compiled at startup: a page never reads a file
@@ -247,6 +291,8 @@ class ConsolePages:
         backend = form.get("backend") or None
         try:
             view = await self.service.set_backend(account, chat_id, backend, who=session.who)
+        except LookupError as exc:
+            raise web.HTTPNotFound(text=str(exc), headers=PAGE_HEADERS) from None
         except ValueError as exc:
             self._notice(session, "error", str(exc))
         else:
@@ -258,7 +304,10 @@ class ConsolePages:
     async def reset(self, request: web.Request) -> web.StreamResponse:
         session, _ = await self._form(request)
         account, chat_id = _chat_key(request)
-        forgotten = await self.service.reset(account, chat_id, who=session.who)
+        try:
+            forgotten = await self.service.reset(account, chat_id, who=session.who)
+        except LookupError as exc:
+            raise web.HTTPNotFound(text=str(exc), headers=PAGE_HEADERS) from None
         self._notice(session, "done", f"chat {chat_id}: conversation reset "
                      f"({forgotten} exchange{'s' if forgotten != 1 else ''} forgotten)")
         raise web.HTTPSeeOther(_chat_path(account, chat_id), headers=PAGE_HEADERS)
