@@ -1,9 +1,9 @@
 """The console's HTML pages under ``/console/``: server-rendered, no script at all.
 
 Every page reads :class:`tgmux.admin.service.AdminService` (the same reads and actions as the
-JSON API); signing in, the session cookie and the CSRF token are :mod:`tgmux.admin.auth`'s
-(through the small :class:`PageAuth` interface below). A form that changes state POSTs to a
-page route with the session's CSRF token, which calls the service and redirects
+JSON API); signing in and out, the session cookie, the CSRF check and the rate limits are
+:mod:`tgmux.admin.auth`'s (the pages only render its sign-in form). A form that changes state
+POSTs to a page route with the session's CSRF token, which calls the service and redirects
 (POST/redirect/GET); what the action did is shown once on the next page.
 
 Templates are Jinja2 with autoescaping on (every value is HTML-escaped unless a template says
@@ -17,18 +17,17 @@ import json
 import re
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import jinja2
 from aiohttp import web
 
+from tgmux.admin.auth import CSRF_FIELD, ConsoleAuth, Session, who
 from tgmux.admin.service import AdminService
 
-__all__ = ["PAGE_HEADERS", "PageAuth", "PageSession", "add_console_pages", "chart_bars",
-           "usage_lines"]
+__all__ = ["PAGE_HEADERS", "add_console_pages", "chart_bars", "usage_lines"]
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -44,32 +43,6 @@ PAGE_HEADERS = {
 
 #: One notice per session waits for the next page; bounded (old ones are dropped).
 MAX_NOTICES = 1000
-
-
-@dataclass(frozen=True)
-class PageSession:
-    """A signed-in browser: ``who`` names it in the audit log, ``csrf`` goes into its forms."""
-
-    who: str
-    csrf: str
-
-
-class PageAuth(Protocol):
-    """What the pages need of :mod:`tgmux.admin.auth` (its sessions, not a second auth)."""
-
-    async def page_session(self, request: web.Request) -> PageSession | None:
-        """The request's signed-in session (its cookie), or None."""
-
-    async def page_sign_in(self, request: web.Request, token: str,
-                           response: web.StreamResponse) -> str | None:
-        """Check ``token`` (rate-limited); on success set the session cookie on
-        ``response`` and return None, else what to tell the user."""
-
-    async def page_sign_out(self, request: web.Request, response: web.StreamResponse) -> None:
-        """End the request's session and clear its cookie."""
-
-    def page_csrf_ok(self, session: PageSession, token: str) -> bool:
-        """``token`` is the session's CSRF token (compared in constant time)."""
 
 
 def chart_bars(per_minute: list[int], *, width: int = 600, height: int = 80) -> dict[str, Any]:
@@ -185,7 +158,7 @@ def _environment() -> jinja2.Environment:
 
 
 class ConsolePages:
-    def __init__(self, service: AdminService, auth: PageAuth) -> None:
+    def __init__(self, service: AdminService, auth: ConsoleAuth) -> None:
         self.service = service
         self.auth = auth
         self.templates = _environment()
@@ -195,87 +168,78 @@ class ConsolePages:
     # -- plumbing
 
     def _page(self, name: str, *, status: int = 200, **context: Any) -> web.Response:
-        body = self.templates.get_template(name).render(**context)
+        body = self.templates.get_template(name).render(csrf_field=CSRF_FIELD, **context)
         return web.Response(text=body, status=status, content_type="text/html",
                             charset="utf-8", headers=PAGE_HEADERS)
 
-    async def _session(self, request: web.Request) -> PageSession:
-        session = await self.auth.page_session(request)
+    def _session(self, request: web.Request) -> Session:
+        session = self.auth.session_of(request)
         if session is None:
             target = request.path_qs if request.method == "GET" else "/console"
             raise web.HTTPSeeOther(f"/console/sign-in?next={quote(target)}",
                                    headers=PAGE_HEADERS)
         return session
 
-    async def _form(self, request: web.Request) -> tuple[PageSession, Any]:
-        """A state-changing POST: signed in, and the form carries the session's CSRF token."""
-        session = await self._session(request)
-        form = await request.post()
-        token = form.get("csrf")
-        if not isinstance(token, str) or not self.auth.page_csrf_ok(session, token):
-            raise web.HTTPForbidden(text="the form's CSRF token is missing or wrong: reload "
-                                    "the page and try again", headers=PAGE_HEADERS)
-        return session, form
+    async def _form(self, request: web.Request) -> tuple[Session, str, Any]:
+        """A state-changing POST: signed in, and the form carries the session's CSRF token
+        (the auth checks both); the session, who acts (for the audit log) and the form."""
+        session = self._session(request)
+        refused = await self.auth.identify(request)
+        if refused is not None:
+            raise _Refused(self._page(
+                "refused.html", status=refused.status, session=session, notice=None,
+                path=request.path, what=(
+                    "The form's CSRF token is missing or wrong: reload the page and try again."
+                    if refused.status == 403 else "Refused: sign in again.")))
+        return session, who(request), await request.post()
 
-    def _notice(self, session: PageSession, kind: str, payload: Any) -> None:
-        self._notices[session.csrf] = (kind, payload)
-        self._notices.move_to_end(session.csrf)
+    def _notice(self, session: Session, kind: str, payload: Any) -> None:
+        self._notices[session.key] = (kind, payload)
+        self._notices.move_to_end(session.key)
         while len(self._notices) > MAX_NOTICES:
             self._notices.popitem(last=False)
 
-    def _take_notice(self, session: PageSession) -> tuple[str, Any] | None:
-        return self._notices.pop(session.csrf, None)
-
-    async def _render(self, request: web.Request, session: PageSession, name: str,
+    async def _render(self, request: web.Request, session: Session, name: str,
                       **context: Any) -> web.Response:
-        return self._page(name, session=session, notice=self._take_notice(session),
+        return self._page(name, session=session, notice=self._notices.pop(session.key, None),
                           path=request.path, **context)
 
-    # -- signing in
+    # -- signing in (auth.py's POST /console/sign-in and /console/sign-out)
 
     async def css(self, request: web.Request) -> web.Response:
         return web.Response(text=self._css, content_type="text/css",
                             headers={**PAGE_HEADERS, "Cache-Control": "max-age=300"})
 
+    def sign_in_form(self, request: web.Request, error: str | None = None,
+                     status: int = 200) -> web.Response:
+        """The sign-in page; also what the auth answers a refused sign-in with. ``next``
+        rides in the form's URL, so that a refused attempt keeps it."""
+        return self._page("sign-in.html", status=status, error=error,
+                          next=_local(request.query.get("next")), session=None, notice=None,
+                          path="/console/sign-in")
+
     async def sign_in_page(self, request: web.Request) -> web.Response:
-        return self._page("sign-in.html", error=None, next=_local(request.query.get("next")),
-                          session=None, notice=None, path=request.path)
-
-    async def sign_in(self, request: web.Request) -> web.StreamResponse:
-        form = await request.post()
-        token = form.get("token")
-        target = _local(form.get("next"))
-        response = _see_other(target)
-        refused = await self.auth.page_sign_in(request, token if isinstance(token, str) else "",
-                                               response)
-        if refused is not None:
-            return self._page("sign-in.html", status=401, error=refused, next=target,
-                              session=None, notice=None, path=request.path)
-        return response
-
-    async def sign_out(self, request: web.Request) -> web.StreamResponse:
-        await self._form(request)
-        response = _see_other("/console/sign-in")
-        await self.auth.page_sign_out(request, response)
-        return response
+        if self.auth.session_of(request) is not None:
+            raise web.HTTPSeeOther(_local(request.query.get("next")), headers=PAGE_HEADERS)
+        return self.sign_in_form(request)
 
     # -- pages
 
     async def overview(self, request: web.Request) -> web.Response:
-        session = await self._session(request)
+        session = self._session(request)
         return await self._render(
             request, session, "overview.html", accounts=await self.service.accounts(),
             backends=await self.service.backends(),
             chart=chart_bars(await self.service.messages_per_minute()))
 
     async def chats(self, request: web.Request) -> web.Response:
-        session = await self._session(request)
+        session = self._session(request)
         query = request.query.get("q", "")[:200]
         return await self._render(request, session, "chats.html", query=query,
                                   chats=await self.service.chats(query))
 
     async def chat(self, request: web.Request) -> web.Response:
-        session = await self._session(request)
+        session = self._session(request)
         account, chat_id = _chat_key(request)
         detail = await self.service.chat(account, chat_id)
         if detail is None:
@@ -286,11 +250,11 @@ class ConsolePages:
                                   backends=backends, show_messages=self.service.show_messages)
 
     async def set_backend(self, request: web.Request) -> web.StreamResponse:
-        session, form = await self._form(request)
+        session, acting, form = await self._form(request)
         account, chat_id = _chat_key(request)
         backend = form.get("backend") or None
         try:
-            view = await self.service.set_backend(account, chat_id, backend, who=session.who)
+            view = await self.service.set_backend(account, chat_id, backend, who=acting)
         except LookupError as exc:
             raise web.HTTPNotFound(text=str(exc), headers=PAGE_HEADERS) from None
         except ValueError as exc:
@@ -302,10 +266,10 @@ class ConsolePages:
         raise web.HTTPSeeOther(_chat_path(account, chat_id), headers=PAGE_HEADERS)
 
     async def reset(self, request: web.Request) -> web.StreamResponse:
-        session, _ = await self._form(request)
+        session, acting, _ = await self._form(request)
         account, chat_id = _chat_key(request)
         try:
-            forgotten = await self.service.reset(account, chat_id, who=session.who)
+            forgotten = await self.service.reset(account, chat_id, who=acting)
         except LookupError as exc:
             raise web.HTTPNotFound(text=str(exc), headers=PAGE_HEADERS) from None
         self._notice(session, "done", f"chat {chat_id}: conversation reset "
@@ -313,7 +277,7 @@ class ConsolePages:
         raise web.HTTPSeeOther(_chat_path(account, chat_id), headers=PAGE_HEADERS)
 
     async def users(self, request: web.Request) -> web.Response:
-        session = await self._session(request)
+        session = self._session(request)
         query = request.query.get("q", "")[:200]
         return await self._render(request, session, "users.html", query=query,
                                   users=await self.service.users(query))
@@ -325,11 +289,11 @@ class ConsolePages:
         return await self._block(request, block=False)
 
     async def _block(self, request: web.Request, *, block: bool) -> web.StreamResponse:
-        session, _ = await self._form(request)
+        session, acting, _ = await self._form(request)
         user_id = _int(request.match_info["user_id"], "user id")
         action = self.service.block if block else self.service.unblock
         try:
-            view = await action(user_id, who=session.who)
+            view = await action(user_id, who=acting)
         except ValueError as exc:
             self._notice(session, "error", str(exc))
         else:
@@ -338,30 +302,38 @@ class ConsolePages:
         raise web.HTTPSeeOther("/console/users", headers=PAGE_HEADERS)
 
     async def config(self, request: web.Request) -> web.Response:
-        session = await self._session(request)
+        session = self._session(request)
         view = await self.service.config()
         rows = [(path, value, _where(view.lines, path)) for path, value in _flatten(view.data)]
         return await self._render(request, session, "config.html", config=view, rows=rows)
 
     async def reload(self, request: web.Request) -> web.StreamResponse:
-        session, _ = await self._form(request)
-        report = await self.service.reload(who=session.who)
+        session, acting, _ = await self._form(request)
+        report = await self.service.reload(who=acting)
         self._notice(session, "reload", report)
         raise web.HTTPSeeOther("/console/config", headers=PAGE_HEADERS)
 
 
-def _see_other(target: str) -> web.Response:
-    """A redirect the auth layer can set a cookie on (POST/redirect/GET)."""
-    return web.Response(status=303, headers={**PAGE_HEADERS, "Location": target})
-
-
 def _local(target: object) -> str:
     """Where to go after signing in: a console path only (no open redirect)."""
-    if isinstance(target, str) and target.startswith("/console"):
+    if isinstance(target, str) and target.startswith("/console") and "\\" not in target:
         parts = urlsplit(target)
-        if not parts.scheme and not parts.netloc and "\\" not in target:
+        if not parts.scheme and not parts.netloc:
             return target
     return "/console"
+
+
+class _Refused(Exception):
+    def __init__(self, response: web.Response) -> None:
+        self.response = response
+
+
+@web.middleware
+async def _refused_as_page(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except _Refused as refused:
+        return refused.response
 
 
 def _int(value: str, what: str) -> int:
@@ -380,21 +352,23 @@ def _chat_path(account: str, chat_id: int) -> str:
     return f"/console/chats/{quote(account, safe='')}/{chat_id}"
 
 
-def add_console_pages(app: web.Application, service: AdminService, auth: PageAuth) -> None:
-    """Mount the pages under ``/console/`` on ``app`` (the ops server's)."""
+def add_console_pages(app: web.Application, service: AdminService, auth: ConsoleAuth) -> None:
+    """Mount the pages under ``/console/`` on ``app`` (the ops server's, where ``auth`` has
+    mounted POST /console/sign-in and /console/sign-out); the auth's sign-in form is theirs."""
     pages = ConsolePages(service, auth)
-    app.router.add_get("/console", pages.overview)
-    app.router.add_get("/console/", pages.overview)
-    app.router.add_get("/console/console.css", pages.css)
-    app.router.add_get("/console/sign-in", pages.sign_in_page)
-    app.router.add_post("/console/sign-in", pages.sign_in)
-    app.router.add_post("/console/sign-out", pages.sign_out)
-    app.router.add_get("/console/chats", pages.chats)
-    app.router.add_get("/console/chats/{account}/{chat_id}", pages.chat)
-    app.router.add_post("/console/chats/{account}/{chat_id}/backend", pages.set_backend)
-    app.router.add_post("/console/chats/{account}/{chat_id}/reset", pages.reset)
-    app.router.add_get("/console/users", pages.users)
-    app.router.add_post("/console/users/{user_id}/block", pages.block)
-    app.router.add_post("/console/users/{user_id}/unblock", pages.unblock)
-    app.router.add_get("/console/config", pages.config)
-    app.router.add_post("/console/config/reload", pages.reload)
+    auth.sign_in_page = pages.sign_in_form
+    app.middlewares.append(_refused_as_page)
+    for path, handler in (("/console", pages.overview), ("/console/", pages.overview),
+                          ("/console/console.css", pages.css),
+                          ("/console/sign-in", pages.sign_in_page),
+                          ("/console/chats", pages.chats),
+                          ("/console/chats/{account}/{chat_id}", pages.chat),
+                          ("/console/users", pages.users),
+                          ("/console/config", pages.config)):
+        app.router.add_get(path, handler)
+    for path, handler in (("/console/chats/{account}/{chat_id}/backend", pages.set_backend),
+                          ("/console/chats/{account}/{chat_id}/reset", pages.reset),
+                          ("/console/users/{user_id}/block", pages.block),
+                          ("/console/users/{user_id}/unblock", pages.unblock),
+                          ("/console/config/reload", pages.reload)):
+        app.router.add_post(path, handler)
