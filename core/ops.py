@@ -1,8 +1,10 @@
 """Starting the operator's endpoints for an engine (``server.listen``), with the checks every
-frontend shares (the store answers); frontends add their own (an account is connected)."""
+frontend shares (the store answers); frontends add their own (an account is connected). With
+``server.console``, the console and its admin API too (:mod:`tgmux.admin`)."""
 
 from __future__ import annotations
 
+from tgmux.admin.mount import mount_console
 from tgmux.config import Config
 from tgmux.engine import Engine
 from tgmux.server import OpsServer
@@ -25,5 +27,7 @@ async def start_ops_server(config: Config, engine: Engine) -> OpsServer | None:
         return None
 
     server.add_check("store", store_answers)
+    if config.data.server.console is not None:  # no token: no console, no /api routes
+        server.mounts.append(lambda app: mount_console(app, config, engine, server.readiness))
     await server.start()
     return server

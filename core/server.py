@@ -34,6 +34,8 @@ ReadinessCheck = Callable[[], Awaitable[str | None]]
 
 #: Seconds one check may take before it counts as failed (a hung store is not ready).
 CHECK_TIMEOUT = 2.0
+#: Bytes of a request body at most (the console's forms and JSON are small).
+CLIENT_MAX_SIZE = 64 * 1024
 
 
 class OpsServer:
@@ -43,18 +45,22 @@ class OpsServer:
         self.metrics = metrics
         self.media_links = media_links
         self.checks: dict[str, ReadinessCheck] = {}
+        #: what adds more routes to the app when it starts (the console: tgmux.admin)
+        self.mounts: list[Callable[[web.Application], object]] = []
         self._runner: web.AppRunner | None = None
 
     def add_check(self, name: str, check: ReadinessCheck) -> None:
         self.checks[name] = check
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=CLIENT_MAX_SIZE)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         if self.media_links is not None:
             app.router.add_get("/media/{token}", self._media)
+        for mount in self.mounts:
+            mount(app)
         # shutdown_timeout: a stop waits at most a second for a scrape under way
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
@@ -69,7 +75,8 @@ class OpsServer:
             server = runner.addresses[0] if runner.addresses else None
             if server:
                 self.port = server[1]
-        log.info("health and metrics on http://%s:%d/", self.host, self.port)
+        log.info("health and metrics%s on http://%s:%d/",
+                 " and the console" if self.mounts else "", self.host, self.port)
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -51,6 +51,8 @@ log = logging.getLogger("tgmux.console")
 
 #: Seconds a read of the store for one view may take (a hung store must not hang a page).
 STORE_TIMEOUT = 5.0
+#: Chats a search looks at at most (the latest first).
+MAX_EXAMINED = 2000
 #: Exchanges of a chat's memory shown at most (with show_messages).
 EXCHANGES_SHOWN = 20
 #: Characters of one side of an exchange shown at most.
@@ -229,7 +231,8 @@ class AdminService:
                                      0.0))
         wanted = query.strip().lower().lstrip("@")
         views = []
-        for entry in seen:
+        # each view may read the store (the chat's /backend choice): at most so many are made
+        for entry in seen[:MAX_EXAMINED]:
             view = await self._chat_view(entry)
             if wanted and not any(wanted in str(value).lower() for value in (
                     view.account, view.chat_id, view.title, view.username, view.backend,
@@ -380,24 +383,27 @@ class AdminService:
             for user_id in [*account.admins, *(account.access.allow_users or ()),
                             *account.access.deny_users]:
                 names.setdefault(user_id, None)
+        by_user: dict[tuple[str, int], list[Any]] = {}
+        for row in rows:
+            if row.user_id is not None:
+                by_user.setdefault((row.account, row.user_id), []).append(row)
         wanted = query.strip().lower().lstrip("@")
         views = []
         for user_id, username in names.items():
             if wanted and wanted not in str(user_id) and wanted not in (username or "").lower():
                 continue
-            views.append(await self._user_view(user_id, username, blocked, rows))
+            views.append(await self._user_view(user_id, username, blocked, by_user))
             if len(views) >= limit:
                 break
         return views
 
     async def _user_view(self, user_id: int, username: str | None, blocked: set[int],
-                         rows: list[Any] | None = None) -> UserView:
-        accounts = self.engine.config.accounts
+                         rows: dict[tuple[str, int], list[Any]] | None = None) -> UserView:
+        """``rows``: this month's usage rows by (account, user id), when read already."""
         usage: dict[str, Any] = {}
         now = periods(time.time())
-        for name in accounts:
-            mine = [r for r in rows if r.account == name and r.user_id == user_id] \
-                if rows is not None else None
+        for name in self.engine.config.accounts:
+            mine = rows.get((name, user_id), []) if rows is not None else None
             usage[name] = await self._user_usage(name, user_id, mine, now)
         return UserView(user_id, username, self._verdict(user_id, blocked),
                         user_id in blocked, usage)
