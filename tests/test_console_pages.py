@@ -1,6 +1,6 @@
-"""The console's pages (tgmux.admin.pages) on a fake service: what each page shows, that every
-value is escaped, that forms need the CSRF token, the headers. The browser tests
-(tests/browser) drive the real thing."""
+"""The console's pages (tgmux.admin.pages) on a fake service and the real auth
+(tgmux.admin.auth): what each page shows, that every value is escaped, that forms need the
+CSRF token, the headers. The browser tests (tests/browser) drive the whole thing."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from tgmux.admin.auth import ConsoleAuth
 from tgmux.admin.pages import (
-    PageSession,
     _flatten,
     _where,
     add_console_pages,
@@ -40,28 +40,6 @@ USAGE = {"today": {"messages": 2, "input_tokens": 10, "output_tokens": 20, "cost
          "currency": "USD", "daily_cost_limit": 0.5, "monthly_cost_limit": None,
          "exempt": False, "per_user": {"used": 2, "messages": 50, "per_seconds": 3600}}
 EVIL = "<script>alert(1)</script>"
-
-
-class FakeAuth:
-    """One session, its cookie the literal "signed-in"."""
-
-    session = PageSession(who="session-1", csrf="csrf-1")
-
-    async def page_session(self, request: web.Request) -> PageSession | None:
-        return self.session if request.cookies.get("s") == "signed-in" else None
-
-    async def page_sign_in(self, request: web.Request, token: str,
-                           response: web.StreamResponse) -> str | None:
-        if token != TOKEN:
-            return "wrong token"
-        response.set_cookie("s", "signed-in", httponly=True, samesite="Strict")
-        return None
-
-    async def page_sign_out(self, request: web.Request, response: web.StreamResponse) -> None:
-        response.del_cookie("s")
-
-    def page_csrf_ok(self, session: PageSession, token: str) -> bool:
-        return token == session.csrf
 
 
 class FakeService(AdminService):
@@ -134,16 +112,22 @@ class FakeService(AdminService):
 async def console() -> Any:
     service = FakeService()
     app = web.Application()
-    add_console_pages(app, service, FakeAuth())
+    auth = ConsoleAuth(TOKEN)
+    auth.add_routes(app)
+    add_console_pages(app, service, auth)
     async with TestClient(TestServer(app)) as client:
         client.service = service
         yield client
 
 
-async def signed_in(client: TestClient) -> None:
+async def signed_in(client: TestClient) -> str:
+    """Sign in; the session's CSRF token, as its pages carry it."""
     response = await client.post("/console/sign-in", data={"token": TOKEN},
                                  allow_redirects=False)
     assert response.status == 303
+    page = await (await client.get("/console/users")).text()
+    [csrf] = re.findall(r'name="csrf_token" value="([^"]+)"', page)[:1]
+    return csrf
 
 
 async def test_a_page_without_a_session_sends_to_the_sign_in_form(console: TestClient) -> None:
@@ -153,12 +137,15 @@ async def test_a_page_without_a_session_sends_to_the_sign_in_form(console: TestC
     assert location.startswith("/console/sign-in?next=")
     form = await (await console.get(location)).text()
     assert 'name="next" value="/console/chats?q=4"' in form  # back there once signed in
-    response = await console.post("/console/sign-in", data={"token": "wrong"})
-    assert response.status == 401 and "wrong token" in await response.text()
+    response = await console.post("/console/sign-in?next=/console/users",
+                                  data={"token": "wrong", "next": "/console/users"})
+    page = await response.text()
+    assert response.status == 401 and "Wrong token." in page
+    assert 'action="/console/sign-in?next=/console/users"' in page  # the way back kept
     response = await console.post("/console/sign-in",
                                   data={"token": TOKEN, "next": "https://elsewhere/"},
                                   allow_redirects=False)
-    assert response.headers["Location"] == "/console"  # never away from the console
+    assert response.headers["Location"] == "/console/"  # never away from the console
 
 
 async def test_each_page_renders_escaped_with_its_headers(console: TestClient) -> None:
@@ -189,39 +176,41 @@ async def test_each_page_renders_escaped_with_its_headers(console: TestClient) -
 
 
 async def test_a_form_without_the_csrf_token_is_refused(console: TestClient) -> None:
-    await signed_in(console)
+    csrf = await signed_in(console)
+    assert csrf
     for path in ["/console/chats/main/42/backend", "/console/chats/main/42/reset",
                  "/console/users/5/block", "/console/config/reload"]:
         for data in ({}, {"csrf": "forged"}):
             response = await console.post(path, data=data, allow_redirects=False)
             assert response.status == 403, path
+            assert "CSRF token is missing or wrong" in await response.text()
     assert [c for c in console.service.calls if c[0] != "chats"] == []
 
 
 async def test_actions_call_the_service_and_redirect_with_what_they_did(
         console: TestClient) -> None:
-    await signed_in(console)
+    csrf = await signed_in(console)
     response = await console.post("/console/chats/main/42/backend",
-                                  data={"csrf": "csrf-1", "backend": "o"})
+                                  data={"csrf_token": csrf, "backend": "o"})
     assert str(response.url).endswith("/console/chats/main/42")
     assert "chat 42: backend set to o; it is now answered by o" in await response.text()
     response = await console.post("/console/chats/main/42/backend",
-                                  data={"csrf": "csrf-1", "backend": "nope"})
+                                  data={"csrf_token": csrf, "backend": "nope"})
     assert "no backend &#39;nope&#39;" in await response.text()
-    await console.post("/console/chats/main/42/backend", data={"csrf": "csrf-1", "backend": ""})
-    response = await console.post("/console/chats/main/42/reset", data={"csrf": "csrf-1"})
+    await console.post("/console/chats/main/42/backend", data={"csrf_token": csrf, "backend": ""})
+    response = await console.post("/console/chats/main/42/reset", data={"csrf_token": csrf})
     assert "3 exchanges forgotten" in await response.text()
-    response = await console.post("/console/users/5/block", data={"csrf": "csrf-1"})
+    response = await console.post("/console/users/5/block", data={"csrf_token": csrf})
     assert "user 5 blocked: now blocked" in await response.text()
-    response = await console.post("/console/config/reload", data={"csrf": "csrf-1"})
+    response = await console.post("/console/config/reload", data={"csrf_token": csrf})
     assert str(response.url).endswith("/console/config")
     assert "tgmux.yaml:6: default: no backend &#39;x&#39;" in await response.text()
-    assert [c for c in console.service.calls if c[0] != "chats"] == [
-        ("set_backend", "main", 42, "o", "session-1"),
-        ("set_backend", "main", 42, "nope", "session-1"),
-        ("set_backend", "main", 42, None, "session-1"),
-        ("reset", "main", 42, "session-1"),
-        ("block", 5, "session-1")]
+    calls = [c for c in console.service.calls if c[0] != "chats"]
+    assert [c[:-1] for c in calls] == [
+        ("set_backend", "main", 42, "o"), ("set_backend", "main", 42, "nope"),
+        ("set_backend", "main", 42, None), ("reset", "main", 42), ("block", 5)]
+    # who acted: the session (as the audit log names it), from where
+    assert all(re.fullmatch(r"session [0-9a-f]{8} \(127\.0\.0\.1\)", c[-1]) for c in calls)
     # a notice shows once
     assert "forgotten" not in await (await console.get("/console/chats/main/42")).text()
 
