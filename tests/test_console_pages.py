@@ -226,8 +226,10 @@ def test_config_rows_name_where_each_value_came_from() -> None:
     rows = _flatten({"routes": [{"backend": "e", "match": {"chat": 5}}], "default": "e"})
     assert rows == [("routes[0].backend", "e"), ("routes[0].match.chat", 5), ("default", "e")]
     lines = {"routes[0]": "c.yaml:3", "default": "c.yaml:9"}
-    assert [_where(lines, path) for path, _ in rows] == ["c.yaml:3", "c.yaml:3", "c.yaml:9"]
-    assert _where(lines, "engine.concurrency") == ""
+    assert [_where(lines, path) for path, _ in rows] == ["in c.yaml:3", "in c.yaml:3",
+                                                         "c.yaml:9"]
+    assert _where(lines, "routes[0]") == "c.yaml:3"
+    assert _where(lines, "engine.concurrency") == "default"
 
 
 def test_the_chart_scales_to_the_busiest_minute() -> None:

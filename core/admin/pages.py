@@ -93,15 +93,15 @@ _LAST_SEGMENT = re.compile(r"(\.[^.\[]*|\[\d+\])$")
 
 
 def _where(lines: dict[str, str], path: str) -> str:
-    """file:line of ``path`` or of its nearest parent that has one ("" for a default)."""
-    while path:
-        if found := lines.get(path):
-            return found
-        shorter = _LAST_SEGMENT.sub("", path)
-        if shorter == path:
-            break
+    """Where ``path``'s value came from: its ``file:line``; ``in file:line`` when only a parent
+    was written (a default inside it, or a value written in short form); ``default``."""
+    if found := lines.get(path):
+        return found
+    while (shorter := _LAST_SEGMENT.sub("", path)) != path and shorter:
+        if found := lines.get(shorter):
+            return f"in {found}"
         path = shorter
-    return ""
+    return "default"
 
 
 _COUNTER_LABELS = {"per_user": "per user", "per_chat": "in this chat",

@@ -221,6 +221,7 @@ async def test_each_page_reads_and_shows_nothing_secret(page: Any, tgmux: Simula
         response = await page.goto(path)
         body = await response.text()
         assert KEY not in body and TOKEN not in body, path
+        assert "I am Ann." not in body, path  # messages stay private (show_messages is off)
         assert response.headers["x-frame-options"] == "DENY"
         assert "default-src 'none'" in response.headers["content-security-policy"]
 
@@ -264,8 +265,8 @@ async def test_a_blocked_user_is_refused(page: Any, tgmux: Simulate,
     await expect(page.locator("#notice")).to_contain_text("user 77 blocked")
     await expect(page.locator("#user-77 .verdict")).to_contain_text("blocked")
     asked = len(sim.completions)
-    refused = await tgmux.say("hello again", user_id=77)
-    assert "You said" not in refused
+    # told why, with the account's access.denied_reply; the provider is not asked
+    assert (await tgmux.say("hello again", user_id=77)) == "This bot is private."
     assert len(sim.completions) == asked
     await page.click("#user-77 button")  # unblock
     await expect(page.locator("#notice")).to_contain_text("user 77 unblocked")
