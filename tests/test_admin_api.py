@@ -3,8 +3,11 @@ wrong tokens, CSRF, the audit log, and that no secret is ever in an answer."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -322,3 +325,77 @@ async def test_a_body_too_large_is_refused_in_json(console: Console) -> None:
     status, answer, _ = await console.call("POST", "/console/sign-in",
                                            {"token": "x" * 100_000})
     assert status == 413 and "error" in answer
+
+
+ROOT = Path(__file__).resolve().parent.parent
+#: a ```sh block, and the ```json block right after it (the answer's shape), if any
+EXAMPLE = re.compile(r"^```sh\n(?P<sh>.*?)^```\n(?:\n```json\n(?P<json>.*?)^```)?",
+                     re.M | re.S)
+
+DOCS_CONFIG = f"""\
+store: "memory://"
+backends:
+  echo: {{type: echo}}
+default: echo
+server:
+  listen: 127.0.0.1:0
+  console: {{token: "{TOKEN}"}}
+"""
+
+
+def same_shape(documented: Any, actual: Any, where: str) -> None:
+    """The documented answer has the actual one's keys (nested mappings: a part of them; the
+    first item of a list: the same keys)."""
+    if isinstance(documented, dict):
+        assert isinstance(actual, dict), where
+        for key, value in documented.items():
+            assert key in actual, f"{where}: {key} is not in the answer"
+            same_shape(value, actual[key], f"{where}.{key}")
+    elif isinstance(documented, list) and documented and isinstance(documented[0], dict):
+        assert actual, f"{where}: the answer's list is empty"
+        assert set(documented[0]) == set(actual[0]), f"{where}: {set(actual[0])}"
+        same_shape(documented[0], actual[0], f"{where}[0]")
+
+
+async def test_the_curl_examples_in_the_docs_run(tmp_path: Path) -> None:
+    page = (ROOT / "docs" / "console.md").read_text()
+    examples = list(EXAMPLE.finditer(page))
+    assert len(examples) >= 10
+    async with started(tmp_path, DOCS_CONFIG) as c:
+        await c.h.say("hello", user_id=42, username="ann")
+        env = {"PATH": os.environ["PATH"], "TGMUX": c.base, "TGMUX_CONSOLE_TOKEN": TOKEN}
+        for example in examples:
+            line = page[:example.start()].count("\n") + 2
+            process = await asyncio.create_subprocess_exec(
+                "bash", "-euo", "pipefail", "-c", example["sh"], cwd=tmp_path, env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+            assert process.returncode == 0, f"docs/console.md:{line}: {err.decode()}"
+            if example["json"]:
+                same_shape(json.loads(example["json"]), json.loads(out.decode().splitlines()[-1]),
+                           f"docs/console.md:{line}")
+
+
+def test_sessions_expire_and_their_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    import tgmux.admin.auth as auth_module
+
+    now = [1000.0]
+    auth = auth_module.ConsoleAuth(TOKEN, clock=lambda: now[0])
+
+    def request(sid: str) -> web.Request:
+        return make_mocked_request("GET", "/api/v1/session",
+                                   headers={"Cookie": f"{auth_module.COOKIE}={sid}"})
+
+    sid, session = auth.open_session()
+    assert sid not in str(session) and auth.session_of(request(sid)) is session
+    now[0] += auth_module.SESSION_IDLE - 1
+    assert auth.session_of(request(sid)) is session  # used: its idle time starts again
+    now[0] += auth_module.SESSION_IDLE + 1
+    assert auth.session_of(request(sid)) is None and not auth.sessions
+    monkeypatch.setattr(auth_module, "MAX_SESSIONS", 3)
+    first, _ = auth.open_session()
+    for _ in range(3):
+        auth.open_session()
+    assert len(auth.sessions) == 3 and auth.session_of(request(first)) is None

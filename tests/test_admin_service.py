@@ -12,6 +12,7 @@ from tgmux.activity import MinuteCounter
 from tgmux.admin.service import AdminService
 from tgmux.backend import Backend, BackendSettings, HistorySettings, Text, Turn
 from tgmux.bootstrap import load
+from tgmux.errors import UnavailableError
 from tgmux.harness import EngineHarness
 from tgmux.store import open_store
 from tgmux.types import Notice
@@ -35,10 +36,26 @@ class RecallBackend(Backend):
         yield Text(f"{len(remembered)} before: {turn.text}")
 
 
+class FailingSettings(BackendSettings):
+    type: Literal["failing"] = "failing"
+    api_key: str = ""
+
+
+class FailingBackend(Backend):
+    """Fails as a provider that repeats the key in its error would."""
+
+    type_name = "failing"
+    Settings = FailingSettings
+
+    async def reply(self, turn: Turn) -> AsyncIterator[Any]:
+        raise UnavailableError(f"upstream said: bad key {turn.options.api_key}\nmore")
+        yield Text("never")
+
+
 class RecallPlugin:
     @hookimpl
     def tgmux_backend_types(self) -> list[type[Backend]]:
-        return [RecallBackend]
+        return [RecallBackend, FailingBackend]
 
 
 CONFIG = """\
@@ -169,3 +186,16 @@ async def test_config_is_masked_with_lines_and_a_broken_reload_keeps_the_old(
         path.write_text(path.read_text().replace("default: nope", "default: e"))
         report = await service.reload(who="test")
         assert report.applied and report.changes == ["default: r → e"], report
+
+
+async def test_a_backends_last_error_is_shown_redacted() -> None:
+    text = CONFIG.replace("  r: {type: recall}\n", "  r: {type: recall}\n"
+                          '  f: {type: failing, api_key: "sk-very-secret-1"}\n')
+    async with EngineHarness.from_yaml(text, plugins=[RecallPlugin()]) as h:
+        service = AdminService(h.engine)
+        await service.set_backend("main", 7, "f", who="test")
+        await h.say("hi", user_id=7)
+        failing = {b.name: b for b in await service.backends()}["f"]
+        assert failing.last_error == "unavailable: upstream said: bad key ***"
+        assert failing.errors_last_hour == 1 and failing.replies_last_hour == 0
+        assert failing.last_error_at is not None

@@ -47,6 +47,8 @@ def mount_console(app: web.Application, config: Config, engine: Engine,
                     "the network in clear; put it behind a TLS proxy and set "
                     "server.public_url: https://…", config.where(("server", "console")),
                     server.listen)
+    if logging.getLogger().level == logging.WARNING:  # the quiet commands' default
+        log.setLevel(logging.INFO)  # the audit log is kept all the same
     service = AdminService(engine, show_messages=console.show_messages, readiness=readiness)
     auth = ConsoleAuth(console.token.get_secret_value(), secure_cookie=https)
     auth.add_routes(app)

@@ -334,7 +334,8 @@ class AdminService:
         await engine.set_override(account, chat_id, backend)
         entry = self._seen(account, chat_id)
         decision = await self._decide(entry.chat)
-        engine.menus.seen(IncomingMessage(chat=entry.chat), decision, force=True)
+        if account in engine.served:  # its menu follows, as after /backend (where it runs)
+            engine.menus.seen(IncomingMessage(chat=entry.chat), decision, force=True)
         log.info("%s: chat %s (%s): backend %s", who, chat_id, account,
                  backend if backend is not None else "cleared (the config's again)")
         return await self._chat_view(entry)
