@@ -399,3 +399,18 @@ def test_sessions_expire_and_their_table_is_bounded(monkeypatch: pytest.MonkeyPa
     for _ in range(3):
         auth.open_session()
     assert len(auth.sessions) == 3 and auth.session_of(request(first)) is None
+
+
+async def test_a_store_that_does_not_answer_is_a_503(console: Console,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from tgmux.store import StoreUnavailable
+
+    async def down(*args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable("down")
+
+    monkeypatch.setattr(console.h.engine.store, "kv_set", down)
+    status, answer, response = await console.call("POST", "/api/v1/users/7/block",
+                                                  bearer=TOKEN)
+    assert status == 503 and "store is not answering" in answer["error"]
+    assert response.headers["Retry-After"] == "5"
+    assert 7 not in console.h.engine.gate.blocked

@@ -17,6 +17,7 @@ from aiohttp import web
 from tgmux.admin.auth import SECURITY_HEADERS, SESSION, ConsoleAuth, json_error, who
 from tgmux.admin.service import AdminService
 from tgmux.redact import redact
+from tgmux.store import StoreUnavailable
 
 __all__ = ["API", "add_api_routes", "api_errors"]
 
@@ -157,6 +158,9 @@ async def api_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         if exc.status < 400:
             raise
         return json_error(exc.status, exc.reason or "refused")
+    except StoreUnavailable:
+        return json_error(503, "the store is not answering: nothing was read or changed; try "
+                               "again in a moment", {"Retry-After": "5"})
     except Exception as exc:
         log.exception("console: %s %s failed", request.method, request.path)
         return json_error(500, redact(f"internal error: {type(exc).__name__}"))
