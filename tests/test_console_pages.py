@@ -30,6 +30,7 @@ from tgmux.admin.service import (
     ReloadReport,
     UserView,
 )
+from tgmux.store import StoreUnavailable
 
 TOKEN = "a-console-token-of-some-length"
 #: A user's usage on one account, as the service gives it.
@@ -237,3 +238,24 @@ def test_the_chart_scales_to_the_busiest_minute() -> None:
     assert chart["top"] == 4 and chart["total"] == 4
     assert chart["bars"][-1]["height"] == 78 and chart["bars"][0]["height"] == 0
     assert re.fullmatch(r"\d+(\.\d)?", str(chart["bars"][-1]["x"]))
+
+
+async def test_a_store_that_does_not_answer_is_one_clear_page(console: TestClient) -> None:
+    await signed_in(console)
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("the store did not answer in 5 s")
+
+    async def bug(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("a bug")
+
+    console.service.accounts = down
+    response = await console.get("/console")
+    assert response.status == 503 and response.headers["Retry-After"] == "5"
+    assert "The store is not answering" in await response.text()
+    assert response.headers["X-Frame-Options"] == "DENY"
+    console.service.users = bug
+    response = await console.get("/console/users")
+    body = await response.text()
+    assert response.status == 500 and "internal error: KeyError" in body
+    assert "Traceback" not in body

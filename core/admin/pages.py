@@ -14,6 +14,7 @@ never goes into a page (the sign-in form posts it and gets a cookie back).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections import OrderedDict
@@ -26,10 +27,14 @@ from aiohttp import web
 
 from tgmux.admin.auth import CSRF_FIELD, ConsoleAuth, Session, who
 from tgmux.admin.service import AdminService
+from tgmux.redact import redact
+from tgmux.store import StoreUnavailable
 
 __all__ = ["PAGE_HEADERS", "add_console_pages", "chart_bars", "usage_lines"]
 
 TEMPLATES = Path(__file__).parent / "templates"
+
+log = logging.getLogger("tgmux.console")
 
 #: Sent with every page: no script runs, nothing loads from elsewhere, no page frames it.
 PAGE_HEADERS = {
@@ -204,6 +209,11 @@ class ConsolePages:
         return self._page(name, session=session, notice=self._notices.pop(session.key, None),
                           path=request.path, **context)
 
+    def problem(self, request: web.Request, status: int, what: str) -> web.Response:
+        session = self.auth.session_of(request)
+        return self._page("refused.html", status=status, session=session, notice=None,
+                          path=request.path, what=what)
+
     # -- signing in (auth.py's POST /console/sign-in and /console/sign-out)
 
     async def css(self, request: web.Request) -> web.Response:
@@ -328,12 +338,30 @@ class _Refused(Exception):
         self.response = response
 
 
-@web.middleware
-async def _refused_as_page(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except _Refused as refused:
-        return refused.response
+def _pages_errors(pages: ConsolePages) -> Any:
+    """A page that cannot be made is one clear page (never a traceback): a refused form, a
+    store that does not answer (503: nothing was read or changed), a bug (500, logged)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        if not request.path.startswith("/console"):
+            return await handler(request)
+        try:
+            return await handler(request)
+        except _Refused as refused:
+            return refused.response
+        except StoreUnavailable:
+            page = pages.problem(request, 503, "The store is not answering: nothing was read "
+                                 "or changed. Try again in a moment.")
+            page.headers["Retry-After"] = "5"
+            return page
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            log.exception("console: %s %s failed", request.method, request.path)
+            return pages.problem(request, 500, redact(f"internal error: {type(exc).__name__}"))
+
+    return middleware
 
 
 def _int(value: str, what: str) -> int:
@@ -357,7 +385,7 @@ def add_console_pages(app: web.Application, service: AdminService, auth: Console
     mounted POST /console/sign-in and /console/sign-out); the auth's sign-in form is theirs."""
     pages = ConsolePages(service, auth)
     auth.sign_in_page = pages.sign_in_form
-    app.middlewares.append(_refused_as_page)
+    app.middlewares.append(_pages_errors(pages))
     for path, handler in (("/console", pages.overview), ("/console/", pages.overview),
                           ("/console/console.css", pages.css),
                           ("/console/sign-in", pages.sign_in_page),
