@@ -26,7 +26,8 @@ import pytest_asyncio
 
 from tgmux.backends.openai.simulator import Model, OpenAISimulator
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# the first test also starts Chromium and tgmux simulate: room for a loaded machine
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 
 TOKEN = "console-token-for-the-browser-tests"
 KEY = "sk-browser-test-secret-key"
