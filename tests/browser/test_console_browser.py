@@ -198,6 +198,7 @@ async def test_each_page_reads_and_shows_nothing_secret(page: Any, tgmux: Simula
 
     await page.goto("/console/chats")
     await expect(page.locator("#chats")).to_contain_text("u42")
+    await screenshot(page, "chats")
     await page.fill("input[name=q]", "no-such-chat")
     await page.click("form.inline button[type=submit] >> text=Filter")
     await expect(page.locator("#chats")).to_contain_text("No chat matches")
