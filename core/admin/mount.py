@@ -10,6 +10,7 @@ from aiohttp import web
 
 from tgmux.admin.api import add_api_routes
 from tgmux.admin.auth import ConsoleAuth
+from tgmux.admin.pages import add_console_pages
 from tgmux.admin.service import AdminService, Readiness
 from tgmux.config import Config
 from tgmux.config.schema import parse_listen
@@ -52,5 +53,6 @@ def mount_console(app: web.Application, config: Config, engine: Engine,
     auth = ConsoleAuth(console.token.get_secret_value(), secure_cookie=https)
     auth.add_routes(app)
     add_api_routes(app, service, auth)
+    add_console_pages(app, service, auth)
     app[CONSOLE] = (service, auth)
     return service, auth
