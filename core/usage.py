@@ -98,7 +98,8 @@ class UsageRecorder:
             return
         try:
             prices = self.prices(config)
-            await prices.load()
+            if usage:  # (a reply without usage has no price to look up: no library import
+                await prices.load()  # between the reply and its inbox state)
             row = reply_row(turn, backend, usage, prices, replied=replied)
             self._count(row)
             await self.store.usage_add(row)

@@ -81,4 +81,6 @@ def test_a_supergroups_messages_held_through_a_kill_are_fetched_by_the_next_run(
     assert second.returncode == 0, second.stderr
     answered = [json.loads(line)["text"] for line in second.stdout.splitlines()
                 if json.loads(line)["action"] == "send_message"]
-    assert answered == ["echo: c1m2", "echo: c1m3"], second.stderr
+    # (c1m1 may have been cut off by the kill before it was marked answered: its user is told)
+    assert [text for text in answered if text.startswith("echo:")] == \
+        ["echo: c1m2", "echo: c1m3"], second.stderr
