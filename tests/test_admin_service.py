@@ -3,6 +3,8 @@ actions do what the chat commands do."""
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
@@ -146,6 +148,8 @@ async def test_accounts_backends_and_messages_per_minute() -> None:
         [account] = await service.accounts()
         assert (account.name, account.kind, account.held_here, account.ready,
                 account.backlog) == ("main", "bot", True, True, 0)
+        # a store without leases: the account is held by this process (not "nobody")
+        assert (account.holder_host, account.holder_pid) == (socket.gethostname(), os.getpid())
         backends = {b.name: b for b in await service.backends()}
         assert backends["r"].replies_last_hour == 2 and backends["r"].circuit == "closed"
         assert backends["r"].p50_seconds is not None and backends["e"].replies_last_hour == 0

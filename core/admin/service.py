@@ -51,6 +51,8 @@ log = logging.getLogger("tgmux.console")
 
 #: Seconds a read of the store for one view may take (a hung store must not hang a page).
 STORE_TIMEOUT = 5.0
+#: when this process started (an account it runs on a store without leases is held since)
+_STARTED = time.time()
 #: Chats a search looks at at most (the latest first).
 MAX_EXAMINED = 2000
 #: Exchanges of a chat's memory shown at most (with show_messages).
@@ -180,6 +182,8 @@ class AdminService:
                 problem = f"the store did not answer: {redact(str(exc)) or type(exc).__name__}"
             here = name in engine.served
             held_here = here and (holder is None or _ours(holder))
+            if held_here and holder is None:  # a store without leases (memory, SQLite): us
+                holder = AccountHolder(name, socket.gethostname(), os.getpid(), _STARTED)
             ready, why = True, None
             if problem is not None:
                 ready, why = False, problem
