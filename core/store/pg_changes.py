@@ -39,12 +39,15 @@ class PostgresFeed(ChangeFeed):
     probe_interval = 10.0
 
     def __init__(self, connect: Callable[[], Awaitable[asyncpg.Connection]],
-                 keep_alive: Callable[[asyncpg.Connection], None]) -> None:
+                 keep_alive: Callable[[asyncpg.Connection], None], *,
+                 store_open: Callable[[], bool]) -> None:
         super().__init__()
         self._connect = connect
+        self._store_open = store_open
         self._keep_alive = keep_alive
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._tried: asyncio.Future[None] | None = None
         self._live = asyncio.Event()
         self._warned = False  # of a foreign notification (once: another program may flood)
 
@@ -66,14 +69,25 @@ class PostgresFeed(ChangeFeed):
             return False
         return True
 
+    def subscribe(self, callback: Callable[[Change], None]) -> Callable[[], None]:
+        unsubscribe = super().subscribe(callback)
+        if self._store_open():  # (subscribed before the store opened: it starts at open)
+            self._begin()
+        return unsubscribe
+
     async def start(self) -> None:
         """Listen from now on: the first try is waited for (bounded by the store's connect
         timeout); when it fails, the next ones go on in the background."""
-        if self._task is not None:
-            return
-        tried = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._run(tried), name="tgmux-store-changes")
+        tried = self._begin()
+        assert self._task is not None
         await asyncio.wait([tried, self._task], return_when=asyncio.FIRST_COMPLETED)
+
+    def _begin(self) -> asyncio.Future[None]:
+        """The listening task started (once); what is done when its first try is."""
+        if self._task is None or self._tried is None:
+            self._tried = tried = asyncio.get_running_loop().create_future()
+            self._task = asyncio.create_task(self._run(tried), name="tgmux-store-changes")
+        return self._tried
 
     async def stop(self) -> None:
         task, self._task = self._task, None

@@ -418,7 +418,7 @@ class PostgresStore(Store):
         def keep_alive(conn: asyncpg.Connection) -> None:
             set_keepalives(conn, round(PostgresFeed.probe_interval))
 
-        return PostgresFeed(self.connect, keep_alive)
+        return PostgresFeed(self.connect, keep_alive, store_open=lambda: self._pool is not None)
 
     async def publish(self, change: Change) -> None:
         await self.pool.execute("SELECT pg_notify($1, $2)", CHANNEL, change.to_payload())
