@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -30,6 +31,9 @@ log = logging.getLogger("tgmux.store")
 #: Seconds before the first try to listen again, doubled after each failure up to RETRY_MAX.
 RETRY_MIN = 0.5
 RETRY_MAX = 30.0
+#: Seconds without listening after which it is a WARNING (a shorter gap is the store's outage,
+#: which the store's guard reports, or a restart of the server).
+WARN_AFTER = 60.0
 
 
 class PostgresFeed(ChangeFeed):
@@ -97,25 +101,32 @@ class PostgresFeed(ChangeFeed):
         self._lost()
 
     async def _run(self, tried: asyncio.Future[None]) -> None:
-        delay, failing = RETRY_MIN, False
+        delay = RETRY_MIN
+        deaf_since: float | None = None  # not listening since (monotonic), after a loss
+        warned = False
         while True:
             try:
                 conn = await self._listen()
             except Exception as exc:
-                if not tried.done():
+                now = time.monotonic()
+                first = not tried.done()
+                if first:
                     tried.set_result(None)
-                if not failing:  # once per outage
-                    log.warning("store: not listening to other processes' changes (%s); "
-                                "what a process keeps of the store is read again at each use "
-                                "until it listens; trying again, every %g s at most", exc,
-                                RETRY_MAX)
-                failing = True
+                deaf_since = now if deaf_since is None else deaf_since
+                # at once when it never listened; else not for a short outage (the store's
+                # guard says that one)
+                loud = not warned and (first or now - deaf_since >= WARN_AFTER)
+                (log.warning if loud else log.debug)(
+                    "store: not listening to other processes' changes (%s); what a process "
+                    "keeps of the store is read again at each use until it listens; trying "
+                    "again, every %g s at most", exc, RETRY_MAX)
+                warned = warned or loud
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
-            if failing:
+            if deaf_since is not None:
                 log.info("store: listening to other processes' changes again")
-            delay, failing = RETRY_MIN, False
+            delay, deaf_since, warned = RETRY_MIN, None, False
             if not tried.done():
                 tried.set_result(None)
             try:
@@ -123,10 +134,10 @@ class PostgresFeed(ChangeFeed):
             finally:
                 self._lost()
                 conn.terminate()
-            log.warning("store: the connection listening to other processes' changes was lost; "
-                        "listening again (until then what a process keeps of the store is "
-                        "read again at each use)")
-            failing = True
+            log.info("store: the connection listening to other processes' changes was lost; "
+                     "listening again (meanwhile what a process keeps of the store is read "
+                     "again at each use)")
+            deaf_since = time.monotonic()
 
     async def _listen(self) -> asyncpg.Connection:
         conn = await self._connect()
