@@ -19,7 +19,15 @@ import pytest
 
 from tgmux.bootstrap import load_text
 from tgmux.harness import EngineHarness
-from tgmux.store import AccountHolder, Change, MemoryStore, Store, open_store
+from tgmux.store import (
+    AccountHolder,
+    Change,
+    ChangeFeed,
+    FollowedCache,
+    MemoryStore,
+    Store,
+    open_store,
+)
 from tgmux.store.changes import EVERYTHING, FOLLOWED_NAMESPACES, kv_change
 from tgmux.store.pg_changes import PostgresFeed
 from tgmux.types import Text
@@ -263,3 +271,54 @@ async def test_holders_of_a_store_in_one_process(store_url: str, tmp_path) -> No
             "main": None, **({"bot": None} if store_url.startswith("sqlite") else {})}
     finally:
         await store.close()
+
+
+class DeafFeed(ChangeFeed):
+    """A feed that hears nothing from elsewhere now (PostgreSQL without its connection)."""
+
+    @property
+    def live(self) -> bool:
+        return False
+
+
+async def test_a_read_a_change_overtook_is_not_kept() -> None:
+    feed = ChangeFeed()
+    cache: FollowedCache[str | None] = FollowedCache(feed, "override", 10)
+    asked, answer = asyncio.Event(), asyncio.Event()
+
+    async def slow_read() -> str:
+        asked.set()
+        await answer.wait()
+        return "old"  # what the store had when it was asked
+
+    reading = asyncio.create_task(cache.get(("main", 1), slow_read))
+    await asked.wait()
+    feed.deliver(Change("override", account="main", chat_id=1))  # written meanwhile
+    answer.set()
+    assert await reading == "old"
+    assert ("main", 1) not in cache  # the next use reads the store again
+
+    async def read(value: str) -> str:
+        return value
+
+    assert await cache.get(("main", 1), lambda: read("new")) == "new"
+    assert await cache.get(("main", 1), lambda: read("not asked")) == "new"  # kept
+    feed.deliver(Change("persona", account="main", chat_id=1))  # another kind: kept
+    feed.deliver(Change("override", account="other"))  # another account's: kept
+    assert ("main", 1) in cache
+    feed.deliver(Change("override", account="main"))  # all of the account's chats
+    assert ("main", 1) not in cache
+
+
+async def test_nothing_is_kept_while_the_feed_is_deaf_and_the_cache_is_bounded() -> None:
+    async def read() -> str:
+        return "x"
+
+    deaf: FollowedCache[str] = FollowedCache(DeafFeed(), "override", 10)
+    assert await deaf.get(("main", 1), read) == "x"
+    await deaf.put(("main", 2), read, "y")
+    assert len(deaf) == 0
+    bounded: FollowedCache[str] = FollowedCache(ChangeFeed(), "override", 2)
+    for chat in (1, 2, 3):
+        await bounded.get(("main", chat), read)
+    assert list(bounded) == [("main", 2), ("main", 3)]  # the oldest read went
