@@ -10,7 +10,8 @@ The console variant (issue 24: "the console adds nothing to the hot path of a me
 same engine with ``server.listen`` and ``server.console`` set, the process's HTTP server
 started as ``tgmux run`` starts it (:func:`tgmux.ops.start_ops_server`: with the console and
 its admin API where this build has them; the run says which), nobody signed in. Rounds of the
-variants interleaved; the ratio is console on / off.
+variants interleaved, their order alternating; the ratio is console on / off, of the wall
+clock and of the process's CPU time.
 
 ``--store URL`` runs the engine variants on another store (e.g. a PostgreSQL URL: its change
 feed's ``LISTEN`` connection is then open and idle too).
@@ -57,9 +58,13 @@ def messages() -> list[IncomingMessage]:
 #: What the console variant found at GET /api/v1/accounts without a token (401: the console
 #: is there and refuses; 404: this build has no console, the ops server alone ran).
 found: dict[str, int] = {}
+#: CPU microseconds per message of each round, by variant: what the process itself spent, less
+#: disturbed than the wall clock by other processes on a shared machine.
+cpu: dict[str, list[float]] = {"engine": [], "console": []}
 
 
 async def engine_us(*, console: bool = False, store: str = "memory://") -> float:
+    """Wall-clock microseconds per message (the process's CPU time goes to ``cpu``)."""
     pm = build_plugin_manager()
     config = load_config_text(CONFIG + (CONSOLE if console else ""), plugin_manager=pm)
     engine = Engine(config, pm, open_store(store), ReadingFrontend())
@@ -70,10 +75,12 @@ async def engine_us(*, console: bool = False, store: str = "memory://") -> float
                 f"http://127.0.0.1:{server.port}/api/v1/accounts") as response:
             found["GET /api/v1/accounts"] = response.status
     batch = messages()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     done = [await engine.submit(m) for m in batch]
     await asyncio.gather(*done)
     elapsed = time.perf_counter() - started
+    cpu["console" if console else "engine"].append(
+        (time.process_time() - cpu_started) / MESSAGES * 1e6)
     if server is not None:
         await server.stop()
     await engine.stop()
@@ -119,10 +126,12 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}")
     bare, ours, console = [], [], []
-    for _ in range(args.rounds):
+    for round_ in range(args.rounds):
         bare.append(asyncio.run(bare_us()))
-        ours.append(asyncio.run(engine_us(store=args.store)))
-        console.append(asyncio.run(engine_us(console=True, store=args.store)))
+        # the engine variants' order alternates: neither always runs on the other's leavings
+        for with_console in (False, True) if round_ % 2 == 0 else (True, False):
+            (console if with_console else ours).append(
+                asyncio.run(engine_us(console=with_console, store=args.store)))
     b, e, c = (statistics.median(bare), statistics.median(ours), statistics.median(console))
     where = "memory://" if args.store == "memory://" else args.store.partition(":")[0]
     print(f"{MESSAGES} messages over {CHATS} chats, echo backend, {where}; medians of "
@@ -137,6 +146,9 @@ def main() -> None:
           f"({c / e:.3f}x the engine alone; {what})")
     spread = [f"{min(v):.1f}-{max(v):.1f}" for v in (ours, console)]
     print(f"  rounds' spread: engine {spread[0]}, with the console {spread[1]} us/message")
+    e_cpu, c_cpu = statistics.median(cpu["engine"]), statistics.median(cpu["console"])
+    print(f"  CPU time of the process: engine {e_cpu:.1f}, with the console {c_cpu:.1f} "
+          f"us/message ({c_cpu / e_cpu:.3f}x)")
 
 
 if __name__ == "__main__":

@@ -64,15 +64,6 @@ class PostgresFeed(ChangeFeed):
         """The server process of the ``LISTEN`` connection (None: not listening)."""
         return self._conn.get_server_pid() if self._conn is not None else None
 
-    async def wait_live(self, timeout: float) -> bool:
-        """Whether it listens within ``timeout`` seconds."""
-        try:
-            async with asyncio.timeout(timeout):
-                await self._live.wait()
-        except TimeoutError:
-            return False
-        return True
-
     def subscribe(self, callback: Callable[[Change], None]) -> Callable[[], None]:
         unsubscribe = super().subscribe(callback)
         if self._store_open():  # (subscribed before the store opened: it starts at open)
