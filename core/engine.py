@@ -61,7 +61,7 @@ from tgmux.personas import PersonaChoices
 from tgmux.redact import redact_urls
 from tgmux.reply import ReplyShaper, clean_part
 from tgmux.router import RouteDecision, Router
-from tgmux.store import GuardedStore, Store, StoreUnavailable
+from tgmux.store import FollowedCache, GuardedStore, Store, StoreUnavailable
 from tgmux.turns import build_turn, history_for, keep_context, prune_context, take_context
 from tgmux.types import (
     DROP,
@@ -145,7 +145,8 @@ class Engine:
         self.usage = UsageRecorder(self.store, self.metrics)  # what each reply used and cost
         self.plugin_commands: dict[str, PluginCommand] = {}
         self.menus = MenuPublisher(self)  # Telegram's command menus, by scope
-        self._overrides: dict[tuple[str, int], str | None] = {}
+        self._overrides: FollowedCache[str | None] = self.store.followed("override",
+                                                                        self.OVERRIDES_KEPT)
         self.personas = PersonaChoices(self.store)  # each chat's /persona (tgmux.personas)
         # Keyed by (account, chat id): one user talking to two accounts is two chats.
         self._queues: dict[tuple[str, int], ChatQueue[_Slot]] = {}
@@ -313,8 +314,7 @@ class Engine:
         """Start answering for ``account`` in a running engine (a standby that took it over):
         its messages from before are answered first, as at start."""
         if account not in self.served:
-            for key in [k for k in self._overrides if k[0] == account]:
-                del self._overrides[key]  # another process ran it meanwhile
+            self._overrides.forget(account)  # another process ran it meanwhile
             self.personas.forget(account)
             self.served.append(account)
             self._given_up.discard(account)
@@ -508,25 +508,15 @@ class Engine:
             persona=await self.personas.choice(account, chat_id, self.config))
 
     async def override(self, account: str, chat_id: int) -> str | None:
-        """The chat's ``/backend`` choice. Kept in memory once read (bounded): only the process
-        running an account answers its chats, so only it changes their choices
-        (:meth:`set_override`) — a store round trip per message saved."""
-        key = (account, chat_id)
-        try:
-            backend = self._overrides[key]
-        except KeyError:
-            backend = await self.store.get_override(chat_id, account=account)
-            if len(self._overrides) >= self.OVERRIDES_KEPT:
-                self._overrides.pop(next(iter(self._overrides)))  # the oldest read
-            if self.store.degraded is None:  # not known while the store is down
-                self._overrides[key] = backend
-        return backend
+        """The chat's ``/backend`` choice. Kept in memory once read (bounded; a store round trip
+        per message saved), dropped when any process changes it (tgmux.store.changes)."""
+        return await self._overrides.get(
+            (account, chat_id), lambda: self.store.get_override(chat_id, account=account))
 
     async def set_override(self, account: str, chat_id: int, backend: str | None) -> None:
         """Set (None: clear) the chat's ``/backend`` choice, in the store and here."""
-        self._overrides.pop((account, chat_id), None)  # unknown if the write fails
-        await self.store.set_override(chat_id, backend, account=account)
-        self._overrides[(account, chat_id)] = backend
+        await self._overrides.put((account, chat_id), lambda: self.store.set_override(
+            chat_id, backend, account=account), backend)
 
     def router_for(self, account: str) -> Router:
         """The account's routing (an unknown account: the first one's)."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from tgmux.config import Config
 from tgmux.config.schema import PERSONA_OFF
-from tgmux.store import GuardedStore, StoreUnavailable
+from tgmux.store import FollowedCache, GuardedStore, StoreUnavailable
 from tgmux.text import shorten
 from tgmux.types import IncomingMessage, Notice, ReplyPart, Text
 
@@ -29,9 +29,9 @@ NAMESPACE = "persona"
 
 
 class PersonaChoices:
-    """Each chat's persona choice. Kept in memory once read (bounded): only the process running
-    an account answers its chats, so only it changes their choices — a store round trip per
-    message saved, as for ``/backend`` (``Engine.override``)."""
+    """Each chat's persona choice. Kept in memory once read (bounded; a store round trip per
+    message saved, as for ``/backend``: ``Engine.override``), dropped when any process changes
+    it (:mod:`tgmux.store.changes`)."""
 
     #: Chats whose choice is kept in memory at most (the oldest read is forgotten).
     KEPT = 100_000
@@ -39,42 +39,29 @@ class PersonaChoices:
     def __init__(self, store: GuardedStore) -> None:
         self.store = store
         self.kv = store.namespace(NAMESPACE)
-        self._known: dict[tuple[str, int], str | None] = {}
+        self._known: FollowedCache[str | None] = store.followed("persona", self.KEPT)
 
     async def choice(self, account: str, chat_id: int, config: Config) -> str | None:
         """The chat's persona (None: none chosen, or not known while the store is down). No
         store call at all with no ``personas:`` in the config."""
         if not config.data.personas:
             return None
-        key = (account, chat_id)
         try:
-            return self._known[key]
-        except KeyError:
-            pass
-        try:
-            name = await self.kv.get(f"{account}:{chat_id}")
+            return await self._known.get((account, chat_id),
+                                         lambda: self.kv.get(f"{account}:{chat_id}"))
         except StoreUnavailable:  # the route answers meanwhile (the guard said it once)
             return None
-        if len(self._known) >= self.KEPT:
-            self._known.pop(next(iter(self._known)))
-        if self.store.degraded is None:
-            self._known[key] = name
-        return name
 
     async def choose(self, account: str, chat_id: int, name: str | None) -> None:
         """Set (None: clear) the chat's persona, in the store and here (StoreUnavailable: it
         could not be kept)."""
-        self._known.pop((account, chat_id), None)  # unknown if the write fails
-        if name is None:
-            await self.kv.delete(f"{account}:{chat_id}")
-        else:
-            await self.kv.set(f"{account}:{chat_id}", name)
-        self._known[(account, chat_id)] = name
+        key = f"{account}:{chat_id}"
+        await self._known.put((account, chat_id), lambda: self.kv.delete(key) if name is None
+                              else self.kv.set(key, name), name)
 
     def forget(self, account: str) -> None:
         """Forget what is kept of ``account``'s chats (another process ran it meanwhile)."""
-        for key in [k for k in self._known if k[0] == account]:
-            del self._known[key]
+        self._known.forget(account)
 
 
 def offers_personas(engine: Engine, decision: RouteDecision | None, account: str) -> bool:

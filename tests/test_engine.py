@@ -134,7 +134,9 @@ async def test_a_chats_override_is_read_from_the_store_once(monkeypatch) -> None
             await h.say(f"m{n}", user_id=5, message_id=n + 1)
         await h.say("/backend other", user_id=5, message_id=9)
         assert await h.say("after", user_id=5, message_id=10) == [Text("other: after")]
-    assert reads == [5]
+        assert await h.say("again", user_id=5, message_id=11) == [Text("other: again")]
+    # once, and once after a change (its own too: the store tells every process of each)
+    assert reads == [5, 5]
 
 
 async def test_backend_command_lists_and_rejects_unknown_names() -> None:

@@ -21,6 +21,7 @@ from tgmux.harness import EngineHarness
 from tgmux.logs import JsonFormatter, log_fields, setup_logging
 from tgmux.ops import start_ops_server
 from tgmux.server import OpsServer
+from tgmux.store.changes import CHANNEL
 
 ECHO = 'store: "memory://"\nbackends:\n  e: {type: echo, prefix: "echo: "}\ndefault: e\n'
 
@@ -77,13 +78,14 @@ DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 def not_metric_names() -> set[str]:
-    """The other ``tgmux_…`` names the docs use: hooks, store tables, the pytest fixture (and
-    the simulated bot's default username)."""
+    """The other ``tgmux_…`` names the docs use: hooks, store tables, the store's NOTIFY
+    channel, the pytest fixture (and the simulated bot's default username)."""
     hooks = {name for name in dir(tgmux.hookspecs) if name.startswith("tgmux_")}
     tables = {name for path in (ROOT / "core" / "store").rglob("*.py")
               for name in re.findall(r"CREATE (?:UNLOGGED )?TABLE (?:IF NOT EXISTS )?(tgmux_\w+)",
                                      path.read_text(), re.I)}
-    return hooks | tables | {n for n in tgmux.testing.__all__ if n.startswith("tgmux_")}
+    return hooks | tables | {CHANNEL} | {n for n in tgmux.testing.__all__
+                                         if n.startswith("tgmux_")}
 
 
 def documented_metrics() -> dict[str, str]:

@@ -189,7 +189,7 @@ async def test_a_choice_no_longer_offered_falls_back_to_the_route_logged_once(ca
 async def test_choices_are_kept_in_memory_bounded_and_not_read_without_personas() -> None:
     async with EngineHarness.from_yaml(CONFIG) as h:
         choices = h.engine.personas
-        choices.KEPT = 2
+        choices._known.limit = 2
         for chat in (1, 2, 3):
             await choices.choice("main", chat, h.config)
         assert list(choices._known) == [("main", 2), ("main", 3)]

@@ -2,6 +2,9 @@
 overrides, each backend's key-value namespace, the inbox (dedup of processed messages, and
 messages accepted but not yet answered, which are answered after a restart) and account leases.
 
+What a process keeps in memory of the store hears of changes made elsewhere through
+:meth:`Store.changes` (:mod:`~tgmux.store.changes`).
+
 One module per implementation: :mod:`~tgmux.store.memory` (``memory://``),
 :mod:`~tgmux.store.sqlite` (``sqlite:///PATH``, the default) and :mod:`~tgmux.store.postgres`
 (``postgresql://…``, imported only when used: asyncpg is not loaded for the others).
@@ -24,6 +27,7 @@ from tgmux.store.base import (
     StreamPosition,
     Unanswered,
 )
+from tgmux.store.changes import Change, ChangeFeed, FollowedCache
 from tgmux.store.guard import GuardedStore, StoreUnavailable
 from tgmux.store.memory import MemoryLease, MemoryStore
 from tgmux.store.sqlite import SCHEMA, SCHEMA_V1, SCHEMA_VERSION, FileLease, SQLiteStore
@@ -39,7 +43,10 @@ __all__ = [
     "SCHEMA_VERSION",
     "AccountHolder",
     "AccountLease",
+    "Change",
+    "ChangeFeed",
     "FileLease",
+    "FollowedCache",
     "GuardedStore",
     "MemoryLease",
     "MemoryStore",

@@ -18,7 +18,11 @@
   backend, model), one row each, added to; read for budgets and reports, pruned by age;
 * per account, its Telegram session (:meth:`Store.session_read`) and where it is in Telegram's
   update stream (:meth:`Store.position_read`; written with the inbox accept that moves it,
-  :meth:`Store.inbox_accept`): a standby takes an account over with nothing but the store.
+  :meth:`Store.inbox_accept`): a standby takes an account over with nothing but the store;
+* changes (:meth:`Store.changes`): what a process keeps in memory of the store (``/backend``
+  and persona choices, blocked users) is dropped at once when another process changes it
+  (:mod:`tgmux.store.changes`; PostgreSQL: ``LISTEN``/``NOTIFY``);
+* who holds each account of the deployment (:meth:`Store.holders`).
 
 Implementations: :mod:`~tgmux.store.memory`, :mod:`~tgmux.store.sqlite`,
 :mod:`~tgmux.store.postgres`. Every method that takes ``account`` defaults it to ``"main"``.
@@ -32,9 +36,11 @@ import os
 import socket
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tgmux.store.changes import Change, ChangeFeed, kv_change
 from tgmux.types import ChatIdentity, ChatLine, Exchange, StreamPosition, UsageRow
 
 log = logging.getLogger("tgmux.store")
@@ -168,6 +174,7 @@ class Store(ABC):
     schema_version: int | None = None
     #: Set by :meth:`open` when it created (from 0) or migrated the schema: (from, to).
     migrated: tuple[int, int] | None = None
+    _feed: ChangeFeed | None = None
 
     @abstractmethod
     async def open(self) -> None:
@@ -345,6 +352,43 @@ class Store(ABC):
     @abstractmethod
     async def usage_prune(self, before: str) -> int:
         """Forget the rows of days before ``before`` (``YYYY-MM-DD``); how many."""
+
+    # changes: what other processes (and this one) change of what a process keeps in memory
+    def changes(self) -> ChangeFeed:
+        """The store's changes (:mod:`tgmux.store.changes`): ``changes().subscribe(callback)``
+        hears each ``/backend`` choice, persona choice and block written from now on, by this
+        process or (PostgreSQL) any other."""
+        if self._feed is None:
+            self._feed = self._new_feed()
+        return self._feed
+
+    def _new_feed(self) -> ChangeFeed:
+        return ChangeFeed()  # in-process: memory, SQLite
+
+    def _told(self, change: Change | None) -> None:
+        """Deliver ``change`` in-process (memory, SQLite: after the write)."""
+        if change is not None and self._feed is not None:
+            self._feed.deliver(change)
+
+    def _kv_told(self, namespace: str, key: str) -> None:
+        self._told(kv_change(namespace, key))
+
+    async def publish(self, change: Change) -> None:
+        """Tell every process sharing the store (this one too) of ``change``: for data kept
+        in memory whose write the store does not announce itself (``set_override`` and the
+        key-value writes of :data:`~tgmux.store.changes.FOLLOWED_NAMESPACES` do)."""
+        self._told(change)
+
+    # who holds each account
+    async def holders(self, accounts: Iterable[str] = ()) -> dict[str, AccountHolder | None]:
+        """Every account the store knows of (:meth:`known_accounts`) and each of ``accounts``
+        (a config's), sorted, with who holds its lease now (None: no one)."""
+        names = sorted({*accounts, *await self.known_accounts()})
+        return {name: await (await self.hold_account(name)).holder() for name in names}
+
+    async def known_accounts(self) -> set[str]:
+        """The accounts the store keeps a Telegram session, update position or lease of."""
+        return set()
 
     def namespace(self, name: str) -> Namespace:
         return Namespace(self, name)

@@ -32,7 +32,15 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tgmux.store.base import DEFAULT_ACCOUNT, AccountLease, Store, StreamPosition, Unanswered
+from tgmux.store.base import (
+    DEFAULT_ACCOUNT,
+    AccountHolder,
+    AccountLease,
+    Store,
+    StreamPosition,
+    Unanswered,
+)
+from tgmux.store.changes import Change, ChangeFeed, FollowedCache
 from tgmux.types import ChatLine, Exchange, UsageRow
 
 __all__ = ["MAX_PENDING", "GuardedStore", "StoreUnavailable"]
@@ -231,6 +239,25 @@ class GuardedStore(Store):
 
     async def hold_account(self, account: str) -> AccountLease:
         return await self.inner.hold_account(account)
+
+    # -- changes and holders: the inner store's ------------------------------------------
+
+    def changes(self) -> ChangeFeed:
+        return self.inner.changes()
+
+    def followed(self, kind: str, limit: int) -> FollowedCache[Any]:
+        """What a process keeps of ``kind`` of store data (at most ``limit`` chats), dropped
+        as the store's changes say; nothing is kept during an outage (it is not known)."""
+        return FollowedCache(self.changes(), kind, limit, usable=lambda: self.degraded is None)
+
+    async def publish(self, change: Change) -> None:
+        await self._call(lambda: self.inner.publish(change))
+
+    async def holders(self, accounts: Iterable[str] = ()) -> dict[str, AccountHolder | None]:
+        return await self._call(lambda: self.inner.holders(accounts))
+
+    async def known_accounts(self) -> set[str]:
+        return await self._call(self.inner.known_accounts)
 
     # -- the inbox: never fails a message ------------------------------------------------
 

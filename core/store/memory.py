@@ -15,6 +15,7 @@ from tgmux.store.base import (
     StreamPosition,
     Unanswered,
 )
+from tgmux.store.changes import Change
 from tgmux.types import ChatLine, Exchange, UsageRow
 
 _Key = tuple[str, int, int]  # (account, chat_id, message_id)
@@ -68,15 +69,18 @@ class MemoryStore(Store):
             self.overrides.pop((account, chat_id), None)
         else:
             self.overrides[(account, chat_id)] = backend
+        self._told(Change("override", account=account, chat_id=chat_id))
 
     async def kv_get(self, namespace: str, key: str) -> str | None:
         return self.kv.get((namespace, key))
 
     async def kv_set(self, namespace: str, key: str, value: str) -> None:
         self.kv[(namespace, key)] = value
+        self._kv_told(namespace, key)
 
     async def kv_delete(self, namespace: str, key: str) -> None:
         self.kv.pop((namespace, key), None)
+        self._kv_told(namespace, key)
 
     async def kv_items(self, namespace: str, prefix: str = "") -> list[tuple[str, str]]:
         return sorted(
@@ -244,6 +248,9 @@ class MemoryStore(Store):
 
     async def hold_account(self, account: str) -> MemoryLease:
         return MemoryLease(self, account)
+
+    async def known_accounts(self) -> set[str]:
+        return {*self.leases, *self.sessions, *self.positions}
 
     #: Keys kept before the rate events of every key are swept (idle keys forgotten).
     RATE_SWEEP_KEYS = 1024

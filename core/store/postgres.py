@@ -11,6 +11,10 @@ an asyncpg connection pool, for several processes sharing one database.
 * Account leases are ``pg_try_advisory_lock`` on a dedicated connection (not from the pool) kept
   open while the lease lives: the lock dies with the connection, so with the process too. Who
   holds it is written to ``tgmux_accounts``.
+* Changes (``set_override``, the key-value writes of followed namespaces, :meth:`publish`) are
+  ``NOTIFY``'d in the write's own statement; every process hears them through ``LISTEN`` on a
+  connection of its own (:mod:`tgmux.store.pg_changes`), while the store is open and someone
+  subscribed (:meth:`~tgmux.store.base.Store.changes`).
 
 URL query settings (taken out before the URL goes to asyncpg; any other query parameter is a
 PostgreSQL setting for the session, e.g. ``?search_path=tgmux``): ``pool_max`` (default 10),
@@ -26,6 +30,7 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlencode, urlsplit, urlunsplit
@@ -43,6 +48,8 @@ from tgmux.store.base import (
     usage_row,
     usage_values,
 )
+from tgmux.store.changes import CHANNEL, Change, ChangeFeed, kv_change
+from tgmux.store.pg_changes import PostgresFeed
 from tgmux.types import ChatLine, Exchange, UsageRow
 
 log = logging.getLogger("tgmux.store")
@@ -326,6 +333,8 @@ class PostgresStore(Store):
             pool.terminate()
             raise
         self._pool = pool
+        if self._feed is not None and self._feed.followed:
+            await self._feed.start()
 
     async def _migrate(self, pool: asyncpg.Pool) -> None:
         try:
@@ -371,6 +380,8 @@ class PostgresStore(Store):
         return version
 
     async def close(self) -> None:
+        if self._feed is not None:
+            await self._feed.stop()
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
@@ -388,16 +399,29 @@ class PostgresStore(Store):
 
     async def set_override(self, chat_id: int, backend: str | None, *,
                            account: str = DEFAULT_ACCOUNT) -> None:
+        told = Change("override", account=account, chat_id=chat_id).to_payload()
+        # One statement: the NOTIFY goes out when (and only if) the write commits.
         if backend is None:
             await self.pool.execute(
-                "DELETE FROM tgmux_chat_override WHERE account=$1 AND chat_id=$2",
-                account, chat_id)
+                "WITH gone AS (DELETE FROM tgmux_chat_override WHERE account=$1 AND chat_id=$2) "
+                "SELECT pg_notify($3, $4)", account, chat_id, CHANNEL, told)
         else:
             await self.pool.execute(
-                "INSERT INTO tgmux_chat_override (account, chat_id, backend, updated_at) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT (account, chat_id) DO UPDATE SET "
-                "backend=excluded.backend, updated_at=excluded.updated_at",
-                account, chat_id, backend, time.time())
+                "WITH written AS (INSERT INTO tgmux_chat_override (account, chat_id, backend, "
+                "updated_at) VALUES ($1, $2, $3, $4) ON CONFLICT (account, chat_id) DO UPDATE "
+                "SET backend=excluded.backend, updated_at=excluded.updated_at) "
+                "SELECT pg_notify($5, $6)", account, chat_id, backend, time.time(), CHANNEL, told)
+
+    # -- changes -----------------------------------------------------------------------------
+
+    def _new_feed(self) -> ChangeFeed:
+        def keep_alive(conn: asyncpg.Connection) -> None:
+            set_keepalives(conn, round(PostgresFeed.probe_interval))
+
+        return PostgresFeed(self.connect, keep_alive, store_open=lambda: self._pool is not None)
+
+    async def publish(self, change: Change) -> None:
+        await self.pool.execute("SELECT pg_notify($1, $2)", CHANNEL, change.to_payload())
 
     # -- key-value ---------------------------------------------------------------------------
 
@@ -406,14 +430,21 @@ class PostgresStore(Store):
             "SELECT value FROM tgmux_kv WHERE namespace=$1 AND key=$2", namespace, key)
 
     async def kv_set(self, namespace: str, key: str, value: str) -> None:
-        await self.pool.execute(
-            "INSERT INTO tgmux_kv (namespace, key, value) VALUES ($1, $2, $3) "
-            "ON CONFLICT (namespace, key) DO UPDATE SET value=excluded.value",
-            namespace, key, value)
+        write = ("INSERT INTO tgmux_kv (namespace, key, value) VALUES ($1, $2, $3) "
+                 "ON CONFLICT (namespace, key) DO UPDATE SET value=excluded.value")
+        if (change := kv_change(namespace, key)) is None:
+            await self.pool.execute(write, namespace, key, value)
+        else:  # kept in memory by processes: told in the same statement
+            await self.pool.execute(f"WITH written AS ({write}) SELECT pg_notify($4, $5)",
+                                    namespace, key, value, CHANNEL, change.to_payload())
 
     async def kv_delete(self, namespace: str, key: str) -> None:
-        await self.pool.execute("DELETE FROM tgmux_kv WHERE namespace=$1 AND key=$2",
-                                namespace, key)
+        delete = "DELETE FROM tgmux_kv WHERE namespace=$1 AND key=$2"
+        if (change := kv_change(namespace, key)) is None:
+            await self.pool.execute(delete, namespace, key)
+        else:
+            await self.pool.execute(f"WITH gone AS ({delete}) SELECT pg_notify($3, $4)",
+                                    namespace, key, CHANNEL, change.to_payload())
 
     async def kv_items(self, namespace: str, prefix: str = "") -> list[tuple[str, str]]:
         rows = await self.pool.fetch(
@@ -621,6 +652,36 @@ class PostgresStore(Store):
 
     async def hold_account(self, account: str) -> PostgresLease:
         return PostgresLease(self, account)
+
+    async def known_accounts(self) -> set[str]:
+        rows = await self.pool.fetch("SELECT account FROM tgmux_accounts UNION "
+                                     "SELECT account FROM tgmux_account_state")
+        return {row["account"] for row in rows}
+
+    async def holders(self, accounts: Iterable[str] = ()) -> dict[str, AccountHolder | None]:
+        """As :meth:`PostgresLease.holder` for every account, in three statements: the
+        recorded holders count only where their connection still holds the lock."""
+        async with self.pool.acquire() as conn:
+            recorded = {r["account"]: r for r in await conn.fetch(
+                "SELECT account, hostname, pid, since, backend_pid FROM tgmux_accounts")}
+            stated = await conn.fetch("SELECT account FROM tgmux_account_state")
+            locks = await conn.fetch(
+                "SELECT pid, classid::bigint AS high, objid::bigint AS low FROM pg_locks "
+                "WHERE locktype='advisory' AND granted AND objsubid=1 "
+                "AND database=(SELECT oid FROM pg_database WHERE datname=current_database())")
+        held = {(r["high"], r["low"]): r["pid"] for r in locks}
+        holders: dict[str, AccountHolder | None] = {}
+        for name in sorted({*accounts, *recorded, *(r["account"] for r in stated)}):
+            unsigned = account_key(name) & 0xFFFF_FFFF_FFFF_FFFF
+            pid = held.get((unsigned >> 32, unsigned & 0xFFFF_FFFF))
+            row = recorded.get(name)
+            if pid is None:
+                holders[name] = None
+            elif row is None or row["backend_pid"] != pid:  # taken, not written down yet
+                holders[name] = AccountHolder(name, "?", 0, 0.0)
+            else:
+                holders[name] = AccountHolder(name, row["hostname"], row["pid"], row["since"])
+        return holders
 
 
 async def _history_trim(db: asyncpg.Pool | asyncpg.Connection, conversation: str,

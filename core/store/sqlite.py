@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import glob
+import itertools
 import json
 import logging
 import os
@@ -20,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import aiosqlite
 
@@ -35,6 +37,7 @@ from tgmux.store.base import (
     usage_row,
     usage_values,
 )
+from tgmux.store.changes import Change
 from tgmux.types import ChatLine, Exchange, UsageRow
 
 log = logging.getLogger("tgmux.store")
@@ -42,6 +45,9 @@ log = logging.getLogger("tgmux.store")
 T = TypeVar("T")
 
 SCHEMA_VERSION = 7
+
+#: Lock files of accounts looked at, at most (:meth:`SQLiteStore.known_accounts`).
+MAX_ACCOUNTS = 1000
 
 #: Version 1 (before accounts); kept to test the migration from it.
 SCHEMA_V1 = """
@@ -424,6 +430,7 @@ class SQLiteStore(Store):
                 "backend=excluded.backend, updated_at=excluded.updated_at",
                 (account, chat_id, backend, time.time()),
             )
+        self._told(Change("override", account=account, chat_id=chat_id))
 
     async def kv_get(self, namespace: str, key: str) -> str | None:
         return await self._one("SELECT value FROM kv WHERE namespace=? AND key=?", (namespace, key))
@@ -434,9 +441,11 @@ class SQLiteStore(Store):
             "ON CONFLICT(namespace, key) DO UPDATE SET value=excluded.value",
             (namespace, key, value),
         )
+        self._kv_told(namespace, key)
 
     async def kv_delete(self, namespace: str, key: str) -> None:
         await self.db.execute("DELETE FROM kv WHERE namespace=? AND key=?", (namespace, key))
+        self._kv_told(namespace, key)
 
     async def kv_items(self, namespace: str, prefix: str = "") -> list[tuple[str, str]]:
         # substr, not LIKE: LIKE ignores ASCII case, and % and _ would need escaping.
@@ -701,6 +710,15 @@ class SQLiteStore(Store):
     async def hold_account(self, account: str) -> FileLease:
         return FileLease(self.path.with_name(
             f"{self.path.name}.account-{quote(account, safe='')}.lock"), account)
+
+    async def known_accounts(self) -> set[str]:
+        """The accounts with a session or position here, or a lock file next to the file."""
+        async with self.db.execute("SELECT account FROM account_state") as cursor:
+            known = {row[0] for row in await cursor.fetchall()}
+        prefix = f"{self.path.name}.account-"
+        locks = await asyncio.to_thread(lambda: [p.name for p in itertools.islice(
+            self.path.parent.glob(f"{glob.escape(prefix)}*.lock"), MAX_ACCOUNTS)])
+        return known | {unquote(name[len(prefix):-len(".lock")]) for name in locks}
 
 
 async def _script(db: aiosqlite.Connection, script: str) -> None:
