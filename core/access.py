@@ -26,15 +26,18 @@ any backend is called.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tgmux.budgets import Totals, budgeted, format_money, over_budget, periods, spent
 from tgmux.config.validate import Account, Config
 from tgmux.store import Store
+from tgmux.store.changes import EVERYTHING, Change
 from tgmux.types import IncomingMessage
 
 __all__ = ["Gate", "Verdict", "access_warnings", "format_reset", "format_wait", "is_admin"]
@@ -46,6 +49,8 @@ DAY = 86400.0
 USERNAMES = "usernames"
 #: The kv namespace of the console's blocks: user id -> JSON {"at": unix time, "by": who}.
 BLOCKED = "blocked"
+#: re-reads of blocks made elsewhere under way at most (more at once: one full read)
+MAX_REREADS = 100
 #: How many (username, user id) pairs a process remembers having written.
 KNOWN_USERNAMES = 10_000
 
@@ -106,16 +111,48 @@ class Gate:
         self._usernames: OrderedDict[str, int] = OrderedDict()  # written by this process
         #: users the console blocked (the store's ``blocked`` namespace, kept here)
         self.blocked: set[int] = set()
+        self._unfollow: Callable[[], None] | None = None
+        self._rereads: set[asyncio.Task[None]] = set()
 
     async def load_blocked(self) -> None:
         """Read the console's blocks from the store (at start; a failing store is logged and
-        the blocks known so far are kept)."""
+        the blocks known so far are kept), and from then on follow the blocks any process
+        sharing the store makes (its change feed: PostgreSQL's LISTEN)."""
+        if self._unfollow is None:
+            self._unfollow = self.store.changes().subscribe(self._changed)
         try:
             rows = await self.store.kv_items(BLOCKED)
         except Exception as exc:
             log.warning("blocked users not read: the store failed: %s", exc)
             return
         self.blocked = {int(key) for key, _ in rows if key.lstrip("-").isdigit()}
+
+    def _changed(self, change: Change) -> None:
+        """A block or unblock somewhere (or anything, unheard): read it again, off the
+        feed's callback (it must not block). Bounded: a flood is one full read."""
+        if change.kind not in (BLOCKED, EVERYTHING):
+            return
+        user_id = change.user_id if change.kind == BLOCKED else None
+        if len(self._rereads) >= MAX_REREADS:
+            if any(not t.done() for t in self._rereads):
+                user_id = None  # too many at once: the whole set, after those
+            else:
+                self._rereads.clear()
+        task = asyncio.create_task(self._reread(user_id), name="tgmux-blocked-reread")
+        self._rereads.add(task)
+        task.add_done_callback(self._rereads.discard)
+
+    async def _reread(self, user_id: int | None) -> None:
+        if user_id is None:
+            await self.load_blocked()
+            return
+        try:
+            value = await self.store.kv_get(BLOCKED, str(user_id))
+        except Exception as exc:
+            log.warning("user %s: a block made elsewhere not read: the store failed: %s",
+                        user_id, exc)
+            return
+        self.set_blocked(user_id, value is not None)
 
     def set_blocked(self, user_id: int, blocked: bool) -> None:
         """Refuse (or let through again) ``user_id`` from now on, in this process (the store

@@ -144,7 +144,7 @@ async def test_every_route_refuses_the_unauthenticated(console: Console) -> None
         assert status == 401 and "Bearer" in answer["error"]
     # nothing was done meanwhile
     assert await console.h.say("hi", user_id=8) != [Notice("This bot is private.")]
-    assert console.h.engine._overrides.get(("main", 7)) is None
+    assert await console.h.engine.override("main", 7) is None
 
 
 async def test_wrong_tokens_are_refused_then_rate_limited(console: Console) -> None:

@@ -322,3 +322,23 @@ async def test_nothing_is_kept_while_the_feed_is_deaf_and_the_cache_is_bounded()
     for chat in (1, 2, 3):
         await bounded.get(("main", chat), read)
     assert list(bounded) == [("main", 2), ("main", 3)]  # the oldest read went
+
+
+
+async def test_a_user_blocked_in_one_process_is_refused_in_another(
+        two: tuple[EngineHarness, EngineHarness]) -> None:
+    console, runner = two
+    assert await runner.say("hi", user_id=7) == [Text("a: hi")]
+    heard = Heard(runner.store)  # told after the gate (it followed the feed at start)
+    gate = runner.engine.gate
+
+    await console.engine.gate.block(7, True, by="test")  # as the console does
+
+    await heard.next(Change("blocked", user_id=7))
+    await asyncio.gather(*gate._rereads)  # the gate reads the block it was told of
+    refused = await runner.say("again", user_id=7)
+    assert [p.text for p in refused] == ["This bot is private."]
+    await console.engine.gate.block(7, False, by="test")
+    await heard.next(Change("blocked", user_id=7))
+    await asyncio.gather(*gate._rereads)
+    assert await runner.say("back", user_id=7) == [Text("a: back")]
