@@ -10,11 +10,13 @@ Each test gets a schema of its own in that database (``?search_path=``), dropped
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pg_server
@@ -54,9 +56,30 @@ def private_pg() -> Iterator[pg_server.Server]:
         server.destroy()
 
 
+def worker_database(url: str, worker: str) -> str:
+    """``url`` on a database of this pytest-xdist worker's own (made when missing): account
+    leases are advisory locks, which a database shares across its schemas, so two workers'
+    tests must not share a database."""
+    parts = urlsplit(url)
+    name = f"{parts.path.lstrip('/') or 'postgres'}_{worker}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+                await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     if url := os.environ.get("TGMUX_TEST_POSTGRES_URL"):
+        if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+            url = worker_database(url, worker)
         yield Postgres(url, None)
         return
     server = start_private_server()

@@ -88,7 +88,10 @@ async def test_the_store_opens_as_compose_sets_it_up(pg_url: str, monkeypatch) -
     assert set("@:/'") <= set(target.password)
     environment = compose_environment({"POSTGRES_PASSWORD": target.password})
     # compose's service name "postgres" is this test server; its tables go to the test's schema
-    url = environment["TGMUX_STORE"].replace("@postgres:5432/", f"@{target.host}:{target.port}/")
+    # (and its database: one per pytest-xdist worker)
+    url = environment["TGMUX_STORE"].replace("@postgres:5432/tgmux",
+                                             f"@{target.host}:{target.port}"
+                                             f"{urlsplit(pg_url).path}")
     url += "?" + urlsplit(pg_url).query
     monkeypatch.setenv("PGPASSWORD", environment.get("PGPASSWORD", ""))
     store = PostgresStore(url)
