@@ -254,9 +254,9 @@ async def test_holders_lists_an_account_held_by_another_process(pg_url: str) -> 
         await store.close()
 
 
-async def test_holders_of_a_store_in_one_process(store_url: str, tmp_path) -> None:
-    if store_url.startswith("postgres"):
-        pytest.skip("PostgreSQL: test_holders_lists_an_account_held_by_another_process")
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])  # (PostgreSQL: the test above)
+async def test_holders_of_a_store_in_one_process(kind: str, tmp_path) -> None:
+    store_url = "memory://" if kind == "memory" else f"sqlite:///{tmp_path}/tgmux.db"
     store = open_store(store_url)
     await store.open()
     try:
