@@ -89,7 +89,7 @@ class Activity:
         chats[key] = SeenChat(chat, at)
 
     def replied(self, backend: str, outcome: str, failure: BaseException | None,
-                kind_of: Callable[[BaseException], str] = lambda e: type(e).__name__) -> None:
+                kind_of: Callable[[BaseException], str]) -> None:
         """A backend's reply ended: ``outcome`` as ``tgmux_replies`` counts it; ``kind_of``
         names a failure's error kind."""
         entry = self.backends.get(backend)
@@ -103,5 +103,6 @@ class Activity:
             kind = kind_of(failure) if failure is not None else outcome
             text = next(iter(str(failure or "").strip().splitlines()), "")
             said = f"{kind}: {text}" if text else kind
-            entry.last_error = redact(said[:ERROR_CHARS])
+            # redacted whole, then cut: a secret the cut split would no longer be known
+            entry.last_error = redact(said)[:ERROR_CHARS]
             entry.last_error_at = now

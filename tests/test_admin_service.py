@@ -203,3 +203,23 @@ async def test_a_backends_last_error_is_shown_redacted() -> None:
         assert failing.last_error == "unavailable: upstream said: bad key ***"
         assert failing.errors_last_hour == 1 and failing.replies_last_hour == 0
         assert failing.last_error_at is not None
+
+
+def test_a_secret_the_error_length_would_cut_is_still_masked() -> None:
+    # the text is masked whole, then cut: cut first, a secret across the cut is no longer
+    # known and its first characters were shown
+    from tgmux.activity import ERROR_CHARS, Activity
+    from tgmux.redact import remember_secrets
+
+    secret = "sk-straddling-the-cut-0123456789"
+    remember_secrets({secret})
+    try:
+        activity = Activity()
+        said = "x" * (ERROR_CHARS - len("unavailable: ") - 6) + secret
+        activity.replied("b", "error", RuntimeError(said), lambda e: "unavailable")
+        shown = activity.backends["b"].last_error
+    finally:
+        remember_secrets(set())
+        remember_secrets(set())
+    assert shown is not None and len(shown) <= ERROR_CHARS
+    assert "sk-str" not in shown and shown.endswith("***")
