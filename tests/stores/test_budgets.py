@@ -162,3 +162,24 @@ async def test_the_store_opens_as_the_harness_uses_it(store_url: str) -> None:
         assert [r.cost for r in await store.usage_rows(since=TODAY, user_id=42)] == [0.5]
     finally:
         await store.close()
+
+
+class UsageDown(MemoryStore):
+    """A store whose usage rows cannot be read (an outage of that table, say)."""
+
+    async def usage_rows(self, **kwargs: object) -> list[UsageRow]:
+        raise OSError("connection refused")
+
+
+async def test_a_budget_the_store_cannot_read_is_not_checked_and_said_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # during an outage a budget is not checked, as the rate windows are not (the guard lets
+    # them through): the user is answered and the outage is said once by the guard, not a
+    # "limits not checked" line per message
+    config, pm = load_text(CONFIG + "limits:\n  daily_cost_per_user: 0.5\n"
+                           "  per_user: {messages: 2, per: 60}\n", source="<test config>",
+                           plugins=[CountingPlugin()])
+    async with EngineHarness(config, store=UsageDown(), plugin_manager=pm) as h:
+        replies = [await h.say(f"m{n}", user_id=42) for n in range(3)]
+    assert [r[-1] for r in replies] == [Text("ok")] * 3
+    assert not [r for r in caplog.records if "limits not checked" in r.message]
