@@ -767,7 +767,7 @@ class Engine:
         first: float | None = None
         failure: Exception | None = None
         notice: str | None = None
-        shaper = ReplyShaper(self.config.data.engine.max_reply_chars, backend.settings,
+        shaper = ReplyShaper(self.config.data.engine.max_reply_chars, turn.options,
                              command=turn.command)
         finished = False
         source: Any = None

@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Protocol, TypeVar
 
+from tgmux.text import utf16_len
 from tgmux.types import Entity, IncomingMessage
 
 __all__ = [
@@ -188,10 +189,6 @@ async def take_turn(queue: ChatQueue[Q], window: float, *,
     return taken
 
 
-def _utf16_len(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
-
-
 def merged(taken: list[Q]) -> IncomingMessage:
     """One message of the turn's messages (a duplicate passed over is left out): the texts
     (captions too) joined by a line break, the first media as ``media`` and the others as
@@ -211,7 +208,7 @@ def merged(taken: list[Q]) -> IncomingMessage:
             offset += 1  # the line break
         texts.append(message.text)
         entities += [dataclasses.replace(e, offset=e.offset + offset) for e in message.entities]
-        offset += _utf16_len(message.text)
+        offset += utf16_len(message.text)
     media = [each for m in messages
              for each in ((m.media, *m.album) if m.media is not None else m.album)]
     return dataclasses.replace(

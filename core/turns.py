@@ -14,13 +14,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tgmux.backend import Backend, History, ShareMedia, Turn
+from tgmux.reply import text_format_of
 from tgmux.router import RouteDecision
 from tgmux.store import Store
 from tgmux.types import COMMAND_PATTERN, ChatIdentity, ChatLine, IncomingMessage, TextFormat
 from tgmux.user_text import user_text
 
 __all__ = ["CONTEXT_LINE_CHARS", "CONTEXT_MAX_AGE", "build_turn", "chat_line", "history_for",
-           "keep_context", "prune_context", "take_context", "text_format", "turn_text"]
+           "keep_context", "prune_context", "take_context", "turn_text"]
 
 log = logging.getLogger("tgmux.turns")
 
@@ -30,11 +31,6 @@ CONTEXT_LINE_CHARS = 1000
 AUTHOR_CHARS = 64
 #: Seconds a group message is kept as context when no turn takes it: "what was just said".
 CONTEXT_MAX_AGE = 86400.0
-
-
-def text_format(backend: Backend, options: Any) -> TextFormat:
-    """The backend's ``format`` (a route may override it)."""
-    return getattr(options, "format", None) or getattr(backend.settings, "format", "plain")
 
 
 def turn_text(message: IncomingMessage, text_format: TextFormat) -> str:
@@ -64,7 +60,7 @@ def build_turn(message: IncomingMessage, decision: RouteDecision, backend: Backe
     chat = message.chat
     command = message.command
     return Turn(
-        text=turn_text(message, text_format(backend, decision.options)),
+        text=turn_text(message, text_format_of(decision.options) or "plain"),
         chat=chat,
         options=decision.options,
         kv=backend.kv,
