@@ -33,7 +33,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -69,6 +69,8 @@ FLUSH_GRACE = 5.0
 
 
 SubmitListener = Callable[[IncomingMessage, "asyncio.Future[None]"], None]
+#: what a queued message still needs before the engine has it (:meth:`Intake.put`)
+Prepare = Callable[[IncomingMessage], Awaitable[IncomingMessage]]
 
 
 class Intake:
@@ -81,17 +83,20 @@ class Intake:
         #: the update position written with each accept (None: no position)
         self.positions = positions
         self.listeners: list[SubmitListener] = []
-        self._queues: dict[int, deque[tuple[int, IncomingMessage]]] = {}
+        self._queues: dict[int, deque[tuple[int, IncomingMessage, Prepare | None]]] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._open = asyncio.Event()
         #: messages given up on a stop (each logged by chat and message id): not answered
         self.lost: list[IncomingMessage] = []
 
-    def put(self, message: IncomingMessage) -> None:
-        """Queue a message (synchronous: call order is submit order within a chat)."""
+    def put(self, message: IncomingMessage, prepare: Prepare | None = None) -> None:
+        """Queue a message (synchronous: call order is submit order within a chat).
+        ``prepare``: what the message still needs before the engine has it (the message it
+        replies to, from Telegram), done in the chat's turn: a slow answer holds that chat
+        only, never the account's one update handler."""
         chat_id = message.chat.chat_id
         number = 0 if self.positions is None else self.positions.taken()
-        self._queues.setdefault(chat_id, deque()).append((number, message))
+        self._queues.setdefault(chat_id, deque()).append((number, message, prepare))
         task = self._tasks.get(chat_id)
         if task is None or task.done():
             self._tasks[chat_id] = asyncio.create_task(self._drain(chat_id),
@@ -127,7 +132,7 @@ class Intake:
         and message id (Telegram will not send it again), kept in :attr:`lost`, returned."""
         for task in self._tasks.values():
             task.cancel()
-        lost = [message for queue in self._queues.values() for _, message in queue]
+        lost = [message for queue in self._queues.values() for _, message, _ in queue]
         for queue in self._queues.values():
             queue.clear()
         if lost and self.positions is not None:
@@ -146,7 +151,10 @@ class Intake:
         try:
             await self._open.wait()
             while queue:
-                number, message = queue[0]
+                number, message, prepare = queue[0]
+                if prepare is not None:  # once: a message the engine refused is not fetched again
+                    message = await prepare(message)
+                    queue[0] = (number, message, None)
                 positions = self.positions
                 if positions is not None:  # written with the accept, when it is due
                     message = replace(message, position=positions.carry(number))
@@ -282,9 +290,6 @@ class TelegramAccount:
         if me is None:
             return
         incoming = normalize(message, me, self.frontend.sent_ids, self.name, self.media.fetch)
-        if incoming is not None:  # the replied-to message, when the client does not have it
-            incoming = await with_replied_to(client, message, incoming, me, self.frontend.sent_ids,
-                                             self._answers_every_message)
         if incoming is not None and incoming.addressed and message.date is not None and \
                 self.stale.check(incoming, message.date.timestamp()):
             incoming = None  # too old (caught up after an outage): its user is told, once
@@ -292,7 +297,13 @@ class TelegramAccount:
             listener(message, incoming)
         if incoming is None:
             return
-        self.intake.put(incoming)
+
+        async def with_context(incoming: IncomingMessage) -> IncomingMessage:
+            # the replied-to message, when the client does not have it (in the chat's turn)
+            return await with_replied_to(client, message, incoming, me, self.frontend.sent_ids,
+                                         self._answers_every_message)
+
+        self.intake.put(incoming, with_context)
 
     async def connect(self) -> None:
         """Start the client (catching up on what arrived while down; it waits in the intake)."""

@@ -4,14 +4,17 @@ Pyrogram client on the offline Telegram."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import sys
 from typing import Any
 
 import pytest
 
 from tgmux.hooks import hookimpl
+from tgmux.telegram.fake import HANG
 from tgmux.telegram.simulate import parse_input_line
 from tgmux.types import Entity, IncomingMessage, RepliedTo
 
@@ -29,6 +32,12 @@ routes:
     group_trigger: always
 default: echo
 """
+
+
+async def wait_until(condition: Any, timeout: float = 30.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 (the fake's requests have no event)
+            await asyncio.sleep(0.01)
 
 
 class Seen:
@@ -100,6 +109,32 @@ async def test_a_reply_whose_message_cannot_be_fetched_is_answered_without_it(
     assert reply.text == "echo: and?"
     assert bot.seen[-1].reply_to is None
     assert "the message it replies to could not be fetched" in caplog.text
+
+
+async def test_a_slow_fetch_of_a_replied_to_message_holds_its_chat_only(
+        bot: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replied-to message is fetched in the chat's own queue, not in the account's one
+    update handler: while Telegram is slow to answer it, other chats are answered; the
+    chat's own later message waits its turn."""
+    monkeypatch.setattr(sys.modules["tgmux.telegram.normalize"], "REPLY_FETCH_TIMEOUT", 60.0)
+    anna = await bot.send("pizza or pasta?", user_id=43, first_name="Anna", chat_id=GROUP)
+    await bot.restart()  # the client no longer has it: it asks Telegram, which hangs
+    bot.telegram.fail("messages.GetMessages", HANG)
+    asked = await bot.send_nowait("@tgmux_bot which one?", user_id=42, chat_id=GROUP,
+                                  reply_to_message_id=anna.message_id)
+    await wait_until(lambda: any(r.name == "messages.GetMessages" and r.error == HANG
+                                 for r in bot.telegram.requests))
+    after = await bot.send_nowait("@tgmux_bot and then?", user_id=42, chat_id=GROUP)
+    elsewhere = await bot.send("hi", user_id=44)  # another chat: not held
+    assert elsewhere.text == "echo: hi"
+    assert bot.texts(GROUP) == []  # the held chat: nothing yet
+    bot.telegram.release_hangs()
+    assert (await asked.reply()).text == "echo: which one?"
+    assert (await after.reply()).text == "echo: and then?"
+    answered = [m for m in bot.seen if m.chat.chat_id == GROUP]
+    assert [m.text for m in answered[-2:]] == ["which one?", "and then?"]  # in order
+    assert answered[-2].reply_to == RepliedTo(text="pizza or pasta?", author="Anna",
+                                              message_id=anna.message_id)
 
 
 async def test_the_context_survives_the_inbox_payload(bot: Any) -> None:

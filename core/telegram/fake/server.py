@@ -105,6 +105,8 @@ class FakeTelegram(Handlers):
         #: Telegram's flood limits, enforced (FLOOD_WAIT_X) when set; None: never refused
         self.flood = flood
         self._faults: list[Fault] = []
+        #: set by :meth:`release_hangs`: the requests hung by a ``HANG`` fault go on
+        self._hangs_released: asyncio.Event | None = None
         self._changed = asyncio.Event()
         self.latency = latency
         self.random = random.Random(seed)
@@ -200,7 +202,8 @@ class FakeTelegram(Handlers):
         ``error`` is Telegram's error (``FLOOD_WAIT_3``, ``USER_IS_BLOCKED``, the server error
         ``RPC_CALL_FAIL``...; use ids Pyrogram knows, it logs unknown ones to
         ``unknown_errors.txt``), ``TIMEOUT`` (no answer at all) or ``HANG`` (the request
-        never ends, not even by a timeout). ``delivered``: the request
+        never ends, not even by a timeout, until :meth:`release_hangs`: then it is answered
+        as usual). ``delivered``: the request
         takes effect (the message is sent) and only its answer is lost or an error.
         The client's session retries timeouts and server errors by itself (each retry is a
         matching request too).
@@ -208,6 +211,12 @@ class FakeTelegram(Handlers):
         check_method(method)
         self._faults.append(Fault(method, error, code or error_code(error), chat_id, times,
                                   delivered))
+
+    def release_hangs(self) -> None:
+        """Let every request a ``HANG`` fault holds go on (answered as usual)."""
+        if self._hangs_released is not None:
+            self._hangs_released.set()
+            self._hangs_released = None
 
     # -- recording -----------------------------------------------------------------------------
 
@@ -324,8 +333,11 @@ class FakeTelegram(Handlers):
                 fault.times -= 1
             if fault.error == HANG:
                 request.error = HANG
-                await asyncio.Event().wait()
-            if not fault.delivered:
+                if self._hangs_released is None:
+                    self._hangs_released = asyncio.Event()
+                await self._hangs_released.wait()
+                request.error = fault = None  # answered late, as if the network woke up
+            elif not fault.delivered:
                 self._raise(fault, request)
         if self.flood is not None and action in _FLOOD_COUNTED and chat_id is not None \
                 and not self._repeated(query, chat_id):
