@@ -454,6 +454,8 @@ class OpenAISimulator(SimulatorServer):
             if hold is not None and n == hold.after:
                 hold.held.set()
                 await hold.released.wait()
+                if request.transport is None or request.transport.is_closing():
+                    return response  # the client went away meanwhile
             delay = self.first_token_delay if n == 0 else self.chunk_delay
             if delay:
                 await asyncio.sleep(delay)
