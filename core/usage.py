@@ -129,9 +129,9 @@ class UsageRecorder:
                 self._reads.add(task)
                 task.add_done_callback(self._reads.discard)
                 return
-            log.info("chat %s: %s: the reply was cut while %d others are read on for their "
-                     "usage (at most half of engine.concurrency): recorded without its usage",
-                     turn.chat.chat_id, backend.name, room)
+            log.info("chat %s: %s: the reply was cut with %d cut replies read on for their "
+                     "usage already, the most at once (half of engine.concurrency): recorded "
+                     "without its usage", turn.chat.chat_id, backend.name, room)
         await _close(source)
         await self.record(config, turn, backend, usage, failure, moved_on)
 

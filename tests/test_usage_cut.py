@@ -169,8 +169,8 @@ async def test_past_the_reads_at_once_a_cut_reply_is_recorded_without_usage(
         2, 1, 0, None)
     assert (read.chat_id, read.messages, read.input_tokens) == (1, 1, LONG_TOKENS[0])
     assert [r.message for r in caplog.records if "read on" in r.message] == [
-        "chat 2: gpt: the reply was cut while 1 others are read on for their usage (at most "
-        "half of engine.concurrency): recorded without its usage"]
+        "chat 2: gpt: the reply was cut with 1 cut replies read on for their usage already, "
+        "the most at once (half of engine.concurrency): recorded without its usage"]
 
 
 async def test_a_cut_json_reply_is_recorded_at_once_as_before(sim: OpenAISimulator) -> None:
