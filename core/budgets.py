@@ -4,7 +4,7 @@ what ``/usage`` shows: sums of the usage rows the store keeps (:meth:`Store.usag
 Days and months are UTC, as the rows' days are. What counts against a budget is what was
 recorded before a message arrives: a reply in flight when the budget is reached is not
 stopped, so a user may overrun their budget by the replies in flight (one, as a chat's
-messages are answered in order).
+messages are answered in order; and the cut replies read on for their usage: tgmux.usage).
 """
 
 from __future__ import annotations

@@ -142,7 +142,7 @@ class Engine:
         self._in_use = BackendsInUse()
         self._retiring: set[asyncio.Task[None]] = set()
         self.gate = Gate(self.store)
-        self.usage = UsageRecorder(self.store, self.metrics)  # what each reply used and cost
+        self.usage = UsageRecorder(self.store, self.metrics, self._in_use)  # and its cost
         self.plugin_commands: dict[str, PluginCommand] = {}
         self.menus = MenuPublisher(self)  # Telegram's command menus, by scope
         self._overrides: FollowedCache[str | None] = self.store.followed("override",
@@ -361,6 +361,7 @@ class Engine:
                 log.warning("%d chat(s) still busy after %.0fs; their messages stay pending "
                             "and are answered after the next start", len(pending), timeout)
                 await asyncio.gather(*pending, return_exceptions=True)
+        await self.usage.stop()  # cut replies read on for their usage: recorded as they are
         if self._pruner is not None:
             self._pruner.cancel()
             await asyncio.gather(self._pruner, return_exceptions=True)
@@ -819,15 +820,17 @@ class Engine:
             failure, notice = exc, INTERNAL_ERROR
         finally:
             steps.close()
-            if (aclose := getattr(source, "aclose", None)) is not None:
-                await aclose()
             moves_on = (failure is not None and may_fall_back and first is None
                         and _kind_of(failure) in self._falls_back_on(backend.name))
             # counted however the stream ended: also when the frontend stopped reading
             # (a send failed) or the worker was cancelled at shutdown
             self._count_reply(turn, backend, loop.time() - started, failure, finished,
                               moves_on)
-            await self.usage.record(self.config, turn, backend, shaper.usage, failure, moves_on)
+            # closes the source; a cut reply's usage may come after its text: read on for it
+            await self.usage.settle(self.config, turn, backend, shaper.usage, failure, moves_on,
+                                    source=source, cut=shaper.cut, after_backend=lambda part:
+                                    call_chained(self.pm, "tgmux_after_backend", "part", part,
+                                                 turn=turn, engine=self))
             if circuit is None:
                 pass
             elif isinstance(failure, BackendError | TimeoutError) and \

@@ -1,22 +1,33 @@
 """What each reply used, recorded: one store write per reply (:meth:`Store.usage_add`), into the
 row of its (UTC day, account, user, chat, backend, model), with its cost at today's price.
 
-Called by the engine once per backend reply, after the backend's last part, with the
-:class:`Usage` parts the reply carried (:attr:`tgmux.reply.ReplyShaper.usage`: after the
-``tgmux_after_backend`` hooks). A reply without usage counts as a message only, under the
-backend's configured model. Recording never fails a reply: a store error is logged. Rows older
-than ``usage_retention`` days are forgotten by the engine's periodic prune.
+Called by the engine once per backend reply (:meth:`UsageRecorder.settle`), after the
+backend's last part, with the :class:`Usage` parts the reply carried
+(:attr:`tgmux.reply.ReplyShaper.usage`: after the ``tgmux_after_backend`` hooks). A reply without
+usage counts as a message only, under the backend's configured model. Recording never fails a
+reply: a store error is logged. Rows older than ``usage_retention`` days are forgotten by the
+engine's periodic prune.
+
+A reply cut at ``engine.max_reply_chars`` before any usage came is read on in the background
+(:meth:`UsageRecorder.settle`): a stream's usage comes after its text (OpenAI's last chunk,
+Sensay's finish), and a reply that is not paid for would let a user past their budget by
+asking for long replies. The chat does not wait for it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tgmux.backend import Backend, Turn
+from tgmux.backend_use import BackendsInUse
 from tgmux.config import Config
+from tgmux.errors import BackendError
 from tgmux.metrics import Metrics
 from tgmux.prices import Prices
 from tgmux.store.base import Store
@@ -26,6 +37,11 @@ from tgmux.types import Usage, UsageRow
 __all__ = ["UsageRecorder", "reply_row", "utc_day"]
 
 log = logging.getLogger("tgmux.usage")
+
+#: A read of a cut reply's rest holds a connection: at most ``engine.concurrency`` (an HTTP
+#: backend's default ``max_connections``) divided by this run at once, so answering does not
+#: wait for a connection; past it, a cut reply is recorded without its usage.
+READS_SHARE = 2
 
 #: (/metrics kind, Usage field) of each token count
 TOKEN_KINDS = (("input", "input_tokens"), ("output", "output_tokens"),
@@ -74,19 +90,103 @@ def reply_row(turn: Turn, backend: Backend, usage: list[Usage], prices: Prices, 
 
 
 class UsageRecorder:
-    """Records replies' usage in ``store`` and counts it in ``metrics``."""
+    """Records replies' usage in ``store`` and counts it in ``metrics``. A backend whose cut
+    reply is read on counts as in use (``in_use``: a reload closes it after the read)."""
 
-    def __init__(self, store: Store, metrics: Metrics) -> None:
+    def __init__(self, store: Store, metrics: Metrics,
+                 in_use: BackendsInUse | None = None) -> None:
         self.store = store
         self.metrics = metrics
+        self.in_use = in_use or BackendsInUse()
         self._prices: tuple[Any, Prices] | None = None
         self._unsupported_said = False
+        self._reads: set[asyncio.Task[None]] = set()  # cut replies read on for their usage
 
     def prices(self, config: Config) -> Prices:
         """The prices of ``config`` (made again when a reload changed them)."""
         if self._prices is None or self._prices[0] is not config.data:
             self._prices = (config.data, Prices.of(config))
         return self._prices[1]
+
+    async def settle(self, config: Config, turn: Turn, backend: Backend, usage: list[Usage],
+                     failure: BaseException | None, moved_on: bool, *, source: Any, cut: bool,
+                     after_backend: Callable[[Usage], Awaitable[Any]]) -> None:
+        """The end of one backend reply: its ``source`` (the backend's stream, None if it
+        was not made) closed and the reply recorded (:meth:`record`). A reply ``cut`` at
+        ``engine.max_reply_chars`` (its source not ended) without usage yet is read on in the
+        background instead, for its :class:`Usage` parts only, each passed through
+        ``after_backend`` (the ``tgmux_after_backend`` hooks), the text dropped; bounded by
+        ``engine.turn_timeout`` from the cut and by what the HTTP layer reads of a response;
+        then recorded once, with the usage found. :meth:`stop` ends the reads."""
+        if cut and failure is None and not usage and source is not None:
+            room = config.data.engine.concurrency // READS_SHARE
+            if len(self._reads) < room:
+                held = contextlib.ExitStack()  # from now: the turn's own hold ends next
+                held.enter_context(self.in_use.hold([backend]))
+                task = asyncio.create_task(
+                    self._read_on(config, turn, backend, source, after_backend, held),
+                    name=f"tgmux-usage-{turn.chat.account}-{turn.chat.chat_id}")
+                self._reads.add(task)
+                task.add_done_callback(self._reads.discard)
+                return
+            log.info("chat %s: %s: the reply was cut with %d cut replies read on for their "
+                     "usage already, the most at once (half of engine.concurrency): recorded "
+                     "without its usage", turn.chat.chat_id, backend.name, room)
+        await _close(source)
+        await self.record(config, turn, backend, usage, failure, moved_on)
+
+    async def _read_on(self, config: Config, turn: Turn, backend: Backend, source: Any,
+                       after_backend: Callable[[Usage], Awaitable[Any]],
+                       held: contextlib.ExitStack) -> None:
+        with held:
+            await self._read_rest(config, turn, backend, source, after_backend)
+
+    async def _read_rest(self, config: Config, turn: Turn, backend: Backend, source: Any,
+                         after_backend: Callable[[Usage], Awaitable[Any]]) -> None:
+        usage: list[Usage] = []
+        timeout = config.data.engine.turn_timeout
+        stopped = False
+        try:
+            async with asyncio.timeout(timeout):
+                async for part in source:
+                    if isinstance(part, Usage):
+                        passed = await after_backend(part)
+                        usage += [p for p in (passed if isinstance(passed, list) else [passed])
+                                  if isinstance(p, Usage)]
+        except asyncio.CancelledError:  # the engine stops: recorded with what came
+            stopped = True
+        except TimeoutError:
+            log.info("chat %s: %s: the cut reply did not end within %g s (turn_timeout); "
+                     "recorded with the usage it had", turn.chat.chat_id, backend.name, timeout)
+        except BackendError as exc:
+            log.info("chat %s: %s: the cut reply's rest was not read (%s); recorded with the "
+                     "usage it had", turn.chat.chat_id, backend.name, exc.log_text())
+        except Exception:  # a hook's fault, say: the reply is recorded all the same
+            log.exception("chat %s: %s: reading the cut reply's rest failed",
+                          turn.chat.chat_id, backend.name)
+        try:
+            await _close(source)
+        except Exception:  # its connection is dropped either way
+            log.debug("chat %s: closing the cut reply's stream failed", turn.chat.chat_id,
+                      exc_info=True)
+        await self.record(config, turn, backend, usage, None)
+        if stopped:
+            raise asyncio.CancelledError
+
+    async def settled(self) -> None:
+        """Wait for the reads of cut replies under way (each bounded by its deadline)."""
+        while self._reads:
+            await asyncio.gather(*self._reads, return_exceptions=True)
+
+    async def stop(self) -> None:
+        """End the reads of cut replies at once: each records its reply with the usage it
+        found (none, mostly)."""
+        # each read begins first: a task cancelled before its first step never runs its
+        # body, which closes the stream, ends the backend's hold and records the reply
+        await asyncio.sleep(0)
+        for task in self._reads:
+            task.cancel()
+        await self.settled()
 
     async def record(self, config: Config, turn: Turn, backend: Backend, usage: list[Usage],
                      failure: BaseException | None, moved_on: bool = False) -> None:
@@ -125,3 +225,8 @@ class UsageRecorder:
         today = datetime.fromtimestamp(time.time() if now is None else now, UTC).date()
         before = today - timedelta(days=config.data.usage_retention)
         return await self.store.usage_prune(before.isoformat())
+
+
+async def _close(source: Any) -> None:
+    if (aclose := getattr(source, "aclose", None)) is not None:
+        await aclose()

@@ -29,7 +29,8 @@ show either). Usage is OpenAI's: ``prompt_tokens`` (:func:`prompt_tokens`),
 ``prompt_tokens_details.cached_tokens`` (see :meth:`OpenAISimulator.cached_tokens`) and
 ``completion_tokens_details.reasoning_tokens`` (:data:`REASONING_TOKENS` with ``reasoning``).
 :meth:`OpenAISimulator.fail` answers the next request(s) with an error,
-:meth:`OpenAISimulator.fail_stream` breaks the next stream.
+:meth:`OpenAISimulator.fail_stream` breaks the next stream, :meth:`OpenAISimulator.hold_stream`
+pauses the next one mid-reply (a slow model) until the test releases it.
 
 Run it alone: ``python -m tgmux.backends.openai.simulator --port 8094``.
 """
@@ -138,6 +139,21 @@ class StreamFault:
 
 
 @dataclass
+class StreamHold:
+    """Pause the next stream before its text piece number ``after`` (a slow model, still
+    generating): ``held`` is set once it waits there, :meth:`release` lets it go on (so does
+    the simulator's stop). What it sends is unchanged, only when."""
+
+    after: int
+    held: asyncio.Event = field(default_factory=asyncio.Event)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    taken: bool = False  # by a stream
+
+    def release(self) -> None:
+        self.released.set()
+
+
+@dataclass
 class Completion:
     """One request the simulator answered with a completion (for tests)."""
 
@@ -175,6 +191,7 @@ class OpenAISimulator(SimulatorServer):
         self.rate_window = rate_window
         self.completions: list[Completion] = []
         self.stream_faults: list[StreamFault] = []
+        self.stream_holds: list[StreamHold] = []
         self._taken: deque[float] = deque()
         self._ids = itertools.count(1)
         self.cache_min_tokens = cache_min_tokens
@@ -206,6 +223,17 @@ class OpenAISimulator(SimulatorServer):
         fault = StreamFault(after, message, drop, times)
         self.stream_faults.append(fault)
         return fault
+
+    def hold_stream(self, after: int) -> StreamHold:
+        """Hold the next stream before its ``after``-th text piece (see :class:`StreamHold`)."""
+        hold = StreamHold(after)
+        self.stream_holds.append(hold)
+        return hold
+
+    async def stop(self) -> None:
+        for hold in self.stream_holds:  # a held handler would hold up the server's cleanup
+            hold.release()
+        await super().stop()
 
     def cached_tokens(self, model: str, messages: list[dict[str, Any]]) -> int:
         """The prompt tokens served from the cache, as OpenAI counts them: the longest run
@@ -393,6 +421,9 @@ class OpenAISimulator(SimulatorServer):
     async def _stream(self, request: web.Request, completion: Completion,
                       usage: dict[str, Any] | None) -> web.StreamResponse:
         fault = self._take_stream_fault()
+        hold = next((h for h in self.stream_holds if not h.taken), None)
+        if hold is not None:
+            hold.taken = True
         response = web.StreamResponse(status=200, headers={
             "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
             "x-request-id": completion.request_id})
@@ -420,6 +451,11 @@ class OpenAISimulator(SimulatorServer):
         for n, piece in enumerate(pieces):
             if fault is not None and n == fault.after:
                 break
+            if hold is not None and n == hold.after:
+                hold.held.set()
+                await hold.released.wait()
+                if request.transport is None or request.transport.is_closing():
+                    return response  # the client went away meanwhile
             delay = self.first_token_delay if n == 0 else self.chunk_delay
             if delay:
                 await asyncio.sleep(delay)
