@@ -290,7 +290,8 @@ class Backend(ABC):
     #: Options a route may override (None: any settings key but ``type``).
     route_options: ClassVar[frozenset[str] | None] = None
     #: Whether its replies carry :class:`Usage` (tokens) for its ``model``: ``tgmux check``
-    #: then warns about a model without a price.
+    #: then warns about a model without a price, and a streamed reply cut at
+    #: ``engine.max_reply_chars`` is read on in the background for the usage after its text.
     reports_usage: ClassVar[bool] = False
 
     def __init__(self, name: str, settings: BackendSettings, kv: KeyValue) -> None:

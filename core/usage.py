@@ -113,12 +113,14 @@ class UsageRecorder:
                      after_backend: Callable[[Usage], Awaitable[Any]]) -> None:
         """The end of one backend reply: its ``source`` (the backend's stream, None if it
         was not made) closed and the reply recorded (:meth:`record`). A reply ``cut`` at
-        ``engine.max_reply_chars`` (its source not ended) without usage yet is read on in the
-        background instead, for its :class:`Usage` parts only, each passed through
-        ``after_backend`` (the ``tgmux_after_backend`` hooks), the text dropped; bounded by
+        ``engine.max_reply_chars`` (its source not ended) without usage yet, by a backend that
+        :attr:`~tgmux.backend.Backend.reports_usage`, is read on in the background instead,
+        for its :class:`Usage` parts only, each passed through ``after_backend`` (the
+        ``tgmux_after_backend`` hooks), the text dropped; bounded by
         ``engine.turn_timeout`` from the cut and by what the HTTP layer reads of a response;
         then recorded once, with the usage found. :meth:`stop` ends the reads."""
-        if cut and failure is None and not usage and source is not None:
+        if cut and failure is None and not usage and source is not None and \
+                backend.reports_usage:
             room = config.data.engine.concurrency // READS_SHARE
             if len(self._reads) < room:
                 held = contextlib.ExitStack()  # from now: the turn's own hold ends next

@@ -237,13 +237,17 @@ async def test_a_huge_reply_is_cut_with_a_note() -> None:
     assert got == [Text("x" * 1000), Notice("The reply was cut at 1,000 characters.")]
 
 
-async def test_a_huge_stream_is_cut_and_no_longer_read_by_the_chat() -> None:
+@pytest.mark.parametrize("reports_usage", [False, True])
+async def test_a_huge_stream_is_cut_and_no_longer_read_by_the_chat(
+        reports_usage: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Scripted, "reports_usage", reports_usage)
     got = await run_script([TextDelta("y" * 300)] * 10_000 + [Text("y" * 3_000_000)])
     assert got == [TextDelta("y" * 300)] * 3 + [TextDelta("y" * 100),
                                                 Notice("The reply was cut at 1,000 characters.")]
-    # the chat's worker stopped at the cut; the rest was read in the background only for
-    # the usage that may come after the text (bounded by turn_timeout and the byte cap)
-    assert Scripted.readers == {"chat": 4, "usage": 9_997}
+    # the chat's worker stopped at the cut; the rest is read in the background only for the
+    # usage that a backend reporting usage sends after the text (bounded by turn_timeout and
+    # the byte cap); a backend that reports none is not read on
+    assert Scripted.readers == ({"chat": 4, "usage": 9_997} if reports_usage else {"chat": 4})
 
 
 async def test_lone_surrogates_become_valid_text_and_split_halves_join() -> None:
