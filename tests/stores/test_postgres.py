@@ -296,8 +296,9 @@ async def test_a_version_1_schema_gains_the_rate_tables(pg_url: str) -> None:
     try:
         assert store.migrated == (1, SCHEMA_VERSION)
         assert await store.kv_get("backend:a", "k") == "v"
-        assert await store.rate_take("k", 1, 1.0) == 0.0
-        assert await store.rate_take("k", 1, 1.0) > 0
+        now = time.time()  # one instant: a second between the two takes would empty the window
+        assert await store.rate_take("k", 1, 1.0, now=now) == 0.0
+        assert await store.rate_take("k", 1, 1.0, now=now) > 0
         # version 3: the conversation memory
         await store.history_append("gpt/main/1", Exchange("q", "a"), max_turns=2, max_chars=99)
         assert await store.history_read("gpt/main/1", max_turns=2, max_chars=99) == \
