@@ -33,7 +33,7 @@ backends:
     type: lucydream
     api_key: {KEY}
     base_url: {sim.base_url}
-    timeout: 2
+    timeout: 10
     fallback: [echo]
 {lucy_extra}
   echo: {{type: echo, prefix: "echo: "}}
