@@ -25,6 +25,9 @@ from tgmux.http import HttpClient
 from tgmux.simulator import SimulatorServer
 from tgmux.store import open_store
 
+#: Seconds a request to /hold waits at most for :attr:`Counting.full` requests in flight.
+HOLD_MAX = 5.0
+
 
 class Counting(SimulatorServer):
     """Counts requests in flight and the client connections they came on."""
@@ -37,13 +40,23 @@ class Counting(SimulatorServer):
         self.most_in_flight = 0
         self.client_ports: set[int] = set()
         self.seen: list[dict[str, object]] = []
+        #: /hold answers once this many requests were in flight at once (or after HOLD_MAX):
+        #: the client's bound is reached however slow the machine (with a fixed 50 ms hold, a
+        #: first request could be answered before a starved client sent the third)
+        self.full = 1
+        self._full = asyncio.Event()
 
     def routes(self, app: web.Application) -> None:
         async def hold(request: web.Request) -> web.Response:
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
             self.client_ports.add(request.transport.get_extra_info("peername")[1])
+            if self.in_flight >= self.full:
+                self._full.set()
             try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(HOLD_MAX):
+                        await self._full.wait()
                 await asyncio.sleep(0.05)
             finally:
                 self.in_flight -= 1
@@ -70,6 +83,7 @@ async def server() -> AsyncIterator[Counting]:
 
 
 async def test_max_connections_bounds_the_requests_in_flight(server: Counting) -> None:
+    server.full = 3
     async with HttpClient(server.base_url, max_connections=3) as http:
         answers = await asyncio.gather(
             *(http.request_json("POST", "/hold", json={"n": i}) for i in range(15)))
@@ -79,6 +93,7 @@ async def test_max_connections_bounds_the_requests_in_flight(server: Counting) -
 
 
 async def test_a_stream_shares_the_same_pool(server: Counting) -> None:
+    server.full = 2
     async with HttpClient(server.base_url, max_connections=2) as http:
 
         async def streamed() -> None:
@@ -107,6 +122,7 @@ async def test_connects_in_flight_are_bounded(server: Counting, monkeypatch) -> 
 
     monkeypatch.setattr(aiohttp.TCPConnector, "_create_connection", slow_create)
     monkeypatch.setattr(tgmux.http, "CONNECTS_IN_FLIGHT", 4)
+    server.full = 20
     async with HttpClient(server.base_url, max_connections=20) as http:
         await asyncio.gather(*(http.request_json("GET", "/hold") for _ in range(20)))
     assert most_opening == 4

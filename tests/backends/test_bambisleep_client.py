@@ -200,7 +200,7 @@ async def test_retry_after_is_honored(sim):
         waited = time.monotonic() - started
     assert result.response == "Bambi hears you: hi"
     assert len(sim.requests_to("/ai/generate")) == 2
-    assert 0.9 <= waited < 3
+    assert 0.9 <= waited < 10  # (the upper bound only catches a wait far too long)
     assert limiter.delay() == 0  # the penalty (1 s) is over
 
 

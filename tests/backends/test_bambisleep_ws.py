@@ -215,11 +215,13 @@ async def test_room_chatter_is_not_taken_for_replies():
 async def test_frames_that_came_while_idle_are_dropped_right_before_sending(sim):
     """A room message arriving while the next message waits for its rate-limit slot is not
     its reply (ws_reply_from unset: it cannot be told from the AI by username)."""
-    text = config(sim, extra="    rate_limit: {requests: 2, period: 0.4}")
+    # 2 per 3 s: "three" still waits when the room message comes, even if "one" and "two"
+    # took seconds on a loaded machine (with 2 per 0.4 s it could be sent, and be done, already)
+    text = config(sim, extra="    rate_limit: {requests: 2, period: 3}")
     async with harness(text) as h:
         assert await h.say("one", user_id=1) == hears("one")
         assert await h.say("two", user_id=1) == hears("two")
-        _, third = await h.submit("three", user_id=1)  # waits ~0.4 s for the limiter
+        _, third = await h.submit("three", user_id=1)  # waits ~3 s for the limiter
         await asyncio.sleep(0.1)
         assert not third.done()
         assert await sim.ws_room_message("Hi there!") == 1

@@ -25,7 +25,8 @@ MODEL = "2195981"
 
 
 def config(sim: LucyDreamSimulator, *, key: str = KEY, extra: str = "", routes: str = "",
-           timeout: float = 2) -> str:
+           timeout: float = 10) -> str:
+    """(``timeout``: a stall of 2 s, the old value, on a loaded machine timed a turn out.)"""
     return f"""
 backends:
   lucy:

@@ -153,7 +153,9 @@ async def test_known_users_survive_a_restart_on_sqlite(sim, tmp_path: Path) -> N
 
 
 async def test_two_engines_racing_on_one_store_create_the_user_once(sim, tmp_path) -> None:
-    sim.latency = 0.05  # both ask users/me before either has created the user
+    # both ask users/me before either has created the user: 0.5 s, as the engines (SQLite
+    # writes contending for one file) may be tens of milliseconds apart on a loaded machine
+    sim.latency = 0.5
     store = f"sqlite:///{tmp_path}/tgmux.db"
     async with harness(sim, store=store) as one, harness(sim, store=store) as two:
         answers = await asyncio.gather(one.say("from one", user_id=42, message_id=1),

@@ -66,7 +66,7 @@ def test_a_database_restart_does_not_stop_the_bot(tmp_path: Path,
     try:
         proc.wait_log("tgmux is running on Telegram", 30)
         proc.send(user_id=42, text="before")
-        assert proc.reply()["text"] == "echo: before"
+        assert proc.reply(30)["text"] == "echo: before"
         # the reply is shown before its inbox state is written: stopping the database in
         # between would leave it cut off (its user told to resend), which is not this test
         asyncio.run(inbox_done(private_pg.url(), "main", 42, 1))
@@ -244,11 +244,15 @@ def test_a_silently_partitioned_holder_notices_before_a_standby_takes_over(
     (tmp_path / "b").mkdir()
     holder_config = write_config(tmp_path / "a", proxied, account)
     standby_config = write_config(tmp_path / "b", pg_url, account)
-    for config in (holder_config, standby_config):  # lease_timeout: 2 s
+    # lease_timeout: 8 s. The holder notices within 2/3 of it (a probe a third apart, answered
+    # within a third), the server frees the lock after twice it without a query: the holder
+    # is first by about 8 s. (With 2 s: by 2 s, and a probe answered later than 0.67 s on a
+    # loaded machine lost the lease before the partition.)
+    for config in (holder_config, standby_config):
         text = config.read_text()
         url = text.split('store: "', 1)[1].split('"', 1)[0]
         config.write_text(text.replace(f'store: "{url}"',
-                                       f'store: {{url: "{url}", lease_timeout: 2}}'))
+                                       f'store: {{url: "{url}", lease_timeout: 8}}'))
     holder = Proc(holder_config, clean_env())
     standby = None
     try:

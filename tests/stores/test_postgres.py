@@ -171,7 +171,9 @@ async def test_a_store_that_cannot_be_opened_is_one_clear_error(
     started = time.monotonic()
     with pytest.raises(StoreOpenError) as caught:
         await store.open()
-    assert time.monotonic() - started < 4
+    # bounded (a second at most on an idle machine; "no answer within 1 s" in the message says
+    # the URL's connect_timeout was the bound): the limit only catches a hang or a retry loop
+    assert time.monotonic() - started < 20
     message = str(caught.value)
     assert expected in message and f":{Target.parse(url).port}" in message
     assert_no_password(message)
@@ -192,7 +194,8 @@ async def test_no_answer_is_bounded_by_the_default_connect_timeout(silent_port: 
     started = time.monotonic()
     with pytest.raises(StoreOpenError, match=f"no answer within {CONNECT_TIMEOUT:g} s"):
         await PostgresStore(pg_server.url(silent_port)).open()
-    assert time.monotonic() - started < CONNECT_TIMEOUT + 2
+    # not much more than the timeout (twice that: a loaded machine may be seconds late)
+    assert time.monotonic() - started < 2 * CONNECT_TIMEOUT + 2
 
 
 def test_an_unknown_host_fails_at_once(tmp_path: Path) -> None:
@@ -234,7 +237,7 @@ async def test_a_server_that_goes_away_makes_operations_fail_then_is_reconnected
         lease = await store.hold_account("main")
         assert await lease.acquire(wait=False)
         await asyncio.to_thread(own_server.stop, "fast")
-        await asyncio.wait_for(lease.wait_lost(), 5)  # its connection died with the server
+        await asyncio.wait_for(lease.wait_lost(), 30)  # its connection died with the server
         for operation in (store.kv_get("ns", "k"), store.inbox_accept(1, 2, {"n": 2}),
                           store.inbox_unanswered()):
             started = time.monotonic()
@@ -293,8 +296,9 @@ async def test_a_version_1_schema_gains_the_rate_tables(pg_url: str) -> None:
     try:
         assert store.migrated == (1, SCHEMA_VERSION)
         assert await store.kv_get("backend:a", "k") == "v"
-        assert await store.rate_take("k", 1, 1.0) == 0.0
-        assert await store.rate_take("k", 1, 1.0) > 0
+        now = time.time()  # one instant: a second between the two takes would empty the window
+        assert await store.rate_take("k", 1, 1.0, now=now) == 0.0
+        assert await store.rate_take("k", 1, 1.0, now=now) > 0
         # version 3: the conversation memory
         await store.history_append("gpt/main/1", Exchange("q", "a"), max_turns=2, max_chars=99)
         assert await store.history_read("gpt/main/1", max_turns=2, max_chars=99) == \

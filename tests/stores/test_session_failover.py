@@ -113,7 +113,7 @@ async def stored_session(pg_url: str, account: str) -> dict:
     return json.loads(text)
 
 
-def logged(node: Proc, timeout: float = 10) -> None:
+def logged(node: Proc, timeout: float = 30) -> None:
     """Until the node's offline Telegram has the message sent last (in its state file)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -152,7 +152,7 @@ log_level: INFO
         second.wait_log(f"account {account} is run by", 30)
         for n in range(3):
             first.send(user_id=42, text=f"before {n}")
-            answered.append(first.reply()["text"])
+            answered.append(first.reply(30)["text"])
         session = asyncio.run(stored_session(pg_url, account))
         # the holder goes deaf, then dies: what arrives meanwhile is only on Telegram
         first.send(disconnect=600)
@@ -161,11 +161,11 @@ log_level: INFO
             logged(first)
         first.popen.send_signal(signal.SIGKILL)
         first.popen.wait(10)
-        second.wait_log("tgmux is running on Telegram", 15)
+        second.wait_log("tgmux is running on Telegram", 60)
         while len([t for t in answered if "meanwhile" in t]) < 2:
-            answered.append(second.reply(20)["text"])
+            answered.append(second.reply(30)["text"])
         second.send(user_id=42, text="after")
-        answered.append(second.reply(20)["text"])
+        answered.append(second.reply(30)["text"])
     finally:
         first.kill()
         if second is not None:

@@ -8,6 +8,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,8 +115,9 @@ async def test_a_v2_file_gains_the_rate_tables(tmp_path: Path) -> None:
     try:
         assert store.migrated == (2, 7)
         assert await store.kv_get("backend:a", "k") == "v"
-        assert await store.rate_take("k", 1, 1.0) == 0.0
-        assert await store.rate_take("k", 1, 1.0) > 0
+        now = time.time()  # one instant: a second between the two takes would empty the window
+        assert await store.rate_take("k", 1, 1.0, now=now) == 0.0
+        assert await store.rate_take("k", 1, 1.0, now=now) > 0
     finally:
         await store.close()
 
