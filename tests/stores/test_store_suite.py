@@ -152,6 +152,23 @@ async def test_a_rate_block_holds_on_every_store(open_stores: OpenStore) -> None
     assert await second.rate_take("provider:key", 5, 1.0, now=now + 30.5) == 0.0
 
 
+async def test_an_answered_event_counts_from_its_answer_on_every_store(
+        open_stores: OpenStore) -> None:
+    first, second = await open_stores(), await open_stores()
+    now = time.time()
+    assert await first.rate_take("provider:key", 2, 1.0, now=now - 0.5) == 0.0
+    assert await first.rate_take("provider:key", 2, 1.0, now=now) == 0.0
+    # answered 0.4 s after its grant (in another process): the oldest taken since moves
+    await second.rate_restamp("provider:key", now - 0.2, now + 0.4)
+    await second.rate_restamp("provider:key", now + 5, now + 6)  # none since: nothing moves
+    await second.rate_restamp("provider:key", now - 1, now - 2)  # never earlier
+    assert await first.rate_take("provider:key", 2, 1.0, now=now + 0.5) == 0.0
+    # the moved one holds its slot until a window after its answer (and is not deleted as
+    # expired before: its expiry moved with it)
+    assert round(await first.rate_take("provider:key", 2, 1.0, now=now + 1.0), 6) == 0.4
+    assert await first.rate_take("provider:key", 2, 1.0, now=now + 1.4001) == 0.0
+
+
 async def test_rate_count_reads_a_budget_without_taking_from_it(
         open_stores: OpenStore) -> None:
     first, second = await open_stores(), await open_stores()
