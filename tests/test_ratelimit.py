@@ -234,35 +234,6 @@ async def test_unanswered_grants_are_bounded_and_change_nothing() -> None:
     assert limiter.delay() == 0.0
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-async def rate_store(request: pytest.FixtureRequest, tmp_path):
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    from tgmux.store.sqlite import SQLiteStore
-    store = SQLiteStore(str(tmp_path / "tgmux.db"))
-    await store.open()
-    yield store
-    await store.close()
-
-
-async def test_a_store_limiter_counts_a_late_request_from_its_answer_for_everyone(
-        rate_store) -> None:
-    one = StoreLimiter(rate_store, "k", 2, 0.5)
-    two = StoreLimiter(rate_store, "k", 2, 0.5)  # another process's, on the same data
-    await one.acquire()
-    await two.acquire()
-    two.answered()  # answered at once
-    await asyncio.sleep(0.3)  # one's request is held up on its way (on purpose)
-    answered_at = time.time()
-    one.answered()
-    await one.written()  # the stamp moves in the store, in the background
-    await two.written()
-    await two.acquire()  # the slot of two's own request: a period after its grant
-    await two.acquire()  # the slot of one's: a period after its answer, in the other process
-    assert time.time() >= answered_at + 0.5 - 1e-6
-
-
 async def test_a_store_limiter_moves_its_local_stamp_too_while_the_store_fails() -> None:
     store = FailingStore()
     clock = Clock()
