@@ -218,7 +218,8 @@ class StoreLimiter:
     """"At most ``limit`` in any ``period`` seconds" for ``key``, counted in the store: every
     process sharing the store shares the budget (:meth:`~tgmux.store.Store.rate_take`).
 
-    Same interface as :class:`SlidingWindowLimiter` (``delay``, ``acquire``, ``penalize``).
+    Same interface as :class:`SlidingWindowLimiter` (``delay``, ``acquire``, ``penalize``,
+    ``answered``).
     When the store fails (or takes longer than :attr:`store_timeout`), a warning is logged once
     per outage and a local :class:`SlidingWindowLimiter` with the same limits admits instead
     (it knows this process's own recent acquisitions); the store is tried again after
