@@ -68,7 +68,7 @@ from tgmux.errors import (
 )
 from tgmux.http_body import ACCEPT_ENCODING, guard_body, join_bounded, read_body
 from tgmux.proxy import ProxyRoute
-from tgmux.ratelimit import Limiter
+from tgmux.ratelimit import Limiter, slot_answered
 from tgmux.retry_after import parse_retry_after
 from tgmux.types import delay_notifier
 
@@ -751,6 +751,8 @@ class HttpClient:
                 log.debug("%s: %s -> %s in %.0f ms", self.name, where, answer.status_code,
                           (time.monotonic() - started) * 1000)
                 return answer
+            finally:  # arrived by now, if at all: its slot counts from now (tgmux.ratelimit)
+                slot_answered(self.limiter)
             if answered is not None:  # out of the except block: its error stands alone
                 pause = self._judge_answer(answered, where, safe_to_repeat, tries, expected)
                 await self._wait(pause, f"{where}: HTTP {answered.status_code}")

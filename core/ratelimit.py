@@ -8,16 +8,26 @@ minute answers with 429; a sliding log never does.
 :class:`StoreLimiter` is the same budget kept in the store (:meth:`tgmux.store.Store.rate_take`),
 so that it holds across every process sharing the store; it falls back to a local
 :class:`SlidingWindowLimiter` while the store fails.
+
+A slot is stamped when it is granted, but a provider counts a request when it *arrives*: a
+request held up on its way (a slow connect, a starved process) by more than a backend's padding
+would let the request reusing its slot arrive within the provider's period of it, a 429. So the
+transport says when a request was answered (or failed: conservatively the same), and the stamp
+of the oldest grant not yet answered moves to then (:meth:`SlidingWindowLimiter.answered`): the
+slot is free a period after the latest its request can have arrived. Only the multiset of stamps
+matters to a sliding window, so no handle is needed, and moving the oldest is never less
+strict than moving the right one. A grant nobody answers keeps its grant time (the old rule).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -35,6 +45,15 @@ class Limiter(Protocol):
 
     def penalize(self, seconds: float) -> None: ...
 
+    def answered(self) -> None: ...
+
+
+def slot_answered(limiter: Limiter | None) -> None:
+    """Tell ``limiter`` (if any) that the request of a slot it granted was answered or failed
+    (for transports: once per granted slot, whatever happened to the request)."""
+    if limiter is not None:
+        limiter.answered()
+
 
 class SlidingWindowLimiter:
     """Admits at most ``limit`` acquisitions in any ``period``-second window, FIFO."""
@@ -47,7 +66,10 @@ class SlidingWindowLimiter:
         self.limit = limit
         self.period = period
         self._clock = clock
-        self._stamps: deque[float] = deque()
+        self._stamps: deque[float] = deque()  # sorted
+        # The stamps of grants not yet answered, oldest first; at most ``limit`` (a user that
+        # never calls answered() leaves the oldest at their grant time, as before).
+        self._pending: deque[float] = deque(maxlen=limit)
         self._lock = asyncio.Lock()  # FIFO: waiters are admitted in arrival order
 
     def _prune(self, now: float) -> None:
@@ -73,7 +95,26 @@ class SlidingWindowLimiter:
 
     def take(self) -> None:
         """Take the slot :meth:`free` said is free (synchronously: nobody came between)."""
-        self._stamps.append(self._clock())
+        self._stamp()
+
+    def _stamp(self) -> None:
+        now = self._clock()
+        self._stamps.append(now)
+        self._pending.append(now)
+
+    def answered(self) -> None:
+        """A request sent in a granted slot was answered (or failed) now: it arrived at the
+        latest now, so its slot counts from now (module doc). Moves the oldest grant not yet
+        answered; one already out of the window (a request slower than the period) or
+        replaced by a penalty moves nothing."""
+        if not self._pending:
+            return
+        granted = self._pending.popleft()
+        try:
+            self._stamps.remove(granted)
+        except ValueError:
+            return
+        bisect.insort(self._stamps, max(granted, self._clock()))
 
     async def acquire(self, then: Callable[[], Awaitable[object]] | None = None) -> float:
         """Wait for a slot; returns how long it waited. ``then``: awaited once the slot is
@@ -89,7 +130,7 @@ class SlidingWindowLimiter:
                 while (pause := self.delay()) > 0:  # a penalty came meanwhile
                     await asyncio.sleep(pause)
                     waited += pause
-            self._stamps.append(self._clock())
+            self._stamp()
         return waited
 
     def penalize(self, seconds: float) -> None:
@@ -102,7 +143,7 @@ class SlidingWindowLimiter:
         """Record an acquisition made elsewhere (e.g. granted by the store) now, without
         waiting."""
         self._prune(self._clock())
-        self._stamps.append(self._clock())
+        self._stamp()
         while len(self._stamps) > self.limit:
             self._stamps.popleft()
 
@@ -177,7 +218,8 @@ class StoreLimiter:
     """"At most ``limit`` in any ``period`` seconds" for ``key``, counted in the store: every
     process sharing the store shares the budget (:meth:`~tgmux.store.Store.rate_take`).
 
-    Same interface as :class:`SlidingWindowLimiter` (``delay``, ``acquire``, ``penalize``).
+    Same interface as :class:`SlidingWindowLimiter` (``delay``, ``acquire``, ``penalize``,
+    ``answered``).
     When the store fails (or takes longer than :attr:`store_timeout`), a warning is logged once
     per outage and a local :class:`SlidingWindowLimiter` with the same limits admits instead
     (it knows this process's own recent acquisitions); the store is tried again after
@@ -202,6 +244,9 @@ class StoreLimiter:
         self._free_at = 0.0  # (clock) when the store's last answered wait ends
         self._failing_until: float | None = None  # (clock) use the local limiter until then
         self._tasks: set[asyncio.Task[None]] = set()
+        # Per grant not yet answered, oldest first: the wall time before the store granted it
+        # (its event is the oldest taken since), or None when the local limiter granted it.
+        self._unanswered: deque[float | None] = deque(maxlen=limit)
 
     @property
     def failing(self) -> bool:
@@ -219,7 +264,9 @@ class StoreLimiter:
             while True:
                 if self._failing_until is not None and self._clock() < self._failing_until:
                     await self.local.acquire()
+                    self._unanswered.append(None)
                     break
+                since = time.time()
                 try:
                     async with asyncio.timeout(self.store_timeout):
                         wait = await self.store.rate_take(self.key, self.limit, self.period)
@@ -231,6 +278,7 @@ class StoreLimiter:
                     self._failing_until = None
                 if wait <= 0:
                     self.local.note()
+                    self._unanswered.append(since)
                     break
                 self._free_at = self._clock() + wait
                 await asyncio.sleep(wait)
@@ -247,20 +295,41 @@ class StoreLimiter:
         other processes (in the background)."""
         self.local.penalize(seconds)
         self._free_at = max(self._free_at, self._clock() + seconds)
+        self._in_background(self.store.rate_block(self.key, time.time() + seconds))
+
+    def answered(self) -> None:
+        """A request sent in a granted slot was answered (or failed) now: locally at once,
+        and in the store for the other processes (in the background): the oldest event taken
+        since its grant began counts from now (:meth:`~tgmux.store.Store.rate_restamp`)."""
+        self.local.answered()
+        if not self._unanswered:
+            return
+        since = self._unanswered.popleft()
+        if since is not None:
+            self._in_background(self.store.rate_restamp(self.key, since, time.time()))
+
+    def _in_background(self, write: Coroutine[object, object, None]) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
+            write.close()
             return
-        task = loop.create_task(self._block(time.time() + seconds))
+        task = loop.create_task(self._write(write))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _block(self, until: float) -> None:
+    async def _write(self, write: Coroutine[object, object, None]) -> None:
         try:
             async with asyncio.timeout(self.store_timeout):
-                await self.store.rate_block(self.key, until)
+                await write
         except Exception as exc:
             self._failed(exc)
+
+    async def written(self) -> None:
+        """Wait for the store writes begun so far (penalties, answers): each is bounded by
+        :attr:`store_timeout`."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def __aenter__(self) -> StoreLimiter:
         await self.acquire()

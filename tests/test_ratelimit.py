@@ -149,3 +149,98 @@ async def test_the_store_is_tried_again_after_a_failure() -> None:
     await limiter.acquire()
     assert not limiter.failing
     assert len(store.rate_events["k"]) == 1
+
+
+# -- arrival: a slot counts from when its request was answered ----------------------------------
+#
+# The provider counts a request when it arrives, the limiter when it grants the slot. A request
+# held up between the two (a slow connect, a starved process) by more than the padding would let
+# the request that reuses its slot arrive within the provider's period of it: a 429.
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def serve(limiter: SlidingWindowLimiter, clock: Clock, delays: list[float]) -> list[float]:
+    """Requests one after another as fast as ``limiter`` grants them (time is ``clock``'s): the
+    i-th arrives ``delays[i]`` after its grant and is answered as it arrives, and the transport
+    says so (``answered``). Returns when each arrived."""
+    arrivals: list[float] = []
+    unanswered: list[float] = []  # answer times still to come
+    for delay in delays:
+        while True:
+            wait = limiter.delay()
+            if unanswered and min(unanswered) <= clock.now + wait:
+                clock.now = max(clock.now, min(unanswered))
+                unanswered.remove(min(unanswered))
+                limiter.answered()
+                continue
+            clock.now += wait
+            if limiter.delay() <= 0:
+                break
+        limiter.take()
+        arrivals.append(clock.now + delay)
+        unanswered.append(clock.now + delay)
+    return sorted(arrivals)
+
+
+def most_in_a_window(arrivals: list[float], period: float) -> int:
+    """The most arrivals in any window of ``period`` seconds, as the provider counts them."""
+    return max(sum(1 for b in arrivals if a <= b < a + period) for a in arrivals)
+
+
+# (late by more than the whole period is not covered: the grant has left the window before its
+# answer, and holding it longer would stall a user that never says answered())
+@pytest.mark.parametrize("late", [0.2, 0.6, 1.0])
+async def test_a_late_arrival_does_not_let_the_next_window_in_within_its_period(
+        late: float) -> None:
+    clock = Clock()
+    limiter = SlidingWindowLimiter(2, 1.05, clock=clock)  # 2 per 1 s, padded as a backend does
+    # every third request is held up on its way by more than the padding
+    delays = [late if n % 3 == 0 else 0.0 for n in range(30)]
+    arrivals = serve(limiter, clock, delays)
+    assert most_in_a_window(arrivals, 1.0) <= 2
+
+
+async def test_a_late_answer_moves_the_oldest_unanswered_stamp() -> None:
+    clock = Clock()
+    limiter = SlidingWindowLimiter(2, 1.0, clock=clock)
+    await limiter.acquire()
+    await limiter.acquire()
+    limiter.answered()  # one answered at once
+    clock.now += 0.3
+    limiter.answered()  # the other 0.3 s after its grant
+    clock.now += 0.7
+    assert limiter.delay() == 0.0  # the first slot is free a period after its grant
+    limiter.take()
+    assert limiter.delay() == pytest.approx(0.3)  # the second a period after its answer
+    limiter.answered()
+    limiter.answered()  # nothing left unanswered: no stamp moves
+    assert limiter.delay() == pytest.approx(0.3)
+
+
+async def test_unanswered_grants_are_bounded_and_change_nothing() -> None:
+    clock = Clock()
+    limiter = SlidingWindowLimiter(3, 1.0, clock=clock)
+    for _ in range(100):  # a user that never says (the Telegram flood limits)
+        clock.now += 1.0
+        await limiter.acquire()
+    assert len(limiter._pending) == 3
+    assert limiter.delay() == 0.0
+
+
+async def test_a_store_limiter_moves_its_local_stamp_too_while_the_store_fails() -> None:
+    store = FailingStore()
+    clock = Clock()
+    limiter = StoreLimiter(store, "k", 1, 1.0, clock=clock)
+    await limiter.acquire()  # the store fails: the local limiter grants
+    clock.now += 0.4
+    limiter.answered()
+    await limiter.written()
+    clock.now += 0.7
+    assert limiter.delay() == pytest.approx(0.3)

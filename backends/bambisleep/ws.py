@@ -61,7 +61,7 @@ from tgmux.errors import (
 )
 from tgmux.http import acquire_slot
 from tgmux.proxy import websocket_failure, websocket_proxy
-from tgmux.ratelimit import Limiter
+from tgmux.ratelimit import Limiter, slot_answered
 from tgmux.text import str_or_none
 
 from .client import BambiSleepClient
@@ -199,20 +199,10 @@ class ChatSocket:
                 if self._ws is None:
                     await self._connect()
                 await self._acquire_slot()
-                ws = self._ws
-                if ws is None:
-                    raise _Lost("closed while waiting for a rate-limit slot")
-                # Right before the send: whatever arrived while nobody waited is not a reply.
-                self._drain()
-                if ws.state is not State.OPEN:
-                    raise _Lost(f"closed before send ({ws.state.name})")
                 try:
-                    # From the state check to the write nothing awaits: a ConnectionClosed
-                    # here may come after the frame was written, so it counts as sent.
-                    await ws.send(json.dumps({"type": "message", "content": content}))
-                except ConnectionClosed as exc:
-                    raise _LostAfterSend(f"closed while sending ({exc})") from exc
-                reply = await self._await_reply(content)
+                    reply = await self._send(content)
+                finally:  # arrived by now, if at all: its slot counts from now
+                    slot_answered(self.limiter)
                 self._failures = 0
                 return reply
             except (_Lost, _Unexpected) as exc:
@@ -245,6 +235,23 @@ class ChatSocket:
                     continue
                 raise AuthError(f"{self.name}: websocket authentication refused",
                                 status=401, provider_message=str(exc)) from exc
+
+    async def _send(self, content: str) -> WsReply:
+        """Send ``content`` in the slot just granted and wait for its reply."""
+        ws = self._ws
+        if ws is None:
+            raise _Lost("closed while waiting for a rate-limit slot")
+        # Right before the send: whatever arrived while nobody waited is not a reply.
+        self._drain()
+        if ws.state is not State.OPEN:
+            raise _Lost(f"closed before send ({ws.state.name})")
+        try:
+            # From the state check to the write nothing awaits: a ConnectionClosed here may
+            # come after the frame was written, so it counts as sent.
+            await ws.send(json.dumps({"type": "message", "content": content}))
+        except ConnectionClosed as exc:
+            raise _LostAfterSend(f"closed while sending ({exc})") from exc
+        return await self._await_reply(content)
 
     # -- connection --------------------------------------------------------------------------
 

@@ -294,6 +294,14 @@ class Store(ABC):
         """Nobody takes from ``key`` before the timestamp ``until`` (a provider's Retry-After);
         a block ending later is kept. :meth:`rate_take` returns the rest of it first."""
 
+    @abstractmethod
+    async def rate_restamp(self, key: str, since: float, at: float) -> None:
+        """The request counted by an event of ``key`` was answered at ``at`` (a timestamp), so
+        it arrived no later: the oldest event taken at or after ``since`` (and before ``at``)
+        now counts from ``at`` (its expiry moves with it); none such: nothing changes. Called
+        with ``since`` read before the :meth:`rate_take` that granted the request, the event
+        moved is that one or an older one: never less strict (:mod:`tgmux.ratelimit`)."""
+
     # conversation memory
     @abstractmethod
     async def history_append(self, conversation: str, exchange: Exchange, *, max_turns: int,

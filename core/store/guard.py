@@ -406,6 +406,12 @@ class GuardedStore(Store):
         except StoreUnavailable:
             pass
 
+    async def rate_restamp(self, key: str, since: float, at: float) -> None:
+        try:
+            await self._call(lambda: self.inner.rate_restamp(key, since, at))
+        except StoreUnavailable:
+            pass
+
     # -- conversation memory: empty while down -------------------------------------------
 
     async def history_append(self, conversation: str, exchange: Exchange, *, max_turns: int,

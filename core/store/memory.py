@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import time
 from collections import OrderedDict, deque
@@ -291,6 +292,15 @@ class MemoryStore(Store):
 
     async def rate_block(self, key: str, until: float) -> None:
         self.rate_blocks[key] = max(until, self.rate_blocks.get(key, until))
+
+    async def rate_restamp(self, key: str, since: float, at: float) -> None:
+        events = self.rate_events.get(key)
+        if not events:
+            return
+        index = bisect.bisect_left(events, since)  # the events are in time order
+        if index < len(events) and events[index] < at:
+            del events[index]
+            bisect.insort(events, at)
 
 
 class MemoryLease(AccountLease):

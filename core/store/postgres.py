@@ -564,6 +564,15 @@ class PostgresStore(Store):
         return await self.pool.fetchval(
             "SELECT count(*) FROM tgmux_rate_event WHERE key=$1 AND at > $2", key, now - window)
 
+    async def rate_restamp(self, key: str, since: float, at: float) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            # as rate_take: no taker of this key counts between the choice and the move
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", rate_key(key))
+            await conn.execute(
+                "UPDATE tgmux_rate_event SET expires = expires + ($1 - at), at = $1 "
+                "WHERE ctid = (SELECT ctid FROM tgmux_rate_event WHERE key=$2 AND at >= $3 "
+                "ORDER BY at LIMIT 1) AND at < $1", at, key, since)
+
     async def rate_block(self, key: str, until: float) -> None:
         await self.pool.execute(
             "INSERT INTO tgmux_rate_block (key, blocked_until) VALUES ($1, $2) "

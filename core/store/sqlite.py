@@ -637,6 +637,15 @@ class SQLiteStore(Store):
             "INSERT INTO rate_block (key, blocked_until) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
             "SET blocked_until=max(blocked_until, excluded.blocked_until)", (key, until))
 
+    async def rate_restamp(self, key: str, since: float, at: float) -> None:
+        # One statement (atomic against a taker in another process), outside any open
+        # transaction of this connection.
+        async with self._tx:
+            await self.db.execute(
+                "UPDATE rate_event SET expires = expires + (? - at), at = ? WHERE rowid = ("
+                "SELECT rowid FROM rate_event WHERE key=? AND at >= ? ORDER BY at LIMIT 1) "
+                "AND at < ?", (at, at, key, since, at))
+
     async def history_append(self, conversation: str, exchange: Exchange, *, max_turns: int,
                              max_chars: int) -> None:
         # Two statements, no transaction: a crash between them leaves one exchange too many,

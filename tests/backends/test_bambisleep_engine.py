@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import pytest
 
 import tgmux.backends.bambisleep as bambisleep_plugin
@@ -343,6 +344,38 @@ default: b
         for chat in range(1, 11):
             mine = [t.split("\n")[0] for c, t in replies if c == chat]
             assert mine == [f"Bambi hears you: c{chat} m{i}" for i in range(10)]
+
+
+def hold_up(monkeypatch: pytest.MonkeyPatch, marker: bytes, seconds: float) -> None:
+    """Requests whose body holds ``marker`` reach the provider ``seconds`` after tgmux sent
+    them (as a slow connect or a starved process does): after their rate-limit slot."""
+    request = aiohttp.ClientSession._request
+
+    async def late(self, method, url, **kwargs):
+        if marker in (kwargs.get("data") or b""):
+            await asyncio.sleep(seconds)
+        return await request(self, method, url, **kwargs)
+
+    monkeypatch.setattr(aiohttp.ClientSession, "_request", late)
+
+
+async def test_requests_arriving_late_do_not_overrun_the_provider_window(monkeypatch):
+    """The provider counts requests when they arrive. Held up by 0.3 s (more than the 0.05 s
+    padding) after their slot, a request would let the one reusing its slot arrive within
+    the provider's second of it; a slot counts from its request's answer, so never."""
+    hold_up(monkeypatch, b"late", 0.3)
+    async with BambiSleepSimulator(api_keys={KEY: USER}, rate_limit=2,
+                                   rate_period=1.0) as sim:
+        extra = ("    include_audio: false\n    include_triggers: false\n"
+                 "    rate_limit: {requests: 2, period: 1}")
+        async with harness(config(sim, extra=extra)) as h:
+            texts = [("late" if chat % 3 == 1 else "prompt") + f" {chat}" for chat in range(1, 7)]
+            done = [(await h.submit(text, user_id=chat))[1]
+                    for chat, text in enumerate(texts, 1)]
+            await asyncio.gather(*done)
+        assert sim.rate_limited == 0
+        assert sorted(t.text for _, t in h.delivered) == sorted(
+            f"Bambi hears you: {text}" for text in texts)
 
 
 async def test_long_wait_tells_the_user():

@@ -10,6 +10,7 @@ import logging
 import socket
 
 import pytest
+from websockets.asyncio.client import ClientConnection
 
 import tgmux.backends.bambisleep as bambisleep_plugin
 from tgmux.backend import Notice, Text
@@ -230,6 +231,32 @@ async def test_frames_that_came_while_idle_are_dropped_right_before_sending(sim)
         assert await h.say("four", user_id=1) == hears("four")
     assert [p for _, p in h.delivered] == [*hears("one"), *hears("two"), *hears("three"),
                                            *hears("four")]
+
+
+async def test_messages_arriving_late_do_not_overrun_the_provider_window(monkeypatch):
+    """The provider counts a message when it arrives. Held up by 0.3 s (more than the 0.05 s
+    padding) after its rate-limit slot, a message would let the one reusing its slot arrive
+    within the provider's second of it; a slot counts from its reply, so never."""
+    send = ClientConnection.send
+
+    async def late(self, message, *args, **kwargs):
+        if isinstance(message, str) and '"late' in message:
+            await asyncio.sleep(0.3)
+        return await send(self, message, *args, **kwargs)
+
+    monkeypatch.setattr(ClientConnection, "send", late)
+    async with BambiSleepSimulator(api_keys={KEY: USER}, rate_limit=2,
+                                   rate_period=1.0) as sim:
+        text = config(sim, extra="    rate_limit: {requests: 2, period: 1}")
+        async with harness(text) as h:
+            texts = [("late" if chat % 3 == 1 else "prompt") + f" {chat}" for chat in range(1, 7)]
+            done = [(await h.submit(text, user_id=chat))[1]
+                    for chat, text in enumerate(texts, 1)]
+            await asyncio.gather(*done)
+        assert sim.rate_limited == 0
+        assert sorted(c for _, c in sim.ws_messages) == sorted(texts)
+        assert sorted(p.text for _, p in h.delivered) == sorted(
+            f"Bambi hears you: {text}" for text in texts)
 
 
 async def test_out_of_step_frames_reconnect_before_sending(sim):

@@ -58,6 +58,7 @@ def _faulty(name: str) -> Callable[..., Awaitable[Any]]:
 for _name in ("get_override", "set_override", "kv_get", "kv_set", "kv_delete", "kv_items",
               "inbox_accept", "inbox_dispatched", "inbox_done", "inbox_unanswered",
               "inbox_backlog", "inbox_prune", "rate_take", "rate_count", "rate_block",
+              "rate_restamp",
               "history_append", "history_read", "history_trim", "history_clear"):
     setattr(FaultyStore, _name, _faulty(_name))
 

@@ -7,6 +7,7 @@ import time
 
 from conftest import OpenStore
 
+from tgmux.ratelimit import StoreLimiter
 from tgmux.store import Store, StreamPosition, Unanswered
 from tgmux.types import ChatLine, UsageRow
 
@@ -150,6 +151,40 @@ async def test_a_rate_block_holds_on_every_store(open_stores: OpenStore) -> None
     await first.rate_block("provider:key", now + 10)  # an earlier end does not shorten it
     assert abs(await second.rate_take("provider:key", 5, 1.0, now=now) - 30) < 0.01
     assert await second.rate_take("provider:key", 5, 1.0, now=now + 30.5) == 0.0
+
+
+async def test_an_answered_event_counts_from_its_answer_on_every_store(
+        open_stores: OpenStore) -> None:
+    first, second = await open_stores(), await open_stores()
+    now = time.time()
+    assert await first.rate_take("provider:key", 2, 1.0, now=now - 0.5) == 0.0
+    assert await first.rate_take("provider:key", 2, 1.0, now=now) == 0.0
+    # answered 0.4 s after its grant (in another process): the oldest taken since moves
+    await second.rate_restamp("provider:key", now - 0.2, now + 0.4)
+    await second.rate_restamp("provider:key", now + 5, now + 6)  # none since: nothing moves
+    await second.rate_restamp("provider:key", now - 1, now - 2)  # never earlier
+    assert await first.rate_take("provider:key", 2, 1.0, now=now + 0.5) == 0.0
+    # the moved one holds its slot until a window after its answer (and is not deleted as
+    # expired before: its expiry moved with it)
+    assert round(await first.rate_take("provider:key", 2, 1.0, now=now + 1.0), 6) == 0.4
+    assert await first.rate_take("provider:key", 2, 1.0, now=now + 1.4001) == 0.0
+
+
+async def test_a_store_limiter_counts_a_late_request_from_its_answer_for_every_process(
+        open_stores: OpenStore) -> None:
+    one = StoreLimiter(await open_stores(), "k", 2, 0.5)
+    two = StoreLimiter(await open_stores(), "k", 2, 0.5)  # another process's, on the same data
+    await one.acquire()
+    await two.acquire()
+    two.answered()  # answered at once
+    await asyncio.sleep(0.3)  # one's request is held up on its way (on purpose)
+    answered_at = time.time()
+    one.answered()
+    await one.written()  # the stamp moves in the store, in the background
+    await two.written()
+    await two.acquire()  # the slot of two's own request: a period after its grant
+    await two.acquire()  # the slot of one's: a period after its answer, in the other process
+    assert time.time() >= answered_at + 0.5 - 1e-6
 
 
 async def test_rate_count_reads_a_budget_without_taking_from_it(
