@@ -68,7 +68,7 @@ from tgmux.errors import (
 )
 from tgmux.http_body import ACCEPT_ENCODING, guard_body, join_bounded, read_body
 from tgmux.proxy import ProxyRoute
-from tgmux.ratelimit import Limiter, slot_answered
+from tgmux.ratelimit import SENT_TRACE, Limiter, acquire_slot, slot_sent
 from tgmux.retry_after import parse_retry_after
 from tgmux.types import delay_notifier
 
@@ -116,17 +116,6 @@ def default_error_parser(response: httpx.Response) -> BackendError:
     )
 
 
-async def acquire_slot(limiter: Limiter | None, notify_after: float) -> None:
-    """Wait for the limiter; when the wait is ``notify_after`` seconds or more, tell the user
-    first (through :data:`delay_notifier`). For any provider transport, HTTP or not."""
-    if limiter is None:
-        return
-    pause = limiter.delay()
-    if pause >= notify_after and (notify := delay_notifier.get()) is not None:
-        await notify(pause)
-    await limiter.acquire()
-
-
 #: New connections being opened at once, per client: beyond the listen backlogs of providers,
 #: and on the client's own core, a storm of thousands of concurrent connects makes each one
 #: wait for all the others; a bounded storm opens them in order, each in milliseconds.
@@ -158,7 +147,8 @@ def _session(max_connections: int, proxy: ProxyRoute | None) -> aiohttp.ClientSe
         connector=_PacedConnector(
             limit=max_connections, limit_per_host=max_connections,
             connects_in_flight=CONNECTS_IN_FLIGHT),
-        cookie_jar=aiohttp.DummyCookieJar(), **(proxy.session_options() if proxy else {}))
+        cookie_jar=aiohttp.DummyCookieJar(), trace_configs=[SENT_TRACE],
+        **(proxy.session_options() if proxy else {}))
 
 
 #: A multipart file field: (file name, bytes, content type).
@@ -751,8 +741,8 @@ class HttpClient:
                 log.debug("%s: %s -> %s in %.0f ms", self.name, where, answer.status_code,
                           (time.monotonic() - started) * 1000)
                 return answer
-            finally:  # arrived by now, if at all: its slot counts from now (tgmux.ratelimit)
-                slot_answered(self.limiter)
+            finally:  # not sent (failed before its headers went out): counts from now
+                slot_sent()
             if answered is not None:  # out of the except block: its error stands alone
                 pause = self._judge_answer(answered, where, safe_to_repeat, tries, expected)
                 await self._wait(pause, f"{where}: HTTP {answered.status_code}")

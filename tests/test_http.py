@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import pytest
 from aiohttp import web
@@ -22,8 +23,14 @@ from tgmux.simulator import Fault, SimulatorServer
 
 class Echo(SimulatorServer):
     name = "echo"
+    #: called as each request to /arrived reaches the server
+    on_arrival: Callable[[], None] = staticmethod(lambda: None)
 
     def routes(self, app: web.Application) -> None:
+        async def arrived(request: web.Request) -> web.Response:
+            self.on_arrival()
+            return web.json_response({"ok": True})
+
         async def ok(request: web.Request) -> web.Response:
             return web.json_response({"ok": True, "method": request.method})
 
@@ -39,6 +46,7 @@ class Echo(SimulatorServer):
                 "content_type": upload.content_type, "bytes": upload.text})
 
         app.router.add_route("*", "/ok", ok)
+        app.router.add_route("*", "/arrived", arrived)
         app.router.add_route("POST", "/form", form)
         app.router.add_route("*", "/slow", slow)
 
@@ -129,6 +137,35 @@ async def test_limiter_paces_requests_and_tells_the_user_about_long_waits(server
         delay_notifier.reset(token)
     assert 2.0 <= elapsed < 20  # (the upper bound only catches a wait that never ends)
     assert told and told[0] > 0.5
+
+
+class Reporting(SlidingWindowLimiter):
+    """Counts the transport's reports that a granted slot's request went out."""
+
+    reports = 0
+
+    def sent(self) -> None:
+        self.reports += 1
+        super().sent()
+
+
+async def test_a_slot_counts_from_when_its_request_went_out_not_from_its_answer(
+        server: Echo) -> None:
+    """The provider counts a request when it arrives: the slot is moved to when the request's
+    headers went out (before the provider has it), once per request, on every path. Counting
+    from the answer would cost a slow model's budget its throughput (tgmux.ratelimit)."""
+    limiter = Reporting(100, 60.0)
+    reported_at_arrival: list[int] = []
+    server.on_arrival = lambda: reported_at_arrival.append(limiter.reports)
+    async with client(server, limiter=limiter) as http:
+        await http.request_json("GET", "/arrived")  # the direct aiohttp path
+        await http.request("GET", "/arrived")  # through httpx
+        async with http.stream("GET", "/arrived") as answer:
+            await answer.aread()
+        server.inject(Fault(status=500, path="/arrived", times=1))  # a retry: a new slot
+        await http.request_json("GET", "/arrived")
+    assert reported_at_arrival == [1, 2, 3, 5]
+    assert limiter.reports == 5
 
 
 def test_retry_after_formats() -> None:

@@ -151,7 +151,7 @@ async def test_the_store_is_tried_again_after_a_failure() -> None:
     assert len(store.rate_events["k"]) == 1
 
 
-# -- arrival: a slot counts from when its request was answered ----------------------------------
+# -- arrival: a slot counts from when its request went out ---------------------------------------
 #
 # The provider counts a request when it arrives, the limiter when it grants the slot. A request
 # held up between the two (a slow connect, a starved process) by more than the padding would let
@@ -168,8 +168,8 @@ class Clock:
 
 def serve(limiter: SlidingWindowLimiter, clock: Clock, delays: list[float]) -> list[float]:
     """Requests one after another as fast as ``limiter`` grants them (time is ``clock``'s): the
-    i-th arrives ``delays[i]`` after its grant and is answered as it arrives, and the transport
-    says so (``answered``). Returns when each arrived."""
+    i-th goes out (and arrives) ``delays[i]`` after its grant, and the transport says so
+    (``sent``). Returns when each arrived."""
     arrivals: list[float] = []
     unanswered: list[float] = []  # answer times still to come
     for delay in delays:
@@ -178,7 +178,7 @@ def serve(limiter: SlidingWindowLimiter, clock: Clock, delays: list[float]) -> l
             if unanswered and min(unanswered) <= clock.now + wait:
                 clock.now = max(clock.now, min(unanswered))
                 unanswered.remove(min(unanswered))
-                limiter.answered()
+                limiter.sent()
                 continue
             clock.now += wait
             if limiter.delay() <= 0:
@@ -195,7 +195,7 @@ def most_in_a_window(arrivals: list[float], period: float) -> int:
 
 
 # (late by more than the whole period is not covered: the grant has left the window before its
-# answer, and holding it longer would stall a user that never says answered())
+# answer, and holding it longer would stall a user that never says sent())
 @pytest.mark.parametrize("late", [0.2, 0.6, 1.0])
 async def test_a_late_arrival_does_not_let_the_next_window_in_within_its_period(
         late: float) -> None:
@@ -207,24 +207,24 @@ async def test_a_late_arrival_does_not_let_the_next_window_in_within_its_period(
     assert most_in_a_window(arrivals, 1.0) <= 2
 
 
-async def test_a_late_answer_moves_the_oldest_unanswered_stamp() -> None:
+async def test_a_late_request_moves_the_oldest_unsent_stamp() -> None:
     clock = Clock()
     limiter = SlidingWindowLimiter(2, 1.0, clock=clock)
     await limiter.acquire()
     await limiter.acquire()
-    limiter.answered()  # one answered at once
+    limiter.sent()  # one answered at once
     clock.now += 0.3
-    limiter.answered()  # the other 0.3 s after its grant
+    limiter.sent()  # the other 0.3 s after its grant
     clock.now += 0.7
     assert limiter.delay() == 0.0  # the first slot is free a period after its grant
     limiter.take()
     assert limiter.delay() == pytest.approx(0.3)  # the second a period after its answer
-    limiter.answered()
-    limiter.answered()  # nothing left unanswered: no stamp moves
+    limiter.sent()
+    limiter.sent()  # nothing left unanswered: no stamp moves
     assert limiter.delay() == pytest.approx(0.3)
 
 
-async def test_unanswered_grants_are_bounded_and_change_nothing() -> None:
+async def test_unsent_grants_are_bounded_and_change_nothing() -> None:
     clock = Clock()
     limiter = SlidingWindowLimiter(3, 1.0, clock=clock)
     for _ in range(100):  # a user that never says (the Telegram flood limits)
@@ -240,7 +240,7 @@ async def test_a_store_limiter_moves_its_local_stamp_too_while_the_store_fails()
     limiter = StoreLimiter(store, "k", 1, 1.0, clock=clock)
     await limiter.acquire()  # the store fails: the local limiter grants
     clock.now += 0.4
-    limiter.answered()
+    limiter.sent()
     await limiter.written()
     clock.now += 0.7
     assert limiter.delay() == pytest.approx(0.3)

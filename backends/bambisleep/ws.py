@@ -59,9 +59,8 @@ from tgmux.errors import (
     RateLimitedError,
     UnavailableError,
 )
-from tgmux.http import acquire_slot
 from tgmux.proxy import websocket_failure, websocket_proxy
-from tgmux.ratelimit import Limiter, slot_answered
+from tgmux.ratelimit import Limiter, acquire_slot, slot_sent
 from tgmux.text import str_or_none
 
 from .client import BambiSleepClient
@@ -201,8 +200,8 @@ class ChatSocket:
                 await self._acquire_slot()
                 try:
                     reply = await self._send(content)
-                finally:  # arrived by now, if at all: its slot counts from now
-                    slot_answered(self.limiter)
+                finally:  # not sent (lost before the write): its slot counts from now
+                    slot_sent()
                 self._failures = 0
                 return reply
             except (_Lost, _Unexpected) as exc:
@@ -251,6 +250,7 @@ class ChatSocket:
             await ws.send(json.dumps({"type": "message", "content": content}))
         except ConnectionClosed as exc:
             raise _LostAfterSend(f"closed while sending ({exc})") from exc
+        slot_sent()  # written: its rate-limit slot counts from now (tgmux.ratelimit)
         return await self._await_reply(content)
 
     # -- connection --------------------------------------------------------------------------

@@ -296,8 +296,8 @@ class Store(ABC):
 
     @abstractmethod
     async def rate_restamp(self, key: str, since: float, at: float) -> None:
-        """The request counted by an event of ``key`` was answered at ``at`` (a timestamp), so
-        it arrived no later: the oldest event taken at or after ``since`` (and before ``at``)
+        """The request counted by an event of ``key`` went out at ``at`` (a timestamp), so
+        it arrives about then: the oldest event taken at or after ``since`` (and before ``at``)
         now counts from ``at`` (its expiry moves with it); none such: nothing changes. Called
         with ``since`` read before the :meth:`rate_take` that granted the request, the event
         moved is that one or an older one: never less strict (:mod:`tgmux.ratelimit`)."""

@@ -176,10 +176,10 @@ async def test_a_store_limiter_counts_a_late_request_from_its_answer_for_every_p
     two = StoreLimiter(await open_stores(), "k", 2, 0.5)  # another process's, on the same data
     await one.acquire()
     await two.acquire()
-    two.answered()  # answered at once
+    two.sent()  # answered at once
     await asyncio.sleep(0.3)  # one's request is held up on its way (on purpose)
     answered_at = time.time()
-    one.answered()
+    one.sent()
     await one.written()  # the stamp moves in the store, in the background
     await two.written()
     await two.acquire()  # the slot of two's own request: a period after its grant
