@@ -138,7 +138,8 @@ class _PacedConnector(aiohttp.TCPConnector):
             return await super()._create_connection(req, traces, timeout)
 
 
-def _session(max_connections: int, proxy: ProxyRoute | None) -> aiohttp.ClientSession:
+def _session(max_connections: int, proxy: ProxyRoute | None,
+             limiter: Limiter | None) -> aiohttp.ClientSession:
     """The one aiohttp pool of a client, for both of its paths (see :class:`HttpClient`):
     httpcore's pool slows to seconds per request with a thousand concurrent connections (see
     docs/benchmarks.md); aiohttp's does not. Cookies stay with httpx (a dummy jar here), so
@@ -147,8 +148,8 @@ def _session(max_connections: int, proxy: ProxyRoute | None) -> aiohttp.ClientSe
         connector=_PacedConnector(
             limit=max_connections, limit_per_host=max_connections,
             connects_in_flight=CONNECTS_IN_FLIGHT),
-        cookie_jar=aiohttp.DummyCookieJar(), trace_configs=[SENT_TRACE],
-        **(proxy.session_options() if proxy else {}))
+        cookie_jar=aiohttp.DummyCookieJar(), trace_configs=[SENT_TRACE] if limiter else None,
+        **(proxy.session_options() if proxy else {}))  # (a trace costs 80 µs a request)
 
 
 #: A multipart file field: (file name, bytes, content type).
@@ -335,7 +336,7 @@ class HttpClient:
     def _shared_session(self) -> aiohttp.ClientSession:
         """The aiohttp pool, made on first use (inside the event loop, as aiohttp wants)."""
         if self._session is None:
-            self._session = _session(self.max_connections, self.proxy)
+            self._session = _session(self.max_connections, self.proxy, self.limiter)
         return self._session
 
     def _absolute(self, url: str) -> httpx.URL:
