@@ -53,7 +53,7 @@ from tgmux.telegram.client import abandon
 from tgmux.telegram.frontend import TelegramFrontend
 from tgmux.telegram.media import TelegramMedia
 from tgmux.telegram.menus import MenuQueue
-from tgmux.telegram.normalize import normalize, with_replied_to
+from tgmux.telegram.normalize import is_reply, normalize, with_replied_to
 from tgmux.telegram.revoked import revocation_advice
 from tgmux.telegram.stale import StaleMessages
 from tgmux.telegram.store_session import StorePositions
@@ -86,6 +86,8 @@ class Intake:
         self._queues: dict[int, deque[tuple[int, IncomingMessage, Prepare | None]]] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._open = asyncio.Event()
+        self._flushing = False  # stopping: messages go to the engine without their prepare
+        self._preparing: set[asyncio.Task[IncomingMessage]] = set()
         #: messages given up on a stop (each logged by chat and message id): not answered
         self.lost: list[IncomingMessage] = []
 
@@ -113,8 +115,12 @@ class Intake:
     async def flush(self, timeout: float | None = None) -> None:
         """Hand every queued message to the engine (opening the intake if it never was): a
         store insert each. After ``timeout`` they get :data:`FLUSH_GRACE` more seconds, then
-        what is left is given up (logged): the store itself does not answer."""
+        what is left is given up (logged): the store itself does not answer. From now on no
+        message waits for what it still needs (:meth:`put`'s ``prepare``): it goes without."""
         self._open.set()
+        self._flushing = True
+        for preparing in self._preparing:  # (a fetch from a slow Telegram: not worth a message)
+            preparing.cancel()
         tasks = [t for t in self._tasks.values() if not t.done()]
         if not tasks:
             return
@@ -145,6 +151,26 @@ class Intake:
         self.lost += lost
         return lost
 
+    async def _prepared(self, message: IncomingMessage, prepare: Prepare) -> IncomingMessage:
+        """``message`` prepared, or as it is when preparing failed: it is still answered (a
+        failure here must not end the chat's queue for the rest of the run)."""
+        task = asyncio.ensure_future(prepare(message))
+        self._preparing.add(task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the drain itself is cancelled
+            return message  # the flush cancelled the preparing: as it is
+        except Exception:
+            log.exception("%s: chat %s message %s: preparing it failed; it goes on as it is",
+                          self.account, message.chat.chat_id, message.chat.message_id)
+            return message
+        finally:
+            self._preparing.discard(task)
+            task.cancel()  # (the drain was cancelled: not left running)
+
     async def _drain(self, chat_id: int) -> None:
         queue = self._queues[chat_id]
         log_fields.set({"account": self.account, "chat_id": chat_id})
@@ -152,9 +178,9 @@ class Intake:
             await self._open.wait()
             while queue:
                 number, message, prepare = queue[0]
-                if prepare is not None:  # once: a message the engine refused is not fetched again
-                    message = await prepare(message)
-                    queue[0] = (number, message, None)
+                if prepare is not None and not self._flushing:
+                    message = await self._prepared(message, prepare)
+                    queue[0] = (number, message, None)  # once, even if the engine refuses it
                 positions = self.positions
                 if positions is not None:  # written with the accept, when it is due
                     message = replace(message, position=positions.carry(number))
@@ -234,8 +260,9 @@ class TelegramAccount:
         #: set when the first attempt ended (published, refused or held back)
         self.commands_attempted = asyncio.Event()
         self.commands_task: asyncio.Task[None] | None = None
-        #: called for every message Pyrogram hands us, with what the engine will get
-        #: (None: ignored, e.g. our own message or a /command@otherbot)
+        #: called for every message Pyrogram hands us, with what the engine will get before
+        #: its chat's turn adds the message it replies to (None: ignored, e.g. our own
+        #: message or a /command@otherbot)
         self.seen_listeners: list[Callable[[Message, IncomingMessage | None], None]] = []
         self.taking_updates = False
         self.running = False
@@ -303,7 +330,8 @@ class TelegramAccount:
             return await with_replied_to(client, message, incoming, me, self.frontend.sent_ids,
                                          self._answers_every_message)
 
-        self.intake.put(incoming, with_context)
+        needs_context = incoming.reply_to is None and is_reply(message)
+        self.intake.put(incoming, with_context if needs_context else None)
 
     async def connect(self) -> None:
         """Start the client (catching up on what arrived while down; it waits in the intake)."""

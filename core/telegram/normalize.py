@@ -233,20 +233,20 @@ async def with_replied_to(client: Client, message: Message, incoming: IncomingMe
     the message goes on without the context."""
     if incoming.reply_to is not None or not is_reply(message):
         return incoming
-    if not (incoming.addressed or (answered is not None and answered(incoming))):
-        return incoming
     try:
+        if not (incoming.addressed or (answered is not None and answered(incoming))):
+            return incoming
         async with asyncio.timeout(REPLY_FETCH_TIMEOUT):
             reply = await client.get_messages(chat_id=message.chat.id, message_ids=message.id,
                                               reply=True, replies=0)
+        if not isinstance(reply, Message):
+            return incoming
+        message.reply_to_message = reply
+        found = replied_to(message, me, sent)
     except Exception as exc:  # RPCError, a timeout, a flood wait: the context is a bonus
         log.info("chat %s message %s: the message it replies to could not be fetched (%s); "
                  "answered without it", message.chat.id, message.id, exc)
         return incoming
-    if not isinstance(reply, Message):
-        return incoming
-    message.reply_to_message = reply
-    found = replied_to(message, me, sent)
     return incoming if found is None else replace(incoming, reply_to=found)
 
 

@@ -137,6 +137,47 @@ async def test_a_slow_fetch_of_a_replied_to_message_holds_its_chat_only(
                                               message_id=anna.message_id)
 
 
+async def test_a_reply_whose_context_cannot_be_made_is_answered_and_its_chat_goes_on(
+        bot: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    app = sys.modules["tgmux.telegram.app"]
+    real = app.with_replied_to
+
+    async def broken(client: Any, message: Any, incoming: IncomingMessage, *args: Any,
+                     **kwargs: Any) -> IncomingMessage:
+        if incoming.text == "boom":
+            raise RuntimeError("a bug while making the context")
+        return await real(client, message, incoming, *args, **kwargs)
+
+    monkeypatch.setattr(app, "with_replied_to", broken)
+    first = await bot.send("hello", user_id=42)
+    replied = first.messages[0]["message_id"]
+    assert (await bot.send("boom", user_id=42, reply_to_message_id=replied)).text == \
+        "echo: boom"
+    assert "preparing it failed; it goes on as it is" in caplog.text
+    after = await bot.send("and?", user_id=42, reply_to_message_id=replied)
+    assert after.text == "echo: and?"  # the chat's queue goes on
+    assert bot.seen[-1].reply_to is not None
+
+
+async def test_a_stop_does_not_wait_for_a_slow_fetch_of_a_replied_to_message(
+        bot: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopping, a message whose replied-to message Telegram is slow to give goes to the
+    engine without it (it was given up once the flush's grace ran out: lost)."""
+    monkeypatch.setattr(sys.modules["tgmux.telegram.normalize"], "REPLY_FETCH_TIMEOUT", 600.0)
+    anna = await bot.send("pizza or pasta?", user_id=43, first_name="Anna", chat_id=GROUP)
+    await bot.restart()
+    bot.telegram.fail("messages.GetMessages", HANG)
+    asked = await bot.send_nowait("@tgmux_bot which one?", user_id=42, chat_id=GROUP,
+                                  reply_to_message_id=anna.message_id)
+    await wait_until(lambda: any(r.name == "messages.GetMessages" and r.error == HANG
+                                 for r in bot.telegram.requests))
+    app = bot.app
+    await asyncio.wait_for(bot.stop(), 60)
+    assert not app.intake.lost
+    assert (await asked.reply()).text == "echo: which one?"
+    assert bot.seen[-1].reply_to is None
+
+
 async def test_the_context_survives_the_inbox_payload(bot: Any) -> None:
     anna = await bot.send("the meeting is at noon", user_id=43, first_name="Anna",
                           chat_id=GROUP)
