@@ -102,7 +102,9 @@ async def test_the_overall_limit_is_shared_by_all_chats(tgmux_bot):
     await asyncio.gather(*(s.reply() for s in sent))
     times = sorted(times_of(bot, lambda a: a["action"] == "send_message"))
     assert len(times) == 3
-    assert times[2] - times[0] >= 0.95  # at most two in any second
+    # at most two in any second (the limiter stamps a send before it goes: a stall on the
+    # first one's way shortens the gap seen here; unlimited, it is a few ms)
+    assert times[2] - times[0] >= 0.5
 
 
 async def test_a_private_chat_long_reply_is_paced_at_one_message_per_second(tgmux_bot):
@@ -111,7 +113,7 @@ async def test_a_private_chat_long_reply_is_paced_at_one_message_per_second(tgmu
     reply = await bot.send("word " * 1000, user_id=42)  # 5000 chars: two messages
     assert len(reply.messages) == 2
     first, second = times_of(bot, lambda a: a["action"] == "send_message")
-    assert second - first >= 0.8  # paced (unpaced: ms); slack for a loaded machine
+    assert second - first >= 0.5  # paced (unpaced: ms); slack for a stall on the first's way
 
 
 async def test_chat_actions_never_hold_up_messages(frozen_clock):
