@@ -42,6 +42,12 @@ class Running:
         cls.now = cls.most = 0
 
 
+def untimed(actions: list[dict]) -> list[dict]:
+    """``actions`` without "typing…": it is shown when a reply takes over 0.4 s, as any reply
+    can on a loaded machine."""
+    return [a for a in actions if a["action"] != "chat_action"]
+
+
 #: name -> what a slow backend's turn "hold NAME" waits for (:func:`let_go`)
 HELD: dict[str, asyncio.Event] = {}
 
