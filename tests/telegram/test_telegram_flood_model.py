@@ -79,8 +79,23 @@ async def test_the_fake_answers_flood_wait_and_tgmux_waits_it_out():
     """tgmux set to 100 messages/s per private chat, Telegram's 1/s (bursts of 3) enforced: a
     four-message reply gets FLOOD_WAIT on its fourth message; tgmux waits it out and the
     reply arrives whole, in order."""
+    # Telegram's clock stands still until it first refuses, then runs: the fourth message
+    # is refused however slowly a loaded machine sends the four (a stall of a second between
+    # them refilled the bucket: nothing was refused)
+    model = FloodModel()
+    held_at, released_at = time.monotonic(), []
+    model.clock = lambda: held_at + (time.monotonic() - released_at[0] if released_at else 0)
+    admit = model.admit
+
+    def admit_once_refused(chat_id: int) -> int:
+        wait = admit(chat_id)
+        if wait and not released_at:
+            released_at.append(time.monotonic())
+        return wait
+
+    model.admit = admit_once_refused  # type: ignore[method-assign]
     bot = TgmuxBot(ECHO, strict_flood=False)
-    bot.telegram.flood = FloodModel()
+    bot.telegram.flood = model
     async with bot:
         text = " ".join(f"w{i}" for i in range(2500))  # ~14 000 characters: 4 messages
         reply = await bot.send(text, user_id=42, timeout=20)
