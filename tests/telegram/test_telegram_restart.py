@@ -106,9 +106,12 @@ async def test_a_reply_cut_off_by_the_shutdown_timeout_is_not_replayed_but_flagg
     # start and the stop let it finish first)
     await bot.send_nowait("wait 30", user_id=88)
     await started()
+    # it shows "typing…" (waited for: the stop's 0.6 s and the 0.4 s grace are both timers, a
+    # stall let the stop cut the first typing action off before it reached Telegram)
+    await bot.wait_for(action="chat_action", chat_id=88, timeout=30)
     await bot.stop(timeout=0.6)
     assert answers(bot, 88) == []
-    assert bot.chat(88)[-1]["action"] == "chat_action"  # it was showing "typing…"
+    assert bot.chat(88)[-1]["action"] == "chat_action"  # and nothing else went
     count = len(bot.actions)
     await asyncio.sleep(0.3)
     assert len(bot.actions) == count  # and stopped doing so with the reply
