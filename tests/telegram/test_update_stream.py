@@ -148,7 +148,11 @@ async def test_a_push_that_cannot_be_handled_is_fetched_again(tgmux_bot, monkeyp
 
 
 async def test_a_difference_in_slices_is_read_to_the_end_in_order(tgmux_bot):
-    bot = await tgmux_bot(CONFIG + "telegram: {flood: {private_per_second: 1000}}\n")
+    # Telegram's flood model off: at 1000/s its bursts of 3 refused a message about every
+    # fifth reply (FLOOD_WAIT_1 each): 35 s of the 40 waiting, and the faster the machine the
+    # more refused
+    bot = await tgmux_bot(CONFIG + "telegram: {flood: {private_per_second: 1000}}\n",
+                          strict_flood=False)
     await bot.send("start", user_id=42)
     await bot.stop()
     for i in range(150):  # more than one differenceSlice (100 updates each)
