@@ -100,10 +100,18 @@ async def test_text_then_photo_in_one_reply(tgmux_bot):
 
 
 async def test_typing_is_shown_and_repeated_until_the_reply_is_sent(tgmux_bot):
+    tg_test_backends.HELD.clear()
     bot = await tgmux_bot(CONFIG, plugins=PLUGINS, typing_interval=0.15)
-    reply = await bot.send("wait 1", user_id=88)
+    # the reply is held until "typing…" was shown twice (a 1 s reply stalled as long as that
+    # by a loaded machine went out before any typing action)
+    sent = await bot.send_nowait("hold typing", user_id=88)
+    first = await bot.wait_for(action="chat_action", chat_id=88, timeout=30)
+    await bot.wait_for(action="chat_action", chat_id=88, start=bot.actions.index(first) + 1,
+                       timeout=30)
+    tg_test_backends.let_go("typing")
+    reply = await sent.reply(timeout=30)
     kinds = [a["action"] for a in reply.actions]
-    assert kinds[-1] == "send_message" and reply.text == "slow: wait 1"
+    assert kinds[-1] == "send_message" and reply.text == "slow: hold typing"
     typing = reply.of("chat_action")
     assert len(typing) >= 2  # shown after a short grace, then repeated every 0.15 s
     assert all(a == {"action": "chat_action", "chat_id": 88, "chat_action": "typing"}
@@ -116,10 +124,16 @@ async def test_typing_is_shown_and_repeated_until_the_reply_is_sent(tgmux_bot):
 
 
 async def test_typing_in_a_forum_topic_names_the_topic(tgmux_bot):
+    tg_test_backends.HELD.clear()
     bot = await tgmux_bot(CONFIG, plugins=PLUGINS, typing_interval=5)
-    reply = await bot.send("@tgmux_bot wait 0.6", user_id=88, chat_id=GROUP, thread_id=3)
-    assert reply.of("chat_action")[0] == {"action": "chat_action", "chat_id": GROUP,
-                                           "chat_action": "typing", "message_thread_id": 3}
+    # held until it is shown (a 0.6 s reply could go out first on a stalled machine)
+    sent = await bot.send_nowait("@tgmux_bot hold topic", user_id=88, chat_id=GROUP,
+                                 thread_id=3)
+    typing = await bot.wait_for(action="chat_action", chat_id=GROUP, timeout=30)
+    assert typing == {"action": "chat_action", "chat_id": GROUP, "chat_action": "typing",
+                      "message_thread_id": 3}
+    tg_test_backends.let_go("topic")
+    assert (await sent.reply(timeout=30)).text == "slow: hold topic"
 
 
 async def test_a_blocked_bot_logs_the_chat_and_carries_on(tgmux_bot, caplog):
