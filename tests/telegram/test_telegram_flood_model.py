@@ -229,18 +229,22 @@ default: slow
 async def test_at_most_one_typing_action_per_chat_per_interval(tgmux_bot):
     import tg_test_backends
 
+    tg_test_backends.HELD.clear()
     bot = await tgmux_bot(SLOW, plugins=[tg_test_backends], typing_interval=30.0)
-    sent = [await bot.send_nowait(f"m{i}", user_id=42) for i in range(3)]
+    # three replies, one after the other, each past the 0.4 s grace (the first held until
+    # its "typing…" is shown: a stalled machine could send it first), well within the 30 s
+    # interval: one "typing…" (it used to be one per reply)
+    sent = [await bot.send_nowait(text, user_id=42) for text in ("hold first", "m1", "m2")]
+    await bot.wait_for(action="chat_action", chat_id=42, timeout=30)
+    tg_test_backends.let_go("first")
     for s in sent:
-        await s.reply()
-    typing = [t for a, t in zip(bot.actions, bot.telegram.action_times, strict=True)
-              if a["action"] == "chat_action"]
-    # three replies of 0.6 s each (past the 0.4 s grace), one after the other within ~2 s
-    # (the 30 s interval: room for a loaded machine): one "typing…" (it used to be one per
-    # reply)
-    assert len(typing) == 1
-    other = await bot.send("x", user_id=43)  # another chat has its own
-    assert [a["chat_action"] for a in other.of("chat_action")] == ["typing"]
+        await s.reply(timeout=30)
+    assert len([a for a in bot.actions if a["action"] == "chat_action"]) == 1
+    other = await bot.send_nowait("hold other", user_id=43)  # another chat has its own
+    await bot.wait_for(action="chat_action", chat_id=43, timeout=30)
+    tg_test_backends.let_go("other")
+    reply = await other.reply(timeout=30)
+    assert [a["chat_action"] for a in reply.of("chat_action")] == ["typing"]
 
 
 QUEUED = """
