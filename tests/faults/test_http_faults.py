@@ -16,6 +16,7 @@ import httpx
 import pytest
 from aiohttp import web
 
+import tgmux.http
 from tgmux.errors import (
     AuthError,
     BackendError,
@@ -450,14 +451,18 @@ async def test_a_retry_after_within_the_cap_penalizes_the_limiter_by_at_most_the
 # -- 4. a connect timeout proves nothing was sent ----------------------------------------------
 
 
-async def test_a_post_whose_connect_timed_out_is_retried(caplog) -> None:
+async def test_a_post_whose_connect_timed_out_is_retried(caplog, monkeypatch) -> None:
     caplog.set_level(logging.INFO, logger="tgmux.http")
+    # The connect's share of the timeout: 0.2 of 2 s here. By default 0.9: with a 0.3 s
+    # timeout the connect's and the whole attempt's timers were 30 ms apart, and after a
+    # stall of the process the whole attempt's fired first (a timeout: not retried).
+    monkeypatch.setattr(tgmux.http, "CONNECT_SHARE", 0.1)
     with never_accepting() as url:
-        async with client(url, timeout=0.3, retries=2) as http:
+        async with client(url, timeout=2.0, retries=2) as http:
             started = time.monotonic()
             with pytest.raises(UnavailableError) as info:
                 await http.request("POST", "/chat", json={"message": "hi"})
-    assert time.monotonic() - started < 20  # 3 x 0.3 s, not a connect that hangs
+    assert time.monotonic() - started < 20  # 3 x 0.2 s, not a connect that hangs
     assert "cannot connect" in str(info.value)
     waits = [r for r in caplog.records if "waiting" in r.getMessage()]
     assert len(waits) == 2  # three attempts: a connect that never happened is safe to repeat
