@@ -253,7 +253,9 @@ async def test_a_final_text_changed_at_the_start_is_drafted_before_it_is_sent(tg
 
 
 async def test_an_unchanged_final_text_needs_no_extra_draft(tgmux_bot):
-    bot = await tgmux_bot(CONFIG, plugins=PLUGINS, edit_interval=0.2)
+    # one streamed draft (the first words), none after it for 30 s: with 0.2 s, a stall near
+    # the end let a streamed draft show the whole text, as an extra one would
+    bot = await tgmux_bot(CONFIG, plugins=PLUGINS, edit_interval=30)
     reply = await bot.send(WORDS, user_id=42)
     assert all(d["text"] != WORDS for d in reply.of("send_draft"))
     assert_final_replaces_the_draft(reply)
