@@ -5,23 +5,55 @@ import time
 
 import pytest
 
+import tgmux.ratelimit
 from tgmux.ratelimit import KeyedLimiter, SlidingWindowLimiter, StoreLimiter
 from tgmux.store import MemoryStore
 
 
-async def test_never_more_than_limit_in_any_window() -> None:
+class VirtualTime:
+    """A clock that moves only when the one sleeper (behind a limiter's lock) sleeps, by
+    exactly what it asked: the limiter's arithmetic, untouched by a loaded machine's stalls."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def virtual_time(monkeypatch: pytest.MonkeyPatch) -> VirtualTime:
+    """Limiters made from now on read :class:`VirtualTime`, and their sleeps advance it."""
+    clock = VirtualTime()
+    monkeypatch.setitem(SlidingWindowLimiter.__init__.__kwdefaults__, "clock", clock)
+
+    class Asyncio:
+        sleep = staticmethod(clock.sleep)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(asyncio, name)
+
+    monkeypatch.setattr(tgmux.ratelimit, "asyncio", Asyncio())
+    return clock
+
+
+async def test_never_more_than_limit_in_any_window(virtual_time: VirtualTime) -> None:
     limiter = SlidingWindowLimiter(5, 0.3)
     stamps: list[float] = []
 
     async def one() -> None:
         await limiter.acquire()
-        stamps.append(time.monotonic())
+        stamps.append(virtual_time())
 
     await asyncio.gather(*(one() for _ in range(15)))
     stamps.sort()
     for i in range(len(stamps) - 5):
-        assert stamps[i + 5] - stamps[i] >= 0.3 - 0.01
-    assert stamps[-1] - stamps[0] < 0.3 * 2 + 0.2  # and no slower than needed
+        assert stamps[i + 5] - stamps[i] >= 0.3
+    assert stamps[-1] - stamps[0] == pytest.approx(0.3 * 2)  # and no slower than needed
 
 
 async def test_penalize_blocks_until_the_wait_is_over() -> None:
@@ -35,9 +67,8 @@ async def test_penalize_blocks_until_the_wait_is_over() -> None:
 async def test_keys_are_independent() -> None:
     keyed = KeyedLimiter(1, 10)
     await keyed.acquire("a")
-    started = time.monotonic()
-    await keyed.acquire("b")
-    assert time.monotonic() - started < 5  # not the 10 s "a" must wait (a loaded machine is slow)
+    async with asyncio.timeout(30):
+        assert await keyed.acquire("b") == 0  # not the 10 s "a" must wait
 
 
 async def test_shared_limiter_is_one_budget_per_key_first_setting_wins() -> None:
@@ -50,12 +81,12 @@ async def test_shared_limiter_is_one_budget_per_key_first_setting_wins() -> None
     assert shared_limiter(("provider", "key-2"), 60, 60) is not a
 
 
-async def test_keyed_limiters_of_idle_keys_are_forgotten() -> None:
+async def test_keyed_limiters_of_idle_keys_are_forgotten(virtual_time: VirtualTime) -> None:
     keyed = KeyedLimiter(1, 0.05)
     for chat in range(100):
         await keyed.acquire(chat)
     assert len(keyed) == 100
-    await asyncio.sleep(0.06)
+    virtual_time.now += 0.06  # their windows passed ("busy"'s, taken now, did not)
     await keyed.acquire("busy")
     assert keyed.sweep() == 100
     assert len(keyed) == 1  # the one still inside its window stays
@@ -87,30 +118,27 @@ class FailingStore(MemoryStore):
 
 async def test_a_store_limiter_shares_the_budget_through_the_store() -> None:
     store = MemoryStore()
-    one = StoreLimiter(store, "k", 3, 0.3)
-    two = StoreLimiter(store, "k", 3, 0.3)  # another process's, on the same data
-    stamps: list[float] = []
-
-    async def take(limiter: StoreLimiter) -> None:
-        await limiter.acquire()
-        stamps.append(time.monotonic())
-
-    started = time.monotonic()
-    await asyncio.gather(*(take((one, two)[n % 2]) for n in range(6)))
-    stamps.sort()
-    assert stamps[2] - started < 0.1 and stamps[3] - started >= 0.29  # 3, then the next 3
+    one = StoreLimiter(store, "k", 3, 60)
+    two = StoreLimiter(store, "k", 3, 60)  # another process's, on the same data
+    async with asyncio.timeout(30):  # 3 at once: none waits for the minute's window
+        for n in range(3):
+            await (one, two)[n % 2].acquire()
+    # the 4th waits for the window, even through "two", which took only one of them itself
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await two.acquire()
 
 
 async def test_a_penalty_reaches_the_store_for_everyone() -> None:
     store = MemoryStore()
     one, two = StoreLimiter(store, "k", 10, 1.0), StoreLimiter(store, "k", 10, 1.0)
-    one.penalize(0.2)
-    assert one.delay() >= 0.19
+    one.penalize(60)
+    assert one.delay() > 50
     await asyncio.sleep(0)  # the block is written in the background
     await asyncio.sleep(0)
-    started = time.monotonic()
-    await two.acquire()
-    assert time.monotonic() - started >= 0.15
+    with pytest.raises(TimeoutError):  # "two" waits for the penalty too
+        async with asyncio.timeout(0.3):
+            await two.acquire()
 
 
 async def test_a_failing_store_falls_back_to_a_local_limit_with_one_warning(

@@ -69,6 +69,11 @@ def offline(fake: FakeTelegram, tmp_path: Path):
         fake, storage=SessionFileStorage("tgmux", tmp_path / "data"))
 
 
+#: How soon a SIGTERM'd run must end: its shutdown_timeout (1 s), with room for a loaded machine
+#: (a process can stall for a second or more); what it guards against never ends.
+STOPPED_WITHIN = 1.0 + 9
+
+
 async def sigterm_once(condition, running: asyncio.Task) -> float:
     """SIGTERM as soon as ``condition()`` holds; when it was sent."""
     async with asyncio.timeout(10):
@@ -88,8 +93,8 @@ async def test_sigterm_while_telegram_does_not_answer_stops_within_shutdown_time
     running = asyncio.create_task(run_telegram(config_for(tmp_path), build_plugin_manager()))
     sent = await sigterm_once(lambda: any(r.name == "updates.GetState" for r in fake.requests),
                               running)
-    assert await asyncio.wait_for(running, 1.0 + 2) == 0
-    assert time.monotonic() - sent < 1.0 + 2
+    assert await asyncio.wait_for(running, STOPPED_WITHIN) == 0
+    assert time.monotonic() - sent < STOPPED_WITHIN
     assert not fake.client.is_connected  # the connection was let go
     assert "stopped before tgmux was running on Telegram" in caplog.text
 
@@ -113,8 +118,8 @@ async def test_sigterm_while_the_connection_hangs_stops_within_shutdown_timeout(
     monkeypatch.setattr(telegram_run, "build_client", build)
     running = asyncio.create_task(run_telegram(config_for(tmp_path), build_plugin_manager()))
     sent = await sigterm_once(connecting.is_set, running)
-    assert await asyncio.wait_for(running, 1.0 + 2) == 0
-    assert time.monotonic() - sent < 1.0 + 2
+    assert await asyncio.wait_for(running, STOPPED_WITHIN) == 0
+    assert time.monotonic() - sent < STOPPED_WITHIN
 
 
 async def test_sigterm_while_a_reply_hangs_stops_within_shutdown_timeout(
@@ -127,8 +132,8 @@ async def test_sigterm_while_a_reply_hangs_stops_within_shutdown_timeout(
     await fake.incoming(user_id=42, text="hello")
     sent = await sigterm_once(
         lambda: any(r.name == "messages.SendMessage" for r in fake.requests), running)
-    assert await asyncio.wait_for(running, 1.0 + 2) == 0
-    assert time.monotonic() - sent < 1.0 + 2
+    assert await asyncio.wait_for(running, STOPPED_WITHIN) == 0
+    assert time.monotonic() - sent < STOPPED_WITHIN
 
 
 class HangingInbox(MemoryStore):

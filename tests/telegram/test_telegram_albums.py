@@ -163,10 +163,13 @@ async def test_two_albums_one_after_the_other_are_two_turns(
 
 async def test_a_burst_within_merge_window_is_one_turn_answered_once(
         sim: OpenAISimulator, tmp_path: Path) -> None:
-    lines = [{"user_id": 42, "text": text} for text in ("so I was thinking", "about cats",
-                                                        "what do they eat?")]
+    # sent in the same second (Telegram's date): dated as they are read, a stalled run could
+    # put more than the window between them
+    now = int(time.time())
+    lines = [{"user_id": 42, "text": text, "date": now}
+             for text in ("so I was thinking", "about cats", "what do they eat?")]
     # (the first line was sent long before: it is a turn of its own)
-    earlier = {"user_id": 42, "text": "hello", "date": int(time.time()) - 600}
+    earlier = {"user_id": 42, "text": "hello", "date": now - 600}
     out = await simulate_held(sim, tmp_path, [earlier, *lines], window=2)
     assert replies(out) == ["You said: hello",
                             "You said: so I was thinking\nabout cats\nwhat do they eat?"]

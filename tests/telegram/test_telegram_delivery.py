@@ -3,6 +3,7 @@ errors from Telegram that must not stop tgmux."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 
@@ -99,25 +100,40 @@ async def test_text_then_photo_in_one_reply(tgmux_bot):
 
 
 async def test_typing_is_shown_and_repeated_until_the_reply_is_sent(tgmux_bot):
+    tg_test_backends.HELD.clear()
     bot = await tgmux_bot(CONFIG, plugins=PLUGINS, typing_interval=0.15)
-    reply = await bot.send("wait 1", user_id=88)
+    # the reply is held until "typing…" was shown twice (a 1 s reply stalled as long as that
+    # by a loaded machine went out before any typing action)
+    sent = await bot.send_nowait("hold typing", user_id=88)
+    first = await bot.wait_for(action="chat_action", chat_id=88, timeout=30)
+    await bot.wait_for(action="chat_action", chat_id=88, start=bot.actions.index(first) + 1,
+                       timeout=30)
+    tg_test_backends.let_go("typing")
+    reply = await sent.reply(timeout=30)
     kinds = [a["action"] for a in reply.actions]
-    assert kinds[-1] == "send_message" and reply.text == "slow: wait 1"
+    assert kinds[-1] == "send_message" and reply.text == "slow: hold typing"
     typing = reply.of("chat_action")
     assert len(typing) >= 2  # shown after a short grace, then repeated every 0.15 s
     assert all(a == {"action": "chat_action", "chat_id": 88, "chat_action": "typing"}
                for a in typing)
-    # nothing more once the reply is out
+    # nothing more once the reply is out (three intervals later; a stall only lets a typing
+    # loop left running show more)
     count = len(bot.actions)
-    await bot.send("wait 0", user_id=88)
-    assert [a["action"] for a in bot.actions[count:]] == ["send_message"]
+    await asyncio.sleep(0.15 * 3)
+    assert bot.actions[count:] == []
 
 
 async def test_typing_in_a_forum_topic_names_the_topic(tgmux_bot):
+    tg_test_backends.HELD.clear()
     bot = await tgmux_bot(CONFIG, plugins=PLUGINS, typing_interval=5)
-    reply = await bot.send("@tgmux_bot wait 0.6", user_id=88, chat_id=GROUP, thread_id=3)
-    assert reply.of("chat_action")[0] == {"action": "chat_action", "chat_id": GROUP,
-                                           "chat_action": "typing", "message_thread_id": 3}
+    # held until it is shown (a 0.6 s reply could go out first on a stalled machine)
+    sent = await bot.send_nowait("@tgmux_bot hold topic", user_id=88, chat_id=GROUP,
+                                 thread_id=3)
+    typing = await bot.wait_for(action="chat_action", chat_id=GROUP, timeout=30)
+    assert typing == {"action": "chat_action", "chat_id": GROUP, "chat_action": "typing",
+                      "message_thread_id": 3}
+    tg_test_backends.let_go("topic")
+    assert (await sent.reply(timeout=30)).text == "slow: hold topic"
 
 
 async def test_a_blocked_bot_logs_the_chat_and_carries_on(tgmux_bot, caplog):
@@ -125,7 +141,7 @@ async def test_a_blocked_bot_logs_the_chat_and_carries_on(tgmux_bot, caplog):
     bot.telegram.fail("send_message", "USER_IS_BLOCKED", chat_id=42)
     with caplog.at_level(logging.WARNING, logger="tgmux.telegram"):
         reply = await bot.send("hello", user_id=42)
-    assert reply.actions == []
+    assert tg_test_backends.untimed(reply.actions) == []
     assert any("chat 42" in r.getMessage() and "USER_IS_BLOCKED" in r.getMessage()
                for r in caplog.records)
     # tried once, not again and again
@@ -140,7 +156,7 @@ async def test_write_forbidden_in_a_group_drops_the_rest_of_the_reply(tgmux_bot)
     bot = await tgmux_bot(CONFIG, plugins=PLUGINS)
     bot.telegram.fail("send_message", "CHAT_WRITE_FORBIDDEN", chat_id=GROUP, times=None)
     reply = await bot.send("@tgmux_bot " + "long " * 2000, user_id=42, chat_id=GROUP)
-    assert reply.actions == []
+    assert tg_test_backends.untimed(reply.actions) == []
     failed = [r for r in bot.telegram.requests if r.error == "CHAT_WRITE_FORBIDDEN"]
     assert len(failed) == 1  # the second chunk was not even tried
 
@@ -168,8 +184,9 @@ async def test_provider_errors_reach_the_user_as_plain_messages(tgmux_bot):
     config = config.replace("backend: slow", "backend: drip")
     bot = await tgmux_bot(config, plugins=PLUGINS)
     reply = await bot.send("hello", user_id=88)
-    assert reply.actions == [{"action": "send_message", "chat_id": 88, "message_id": 1001,
-                              "text": "The AI provider is unavailable right now."}]
+    assert tg_test_backends.untimed(reply.actions) == [
+        {"action": "send_message", "chat_id": 88, "message_id": 1001,
+         "text": "The AI provider is unavailable right now."}]
 
 
 async def test_a_message_whose_answer_is_lost_is_not_sent_again(tgmux_bot, caplog):

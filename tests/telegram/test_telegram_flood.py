@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 import tg_test_backends
 
 from tgmux.config import FloodLimits
+from tgmux.ratelimit import SlidingWindowLimiter
 from tgmux.telegram.sender import FloodControl
 from tgmux.testing import TgmuxBot
 
@@ -28,6 +30,14 @@ default: echo
 """
 
 
+@pytest.fixture
+def frozen_clock(monkeypatch):
+    """Limiters made from now on read a clock that does not move: whatever would have to wait
+    for a slot waits forever (a hold-up is a timeout, however slow or loaded the machine is,
+    and a window never runs out behind the test's back)."""
+    monkeypatch.setitem(SlidingWindowLimiter.__init__.__kwdefaults__, "clock", lambda: 1000.0)
+
+
 def times_of(bot, predicate):
     fake = bot.telegram
     return [t for a, t in zip(fake.actions, fake.action_times, strict=True) if predicate(a)]
@@ -44,7 +54,7 @@ async def test_flood_wait_on_a_send_is_waited_out_and_the_message_goes_out(tgmux
     assert len(refused) == 1 and refused[0].name == "messages.SendMessage"
     sent_at = times_of(bot, lambda a: a["action"] == "send_message")[0]
     assert sent_at - refused[0].at >= 1.0  # Telegram's wait was honoured
-    assert sent_at - started < 3
+    assert sent_at - started < 10  # and not much more (generous: a loaded machine is slow)
 
 
 async def test_flood_wait_mid_stream_keeps_the_final_text_exact(tgmux_bot):
@@ -66,10 +76,14 @@ async def test_one_message_per_second_in_a_private_chat():
     for _ in range(2):
         await flood.acquire(42)
     assert time.monotonic() - start >= 0.95
-    # another chat is not slowed by it
-    start = time.monotonic()
-    await flood.acquire(43)
-    assert time.monotonic() - start < 0.1
+
+
+async def test_a_private_chat_that_must_wait_does_not_slow_another(frozen_clock):
+    flood = FloodControl(FloodLimits())
+    await flood.acquire(42)
+    assert flood.for_chat(42).delay() == 1.0  # its next message waits (the clock stands still)
+    async with asyncio.timeout(10):  # a wait for chat 42's slot would never end
+        await flood.acquire(43)
 
 
 async def test_twenty_messages_per_minute_in_a_group():
@@ -88,7 +102,9 @@ async def test_the_overall_limit_is_shared_by_all_chats(tgmux_bot):
     await asyncio.gather(*(s.reply() for s in sent))
     times = sorted(times_of(bot, lambda a: a["action"] == "send_message"))
     assert len(times) == 3
-    assert times[2] - times[0] >= 0.95  # at most two in any second
+    # at most two in any second (the limiter stamps a send before it goes: a stall on the
+    # first one's way shortens the gap seen here; unlimited, it is a few ms)
+    assert times[2] - times[0] >= 0.5
 
 
 async def test_a_private_chat_long_reply_is_paced_at_one_message_per_second(tgmux_bot):
@@ -97,16 +113,15 @@ async def test_a_private_chat_long_reply_is_paced_at_one_message_per_second(tgmu
     reply = await bot.send("word " * 1000, user_id=42)  # 5000 chars: two messages
     assert len(reply.messages) == 2
     first, second = times_of(bot, lambda a: a["action"] == "send_message")
-    assert second - first >= 0.8  # paced (unpaced: ms); slack for a loaded machine
+    assert second - first >= 0.5  # paced (unpaced: ms); slack for a stall on the first's way
 
 
-async def test_chat_actions_never_hold_up_messages():
+async def test_chat_actions_never_hold_up_messages(frozen_clock):
     flood = FloodControl(FloodLimits(global_per_second=2))
-    start = time.monotonic()
     assert [await flood.acquire_action() for _ in range(3)] == [True, True, False]  # skipped
-    await flood.acquire(42)  # messages have their own budget
-    await flood.acquire(43)
-    assert time.monotonic() - start < 0.1
+    async with asyncio.timeout(10):  # a wait for the actions' budget would never end
+        await flood.acquire(42)  # messages have their own budget
+        await flood.acquire(43)
 
 
 async def test_a_flood_wait_on_the_command_menu_holds_up_no_start_and_no_reply(caplog):
@@ -118,18 +133,19 @@ async def test_a_flood_wait_on_the_command_menu_holds_up_no_start_and_no_reply(c
     bot.telegram.fail("set_commands", "FLOOD_WAIT_600")
     started = time.monotonic()
     try:
-        async with asyncio.timeout(5):
+        # Bounds far below the 600 s, generous for a loaded machine.
+        async with asyncio.timeout(60):
             await bot.start()
-            assert time.monotonic() - started < 2
+            assert time.monotonic() - started < 30
             assert bot.app.commands_published is False
             assert "command menu: Telegram asks to wait 600 s" in caplog.text
             sent = [await bot.send_nowait(f"m{i}", user_id=100 + i) for i in range(2)]
             replies = await asyncio.gather(*(s.reply() for s in sent))
             assert [r.text for r in replies] == ["m0", "m1"]
-            assert time.monotonic() - started < 2
+            assert time.monotonic() - started < 30
             assert not [a for a in bot.actions if a["action"] == "set_commands"]
             await bot.stop(5)
-            assert time.monotonic() - started < 3
+            assert time.monotonic() - started < 40
     finally:
         await bot.close()
 
@@ -140,10 +156,11 @@ async def test_the_command_menu_is_published_after_a_short_flood_wait():
     async with bot:
         refused = bot.telegram.requests[-1]
         assert (refused.name, refused.error) == ("bots.SetBotCommands", "FLOOD_WAIT_1")
-        reply = await bot.send("hi", user_id=42)  # not held up by the menu's wait
+        # Not held up by the menu's wait: the FLOOD_WAIT_600 test above shows it (a 1 s wait
+        # is too short to tell a hold-up from a loaded machine).
+        reply = await bot.send("hi", user_id=42)
         assert reply.text == "hi"
-        assert bot.telegram.action_times[-1] - refused.at < 0.5
-        menu = await bot.wait_for(action="set_commands", timeout=3)
+        menu = await bot.wait_for(action="set_commands", timeout=30)
         assert menu["commands"][0]["command"] == "start"
         published_at = bot.telegram.action_times[bot.actions.index(menu)]
         assert published_at - refused.at >= 1.0  # Telegram's wait was honoured

@@ -42,13 +42,18 @@ async def test_a_streamed_reply_stays_in_the_private_topic(tgmux_bot):
 
 
 async def test_typing_in_a_private_topic_names_the_topic(tgmux_bot):
+    tg_test_backends.HELD.clear()
     bot = await tgmux_bot(CONFIG, plugins=PLUGINS, typing_interval=5)
-    reply = await bot.send("wait 2", user_id=88, thread_id=3)
+    # held until "typing…" is shown (a 2 s reply could go out first on a stalled machine)
+    sent = await bot.send_nowait("hold topic", user_id=88, thread_id=3)
+    await bot.wait_for(action="chat_action", chat_id=88, timeout=30)
+    tg_test_backends.let_go("topic")
+    reply = await sent.reply(timeout=30)
     typing = reply.of("chat_action")
     assert typing and all(a == {"action": "chat_action", "chat_id": 88, "chat_action": "typing",
                                 "message_thread_id": 3} for a in typing)
     assert reply.messages == [{"action": "send_message", "chat_id": 88, "message_id": 1001,
-                               "text": "slow: wait 2", "message_thread_id": 3}]
+                               "text": "slow: hold topic", "message_thread_id": 3}]
 
 
 def test_simulate_takes_a_thread_id_in_a_private_chat():

@@ -102,20 +102,25 @@ async def test_a_reply_cut_off_by_the_shutdown_timeout_is_not_replayed_but_flagg
     tg_test_backends.STARTED.clear()
     bot = await tgmux_bot(CONFIG, plugins=PLUGINS, store=f"sqlite:///{tmp_path}/tgmux.db",
                           typing_interval=0.1)
-    await bot.send_nowait("wait 1.5", user_id=88)
+    # 30 s: far past the 0.6 s a stop waits (with 1.5 s, a stall of a second between the turn's
+    # start and the stop let it finish first)
+    await bot.send_nowait("wait 30", user_id=88)
     await started()
+    # it shows "typing…" (waited for: the stop's 0.6 s and the 0.4 s grace are both timers, a
+    # stall let the stop cut the first typing action off before it reached Telegram)
+    await bot.wait_for(action="chat_action", chat_id=88, timeout=30)
     await bot.stop(timeout=0.6)
     assert answers(bot, 88) == []
-    assert bot.chat(88)[-1]["action"] == "chat_action"  # it was showing "typing…"
+    assert bot.chat(88)[-1]["action"] == "chat_action"  # and nothing else went
     count = len(bot.actions)
     await asyncio.sleep(0.3)
     assert len(bot.actions) == count  # and stopped doing so with the reply
     calls = len(tg_test_backends.STARTED)
     await bot.start()  # the engine finds it unanswered in the store
-    await bot.wait_for(action="send_message", chat_id=88, timeout=5)
+    await bot.wait_for(action="send_message", chat_id=88, timeout=30)
     await bot.settle()
     assert answers(bot, 88) == [
-        "I was restarted while answering your message “wait 1.5” and may not have finished. "
+        "I was restarted while answering your message “wait 30” and may not have finished. "
         "Please send it again if you still need an answer."
     ]
     assert len(tg_test_backends.STARTED) == calls  # the backend was not asked again

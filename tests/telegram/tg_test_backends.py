@@ -32,13 +32,39 @@ STARTED: list[tuple[str, int, str]] = []
 FINISHED: list[tuple[str, int, str]] = []
 
 
+class Running:
+    """Turns of the slow backend running now, and the most that ran at once (``reset()``)."""
+
+    now = most = 0
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.now = cls.most = 0
+
+
+def untimed(actions: list[dict]) -> list[dict]:
+    """``actions`` without "typing…": it is shown when a reply takes over 0.4 s, as any reply
+    can on a loaded machine."""
+    return [a for a in actions if a["action"] != "chat_action"]
+
+
+#: name -> what a slow backend's turn "hold NAME" waits for (:func:`let_go`)
+HELD: dict[str, asyncio.Event] = {}
+
+
+def let_go(name: str) -> None:
+    """Ends the wait of the turn "hold ``name``" (now or when it comes)."""
+    HELD.setdefault(name, asyncio.Event()).set()
+
+
 class SlowSettings(BackendSettings):
     type: Literal["slow"] = "slow"
     delay: float = Field(0.2, description="seconds before answering")
 
 
 class SlowBackend(Backend):
-    """Answers "slow: TEXT" after ``delay`` seconds ("wait N" in the text waits N seconds)."""
+    """Answers "slow: TEXT" after ``delay`` seconds ("wait N" in the text waits N seconds,
+    "hold NAME" until :func:`let_go` is called: a wait no loaded machine can cut short)."""
 
     type_name = "slow"
     Settings = SlowSettings
@@ -48,7 +74,14 @@ class SlowBackend(Backend):
         delay = turn.options.delay
         if turn.text.startswith("wait "):
             delay = float(turn.text.split()[1])
-        await asyncio.sleep(delay)
+        Running.now += 1
+        Running.most = max(Running.most, Running.now)
+        try:
+            if turn.text.startswith("hold "):
+                await HELD.setdefault(turn.text.split()[1], asyncio.Event()).wait()
+            await asyncio.sleep(delay)
+        finally:
+            Running.now -= 1
         FINISHED.append((self.name, turn.chat.chat_id, turn.text))
         yield Text(f"slow: {turn.text}")
 
