@@ -148,8 +148,8 @@ def _session(max_connections: int, proxy: ProxyRoute | None,
         connector=_PacedConnector(
             limit=max_connections, limit_per_host=max_connections,
             connects_in_flight=CONNECTS_IN_FLIGHT),
-        cookie_jar=aiohttp.DummyCookieJar(), trace_configs=[SENT_TRACE] if limiter else None,
-        **(proxy.session_options() if proxy else {}))  # (a trace costs 80 µs a request)
+        cookie_jar=aiohttp.DummyCookieJar(), **(proxy.session_options() if proxy else {}),
+        trace_configs=None if limiter is None else [SENT_TRACE])  # (80 µs a request)
 
 
 #: A multipart file field: (file name, bytes, content type).
@@ -743,7 +743,7 @@ class HttpClient:
                           (time.monotonic() - started) * 1000)
                 return answer
             finally:  # not sent (failed before its headers went out): counts from now
-                slot_sent()
+                slot_sent(self.limiter)
             if answered is not None:  # out of the except block: its error stands alone
                 pause = self._judge_answer(answered, where, safe_to_repeat, tries, expected)
                 await self._wait(pause, f"{where}: HTTP {answered.status_code}")

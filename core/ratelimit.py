@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import time
 import weakref
@@ -65,13 +66,19 @@ def slot_granted(limiter: Limiter) -> None:
     _granted.set(limiter)
 
 
-def slot_sent() -> None:
-    """The request of the slot this task was granted went out now (or failed before): its
-    slot counts from now. Once per grant: later calls do nothing until the next grant."""
+def slot_sent(limiter: Limiter | None) -> None:
+    """The request of the slot ``limiter`` granted this task went out now (or failed before):
+    its slot counts from now. Once per grant: later calls do nothing until the next grant."""
+    if limiter is not None and _granted.get() is limiter:
+        _report_sent()
+
+
+def _report_sent() -> None:
     limiter = _granted.get()
     if limiter is not None:
         _granted.set(None)
-        limiter.sent()
+        if (sent := getattr(limiter, "sent", None)) is not None:  # (a limiter of old)
+            sent()
 
 
 async def acquire_slot(limiter: Limiter | None, notify_after: float) -> None:
@@ -87,7 +94,7 @@ async def acquire_slot(limiter: Limiter | None, notify_after: float) -> None:
 
 
 async def _headers_sent(*_: object) -> None:
-    slot_sent()
+    _report_sent()
 
 
 #: For a provider's aiohttp session: a request's slot counts from when its headers went out
@@ -109,9 +116,10 @@ class SlidingWindowLimiter:
         self.period = period
         self._clock = clock
         self._stamps: deque[float] = deque()  # sorted
-        # The stamps of grants not yet sent, oldest first; at most ``limit`` (a user that
-        # never calls sent() leaves the oldest at their grant time, as before).
-        self._pending: deque[float] = deque(maxlen=limit)
+        # The stamps of grants not yet sent, oldest first, bounded: a user that never calls
+        # sent() (Telegram's flood limits) leaves them at their grant time, as before; room
+        # for a request held up while 16 more were granted and sent
+        self._pending: deque[float] = deque(maxlen=limit + 16)
         self._lock = asyncio.Lock()  # FIFO: waiters are admitted in arrival order
 
     def _prune(self, now: float) -> None:
@@ -147,15 +155,13 @@ class SlidingWindowLimiter:
     def sent(self) -> None:
         """A request of a granted slot went out (or failed) now: it arrives about now, so its
         slot counts from now (module doc). Moves the oldest grant not yet sent; one already
-        out of the window (a request slower than the period) or replaced by a penalty moves
-        nothing."""
+        out of the window (a request held up longer than the period) counts from now all
+        the same."""
         if not self._pending:
             return
         granted = self._pending.popleft()
-        try:
-            self._stamps.remove(granted)
-        except ValueError:
-            return
+        with contextlib.suppress(ValueError):  # (gone: a request slower than the period;
+            self._stamps.remove(granted)  # it still arrives now and counts from now)
         bisect.insort(self._stamps, max(granted, self._clock()))
 
     async def acquire(self, then: Callable[[], Awaitable[object]] | None = None) -> float:
@@ -180,6 +186,7 @@ class SlidingWindowLimiter:
         until = self._clock() + seconds - self.period
         self._stamps.clear()
         self._stamps.extend([until] * self.limit)
+        self._pending.clear()  # their stamps are gone: the penalty counts for them
 
     def note(self) -> None:
         """Record an acquisition made elsewhere (e.g. granted by the store) now, without
@@ -288,7 +295,7 @@ class StoreLimiter:
         self._tasks: set[asyncio.Task[None]] = set()
         # Per grant not yet sent, oldest first: the wall time before the store granted it
         # (its event is the oldest taken since), or None when the local limiter granted it.
-        self._unsent: deque[float | None] = deque(maxlen=limit)
+        self._unsent: deque[float | None] = deque(maxlen=limit + 16)  # (as the local one)
 
     @property
     def failing(self) -> bool:

@@ -17,7 +17,6 @@ asking for long replies. The chat does not wait for it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -38,9 +37,9 @@ __all__ = ["UsageRecorder", "reply_row", "utc_day"]
 
 log = logging.getLogger("tgmux.usage")
 
-#: A read of a cut reply's rest holds a connection: at most ``engine.concurrency`` (an HTTP
-#: backend's default ``max_connections``) divided by this run at once, so answering does not
-#: wait for a connection; past it, a cut reply is recorded without its usage.
+#: A read of a cut reply's rest holds a connection: at most a backend's ``max_connections``
+#: (default ``engine.concurrency``) divided by this run at once, so answering does not wait
+#: for a connection; past it, a cut reply is recorded without its usage.
 READS_SHARE = 2
 
 #: (/metrics kind, Usage field) of each token count
@@ -100,7 +99,10 @@ class UsageRecorder:
         self.in_use = in_use or BackendsInUse()
         self._prices: tuple[Any, Prices] | None = None
         self._unsupported_said = False
-        self._reads: set[asyncio.Task[None]] = set()  # cut replies read on for their usage
+        #: cut replies read on for their usage: (backend, chat) of each
+        self._reads: dict[asyncio.Task[None], tuple[str, tuple[str, int, int | None]]] = {}
+        self._reading: set[asyncio.Task[None]] = set()  # those still reading (not recording)
+        self._stopped = False
 
     def prices(self, config: Config) -> Prices:
         """The prices of ``config`` (made again when a reload changed them)."""
@@ -114,34 +116,44 @@ class UsageRecorder:
         """The end of one backend reply: its ``source`` (the backend's stream, None if it
         was not made) closed and the reply recorded (:meth:`record`). A reply ``cut`` at
         ``engine.max_reply_chars`` (its source not ended) without usage yet, by a backend that
-        :attr:`~tgmux.backend.Backend.reports_usage`, is read on in the background instead,
-        for its :class:`Usage` parts only, each passed through ``after_backend`` (the
-        ``tgmux_after_backend`` hooks), the text dropped; bounded by
-        ``engine.turn_timeout`` from the cut and by what the HTTP layer reads of a response;
-        then recorded once, with the usage found. :meth:`stop` ends the reads."""
+        :attr:`~tgmux.backend.Backend.reports_usage`, is read on for its :class:`Usage` parts
+        only, each passed through ``after_backend`` (the ``tgmux_after_backend`` hooks), the
+        text dropped; bounded by ``engine.turn_timeout`` from the cut and by what the HTTP
+        layer reads of a response; then recorded once, with the usage found. It is read in
+        the background (the chat does not wait), one per chat and at most half of the
+        backend's connections at once (``max_connections``, else ``engine.concurrency``);
+        a chat's second is read in its own turn (a chat asking for endless replies waits
+        for them, nobody else does); past the backend's bound, or once :meth:`stop` began,
+        the reply is recorded without its usage."""
         if cut and failure is None and not usage and source is not None and \
                 backend.reports_usage:
-            room = config.data.engine.concurrency // READS_SHARE
-            if len(self._reads) < room:
-                held = contextlib.ExitStack()  # from now: the turn's own hold ends next
-                held.enter_context(self.in_use.hold([backend]))
-                task = asyncio.create_task(
-                    self._read_on(config, turn, backend, source, after_backend, held),
-                    name=f"tgmux-usage-{turn.chat.account}-{turn.chat.chat_id}")
-                self._reads.add(task)
-                task.add_done_callback(self._reads.discard)
+            chat = _chat_of(turn)
+            room = _room(config, backend)
+            if self._stopped:
+                pass
+            elif chat in {c for _, c in self._reads.values()}:
+                await self._read_rest(config, turn, backend, source, after_backend)
                 return
-            log.info("chat %s: %s: the reply was cut with %d cut replies read on for their "
-                     "usage already, the most at once (half of engine.concurrency): recorded "
-                     "without its usage", turn.chat.chat_id, backend.name, room)
-        await _close(source)
+            elif sum(b == backend.name for b, _ in self._reads.values()) < room:
+                hold = self.in_use.hold([backend])  # from now: the turn's own hold ends next
+                hold.__enter__()
+                task = asyncio.create_task(
+                    self._read_rest(config, turn, backend, source, after_backend),
+                    name=f"tgmux-usage-{turn.chat.account}-{turn.chat.chat_id}")
+                self._reads[task] = (backend.name, chat)
+                self._reading.add(task)
+                # however it ends (even cancelled before its first step): the hold ends
+                task.add_done_callback(lambda done: (self._reads.pop(done, None),
+                                                     self._reading.discard(done),
+                                                     hold.__exit__(None, None, None)))
+                return
+            else:
+                log.info("chat %s: %s: the reply was cut with %d cut replies of the backend "
+                         "read on for their usage already, the most at once (half of its "
+                         "connections): recorded without its usage", turn.chat.chat_id,
+                         backend.name, room)
+        await self._close(turn, source)
         await self.record(config, turn, backend, usage, failure, moved_on)
-
-    async def _read_on(self, config: Config, turn: Turn, backend: Backend, source: Any,
-                       after_backend: Callable[[Usage], Awaitable[Any]],
-                       held: contextlib.ExitStack) -> None:
-        with held:
-            await self._read_rest(config, turn, backend, source, after_backend)
 
     async def _read_rest(self, config: Config, turn: Turn, backend: Backend, source: Any,
                          after_backend: Callable[[Usage], Awaitable[Any]]) -> None:
@@ -166,14 +178,22 @@ class UsageRecorder:
         except Exception:  # a hook's fault, say: the reply is recorded all the same
             log.exception("chat %s: %s: reading the cut reply's rest failed",
                           turn.chat.chat_id, backend.name)
-        try:
-            await _close(source)
-        except Exception:  # its connection is dropped either way
-            log.debug("chat %s: closing the cut reply's stream failed", turn.chat.chat_id,
-                      exc_info=True)
+        task = asyncio.current_task()
+        if task is not None:
+            self._reading.discard(task)  # from here on, stop() lets it record
+        await self._close(turn, source)
         await self.record(config, turn, backend, usage, None)
         if stopped:
             raise asyncio.CancelledError
+
+    @staticmethod
+    async def _close(turn: Turn, source: Any) -> None:
+        try:
+            if (aclose := getattr(source, "aclose", None)) is not None:
+                await aclose()
+        except Exception:  # the reply is recorded all the same
+            log.warning("chat %s: closing the backend's reply failed", turn.chat.chat_id,
+                        exc_info=True)
 
     async def settled(self) -> None:
         """Wait for the reads of cut replies under way (each bounded by its deadline)."""
@@ -182,11 +202,12 @@ class UsageRecorder:
 
     async def stop(self) -> None:
         """End the reads of cut replies at once: each records its reply with the usage it
-        found (none, mostly)."""
+        found (none, mostly); cut replies after this are recorded without reading on."""
+        self._stopped = True
         # each read begins first: a task cancelled before its first step never runs its
-        # body, which closes the stream, ends the backend's hold and records the reply
+        # body, which closes the stream and records the reply
         await asyncio.sleep(0)
-        for task in self._reads:
+        for task in list(self._reading):  # (one closing or recording is let finish)
             task.cancel()
         await self.settled()
 
@@ -229,6 +250,13 @@ class UsageRecorder:
         return await self.store.usage_prune(before.isoformat())
 
 
-async def _close(source: Any) -> None:
-    if (aclose := getattr(source, "aclose", None)) is not None:
-        await aclose()
+
+def _chat_of(turn: Turn) -> tuple[str, int, int | None]:
+    return turn.chat.account, turn.chat.chat_id, turn.chat.topic
+
+
+def _room(config: Config, backend: Backend) -> int:
+    """How many cut replies of ``backend`` are read on at once: half its connections (a
+    read holds one), at least one."""
+    connections = getattr(backend.settings, "max_connections", None)
+    return max(1, (connections or config.data.engine.concurrency) // READS_SHARE)

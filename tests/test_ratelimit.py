@@ -6,7 +6,13 @@ import time
 import pytest
 
 import tgmux.ratelimit
-from tgmux.ratelimit import KeyedLimiter, SlidingWindowLimiter, StoreLimiter
+from tgmux.ratelimit import (
+    KeyedLimiter,
+    SlidingWindowLimiter,
+    StoreLimiter,
+    acquire_slot,
+    slot_sent,
+)
 from tgmux.store import MemoryStore
 
 
@@ -258,8 +264,55 @@ async def test_unsent_grants_are_bounded_and_change_nothing() -> None:
     for _ in range(100):  # a user that never says (the Telegram flood limits)
         clock.now += 1.0
         await limiter.acquire()
-    assert len(limiter._pending) == 3
+    assert len(limiter._pending) == 3 + 16
     assert limiter.delay() == 0.0
+
+
+async def test_a_request_held_up_longer_than_the_period_counts_from_when_it_went_out() -> None:
+    clock = Clock()
+    limiter = SlidingWindowLimiter(1, 1.0, clock=clock)
+    await limiter.acquire()  # A, granted and held up
+    clock.now += 1.0
+    await limiter.acquire()  # B, granted (A's stamp is a period old) and sent at once
+    limiter.sent()  # (the oldest grant not yet sent is A's: moved, never less strict)
+    clock.now += 0.5
+    limiter.sent()  # A goes out at last
+    assert limiter.delay() == pytest.approx(1.0)  # C waits a period after A, not after B
+
+
+async def test_a_slot_is_reported_once_and_only_to_the_limiter_that_granted_it() -> None:
+    clock = Clock()
+    granting, other = SlidingWindowLimiter(1, 1.0, clock=clock), SlidingWindowLimiter(1, 1.0)
+    await acquire_slot(granting, notify_after=10)
+    clock.now += 0.5
+    slot_sent(other)  # another client's report (its own grant was never said): not this one
+    slot_sent(None)
+    assert granting.delay() == pytest.approx(0.5)  # still counted from its grant
+    slot_sent(granting)
+    slot_sent(granting)  # once a grant
+    assert granting.delay() == pytest.approx(1.0)
+
+
+async def test_a_limiter_without_sent_still_works() -> None:
+    """A transport's limiter from before ``sent`` (a plugin's own) is paced as it was."""
+
+    class Old:
+        def __init__(self) -> None:
+            self.window = SlidingWindowLimiter(1, 60.0)
+
+        def delay(self) -> float:
+            return self.window.delay()
+
+        async def acquire(self) -> float:
+            return await self.window.acquire()
+
+        def penalize(self, seconds: float) -> None:
+            self.window.penalize(seconds)
+
+    old = Old()
+    await acquire_slot(old, notify_after=10)  # type: ignore[arg-type]
+    slot_sent(old)  # type: ignore[arg-type]
+    assert old.delay() > 59
 
 
 async def test_a_store_limiter_moves_its_local_stamp_too_while_the_store_fails() -> None:

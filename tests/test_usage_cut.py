@@ -151,12 +151,15 @@ async def test_stop_ends_the_reads_under_way_at_once_and_records_the_reply(
     assert (row.messages, row.input_tokens, row.output_tokens, row.cost) == (1, 0, 0, None)
 
 
+@pytest.mark.parametrize("bound", [{"engine": "concurrency: 2"},
+                                   {"extra": "max_connections: 2"}],
+                         ids=["engine.concurrency", "max_connections"])
 async def test_past_the_reads_at_once_a_cut_reply_is_recorded_without_usage(
-        sim: OpenAISimulator, caplog: pytest.LogCaptureFixture) -> None:
+        sim: OpenAISimulator, caplog: pytest.LogCaptureFixture, bound: dict[str, str]) -> None:
     caplog.set_level("INFO", "tgmux.usage")
     hold = sim.hold_stream(after=40)
-    # engine.concurrency 2: one read at once (half of it: a read holds a connection)
-    async with EngineHarness.from_yaml(config(sim, engine="concurrency: 2")) as h:
+    # 2 connections: one read at once (half of them: a read holds a connection)
+    async with EngineHarness.from_yaml(config(sim, **bound)) as h:
         await h.say(LONG, user_id=1)
         await asyncio.wait_for(hold.held.wait(), WAIT)
         second = await h.say(LONG, user_id=2)
@@ -169,8 +172,27 @@ async def test_past_the_reads_at_once_a_cut_reply_is_recorded_without_usage(
         2, 1, 0, None)
     assert (read.chat_id, read.messages, read.input_tokens) == (1, 1, LONG_TOKENS[0])
     assert [r.message for r in caplog.records if "read on" in r.message] == [
-        "chat 2: gpt: the reply was cut with 1 cut replies read on for their usage already, "
-        "the most at once (half of engine.concurrency): recorded without its usage"]
+        "chat 2: gpt: the reply was cut with 1 cut replies of the backend read on for their "
+        "usage already, the most at once (half of its connections): recorded without its usage"]
+
+
+async def test_a_chats_second_cut_reply_is_read_in_its_own_turn(
+        sim: OpenAISimulator) -> None:
+    """One read a chat in the background: a chat asking for endless replies waits for its
+    own (nobody else does), and each is paid for."""
+    hold = sim.hold_stream(after=40)
+    async with EngineHarness.from_yaml(config(sim)) as h:
+        await h.say(LONG, user_id=42)
+        await asyncio.wait_for(hold.held.wait(), WAIT)
+        second = await h.say(LONG, user_id=42)  # its rest read before its turn ended
+        [meanwhile] = rows(h)
+        assert len(reading(h)) == 1  # the first, still held
+        hold.release()
+        await settled(h)
+        [row] = rows(h)
+    assert shown_text(second) == REPLY[:100] and second[-1] == CUT
+    assert (meanwhile.messages, meanwhile.output_tokens) == (1, LONG_TOKENS[1])
+    assert (row.messages, row.output_tokens) == (2, 2 * LONG_TOKENS[1])
 
 
 async def test_a_cut_json_reply_is_recorded_at_once_as_before(sim: OpenAISimulator) -> None:

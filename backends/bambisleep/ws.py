@@ -201,7 +201,7 @@ class ChatSocket:
                 try:
                     reply = await self._send(content)
                 finally:  # not sent (lost before the write): its slot counts from now
-                    slot_sent()
+                    slot_sent(self.limiter)
                 self._failures = 0
                 return reply
             except (_Lost, _Unexpected) as exc:
@@ -250,7 +250,7 @@ class ChatSocket:
             await ws.send(json.dumps({"type": "message", "content": content}))
         except ConnectionClosed as exc:
             raise _LostAfterSend(f"closed while sending ({exc})") from exc
-        slot_sent()  # written: its rate-limit slot counts from now (tgmux.ratelimit)
+        slot_sent(self.limiter)  # written: its rate-limit slot counts from now (tgmux.ratelimit)
         return await self._await_reply(content)
 
     # -- connection --------------------------------------------------------------------------

@@ -219,7 +219,6 @@ class SensayBackend(HttpBackend[SensayClient]):
     description = "A Sensay replica (Telegram completions, streamed or JSON)."
     route_options = frozenset({"replica_uuid", "skip_chat_history", "record_group_context"})
     accepts_media = frozenset({"photo"})
-    reports_usage = True  # tokens, no model: priced by `prices: {"": ...}`
 
     settings: SensaySettings
 
