@@ -315,6 +315,8 @@ class StoreLimiter:
                     await self.local.acquire()
                     self._unsent.append(None)
                     break
+                if self._tasks:  # this process's moves of sent slots land before it takes
+                    await asyncio.gather(*list(self._tasks), return_exceptions=True)
                 since = time.time()
                 try:
                     async with asyncio.timeout(self.store_timeout):

@@ -163,3 +163,42 @@ class Child:
         if self.popen.poll() is None:
             self.popen.kill()
         self.popen.wait(10)
+
+
+class SimulatorProcess:
+    """A provider simulator in a process of its own (``python -m MODULE ARGS``): it counts a
+    request when it really arrives, however long the test's own process is held up (a
+    simulator in the test's event loop counts it when that loop gets to it: a stall of the
+    test process makes requests look later than they came). ``base_url`` once it serves;
+    :meth:`log` its stderr (its log lines) after :meth:`stop`."""
+
+    def __init__(self, module: str, *args: str, timeout: float = 30) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TGMUX_")}
+        self.popen = subprocess.Popen([sys.executable, "-m", module, *args],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, env=env)
+        first: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: first.put(self.popen.stdout.readline()),  # type: ignore[union-attr]
+                         daemon=True).start()
+        try:
+            line = first.get(timeout=timeout)
+        except queue.Empty:
+            self.stop()
+            raise AssertionError(f"{module}: no base_url in {timeout} s; {self.log()}") from None
+        if "base_url " not in line:
+            self.stop()
+            raise AssertionError(f"{module}: {line!r}; {self.log()}")
+        self.base_url = line.split("base_url ", 1)[1].strip()
+        self._err = ""
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+        try:
+            _, self._err = self.popen.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            _, self._err = self.popen.communicate(timeout=10)
+
+    def log(self) -> str:
+        return getattr(self, "_err", "")

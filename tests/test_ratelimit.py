@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -313,6 +314,40 @@ async def test_a_limiter_without_sent_still_works() -> None:
     await acquire_slot(old, notify_after=10)  # type: ignore[arg-type]
     slot_sent(old)  # type: ignore[arg-type]
     assert old.delay() > 59
+
+
+async def test_a_store_limiter_takes_only_after_its_moves_of_sent_slots_landed() -> None:
+    """A slot's move to when its request went out is written in the background; this
+    process's next take waits for it (a take before it would see the slot's older stamp:
+    after a stall, a request too many in the provider's window)."""
+    calls: list[str] = []
+    gate = asyncio.Event()
+
+    class Slow(MemoryStore):
+        async def rate_take(self, *args: object, **kwargs: object) -> float:
+            calls.append("take")
+            return await super().rate_take(*args, **kwargs)  # type: ignore[arg-type]
+
+        async def rate_restamp(self, key: str, since: float, at: float) -> None:
+            calls.append("move")
+            await gate.wait()
+            await super().rate_restamp(key, since, at)
+            calls.append("moved")
+
+    limiter = StoreLimiter(Slow(), "k", 1, 60.0)
+    await limiter.acquire()
+    limiter.sent()
+    second = asyncio.create_task(limiter.acquire())
+    for _ in range(50):  # as far as it goes without the move (no time passes: loop turns)
+        await asyncio.sleep(0)
+    assert calls == ["take", "move"]
+    gate.set()
+    for _ in range(50):
+        await asyncio.sleep(0)
+    second.cancel()  # (it waits the minute of the slot)
+    with contextlib.suppress(asyncio.CancelledError):
+        await second
+    assert calls == ["take", "move", "moved", "take"]
 
 
 async def test_a_store_limiter_moves_its_local_stamp_too_while_the_store_fails() -> None:

@@ -407,6 +407,8 @@ class BambiSleepSimulator(SimulatorServer):
         if wait is not None:
             self.rate_limited += 1
             seconds = max(1, math.ceil(wait))
+            log.info("rate limited: %s %s (retry after %d s)", request.method, request.path,
+                     seconds)
             response: web.StreamResponse = error(
                 429, "RATE_LIMITED", "Too many requests, please slow down",
                 {"retryAfter": seconds}, headers={"Retry-After": str(seconds)},
@@ -680,6 +682,8 @@ class BambiSleepSimulator(SimulatorServer):
                     wait = self.auth_window.admit(user.username)
                     if wait is not None:
                         self.rate_limited += 1
+                        log.info("rate limited: a websocket message (retry after %d s)",
+                                 max(1, math.ceil(wait)))
                         await ws.send_json({"type": "error", "code": "RATE_LIMITED",
                                             "message": "Too many requests",
                                             "details": {"retryAfter": max(1, math.ceil(wait))}})
